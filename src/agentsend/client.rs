@@ -1,0 +1,451 @@
+//! HTTP client for the AgentSend Inboxes API.
+//!
+//! - Idempotent calls (get, list, delete) are retried on transient failures with exponential
+//!   backoff and jitter. `create` is never retried: the API has no idempotency key, so a lost
+//!   response must be recovered by listing, which is the caller's job.
+//! - A 429 closes the account (API key) for its `Retry-After`: until then calls for that key
+//!   fail fast with [`ApiError::RateLimited`] without sending anything.
+//! - A shared request budget (rate and concurrency) keeps bulk work from causing 429 storms.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use backon::{ExponentialBuilder, Retryable};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+
+use super::error::{ApiError, parse_retry_after, truncate};
+use super::types::{ApiKey, CreateInbox, InboxPage, RemoteInbox};
+
+/// Largest response body read; anything bigger is an invalid response.
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+/// Page size used by [`AgentSendClient::list_all`] (the API's maximum).
+pub const PAGE_SIZE: u64 = 100;
+/// Delay assumed when a 429 carries no usable `Retry-After`.
+pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// Called after every HTTP exchange: route label, status label (`"201"`, `"error"`), latency.
+pub type RequestObserver = Arc<dyn Fn(&'static str, &str, Duration) + Send + Sync>;
+
+/// Tuning of the client. Defaults are documented in the README.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Per-request timeout (connect + response).
+    pub timeout: Duration,
+    /// Extra attempts for idempotent calls on transient failures.
+    pub max_retries: usize,
+    /// First backoff delay; doubles per attempt, with jitter.
+    pub min_backoff: Duration,
+    /// Backoff cap.
+    pub max_backoff: Duration,
+    /// Sustained requests per second across all accounts.
+    pub requests_per_second: u32,
+    /// Burst allowed above the sustained rate.
+    pub burst: u32,
+    /// Requests in flight at once.
+    pub max_concurrency: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(10),
+            max_retries: 3,
+            min_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            requests_per_second: 50,
+            burst: 100,
+            max_concurrency: 32,
+        }
+    }
+}
+
+/// A cheap-to-clone AgentSend client shared by all reconciles.
+#[derive(Clone)]
+pub struct AgentSendClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: String,
+    opts: ClientOptions,
+    limiter: DefaultDirectRateLimiter,
+    in_flight: Semaphore,
+    closed_until: Mutex<HashMap<ApiKey, Instant>>,
+    observer: Option<RequestObserver>,
+}
+
+impl std::fmt::Debug for AgentSendClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentSendClient")
+            .field("base", &self.inner.base)
+            .field("opts", &self.inner.opts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentSendClient {
+    /// A client for the API at `base_url` (e.g. `https://api.agentsend.io`).
+    pub fn new(base_url: &str, opts: ClientOptions) -> Result<Self, ApiError> {
+        Self::with_observer(base_url, opts, None)
+    }
+
+    /// Like [`AgentSendClient::new`], reporting every exchange to `observer` (metrics).
+    pub fn with_observer(
+        base_url: &str,
+        opts: ClientOptions,
+        observer: Option<RequestObserver>,
+    ) -> Result<Self, ApiError> {
+        let base = base_url.trim_end_matches('/').to_string();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ApiError::Config {
+                message: format!("AgentSend URL must start with http:// or https://, got {base:?}"),
+            });
+        }
+        crate::ensure_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(opts.timeout)
+            .connect_timeout(opts.timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("inbox-operator/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ApiError::Config {
+                message: format!("cannot build HTTP client: {e}"),
+            })?;
+        let rate = NonZeroU32::new(opts.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(opts.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
+        let in_flight = Semaphore::new(opts.max_concurrency.max(1));
+        Ok(AgentSendClient {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                opts,
+                limiter,
+                in_flight,
+                closed_until: Mutex::new(HashMap::new()),
+                observer,
+            }),
+        })
+    }
+
+    /// Base URL the client talks to.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// `POST /inboxes`. Sent once, never retried (no idempotency key): on a transport error
+    /// the inbox may or may not exist, and the caller must recover by listing.
+    pub async fn create_inbox(
+        &self,
+        key: &ApiKey,
+        req: &CreateInbox,
+    ) -> Result<RemoteInbox, ApiError> {
+        let body = serde_json::to_vec(req).map_err(|e| ApiError::Config {
+            message: format!("cannot encode request: {e}"),
+        })?;
+        self.send_json(key, "create", Method::POST, "/inboxes", &[], Some(body))
+            .await
+    }
+
+    /// `GET /inboxes/{id}`; [`ApiError::NotFound`] when absent (or another account's).
+    pub async fn get_inbox(&self, key: &ApiKey, id: &str) -> Result<RemoteInbox, ApiError> {
+        let path = format!("/inboxes/{}", encode_path_segment(id));
+        self.retrying(|| self.send_json(key, "get", Method::GET, &path, &[], None))
+            .await
+    }
+
+    /// `GET /inboxes?limit=&offset=`, newest first.
+    pub async fn list_inboxes(
+        &self,
+        key: &ApiKey,
+        limit: u64,
+        offset: u64,
+    ) -> Result<InboxPage, ApiError> {
+        let query = [("limit", limit.to_string()), ("offset", offset.to_string())];
+        self.retrying(|| self.send_json(key, "list", Method::GET, "/inboxes", &query, None))
+            .await
+    }
+
+    /// Every inbox of the account, in pages of 100 (ceil(N/100) requests).
+    ///
+    /// Pages shift while inboxes are created or deleted concurrently: duplicates are dropped,
+    /// and an inbox missing from the result is not proof that it is gone (callers confirm with
+    /// [`AgentSendClient::get_inbox`]).
+    pub async fn list_all(&self, key: &ApiKey) -> Result<Vec<RemoteInbox>, ApiError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let mut offset = 0u64;
+        // Bound the scan even if `total` lies or keeps growing.
+        let mut max_pages: u64 = 10;
+        let mut pages = 0u64;
+        loop {
+            let page = self.list_inboxes(key, PAGE_SIZE, offset).await?;
+            pages += 1;
+            let n = page.data.len() as u64;
+            if let Some(total) = page.total {
+                max_pages = max_pages.max(total.div_ceil(PAGE_SIZE) + 2);
+            }
+            for inbox in page.data {
+                if seen.insert(inbox.id.clone()) {
+                    out.push(inbox);
+                }
+            }
+            offset += n;
+            let more_by_total = page.total.is_none_or(|t| offset < t);
+            if n < PAGE_SIZE || n == 0 || !more_by_total || pages >= max_pages.min(100_000) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// `DELETE /inboxes/{id}`. Retried on transient failures; [`ApiError::NotFound`] means
+    /// it is already gone (callers treat that as done).
+    pub async fn delete_inbox(&self, key: &ApiKey, id: &str) -> Result<(), ApiError> {
+        let path = format!("/inboxes/{}", encode_path_segment(id));
+        self.retrying(|| async {
+            self.send(key, "delete", Method::DELETE, &path, &[], None)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    async fn retrying<T, F, Fut>(&self, f: F) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let o = &self.inner.opts;
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(o.min_backoff)
+            .with_max_delay(o.max_backoff)
+            .with_max_times(o.max_retries)
+            .with_jitter();
+        f.retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(ApiError::is_transient)
+            .notify(|e, d| tracing::debug!(error = %e, delay_ms = d.as_millis() as u64, "retrying AgentSend call"))
+            .await
+    }
+
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        key: &ApiKey,
+        route: &'static str,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<T, ApiError> {
+        let bytes = self.send(key, route, method, path, query, body).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidResponse {
+            message: truncate(&format!("{e}"), 200),
+        })
+    }
+
+    /// One HTTP exchange under the budget and the account's 429 gate.
+    async fn send(
+        &self,
+        key: &ApiKey,
+        route: &'static str,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Vec<u8>>,
+    ) -> Result<Vec<u8>, ApiError> {
+        self.check_gate(key)?;
+        let _permit = self
+            .inner
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Config {
+                message: "client shut down".into(),
+            })?;
+        self.inner.limiter.until_ready().await;
+        // The gate may have closed while this call waited for the budget.
+        self.check_gate(key)?;
+
+        let url = format!("{}{}", self.inner.base, path);
+        let mut req = self
+            .inner
+            .http
+            .request(method, &url)
+            .header("x-api-key", key.expose())
+            .header("accept", "application/json");
+        if !query.is_empty() {
+            req = req.query(query);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let started = Instant::now();
+        let result = self.exchange(req).await;
+        let status_label = match &result {
+            Ok((s, _, _)) => s.as_str().to_string(),
+            Err(_) => "error".to_string(),
+        };
+        if let Some(obs) = &self.inner.observer {
+            obs(route, &status_label, started.elapsed());
+        }
+        let (status, retry_after, bytes) = result?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        let err = ApiError::from_status(status.as_u16(), retry_after, &bytes);
+        if let ApiError::RateLimited { retry_after, .. } = &err {
+            self.close_gate(key, retry_after.unwrap_or(DEFAULT_RETRY_AFTER));
+        }
+        Err(err)
+    }
+
+    async fn exchange(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>), ApiError> {
+        let mut resp = req.send().await.map_err(transport_error)?;
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
+            if bytes.len() + chunk.len() > MAX_BODY_BYTES {
+                return Err(ApiError::InvalidResponse {
+                    message: format!("response body larger than {MAX_BODY_BYTES} bytes"),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok((status, retry_after, bytes))
+    }
+
+    fn check_gate(&self, key: &ApiKey) -> Result<(), ApiError> {
+        let mut gates = self
+            .inner
+            .closed_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = gates.get(key).copied() {
+            let now = Instant::now();
+            if until > now {
+                return Err(ApiError::RateLimited {
+                    retry_after: Some(until - now),
+                    message: "waiting for Retry-After before calling this account again".into(),
+                });
+            }
+            gates.remove(key);
+        }
+        Ok(())
+    }
+
+    fn close_gate(&self, key: &ApiKey, for_: Duration) {
+        let until = Instant::now() + for_;
+        let mut gates = self
+            .inner
+            .closed_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let e = gates.entry(key.clone()).or_insert(until);
+        if *e < until {
+            *e = until;
+        }
+    }
+
+    /// How long calls for this account are held back by a 429, if at all.
+    pub fn rate_limited_for(&self, key: &ApiKey) -> Option<Duration> {
+        let gates = self
+            .inner
+            .closed_until
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        gates
+            .get(key)
+            .and_then(|u| u.checked_duration_since(Instant::now()))
+    }
+}
+
+/// Transport failures: timeouts, resets, refused connections. reqwest's messages carry the
+/// URL but never headers, so the key cannot leak through them.
+fn transport_error(e: reqwest::Error) -> ApiError {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "response interrupted"
+    } else {
+        "request failed"
+    };
+    let mut detail = e.to_string();
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        detail.push_str(": ");
+        detail.push_str(&s.to_string());
+        src = s.source();
+    }
+    ApiError::Transient {
+        status: None,
+        message: truncate(&format!("{kind}: {detail}"), 300),
+    }
+}
+
+/// Percent-encode an opaque ID for use as one path segment.
+fn encode_path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_encoded_not_parsed() {
+        assert_eq!(encode_path_segment("inb_7x9k"), "inb_7x9k");
+        assert_eq!(encode_path_segment("a/b c"), "a%2Fb%20c");
+        assert_eq!(
+            encode_path_segment("3f1c0a2e-8b1d-4c5e-9f00-123456789abc"),
+            "3f1c0a2e-8b1d-4c5e-9f00-123456789abc"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_base_url() {
+        let e = AgentSendClient::new("api.agentsend.io", ClientOptions::default()).unwrap_err();
+        assert_eq!(e.reason(), "config");
+    }
+
+    #[tokio::test]
+    async fn gate_blocks_without_sending() {
+        // Port 9 (discard) on loopback: nothing is sent because the gate answers first.
+        let c = AgentSendClient::new("http://127.0.0.1:9", ClientOptions::default()).unwrap();
+        let k = ApiKey::new("k").unwrap();
+        c.close_gate(&k, Duration::from_secs(30));
+        let e = c.get_inbox(&k, "x").await.unwrap_err();
+        match e {
+            ApiError::RateLimited {
+                retry_after: Some(d),
+                ..
+            } => assert!(d > Duration::from_secs(25)),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(c.rate_limited_for(&ApiKey::new("other").unwrap()).is_none());
+    }
+}

@@ -1,0 +1,237 @@
+//! Classification of AgentSend failures into what the caller should do about them.
+
+use std::time::{Duration, SystemTime};
+
+use thiserror::Error;
+
+/// Longest API error message kept (bodies can be huge or hostile).
+pub const MAX_MESSAGE_LEN: usize = 300;
+
+/// A failed AgentSend call, classified by what retrying can achieve.
+///
+/// Messages never contain the API key: they come from the response body (truncated) or from
+/// transport errors, which carry no headers.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// 401/403: the API key is missing, wrong or revoked. Fix the credentials Secret or the
+    /// operator's default key; retrying soon will not help.
+    #[error("AgentSend refused the API key (HTTP {status}): {message}; check the credentials Secret or the operator's default key")]
+    Unauthorized { status: u16, message: String },
+
+    /// 404: the inbox does not exist in this account (or belongs to another account).
+    #[error("AgentSend inbox not found (HTTP 404): {message}")]
+    NotFound { message: String },
+
+    /// 400/409/422: the request itself is refused; change the spec before retrying.
+    #[error("AgentSend rejected the request (HTTP {status}): {message}")]
+    Rejected { status: u16, message: String },
+
+    /// 429: rate limited. Wait at least `retry_after` when given.
+    #[error("AgentSend rate limit reached (HTTP 429){}: {message}", retry_after.map(|d| format!(", retry after {}s", d.as_secs_f64().ceil() as u64)).unwrap_or_default())]
+    RateLimited {
+        retry_after: Option<Duration>,
+        message: String,
+    },
+
+    /// 5xx, timeouts, connection resets: retry with backoff.
+    #[error("AgentSend is unavailable{}: {message}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
+    Transient { status: Option<u16>, message: String },
+
+    /// A 2xx answer whose body is not what the API documents. Retried like a transient error,
+    /// since a proxy or a partial answer is the usual cause.
+    #[error("AgentSend sent a response that could not be read: {message}")]
+    InvalidResponse { message: String },
+
+    /// The client could not be set up (bad base URL, TLS setup); fix the operator's flags.
+    #[error("AgentSend client misconfigured: {message}")]
+    Config { message: String },
+}
+
+impl ApiError {
+    /// Short, stable label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized { .. } => "unauthorized",
+            ApiError::NotFound { .. } => "not_found",
+            ApiError::Rejected { .. } => "rejected",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::Transient { .. } => "transient",
+            ApiError::InvalidResponse { .. } => "invalid_response",
+            ApiError::Config { .. } => "config",
+        }
+    }
+
+    /// Whether the same idempotent request may succeed if simply sent again.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Transient { .. } | ApiError::InvalidResponse { .. }
+        )
+    }
+
+    /// The API's own message, when there is one.
+    pub fn message(&self) -> &str {
+        match self {
+            ApiError::Unauthorized { message, .. }
+            | ApiError::NotFound { message }
+            | ApiError::Rejected { message, .. }
+            | ApiError::RateLimited { message, .. }
+            | ApiError::Transient { message, .. }
+            | ApiError::InvalidResponse { message }
+            | ApiError::Config { message } => message,
+        }
+    }
+
+    /// Classify a non-success HTTP answer.
+    pub fn from_status(status: u16, retry_after: Option<Duration>, body: &[u8]) -> ApiError {
+        let message = error_message(body);
+        match status {
+            401 | 403 => ApiError::Unauthorized { status, message },
+            404 => ApiError::NotFound { message },
+            429 => ApiError::RateLimited {
+                retry_after,
+                message,
+            },
+            400 | 409 | 422 => ApiError::Rejected { status, message },
+            s if s >= 500 => ApiError::Transient {
+                status: Some(s),
+                message,
+            },
+            // Other 4xx (405, 408, 413...) are not documented: a request timeout is worth
+            // retrying, the rest is a rejection of the request as sent.
+            408 => ApiError::Transient {
+                status: Some(408),
+                message,
+            },
+            s => ApiError::Rejected { status: s, message },
+        }
+    }
+}
+
+/// Parse `Retry-After`: delay-seconds or an HTTP date (relative to `now`).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Ok(secs) = value.parse::<f64>()
+        && secs.is_finite()
+        && secs >= 0.0
+    {
+        return Some(Duration::from_secs_f64(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// Extract a human message from an error body: JSON `message`/`error`/`detail` if present,
+/// else the text itself; whitespace collapsed and truncated.
+pub fn error_message(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let from_json = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| {
+            let pick = |k: &str| match v.get(k) {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Object(o)) => o
+                    .get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string),
+                _ => None,
+            };
+            match (pick("error"), pick("message").or_else(|| pick("detail"))) {
+                (Some(e), Some(m)) if e != m => Some(format!("{e}: {m}")),
+                (_, Some(m)) => Some(m),
+                (Some(e), None) => Some(e),
+                (None, None) => None,
+            }
+        });
+    let raw = from_json.unwrap_or_else(|| text.into_owned());
+    let collapsed = raw.split_whitespace().collect::<Vec<_>>().join(" ");
+    let msg = truncate(&collapsed, MAX_MESSAGE_LEN);
+    if msg.is_empty() {
+        "(no message)".to_string()
+    } else {
+        msg
+    }
+}
+
+/// Truncate on a char boundary, marking the cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_statuses() {
+        let c = |s| ApiError::from_status(s, None, b"{\"error\":\"x\"}").reason();
+        assert_eq!(c(401), "unauthorized");
+        assert_eq!(c(403), "unauthorized");
+        assert_eq!(c(404), "not_found");
+        assert_eq!(c(400), "rejected");
+        assert_eq!(c(409), "rejected");
+        assert_eq!(c(422), "rejected");
+        assert_eq!(c(429), "rate_limited");
+        assert_eq!(c(500), "transient");
+        assert_eq!(c(502), "transient");
+        assert_eq!(c(503), "transient");
+        assert_eq!(c(408), "transient");
+        assert_eq!(c(405), "rejected");
+    }
+
+    #[test]
+    fn transient_only_for_retryable() {
+        assert!(ApiError::from_status(503, None, b"").is_transient());
+        assert!(!ApiError::from_status(409, None, b"").is_transient());
+        assert!(!ApiError::from_status(401, None, b"").is_transient());
+        assert!(!ApiError::from_status(429, None, b"").is_transient());
+    }
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("1.5", now), Some(Duration::from_millis(1500)));
+        let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(30)));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    #[test]
+    fn messages_from_json_or_text() {
+        assert_eq!(
+            error_message(br#"{"error":"conflict","message":"address taken"}"#),
+            "conflict: address taken"
+        );
+        assert_eq!(error_message(br#"{"message":"bad"}"#), "bad");
+        assert_eq!(error_message(br#"{"error":{"message":"nested"}}"#), "nested");
+        assert_eq!(error_message(b"plain\n  text"), "plain text");
+        assert_eq!(error_message(b""), "(no message)");
+        let long = "é".repeat(1000);
+        let m = error_message(long.as_bytes());
+        assert!(m.len() <= MAX_MESSAGE_LEN + 3, "{}", m.len());
+        assert!(m.ends_with('…'));
+        // Not valid UTF-8: still a message, no panic.
+        assert!(!error_message(&[0xff, 0xfe, b'a']).is_empty());
+    }
+
+    #[test]
+    fn rate_limited_display_mentions_delay() {
+        let e = ApiError::from_status(429, Some(Duration::from_secs(12)), b"slow down");
+        assert!(e.to_string().contains("retry after 12s"), "{e}");
+    }
+}

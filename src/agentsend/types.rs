@@ -1,0 +1,155 @@
+//! Wire types of the AgentSend Inboxes API.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// An AgentSend API key. Never printed: `Debug` and `Display` show a placeholder.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct ApiKey(Arc<str>);
+
+impl ApiKey {
+    /// Wrap a key, trimming surrounding whitespace (keys read from files end in newlines).
+    pub fn new(key: impl AsRef<str>) -> Option<ApiKey> {
+        let k = key.as_ref().trim();
+        if k.is_empty() {
+            None
+        } else {
+            Some(ApiKey(Arc::from(k)))
+        }
+    }
+
+    /// The key itself, for the `x-api-key` header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Lifecycle state as AgentSend reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum InboxState {
+    Active,
+    Suspended,
+    Deleted,
+    /// A state this operator does not know; treated as not ready.
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl InboxState {
+    /// The state as written in status.
+    pub fn as_str(&self) -> &str {
+        match self {
+            InboxState::Active => "active",
+            InboxState::Suspended => "suspended",
+            InboxState::Deleted => "deleted",
+            InboxState::Other(s) => s,
+        }
+    }
+}
+
+/// An inbox as the API returns it. Unknown fields are ignored; missing optional ones are `None`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RemoteInbox {
+    pub id: String,
+    pub address: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub domain_id: Option<String>,
+    #[serde(default = "default_state")]
+    pub status: InboxState,
+    #[serde(default)]
+    pub daily_send_limit: Option<i64>,
+    #[serde(default)]
+    pub sends_today: Option<i64>,
+    #[serde(default)]
+    pub total_sent: Option<i64>,
+    #[serde(default)]
+    pub bounce_count: Option<i64>,
+    #[serde(default)]
+    pub complaint_count: Option<i64>,
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+fn default_state() -> InboxState {
+    InboxState::Other("unknown".to_string())
+}
+
+impl RemoteInbox {
+    /// `dailySendLimit - sendsToday`, clamped at 0; `None` when the limit is unknown.
+    pub fn sends_remaining(&self) -> Option<i64> {
+        let limit = self.daily_send_limit?;
+        Some((limit - self.sends_today.unwrap_or(0)).max(0))
+    }
+}
+
+/// Body of `POST /inboxes`. Every field is optional.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateInbox {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub domain_id: Option<String>,
+}
+
+/// One page of `GET /inboxes`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InboxPage {
+    pub data: Vec<RemoteInbox>,
+    #[serde(default)]
+    pub total: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<u64>,
+    #[serde(default)]
+    pub offset: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_is_redacted() {
+        let k = ApiKey::new(" sk_live_secret\n").unwrap();
+        assert_eq!(k.expose(), "sk_live_secret");
+        assert!(!format!("{k:?} {k}").contains("secret"));
+        assert!(ApiKey::new("  \n").is_none());
+    }
+
+    #[test]
+    fn tolerant_inbox_parsing() {
+        let i: RemoteInbox = serde_json::from_str(
+            r#"{"id":"3f1c-uuid","address":"a@agentsend.io","status":"paused","extra":{"x":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(i.status, InboxState::Other("paused".into()));
+        assert_eq!(i.sends_remaining(), None);
+        let i: RemoteInbox = serde_json::from_str(
+            r#"{"id":"inb_1","address":"a@x.io","displayName":null,"status":"active","dailySendLimit":10,"sendsToday":12}"#,
+        )
+        .unwrap();
+        assert_eq!(i.status, InboxState::Active);
+        assert_eq!(i.sends_remaining(), Some(0));
+    }
+}

@@ -1,0 +1,326 @@
+//! The `Inbox` custom resource (`inboxes.agentsend.io/v1alpha1`) and every public name
+//! of the contract: annotations, finalizer, condition types and reasons.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use kube::CustomResourceExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the CRD.
+pub const GROUP: &str = "agentsend.io";
+/// Finalizer that guards the AgentSend inbox and the owned Secret.
+pub const FINALIZER: &str = "agentsend.io/finalizer";
+/// Annotation holding the bound AgentSend inbox ID (survives a lost status).
+pub const ANNOTATION_INBOX_ID: &str = "agentsend.io/inbox-id";
+/// Annotation persisted before a create call; its value is the RFC 3339 time of the attempt.
+pub const ANNOTATION_CREATE_PENDING: &str = "agentsend.io/create-pending";
+/// Annotation users set to `"true"` to pause all AgentSend calls and Secret writes.
+pub const ANNOTATION_PAUSED: &str = "agentsend.io/paused";
+/// Label put on every Secret the operator writes.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Value of [`LABEL_MANAGED_BY`].
+pub const MANAGED_BY: &str = "inbox-operator";
+/// Label naming the Inbox that owns a Secret.
+pub const LABEL_INBOX: &str = "agentsend.io/inbox";
+/// Field manager used for every server-side apply.
+pub const FIELD_MANAGER: &str = "inbox-operator";
+/// Default key inside a credentials Secret.
+pub const DEFAULT_CREDENTIALS_KEY: &str = "apiKey";
+
+/// Condition types.
+pub mod condition {
+    /// The inbox exists, is active, and its Secret holds the current address.
+    pub const READY: &str = "Ready";
+    /// kstatus: the controller is working towards the desired state.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: progress needs a human (the spec or credentials must change).
+    pub const STALLED: &str = "Stalled";
+    /// True while `sendsRemaining` is 0.
+    pub const SEND_LIMIT_REACHED: &str = "SendLimitReached";
+}
+
+/// Stable condition reasons (CamelCase). Also used as event reasons where the contract says so.
+pub mod reason {
+    pub const READY: &str = "Ready";
+    pub const CREATING: &str = "Creating";
+    pub const INBOX_SUSPENDED: &str = "InboxSuspended";
+    pub const INBOX_DELETED: &str = "InboxDeleted";
+    pub const SECRET_CONFLICT: &str = "SecretConflict";
+    pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
+    pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
+    pub const REJECTED: &str = "Rejected";
+    pub const IMMUTABLE_FIELD_CHANGED: &str = "ImmutableFieldChanged";
+    pub const CREATION_UNCERTAIN: &str = "CreationUncertain";
+    pub const PAUSED: &str = "Paused";
+    pub const DELETING: &str = "Deleting";
+    pub const API_UNAVAILABLE: &str = "ApiUnavailable";
+    pub const INBOX_NOT_FOUND: &str = "InboxNotFound";
+    pub const RATE_LIMITED: &str = "RateLimited";
+    pub const SEND_LIMIT_REACHED: &str = "SendLimitReached";
+    pub const SENDS_AVAILABLE: &str = "SendsAvailable";
+    pub const UP_TO_DATE: &str = "UpToDate";
+}
+
+/// What happens to the AgentSend inbox when the `Inbox` is deleted.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Delete the AgentSend inbox (and with it its mail).
+    #[default]
+    Delete,
+    /// Leave the AgentSend inbox in place.
+    Orphan,
+}
+
+/// Desired state of an AgentSend inbox.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "agentsend.io",
+    version = "v1alpha1",
+    kind = "Inbox",
+    plural = "inboxes",
+    singular = "inbox",
+    namespaced,
+    status = "InboxStatus",
+    shortname = "inb",
+    category = "agentsend",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "An AgentSend email inbox, managed declaratively.",
+    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".status.address"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Sent Today","type":"integer","jsonPath":".status.sendsToday"}"#,
+    printcolumn = r#"{"name":"Limit","type":"integer","jsonPath":".status.dailySendLimit"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.address) == has(oldSelf.address) && (!has(self.address) || self.address == oldSelf.address)",
+     "message": "address is immutable: AgentSend has no update call (delete and recreate the Inbox to change it)"},
+    {"rule": "has(self.displayName) == has(oldSelf.displayName) && (!has(self.displayName) || self.displayName == oldSelf.displayName)",
+     "message": "displayName is immutable: AgentSend has no update call (delete and recreate the Inbox to change it)"},
+    {"rule": "has(self.domainId) == has(oldSelf.domainId) && (!has(self.domainId) || self.domainId == oldSelf.domainId)",
+     "message": "domainId is immutable: AgentSend has no update call (delete and recreate the Inbox to change it)"},
+    {"rule": "!has(oldSelf.inboxId) || (has(self.inboxId) && self.inboxId == oldSelf.inboxId)",
+     "message": "inboxId is immutable once set"}
+]))]
+pub struct InboxSpec {
+    /// Local part (with `domainId`) or full address. Omitted: a random address on the shared domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 254), regex(pattern = r"^[^@\s]+(@[^@\s]+)?$"))]
+    pub address: Option<String>,
+
+    /// Name shown in the From header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub display_name: Option<String>,
+
+    /// Custom domain ID. Omitted: the shared domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^\S+$"))]
+    pub domain_id: Option<String>,
+
+    /// Adopt this existing AgentSend inbox instead of creating one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^\S+$"))]
+    pub inbox_id: Option<String>,
+
+    /// What happens to the AgentSend inbox when this Inbox is deleted.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// The Secret that receives the address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<SecretSpec>,
+
+    /// API key for this Inbox, from a Secret in the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsSpec>,
+}
+
+/// Where the address is published.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretSpec {
+    /// Secret name; defaults to the Inbox's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    pub name: Option<String>,
+    /// Extra labels for the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Extra annotations for the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+}
+
+/// Per-Inbox API credentials.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSpec {
+    /// Secret (same namespace) holding the API key.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// A key in a Secret of the Inbox's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    pub name: String,
+    /// Key in the Secret; defaults to `apiKey`.
+    #[serde(default = "default_credentials_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_credentials_key() -> String {
+    DEFAULT_CREDENTIALS_KEY.to_string()
+}
+
+/// Observed state, mirrored from AgentSend.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InboxStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inbox_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_id: Option<String>,
+    /// `active`, `suspended` or `deleted`, as AgentSend reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_send_limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sends_today: Option<i64>,
+    /// `dailySendLimit - sendsToday`, never negative.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sends_remaining: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_sent: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bounce_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub complaint_count: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A condition in the standard `metav1.Condition` shape.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// RFC 3339 time of the last status change.
+    pub last_transition_time: String,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Inbox {
+    /// Name of the Secret that receives the address.
+    pub fn secret_name(&self) -> String {
+        self.spec
+            .secret
+            .as_ref()
+            .and_then(|s| s.name.clone())
+            .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// Whether the user paused this Inbox.
+    pub fn is_paused(&self) -> bool {
+        self.annotation(ANNOTATION_PAUSED)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+
+    /// An annotation's value, if set.
+    pub fn annotation(&self, key: &str) -> Option<&str> {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .map(String::as_str)
+    }
+
+    /// The AgentSend inbox this Inbox is bound to: annotation first, then status.
+    pub fn bound_inbox_id(&self) -> Option<String> {
+        self.annotation(ANNOTATION_INBOX_ID)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .or_else(|| self.status.as_ref().and_then(|s| s.inbox_id.clone()))
+    }
+}
+
+/// The CustomResourceDefinition, as installed in clusters.
+pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    Inbox::crd()
+}
+
+/// The CRD rendered as YAML (what `inbox-operator crd` prints and `crds/` holds).
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&crd())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_has_immutability_rules_and_enum() {
+        let v = serde_json::to_value(crd()).unwrap();
+        let spec = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let rules = spec["x-kubernetes-validations"].as_array().unwrap();
+        assert_eq!(rules.len(), 4);
+        assert_eq!(
+            spec["properties"]["deletionPolicy"]["enum"],
+            serde_json::json!(["Delete", "Orphan"])
+        );
+        assert_eq!(spec["properties"]["deletionPolicy"]["default"], "Delete");
+    }
+
+    #[test]
+    fn names_and_columns() {
+        let c = crd();
+        assert_eq!(c.metadata.name.as_deref(), Some("inboxes.agentsend.io"));
+        assert_eq!(c.spec.names.short_names, Some(vec!["inb".to_string()]));
+        assert_eq!(c.spec.names.categories, Some(vec!["agentsend".to_string()]));
+        let cols: Vec<_> = c.spec.versions[0]
+            .additional_printer_columns
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(cols, ["Address", "State", "Sent Today", "Limit", "Ready", "Age"]);
+    }
+
+    #[test]
+    fn secret_name_defaults_to_inbox_name() {
+        let mut i = Inbox::new("support", InboxSpec::default());
+        assert_eq!(i.secret_name(), "support");
+        i.spec.secret = Some(SecretSpec {
+            name: Some("mail".into()),
+            ..Default::default()
+        });
+        assert_eq!(i.secret_name(), "mail");
+    }
+}
