@@ -146,7 +146,10 @@ pub struct InboxSpec {
 pub struct SecretSpec {
     /// Secret name; defaults to the Inbox's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: Option<String>,
     /// Extra labels for the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,7 +172,10 @@ pub struct CredentialsSpec {
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Secret name.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub name: String,
     /// Key in the Secret; defaults to `apiKey`.
     #[serde(default = "default_credentials_key")]
@@ -261,17 +267,21 @@ impl Inbox {
             .map(String::as_str)
     }
 
-    /// The AgentSend inbox this Inbox is bound to: annotation first, then status.
+    /// The AgentSend inbox this Inbox is bound to: the annotation, else (annotation absent,
+    /// e.g. after a restore that kept status) status. An empty annotation means explicitly
+    /// unbound (the inbox vanished and a replacement is being created).
     pub fn bound_inbox_id(&self) -> Option<String> {
-        self.annotation(ANNOTATION_INBOX_ID)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .or_else(|| self.status.as_ref().and_then(|s| s.inbox_id.clone()))
+        match self.annotation(ANNOTATION_INBOX_ID) {
+            Some(id) if !id.is_empty() => Some(id.to_string()),
+            Some(_) => None,
+            None => self.status.as_ref().and_then(|s| s.inbox_id.clone()),
+        }
     }
 }
 
 /// The CustomResourceDefinition, as installed in clusters.
-pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
     Inbox::crd()
 }
 
@@ -310,7 +320,10 @@ mod tests {
             .iter()
             .map(|c| c.name.clone())
             .collect();
-        assert_eq!(cols, ["Address", "State", "Sent Today", "Limit", "Ready", "Age"]);
+        assert_eq!(
+            cols,
+            ["Address", "State", "Sent Today", "Limit", "Ready", "Age"]
+        );
     }
 
     #[test]

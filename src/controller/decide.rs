@@ -1,0 +1,628 @@
+//! Pure decisions: spec + observations in, what to do out. No IO here; every function is
+//! unit-tested without a cluster or a network.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+
+use crate::agentsend::{ApiError, CreateInbox, DEFAULT_RETRY_AFTER, RemoteInbox};
+use crate::crd::{self, Inbox, InboxSpec};
+
+/// A spec field that no longer matches the bound inbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldMismatch {
+    /// The spec field's JSON name (`address`, `displayName`, `domainId`, `inboxId`).
+    pub field: &'static str,
+    /// What the user should know.
+    pub message: String,
+}
+
+/// Whether `spec_address` (local part or full address) denotes `actual`.
+pub fn address_matches(spec_address: &str, actual: &str) -> bool {
+    if spec_address.contains('@') {
+        spec_address.eq_ignore_ascii_case(actual)
+    } else {
+        actual
+            .split_once('@')
+            .is_some_and(|(local, _)| local.eq_ignore_ascii_case(spec_address))
+    }
+}
+
+/// Compare the spec's identity fields with the inbox.
+///
+/// `strict` (inboxes this operator created): a display name or domain present on one side
+/// only is a change too. Not strict (adopted inboxes): only fields set in the spec must match.
+pub fn identity_mismatch(
+    spec: &InboxSpec,
+    remote: &RemoteInbox,
+    strict: bool,
+) -> Option<FieldMismatch> {
+    if let Some(a) = &spec.address
+        && !address_matches(a, &remote.address)
+    {
+        return Some(FieldMismatch {
+            field: "address",
+            message: format!(
+                "spec.address is {a:?} but the inbox's address is {:?}",
+                remote.address
+            ),
+        });
+    }
+    let opt_differs = |want: &Option<String>, have: &Option<String>| match (want, have) {
+        (Some(w), Some(h)) => w != h,
+        (Some(_), None) => true,
+        (None, Some(_)) => strict,
+        (None, None) => false,
+    };
+    if opt_differs(&spec.display_name, &remote.display_name) {
+        return Some(FieldMismatch {
+            field: "displayName",
+            message: format!(
+                "spec.displayName is {:?} but the inbox's display name is {:?}",
+                spec.display_name, remote.display_name
+            ),
+        });
+    }
+    if opt_differs(&spec.domain_id, &remote.domain_id) {
+        return Some(FieldMismatch {
+            field: "domainId",
+            message: format!(
+                "spec.domainId is {:?} but the inbox's domain is {:?}",
+                spec.domain_id, remote.domain_id
+            ),
+        });
+    }
+    None
+}
+
+/// A change of `spec.inboxId` away from the inbox already bound.
+pub fn inbox_id_changed(spec: &InboxSpec, bound: &str) -> Option<FieldMismatch> {
+    match &spec.inbox_id {
+        Some(want) if want != bound => Some(FieldMismatch {
+            field: "inboxId",
+            message: format!("spec.inboxId is {want:?} but this Inbox is bound to {bound:?}"),
+        }),
+        _ => None,
+    }
+}
+
+/// The message for an immutable-field change: what happened and what to do.
+pub fn immutable_message(m: &FieldMismatch) -> String {
+    format!(
+        "{}. {} cannot change after creation (AgentSend has no update call, and recreating would destroy mail): revert the field, or create a new Inbox",
+        m.message, m.field
+    )
+}
+
+/// The create request for a spec.
+pub fn create_request(spec: &InboxSpec) -> CreateInbox {
+    CreateInbox {
+        address: spec.address.clone(),
+        display_name: spec.display_name.clone(),
+        domain_id: spec.domain_id.clone(),
+    }
+}
+
+/// What to do about a create that may or may not have happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// Exactly one inbox matches: bind it.
+    Bind(RemoteInbox),
+    /// No inbox matches: the create did not happen; create now.
+    CreateNew,
+    /// Several inboxes match: a human must choose (`spec.inboxId`).
+    Ambiguous(Vec<String>),
+}
+
+/// Clock skew tolerated between the operator (pending mark) and AgentSend (`createdAt`).
+pub const CLOCK_SKEW: Duration = Duration::from_secs(120);
+
+/// Find the inbox a lost create may have made.
+///
+/// With an address in the spec the address decides (addresses are unique). For random
+/// addresses: same display name and domain, created after the pending mark (minus clock skew),
+/// and bound to no other Inbox in the cluster.
+pub fn recover_pending(
+    spec: &InboxSpec,
+    pending_since: Option<jiff::Timestamp>,
+    candidates: &[RemoteInbox],
+    bound_elsewhere: &HashSet<String>,
+) -> Recovery {
+    let not_before = pending_since.and_then(|t| {
+        t.checked_sub(jiff::SignedDuration::try_from(CLOCK_SKEW).ok()?)
+            .ok()
+    });
+    let matches: Vec<&RemoteInbox> = candidates
+        .iter()
+        .filter(|c| !bound_elsewhere.contains(&c.id))
+        .filter(|c| match &spec.address {
+            Some(a) => {
+                address_matches(a, &c.address)
+                    && (spec.domain_id.is_none() || c.domain_id == spec.domain_id)
+            }
+            None => {
+                c.display_name == spec.display_name
+                    && c.domain_id == spec.domain_id
+                    && match (
+                        not_before,
+                        c.created_at
+                            .as_deref()
+                            .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
+                    ) {
+                        (Some(nb), Some(created)) => created >= nb,
+                        // No usable time on either side: cannot exclude it.
+                        _ => true,
+                    }
+            }
+        })
+        .collect();
+    match matches.as_slice() {
+        [] => Recovery::CreateNew,
+        [one] => Recovery::Bind((*one).clone()),
+        many => Recovery::Ambiguous(many.iter().map(|c| c.id.clone()).collect()),
+    }
+}
+
+/// The Secret this Inbox should own for `remote`.
+pub fn desired_secret(inbox: &Inbox, remote: &RemoteInbox) -> Secret {
+    let name = inbox.secret_name();
+    let inbox_name = inbox.metadata.name.clone().unwrap_or_default();
+    let mut labels = inbox
+        .spec
+        .secret
+        .as_ref()
+        .and_then(|s| s.labels.clone())
+        .unwrap_or_default();
+    labels.insert(crd::LABEL_MANAGED_BY.into(), crd::MANAGED_BY.into());
+    labels.insert(crd::LABEL_INBOX.into(), inbox_name.clone());
+    let annotations = inbox
+        .spec
+        .secret
+        .as_ref()
+        .and_then(|s| s.annotations.clone());
+    let mut data = BTreeMap::new();
+    data.insert(
+        "address".to_string(),
+        ByteString(remote.address.clone().into_bytes()),
+    );
+    data.insert(
+        "inboxId".to_string(),
+        ByteString(remote.id.clone().into_bytes()),
+    );
+    if let Some(d) = &remote.domain_id {
+        data.insert("domainId".to_string(), ByteString(d.clone().into_bytes()));
+    }
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: inbox.metadata.namespace.clone(),
+            labels: Some(labels),
+            annotations: annotations.filter(|a| !a.is_empty()),
+            owner_references: Some(vec![owner_reference(inbox)]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".to_string()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// Controller ownerReference to the Inbox.
+pub fn owner_reference(inbox: &Inbox) -> OwnerReference {
+    OwnerReference {
+        api_version: "agentsend.io/v1alpha1".into(),
+        kind: "Inbox".into(),
+        name: inbox.metadata.name.clone().unwrap_or_default(),
+        uid: inbox.metadata.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Whether `secret` is controlled by the Inbox with `owner_uid`.
+pub fn is_owned_by(secret: &Secret, owner_uid: &str) -> bool {
+    !owner_uid.is_empty()
+        && secret
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == owner_uid && o.kind == "Inbox" && o.controller == Some(true))
+}
+
+/// What to do with the Secret.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SecretPlan {
+    /// Absent: create it.
+    Create,
+    /// Ours, but out of date (edited, or spec labels changed): rewrite our fields.
+    Update,
+    /// Ours and correct: no write.
+    UpToDate,
+    /// A Secret of that name that this Inbox does not own: never touch it.
+    Conflict,
+}
+
+/// Compare the existing Secret (if any) with the desired one.
+pub fn plan_secret(existing: Option<&Secret>, desired: &Secret, owner_uid: &str) -> SecretPlan {
+    let Some(s) = existing else {
+        return SecretPlan::Create;
+    };
+    if !is_owned_by(s, owner_uid) {
+        return SecretPlan::Conflict;
+    }
+    let contains = |have: &Option<BTreeMap<String, String>>,
+                    want: &Option<BTreeMap<String, String>>| {
+        want.iter()
+            .flatten()
+            .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
+    };
+    let data_ok = desired
+        .data
+        .iter()
+        .flatten()
+        .all(|(k, v)| s.data.as_ref().and_then(|d| d.get(k)) == Some(v));
+    let type_ok = s.type_.as_deref().unwrap_or("Opaque") == "Opaque";
+    if data_ok
+        && type_ok
+        && contains(&s.metadata.labels, &desired.metadata.labels)
+        && contains(&s.metadata.annotations, &desired.metadata.annotations)
+    {
+        SecretPlan::UpToDate
+    } else {
+        SecretPlan::Update
+    }
+}
+
+/// An event to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventSpec {
+    /// Normal or Warning.
+    pub warning: bool,
+    /// Event reason (from the contract).
+    pub reason: &'static str,
+    /// Human note.
+    pub note: String,
+}
+
+/// The Warning event for entering a not-ready reason, if the contract names one.
+/// Events fire on transitions only, so a retry loop does not flood the namespace.
+pub fn warning_for_transition(
+    previous_reason: Option<&str>,
+    new_reason: &str,
+    message: &str,
+) -> Option<EventSpec> {
+    if previous_reason == Some(new_reason) {
+        return None;
+    }
+    let reason = match new_reason {
+        crd::reason::REJECTED => "Rejected",
+        crd::reason::CREDENTIALS_INVALID => "CredentialsInvalid",
+        crd::reason::CREATION_UNCERTAIN => "CreationUncertain",
+        crd::reason::SECRET_CONFLICT => "SecretConflict",
+        crd::reason::INBOX_SUSPENDED => "Suspended",
+        _ => return None,
+    };
+    Some(EventSpec {
+        warning: true,
+        reason,
+        note: message.to_string(),
+    })
+}
+
+/// How long to wait before trying again after an AgentSend error; `None` means wait for the
+/// spec to change. `failures` counts consecutive failures of this Inbox (0 for the first);
+/// `jitter` in [0, 1) spreads retries so many Inboxes do not retry at once.
+pub fn retry_delay(err: &ApiError, failures: u32, jitter: f64) -> Option<Duration> {
+    let jitter = jitter.clamp(0.0, 0.999);
+    match err {
+        ApiError::Rejected { .. } => None,
+        ApiError::RateLimited { retry_after, .. } => {
+            let base = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+            // Never earlier than Retry-After; spread up to 20 % (at least 1 s) later.
+            let spread = (base.mul_f64(0.2)).max(Duration::from_secs(1));
+            Some(base + spread.mul_f64(jitter))
+        }
+        ApiError::Unauthorized { .. } | ApiError::Config { .. } => {
+            Some(Duration::from_secs(300) + Duration::from_secs(60).mul_f64(jitter))
+        }
+        ApiError::Transient { .. }
+        | ApiError::InvalidResponse { .. }
+        | ApiError::NotFound { .. } => Some(backoff(failures, jitter)),
+    }
+}
+
+/// Exponential backoff from 1 s, doubling per failure, capped at 5 minutes; full jitter on
+/// the upper half so retries never bunch up yet never get shorter than half the step.
+pub fn backoff(failures: u32, jitter: f64) -> Duration {
+    let step = Duration::from_secs(1)
+        .saturating_mul(1u32 << failures.min(9))
+        .min(Duration::from_secs(300));
+    step.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agentsend::InboxState;
+    use crate::crd::SecretSpec;
+
+    fn remote(id: &str, address: &str) -> RemoteInbox {
+        RemoteInbox {
+            id: id.into(),
+            address: address.into(),
+            display_name: None,
+            domain_id: None,
+            status: InboxState::Active,
+            daily_send_limit: Some(100),
+            sends_today: Some(0),
+            total_sent: Some(0),
+            bounce_count: Some(0),
+            complaint_count: Some(0),
+            created_at: Some("2026-11-24T10:00:00.000Z".into()),
+        }
+    }
+
+    #[test]
+    fn address_matching() {
+        assert!(address_matches("support", "support@example.com"));
+        assert!(address_matches(
+            "Support@Example.com",
+            "support@example.com"
+        ));
+        assert!(!address_matches("sales", "support@example.com"));
+        assert!(!address_matches("support@other.com", "support@example.com"));
+    }
+
+    #[test]
+    fn identity_strict_and_adopted() {
+        let mut r = remote("i", "support@example.com");
+        r.display_name = Some("Support".into());
+        r.domain_id = Some("dom_1".into());
+        let spec = InboxSpec {
+            address: Some("support".into()),
+            display_name: Some("Support".into()),
+            domain_id: Some("dom_1".into()),
+            ..Default::default()
+        };
+        assert_eq!(identity_mismatch(&spec, &r, true), None);
+        let changed = InboxSpec {
+            display_name: Some("Help".into()),
+            ..spec.clone()
+        };
+        assert_eq!(
+            identity_mismatch(&changed, &r, true).unwrap().field,
+            "displayName"
+        );
+        let removed = InboxSpec {
+            display_name: None,
+            ..spec.clone()
+        };
+        assert_eq!(
+            identity_mismatch(&removed, &r, true).unwrap().field,
+            "displayName"
+        );
+        assert_eq!(
+            identity_mismatch(&removed, &r, false),
+            None,
+            "adoption only checks set fields"
+        );
+        let moved = InboxSpec {
+            address: Some("sales".into()),
+            ..spec.clone()
+        };
+        let m = identity_mismatch(&moved, &r, false).unwrap();
+        assert_eq!(m.field, "address");
+        assert!(immutable_message(&m).contains("revert"));
+        let dom = InboxSpec {
+            domain_id: Some("dom_2".into()),
+            ..spec
+        };
+        assert_eq!(
+            identity_mismatch(&dom, &r, false).unwrap().field,
+            "domainId"
+        );
+    }
+
+    #[test]
+    fn inbox_id_change() {
+        let spec = InboxSpec {
+            inbox_id: Some("a".into()),
+            ..Default::default()
+        };
+        assert_eq!(inbox_id_changed(&spec, "a"), None);
+        assert_eq!(inbox_id_changed(&spec, "b").unwrap().field, "inboxId");
+        assert_eq!(inbox_id_changed(&InboxSpec::default(), "b"), None);
+    }
+
+    #[test]
+    fn recovery_by_address() {
+        let spec = InboxSpec {
+            address: Some("support@agentsend.io".into()),
+            ..Default::default()
+        };
+        let cands = vec![
+            remote("1", "other@agentsend.io"),
+            remote("2", "support@agentsend.io"),
+        ];
+        assert_eq!(
+            recover_pending(&spec, None, &cands, &HashSet::new()),
+            Recovery::Bind(cands[1].clone())
+        );
+        let bound: HashSet<String> = ["2".to_string()].into();
+        assert_eq!(
+            recover_pending(&spec, None, &cands, &bound),
+            Recovery::CreateNew
+        );
+    }
+
+    #[test]
+    fn recovery_random_address() {
+        let spec = InboxSpec {
+            display_name: Some("Bot".into()),
+            ..Default::default()
+        };
+        let pending: jiff::Timestamp = "2026-11-24T10:00:00Z".parse().unwrap();
+        let mut old = remote("old", "a@agentsend.io");
+        old.display_name = Some("Bot".into());
+        old.created_at = Some("2026-11-24T09:00:00.000Z".into());
+        let mut new = remote("new", "b@agentsend.io");
+        new.display_name = Some("Bot".into());
+        new.created_at = Some("2026-11-24T10:00:01.000Z".into());
+        let mut other_name = remote("x", "c@agentsend.io");
+        other_name.created_at = new.created_at.clone();
+        let none = HashSet::new();
+        let cands = vec![new.clone(), other_name, old.clone()];
+        assert_eq!(
+            recover_pending(&spec, Some(pending), &cands, &none),
+            Recovery::Bind(new.clone())
+        );
+        // Nothing created after the mark: create.
+        assert_eq!(
+            recover_pending(&spec, Some(pending), &[old.clone()], &none),
+            Recovery::CreateNew
+        );
+        // Two candidates: a human decides.
+        let mut new2 = new.clone();
+        new2.id = "new2".into();
+        match recover_pending(&spec, Some(pending), &[new.clone(), new2], &none) {
+            Recovery::Ambiguous(ids) => assert_eq!(ids, ["new", "new2"]),
+            other => panic!("{other:?}"),
+        }
+        // Small clock skew is tolerated.
+        let mut skewed = new.clone();
+        skewed.created_at = Some("2026-11-24T09:59:30.000Z".into());
+        assert_eq!(
+            recover_pending(&spec, Some(pending), &[skewed.clone()], &none),
+            Recovery::Bind(skewed)
+        );
+    }
+
+    fn inbox() -> Inbox {
+        let mut i = Inbox::new("support", InboxSpec::default());
+        i.metadata.namespace = Some("team".into());
+        i.metadata.uid = Some("uid-1".into());
+        i
+    }
+
+    #[test]
+    fn secret_layout() {
+        let mut i = inbox();
+        i.spec.secret = Some(SecretSpec {
+            name: Some("mail".into()),
+            labels: Some([("team".to_string(), "a".to_string())].into()),
+            annotations: None,
+        });
+        let mut r = remote("inb_1", "x@example.com");
+        r.domain_id = Some("dom".into());
+        let s = desired_secret(&i, &r);
+        assert_eq!(s.metadata.name.as_deref(), Some("mail"));
+        let labels = s.metadata.labels.clone().unwrap();
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "inbox-operator");
+        assert_eq!(labels["agentsend.io/inbox"], "support");
+        assert_eq!(labels["team"], "a");
+        let data = s.data.clone().unwrap();
+        assert_eq!(data["address"].0, b"x@example.com");
+        assert_eq!(data["inboxId"].0, b"inb_1");
+        assert_eq!(data["domainId"].0, b"dom");
+        assert_eq!(data.len(), 3);
+        assert!(is_owned_by(&s, "uid-1"));
+        assert!(!is_owned_by(&s, "uid-2"));
+    }
+
+    #[test]
+    fn secret_plans() {
+        let i = inbox();
+        let r = remote("inb_1", "x@agentsend.io");
+        let want = desired_secret(&i, &r);
+        assert_eq!(plan_secret(None, &want, "uid-1"), SecretPlan::Create);
+        assert_eq!(
+            plan_secret(Some(&want), &want, "uid-1"),
+            SecretPlan::UpToDate
+        );
+        let mut foreign = want.clone();
+        foreign.metadata.owner_references = None;
+        assert_eq!(
+            plan_secret(Some(&foreign), &want, "uid-1"),
+            SecretPlan::Conflict
+        );
+        let mut edited = want.clone();
+        edited
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("address".into(), ByteString(b"evil@x".to_vec()));
+        assert_eq!(
+            plan_secret(Some(&edited), &want, "uid-1"),
+            SecretPlan::Update
+        );
+        let mut extra = want.clone();
+        extra
+            .data
+            .as_mut()
+            .unwrap()
+            .insert("note".into(), ByteString(b"hi".to_vec()));
+        assert_eq!(
+            plan_secret(Some(&extra), &want, "uid-1"),
+            SecretPlan::UpToDate
+        );
+    }
+
+    #[test]
+    fn warnings_only_on_transition() {
+        assert_eq!(
+            warning_for_transition(Some("Rejected"), "Rejected", "m"),
+            None
+        );
+        assert_eq!(
+            warning_for_transition(Some("Creating"), "Rejected", "m")
+                .unwrap()
+                .reason,
+            "Rejected"
+        );
+        assert_eq!(
+            warning_for_transition(None, "InboxSuspended", "m")
+                .unwrap()
+                .reason,
+            "Suspended"
+        );
+        assert_eq!(warning_for_transition(None, "Creating", "m"), None);
+    }
+
+    #[test]
+    fn retry_rules() {
+        let rejected = ApiError::Rejected {
+            status: 409,
+            message: "taken".into(),
+        };
+        assert_eq!(retry_delay(&rejected, 0, 0.5), None);
+        let limited = ApiError::RateLimited {
+            retry_after: Some(Duration::from_secs(30)),
+            message: String::new(),
+        };
+        for j in [0.0, 0.5, 0.99] {
+            let d = retry_delay(&limited, 0, j).unwrap();
+            assert!(
+                d >= Duration::from_secs(30) && d <= Duration::from_secs(37),
+                "{d:?}"
+            );
+        }
+        let unauthorized = ApiError::Unauthorized {
+            status: 401,
+            message: String::new(),
+        };
+        assert!(retry_delay(&unauthorized, 0, 0.0).unwrap() >= Duration::from_secs(300));
+        let transient = ApiError::Transient {
+            status: Some(503),
+            message: String::new(),
+        };
+        let d0 = retry_delay(&transient, 0, 0.0).unwrap();
+        let d3 = retry_delay(&transient, 3, 0.0).unwrap();
+        assert!(d3 > d0);
+        assert!(retry_delay(&transient, 30, 1.0).unwrap() <= Duration::from_secs(300));
+        assert!(backoff(0, 0.0) >= Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,390 @@
+//! The Inbox controller: wiring of watches, the reconcile loop and the counter sync.
+//!
+//! - [`decide`] and [`status`] are pure (state in, actions out) and unit-tested.
+//! - [`reconcile`] performs the Kubernetes and AgentSend calls those decisions ask for.
+//! - [`accounts`] batches counter reads into one paginated scan per account per interval.
+
+pub mod accounts;
+pub mod decide;
+mod reconcile;
+pub mod status;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use thiserror::Error;
+
+use crate::agentsend::{AgentSendClient, ApiError, ApiKey};
+use crate::crd::{self, Inbox};
+use crate::metrics::Metrics;
+
+pub use accounts::Accounts;
+
+/// Where the operator's default API key comes from.
+#[derive(Clone, Debug)]
+pub enum DefaultKey {
+    /// No default: every Inbox needs `spec.credentials`.
+    None,
+    /// Fixed for the process lifetime (`AGENTSEND_API_KEY`).
+    Fixed(ApiKey),
+    /// Read from this file at each use, so a rotated (remounted) Secret is picked up.
+    File(PathBuf),
+}
+
+impl DefaultKey {
+    /// The current default key, if any.
+    pub fn current(&self) -> Option<ApiKey> {
+        match self {
+            DefaultKey::None => None,
+            DefaultKey::Fixed(k) => Some(k.clone()),
+            DefaultKey::File(p) => std::fs::read_to_string(p).ok().and_then(ApiKey::new),
+        }
+    }
+}
+
+/// Controller settings (from the command line).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often counters are refreshed (one account scan per interval).
+    pub sync_interval: Duration,
+    /// Reconciles running at once per watched namespace set.
+    pub concurrency: u16,
+    /// Namespaces to watch; empty means all.
+    pub namespaces: Vec<String>,
+    /// Label selector on Inboxes (sharding).
+    pub selector: Option<String>,
+    /// The default API key.
+    pub default_key: DefaultKey,
+    /// Name reported on events (`reportingController`).
+    pub reporter: String,
+    /// Instance reported on events (pod name).
+    pub instance: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            sync_interval: Duration::from_secs(60),
+            concurrency: 16,
+            namespaces: Vec::new(),
+            selector: None,
+            default_key: DefaultKey::None,
+            reporter: "inbox-operator".into(),
+            instance: None,
+        }
+    }
+}
+
+/// Failures of a reconcile that are not AgentSend outcomes (those become conditions).
+#[derive(Debug, Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a call; retried with backoff.
+    #[error("Kubernetes API call failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// Adding or removing the finalizer failed.
+    #[error("finalizer handling failed: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// An AgentSend call failed during deletion; the finalizer stays until it succeeds.
+    #[error("{0}")]
+    Api(#[from] ApiError),
+    /// Credentials are missing; the finalizer stays until they exist (or the policy is Orphan).
+    #[error("{0}")]
+    CredentialsMissing(String),
+    /// The object lacks a namespace or name (never true for a namespaced resource).
+    #[error("Inbox has no namespace or name")]
+    MissingObjectKey,
+}
+
+impl Error {
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kubernetes",
+            Error::Finalizer(_) => "finalizer",
+            Error::Api(e) => e.reason(),
+            Error::CredentialsMissing(_) => "credentials_missing",
+            Error::MissingObjectKey => "invalid_object",
+        }
+    }
+}
+
+/// State shared by every reconcile.
+pub struct Context {
+    pub(crate) client: Client,
+    pub(crate) api: AgentSendClient,
+    pub(crate) settings: Settings,
+    pub(crate) accounts: Accounts,
+    pub(crate) recorder: Recorder,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) inbox_stores: Vec<Store<Inbox>>,
+    pub(crate) secret_stores: HashMap<Option<String>, Store<Secret>>,
+    pub(crate) failures: Mutex<HashMap<ObjectRef<Inbox>, u32>>,
+}
+
+impl Context {
+    /// Consecutive failures of this Inbox, then count one more.
+    pub(crate) fn bump_failures(&self, obj: &ObjectRef<Inbox>) -> u32 {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(obj.clone()).or_insert(0);
+        let before = *n;
+        *n = n.saturating_add(1);
+        before
+    }
+
+    /// The Inbox reconciled fine: reset its backoff.
+    pub(crate) fn reset_failures(&self, obj: &ObjectRef<Inbox>) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(obj);
+    }
+
+    /// Whether the Inbox stores cover the whole cluster (all namespaces, no selector).
+    pub(crate) fn sees_whole_cluster(&self) -> bool {
+        self.settings.namespaces.is_empty() && self.settings.selector.is_none()
+    }
+
+    /// The managed-Secret cache for a namespace.
+    pub(crate) fn secret_store(&self, ns: &str) -> Option<&Store<Secret>> {
+        self.secret_stores
+            .get(&Some(ns.to_string()))
+            .or_else(|| self.secret_stores.get(&None))
+    }
+}
+
+/// Label selector of the Secrets this operator writes.
+pub fn managed_secret_selector() -> String {
+    format!("{}={}", crd::LABEL_MANAGED_BY, crd::MANAGED_BY)
+}
+
+/// Drop `managedFields` from cached objects: they are large and never read here.
+fn slim<K: Resource>(mut obj: K) -> K {
+    obj.meta_mut().managed_fields = None;
+    obj
+}
+
+/// Run the controller until `shutdown` resolves; in-flight reconciles finish first.
+/// `on_ready` is called once every watch cache has synced.
+pub async fn run(
+    client: Client,
+    api: AgentSendClient,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce() + Send + 'static,
+) {
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let mut inbox_wc = watcher::Config::default().any_semantic();
+    if let Some(sel) = &settings.selector {
+        inbox_wc = inbox_wc.labels(sel);
+    }
+    let secret_wc = watcher::Config::default()
+        .labels(&managed_secret_selector())
+        .any_semantic();
+
+    struct Scope {
+        ns: Option<String>,
+        inbox_reader: Store<Inbox>,
+        inbox_stream: futures::stream::BoxStream<'static, Result<Inbox, watcher::Error>>,
+        secret_reader: Store<Secret>,
+        secret_stream: futures::stream::BoxStream<'static, Result<Secret, watcher::Error>>,
+    }
+    let mut built = Vec::new();
+    for ns in scopes {
+        let (inbox_api, secret_api): (Api<Inbox>, Api<Secret>) = match &ns {
+            Some(n) => (
+                Api::namespaced(client.clone(), n),
+                Api::namespaced(client.clone(), n),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        };
+        let (inbox_reader, inbox_writer) = reflector::store::<Inbox>();
+        let inbox_stream = watcher(inbox_api, inbox_wc.clone())
+            .default_backoff()
+            .modify(|i| {
+                i.meta_mut().managed_fields = None;
+            })
+            .reflect(inbox_writer)
+            .applied_objects()
+            .boxed();
+        let (secret_reader, secret_writer) = reflector::store::<Secret>();
+        let secret_stream = watcher(secret_api, secret_wc.clone())
+            .default_backoff()
+            .modify(|s| {
+                s.meta_mut().managed_fields = None;
+            })
+            .reflect(secret_writer)
+            .touched_objects()
+            .map(|r| r.map(slim))
+            .boxed();
+        built.push(Scope {
+            ns,
+            inbox_reader,
+            inbox_stream,
+            secret_reader,
+            secret_stream,
+        });
+    }
+
+    let reporter = Reporter {
+        controller: settings.reporter.clone(),
+        instance: settings.instance.clone(),
+    };
+    let accounts = Accounts::new(api.clone(), settings.sync_interval);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        api,
+        accounts: accounts.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+        inbox_stores: built.iter().map(|s| s.inbox_reader.clone()).collect(),
+        secret_stores: built
+            .iter()
+            .map(|s| (s.ns.clone(), s.secret_reader.clone()))
+            .collect(),
+        failures: Mutex::new(HashMap::new()),
+        settings: settings.clone(),
+    });
+
+    // Readiness: every cache synced.
+    let readers: Vec<Store<Inbox>> = built.iter().map(|s| s.inbox_reader.clone()).collect();
+    let sreaders: Vec<Store<Secret>> = built.iter().map(|s| s.secret_reader.clone()).collect();
+    tokio::spawn(async move {
+        for r in readers {
+            let _ = r.wait_until_ready().await;
+        }
+        for r in sreaders {
+            let _ = r.wait_until_ready().await;
+        }
+        on_ready();
+    });
+
+    // Counter sync: one trigger channel per scope, routed by namespace.
+    let (sync_tx, mut sync_rx) = mpsc::unbounded::<ObjectRef<Inbox>>();
+    let mut scope_txs: Vec<(Option<String>, mpsc::UnboundedSender<ObjectRef<Inbox>>)> = Vec::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut controllers = Vec::new();
+    for scope in built {
+        let (tx, rx) = mpsc::unbounded::<ObjectRef<Inbox>>();
+        scope_txs.push((scope.ns.clone(), tx));
+        let mut stop = stop_rx.clone();
+        // Credentials Secrets are the user's (not labelled): watch their metadata only, and
+        // reconcile the Inboxes that reference one when it changes (key rotation).
+        let cred_api: Api<kube::core::PartialObjectMeta<Secret>> = match &scope.ns {
+            Some(n) => Api::namespaced(client.clone(), n),
+            None => Api::all(client.clone()),
+        };
+        let cred_stream = watcher(
+            cred_api,
+            watcher::Config::default()
+                .labels(&format!("{}!={}", crd::LABEL_MANAGED_BY, crd::MANAGED_BY))
+                .any_semantic(),
+        )
+        .default_backoff()
+        .touched_objects()
+        .map(|r| r.map(slim));
+        let cred_reader = scope.inbox_reader.clone();
+        let ctrl = Controller::for_stream(scope.inbox_stream, scope.inbox_reader)
+            .owns_stream(scope.secret_stream)
+            .watches_stream(
+                cred_stream,
+                move |meta: kube::core::PartialObjectMeta<Secret>| {
+                    let ns = meta.metadata.namespace.clone();
+                    let name = meta.metadata.name.clone();
+                    cred_reader
+                        .state()
+                        .into_iter()
+                        .filter(|i| {
+                            i.metadata.namespace == ns
+                                && i.spec
+                                    .credentials
+                                    .as_ref()
+                                    .map(|c| Some(&c.secret_ref.name))
+                                    == Some(name.as_ref())
+                        })
+                        .map(|i| ObjectRef::from_obj(&*i))
+                        .collect::<Vec<_>>()
+                },
+            )
+            .reconcile_on(rx)
+            .with_config(
+                ControllerConfig::default()
+                    .concurrency(settings.concurrency)
+                    .debounce(Duration::from_millis(200)),
+            )
+            .graceful_shutdown_on(async move {
+                let _ = stop.wait_for(|v| *v).await;
+            })
+            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .for_each(|res| async move {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "controller event");
+                }
+            });
+        controllers.push(ctrl.boxed());
+    }
+    let router = tokio::spawn(async move {
+        while let Some(obj) = sync_rx.next().await {
+            let target = scope_txs
+                .iter()
+                .find(|(ns, _)| ns.is_none() || ns.as_deref() == obj.namespace.as_deref());
+            if let Some((_, tx)) = target {
+                let _ = tx.unbounded_send(obj);
+            }
+        }
+    });
+    let sync_metrics = metrics.clone();
+    let sync = tokio::spawn(
+        accounts.run_sync_loop(sync_tx, move || sync_metrics.counter_sync_succeeded()),
+    );
+
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested: finishing in-flight reconciles");
+        let _ = stop_tx.send(true);
+    });
+    futures::future::join_all(controllers).map(|_| ()).await;
+    sync.abort();
+    router.abort();
+    tracing::info!("controller stopped");
+}
+
+/// The Inbox's object reference for events.
+pub(crate) fn object_ref(inbox: &Inbox) -> k8s_openapi::api::core::v1::ObjectReference {
+    inbox.object_ref(&())
+}
+
+/// Key of an Inbox for the failure map and the account registry.
+pub(crate) fn key_of(inbox: &Inbox) -> ObjectRef<Inbox> {
+    ObjectRef::from_obj(inbox)
+}
+
+/// Name and namespace, or an error for malformed objects.
+pub(crate) fn ns_name(inbox: &Inbox) -> Result<(String, String), Error> {
+    match (inbox.namespace(), inbox.metadata.name.clone()) {
+        (Some(ns), Some(n)) => Ok((ns, n)),
+        _ => Err(Error::MissingObjectKey),
+    }
+}
+
+/// Action after success with nothing pending: the watches and the counter sync drive the
+/// next pass.
+pub(crate) fn settled() -> Action {
+    Action::await_change()
+}

@@ -1,0 +1,422 @@
+//! Pure construction of `Inbox.status`: mirrored counters and kstatus-style conditions.
+
+use crate::agentsend::{InboxState, RemoteInbox};
+use crate::crd::{Condition, InboxStatus, condition, reason};
+
+/// Whether the inbox is usable, and if not, why (a stable reason from [`crate::crd::reason`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    /// Exists, active, Secret correct.
+    Ready,
+    /// Work is in progress or will be retried automatically.
+    Progressing {
+        reason: &'static str,
+        message: String,
+    },
+    /// Needs a human: the spec, the credentials or the Secret must change.
+    Stalled {
+        reason: &'static str,
+        message: String,
+    },
+    /// Deliberately idle (paused): neither reconciling nor stalled.
+    Idle {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl Readiness {
+    /// Shorthand for [`Readiness::Progressing`].
+    pub fn progressing(reason: &'static str, message: impl Into<String>) -> Self {
+        Readiness::Progressing {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`Readiness::Stalled`].
+    pub fn stalled(reason: &'static str, message: impl Into<String>) -> Self {
+        Readiness::Stalled {
+            reason,
+            message: message.into(),
+        }
+    }
+
+    /// The Ready condition's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Readiness::Ready => reason::READY,
+            Readiness::Progressing { reason, .. }
+            | Readiness::Stalled { reason, .. }
+            | Readiness::Idle { reason, .. } => reason,
+        }
+    }
+
+    /// The Ready condition's message.
+    pub fn message(&self) -> &str {
+        match self {
+            Readiness::Ready => "inbox is active and its Secret holds the current address",
+            Readiness::Progressing { message, .. }
+            | Readiness::Stalled { message, .. }
+            | Readiness::Idle { message, .. } => message,
+        }
+    }
+}
+
+/// Everything a pass learned that goes into status.
+#[derive(Clone, Debug)]
+pub struct StatusInput<'a> {
+    /// The previous status (counters are kept when this pass could not observe the inbox).
+    pub previous: Option<&'a InboxStatus>,
+    /// `metadata.generation` this pass acted on.
+    pub generation: Option<i64>,
+    /// The bound inbox ID, if any.
+    pub inbox_id: Option<String>,
+    /// The inbox as observed in this pass.
+    pub remote: Option<&'a RemoteInbox>,
+    /// The Secret currently holding the address, if written.
+    pub secret_name: Option<String>,
+    /// The outcome.
+    pub readiness: Readiness,
+    /// RFC 3339 "now", for condition transitions.
+    pub now: &'a str,
+}
+
+/// Build the status for this pass. Condition transition times only move when a condition's
+/// status changes, so an unchanged inbox yields an identical status (and no write).
+pub fn build_status(input: StatusInput<'_>) -> InboxStatus {
+    let prev = input.previous.cloned().unwrap_or_default();
+    let mut s = InboxStatus {
+        conditions: Vec::new(),
+        ..prev.clone()
+    };
+    s.inbox_id = input.inbox_id.clone();
+    if input.inbox_id.is_none() {
+        // Unbound: nothing to mirror.
+        s = InboxStatus {
+            secret_name: prev.secret_name.clone(),
+            ..Default::default()
+        };
+    }
+    if let Some(r) = input.remote {
+        s.inbox_id = Some(r.id.clone());
+        s.address = Some(r.address.clone());
+        s.display_name = r.display_name.clone();
+        s.domain_id = r.domain_id.clone();
+        s.state = Some(r.status.as_str().to_string());
+        s.daily_send_limit = r.daily_send_limit;
+        s.sends_today = r.sends_today;
+        s.sends_remaining = r.sends_remaining();
+        s.total_sent = r.total_sent;
+        s.bounce_count = r.bounce_count;
+        s.complaint_count = r.complaint_count;
+        s.created_at = r.created_at.clone();
+    }
+    if input.secret_name.is_some() {
+        s.secret_name = input.secret_name.clone();
+    }
+    s.observed_generation = input.generation;
+
+    let g = input.generation;
+    let now = input.now;
+    let prev_conds = &prev.conditions;
+    let (ready, ready_reason, msg) = match &input.readiness {
+        Readiness::Ready => ("True", reason::READY, input.readiness.message().to_string()),
+        r => ("False", r.reason(), r.message().to_string()),
+    };
+    let mut conds = vec![make(
+        prev_conds,
+        condition::READY,
+        ready,
+        ready_reason,
+        &msg,
+        g,
+        now,
+    )];
+    match &input.readiness {
+        Readiness::Progressing { reason, message } => {
+            conds.push(make(
+                prev_conds,
+                condition::RECONCILING,
+                "True",
+                reason,
+                message,
+                g,
+                now,
+            ));
+            conds.push(make(
+                prev_conds,
+                condition::STALLED,
+                "False",
+                reason,
+                message,
+                g,
+                now,
+            ));
+        }
+        Readiness::Stalled { reason, message } => {
+            conds.push(make(
+                prev_conds,
+                condition::RECONCILING,
+                "False",
+                reason,
+                message,
+                g,
+                now,
+            ));
+            conds.push(make(
+                prev_conds,
+                condition::STALLED,
+                "True",
+                reason,
+                message,
+                g,
+                now,
+            ));
+        }
+        Readiness::Idle { reason, message } => {
+            conds.push(make(
+                prev_conds,
+                condition::RECONCILING,
+                "False",
+                reason,
+                message,
+                g,
+                now,
+            ));
+            conds.push(make(
+                prev_conds,
+                condition::STALLED,
+                "False",
+                reason,
+                message,
+                g,
+                now,
+            ));
+        }
+        Readiness::Ready => {
+            let m = "inbox is up to date";
+            conds.push(make(
+                prev_conds,
+                condition::RECONCILING,
+                "False",
+                reason::UP_TO_DATE,
+                m,
+                g,
+                now,
+            ));
+            conds.push(make(
+                prev_conds,
+                condition::STALLED,
+                "False",
+                reason::UP_TO_DATE,
+                m,
+                g,
+                now,
+            ));
+        }
+    }
+    if s.inbox_id.is_some()
+        && let Some(remaining) = s.sends_remaining
+    {
+        let (st, r, m) = if remaining == 0 {
+            (
+                "True",
+                reason::SEND_LIMIT_REACHED,
+                format!(
+                    "daily send limit of {} reached; sends fail with 429 until the window resets",
+                    s.daily_send_limit.unwrap_or_default()
+                ),
+            )
+        } else {
+            (
+                "False",
+                reason::SENDS_AVAILABLE,
+                format!("{remaining} sends remaining today"),
+            )
+        };
+        conds.push(make(
+            prev_conds,
+            condition::SEND_LIMIT_REACHED,
+            st,
+            r,
+            &m,
+            g,
+            now,
+        ));
+    }
+    s.conditions = conds;
+    s
+}
+
+fn make(
+    prev: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &str,
+) -> Condition {
+    let last_transition_time = prev
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_string());
+    Condition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        observed_generation: generation,
+        last_transition_time,
+        reason: reason.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Find a condition by type.
+pub fn find<'a>(status: Option<&'a InboxStatus>, type_: &str) -> Option<&'a Condition> {
+    status?.conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Readiness of an observed, bound inbox whose Secret is in place.
+pub fn readiness_of(remote: &RemoteInbox) -> Readiness {
+    match &remote.status {
+        InboxState::Active => Readiness::Ready,
+        InboxState::Suspended => Readiness::stalled(
+            reason::INBOX_SUSPENDED,
+            "AgentSend suspended this inbox (often for high bounce or complaint rates); it neither sends nor receives until reactivated",
+        ),
+        InboxState::Deleted => Readiness::progressing(
+            reason::INBOX_DELETED,
+            "AgentSend reports this inbox as deleted",
+        ),
+        InboxState::Other(s) => Readiness::progressing(
+            reason::INBOX_SUSPENDED,
+            format!("AgentSend reports inbox state {s:?}, which is not active"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(sends: i64, limit: i64) -> RemoteInbox {
+        RemoteInbox {
+            id: "inb_1".into(),
+            address: "a@agentsend.io".into(),
+            display_name: None,
+            domain_id: None,
+            status: InboxState::Active,
+            daily_send_limit: Some(limit),
+            sends_today: Some(sends),
+            total_sent: Some(7),
+            bounce_count: Some(1),
+            complaint_count: Some(0),
+            created_at: Some("2026-01-01T00:00:00.000Z".into()),
+        }
+    }
+
+    fn input<'a>(
+        prev: Option<&'a InboxStatus>,
+        r: &'a RemoteInbox,
+        now: &'a str,
+    ) -> StatusInput<'a> {
+        StatusInput {
+            previous: prev,
+            generation: Some(3),
+            inbox_id: Some(r.id.clone()),
+            remote: Some(r),
+            secret_name: Some("s".into()),
+            readiness: Readiness::Ready,
+            now,
+        }
+    }
+
+    #[test]
+    fn mirrors_counters_and_is_stable() {
+        let r = remote(4, 10);
+        let s1 = build_status(input(None, &r, "t1"));
+        assert_eq!(s1.sends_remaining, Some(6));
+        assert_eq!(s1.observed_generation, Some(3));
+        assert_eq!(find(Some(&s1), "Ready").unwrap().status, "True");
+        assert_eq!(find(Some(&s1), "SendLimitReached").unwrap().status, "False");
+        // Same observation later: identical status, so no write.
+        let s2 = build_status(input(Some(&s1), &r, "t2"));
+        assert_eq!(s1, s2);
+    }
+
+    #[test]
+    fn transition_time_moves_only_on_change() {
+        let r = remote(10, 10);
+        let s1 = build_status(input(None, &r, "t1"));
+        let c = find(Some(&s1), "SendLimitReached").unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.last_transition_time.as_str()),
+            ("True", "t1")
+        );
+        assert_eq!(s1.sends_remaining, Some(0));
+        let r2 = remote(12, 10);
+        let s2 = build_status(input(Some(&s1), &r2, "t2"));
+        assert_eq!(s2.sends_remaining, Some(0), "never negative");
+        assert_eq!(
+            find(Some(&s2), "SendLimitReached")
+                .unwrap()
+                .last_transition_time,
+            "t1"
+        );
+        let r3 = remote(0, 10);
+        let s3 = build_status(input(Some(&s2), &r3, "t3"));
+        assert_eq!(
+            find(Some(&s3), "SendLimitReached")
+                .unwrap()
+                .last_transition_time,
+            "t3"
+        );
+        assert_eq!(find(Some(&s3), "Ready").unwrap().last_transition_time, "t1");
+    }
+
+    #[test]
+    fn stalled_and_progressing_map_to_kstatus() {
+        let r = remote(0, 10);
+        let mut i = input(None, &r, "t");
+        i.readiness = Readiness::stalled(reason::REJECTED, "address taken");
+        let s = build_status(i);
+        assert_eq!(find(Some(&s), "Ready").unwrap().reason, "Rejected");
+        assert_eq!(find(Some(&s), "Ready").unwrap().message, "address taken");
+        assert_eq!(find(Some(&s), "Stalled").unwrap().status, "True");
+        assert_eq!(find(Some(&s), "Reconciling").unwrap().status, "False");
+        let mut i = input(None, &r, "t");
+        i.readiness = Readiness::progressing(reason::CREATING, "creating");
+        let s = build_status(i);
+        assert_eq!(find(Some(&s), "Reconciling").unwrap().status, "True");
+        assert_eq!(find(Some(&s), "Stalled").unwrap().status, "False");
+    }
+
+    #[test]
+    fn keeps_counters_when_not_observed() {
+        let r = remote(4, 10);
+        let s1 = build_status(input(None, &r, "t1"));
+        let s2 = build_status(StatusInput {
+            previous: Some(&s1),
+            generation: Some(3),
+            inbox_id: Some("inb_1".into()),
+            remote: None,
+            secret_name: None,
+            readiness: Readiness::progressing(reason::API_UNAVAILABLE, "503"),
+            now: "t2",
+        });
+        assert_eq!(s2.sends_today, Some(4));
+        assert_eq!(s2.secret_name.as_deref(), Some("s"));
+        assert_eq!(find(Some(&s2), "Ready").unwrap().reason, "ApiUnavailable");
+    }
+
+    #[test]
+    fn suspended_is_not_ready() {
+        let mut r = remote(0, 10);
+        r.status = InboxState::Suspended;
+        assert_eq!(readiness_of(&r).reason(), "InboxSuspended");
+        r.status = InboxState::Active;
+        assert_eq!(readiness_of(&r), Readiness::Ready);
+    }
+}

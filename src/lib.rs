@@ -1,0 +1,21 @@
+//! inbox-operator: manage AgentSend email inboxes declaratively from Kubernetes.
+//!
+//! Layout: [`crd`] (the public resource), [`agentsend`] (HTTP client for the AgentSend API),
+//! [`simulator`] (a local, in-memory stand-in for AgentSend used by tests and the demo —
+//! **not** the real service), [`controller`] (pure decisions plus the Kubernetes/AgentSend edges).
+#![forbid(unsafe_code)]
+
+pub mod agentsend;
+pub mod controller;
+pub mod crd;
+pub mod metrics;
+pub mod simulator;
+
+/// Install ring as the process-wide rustls crypto provider (idempotent). Exactly one provider
+/// is compiled in; this makes the choice explicit for every TLS client (kube and reqwest).
+pub fn ensure_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+pub mod cli;
+pub mod operator;
+pub mod server;
