@@ -15,7 +15,9 @@ pub const MAX_MESSAGE_LEN: usize = 300;
 pub enum ApiError {
     /// 401/403: the API key is missing, wrong or revoked. Fix the credentials Secret or the
     /// operator's default key; retrying soon will not help.
-    #[error("AgentSend refused the API key (HTTP {status}): {message}; check the credentials Secret or the operator's default key")]
+    #[error(
+        "AgentSend refused the API key (HTTP {status}): {message}; check the credentials Secret or the operator's default key"
+    )]
     Unauthorized { status: u16, message: String },
 
     /// 404: the inbox does not exist in this account (or belongs to another account).
@@ -35,7 +37,10 @@ pub enum ApiError {
 
     /// 5xx, timeouts, connection resets: retry with backoff.
     #[error("AgentSend is unavailable{}: {message}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
-    Transient { status: Option<u16>, message: String },
+    Transient {
+        status: Option<u16>,
+        message: String,
+    },
 
     /// A 2xx answer whose body is not what the API documents. Retried like a transient error,
     /// since a proxy or a partial answer is the usual cause.
@@ -202,7 +207,10 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(parse_retry_after("7", now), Some(Duration::from_secs(7)));
         assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("1.5", now), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_retry_after("1.5", now),
+            Some(Duration::from_millis(1500))
+        );
         let date = httpdate::fmt_http_date(now + Duration::from_secs(30));
         assert_eq!(parse_retry_after(&date, now), Some(Duration::from_secs(30)));
         let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
@@ -218,7 +226,10 @@ mod tests {
             "conflict: address taken"
         );
         assert_eq!(error_message(br#"{"message":"bad"}"#), "bad");
-        assert_eq!(error_message(br#"{"error":{"message":"nested"}}"#), "nested");
+        assert_eq!(
+            error_message(br#"{"error":{"message":"nested"}}"#),
+            "nested"
+        );
         assert_eq!(error_message(b"plain\n  text"), "plain text");
         assert_eq!(error_message(b""), "(no message)");
         let long = "é".repeat(1000);

@@ -225,6 +225,9 @@ impl Accounts {
         let mut accounts = self.lock();
         let acct = accounts.entry(key.clone()).or_default();
         let listed: HashSet<&str> = result.iter().map(|r| r.id.as_str()).collect();
+        // First success after a failed scan (key restored, outage over): every Inbox of the
+        // account has a condition to clear, even if nothing changed in AgentSend.
+        let recovered = acct.failed.is_some();
         for (id, obj) in &acct.bound {
             let before = acct.seen.get(id).map(|(r, _)| r);
             let after = result.iter().find(|r| &r.id == id);
@@ -233,7 +236,7 @@ impl Accounts {
                 (None, Some(_)) => true,
                 (_, None) => true,
             };
-            if differs {
+            if differs || recovered {
                 changed.push(obj.clone());
             }
         }
@@ -294,5 +297,77 @@ impl Accounts {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agentsend::ClientOptions;
+
+    fn accounts() -> Accounts {
+        let client = AgentSendClient::new("http://127.0.0.1:9", ClientOptions::default()).unwrap();
+        Accounts::new(client, Duration::from_secs(60))
+    }
+
+    fn obj(name: &str) -> ObjectRef<Inbox> {
+        ObjectRef::new(name).within("ns")
+    }
+
+    #[test]
+    fn registration_follows_key_rotation() {
+        let a = accounts();
+        let old = ApiKey::new("old").unwrap();
+        let new = ApiKey::new("new").unwrap();
+        a.register(&old, "i1", obj("x"));
+        a.register(&old, "i2", obj("y"));
+        assert_eq!(a.account_count(), 1);
+        a.register(&new, "i1", obj("x"));
+        let snap: HashMap<_, _> = a.snapshot().into_iter().collect();
+        assert_eq!(snap[&old], vec![obj("y")]);
+        assert_eq!(snap[&new], vec![obj("x")]);
+        a.unregister(&obj("y"));
+        assert_eq!(a.account_count(), 1, "empty accounts are dropped");
+    }
+
+    #[test]
+    fn rebinding_replaces_the_old_id() {
+        let a = accounts();
+        let k = ApiKey::new("k").unwrap();
+        a.register(&k, "old-id", obj("x"));
+        a.register(&k, "new-id", obj("x"));
+        let snap = a.snapshot();
+        assert_eq!(snap[0].1.len(), 1);
+    }
+
+    #[test]
+    fn recently_bound_excludes_the_owner() {
+        let a = accounts();
+        a.note_bound("i1", "uid-a");
+        a.note_bound("i2", "uid-b");
+        let for_a = a.recently_bound_except("uid-a");
+        assert!(!for_a.contains("i1") && for_a.contains("i2"));
+    }
+
+    #[tokio::test]
+    async fn remembered_observations_are_served_without_requests() {
+        let a = accounts();
+        let k = ApiKey::new("k").unwrap();
+        let r = RemoteInbox {
+            id: "i1".into(),
+            address: "a@agentsend.io".into(),
+            display_name: None,
+            domain_id: None,
+            status: crate::agentsend::InboxState::Active,
+            daily_send_limit: Some(1),
+            sends_today: Some(0),
+            total_sent: None,
+            bounce_count: None,
+            complaint_count: None,
+            created_at: None,
+        };
+        a.remember(&k, &r);
+        // The client points at a closed port: a request would fail.
+        assert_eq!(a.observe(&k, "i1").await.unwrap(), Some(r));
     }
 }

@@ -292,11 +292,15 @@ impl<'a> Pass<'a> {
         // Unbind (empty annotation: explicitly unbound) and mark the create as pending in one
         // write, then create on the updated object.
         let now = now_rfc3339();
-        self.patch_annotations(json!({
-            crd::ANNOTATION_INBOX_ID: "",
-            crd::ANNOTATION_CREATE_PENDING: now,
-        }))
-        .await?;
+        if !self
+            .patch_annotations_if_current(json!({
+                crd::ANNOTATION_INBOX_ID: "",
+                crd::ANNOTATION_CREATE_PENDING: now,
+            }))
+            .await?
+        {
+            return Ok(stale_view_retry());
+        }
         let mut unbound = self.inbox.clone();
         let ann = unbound
             .metadata
@@ -368,8 +372,16 @@ impl<'a> Pass<'a> {
                 // The API refused this exact spec; it will refuse it again.
                 return Ok(settled());
             }
-            self.patch_annotations(json!({ crd::ANNOTATION_CREATE_PENDING: now_rfc3339() }))
-                .await?;
+            // Only mark (and then create) if this pass saw the current object: a stale cache
+            // view could miss the binding a previous pass recorded.
+            if !self
+                .patch_annotations_if_current(
+                    json!({ crd::ANNOTATION_CREATE_PENDING: now_rfc3339() }),
+                )
+                .await?
+            {
+                return Ok(stale_view_retry());
+            }
             return self.create(key, recreated, None).await;
         };
         // A create may have happened without being recorded: look before creating. Exclusive:
@@ -775,6 +787,30 @@ impl<'a> Pass<'a> {
         .await
     }
 
+    /// Patch annotations only if the object is still at the resourceVersion this pass read
+    /// (optimistic concurrency). `Ok(false)`: it changed meanwhile; decide again on fresh data.
+    async fn patch_annotations_if_current(
+        &self,
+        annotations: serde_json::Value,
+    ) -> Result<bool, Error> {
+        let Some(rv) = self.inbox.metadata.resource_version.clone() else {
+            return Ok(false);
+        };
+        let patch = json!({ "metadata": { "resourceVersion": rv, "annotations": annotations } });
+        match self
+            .api
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                tracing::debug!("Inbox changed since it was read; deciding again on fresh data");
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     async fn patch_annotations(&self, annotations: serde_json::Value) -> Result<(), Error> {
         let patch = json!({ "metadata": { "annotations": annotations } });
         self.api
@@ -926,6 +962,11 @@ fn proves_not_created(e: &ApiError) -> bool {
             | ApiError::NotFound { .. }
             | ApiError::Config { .. }
     )
+}
+
+/// Retry soon after a stale cache view (the watch delivers the newer object meanwhile).
+fn stale_view_retry() -> Action {
+    Action::requeue(Duration::from_millis(500).mul_f64(1.0 + rand::random::<f64>()))
 }
 
 fn now_rfc3339() -> String {

@@ -1,0 +1,390 @@
+//! Benchmark (not a test): N Inboxes applied at once against a real local control plane and the
+//! AgentSend simulator with latency. Reports time to Ready, AgentSend requests per created
+//! inbox, requests and Kubernetes writes per sync interval at rest, operator peak RSS and CPU,
+//! and time to delete everything.
+//!
+//! Usage: `cargo run --release --bin inbox-bench -- --inboxes 100,1000,10000`
+//! (see `hack/bench.sh`; figures go into BENCHMARKS.md).
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+use inbox_operator::crd::{Inbox, InboxSpec};
+use inbox_operator::simulator::Simulator;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, Config};
+
+#[derive(Parser, Debug)]
+#[command(about = "inbox-operator benchmark (not a test)")]
+struct Args {
+    /// Inbox counts to run, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    inboxes: Vec<usize>,
+    /// Simulator latency per request.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    latency: Duration,
+    /// Operator sync interval (the at-rest measurement spans one interval).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    sync_interval: Duration,
+    /// Operator binary (build it with --release first).
+    #[arg(long, default_value = "target/release/inbox-operator")]
+    operator: PathBuf,
+    /// Extra flags for `inbox-operator run`.
+    #[arg(long, allow_hyphen_values = true)]
+    operator_args: Vec<String>,
+    /// Give up on one phase after this long.
+    #[arg(long, default_value = "900s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+struct Cluster {
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Cluster {
+    fn up(root: &Path, dir: &Path) -> Result<Cluster, String> {
+        let out = Command::new(root.join("hack/local-cluster.sh"))
+            .arg("up")
+            .arg(dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("local-cluster.sh: {e}"))?;
+        if !out.status.success() {
+            return Err("local control plane did not start".into());
+        }
+        let kubeconfig = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Ok(Cluster {
+            dir: dir.to_path_buf(),
+            kubeconfig,
+        })
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let root = std::env::current_dir().unwrap_or_default();
+        let _ = Command::new(root.join("hack/local-cluster.sh"))
+            .arg("down")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Peak RSS (MiB) and CPU seconds of a process, from /proc.
+fn proc_usage(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let hwm_kb = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; after the comm they are at 11 and 12.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let hz = 100.0;
+    (hwm_kb / 1024.0, (ticks(11) + ticks(12)) / hz)
+}
+
+/// Sum of apiserver_request_total for mutating verbs, from the apiserver's /metrics.
+async fn apiserver_writes(client: &Client) -> Result<f64, String> {
+    let req = http::Request::get("/metrics")
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    let text = client.request_text(req).await.map_err(|e| e.to_string())?;
+    let mut sum = 0.0;
+    for line in text.lines() {
+        if !line.starts_with("apiserver_request_total{") {
+            continue;
+        }
+        let mutating = [
+            "\"POST\"",
+            "\"PUT\"",
+            "\"PATCH\"",
+            "\"DELETE\"",
+            "\"DELETECOLLECTION\"",
+            "\"APPLY\"",
+        ]
+        .iter()
+        .any(|v| line.contains(&format!("verb={v}")));
+        if mutating && let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
+            sum += v;
+        }
+    }
+    Ok(sum)
+}
+
+async fn count_ready(api: &Api<Inbox>) -> Result<(usize, usize), String> {
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let ready = list
+        .items
+        .iter()
+        .filter(|i| {
+            i.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+        .count();
+    Ok((list.items.len(), ready))
+}
+
+struct Row {
+    n: usize,
+    ready_s: f64,
+    req_per_create: f64,
+    rest_api: u64,
+    rest_writes: f64,
+    rss_mib: f64,
+    cpu_s: f64,
+    delete_s: f64,
+}
+
+async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
+    let root = std::env::current_dir().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("inbox-bench-{}-{n}", std::process::id()));
+    let cluster = Cluster::up(&root, &dir)?;
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(&cluster.kubeconfig).map_err(|e| e.to_string())?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let client = Client::try_from(config).map_err(|e| e.to_string())?;
+
+    let crd = root.join("crds/inboxes.agentsend.io.yaml");
+    let st = Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            &cluster.kubeconfig.to_string_lossy(),
+            "create",
+            "-f",
+            &crd.to_string_lossy(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !st.success() {
+        return Err("CRD install failed".into());
+    }
+    let _ = Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            &cluster.kubeconfig.to_string_lossy(),
+            "wait",
+            "--for",
+            "condition=established",
+            "crd/inboxes.agentsend.io",
+        ])
+        .stdout(Stdio::null())
+        .status();
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some("bench".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    ns_api
+        .create(&PostParams::default(), &ns)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let sim = Simulator::new();
+    sim.add_account("bench", "bench-key");
+    sim.set_latency(args.latency);
+    let handle = sim.spawn().await.map_err(|e| e.to_string())?;
+
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(|e| e.to_string())?
+        .port();
+    let child = Command::new(&args.operator)
+        .arg("run")
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args([
+            "--sync-interval",
+            &format!("{}s", args.sync_interval.as_secs()),
+        ])
+        .args(&args.operator_args)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env("AGENTSEND_API_URL", handle.url())
+        .env("AGENTSEND_API_KEY", "bench-key")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("start {}: {e}", args.operator.display()))?;
+    let op = Proc(child);
+    let pid = op.0.id();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let api: Api<Inbox> = Api::namespaced(client.clone(), "bench");
+    // Apply all at once (bounded client concurrency, like `kubectl apply` of a big manifest).
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let inbox = Inbox::new(&format!("inbox-{i:05}"), InboxSpec::default());
+                api.create(&PostParams::default(), &inbox).await.map(|_| ())
+            }
+        })
+        .buffer_unordered(64)
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let (_, ready) = count_ready(&api).await?;
+        if ready == n {
+            break;
+        }
+        if started.elapsed() > args.timeout {
+            return Err(format!("only {ready}/{n} Ready after {:?}", args.timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ready_s = started.elapsed().as_secs_f64();
+    let created = sim.inbox_count();
+    if created != n {
+        return Err(format!("{created} AgentSend inboxes for {n} Inboxes"));
+    }
+    let req_per_create = sim.total_requests() as f64 / n as f64;
+
+    // At rest: let in-flight work settle for one interval, then measure one more interval.
+    tokio::time::sleep(args.sync_interval + Duration::from_secs(3)).await;
+    let api_before = sim.total_requests();
+    let writes_before = apiserver_writes(&client).await?;
+    tokio::time::sleep(args.sync_interval).await;
+    let rest_api = sim.total_requests() - api_before;
+    let rest_writes = apiserver_writes(&client).await? - writes_before;
+
+    let started = Instant::now();
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        let (left, _) = count_ready(&api).await?;
+        if left == 0 {
+            break;
+        }
+        if started.elapsed() > args.timeout {
+            return Err(format!("{left} Inboxes left after {:?}", args.timeout));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let delete_s = started.elapsed().as_secs_f64();
+    if sim.inbox_count() != 0 {
+        return Err(format!(
+            "{} AgentSend inboxes left after deletion",
+            sim.inbox_count()
+        ));
+    }
+    let (rss_mib, cpu_s) = proc_usage(pid);
+    drop(op);
+    drop(cluster);
+    Ok(Row {
+        n,
+        ready_s,
+        req_per_create,
+        rest_api,
+        rest_writes,
+        rss_mib,
+        cpu_s,
+        delete_s,
+    })
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    inbox_operator::ensure_crypto_provider();
+    let args = Args::parse();
+    if !args.operator.exists() {
+        eprintln!(
+            "inbox-bench: {} not found; run `cargo build --release` first",
+            args.operator.display()
+        );
+        return std::process::ExitCode::FAILURE;
+    }
+    let mut rows = Vec::new();
+    for &n in &args.inboxes {
+        eprintln!("inbox-bench: N = {n} ...");
+        match run_one(&args, n).await {
+            Ok(r) => rows.push(r),
+            Err(e) => {
+                eprintln!("inbox-bench: N = {n} failed: {e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        }
+    }
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    println!(
+        "machine: {cpus} CPUs ({model}); simulator latency {:?}; sync interval {:?}",
+        args.latency, args.sync_interval
+    );
+    println!();
+    println!(
+        "| Inboxes | all Ready (s) | AgentSend req / created inbox | AgentSend req / interval at rest | Kubernetes writes / interval at rest | operator peak RSS (MiB) | operator CPU (s) | all deleted (s) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &rows {
+        println!(
+            "| {} | {:.1} | {:.3} | {} (target ≤ {}) | {:.0} | {:.1} | {:.1} | {:.1} |",
+            r.n,
+            r.ready_s,
+            r.req_per_create,
+            r.rest_api,
+            r.n.div_ceil(100) + 1,
+            r.rest_writes,
+            r.rss_mib,
+            r.cpu_s,
+            r.delete_s
+        );
+    }
+    std::process::ExitCode::SUCCESS
+}

@@ -1,0 +1,305 @@
+//! `inbox-operator run`: startup checks, metrics server, leader election, signals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, ListParams};
+use kube::{Client, Config};
+use kube_lease_manager::LeaseManagerBuilder;
+use thiserror::Error;
+use tracing::{info, warn};
+
+use crate::agentsend::{AgentSendClient, ApiKey, ClientOptions, RequestObserver};
+use crate::cli::{LogFormat, RunArgs};
+use crate::controller::{self, DefaultKey, Settings};
+use crate::crd::Inbox;
+use crate::metrics::Metrics;
+use crate::server::{self, Health};
+
+/// Why the operator could not start (or stopped). Each message says what to do.
+#[derive(Debug, Error)]
+pub enum StartupError {
+    #[error(
+        "no default AgentSend API key: set AGENTSEND_API_KEY or --api-key-file (or pass --no-default-key if every Inbox sets spec.credentials)"
+    )]
+    NoDefaultKey,
+    #[error("cannot read the API key file {path}: {source}; check the mounted Secret")]
+    KeyFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the API key file {0} is empty; check the mounted Secret")]
+    EmptyKeyFile(String),
+    #[error(
+        "cannot load a Kubernetes configuration ({0}); run in a cluster, set KUBECONFIG, or create ~/.kube/config"
+    )]
+    KubeConfig(String),
+    #[error(
+        "cannot reach the Kubernetes API server at {url}: {message}; check the kubeconfig and network"
+    )]
+    Unreachable { url: String, message: String },
+    #[error(
+        "the Inbox CRD (inboxes.agentsend.io) is not installed: run `inbox-operator crd | kubectl create -f -` (or apply crds/inboxes.agentsend.io.yaml)"
+    )]
+    CrdMissing,
+    #[error(
+        "not allowed to list Inboxes ({0}); apply the RBAC in deploy/ for the operator's ServiceAccount"
+    )]
+    Forbidden(String),
+    #[error("Kubernetes API error during startup: {0}")]
+    Kube(String),
+    #[error("invalid AgentSend settings: {0}")]
+    AgentSend(String),
+    #[error("cannot serve metrics on {addr}: {source}; choose another --metrics-addr")]
+    MetricsBind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("leader election failed: {0}")]
+    Lease(String),
+    #[error("lost the leader lease; exiting so that a restart rejoins as a follower")]
+    LostLease,
+}
+
+/// Set up `tracing` output (text or JSON; levels from `RUST_LOG`, default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_lease_manager=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn default_key(args: &RunArgs) -> Result<DefaultKey, StartupError> {
+    if let Some(path) = &args.api_key_file {
+        let text = std::fs::read_to_string(path).map_err(|source| StartupError::KeyFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        if ApiKey::new(&text).is_none() {
+            return Err(StartupError::EmptyKeyFile(path.display().to_string()));
+        }
+        return Ok(DefaultKey::File(path.clone()));
+    }
+    if let Some(k) = std::env::var("AGENTSEND_API_KEY")
+        .ok()
+        .and_then(ApiKey::new)
+    {
+        return Ok(DefaultKey::Fixed(k));
+    }
+    if args.no_default_key {
+        return Ok(DefaultKey::None);
+    }
+    Err(StartupError::NoDefaultKey)
+}
+
+async fn kube_client() -> Result<Client, StartupError> {
+    let config = Config::infer()
+        .await
+        .map_err(|e| StartupError::KubeConfig(e.to_string()))?;
+    let url = config.cluster_url.to_string();
+    let client = Client::try_from(config).map_err(|e| StartupError::KubeConfig(e.to_string()))?;
+    client
+        .apiserver_version()
+        .await
+        .map_err(|e| StartupError::Unreachable {
+            url,
+            message: e.to_string(),
+        })?;
+    Ok(client)
+}
+
+async fn check_crd(client: &Client, args: &RunArgs) -> Result<(), StartupError> {
+    let api: Api<Inbox> = match args.namespace.first() {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(StartupError::CrdMissing),
+        Err(kube::Error::Api(s)) if s.code == 403 => Err(StartupError::Forbidden(s.message)),
+        Err(e) => Err(StartupError::Kube(e.to_string())),
+    }
+}
+
+/// A future that resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Run the operator until SIGTERM (returns Ok) or a fatal error.
+pub async fn run(args: RunArgs) -> Result<(), StartupError> {
+    crate::ensure_crypto_provider();
+    let default_key = default_key(&args)?;
+    let client = kube_client().await?;
+    check_crd(&client, &args).await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    server::serve(
+        args.metrics_addr,
+        server::router(metrics.clone(), health.clone()),
+    )
+    .await
+    .map_err(|source| StartupError::MetricsBind {
+        addr: args.metrics_addr.to_string(),
+        source,
+    })?;
+    info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
+
+    let observer_metrics = metrics.clone();
+    let observer: RequestObserver = Arc::new(move |route, status, took| {
+        observer_metrics.api_request(route, status, took);
+    });
+    let opts = ClientOptions {
+        timeout: args.agentsend_timeout,
+        requests_per_second: args.agentsend_rate,
+        burst: args.agentsend_burst,
+        max_concurrency: args.agentsend_concurrency,
+        ..ClientOptions::default()
+    };
+    let api = AgentSendClient::with_observer(&args.agentsend_url, opts, Some(observer))
+        .map_err(|e| StartupError::AgentSend(e.to_string()))?;
+
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("inbox-operator-{}", std::process::id()));
+    let settings = Settings {
+        sync_interval: args.sync_interval,
+        concurrency: args.concurrency.max(1),
+        namespaces: args.namespace.clone(),
+        selector: args.selector.clone(),
+        default_key,
+        reporter: "inbox-operator".into(),
+        instance: Some(identity.clone()),
+    };
+    info!(
+        url = %args.agentsend_url,
+        namespaces = ?settings.namespaces,
+        selector = ?settings.selector,
+        sync_interval_s = settings.sync_interval.as_secs_f64(),
+        "starting inbox-operator"
+    );
+
+    let (term_tx, term_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = term_tx.send(true);
+    });
+    let terminated = {
+        let rx = term_rx.clone();
+        move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|v| *v).await;
+            }
+        }
+    };
+
+    if !args.leader_elect {
+        metrics.set_leader(true);
+        let h = health.clone();
+        controller::run(client, api, settings, metrics, terminated(), move || {
+            h.set_ready(true)
+        })
+        .await;
+        return Ok(());
+    }
+
+    let lease_ns = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&lease_ns)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration.as_secs().max(2))
+        .with_grace((args.lease_duration.as_secs() / 3).max(1))
+        .build()
+        .await
+        .map_err(|e| StartupError::Lease(e.to_string()))?;
+    let (mut leader_rx, lease_task) = manager.watch().await;
+    // A follower is healthy and ready: leadership is known.
+    health.set_ready(true);
+    info!(lease = %args.lease_name, namespace = %lease_ns, identity = %identity, "waiting for leadership");
+    let mut term = term_rx.clone();
+    let became_leader = tokio::select! {
+        r = leader_rx.wait_for(|l| *l) => r.is_ok(),
+        _ = term.wait_for(|v| *v) => false,
+    };
+    if !became_leader {
+        drop(leader_rx);
+        let _ = lease_task.await;
+        if *term_rx.borrow() {
+            info!("terminated while waiting for leadership");
+            return Ok(());
+        }
+        return Err(StartupError::Lease("lease manager stopped".into()));
+    }
+    info!("acquired leadership; starting controller");
+    metrics.set_leader(true);
+    health.set_ready(false);
+    let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
+    let mut watch_leader = leader_rx.clone();
+    tokio::spawn(async move {
+        if watch_leader.wait_for(|l| !*l).await.is_ok() {
+            let _ = lost_tx.send(true);
+        }
+    });
+    let stop = {
+        let t = terminated();
+        let mut lost = lost_rx.clone();
+        async move {
+            tokio::select! {
+                _ = t => {}
+                _ = lost.wait_for(|v| *v) => { warn!("lost leadership; stopping controller"); }
+            }
+        }
+    };
+    let h = health.clone();
+    controller::run(client, api, settings, metrics.clone(), stop, move || {
+        h.set_ready(true)
+    })
+    .await;
+    metrics.set_leader(false);
+    let lost = *lost_rx.borrow();
+    drop(leader_rx);
+    // Releasing the lease lets a standby take over at once.
+    match tokio::time::timeout(Duration::from_secs(10), lease_task).await {
+        Ok(Ok(Ok(_))) => info!("released the leader lease"),
+        Ok(Ok(Err(e))) => warn!(error = %e, "could not release the leader lease"),
+        _ => warn!("timed out releasing the leader lease"),
+    }
+    if lost {
+        return Err(StartupError::LostLease);
+    }
+    Ok(())
+}

@@ -1,0 +1,735 @@
+//! The Inbox lifecycle against a real kube-apiserver + etcd and the AgentSend simulator.
+//! Each test runs its own controller (scoped to its own namespace) and its own simulator.
+
+mod ctl;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use inbox_operator::agentsend::{CreateInbox, InboxState};
+use inbox_operator::controller::DefaultKey;
+use inbox_operator::crd::{
+    CredentialsSpec, DeletionPolicy, Inbox, InboxSpec, SecretKeyRef, SecretSpec,
+};
+use inbox_operator::simulator::Route;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+use support::wait_for;
+
+use ctl::{ACCOUNT, Env, T, cond, data, ready, status_id};
+
+#[tokio::test]
+async fn create_binds_writes_secret_and_mirrors_status() {
+    let env = Env::start().await;
+    env.create(
+        "support",
+        InboxSpec {
+            display_name: Some("Support Bot".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let i = env.wait_ready("support", "True", "Ready").await;
+
+    // Finalizer, binding annotation, no pending mark.
+    assert!(i.finalizers().iter().any(|f| f == "agentsend.io/finalizer"));
+    let id = status_id(&i);
+    assert!(!id.is_empty());
+    assert_eq!(i.annotations().get("agentsend.io/inbox-id"), Some(&id));
+    assert!(!i.annotations().contains_key("agentsend.io/create-pending"));
+    let st = i.status.clone().unwrap();
+    assert_eq!(st.state.as_deref(), Some("active"));
+    assert_eq!(st.display_name.as_deref(), Some("Support Bot"));
+    assert_eq!(
+        st.sends_remaining,
+        Some(st.daily_send_limit.unwrap() - st.sends_today.unwrap())
+    );
+    assert_eq!(st.secret_name.as_deref(), Some("support"));
+    for t in ["Reconciling", "Stalled"] {
+        assert_eq!(cond(&i, t).unwrap().status, "False", "{t}");
+    }
+
+    // Exactly one inbox, created by one request.
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1);
+    assert_eq!(env.sim.request_count(Route::Create), 1);
+    let remote = env.sim.inbox(&id).unwrap();
+    assert_eq!(st.address.as_deref(), Some(remote.address.as_str()));
+
+    // The Secret per the contract.
+    let s = env.secret("support").await.expect("secret");
+    assert_eq!(s.type_.as_deref(), Some("Opaque"));
+    assert_eq!(data(&s, "address"), remote.address);
+    assert_eq!(data(&s, "inboxId"), id);
+    assert!(!s.data.as_ref().unwrap().contains_key("domainId"));
+    let labels = s.labels();
+    assert_eq!(
+        labels
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("inbox-operator")
+    );
+    assert_eq!(
+        labels.get("agentsend.io/inbox").map(String::as_str),
+        Some("support")
+    );
+    let owner = &s.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("Inbox", Some(true))
+    );
+    assert_eq!(Some(owner.uid.clone()), i.metadata.uid);
+
+    env.wait_event("Created").await;
+    env.wait_event("SecretWritten").await;
+
+    // Per-Inbox metrics use namespace and name only.
+    let text = env.metrics.encode();
+    assert!(
+        text.contains(&format!(
+            "inbox_operator_inbox_ready{{namespace=\"{}\",name=\"support\"}} 1",
+            env.ns.name()
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(&remote.address) && !text.contains(&id));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn custom_domain_address_lands_in_secret() {
+    let env = Env::start().await;
+    let spec = InboxSpec {
+        address: Some("support".into()),
+        domain_id: Some("dom_example".into()),
+        secret: Some(SecretSpec {
+            name: Some("support-mail".into()),
+            labels: Some(BTreeMap::from([("team".into(), "care".into())])),
+            annotations: Some(BTreeMap::from([("note".into(), "x".into())])),
+        }),
+        ..Default::default()
+    };
+    env.create("care", spec).await;
+    env.wait_ready("care", "True", "Ready").await;
+    let s = env.secret("support-mail").await.expect("secret");
+    assert_eq!(data(&s, "address"), "support@example.com");
+    assert_eq!(data(&s, "domainId"), "dom_example");
+    assert_eq!(s.labels().get("team").map(String::as_str), Some("care"));
+    assert_eq!(s.annotations().get("note").map(String::as_str), Some("x"));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn lost_create_response_recovers_without_second_inbox() {
+    let env = Env::start().await;
+    env.sim.drop_next_create_responses(1);
+    env.create(
+        "lost",
+        InboxSpec {
+            display_name: Some("Lost".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let i = env.wait_ready("lost", "True", "Ready").await;
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1, "exactly one inbox");
+    assert_eq!(env.sim.request_count(Route::Create), 1, "no second create");
+    assert!(
+        env.sim.request_count(Route::List) >= 1,
+        "recovery listed the account"
+    );
+    assert_eq!(env.sim.inboxes(ACCOUNT)[0].id, status_id(&i));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn ambiguous_recovery_stalls_with_creation_uncertain() {
+    let env = Env::start().await;
+    // Two unbound inboxes that both look like the interrupted create.
+    for _ in 0..2 {
+        env.sim
+            .insert_inbox(
+                ACCOUNT,
+                CreateInbox {
+                    display_name: Some("Twin".into()),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+    let mut inbox = Inbox::new(
+        "twin",
+        InboxSpec {
+            display_name: Some("Twin".into()),
+            ..Default::default()
+        },
+    );
+    let past = jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::from_secs(60))
+        .unwrap();
+    inbox.metadata.annotations = Some(BTreeMap::from([(
+        "agentsend.io/create-pending".to_string(),
+        past.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )]));
+    env.inboxes()
+        .create(&PostParams::default(), &inbox)
+        .await
+        .unwrap();
+    let i = env.wait_ready("twin", "False", "CreationUncertain").await;
+    assert!(ready(&i).unwrap().message.contains("spec.inboxId"));
+    assert_eq!(cond(&i, "Stalled").unwrap().status, "True");
+    assert_eq!(
+        env.sim.request_count(Route::Create),
+        0,
+        "never a blind create"
+    );
+    env.wait_event("CreationUncertain").await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn owned_secret_is_restored_and_foreign_secret_untouched() {
+    let env = Env::start().await;
+    env.create("keep", InboxSpec::default()).await;
+    let i = env.wait_ready("keep", "True", "Ready").await;
+    let addr = i.status.unwrap().address.unwrap();
+
+    // Deleted: restored promptly (watched).
+    env.secrets()
+        .delete("keep", &DeleteParams::default())
+        .await
+        .unwrap();
+    let s = wait_for("secret recreated", Duration::from_secs(10), || async {
+        env.secret("keep").await
+    })
+    .await;
+    assert_eq!(data(&s, "address"), addr);
+
+    // Edited: restored.
+    let patch = json!({"data": {"address": base64("evil@example.com")}});
+    env.secrets()
+        .patch("keep", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for("secret restored", Duration::from_secs(10), || async {
+        env.secret("keep")
+            .await
+            .filter(|s| data(s, "address") == addr)
+    })
+    .await;
+
+    // A Secret of the requested name that we do not own is never modified.
+    let foreign = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("theirs".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "address".to_string(),
+            ByteString(b"mine@example.com".to_vec()),
+        )])),
+        ..Default::default()
+    };
+    env.secrets()
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+    env.create(
+        "clash",
+        InboxSpec {
+            secret: Some(SecretSpec {
+                name: Some("theirs".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let i = env.wait_ready("clash", "False", "SecretConflict").await;
+    assert_eq!(cond(&i, "Stalled").unwrap().status, "True");
+    let s = env.secret("theirs").await.unwrap();
+    assert_eq!(data(&s, "address"), "mine@example.com");
+    assert!(s.owner_references().is_empty());
+    env.wait_event("SecretConflict").await;
+    env.stop().await;
+}
+
+fn base64(s: &str) -> String {
+    serde_json::to_value(ByteString(s.as_bytes().to_vec()))
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn renaming_the_secret_moves_it() {
+    let env = Env::start().await;
+    env.create("mover", InboxSpec::default()).await;
+    env.wait_ready("mover", "True", "Ready").await;
+    let patch = json!({"spec": {"secret": {"name": "moved"}}});
+    env.inboxes()
+        .patch("mover", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let i = env.wait_ready("mover", "True", "Ready").await;
+    assert_eq!(i.status.unwrap().secret_name.as_deref(), Some("moved"));
+    assert!(env.secret("moved").await.is_some());
+    wait_for("old secret removed", T, || async {
+        env.secret("mover").await.is_none().then_some(())
+    })
+    .await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn counters_refresh_and_send_limit_is_flagged() {
+    let env = Env::start().await;
+    env.create("busy", InboxSpec::default()).await;
+    let i = env.wait_ready("busy", "True", "Ready").await;
+    let id = status_id(&i);
+    env.sim.update_inbox(&id, |r| {
+        r.daily_send_limit = Some(50);
+        r.sends_today = Some(50);
+        r.total_sent = Some(500);
+        r.bounce_count = Some(3);
+        r.complaint_count = Some(1);
+    });
+    let api = env.inboxes();
+    let i = wait_for("counters mirrored", T, || async {
+        let i = api.get("busy").await.ok()?;
+        (i.status.as_ref()?.sends_today == Some(50)).then_some(i)
+    })
+    .await;
+    let st = i.status.clone().unwrap();
+    assert_eq!(
+        (
+            st.sends_remaining,
+            st.total_sent,
+            st.bounce_count,
+            st.complaint_count
+        ),
+        (Some(0), Some(500), Some(3), Some(1))
+    );
+    assert_eq!(cond(&i, "SendLimitReached").unwrap().status, "True");
+    assert_eq!(
+        ready(&i).unwrap().status,
+        "True",
+        "Ready is unaffected by the send limit"
+    );
+    env.wait_event("SendLimitReached").await;
+    // Counters came from list scans, not per-inbox GETs.
+    assert_eq!(env.sim.request_count(Route::Get), 0);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn vanished_inbox_is_recreated_and_suspension_is_surfaced() {
+    let env = Env::start().await;
+    env.create("drift", InboxSpec::default()).await;
+    let i = env.wait_ready("drift", "True", "Ready").await;
+    let old = status_id(&i);
+
+    env.sim
+        .update_inbox(&old, |r| r.status = InboxState::Suspended);
+    env.wait_ready("drift", "False", "InboxSuspended").await;
+    env.wait_event("Suspended").await;
+    env.sim
+        .update_inbox(&old, |r| r.status = InboxState::Active);
+    env.wait_ready("drift", "True", "Ready").await;
+
+    assert!(env.sim.delete_out_of_band(&old));
+    let api = env.inboxes();
+    let i = wait_for("recreated", T, || async {
+        let i = api.get("drift").await.ok()?;
+        let id = status_id(&i);
+        (id != old && !id.is_empty() && ready(&i)?.status == "True").then_some(i)
+    })
+    .await;
+    let new = status_id(&i);
+    assert_eq!(i.annotations().get("agentsend.io/inbox-id"), Some(&new));
+    env.wait_event("Recreated").await;
+    let s = env.secret("drift").await.unwrap();
+    assert_eq!(data(&s, "inboxId"), new);
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn immutable_fields_are_held_without_api_calls() {
+    let env = Env::start().await;
+    env.create(
+        "fixed",
+        InboxSpec {
+            display_name: Some("A".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    env.wait_ready("fixed", "True", "Ready").await;
+    let creates = env.sim.request_count(Route::Create);
+    let deletes = env.sim.request_count(Route::Delete);
+
+    let patch = json!({"spec": {"displayName": "B"}});
+    env.inboxes()
+        .patch("fixed", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let i = env
+        .wait_ready("fixed", "False", "ImmutableFieldChanged")
+        .await;
+    assert!(
+        ready(&i).unwrap().message.contains("displayName"),
+        "{}",
+        ready(&i).unwrap().message
+    );
+    assert_eq!(cond(&i, "Stalled").unwrap().status, "True");
+
+    let patch = json!({"spec": {"address": "someone-else"}});
+    env.inboxes()
+        .patch("fixed", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let i = env
+        .wait_ready("fixed", "False", "ImmutableFieldChanged")
+        .await;
+    assert!(ready(&i).unwrap().message.contains("address"));
+
+    // Revert: back to Ready.
+    let patch = json!({"spec": {"displayName": "A", "address": null}});
+    env.inboxes()
+        .patch("fixed", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    env.wait_ready("fixed", "True", "Ready").await;
+    assert_eq!(env.sim.request_count(Route::Create), creates);
+    assert_eq!(env.sim.request_count(Route::Delete), deletes);
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn adoption_binds_existing_and_refuses_bad_ids() {
+    let env = Env::start().await;
+    let existing = env
+        .sim
+        .insert_inbox(
+            ACCOUNT,
+            CreateInbox {
+                address: Some("sales".into()),
+                domain_id: Some("dom_example".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    env.create(
+        "adopt",
+        InboxSpec {
+            inbox_id: Some(existing.id.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let i = env.wait_ready("adopt", "True", "Ready").await;
+    assert_eq!(
+        i.status.unwrap().address.as_deref(),
+        Some("sales@example.com")
+    );
+    env.wait_event("Adopted").await;
+    assert_eq!(env.sim.request_count(Route::Create), 0);
+
+    // Same inbox claimed again: refused.
+    env.create(
+        "thief",
+        InboxSpec {
+            inbox_id: Some(existing.id.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let t = env.wait_ready("thief", "False", "Rejected").await;
+    assert!(ready(&t).unwrap().message.contains("already bound"));
+
+    // Identity mismatch: refused.
+    let other = env
+        .sim
+        .insert_inbox(ACCOUNT, CreateInbox::default())
+        .unwrap();
+    env.create(
+        "mismatch",
+        InboxSpec {
+            inbox_id: Some(other.id),
+            address: Some("nope@agentsend.io".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    env.wait_ready("mismatch", "False", "Rejected").await;
+
+    // Unknown ID: clear condition, nothing created.
+    env.create(
+        "ghost",
+        InboxSpec {
+            inbox_id: Some("inb_does_not_exist".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    env.wait_ready("ghost", "False", "InboxNotFound").await;
+    assert_eq!(env.sim.request_count(Route::Create), 0);
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 2);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn deletion_policies() {
+    let env = Env::start().await;
+    env.create("gone", InboxSpec::default()).await;
+    env.create(
+        "kept",
+        InboxSpec {
+            deletion_policy: DeletionPolicy::Orphan,
+            ..Default::default()
+        },
+    )
+    .await;
+    let gone = env.wait_ready("gone", "True", "Ready").await;
+    let kept = env.wait_ready("kept", "True", "Ready").await;
+
+    env.inboxes()
+        .delete("gone", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.inboxes()
+        .delete("kept", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("gone").await;
+    env.wait_gone("kept").await;
+    assert!(
+        env.sim.inbox(&status_id(&gone)).is_none(),
+        "Delete removes the AgentSend inbox"
+    );
+    assert!(
+        env.sim.inbox(&status_id(&kept)).is_some(),
+        "Orphan leaves it"
+    );
+    assert!(env.secret("gone").await.is_none());
+    assert!(env.secret("kept").await.is_none());
+    env.wait_event("Deleted").await;
+    env.wait_event("Orphaned").await;
+    let text = env.metrics.encode();
+    assert!(!text.contains("name=\"gone\""), "series removed");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn rejected_spec_is_not_retried_and_deletes_cleanly() {
+    let env = Env::start().await;
+    env.create(
+        "bad",
+        InboxSpec {
+            address: Some("dup".into()),
+            domain_id: Some("dom_unknown".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let i = env.wait_ready("bad", "False", "Rejected").await;
+    assert!(
+        ready(&i).unwrap().message.contains("422"),
+        "{}",
+        ready(&i).unwrap().message
+    );
+    assert!(!i.annotations().contains_key("agentsend.io/create-pending"));
+    env.wait_event("Rejected").await;
+    let creates = env.sim.request_count(Route::Create);
+    // Several sync intervals pass: no retry of the same spec.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(env.sim.request_count(Route::Create), creates);
+    env.inboxes()
+        .delete("bad", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("bad").await;
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 0);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn taken_address_is_rejected_with_the_api_message() {
+    let env = Env::start().await;
+    env.create(
+        "first",
+        InboxSpec {
+            address: Some("shared@agentsend.io".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    env.wait_ready("first", "True", "Ready").await;
+    env.create(
+        "second",
+        InboxSpec {
+            address: Some("shared@agentsend.io".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let i = env.wait_ready("second", "False", "Rejected").await;
+    assert!(ready(&i).unwrap().message.contains("409"));
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn pause_stops_calls_and_holds_deletion() {
+    let env = Env::start().await;
+    env.create("nap", InboxSpec::default()).await;
+    let i = env.wait_ready("nap", "True", "Ready").await;
+    let id = status_id(&i);
+    let patch = json!({"metadata": {"annotations": {"agentsend.io/paused": "true"}}});
+    env.inboxes()
+        .patch("nap", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let i = env.wait_ready("nap", "False", "Paused").await;
+    assert_eq!(cond(&i, "Stalled").unwrap().status, "False");
+    assert_eq!(cond(&i, "Reconciling").unwrap().status, "False");
+
+    // While paused: no Secret writes.
+    env.secrets()
+        .delete("nap", &DeleteParams::default())
+        .await
+        .unwrap();
+    // Deletion waits: the Inbox stays (terminating) and the AgentSend inbox is kept.
+    env.inboxes()
+        .delete("nap", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let i = env
+        .inboxes()
+        .get("nap")
+        .await
+        .expect("still there while paused");
+    assert!(i.metadata.deletion_timestamp.is_some());
+    assert!(env.sim.inbox(&id).is_some());
+    assert!(
+        env.secret("nap").await.is_none(),
+        "no Secret write while paused"
+    );
+    assert_eq!(env.sim.request_count(Route::Delete), 0);
+
+    // Unpause: deletion completes.
+    let patch = json!({"metadata": {"annotations": {"agentsend.io/paused": null}}});
+    env.inboxes()
+        .patch("nap", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    env.wait_gone("nap").await;
+    assert!(env.sim.inbox(&id).is_none());
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn per_namespace_credentials_missing_invalid_and_rotated() {
+    let env = Env::start_with(|s| s.default_key = DefaultKey::None).await;
+    env.sim.add_account("acct-team", "sk_team_old");
+    let spec = InboxSpec {
+        credentials: Some(CredentialsSpec {
+            secret_ref: SecretKeyRef {
+                name: "team-key".into(),
+                key: "apiKey".into(),
+            },
+        }),
+        ..Default::default()
+    };
+    env.create("team", spec).await;
+    env.wait_ready("team", "False", "CredentialsMissing").await;
+
+    let key_secret = |k: &str| Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("team-key".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "apiKey".to_string(),
+            ByteString(k.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    env.secrets()
+        .create(&PostParams::default(), &key_secret("sk_team_old"))
+        .await
+        .unwrap();
+    let i = env.wait_ready("team", "True", "Ready").await;
+    assert_eq!(env.sim.inboxes("acct-team").len(), 1);
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 0);
+
+    // Key revoked: CredentialsInvalid (the next scan notices).
+    env.sim.revoke_key("sk_team_old");
+    let bad = env.wait_ready("team", "False", "CredentialsInvalid").await;
+    assert!(
+        !serde_json::to_string(&bad.status)
+            .unwrap()
+            .contains("sk_team_old")
+    );
+    env.wait_event("CredentialsInvalid").await;
+
+    // Rotated: picked up without a restart (the Secret is watched).
+    env.sim.add_account("acct-team", "sk_team_new");
+    env.secrets()
+        .replace(
+            "team-key",
+            &PostParams::default(),
+            &key_secret("sk_team_new"),
+        )
+        .await
+        .unwrap();
+    let j = env.wait_ready("team", "True", "Ready").await;
+    assert_eq!(status_id(&i), status_id(&j));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn transient_errors_and_rate_limits_are_retried_with_bounded_requests() {
+    let env = Env::start().await;
+    env.sim.fail_next(Route::Create, 2, 503);
+    env.create("flaky", InboxSpec::default()).await;
+    env.wait_ready("flaky", "True", "Ready").await;
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1);
+    assert!(env.sim.request_count(Route::Create) <= 3);
+
+    // 429 with Retry-After: nothing is sent to the account before it elapses.
+    env.sim.reset_counters();
+    env.sim
+        .rate_limit_for(ACCOUNT, Duration::from_secs(3), false);
+    env.create("limited", InboxSpec::default()).await;
+    env.wait_ready("limited", "True", "Ready").await;
+    let reqs = env.sim.requests();
+    let first_429 = reqs
+        .iter()
+        .find(|r| r.status == 429)
+        .expect("a 429 was answered")
+        .at;
+    let after: Vec<_> = reqs.iter().filter(|r| r.at > first_429).collect();
+    assert!(!after.is_empty());
+    // Requests already in flight when the 429 was sent may land within a few milliseconds.
+    let early = after
+        .iter()
+        .filter(|r| {
+            let d = r.at.duration_since(first_429);
+            d > Duration::from_millis(200) && d < Duration::from_millis(2500)
+        })
+        .count();
+    assert_eq!(
+        early, 0,
+        "requests sent before Retry-After elapsed: {early}"
+    );
+    assert!(reqs.len() < 20, "bounded: {} requests", reqs.len());
+    env.stop().await;
+}

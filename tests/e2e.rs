@@ -1,0 +1,461 @@
+//! End-to-end tests of the `inbox-operator` binary against a real kube-apiserver and the
+//! AgentSend simulator: logs, signals, crashes, leader election, sharding, startup errors.
+
+mod support;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use inbox_operator::crd::{Inbox, InboxSpec};
+use inbox_operator::simulator::{Route, Simulator, SimulatorHandle};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::{Client, ResourceExt};
+use support::{TestNamespace, control_plane, wait_for};
+
+const KEY: &str = "sk_live_e2e_SECRET_4f9a1c77d2";
+const ACCOUNT: &str = "acct-e2e";
+const T: Duration = Duration::from_secs(40);
+
+/// A running operator process; killed on drop.
+struct Operator {
+    child: Option<Child>,
+    log: PathBuf,
+    metrics_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Operator {
+    fn start(kubeconfig: &std::path::Path, sim_url: &str, extra: &[&str]) -> Operator {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("operator.log");
+        let port = free_port();
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_inbox-operator"))
+            .arg("run")
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--sync-interval", "2s"])
+            .args(["--log-format", "json"])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("AGENTSEND_API_URL", sim_url)
+            .env("AGENTSEND_API_KEY", KEY)
+            .env(
+                "RUST_LOG",
+                "debug,hyper=info,h2=info,tower=info,rustls=info",
+            )
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start operator");
+        Operator {
+            child: Some(child),
+            log,
+            metrics_port: port,
+            _dir: dir,
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    async fn metrics(&self) -> Option<String> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
+        reqwest::get(&url).await.ok()?.text().await.ok()
+    }
+
+    async fn is_leader(&self) -> bool {
+        self.metrics()
+            .await
+            .is_some_and(|m| m.contains("inbox_operator_leader 1"))
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for exit; returns the exit code.
+    fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(60).collect();
+            eprintln!("--- operator log tail ---");
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        self.kill9();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Env {
+    client: Client,
+    ns: TestNamespace,
+    sim: Simulator,
+    handle: SimulatorHandle,
+    _dump: Box<dyn Send>,
+}
+
+impl Env {
+    async fn start(prefix: &str) -> Env {
+        inbox_operator::ensure_crypto_provider();
+        let dump = Box::new(support::on_failure_dump_logs());
+        let client = control_plane().client().await;
+        let ns = TestNamespace::new(&client, prefix).await;
+        let sim = Simulator::new();
+        sim.add_account(ACCOUNT, KEY);
+        let handle = sim.spawn().await.expect("simulator");
+        Env {
+            client,
+            ns,
+            sim,
+            handle,
+            _dump: dump,
+        }
+    }
+
+    fn operator(&self, extra: &[&str]) -> Operator {
+        let mut args = vec!["--namespace", self.ns.name()];
+        args.extend_from_slice(extra);
+        Operator::start(&control_plane().kubeconfig, &self.handle.url(), &args)
+    }
+
+    fn inboxes(&self) -> Api<Inbox> {
+        Api::namespaced(self.client.clone(), self.ns.name())
+    }
+
+    async fn create(&self, name: &str, labels: &[(&str, &str)]) {
+        let mut i = Inbox::new(name, InboxSpec::default());
+        i.metadata = ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        self.inboxes()
+            .create(&PostParams::default(), &i)
+            .await
+            .expect("create Inbox");
+    }
+
+    async fn wait_ready(&self, name: &str) -> Inbox {
+        let api = self.inboxes();
+        wait_for(&format!("{name} Ready"), T, || {
+            let api = api.clone();
+            async move {
+                let i = api.get_opt(name).await.ok()??;
+                let ok = i
+                    .status
+                    .as_ref()?
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                ok.then_some(i)
+            }
+        })
+        .await
+    }
+
+    async fn wait_gone(&self, name: &str) {
+        let api = self.inboxes();
+        wait_for(&format!("{name} gone"), T, || {
+            let api = api.clone();
+            async move { matches!(api.get_opt(name).await, Ok(None)).then_some(()) }
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn api_key_never_appears_in_logs_events_status_or_metrics() {
+    let env = Env::start("leak").await;
+    let op = env.operator(&[]);
+    env.create("secretive", &[]).await;
+    let i = env.wait_ready("secretive").await;
+    // Some failures too, so error paths are logged.
+    env.sim.fail_next(Route::List, 2, 503);
+    env.inboxes()
+        .delete("secretive", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("secretive").await;
+
+    let logs = op.logs();
+    assert!(!logs.is_empty());
+    assert!(!logs.contains(KEY), "API key found in logs");
+    let id = i.status.as_ref().and_then(|s| s.inbox_id.clone()).unwrap();
+    // Spans carry namespace, name and inbox ID; output is JSON.
+    let line = logs
+        .lines()
+        .find(|l| l.contains("created inbox"))
+        .expect("a 'created inbox' log line");
+    let v: serde_json::Value = serde_json::from_str(line).expect("JSON log line");
+    let text = v.to_string();
+    assert!(
+        text.contains(env.ns.name()) && text.contains("secretive") && text.contains(&id),
+        "{text}"
+    );
+
+    let events: Api<Event> = Api::namespaced(env.client.clone(), env.ns.name());
+    let evs =
+        serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items).unwrap();
+    assert!(evs.contains("Created") && !evs.contains(KEY));
+    assert!(!serde_json::to_string(&i).unwrap().contains(KEY));
+    let m = op.metrics().await.expect("metrics");
+    assert!(m.contains("inbox_operator_reconciles_total") && !m.contains(KEY));
+}
+
+#[tokio::test]
+async fn sigkill_between_create_and_bookkeeping_leaves_one_inbox() {
+    let env = Env::start("crash").await;
+    // The create happens but its response is lost; the operator then dies before it can
+    // look for the inbox. A new process must find it instead of creating a second one.
+    env.sim.drop_next_create_responses(1);
+    let mut op = env.operator(&[]);
+    env.create("phoenix", &[]).await;
+    wait_for("create attempted", T, || async {
+        (env.sim.request_count(Route::Create) >= 1).then_some(())
+    })
+    .await;
+    op.kill9();
+    let pending = env.inboxes().get("phoenix").await.unwrap();
+    assert!(
+        pending
+            .annotations()
+            .contains_key("agentsend.io/create-pending"),
+        "mark persisted before the call"
+    );
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1);
+
+    let _op2 = env.operator(&[]);
+    let i = env.wait_ready("phoenix").await;
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1, "exactly one inbox");
+    assert_eq!(env.sim.request_count(Route::Create), 1, "no second create");
+    assert_eq!(
+        env.sim.inboxes(ACCOUNT)[0].id,
+        i.status.unwrap().inbox_id.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn sigkill_mid_bulk_run_converges() {
+    let env = Env::start("bulkcrash").await;
+    env.sim.set_latency(Duration::from_millis(50));
+    env.sim.drop_next_create_responses(2);
+    let mut op = env.operator(&[]);
+    let names: Vec<String> = (0..10).map(|i| format!("bulk-{i}")).collect();
+    for n in &names {
+        env.create(n, &[]).await;
+    }
+    wait_for("some creates", T, || async {
+        (env.sim.request_count(Route::Create) >= 4).then_some(())
+    })
+    .await;
+    op.kill9();
+    let _op2 = env.operator(&[]);
+    let mut ids = std::collections::HashSet::new();
+    for n in &names {
+        let i = env.wait_ready(n).await;
+        assert!(
+            ids.insert(i.status.unwrap().inbox_id.unwrap()),
+            "{n} shares an inbox"
+        );
+    }
+    assert_eq!(
+        env.sim.inboxes(ACCOUNT).len(),
+        names.len(),
+        "exactly one inbox per Inbox"
+    );
+    for n in &names {
+        env.inboxes()
+            .delete(n, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    for n in &names {
+        env.wait_gone(n).await;
+    }
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 0);
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero() {
+    let env = Env::start("term").await;
+    let mut op = env.operator(&[
+        "--leader-elect",
+        "--lease-name",
+        &format!("lease-{}", env.ns.name()),
+    ]);
+    env.create("calm", &[]).await;
+    env.wait_ready("calm").await;
+    assert_eq!(op.terminate(), Some(0));
+}
+
+#[tokio::test]
+async fn leader_election_one_reconciles_and_hands_over() {
+    let env = Env::start("lead").await;
+    let lease = format!("lease-{}", env.ns.name());
+    let args = [
+        "--leader-elect",
+        "--lease-name",
+        lease.as_str(),
+        "--lease-namespace",
+        env.ns.name(),
+        "--lease-duration",
+        "6s",
+    ];
+    let mut a = env.operator(&args);
+    let mut b = env.operator(&args);
+    let (leader, _follower) = wait_for("a leader", T, || async {
+        match (a.is_leader().await, b.is_leader().await) {
+            (true, false) => Some((0, 1)),
+            (false, true) => Some((1, 0)),
+            _ => None,
+        }
+    })
+    .await;
+    for n in 0..3 {
+        env.create(&format!("hand-{n}"), &[]).await;
+    }
+    for n in 0..3 {
+        env.wait_ready(&format!("hand-{n}")).await;
+    }
+    // Only the leader talked to AgentSend.
+    let (leader_op, other_op) = if leader == 0 {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    let other_metrics = other_op.metrics().await.unwrap_or_default();
+    assert!(
+        !other_metrics.contains("inbox_operator_agentsend_requests_total{"),
+        "follower made AgentSend requests"
+    );
+
+    // Stop the leader: the other takes over within the lease duration.
+    let stopped = std::time::Instant::now();
+    leader_op.kill9();
+    wait_for("takeover", Duration::from_secs(20), || async {
+        other_op.is_leader().await.then_some(())
+    })
+    .await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(15),
+        "takeover took {:?}",
+        stopped.elapsed()
+    );
+    env.create("after", &[]).await;
+    env.wait_ready("after").await;
+    assert_eq!(
+        env.sim.inboxes(ACCOUNT).len(),
+        4,
+        "no duplicate inbox during the handover"
+    );
+}
+
+#[tokio::test]
+async fn disjoint_selectors_share_a_namespace() {
+    let env = Env::start("shard").await;
+    let a = env.operator(&["--selector", "shard=a"]);
+    let b = env.operator(&["--selector", "shard=b"]);
+    env.create("in-a", &[("shard", "a")]).await;
+    env.create("in-b", &[("shard", "b")]).await;
+    env.create("in-none", &[("shard", "c")]).await;
+    env.wait_ready("in-a").await;
+    env.wait_ready("in-b").await;
+    let none = env.inboxes().get("in-none").await.unwrap();
+    assert!(
+        none.status.is_none() && none.finalizers().is_empty(),
+        "no operator touched shard c"
+    );
+    let ma = a.metrics().await.unwrap_or_default();
+    let mb = b.metrics().await.unwrap_or_default();
+    assert!(ma.contains("name=\"in-a\"") && !ma.contains("name=\"in-b\""));
+    assert!(mb.contains("name=\"in-b\"") && !mb.contains("name=\"in-a\""));
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 2);
+}
+
+fn run_expecting_failure(args: &[&str], envs: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_inbox-operator"));
+    cmd.arg("run")
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .args(args);
+    cmd.env_remove("AGENTSEND_API_KEY").env_remove("KUBECONFIG");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run");
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn startup_errors_are_one_clear_line() {
+    let kubeconfig = control_plane().kubeconfig.to_string_lossy().into_owned();
+    let e = run_expecting_failure(&[], &[("KUBECONFIG", &kubeconfig)]);
+    assert!(
+        e.contains("no default AgentSend API key") && e.contains("AGENTSEND_API_KEY"),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("kubeconfig");
+    let port = free_port();
+    std::fs::write(
+        &bogus,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{port}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"),
+    )
+    .unwrap();
+    let e = run_expecting_failure(
+        &[],
+        &[
+            ("KUBECONFIG", bogus.to_str().unwrap()),
+            ("AGENTSEND_API_KEY", "k"),
+        ],
+    );
+    assert!(e.contains("cannot reach the Kubernetes API server"), "{e}");
+    assert!(!e.contains("panicked"));
+}

@@ -1,0 +1,114 @@
+//! Fault injection on the real apiserver: every scenario is bounded in time and requests and
+//! ends in the same invariants (see `ctl::Env::assert_converged` / `delete_all_and_check`).
+
+mod ctl;
+mod support;
+
+use std::time::Duration;
+
+use inbox_operator::crd::InboxSpec;
+use inbox_operator::simulator::{Malformed, Route};
+
+use ctl::{ACCOUNT, Env, KEY};
+
+const N: usize = 8;
+
+#[tokio::test]
+async fn thirty_percent_5xx_with_latency() {
+    let env = Env::start().await;
+    env.sim.set_latency(Duration::from_millis(30));
+    env.sim.set_error_rate(0.3, 503);
+    let names = env.create_many("flaky", N).await;
+    env.assert_converged(&names).await;
+    env.delete_all_and_check(&names).await;
+    // Bounded: no hot loop even at 30 % failures.
+    let total = env.sim.total_requests();
+    assert!(total < (N as u64) * 25, "{total} requests for {N} inboxes");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_bursts_are_respected() {
+    let env = Env::start().await;
+    env.sim
+        .rate_limit_for(ACCOUNT, Duration::from_secs(2), true);
+    let names = env.create_many("burst", N).await;
+    env.assert_converged(&names).await;
+    let reqs = env.sim.requests();
+    let first = reqs
+        .iter()
+        .find(|r| r.status == 429)
+        .expect("429 answered")
+        .at;
+    let inside = reqs
+        .iter()
+        .filter(|r| {
+            let d = r.at.saturating_duration_since(first);
+            d > Duration::from_millis(200) && d < Duration::from_millis(1500)
+        })
+        .count();
+    assert_eq!(inside, 0, "requests sent before Retry-After elapsed");
+    env.delete_all_and_check(&names).await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn dropped_create_responses_never_duplicate() {
+    let env = Env::start().await;
+    env.sim.drop_next_create_responses(3);
+    let names = env.create_many("dropped", N).await;
+    env.assert_converged(&names).await;
+    env.delete_all_and_check(&names).await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn default_key_revoked_then_restored() {
+    let env = Env::start().await;
+    let names = env.create_many("revoked", 3).await;
+    env.assert_converged(&names).await;
+    env.sim.revoke_key(KEY);
+    for n in &names {
+        env.wait_ready(n, "False", "CredentialsInvalid").await;
+    }
+    let during = env.sim.total_requests();
+    env.sim.restore_key(KEY);
+    env.assert_converged(&names).await;
+    // One revoked account costs a scan per interval, not a request per Inbox per pass.
+    assert!(env.sim.total_requests() - during < 40);
+    env.delete_all_and_check(&names).await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_responses_become_conditions() {
+    let env = Env::start().await;
+    let names = env.create_many("odd", 2).await;
+    env.assert_converged(&names).await;
+    for kind in [Malformed::NotJson, Malformed::Truncated, Malformed::Huge] {
+        env.sim.set_malformed(Route::List, Some(kind));
+        for n in &names {
+            env.wait_ready(n, "False", "ApiUnavailable").await;
+        }
+        env.sim.set_malformed(Route::List, None);
+        env.assert_converged(&names).await;
+    }
+    // Unexpected extra fields are fine.
+    env.sim
+        .set_malformed(Route::Create, Some(Malformed::UnexpectedFields));
+    env.create("extra", InboxSpec::default()).await;
+    env.wait_ready("extra", "True", "Ready").await;
+    env.sim.set_malformed(Route::Create, None);
+    // A create whose answer cannot be read is an uncertain create: recovered, never doubled.
+    env.sim
+        .set_malformed(Route::Create, Some(Malformed::NotJson));
+    env.create("unreadable", InboxSpec::default()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.sim.set_malformed(Route::Create, None);
+    let mut all = names.clone();
+    all.push("extra".into());
+    all.push("unreadable".into());
+    env.assert_converged(&all).await;
+    env.delete_all_and_check(&all).await;
+    env.stop().await;
+}
