@@ -147,7 +147,7 @@ impl Metrics {
         );
         registry.register(
             "inbox_operator_leader",
-            "1 while this instance holds the leader lease",
+            "Whether this instance holds the leader lease (1) or not (0)",
             leader.clone(),
         );
         registry.register(
@@ -187,12 +187,12 @@ impl Metrics {
         );
         registry.register(
             "inbox_operator_inbox_ready",
-            "1 when the Inbox is Ready",
+            "Whether the Inbox is Ready (1) or not (0)",
             ready.clone(),
         );
         registry.register(
             "inbox_operator_inbox_state",
-            "1 for the inbox's current AgentSend state",
+            "The inbox's current AgentSend state (1 for the current one)",
             state.clone(),
         );
         Metrics {

@@ -269,7 +269,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
     health.set_ready(false);
     let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
     let mut watch_leader = leader_rx.clone();
-    tokio::spawn(async move {
+    let loss_watch = tokio::spawn(async move {
         if watch_leader.wait_for(|l| !*l).await.is_ok() {
             let _ = lost_tx.send(true);
         }
@@ -291,6 +291,9 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
     .await;
     metrics.set_leader(false);
     let lost = *lost_rx.borrow();
+    // Closing every receiver makes the lease manager release the Lease.
+    loss_watch.abort();
+    let _ = loss_watch.await;
     drop(leader_rx);
     // Releasing the lease lets a standby take over at once.
     match tokio::time::timeout(Duration::from_secs(10), lease_task).await {

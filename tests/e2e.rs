@@ -67,8 +67,7 @@ impl Operator {
     }
 
     async fn metrics(&self) -> Option<String> {
-        let url = format!("http://127.0.0.1:{}/metrics", self.metrics_port);
-        reqwest::get(&url).await.ok()?.text().await.ok()
+        http_get(self.metrics_port, "/metrics").await
     }
 
     async fn is_leader(&self) -> bool {
@@ -119,6 +118,25 @@ impl Drop for Operator {
     }
 }
 
+/// A plain HTTP/1.0 GET on loopback (the metrics endpoint); `None` if nothing answers.
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -163,7 +181,12 @@ impl Env {
     }
 
     async fn create(&self, name: &str, labels: &[(&str, &str)]) {
-        let mut i = Inbox::new(name, InboxSpec::default());
+        // A distinct display name, as real agents have (recovery tells lost creates apart by it).
+        let spec = InboxSpec {
+            display_name: Some(format!("Agent {name}")),
+            ..Default::default()
+        };
+        let mut i = Inbox::new(name, spec);
         i.metadata = ObjectMeta {
             name: Some(name.into()),
             labels: Some(
@@ -323,14 +346,23 @@ async fn sigkill_mid_bulk_run_converges() {
 #[tokio::test]
 async fn sigterm_exits_zero() {
     let env = Env::start("term").await;
+    let lease = format!("lease-{}", env.ns.name());
     let mut op = env.operator(&[
         "--leader-elect",
         "--lease-name",
-        &format!("lease-{}", env.ns.name()),
+        &lease,
+        "--lease-namespace",
+        env.ns.name(),
     ]);
     env.create("calm", &[]).await;
     env.wait_ready("calm").await;
     assert_eq!(op.terminate(), Some(0));
+    // The Lease was released, so a successor need not wait for it to expire.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.client.clone(), env.ns.name());
+    let l = leases.get(&lease).await.expect("lease exists");
+    let holder = l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+    assert!(holder.is_empty(), "lease still held by {holder:?}");
 }
 
 #[tokio::test]
