@@ -1,18 +1,37 @@
 //! `/_simulator/` control endpoints, for a simulator running in another process (the demo,
-//! the benchmark). No auth; loopback only. Not part of the AgentSend API.
+//! the benchmark). No auth: bind the simulator to loopback. Not part of the AgentSend API, and
+//! not counted in the request stats.
+//!
+//! | endpoint | body / answer |
+//! |---|---|
+//! | `POST /_simulator/accounts` | `{account, apiKey}` |
+//! | `POST /_simulator/domains` | `{account, domainId, domainName}` |
+//! | `POST /_simulator/keys/revoke`, `/keys/restore` | `{apiKey}` |
+//! | `POST /_simulator/inboxes` | `{account, address?, displayName?, domainId?}` → the inbox |
+//! | `GET /_simulator/inboxes?account=` | the account's inboxes, newest first |
+//! | `PATCH /_simulator/inboxes/{id}` | any of `status`, `sendsToday`, `dailySendLimit`, `totalSent`, `bounceCount`, `complaintCount` → the inbox |
+//! | `DELETE /_simulator/inboxes/{id}` | out-of-band delete |
+//! | `POST /_simulator/faults` | any of `latencyMs`, `errorRate`, `errorStatus`, `dropNextCreates`, `failNext: {route, n, status}`, `rateLimit: {account, ms, httpDate}`, `malformed: {route, kind}` (kind null to stop), `defaultDailyLimit` |
+//! | `DELETE /_simulator/faults` | clear every fault |
+//! | `GET /_simulator/stats` | `{"requests":{"create":n,"get":n,"list":n,"delete":n},"total":n,"inboxes":n}` |
+//! | `POST` or `DELETE /_simulator/reset-counters` | zero the request counters |
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, patch, post};
+use axum::routing::{get, patch, post};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::{Route, Simulator};
-use crate::agentsend::InboxState;
+use super::api::error_response;
+use super::{Malformed, Route, Simulator};
+use crate::agentsend::{CreateInbox, InboxState};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -35,6 +54,14 @@ struct KeyBody {
     api_key: String,
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct InsertBody {
+    account: String,
+    #[serde(flatten)]
+    req: CreateInbox,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct InboxPatch {
@@ -46,6 +73,31 @@ struct InboxPatch {
     complaint_count: Option<i64>,
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct FailNext {
+    route: String,
+    n: usize,
+    #[serde(default = "default_error_status")]
+    status: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RateLimit {
+    account: String,
+    ms: u64,
+    #[serde(default)]
+    http_date: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MalformedBody {
+    route: String,
+    kind: Option<String>,
+}
+
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct FaultsBody {
@@ -53,6 +105,14 @@ struct FaultsBody {
     error_rate: Option<f64>,
     error_status: Option<u16>,
     drop_next_creates: Option<usize>,
+    fail_next: Option<FailNext>,
+    rate_limit: Option<RateLimit>,
+    malformed: Option<MalformedBody>,
+    default_daily_limit: Option<i64>,
+}
+
+fn default_error_status() -> u16 {
+    503
 }
 
 pub(super) fn router() -> Router<Simulator> {
@@ -61,99 +121,227 @@ pub(super) fn router() -> Router<Simulator> {
         .route("/_simulator/domains", post(add_domain))
         .route("/_simulator/keys/revoke", post(revoke))
         .route("/_simulator/keys/restore", post(restore))
+        .route("/_simulator/inboxes", post(insert_inbox).get(list_inboxes))
         .route(
             "/_simulator/inboxes/{id}",
-            patch(patch_inbox).delete(delete_inbox),
+            patch(patch_inbox).delete(delete_inbox).get(get_inbox),
         )
         .route("/_simulator/faults", post(set_faults).delete(clear_faults))
-        .route("/_simulator/stats", axum::routing::get(stats))
-        .route("/_simulator/reset-counters", delete(reset))
+        .route("/_simulator/stats", get(stats))
+        .route("/_simulator/reset-counters", post(reset).delete(reset))
+}
+
+/// The JSON body, or a 400 saying why not.
+fn body<T: DeserializeOwned>(b: Result<axum::Json<T>, JsonRejection>) -> Result<T, Response> {
+    b.map(|axum::Json(t)| t)
+        .map_err(|e| error_response(400, "invalid_body", &e.body_text()))
+}
+
+fn bad(message: &str) -> Response {
+    error_response(400, "invalid_body", message)
+}
+
+fn not_found() -> Response {
+    error_response(404, "not_found", "inbox not found")
 }
 
 async fn add_account(
     State(sim): State<Simulator>,
-    axum::Json(b): axum::Json<AccountBody>,
-) -> StatusCode {
-    sim.add_account(&b.account, &b.api_key);
-    StatusCode::NO_CONTENT
+    b: Result<axum::Json<AccountBody>, JsonRejection>,
+) -> Response {
+    match body(b) {
+        Ok(b) if b.api_key.trim().is_empty() => bad("apiKey must not be empty"),
+        Ok(b) => {
+            sim.add_account(&b.account, b.api_key.trim());
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(r) => r,
+    }
 }
 
 async fn add_domain(
     State(sim): State<Simulator>,
-    axum::Json(b): axum::Json<DomainBody>,
-) -> StatusCode {
-    sim.add_domain(&b.account, &b.domain_id, &b.domain_name);
-    StatusCode::NO_CONTENT
+    b: Result<axum::Json<DomainBody>, JsonRejection>,
+) -> Response {
+    match body(b) {
+        Ok(b) => {
+            sim.add_domain(&b.account, &b.domain_id, &b.domain_name);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(r) => r,
+    }
 }
 
-async fn revoke(State(sim): State<Simulator>, axum::Json(b): axum::Json<KeyBody>) -> StatusCode {
-    sim.revoke_key(&b.api_key);
-    StatusCode::NO_CONTENT
+async fn revoke(
+    State(sim): State<Simulator>,
+    b: Result<axum::Json<KeyBody>, JsonRejection>,
+) -> Response {
+    match body(b) {
+        Ok(b) => {
+            sim.revoke_key(&b.api_key);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(r) => r,
+    }
 }
 
-async fn restore(State(sim): State<Simulator>, axum::Json(b): axum::Json<KeyBody>) -> StatusCode {
-    sim.restore_key(&b.api_key);
-    StatusCode::NO_CONTENT
+async fn restore(
+    State(sim): State<Simulator>,
+    b: Result<axum::Json<KeyBody>, JsonRejection>,
+) -> Response {
+    match body(b) {
+        Ok(b) => {
+            sim.restore_key(&b.api_key);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+async fn insert_inbox(
+    State(sim): State<Simulator>,
+    b: Result<axum::Json<InsertBody>, JsonRejection>,
+) -> Response {
+    let b = match body(b) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match sim.lock().create(&b.account, &b.req) {
+        Ok(i) => (StatusCode::CREATED, axum::Json(i)).into_response(),
+        Err(e) => error_response(e.status, e.error, &e.message),
+    }
+}
+
+async fn list_inboxes(
+    State(sim): State<Simulator>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    match q.get("account") {
+        Some(a) => axum::Json(sim.inboxes(a)).into_response(),
+        None => bad("the query parameter account is required"),
+    }
+}
+
+async fn get_inbox(State(sim): State<Simulator>, Path(id): Path<String>) -> Response {
+    match sim.inbox(&id) {
+        Some(i) => axum::Json(i).into_response(),
+        None => not_found(),
+    }
+}
+
+fn parse_state(s: &str) -> InboxState {
+    match s {
+        "active" => InboxState::Active,
+        "suspended" => InboxState::Suspended,
+        "deleted" => InboxState::Deleted,
+        other => InboxState::Other(other.to_string()),
+    }
 }
 
 async fn patch_inbox(
     State(sim): State<Simulator>,
     Path(id): Path<String>,
-    axum::Json(p): axum::Json<InboxPatch>,
+    b: Result<axum::Json<InboxPatch>, JsonRejection>,
 ) -> Response {
+    let p = match body(b) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let found = sim.update_inbox(&id, |i| {
         if let Some(s) = &p.status {
-            i.status = match s.as_str() {
-                "active" => InboxState::Active,
-                "suspended" => InboxState::Suspended,
-                "deleted" => InboxState::Deleted,
-                other => InboxState::Other(other.to_string()),
-            };
+            i.status = parse_state(s);
         }
-        if p.sends_today.is_some() {
-            i.sends_today = p.sends_today;
-        }
-        if p.daily_send_limit.is_some() {
-            i.daily_send_limit = p.daily_send_limit;
-        }
-        if p.total_sent.is_some() {
-            i.total_sent = p.total_sent;
-        }
-        if p.bounce_count.is_some() {
-            i.bounce_count = p.bounce_count;
-        }
-        if p.complaint_count.is_some() {
-            i.complaint_count = p.complaint_count;
-        }
+        let set = |field: &mut Option<i64>, v: Option<i64>| {
+            if v.is_some() {
+                *field = v;
+            }
+        };
+        set(&mut i.sends_today, p.sends_today);
+        set(&mut i.daily_send_limit, p.daily_send_limit);
+        set(&mut i.total_sent, p.total_sent);
+        set(&mut i.bounce_count, p.bounce_count);
+        set(&mut i.complaint_count, p.complaint_count);
     });
-    match (found, sim.inbox(&id)) {
-        (true, Some(i)) => axum::Json(i).into_response(),
-        _ => StatusCode::NOT_FOUND.into_response(),
+    match sim.inbox(&id) {
+        Some(i) if found => axum::Json(i).into_response(),
+        _ => not_found(),
     }
 }
 
-async fn delete_inbox(State(sim): State<Simulator>, Path(id): Path<String>) -> StatusCode {
+async fn delete_inbox(State(sim): State<Simulator>, Path(id): Path<String>) -> Response {
     if sim.delete_out_of_band(&id) {
-        StatusCode::NO_CONTENT
+        StatusCode::NO_CONTENT.into_response()
     } else {
-        StatusCode::NOT_FOUND
+        not_found()
     }
 }
 
 async fn set_faults(
     State(sim): State<Simulator>,
-    axum::Json(f): axum::Json<FaultsBody>,
-) -> StatusCode {
+    b: Result<axum::Json<FaultsBody>, JsonRejection>,
+) -> Response {
+    let f = match body(b) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    // Validate everything before changing anything.
+    let fail_next = match &f.fail_next {
+        Some(x) => match Route::parse(&x.route) {
+            Some(r) => Some((r, x.n, x.status)),
+            None => return bad("failNext.route must be create, get, list or delete"),
+        },
+        None => None,
+    };
+    let malformed = match &f.malformed {
+        Some(m) => {
+            let Some(route) = Route::parse(&m.route) else {
+                return bad("malformed.route must be create, get, list or delete");
+            };
+            let kind = match m.kind.as_deref() {
+                None => None,
+                Some(k) => match Malformed::parse(k) {
+                    Some(k) => Some(k),
+                    None => {
+                        return bad(
+                            "malformed.kind must be not-json, truncated, unexpected-fields, huge or null",
+                        );
+                    }
+                },
+            };
+            Some((route, kind))
+        }
+        None => None,
+    };
+    if let Some(r) = f.error_rate
+        && !(0.0..=1.0).contains(&r)
+    {
+        return bad("errorRate must be between 0 and 1");
+    }
+
     if let Some(ms) = f.latency_ms {
         sim.set_latency(Duration::from_millis(ms));
     }
     if let Some(rate) = f.error_rate {
         sim.set_error_rate(rate, f.error_status.unwrap_or(503));
+    } else if let Some(s) = f.error_status {
+        sim.lock().error_status = s;
     }
     if let Some(n) = f.drop_next_creates {
         sim.drop_next_create_responses(n);
     }
-    StatusCode::NO_CONTENT
+    if let Some((route, n, status)) = fail_next {
+        sim.fail_next(route, n, status);
+    }
+    if let Some(rl) = f.rate_limit {
+        sim.rate_limit_for(&rl.account, Duration::from_millis(rl.ms), rl.http_date);
+    }
+    if let Some((route, kind)) = malformed {
+        sim.set_malformed(route, kind);
+    }
+    if let Some(l) = f.default_daily_limit {
+        sim.set_default_daily_limit(l);
+    }
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn clear_faults(State(sim): State<Simulator>) -> StatusCode {
