@@ -1,224 +1,1341 @@
-//! The AgentSend client against the simulator: every documented behaviour and every error
-//! class, including the simulator's fault hooks.
+//! The AgentSend simulator (documented API, fault hooks, control endpoints) and every behaviour
+//! of the AgentSend client against it. Each test runs its own simulator on a free port.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use inbox_operator::agentsend::{
-    AgentSendClient, ApiError, ApiKey, ClientOptions, CreateInbox, InboxState,
+    AgentSendClient, ApiError, ApiKey, ClientOptions, CreateInbox, InboxState, RemoteInbox,
 };
 use inbox_operator::simulator::{Malformed, Route, Simulator, SimulatorHandle};
+use serde_json::{Value, json};
 
-const KEY: &str = "sk_test_client_SECRET_91ab";
+const ACCT: &str = "acct-a";
+const ACCT_B: &str = "acct-b";
+/// Distinctive keys: no error may ever contain them (or the `SECRET` marker).
+const KEY: &str = "sk_test_SECRET_alpha_4f7Qz9";
+const KEY_B: &str = "sk_test_SECRET_bravo_8m2Pv1";
+const KEY_ROTATED: &str = "sk_test_SECRET_alpha_rotated";
+const UNKNOWN_KEY: &str = "sk_test_SECRET_unknown_0000";
 
-async fn setup() -> (Simulator, SimulatorHandle, AgentSendClient, ApiKey) {
-    let sim = Simulator::new();
-    sim.add_account("a", KEY);
-    sim.add_domain("a", "dom_1", "example.com");
-    let h = sim.spawn().await.unwrap();
-    let opts = ClientOptions {
-        timeout: Duration::from_secs(2),
-        min_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-        ..ClientOptions::default()
-    };
-    let c = AgentSendClient::new(&h.url(), opts).unwrap();
-    (sim, h, c, ApiKey::new(KEY).unwrap())
+struct Env {
+    sim: Simulator,
+    handle: SimulatorHandle,
+    client: AgentSendClient,
+    key: ApiKey,
+    key_b: ApiKey,
 }
 
-fn req(address: Option<&str>, domain: Option<&str>) -> CreateInbox {
+fn fast() -> ClientOptions {
+    ClientOptions {
+        min_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        requests_per_second: 10_000,
+        burst: 10_000,
+        ..Default::default()
+    }
+}
+
+fn key(s: &str) -> ApiKey {
+    ApiKey::new(s).unwrap()
+}
+
+async fn env() -> Env {
+    env_with(fast()).await
+}
+
+async fn env_with(opts: ClientOptions) -> Env {
+    let sim = Simulator::new();
+    sim.add_account(ACCT, KEY);
+    sim.add_account(ACCT_B, KEY_B);
+    sim.add_domain(ACCT, "dom_a", "example.com");
+    sim.add_domain(ACCT_B, "dom_b", "bravo.test");
+    let handle = sim.spawn().await.unwrap();
+    let client = AgentSendClient::new(&handle.url(), opts).unwrap();
+    Env {
+        sim,
+        handle,
+        client,
+        key: key(KEY),
+        key_b: key(KEY_B),
+    }
+}
+
+fn create(address: Option<&str>, display: Option<&str>, domain: Option<&str>) -> CreateInbox {
     CreateInbox {
         address: address.map(str::to_string),
-        display_name: None,
+        display_name: display.map(str::to_string),
         domain_id: domain.map(str::to_string),
     }
 }
 
-fn assert_no_key(e: &ApiError) {
-    assert!(!format!("{e} {e:?}").contains(KEY), "key leaked: {e:?}");
+/// No error text may contain an API key, whatever the failure.
+fn assert_secret_free(e: &ApiError) {
+    let text = format!("{e} {e:?} {}", e.message());
+    for k in [KEY, KEY_B, KEY_ROTATED, UNKNOWN_KEY, "SECRET"] {
+        assert!(!text.contains(k), "error text leaks a key: {text}");
+    }
 }
 
+fn raw_client() -> reqwest::Client {
+    inbox_operator::ensure_crypto_provider();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Seed `n` inboxes out of band, oldest first; returns their IDs in creation order.
+fn seed(sim: &Simulator, account: &str, prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            sim.insert_inbox(account, create(Some(&format!("{prefix}{i}")), None, None))
+                .unwrap()
+                .id
+        })
+        .collect()
+}
+
+fn assert_unique(inboxes: &[RemoteInbox]) {
+    let ids: HashSet<_> = inboxes.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!(ids.len(), inboxes.len(), "duplicate inboxes in the result");
+}
+
+// ---------------------------------------------------------------- create
+
 #[tokio::test]
-async fn create_random_local_full_and_custom_domain() {
-    let (_sim, _h, c, k) = setup().await;
-    let r = c.create_inbox(&k, &CreateInbox::default()).await.unwrap();
-    assert!(r.address.ends_with("@agentsend.io") && r.status == InboxState::Active);
-    assert_eq!(r.sends_remaining(), r.daily_send_limit);
-    let r = c.create_inbox(&k, &req(Some("help"), None)).await.unwrap();
-    assert_eq!(r.address, "help@agentsend.io");
-    let r = c
-        .create_inbox(&k, &req(Some("sales@agentsend.io"), None))
+async fn create_with_random_address_has_documented_defaults() {
+    let env = env().await;
+    let i = env
+        .client
+        .create_inbox(&env.key, &CreateInbox::default())
         .await
         .unwrap();
-    assert_eq!(r.address, "sales@agentsend.io");
-    let mut with_name = req(Some("support"), Some("dom_1"));
-    with_name.display_name = Some("Support".into());
-    let r = c.create_inbox(&k, &with_name).await.unwrap();
-    assert_eq!(
-        (
-            r.address.as_str(),
-            r.domain_id.as_deref(),
-            r.display_name.as_deref()
-        ),
-        ("support@example.com", Some("dom_1"), Some("Support"))
+    let (local, domain) = i.address.split_once('@').unwrap();
+    assert_eq!(domain, "agentsend.io");
+    assert!(!local.is_empty());
+    assert!(
+        local
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
     );
-    let r = c
-        .create_inbox(&k, &req(Some("ops@example.com"), Some("dom_1")))
+    assert!(!i.id.is_empty());
+    assert_eq!(i.status, InboxState::Active);
+    assert_eq!(i.daily_send_limit, Some(100));
+    assert_eq!(i.sends_today, Some(0));
+    assert_eq!(i.total_sent, Some(0));
+    assert_eq!(i.bounce_count, Some(0));
+    assert_eq!(i.complaint_count, Some(0));
+    assert_eq!(i.sends_remaining(), Some(100));
+    assert_eq!(i.display_name, None);
+    assert_eq!(i.domain_id, None);
+    let created = i.created_at.clone().unwrap();
+    let ts: jiff::Timestamp = created.parse().unwrap();
+    assert!(created.ends_with('Z') && created.contains('.'), "{created}");
+    let age = jiff::Timestamp::now().duration_since(ts);
+    assert!(age.as_secs() < 60, "{created}");
+    assert_eq!(env.sim.inbox(&i.id), Some(i.clone()));
+    assert_eq!(env.sim.inboxes(ACCT), vec![i]);
+    assert!(env.sim.inboxes(ACCT_B).is_empty());
+    assert_eq!(env.sim.request_count(Route::Create), 1);
+
+    // Two random inboxes never share an address or an ID.
+    let j = env
+        .client
+        .create_inbox(&env.key, &CreateInbox::default())
         .await
         .unwrap();
-    assert_eq!(r.address, "ops@example.com");
+    assert_ne!(j.address, env.sim.inboxes(ACCT)[1].address);
+    assert_ne!(j.id, env.sim.inboxes(ACCT)[1].id);
 }
 
 #[tokio::test]
-async fn rejections_carry_the_api_message() {
-    let (sim, _h, c, k) = setup().await;
-    for bad in ["a b", "a@@b", "", ".dot", "x@other.io"] {
-        match c.create_inbox(&k, &req(Some(bad), None)).await {
-            Err(ApiError::Rejected {
-                status: 400,
+async fn create_with_local_part_full_address_and_custom_domain() {
+    let env = env().await;
+    let c = &env.client;
+    let a = c
+        .create_inbox(
+            &env.key,
+            &create(Some("support"), Some("Support Bot"), None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(a.address, "support@agentsend.io");
+    assert_eq!(a.display_name.as_deref(), Some("Support Bot"));
+    assert_eq!(a.domain_id, None);
+
+    let b = c
+        .create_inbox(&env.key, &create(Some("sales@agentsend.io"), None, None))
+        .await
+        .unwrap();
+    assert_eq!(b.address, "sales@agentsend.io");
+
+    let d = c
+        .create_inbox(&env.key, &create(Some("help"), None, Some("dom_a")))
+        .await
+        .unwrap();
+    assert_eq!(d.address, "help@example.com");
+    assert_eq!(d.domain_id.as_deref(), Some("dom_a"));
+
+    let e = c
+        .create_inbox(
+            &env.key,
+            &create(
+                Some("billing@example.com"),
+                Some("Bïlling ✉"),
+                Some("dom_a"),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.address, "billing@example.com");
+    assert_eq!(e.display_name.as_deref(), Some("Bïlling ✉"));
+
+    // Custom domain, no address: a random address on that domain.
+    let r = c
+        .create_inbox(&env.key, &create(None, None, Some("dom_a")))
+        .await
+        .unwrap();
+    assert!(r.address.ends_with("@example.com"), "{}", r.address);
+
+    // Newest first.
+    let ids: Vec<_> = env.sim.inboxes(ACCT).into_iter().map(|i| i.id).collect();
+    assert_eq!(ids, [r.id, e.id, d.id, b.id, a.id]);
+}
+
+#[tokio::test]
+async fn malformed_addresses_and_bodies_are_rejected_with_400() {
+    let env = env().await;
+    let long = format!("{}@agentsend.io", "a".repeat(260));
+    let cases: Vec<(Option<&str>, Option<&str>)> = vec![
+        (Some(""), None),
+        (Some("@agentsend.io"), None),
+        (Some("has space"), None),
+        (Some("a@b@agentsend.io"), None),
+        (Some("semi;colon"), None),
+        (Some("bang!"), None),
+        (Some(long.as_str()), None),
+        (Some("x@other.com"), None),             // not the shared domain
+        (Some("x@agentsend.io"), Some("dom_a")), // not the custom domain
+        (Some("x@"), None),
+    ];
+    for (address, domain) in cases {
+        let e = env
+            .client
+            .create_inbox(&env.key, &create(address, None, domain))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, ApiError::Rejected { status: 400, .. }),
+            "{address:?}: {e:?}"
+        );
+        assert!(!e.is_transient());
+        assert_secret_free(&e);
+    }
+    assert_eq!(env.sim.inbox_count(), 0);
+
+    // Invalid JSON bodies: 400 with a JSON error body.
+    let http = raw_client();
+    for body in ["{not json", "[1,2]", r#"{"address": 5}"#] {
+        let r = http
+            .post(format!("{}/inboxes", env.handle.url()))
+            .header("x-api-key", KEY)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].is_string() && v["message"].is_string(), "{v}");
+    }
+    // An empty body is "all fields omitted".
+    let r = http
+        .post(format!("{}/inboxes", env.handle.url()))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(env.sim.inbox_count(), 1);
+}
+
+#[tokio::test]
+async fn taken_addresses_are_409_across_accounts_and_freed_by_delete() {
+    let env = env().await;
+    let c = &env.client;
+    let first = c
+        .create_inbox(&env.key, &create(Some("support"), None, None))
+        .await
+        .unwrap();
+    for (k, address) in [
+        (&env.key, "support"),
+        (&env.key, "SUPPORT@agentsend.io"),
+        (&env.key_b, "support@agentsend.io"),
+    ] {
+        let e = c
+            .create_inbox(k, &create(Some(address), None, None))
+            .await
+            .unwrap_err();
+        match &e {
+            ApiError::Rejected {
+                status: 409,
                 message,
-            }) => assert!(!message.is_empty()),
-            other => panic!("{bad:?}: {other:?}"),
+            } => {
+                assert!(message.contains("already in use"), "{message}")
+            }
+            other => panic!("{address}: {other:?}"),
         }
+        assert_secret_free(&e);
     }
-    c.create_inbox(&k, &req(Some("taken"), None)).await.unwrap();
-    match c.create_inbox(&k, &req(Some("taken"), None)).await {
-        Err(ApiError::Rejected {
-            status: 409,
-            message,
-        }) => assert!(message.contains("already in use"), "{message}"),
-        other => panic!("{other:?}"),
-    }
-    // Taken across accounts too.
-    sim.add_account("b", "other-key");
-    let other = ApiKey::new("other-key").unwrap();
-    assert!(matches!(
-        c.create_inbox(&other, &req(Some("taken"), None)).await,
-        Err(ApiError::Rejected { status: 409, .. })
-    ));
-    match c.create_inbox(&k, &req(Some("x"), Some("dom_nope"))).await {
-        Err(ApiError::Rejected {
-            status: 422,
-            message,
-        }) => assert!(message.contains("dom_nope")),
-        other => panic!("{other:?}"),
-    }
+    // The same local part on a custom domain is another address.
+    c.create_inbox(&env.key, &create(Some("support"), None, Some("dom_a")))
+        .await
+        .unwrap();
+    // Deleting releases the address, for any account.
+    c.delete_inbox(&env.key, &first.id).await.unwrap();
+    let again = c
+        .create_inbox(&env.key_b, &create(Some("support"), None, None))
+        .await
+        .unwrap();
+    assert_eq!(again.address, "support@agentsend.io");
+    assert_ne!(again.id, first.id);
 }
 
 #[tokio::test]
-async fn unauthorized_and_revoked_keys() {
-    let (sim, _h, c, k) = setup().await;
-    let wrong = ApiKey::new("sk_wrong").unwrap();
-    let e = c.list_inboxes(&wrong, 10, 0).await.unwrap_err();
+async fn unknown_or_foreign_domain_is_422() {
+    let env = env().await;
+    for domain in ["dom_nope", "dom_b"] {
+        let e = env
+            .client
+            .create_inbox(&env.key, &create(Some("x"), None, Some(domain)))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, ApiError::Rejected { status: 422, .. }),
+            "{domain}: {e:?}"
+        );
+        assert!(e.message().contains(domain), "the API's message: {e}");
+        assert_eq!(e.reason(), "rejected");
+        assert_secret_free(&e);
+    }
+    assert_eq!(env.sim.inbox_count(), 0);
+}
+
+// ---------------------------------------------------------------- auth
+
+#[tokio::test]
+async fn bad_and_revoked_keys_are_unauthorized_and_never_shown() {
+    let env = env().await;
+    let c = &env.client;
+    let unknown = key(UNKNOWN_KEY);
+    let e = c.get_inbox(&unknown, "inb_x").await.unwrap_err();
     assert!(
         matches!(e, ApiError::Unauthorized { status: 401, .. }),
         "{e:?}"
     );
-    assert!(!e.to_string().contains("sk_wrong"));
-    sim.revoke_key(KEY);
-    let e = c.get_inbox(&k, "x").await.unwrap_err();
-    assert!(matches!(e, ApiError::Unauthorized { .. }));
-    assert_no_key(&e);
-    sim.restore_key(KEY);
-    assert!(c.list_inboxes(&k, 10, 0).await.is_ok());
-}
+    assert!(!e.is_transient());
+    assert_secret_free(&e);
+    // Not retried.
+    assert_eq!(env.sim.request_count(Route::Get), 1);
+    let rec = env.sim.requests();
+    assert_eq!(rec.len(), 1);
+    assert_eq!((rec[0].route, rec[0].status), (Route::Get, 401));
+    assert_eq!(rec[0].account, None);
 
-#[tokio::test]
-async fn get_delete_and_other_accounts() {
-    let (sim, _h, c, k) = setup().await;
-    let r = c.create_inbox(&k, &CreateInbox::default()).await.unwrap();
-    assert_eq!(c.get_inbox(&k, &r.id).await.unwrap(), r);
-    sim.add_account("b", "kb");
-    let kb = ApiKey::new("kb").unwrap();
-    assert!(
-        matches!(
-            c.get_inbox(&kb, &r.id).await,
-            Err(ApiError::NotFound { .. })
-        ),
-        "other account sees 404"
-    );
-    assert!(matches!(
-        c.delete_inbox(&kb, &r.id).await,
-        Err(ApiError::NotFound { .. })
-    ));
-    c.delete_inbox(&k, &r.id).await.unwrap();
-    assert!(matches!(
-        c.get_inbox(&k, &r.id).await,
-        Err(ApiError::NotFound { .. })
-    ));
-    assert!(matches!(
-        c.delete_inbox(&k, &r.id).await,
-        Err(ApiError::NotFound { .. })
-    ));
-    // The address is free again.
-    let again = c
-        .create_inbox(&k, &req(Some(&r.address), None))
+    let e = c
+        .create_inbox(&unknown, &CreateInbox::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::Unauthorized { .. }), "{e:?}");
+    assert_secret_free(&e);
+    assert_eq!(env.sim.inbox_count(), 0);
+
+    // Rotation: a second key of the same account sees the same inboxes.
+    env.sim.add_account(ACCT, KEY_ROTATED);
+    let rotated = key(KEY_ROTATED);
+    let i = c
+        .create_inbox(&env.key, &CreateInbox::default())
         .await
         .unwrap();
-    assert_eq!(again.address, r.address);
-    // IDs are opaque: odd characters are encoded, not parsed.
-    assert!(matches!(
-        c.get_inbox(&k, "a/b?c").await,
-        Err(ApiError::NotFound { .. })
-    ));
-}
+    assert_eq!(c.get_inbox(&rotated, &i.id).await.unwrap(), i);
 
-#[tokio::test]
-async fn pagination_newest_first_and_list_all() {
-    let (sim, _h, c, k) = setup().await;
-    let mut ids = Vec::new();
-    for _ in 0..250 {
-        ids.push(sim.insert_inbox("a", CreateInbox::default()).unwrap().id);
-    }
-    let page = c.list_inboxes(&k, 10, 0).await.unwrap();
-    assert_eq!(page.total, Some(250));
-    assert_eq!(page.data[0].id, ids[249], "newest first");
-    let page = c.list_inboxes(&k, 500, 240).await.unwrap();
-    assert_eq!((page.data.len(), page.limit), (10, Some(100)));
-    sim.reset_counters();
-    let all = c.list_all(&k).await.unwrap();
-    assert_eq!(all.len(), 250);
-    assert_eq!(sim.request_count(Route::List), 3, "ceil(250/100) requests");
-    let unique: std::collections::HashSet<_> = all.iter().map(|i| &i.id).collect();
-    assert_eq!(unique.len(), 250);
-}
-
-#[tokio::test]
-async fn list_all_tolerates_concurrent_creates() {
-    let (sim, _h, c, k) = setup().await;
-    for _ in 0..150 {
-        sim.insert_inbox("a", CreateInbox::default()).unwrap();
-    }
-    sim.set_latency(Duration::from_millis(30));
-    let creator = {
-        let sim = sim.clone();
-        tokio::spawn(async move {
-            for _ in 0..40 {
-                sim.insert_inbox("a", CreateInbox::default()).unwrap();
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        })
-    };
-    let all = c.list_all(&k).await.unwrap();
-    creator.await.unwrap();
-    let unique: std::collections::HashSet<_> = all.iter().map(|i| &i.id).collect();
-    assert_eq!(unique.len(), all.len(), "no duplicates");
-    assert!(
-        all.len() >= 150,
-        "every inbox that existed throughout is seen: {}",
-        all.len()
+    // Revoked: 401 on every route; other keys of the account keep working.
+    env.sim.revoke_key(KEY);
+    let e = c.get_inbox(&env.key, &i.id).await.unwrap_err();
+    assert!(matches!(e, ApiError::Unauthorized { .. }), "{e:?}");
+    assert_secret_free(&e);
+    let e = c.list_inboxes(&env.key, 10, 0).await.unwrap_err();
+    assert!(matches!(e, ApiError::Unauthorized { .. }), "{e:?}");
+    let e = c.delete_inbox(&env.key, &i.id).await.unwrap_err();
+    assert!(matches!(e, ApiError::Unauthorized { .. }), "{e:?}");
+    let e = c.list_all(&env.key).await.unwrap_err();
+    assert!(matches!(e, ApiError::Unauthorized { .. }), "{e:?}");
+    assert_secret_free(&e);
+    assert!(env.sim.inbox(&i.id).is_some());
+    assert_eq!(c.get_inbox(&rotated, &i.id).await.unwrap().id, i.id);
+    let last = env.sim.requests().into_iter().rev().nth(1).unwrap();
+    assert_eq!(
+        last.account.as_deref(),
+        Some(ACCT),
+        "revoked key, known account"
     );
+
+    env.sim.restore_key(KEY);
+    assert_eq!(c.get_inbox(&env.key, &i.id).await.unwrap().id, i.id);
+
+    // A missing header is a 401 too.
+    let r = raw_client()
+        .get(format!("{}/inboxes", env.handle.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "unauthorized");
+    assert!(v["message"].is_string());
+}
+
+// ---------------------------------------------------------------- get, delete, list
+
+#[tokio::test]
+async fn get_delete_and_404_after_delete() {
+    let env = env().await;
+    let c = &env.client;
+    let i = c
+        .create_inbox(&env.key, &create(Some("a"), Some("A"), None))
+        .await
+        .unwrap();
+    assert_eq!(c.get_inbox(&env.key, &i.id).await.unwrap(), i);
+
+    // Another account sees 404 for it, on get and delete.
+    let e = c.get_inbox(&env.key_b, &i.id).await.unwrap_err();
+    assert!(matches!(e, ApiError::NotFound { .. }), "{e:?}");
+    assert!(!e.is_transient());
+    let e = c.delete_inbox(&env.key_b, &i.id).await.unwrap_err();
+    assert!(matches!(e, ApiError::NotFound { .. }), "{e:?}");
+    assert_secret_free(&e);
+    assert!(env.sim.inbox(&i.id).is_some());
+    assert!(c.list_all(&env.key_b).await.unwrap().is_empty());
+
+    // Opaque IDs that need escaping are just not found.
+    for id in ["missing", "a/b c", "../inboxes", "ünï", "%2F"] {
+        let e = c.get_inbox(&env.key, id).await.unwrap_err();
+        assert!(matches!(e, ApiError::NotFound { .. }), "{id}: {e:?}");
+    }
+
+    c.delete_inbox(&env.key, &i.id).await.unwrap();
+    assert_eq!(env.sim.request_count(Route::Delete), 2);
+    assert!(env.sim.inbox(&i.id).is_none());
+    let e = c.get_inbox(&env.key, &i.id).await.unwrap_err();
+    assert!(matches!(e, ApiError::NotFound { .. }), "{e:?}");
+    let e = c.delete_inbox(&env.key, &i.id).await.unwrap_err();
+    assert!(matches!(e, ApiError::NotFound { .. }), "{e:?}");
+    assert!(c.list_all(&env.key).await.unwrap().is_empty());
+    assert_eq!(env.sim.inbox_count(), 0);
 }
 
 #[tokio::test]
-async fn transient_errors_are_retried_for_idempotent_calls_only() {
-    let (sim, _h, c, k) = setup().await;
-    let r = c.create_inbox(&k, &CreateInbox::default()).await.unwrap();
+async fn out_of_band_changes_are_visible() {
+    let env = env().await;
+    let c = &env.client;
+    let i = env
+        .sim
+        .insert_inbox(ACCT, create(Some("oob"), None, None))
+        .unwrap();
+    assert_eq!(
+        env.sim.request_count(Route::Create),
+        0,
+        "not an API request"
+    );
+    let e = env
+        .sim
+        .insert_inbox(ACCT_B, create(Some("oob"), None, None))
+        .unwrap_err();
+    assert!(e.contains("409"), "{e}");
+    assert!(
+        env.sim
+            .insert_inbox(ACCT, create(Some("x"), None, Some("dom_b")))
+            .unwrap_err()
+            .contains("422")
+    );
+
+    assert!(env.sim.update_inbox(&i.id, |i| {
+        i.sends_today = Some(40);
+        i.daily_send_limit = Some(50);
+        i.total_sent = Some(400);
+        i.bounce_count = Some(3);
+        i.complaint_count = Some(1);
+        i.status = InboxState::Suspended;
+    }));
+    let got = c.get_inbox(&env.key, &i.id).await.unwrap();
+    assert_eq!(got.status, InboxState::Suspended);
+    assert_eq!(got.sends_remaining(), Some(10));
+    assert_eq!(
+        (got.total_sent, got.bounce_count, got.complaint_count),
+        (Some(400), Some(3), Some(1))
+    );
+    assert!(!env.sim.update_inbox("nope", |_| {}));
+
+    env.sim.set_default_daily_limit(7);
+    let j = c
+        .create_inbox(&env.key, &CreateInbox::default())
+        .await
+        .unwrap();
+    assert_eq!(j.daily_send_limit, Some(7));
+
+    assert!(env.sim.delete_out_of_band(&i.id));
+    assert!(!env.sim.delete_out_of_band(&i.id));
+    let e = c.get_inbox(&env.key, &i.id).await.unwrap_err();
+    assert!(matches!(e, ApiError::NotFound { .. }), "{e:?}");
+    assert_eq!(env.sim.inbox_count(), 1);
+}
+
+#[tokio::test]
+async fn list_pages_newest_first_with_total() {
+    let env = env().await;
+    let c = &env.client;
+    let ids = seed(&env.sim, ACCT, "p", 45);
+    seed(&env.sim, ACCT_B, "other", 3);
+    let newest_first: Vec<_> = ids.iter().rev().cloned().collect();
+
+    let p = c.list_inboxes(&env.key, 20, 0).await.unwrap();
+    assert_eq!((p.total, p.limit, p.offset), (Some(45), Some(20), Some(0)));
+    let got: Vec<_> = p.data.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(got, newest_first[..20]);
+    let p = c.list_inboxes(&env.key, 20, 40).await.unwrap();
+    let got: Vec<_> = p.data.iter().map(|i| i.id.clone()).collect();
+    assert_eq!(got, newest_first[40..]);
+    assert_eq!(p.offset, Some(40));
+    let p = c.list_inboxes(&env.key, 20, 45).await.unwrap();
+    assert!(p.data.is_empty());
+    assert_eq!(p.total, Some(45));
+    let p = c.list_inboxes(&env.key, 20, u64::MAX).await.unwrap();
+    assert!(p.data.is_empty());
+    // Over the maximum: clamped to 100.
+    let p = c.list_inboxes(&env.key, 1000, 0).await.unwrap();
+    assert_eq!((p.data.len(), p.limit), (45, Some(100)));
+    let p = c.list_inboxes(&env.key_b, 100, 0).await.unwrap();
+    assert_eq!((p.data.len(), p.total), (3, Some(3)));
+    assert_eq!(env.sim.request_count(Route::List), 6);
+
+    // Deleted inboxes leave the pages and the total.
+    c.delete_inbox(&env.key, &ids[44]).await.unwrap();
+    let p = c.list_inboxes(&env.key, 2, 0).await.unwrap();
+    assert_eq!(p.total, Some(44));
+    assert_eq!(p.data[0].id, ids[43]);
+
+    // Defaults and bad parameters, over raw HTTP.
+    let http = raw_client();
+    let get = |q: &str| {
+        http.get(format!("{}/inboxes{q}", env.handle.url()))
+            .header("x-api-key", KEY)
+            .send()
+    };
+    let r = get("").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        (
+            v["data"].as_array().unwrap().len(),
+            &v["total"],
+            &v["limit"],
+            &v["offset"]
+        ),
+        (20, &json!(44), &json!(20), &json!(0))
+    );
+    let v: Value = get("?limit=500&offset=40")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["data"].as_array().unwrap().len(), &v["limit"]),
+        (4, &json!(100))
+    );
+    for bad in [
+        "?limit=abc",
+        "?limit=-1",
+        "?offset=-5",
+        "?offset=1.5",
+        "?limit=",
+    ] {
+        let r = get(bad).await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["message"].is_string(), "{bad}: {v}");
+    }
+}
+
+#[tokio::test]
+async fn list_all_of_250_takes_exactly_3_requests() {
+    let env = env().await;
+    let ids = seed(&env.sim, ACCT, "n", 250);
+    seed(&env.sim, ACCT_B, "b", 10);
+    let all = env.client.list_all(&env.key).await.unwrap();
+    assert_eq!(all.len(), 250);
+    assert_unique(&all);
+    let got: Vec<_> = all.iter().map(|i| i.id.clone()).collect();
+    let want: Vec<_> = ids.into_iter().rev().collect();
+    assert_eq!(got, want);
+    assert_eq!(env.sim.request_count(Route::List), 3);
+    assert_eq!(env.sim.total_requests(), 3);
+
+    // Exactly a multiple of the page size: still ceil(N/100) requests.
+    env.sim.reset_counters();
+    seed(&env.sim, ACCT_B, "c", 190);
+    assert_eq!(env.client.list_all(&env.key_b).await.unwrap().len(), 200);
+    assert_eq!(env.sim.request_count(Route::List), 2);
+
+    // An empty account: one request.
+    env.sim.reset_counters();
+    env.sim.add_account("empty", "empty-key");
+    assert!(
+        env.client
+            .list_all(&key("empty-key"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(env.sim.request_count(Route::List), 1);
+}
+
+#[tokio::test]
+async fn list_all_tolerates_concurrent_creates_and_deletes() {
+    let env = env().await;
+    let before = seed(&env.sim, ACCT, "old", 250);
+    env.sim.set_latency(Duration::from_millis(30));
+
+    // Creates land while the scan runs: every page is shifted.
+    let client = env.client.clone();
+    let k = env.key.clone();
+    let scan = tokio::spawn(async move { client.list_all(&k).await });
+    let mut added = 0;
+    while !scan.is_finished() && added < 300 {
+        for _ in 0..10 {
+            env.sim.insert_inbox(ACCT, CreateInbox::default()).unwrap();
+            added += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let all = tokio::time::timeout(Duration::from_secs(30), scan)
+        .await
+        .expect("the scan terminates")
+        .unwrap()
+        .unwrap();
+    assert!(added > 0);
+    assert_unique(&all);
+    // Only creates: nothing that existed before the scan can be missed.
+    let seen: HashSet<_> = all.iter().map(|i| i.id.as_str()).collect();
+    for id in &before {
+        assert!(seen.contains(id.as_str()), "missed {id}");
+    }
+    let lists = env.sim.request_count(Route::List);
+    assert!((3..=20).contains(&lists), "{lists} list requests");
+
+    // Deletes during the scan: still no duplicates, and it terminates.
+    let client = env.client.clone();
+    let k = env.key.clone();
+    let scan = tokio::spawn(async move { client.list_all(&k).await });
+    let victims = env.sim.inboxes(ACCT);
+    for v in victims.iter().step_by(3).take(150) {
+        if scan.is_finished() {
+            break;
+        }
+        env.sim.delete_out_of_band(&v.id);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let all = tokio::time::timeout(Duration::from_secs(30), scan)
+        .await
+        .expect("the scan terminates")
+        .unwrap()
+        .unwrap();
+    assert_unique(&all);
+}
+
+// ---------------------------------------------------------------- retries
+
+#[tokio::test]
+async fn transient_failures_of_idempotent_calls_are_retried() {
+    let env = env().await;
+    let c = &env.client;
+    let i = env.sim.insert_inbox(ACCT, CreateInbox::default()).unwrap();
+
+    env.sim.fail_next(Route::Get, 2, 503);
+    assert_eq!(c.get_inbox(&env.key, &i.id).await.unwrap().id, i.id);
+    assert_eq!(env.sim.request_count(Route::Get), 3);
+    let statuses: Vec<_> = env.sim.requests().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [503, 503, 200]);
+
+    env.sim.fail_next(Route::List, 1, 500);
+    assert_eq!(c.list_all(&env.key).await.unwrap().len(), 1);
+    assert_eq!(env.sim.request_count(Route::List), 2);
+
+    env.sim.fail_next(Route::Delete, 3, 502);
+    c.delete_inbox(&env.key, &i.id).await.unwrap();
+    assert_eq!(env.sim.request_count(Route::Delete), 4);
+    assert!(env.sim.inbox(&i.id).is_none());
+
+    // 408 counts as transient as well.
+    env.sim.fail_next(Route::List, 1, 408);
+    c.list_inboxes(&env.key, 10, 0).await.unwrap();
+    assert_eq!(env.sim.request_count(Route::List), 4);
+}
+
+#[tokio::test]
+async fn exhausted_retries_are_transient_errors() {
+    let env = env().await;
+    let started = Instant::now();
+    env.sim.fail_next(Route::Get, 100, 503);
+    let e = env.client.get_inbox(&env.key, "inb_x").await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApiError::Transient {
+                status: Some(503),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(e.is_transient());
+    assert!(e.message().contains("injected"), "{e}");
+    assert_secret_free(&e);
+    // One attempt plus max_retries (3).
+    assert_eq!(env.sim.request_count(Route::Get), 4);
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // A random error rate of 100 %: every route fails with that status.
+    env.sim.clear_faults();
+    env.sim.set_error_rate(1.0, 500);
+    let e = env.client.list_all(&env.key).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApiError::Transient {
+                status: Some(500),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    env.sim.clear_faults();
+    assert!(env.client.list_all(&env.key).await.unwrap().is_empty());
+
+    // Nobody listening: a transient connection error.
+    let url = env.handle.url();
+    drop(env);
+    let c = AgentSendClient::new(&url, fast()).unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let e = c.get_inbox(&key(KEY), "inb_x").await.unwrap_err();
+    assert!(
+        matches!(e, ApiError::Transient { status: None, .. }),
+        "{e:?}"
+    );
+    assert_secret_free(&e);
+}
+
+#[tokio::test]
+async fn create_is_never_retried() {
+    let env = env().await;
+    env.sim.fail_next(Route::Create, 1, 503);
+    let e = env
+        .client
+        .create_inbox(&env.key, &CreateInbox::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApiError::Transient {
+                status: Some(503),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(env.sim.request_count(Route::Create), 1);
+    assert_eq!(env.sim.inbox_count(), 0);
+    // The fault was used up: the next create works.
+    env.client
+        .create_inbox(&env.key, &CreateInbox::default())
+        .await
+        .unwrap();
+    assert_eq!(env.sim.request_count(Route::Create), 2);
+}
+
+#[tokio::test]
+async fn dropped_create_response_is_transient_but_the_inbox_exists() {
+    let env = env().await;
+    env.sim.drop_next_create_responses(1);
+    let e = env
+        .client
+        .create_inbox(&env.key, &create(Some("lost"), Some("Lost"), None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ApiError::Transient { status: None, .. }),
+        "{e:?}"
+    );
+    assert_secret_free(&e);
+    assert_eq!(env.sim.request_count(Route::Create), 1);
+    let existing = env.sim.inboxes(ACCT);
+    assert_eq!(existing.len(), 1);
+    assert_eq!(existing[0].address, "lost@agentsend.io");
+    // Recovery by listing finds it; creating again would conflict.
+    let all = env.client.list_all(&env.key).await.unwrap();
+    assert_eq!(all, existing);
+    let e = env
+        .client
+        .create_inbox(&env.key, &create(Some("lost"), None, None))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::Rejected { status: 409, .. }), "{e:?}");
+    // Only the next create was dropped.
+    env.client
+        .create_inbox(&env.key, &CreateInbox::default())
+        .await
+        .unwrap();
+    assert_eq!(env.sim.inbox_count(), 2);
+}
+
+// ---------------------------------------------------------------- 429
+
+#[tokio::test]
+async fn rate_limit_with_retry_after_seconds_closes_the_account() {
+    let env = env().await;
+    let c = &env.client;
+    let i = env.sim.insert_inbox(ACCT, CreateInbox::default()).unwrap();
+    env.sim.rate_limit_for(ACCT, Duration::from_secs(2), false);
+
+    let started = Instant::now();
+    let e = c.get_inbox(&env.key, &i.id).await.unwrap_err();
+    match &e {
+        ApiError::RateLimited {
+            retry_after: Some(d),
+            ..
+        } => assert_eq!(*d, Duration::from_secs(2)),
+        other => panic!("{other:?}"),
+    }
+    assert!(!e.is_transient());
+    assert!(e.to_string().contains("retry after 2s"), "{e}");
+    assert_secret_free(&e);
+    assert_eq!(env.sim.request_count(Route::Get), 1, "429 is not retried");
+    assert_eq!(env.sim.requests()[0].status, 429);
+
+    // Within the window: nothing is sent for this key, on any route.
+    let left = c.rate_limited_for(&env.key).unwrap();
+    assert!(left > Duration::from_millis(1000) && left <= Duration::from_secs(2));
+    let e = c.get_inbox(&env.key, &i.id).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApiError::RateLimited {
+                retry_after: Some(_),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let e = c
+        .create_inbox(&env.key, &CreateInbox::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::RateLimited { .. }), "{e:?}");
+    let e = c.list_all(&env.key).await.unwrap_err();
+    assert!(matches!(e, ApiError::RateLimited { .. }), "{e:?}");
+    assert_secret_free(&e);
+    assert_eq!(env.sim.total_requests(), 1);
+
+    // Another account is unaffected.
+    assert!(c.rate_limited_for(&env.key_b).is_none());
+    assert!(c.list_all(&env.key_b).await.unwrap().is_empty());
+    assert_eq!(env.sim.total_requests(), 2);
+
+    // After Retry-After the account works again, and not before.
+    tokio::time::sleep(c.rate_limited_for(&env.key).unwrap_or_default()).await;
+    assert_eq!(c.get_inbox(&env.key, &i.id).await.unwrap().id, i.id);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(c.rate_limited_for(&env.key).is_none());
+    assert_eq!(env.sim.total_requests(), 3);
+}
+
+#[tokio::test]
+async fn rate_limit_with_retry_after_http_date() {
+    let env = env().await;
+    env.sim.rate_limit_for(ACCT, Duration::from_secs(3), true);
+    let e = env.client.list_inboxes(&env.key, 10, 0).await.unwrap_err();
+    match &e {
+        ApiError::RateLimited {
+            retry_after: Some(d),
+            ..
+        } => assert!(
+            *d >= Duration::from_secs(2) && *d <= Duration::from_secs(4),
+            "{d:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // The header really is an HTTP date.
+    let r = raw_client()
+        .get(format!("{}/inboxes", env.handle.url()))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let ra = r.headers()["retry-after"].to_str().unwrap().to_string();
+    assert!(httpdate::parse_http_date(&ra).is_ok(), "{ra}");
+
+    let n = env.sim.total_requests();
+    let e = env.client.get_inbox(&env.key, "inb_x").await.unwrap_err();
+    assert!(matches!(e, ApiError::RateLimited { .. }), "{e:?}");
+    assert_eq!(env.sim.total_requests(), n, "no request inside the window");
+    // The other account still works.
+    env.client.list_inboxes(&env.key_b, 10, 0).await.unwrap();
+    assert_eq!(env.sim.total_requests(), n + 1);
+    // Every key of the limited account gets 429 from the simulator.
+    env.sim.add_account(ACCT, KEY_ROTATED);
+    let e = env
+        .client
+        .list_inboxes(&key(KEY_ROTATED), 10, 0)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ApiError::RateLimited { .. }), "{e:?}");
+    assert_secret_free(&e);
+}
+
+// ---------------------------------------------------------------- timeouts, bad bodies
+
+#[tokio::test]
+async fn slow_answers_time_out_as_transient() {
+    let env = env_with(ClientOptions {
+        timeout: Duration::from_millis(300),
+        ..fast()
+    })
+    .await;
+    env.sim.set_latency(Duration::from_millis(1500));
+    let started = Instant::now();
+    let e = env.client.get_inbox(&env.key, "inb_x").await.unwrap_err();
+    assert!(
+        matches!(e, ApiError::Transient { status: None, .. }),
+        "{e:?}"
+    );
+    assert!(e.message().contains("timed out"), "{e}");
+    assert_secret_free(&e);
+    // Counted on arrival, even though the client gave up: 1 + 3 retries.
+    assert_eq!(env.sim.request_count(Route::Get), 4);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Create times out once, without a retry.
+    let e = env
+        .client
+        .create_inbox(&env.key, &CreateInbox::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ApiError::Transient { status: None, .. }),
+        "{e:?}"
+    );
+    assert_eq!(env.sim.request_count(Route::Create), 1);
+
+    env.sim.set_latency(Duration::from_millis(50));
+    env.client.list_inboxes(&env.key, 1, 0).await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_success_bodies_are_invalid_responses_never_panics() {
+    let env = env().await;
+    let c = &env.client;
+    let i = env
+        .sim
+        .insert_inbox(
+            ACCT,
+            create(Some("ünicode-free"), Some("Ünïcödé ✉ name"), None),
+        )
+        .map_err(|e| e.to_string());
+    // Non-ASCII local parts are refused; use a display name with multi-byte characters.
+    assert!(i.is_err());
+    let i = env
+        .sim
+        .insert_inbox(ACCT, create(Some("m"), Some("Ünïcödé ✉ name ✉✉✉"), None))
+        .unwrap();
+
+    for (kind, route) in [
+        (Malformed::NotJson, Route::Get),
+        (Malformed::Truncated, Route::Get),
+        (Malformed::Huge, Route::Get),
+    ] {
+        env.sim.reset_counters();
+        env.sim.set_malformed(route, Some(kind));
+        let e = c.get_inbox(&env.key, &i.id).await.unwrap_err();
+        assert!(
+            matches!(e, ApiError::InvalidResponse { .. }),
+            "{kind:?}: {e:?}"
+        );
+        assert!(e.is_transient(), "retried like a transient error");
+        assert!(e.message().len() < 400, "{kind:?}: message is truncated");
+        assert_secret_free(&e);
+        assert_eq!(env.sim.request_count(Route::Get), 4, "{kind:?}");
+    }
+    env.sim.set_malformed(Route::Get, None);
+    assert_eq!(c.get_inbox(&env.key, &i.id).await.unwrap(), i);
+
+    for kind in [Malformed::NotJson, Malformed::Truncated, Malformed::Huge] {
+        env.sim.set_malformed(Route::List, Some(kind));
+        let e = c.list_all(&env.key).await.unwrap_err();
+        assert!(
+            matches!(e, ApiError::InvalidResponse { .. }),
+            "{kind:?}: {e:?}"
+        );
+        env.sim.set_malformed(Route::Create, Some(kind));
+        let e = c
+            .create_inbox(&env.key, &CreateInbox::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, ApiError::InvalidResponse { .. }),
+            "{kind:?}: {e:?}"
+        );
+    }
+    env.sim.clear_faults();
+    // The creates happened although their answers were unreadable.
+    assert_eq!(env.sim.inbox_count(), 4);
+}
+
+#[tokio::test]
+async fn unexpected_extra_fields_are_accepted() {
+    let env = env().await;
+    let c = &env.client;
+    for r in Route::ALL {
+        env.sim.set_malformed(r, Some(Malformed::UnexpectedFields));
+    }
+    let i = c
+        .create_inbox(&env.key, &create(Some("extra"), None, None))
+        .await
+        .unwrap();
+    assert_eq!(i.address, "extra@agentsend.io");
+    assert_eq!(c.get_inbox(&env.key, &i.id).await.unwrap(), i);
+    let p = c.list_inboxes(&env.key, 10, 0).await.unwrap();
+    assert_eq!((p.data, p.total), (vec![i.clone()], Some(1)));
+    assert_eq!(c.list_all(&env.key).await.unwrap().len(), 1);
+    c.delete_inbox(&env.key, &i.id).await.unwrap();
+
+    // The extras really are on the wire.
+    let j = env.sim.insert_inbox(ACCT, CreateInbox::default()).unwrap();
+    let v: Value = raw_client()
+        .get(format!("{}/inboxes/{}", env.handle.url(), j.id))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(v.get("unexpected").is_some(), "{v}");
+}
+
+// ---------------------------------------------------------------- wire details
+
+#[tokio::test]
+async fn every_answer_is_labelled_as_the_simulator() {
+    let env = env().await;
+    let http = raw_client();
+    let url = env.handle.url();
+    let i = env.sim.insert_inbox(ACCT, CreateInbox::default()).unwrap();
+    env.sim.fail_next(Route::Delete, 1, 503);
+    let answers = vec![
+        http.get(format!("{url}/inboxes"))
+            .header("x-api-key", KEY)
+            .send(),
+        http.get(format!("{url}/inboxes")).send(),
+        http.get(format!("{url}/inboxes/{}", i.id))
+            .header("x-api-key", KEY)
+            .send(),
+        http.get(format!("{url}/inboxes/nope"))
+            .header("x-api-key", KEY)
+            .send(),
+        http.delete(format!("{url}/inboxes/{}", i.id))
+            .header("x-api-key", KEY)
+            .send(),
+        http.get(format!("{url}/no/such/route")).send(),
+        http.get(format!("{url}/_simulator/stats")).send(),
+    ];
+    let mut statuses = Vec::new();
+    for a in answers {
+        let r = a.await.unwrap();
+        assert_eq!(
+            r.headers()
+                .get("x-agentsend-simulator")
+                .map(|v| v.to_str().unwrap()),
+            Some("true"),
+            "{}",
+            r.url()
+        );
+        statuses.push(r.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 401, 200, 404, 503, 404, 200]);
+    // Inbox JSON is camelCase with explicit nulls.
+    let v: Value = http
+        .get(format!("{url}/inboxes/{}", i.id))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for f in [
+        "id",
+        "address",
+        "status",
+        "dailySendLimit",
+        "sendsToday",
+        "totalSent",
+        "bounceCount",
+        "complaintCount",
+        "createdAt",
+    ] {
+        assert!(!v[f].is_null(), "{f}: {v}");
+    }
+    assert!(v["displayName"].is_null() && v.get("displayName").is_some());
+    assert!(v["domainId"].is_null() && v.get("domainId").is_some());
+}
+
+#[tokio::test]
+async fn requests_are_counted_and_logged_whatever_the_outcome() {
+    let observed: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let sim = Simulator::new();
+    sim.add_account(ACCT, KEY);
+    let handle = sim.spawn().await.unwrap();
+    let obs = observed.clone();
+    let client = AgentSendClient::with_observer(
+        &handle.url(),
+        fast(),
+        Some(Arc::new(move |route, status, _| {
+            obs.lock()
+                .unwrap()
+                .push((route.to_string(), status.to_string()));
+        })),
+    )
+    .unwrap();
+    let k = key(KEY);
+    let i = client
+        .create_inbox(&k, &CreateInbox::default())
+        .await
+        .unwrap();
+    client.get_inbox(&k, &i.id).await.unwrap();
+    client.list_inboxes(&k, 5, 0).await.unwrap();
+    sim.fail_next(Route::Delete, 1, 500);
+    client.delete_inbox(&k, &i.id).await.unwrap();
+    let _ = client.get_inbox(&key(UNKNOWN_KEY), "x").await;
+
+    let want = [
+        ("create", "201"),
+        ("get", "200"),
+        ("list", "200"),
+        ("delete", "500"),
+        ("delete", "204"),
+        ("get", "401"),
+    ];
+    let obs: Vec<_> = observed.lock().unwrap().clone();
+    let obs: Vec<_> = obs.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(obs, want);
+    let log: Vec<_> = sim
+        .requests()
+        .iter()
+        .map(|r| (r.route.as_str(), r.status.to_string(), r.account.clone()))
+        .collect();
+    let acct = Some(ACCT.to_string());
+    assert_eq!(
+        log,
+        [
+            ("create", "201".into(), acct.clone()),
+            ("get", "200".into(), acct.clone()),
+            ("list", "200".into(), acct.clone()),
+            ("delete", "500".into(), acct.clone()),
+            ("delete", "204".into(), acct.clone()),
+            ("get", "401".into(), None),
+        ]
+    );
+    assert!(sim.requests().windows(2).all(|w| w[0].at <= w[1].at));
+    assert_eq!(sim.request_count(Route::Create), 1);
+    assert_eq!(sim.request_count(Route::Get), 2);
+    assert_eq!(sim.request_count(Route::List), 1);
+    assert_eq!(sim.request_count(Route::Delete), 2);
+    assert_eq!(sim.total_requests(), 6);
     sim.reset_counters();
-    sim.fail_next(Route::Get, 2, 503);
-    assert_eq!(c.get_inbox(&k, &r.id).await.unwrap().id, r.id);
-    assert_eq!(sim.request_count(Route::Get), 3);
-    sim.fail_next(Route::List, 10, 502);
-    let e = c.list_inboxes(&k, 10, 0).await.unwrap_err();
+    assert_eq!(sim.total_requests(), 0);
+    assert!(sim.requests().is_empty());
+}
+
+#[tokio::test]
+async fn concurrent_creates_are_consistent() {
+    let env = env().await;
+    let futs = (0..200).map(|n| {
+        let c = env.client.clone();
+        let k = if n % 2 == 0 {
+            env.key.clone()
+        } else {
+            env.key_b.clone()
+        };
+        async move {
+            // Half random, half fighting over 10 addresses.
+            let req = if n % 4 < 2 {
+                CreateInbox::default()
+            } else {
+                create(Some(&format!("shared{}", n % 10)), None, None)
+            };
+            c.create_inbox(&k, &req).await
+        }
+    });
+    let results = futures::future::join_all(futs).await;
+    let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    for r in &results {
+        if let Err(e) = r {
+            assert!(matches!(e, ApiError::Rejected { status: 409, .. }), "{e:?}");
+        }
+    }
+    assert_eq!(ok.len(), 100 + 10);
+    let addresses: HashSet<_> = ok.iter().map(|i| i.address.as_str()).collect();
+    assert_eq!(addresses.len(), ok.len());
+    assert_eq!(env.sim.inbox_count(), ok.len());
+    let mut all = env.client.list_all(&env.key).await.unwrap();
+    all.extend(env.client.list_all(&env.key_b).await.unwrap());
+    assert_eq!(all.len(), ok.len());
+    assert_unique(&all);
+}
+
+#[tokio::test]
+async fn ten_thousand_inboxes_list_in_a_hundred_pages() {
+    let env = env().await;
+    for n in 0..10_000 {
+        env.sim
+            .insert_inbox(ACCT, create(Some(&format!("bulk{n}")), None, None))
+            .unwrap();
+    }
+    let started = Instant::now();
+    let all = env.client.list_all(&env.key).await.unwrap();
+    assert_eq!(all.len(), 10_000);
+    assert_unique(&all);
+    assert_eq!(all[0].address, "bulk9999@agentsend.io");
+    assert_eq!(env.sim.request_count(Route::List), 100);
+    // Deep pages cost the same as the first one.
+    let t = Instant::now();
+    for _ in 0..20 {
+        let p = env.client.list_inboxes(&env.key, 100, 9_900).await.unwrap();
+        assert_eq!(p.data.len(), 100);
+    }
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+// ---------------------------------------------------------------- control over HTTP
+
+#[tokio::test]
+async fn control_endpoints_over_http() {
+    let sim = Simulator::new();
+    let handle = sim.spawn().await.unwrap();
+    let url = handle.url();
+    let http = raw_client();
+    let ctl = |path: &str| format!("{url}/_simulator/{path}");
+
+    let r = http
+        .post(ctl("accounts"))
+        .json(&json!({"account": "acct-x", "apiKey": KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    http.post(ctl("domains"))
+        .json(&json!({"account": "acct-x", "domainId": "dom_x", "domainName": "X.example"}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let c = AgentSendClient::new(&url, fast()).unwrap();
+    let k = key(KEY);
+    let i = c
+        .create_inbox(&k, &create(Some("ops"), None, Some("dom_x")))
+        .await
+        .unwrap();
+    assert_eq!(i.address, "ops@x.example");
+
+    // PATCH counters and status; the client sees them.
+    let r = http
+        .patch(ctl(&format!("inboxes/{}", i.id)))
+        .json(
+            &json!({"sendsToday": 90, "dailySendLimit": 95, "totalSent": 1234,
+                      "bounceCount": 5, "complaintCount": 2, "status": "suspended"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let patched: Value = r.json().await.unwrap();
+    assert_eq!(patched["sendsToday"], 90);
+    let got = c.get_inbox(&k, &i.id).await.unwrap();
+    assert_eq!(got.sends_remaining(), Some(5));
+    assert_eq!(got.total_sent, Some(1234));
+    assert_eq!(got.bounce_count, Some(5));
+    assert_eq!(got.complaint_count, Some(2));
+    assert_eq!(got.status, InboxState::Suspended);
+    let r = http
+        .patch(ctl("inboxes/nope"))
+        .json(&json!({"sendsToday": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .patch(ctl(&format!("inboxes/{}", i.id)))
+        .body("{oops")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Stats: only API requests count, never control requests.
+    let stats: Value = http
+        .get(ctl("stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        stats,
+        json!({"requests": {"create": 1, "get": 1, "list": 0, "delete": 0}, "total": 2, "inboxes": 1})
+    );
+
+    // Faults: latency, error rate, dropped creates, fail-next, rate limit, malformed.
+    http.post(ctl("faults"))
+        .json(&json!({"latencyMs": 200}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let t = Instant::now();
+    c.list_inboxes(&k, 1, 0).await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(200));
+    http.post(ctl("faults"))
+        .json(&json!({"latencyMs": 0, "errorRate": 1.0, "errorStatus": 502}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let e = c.list_inboxes(&k, 1, 0).await.unwrap_err();
     assert!(
         matches!(
             e,
@@ -229,140 +1346,189 @@ async fn transient_errors_are_retried_for_idempotent_calls_only() {
         ),
         "{e:?}"
     );
-    assert_eq!(
-        sim.request_count(Route::List),
-        4,
-        "1 + 3 retries, then give up"
-    );
-    sim.fail_next(Route::Create, 1, 503);
+    let r = http
+        .post(ctl("faults"))
+        .json(&json!({"errorRate": 7.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = http
+        .post(ctl("faults"))
+        .json(&json!({"failNext": {"route": "bogus", "n": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    http.delete(ctl("faults"))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    c.list_inboxes(&k, 1, 0).await.unwrap();
+
+    http.post(ctl("faults"))
+        .json(
+            &json!({"dropNextCreates": 1, "failNext": {"route": "get", "n": 1, "status": 500},
+                      "malformed": {"route": "list", "kind": "not-json"}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
     let e = c
         .create_inbox(&k, &CreateInbox::default())
         .await
         .unwrap_err();
-    assert!(matches!(e, ApiError::Transient { .. }));
-    assert_eq!(
-        sim.request_count(Route::Create),
-        1,
-        "a create is never retried blindly"
-    );
-    sim.fail_next(Route::Delete, 1, 500);
-    c.delete_inbox(&k, &r.id).await.unwrap();
-}
-
-#[tokio::test]
-async fn dropped_create_response_is_transient_and_the_inbox_exists() {
-    let (sim, _h, c, k) = setup().await;
-    sim.drop_next_create_responses(1);
-    let e = c
-        .create_inbox(&k, &req(Some("lost"), None))
-        .await
-        .unwrap_err();
-    assert!(e.is_transient(), "{e:?}");
-    assert_no_key(&e);
-    assert_eq!(sim.inboxes("a").len(), 1);
-    assert_eq!(sim.inboxes("a")[0].address, "lost@agentsend.io");
-}
-
-#[tokio::test]
-async fn rate_limits_close_the_account_until_retry_after() {
-    for http_date in [false, true] {
-        let (sim, _h, c, k) = setup().await;
-        sim.add_account("b", "kb");
-        let kb = ApiKey::new("kb").unwrap();
-        sim.rate_limit_for("a", Duration::from_secs(3), http_date);
-        let e = c.list_inboxes(&k, 10, 0).await.unwrap_err();
-        match &e {
-            ApiError::RateLimited {
-                retry_after: Some(d),
-                ..
-            } => {
-                assert!(
-                    *d >= Duration::from_secs(2) && *d <= Duration::from_secs(5),
-                    "{d:?}"
-                )
-            }
-            other => panic!("{other:?}"),
-        }
-        let sent = sim.total_requests();
-        let e = c.get_inbox(&k, "x").await.unwrap_err();
-        assert!(matches!(e, ApiError::RateLimited { .. }));
-        assert_eq!(
-            sim.total_requests(),
-            sent,
-            "nothing sent to a closed account"
-        );
-        assert!(
-            c.list_inboxes(&kb, 10, 0).await.is_ok(),
-            "other accounts unaffected"
-        );
-        assert!(c.rate_limited_for(&k).is_some());
-    }
-}
-
-#[tokio::test]
-async fn timeouts_are_transient() {
-    let (sim, h, _c, k) = setup().await;
-    sim.set_latency(Duration::from_millis(800));
-    let opts = ClientOptions {
-        timeout: Duration::from_millis(300),
-        max_retries: 1,
-        min_backoff: Duration::from_millis(10),
-        ..Default::default()
-    };
-    let c = AgentSendClient::new(&h.url(), opts).unwrap();
-    let started = Instant::now();
-    let e = c.list_inboxes(&k, 10, 0).await.unwrap_err();
     assert!(
         matches!(e, ApiError::Transient { status: None, .. }),
         "{e:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(3));
-    let e = c
-        .create_inbox(&k, &CreateInbox::default())
+    assert_eq!(sim.inbox_count(), 2);
+    c.get_inbox(&k, &i.id).await.unwrap();
+    let e = c.list_inboxes(&k, 1, 0).await.unwrap_err();
+    assert!(matches!(e, ApiError::InvalidResponse { .. }), "{e:?}");
+    http.post(ctl("faults"))
+        .json(&json!({"malformed": {"route": "list", "kind": null},
+                      "rateLimit": {"account": "acct-x", "ms": 5000, "httpDate": false}}))
+        .send()
         .await
-        .unwrap_err();
-    assert!(e.is_transient());
-}
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let e = c.list_inboxes(&k, 1, 0).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApiError::RateLimited {
+                retry_after: Some(_),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    http.delete(ctl("faults")).send().await.unwrap();
 
-#[tokio::test]
-async fn malformed_bodies_never_panic() {
-    let (sim, _h, c, k) = setup().await;
-    let r = c.create_inbox(&k, &CreateInbox::default()).await.unwrap();
-    for m in [Malformed::NotJson, Malformed::Truncated, Malformed::Huge] {
-        sim.set_malformed(Route::Get, Some(m));
-        let e = c.get_inbox(&k, &r.id).await.unwrap_err();
-        assert!(
-            matches!(e, ApiError::InvalidResponse { .. }),
-            "{m:?}: {e:?}"
-        );
-        assert!(e.to_string().len() < 1000, "message is bounded");
-    }
-    sim.set_malformed(Route::Get, Some(Malformed::UnexpectedFields));
-    assert_eq!(c.get_inbox(&k, &r.id).await.unwrap().id, r.id);
-    sim.set_malformed(Route::List, Some(Malformed::UnexpectedFields));
-    assert_eq!(c.list_all(&k).await.unwrap().len(), 1);
-}
+    // Keys: revoke and restore (a fresh client: the old one still honours Retry-After).
+    let c = AgentSendClient::new(&url, fast()).unwrap();
+    http.post(ctl("keys/revoke"))
+        .json(&json!({"apiKey": KEY}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let e = c.list_inboxes(&k, 1, 0).await.unwrap_err();
+    assert!(matches!(e, ApiError::Unauthorized { .. }), "{e:?}");
+    http.post(ctl("keys/restore"))
+        .json(&json!({"apiKey": KEY}))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    assert_eq!(c.list_inboxes(&k, 10, 0).await.unwrap().data.len(), 2);
 
-#[tokio::test]
-async fn simulator_control_endpoints() {
-    let (sim, h, c, k) = setup().await;
-    let r = c.create_inbox(&k, &CreateInbox::default()).await.unwrap();
-    let http = reqwest::Client::new();
-    let url = h.url();
-    let resp = http
-        .patch(format!("{url}/_simulator/inboxes/{}", r.id))
-        .json(&serde_json::json!({"sendsToday": 7, "status": "suspended"}))
+    // Out-of-band insert, listing and delete.
+    let r = http
+        .post(ctl("inboxes"))
+        .json(&json!({"account": "acct-x", "address": "oob", "displayName": "OOB"}))
         .send()
         .await
         .unwrap();
-    assert!(resp.status().is_success());
-    assert!(resp.headers().contains_key("x-agentsend-simulator"));
-    let got = c.get_inbox(&k, &r.id).await.unwrap();
-    assert_eq!(
-        (got.sends_today, got.status),
-        (Some(7), InboxState::Suspended)
-    );
-    let stats: serde_json::Value = http
+    assert_eq!(r.status(), 201);
+    let oob: RemoteInbox = r.json().await.unwrap();
+    let listed: Vec<RemoteInbox> = http
+        .get(ctl("inboxes?account=acct-x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0], oob);
+    let r = http
+        .post(ctl("inboxes"))
+        .json(&json!({"account": "acct-x", "address": "oob"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let r = http
+        .delete(ctl(&format!("inboxes/{}", oob.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = http
+        .delete(ctl(&format!("inboxes/{}", oob.id)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(sim.inbox(&oob.id).is_none());
+
+    http.post(ctl("reset-counters")).send().await.unwrap();
+    let stats: Value = http
+        .get(ctl("stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats["total"], 0);
+    assert_eq!(stats["inboxes"], 2);
+}
+
+#[tokio::test]
+async fn standalone_server_registers_one_account_per_key() {
+    // A free port (tiny race: the port is released before the simulator binds it).
+    let addr: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let server = tokio::spawn(inbox_operator::simulator::run_standalone(
+        addr,
+        vec![KEY.to_string(), KEY_B.to_string()],
+        Duration::from_millis(1),
+    ));
+    let url = format!("http://{addr}");
+    let http = raw_client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(r) = http.get(format!("{url}/_simulator/stats")).send().await
+            && r.status().is_success()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "standalone simulator did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = AgentSendClient::new(&url, fast()).unwrap();
+    let a = c
+        .create_inbox(&key(KEY), &create(Some("demo"), None, Some("dom_example")))
+        .await
+        .unwrap();
+    assert_eq!(a.address, "demo@example.com");
+    let b = c
+        .create_inbox(
+            &key(KEY_B),
+            &create(Some("demo2"), None, Some("dom_example")),
+        )
+        .await
+        .unwrap();
+    // Separate accounts.
+    let e = c.get_inbox(&key(KEY), &b.id).await.unwrap_err();
+    assert!(matches!(e, ApiError::NotFound { .. }), "{e:?}");
+    let e = c.get_inbox(&key(UNKNOWN_KEY), &a.id).await.unwrap_err();
+    assert!(matches!(e, ApiError::Unauthorized { .. }), "{e:?}");
+    let stats: Value = http
         .get(format!("{url}/_simulator/stats"))
         .send()
         .await
@@ -370,25 +1536,62 @@ async fn simulator_control_endpoints() {
         .json()
         .await
         .unwrap();
-    assert_eq!(stats["requests"]["create"], 1);
-    assert_eq!(stats["inboxes"], 1);
-    http.post(format!("{url}/_simulator/faults"))
-        .json(&serde_json::json!({"errorRate": 1.0, "errorStatus": 500}))
-        .send()
+    assert_eq!(stats["inboxes"], 2);
+    assert_eq!(stats["requests"]["create"], 2);
+    server.abort();
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_so_the_key_cannot_leak() {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+
+    // Another host that records every x-api-key it is sent.
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let rec = seen.clone();
+    let other = axum::Router::new().fallback(move |h: HeaderMap| {
+        let rec = rec.clone();
+        async move {
+            if let Some(k) = h.get("x-api-key") {
+                rec.lock()
+                    .unwrap()
+                    .push(k.to_str().unwrap_or("?").to_string());
+            }
+            axum::Json(json!({"data": [], "total": 0}))
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, other).await });
+
+    // The "API" answers every request with a redirect to that host.
+    let to = other_url.clone();
+    let redirector = axum::Router::new().fallback(move || {
+        let to = to.clone();
+        async move {
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(header::LOCATION, format!("{to}/inboxes"))],
+            )
+                .into_response()
+        }
+    });
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(l, redirector).await });
+
+    let c = AgentSendClient::new(&api_url, fast()).unwrap();
+    let k = key(KEY);
+    let e = c.list_inboxes(&k, 10, 0).await.unwrap_err();
+    assert_secret_free(&e);
+    assert!(!e.is_transient(), "{e:?}");
+    let e = c
+        .create_inbox(&k, &CreateInbox::default())
         .await
-        .unwrap();
-    assert!(c.get_inbox(&k, &r.id).await.unwrap_err().is_transient());
-    http.delete(format!("{url}/_simulator/faults"))
-        .send()
-        .await
-        .unwrap();
-    http.delete(format!("{url}/_simulator/inboxes/{}", r.id))
-        .send()
-        .await
-        .unwrap();
-    assert!(matches!(
-        c.get_inbox(&k, &r.id).await,
-        Err(ApiError::NotFound { .. })
-    ));
-    assert_eq!(sim.inbox_count(), 0);
+        .unwrap_err();
+    assert_secret_free(&e);
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the API key was sent to another host"
+    );
 }

@@ -112,6 +112,9 @@ impl AgentSendClient {
             .timeout(opts.timeout)
             .connect_timeout(opts.timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("inbox-operator/", env!("CARGO_PKG_VERSION")))
+            // Never follow redirects: reqwest would resend the custom `x-api-key` header to
+            // whatever host a 3xx points at. A 3xx is reported as a rejection instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ApiError::Config {
                 message: format!("cannot build HTTP client: {e}"),
@@ -180,24 +183,32 @@ impl AgentSendClient {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         let mut offset = 0u64;
-        // Bound the scan even if `total` lies or keeps growing.
-        let mut max_pages: u64 = 10;
+        // Hard bound, so a server whose `total` lies or keeps growing cannot keep us paging.
+        const MAX_PAGES: u64 = 100_000;
         let mut pages = 0u64;
         loop {
             let page = self.list_inboxes(key, PAGE_SIZE, offset).await?;
             pages += 1;
             let n = page.data.len() as u64;
-            if let Some(total) = page.total {
-                max_pages = max_pages.max(total.div_ceil(PAGE_SIZE) + 2);
-            }
+            // The server may cap pages below what was asked: a short page ends the scan only
+            // when it is shorter than the page size the server says it used.
+            let page_size = page
+                .limit
+                .filter(|l| *l > 0)
+                .unwrap_or(PAGE_SIZE)
+                .min(PAGE_SIZE);
+            let beyond_total = page.total.is_some_and(|t| offset + n >= t);
+            let bound = page
+                .total
+                .map_or(MAX_PAGES, |t| t.div_ceil(page_size) + 2)
+                .min(MAX_PAGES);
             for inbox in page.data {
                 if seen.insert(inbox.id.clone()) {
                     out.push(inbox);
                 }
             }
             offset += n;
-            let more_by_total = page.total.is_none_or(|t| offset < t);
-            if n < PAGE_SIZE || n == 0 || !more_by_total || pages >= max_pages.min(100_000) {
+            if n == 0 || n < page_size || beyond_total || pages >= bound {
                 break;
             }
         }
@@ -447,5 +458,38 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(c.rate_limited_for(&ApiKey::new("other").unwrap()).is_none());
+    }
+}
+
+#[cfg(test)]
+mod paging_tests {
+    use super::*;
+    use axum::extract::Query;
+    use std::collections::HashMap;
+
+    /// A server that caps pages at 50 and never says `total`.
+    async fn capped_server(n: usize) -> String {
+        let app = axum::Router::new().route(
+            "/inboxes",
+            axum::routing::get(move |Query(q): Query<HashMap<String, String>>| async move {
+                let offset: usize = q.get("offset").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let data: Vec<serde_json::Value> = (offset..n.min(offset + 50))
+                    .map(|i| serde_json::json!({"id": format!("i{i}"), "address": format!("a{i}@x.io"), "status": "active"}))
+                    .collect();
+                axum::Json(serde_json::json!({"data": data, "limit": 50, "offset": offset}))
+            }),
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(l, app).await.ok() });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn list_all_follows_server_page_size_without_total() {
+        let url = capped_server(1234).await;
+        let c = AgentSendClient::new(&url, ClientOptions::default()).unwrap();
+        let all = c.list_all(&ApiKey::new("k").unwrap()).await.unwrap();
+        assert_eq!(all.len(), 1234);
     }
 }

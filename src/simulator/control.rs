@@ -2,19 +2,7 @@
 //! the benchmark). No auth: bind the simulator to loopback. Not part of the AgentSend API, and
 //! not counted in the request stats.
 //!
-//! | endpoint | body / answer |
-//! |---|---|
-//! | `POST /_simulator/accounts` | `{account, apiKey}` |
-//! | `POST /_simulator/domains` | `{account, domainId, domainName}` |
-//! | `POST /_simulator/keys/revoke`, `/keys/restore` | `{apiKey}` |
-//! | `POST /_simulator/inboxes` | `{account, address?, displayName?, domainId?}` → the inbox |
-//! | `GET /_simulator/inboxes?account=` | the account's inboxes, newest first |
-//! | `PATCH /_simulator/inboxes/{id}` | any of `status`, `sendsToday`, `dailySendLimit`, `totalSent`, `bounceCount`, `complaintCount` → the inbox |
-//! | `DELETE /_simulator/inboxes/{id}` | out-of-band delete |
-//! | `POST /_simulator/faults` | any of `latencyMs`, `errorRate`, `errorStatus`, `dropNextCreates`, `failNext: {route, n, status}`, `rateLimit: {account, ms, httpDate}`, `malformed: {route, kind}` (kind null to stop), `defaultDailyLimit` |
-//! | `DELETE /_simulator/faults` | clear every fault |
-//! | `GET /_simulator/stats` | `{"requests":{"create":n,"get":n,"list":n,"delete":n},"total":n,"inboxes":n}` |
-//! | `POST` or `DELETE /_simulator/reset-counters` | zero the request counters |
+//! The endpoints are listed in the [`super`] module docs.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -131,10 +119,9 @@ pub(super) fn router() -> Router<Simulator> {
         .route("/_simulator/reset-counters", post(reset).delete(reset))
 }
 
-/// The JSON body, or a 400 saying why not.
-fn body<T: DeserializeOwned>(b: Result<axum::Json<T>, JsonRejection>) -> Result<T, Response> {
-    b.map(|axum::Json(t)| t)
-        .map_err(|e| error_response(400, "invalid_body", &e.body_text()))
+/// The JSON body, or why it is not acceptable (answered with a 400 by [`bad`]).
+fn body<T: DeserializeOwned>(b: Result<axum::Json<T>, JsonRejection>) -> Result<T, String> {
+    b.map(|axum::Json(t)| t).map_err(|e| e.body_text())
 }
 
 fn bad(message: &str) -> Response {
@@ -155,7 +142,7 @@ async fn add_account(
             sim.add_account(&b.account, b.api_key.trim());
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(r) => r,
+        Err(m) => bad(&m),
     }
 }
 
@@ -168,7 +155,7 @@ async fn add_domain(
             sim.add_domain(&b.account, &b.domain_id, &b.domain_name);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(r) => r,
+        Err(m) => bad(&m),
     }
 }
 
@@ -181,7 +168,7 @@ async fn revoke(
             sim.revoke_key(&b.api_key);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(r) => r,
+        Err(m) => bad(&m),
     }
 }
 
@@ -194,7 +181,7 @@ async fn restore(
             sim.restore_key(&b.api_key);
             StatusCode::NO_CONTENT.into_response()
         }
-        Err(r) => r,
+        Err(m) => bad(&m),
     }
 }
 
@@ -204,7 +191,7 @@ async fn insert_inbox(
 ) -> Response {
     let b = match body(b) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(m) => return bad(&m),
     };
     match sim.lock().create(&b.account, &b.req) {
         Ok(i) => (StatusCode::CREATED, axum::Json(i)).into_response(),
@@ -245,7 +232,7 @@ async fn patch_inbox(
 ) -> Response {
     let p = match body(b) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(m) => return bad(&m),
     };
     let found = sim.update_inbox(&id, |i| {
         if let Some(s) = &p.status {
@@ -282,7 +269,7 @@ async fn set_faults(
 ) -> Response {
     let f = match body(b) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(m) => return bad(&m),
     };
     // Validate everything before changing anything.
     let fail_next = match &f.fail_next {

@@ -13,6 +13,22 @@
 //!
 //! Every request on an `/inboxes` route goes through, in order: count → latency → rate limit →
 //! injected errors → auth → handler, and is logged with its outcome whatever it is.
+//!
+//! ## Control endpoints (no auth; not counted in the stats)
+//!
+//! | endpoint | body / answer |
+//! |---|---|
+//! | `POST /_simulator/accounts` | `{account, apiKey}` |
+//! | `POST /_simulator/domains` | `{account, domainId, domainName}` |
+//! | `POST /_simulator/keys/revoke`, `/keys/restore` | `{apiKey}` |
+//! | `POST /_simulator/inboxes` | `{account, address?, displayName?, domainId?}` → the inbox |
+//! | `GET /_simulator/inboxes?account=` | the account's inboxes, newest first |
+//! | `PATCH /_simulator/inboxes/{id}` | any of `status`, `sendsToday`, `dailySendLimit`, `totalSent`, `bounceCount`, `complaintCount` → the inbox |
+//! | `DELETE /_simulator/inboxes/{id}` | out-of-band delete |
+//! | `POST /_simulator/faults` | any of `latencyMs`, `errorRate`, `errorStatus`, `dropNextCreates`, `failNext: {route, n, status}`, `rateLimit: {account, ms, httpDate}`, `malformed: {route, kind}` (kind null to stop), `defaultDailyLimit` |
+//! | `DELETE /_simulator/faults` | clear every fault |
+//! | `GET /_simulator/stats` | `{"requests":{"create":n,"get":n,"list":n,"delete":n},"total":n,"inboxes":n}` |
+//! | `POST` or `DELETE /_simulator/reset-counters` | zero the request counters |
 
 mod api;
 mod control;

@@ -1,0 +1,282 @@
+//! deploy/ and examples/ on a real apiserver: every manifest applies with
+//! `kubectl apply --server-side`, and the operator, run with exactly the ServiceAccount's RBAC
+//! from deploy/base (impersonation), takes an Inbox through create → Ready → delete.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use inbox_operator::crd::{Inbox, InboxSpec};
+use inbox_operator::simulator::Simulator;
+use kube::api::{Api, DeleteParams, PostParams};
+use support::{TestNamespace, control_plane, wait_for};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn kustomize(dir: &str) -> String {
+    let out = control_plane()
+        .kubectl()
+        .args(["kustomize", &format!("{ROOT}/{dir}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Kubernetes 1.20 refuses a server-side apply of a CRD with CEL rules (the CRD is installed
+/// with `kubectl create`, as the README tells users of old clusters); everything else is
+/// applied server-side.
+fn without_crd(yaml: &str) -> String {
+    yaml.split("\n---\n")
+        .filter(|doc| !doc.contains("kind: CustomResourceDefinition"))
+        .collect::<Vec<_>>()
+        .join("\n---\n")
+}
+
+fn apply_server_side(yaml: &str, ns: Option<&str>) {
+    let mut cmd = control_plane().kubectl();
+    cmd.args([
+        "apply",
+        "--server-side",
+        "--field-manager=deploy-test",
+        "-f",
+        "-",
+    ]);
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "apply failed: {}\n{yaml}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
+    let _dump = support::on_failure_dump_logs();
+    let cp = control_plane();
+    let client = cp.client().await;
+
+    // deploy/base and deploy/namespaced (whose Roles need their namespaces).
+    for ns in ["team-a", "team-b"] {
+        let _ = cp
+            .kubectl()
+            .args(["create", "namespace", ns])
+            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .status();
+    }
+    let base = kustomize("deploy/base");
+    assert!(
+        base.contains("kind: CustomResourceDefinition"),
+        "base installs the CRD"
+    );
+    apply_server_side(&without_crd(&base), None);
+    apply_server_side(&without_crd(&kustomize("deploy/namespaced")), None);
+    let crd_dir: serde_json::Value = serde_yaml::from_str(&kustomize("crds")).unwrap();
+    let generated: serde_json::Value =
+        serde_yaml::from_str(&inbox_operator::crd::crd_yaml().unwrap()).unwrap();
+    assert_eq!(
+        crd_dir, generated,
+        "crds/ kustomization renders the generated CRD"
+    );
+
+    // Every example.
+    let ns = TestNamespace::new(&client, "examples").await;
+    // No controller-manager here: create the `default` ServiceAccount the Pod example needs.
+    let _ = cp
+        .kubectl()
+        .args(["-n", ns.name(), "create", "serviceaccount", "default"])
+        .stdout(Stdio::null())
+        .status();
+    let mut examples: Vec<_> = std::fs::read_dir(format!("{ROOT}/examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+        })
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 6, "{examples:?}");
+    for path in &examples {
+        apply_server_side(&std::fs::read_to_string(path).unwrap(), Some(ns.name()));
+    }
+    apply_server_side(&kustomize("examples"), Some(ns.name()));
+
+    // The operator with exactly the ServiceAccount's permissions.
+    let sa = "system:serviceaccount:inbox-operator:inbox-operator";
+    let kubeconfig = cp.kubeconfig_as(
+        sa,
+        &[
+            "system:serviceaccounts",
+            "system:serviceaccounts:inbox-operator",
+            "system:authenticated",
+        ],
+    );
+    let can_i = |verb: &str, resource: &str| {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(["auth", "can-i", verb, resource, "-A"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "yes")
+            .unwrap_or(false)
+    };
+    assert!(can_i("watch", "inboxes.agentsend.io"));
+    assert!(
+        !can_i("delete", "inboxes.agentsend.io"),
+        "least privilege: no Inbox deletes"
+    );
+    assert!(
+        !can_i("create", "customresourcedefinitions"),
+        "least privilege: no CRD writes"
+    );
+    assert!(
+        !can_i("get", "pods"),
+        "least privilege: nothing beyond Inboxes, Secrets, events"
+    );
+
+    let sim = Simulator::new();
+    sim.add_account("acct", "rbac-key");
+    let handle = sim.spawn().await.unwrap();
+    let work = TestNamespace::new(&client, "rbac").await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut op = Command::new(env!("CARGO_BIN_EXE_inbox-operator"))
+        .args([
+            "run",
+            "--leader-elect",
+            "--lease-namespace",
+            "inbox-operator",
+            "--lease-name",
+            &format!("rbac-{}", work.name()),
+        ])
+        .args([
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "--sync-interval",
+            "5s",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("AGENTSEND_API_URL", handle.url())
+        .env("AGENTSEND_API_KEY", "rbac-key")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child, std::path::PathBuf);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                eprintln!(
+                    "--- operator log ---\n{}",
+                    std::fs::read_to_string(&self.1).unwrap_or_default()
+                );
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut op, log.path().to_path_buf());
+
+    let api: Api<Inbox> = Api::namespaced(client.clone(), work.name());
+    api.create(
+        &PostParams::default(),
+        &Inbox::new("rbac-bot", InboxSpec::default()),
+    )
+    .await
+    .unwrap();
+    let ready = wait_for(
+        "Ready under deployed RBAC",
+        Duration::from_secs(60),
+        || async {
+            let i = api.get("rbac-bot").await.ok()?;
+            i.status
+                .as_ref()?
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(i)
+        },
+    )
+    .await;
+    let id = ready.status.unwrap().inbox_id.unwrap();
+    assert!(sim.inbox(&id).is_some());
+    api.delete("rbac-bot", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "deleted under deployed RBAC",
+        Duration::from_secs(60),
+        || async { matches!(api.get_opt("rbac-bot").await, Ok(None)).then_some(()) },
+    )
+    .await;
+    // (The cluster-wide operator also reconciled the applied examples; only ours must be gone.)
+    assert!(sim.inbox(&id).is_none(), "the AgentSend inbox was deleted");
+    let logs = std::fs::read_to_string(log.path()).unwrap_or_default();
+    assert!(!logs.contains("forbidden"), "a call was forbidden:\n{logs}");
+}
+
+#[test]
+fn argocd_health_check() {
+    let lua = ["lua5.4", "lua5.3", "lua"].into_iter().find(|l| {
+        Command::new(l)
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    });
+    let Some(lua) = lua else {
+        panic!("no Lua interpreter: apt-get install lua5.4 (.ci/run does)");
+    };
+    let out = Command::new(lua)
+        .current_dir(format!("{ROOT}/deploy/argocd"))
+        .arg("test_health.lua")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn helm_chart_crd_matches() {
+    let chart = std::fs::read_to_string(format!(
+        "{ROOT}/charts/inbox-operator/crds/inboxes.agentsend.io.yaml"
+    ))
+    .unwrap();
+    assert_eq!(
+        chart,
+        inbox_operator::crd::crd_yaml().unwrap(),
+        "run `make crd`"
+    );
+}
