@@ -692,6 +692,22 @@ async fn per_namespace_credentials_missing_invalid_and_rotated() {
         .unwrap();
     let j = env.wait_ready("team", "True", "Ready").await;
     assert_eq!(status_id(&i), status_id(&j));
+
+    // Namespace teardown order: the credentials Secret goes first, the Inbox's cleanup must
+    // still delete the AgentSend inbox (with the key last used) instead of stalling.
+    env.secrets()
+        .delete("team-key", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.inboxes()
+        .delete("team", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("team").await;
+    assert!(
+        env.sim.inbox(&status_id(&j)).is_none(),
+        "deleted in AgentSend"
+    );
     env.stop().await;
 }
 

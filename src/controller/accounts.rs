@@ -81,6 +81,16 @@ impl Accounts {
         accounts.retain(|_, a| !a.bound.is_empty());
     }
 
+    /// The API key `obj` was last bound under, if this process saw it. Lets deletion finish
+    /// when the credentials Secret is already gone (a namespace being deleted removes it
+    /// alongside the Inbox).
+    pub fn key_for(&self, obj: &ObjectRef<Inbox>) -> Option<ApiKey> {
+        self.lock()
+            .iter()
+            .find(|(_, a)| a.bound.values().any(|o| o == obj))
+            .map(|(k, _)| k.clone())
+    }
+
     /// The create/recovery gate of an account.
     pub fn create_gate(&self, key: &ApiKey) -> Arc<tokio::sync::RwLock<()>> {
         let mut gates = self.create_gates.lock().unwrap_or_else(|p| p.into_inner());
@@ -328,6 +338,8 @@ mod tests {
         assert_eq!(snap[&new], vec![obj("x")]);
         a.unregister(&obj("y"));
         assert_eq!(a.account_count(), 1, "empty accounts are dropped");
+        assert_eq!(a.key_for(&obj("x")), Some(new.clone()));
+        assert_eq!(a.key_for(&obj("y")), None);
     }
 
     #[test]

@@ -659,10 +659,23 @@ impl<'a> Pass<'a> {
             DeletionPolicy::Delete if bound.is_some() || pending.is_some() => {
                 let key = match self.credentials().await? {
                     KeyOutcome::Key(k) => k,
-                    KeyOutcome::Missing(msg) => {
-                        let _ = self.set_status(None, Readiness::stalled(reason::CREDENTIALS_MISSING, format!("cannot delete the AgentSend inbox: {msg}; restore the credentials or set deletionPolicy: Orphan"))).await;
-                        return Err(Error::CredentialsMissing(msg));
-                    }
+                    // The Secret may already be gone (its namespace is being deleted): the key
+                    // this process last used for the Inbox still works.
+                    KeyOutcome::Missing(msg) => match self.ctx.accounts.key_for(&self.obj_key()) {
+                        Some(k) => k,
+                        None => {
+                            let _ = self
+                                .set_status(
+                                    None,
+                                    Readiness::stalled(
+                                        reason::CREDENTIALS_MISSING,
+                                        format!("cannot delete the AgentSend inbox: {msg}; restore the credentials or set deletionPolicy: Orphan"),
+                                    ),
+                                )
+                                .await;
+                            return Err(Error::CredentialsMissing(msg));
+                        }
+                    },
                 };
                 let target = match (&bound, &pending) {
                     (Some(id), _) => Some(id.clone()),
