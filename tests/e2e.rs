@@ -356,6 +356,23 @@ async fn sigterm_exits_zero() {
     ]);
     env.create("calm", &[]).await;
     env.wait_ready("calm").await;
+    // Health endpoints: alive, and ready once caches are synced and leadership is known.
+    let port = op.metrics_port;
+    assert_eq!(http_get(port, "/healthz").await.as_deref(), Some("ok"));
+    wait_for("readyz", T, || async {
+        (http_get(port, "/readyz").await.as_deref() == Some("ready")).then_some(())
+    })
+    .await;
+    let m = op.metrics().await.unwrap_or_default();
+    for name in [
+        "inbox_operator_reconcile_duration_seconds",
+        "inbox_operator_agentsend_requests_total{route=\"create\",status=\"201\"}",
+        "inbox_operator_agentsend_request_duration_seconds",
+        "inbox_operator_inboxes{state=\"active\",ready=\"true\"} 1",
+        "inbox_operator_inbox_sends_remaining{namespace=",
+    ] {
+        assert!(m.contains(name), "{name} missing from /metrics");
+    }
     assert_eq!(op.terminate(), Some(0));
     // The Lease was released, so a successor need not wait for it to expire.
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =

@@ -335,6 +335,15 @@ pub fn retry_delay(err: &ApiError, failures: u32, jitter: f64) -> Option<Duratio
     }
 }
 
+/// Delay before deciding again after a write was refused because this pass read a stale
+/// cache view: 0.5–1 s the first time, then [`backoff`] (the watch may be down for a while).
+pub fn stale_view_delay(failures: u32, jitter: f64) -> Duration {
+    match failures {
+        0 => Duration::from_millis(500).mul_f64(1.0 + jitter.clamp(0.0, 1.0)),
+        n => backoff(n, jitter),
+    }
+}
+
 /// Exponential backoff from 1 s, doubling per failure, capped at 5 minutes; full jitter on
 /// the upper half so retries never bunch up yet never get shorter than half the step.
 pub fn backoff(failures: u32, jitter: f64) -> Duration {
@@ -624,5 +633,16 @@ mod tests {
         assert!(d3 > d0);
         assert!(retry_delay(&transient, 30, 1.0).unwrap() <= Duration::from_secs(300));
         assert!(backoff(0, 0.0) >= Duration::from_millis(500));
+    }
+
+    #[test]
+    fn stale_views_are_retried_soon_then_backed_off() {
+        for j in [0.0, 0.5, 1.0] {
+            let first = stale_view_delay(0, j);
+            assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
+        }
+        // A watch that stays down must not cost a write attempt per second per Inbox.
+        assert!(stale_view_delay(5, 0.0) >= Duration::from_secs(16));
+        assert!(stale_view_delay(50, 1.0) <= Duration::from_secs(300));
     }
 }

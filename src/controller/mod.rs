@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::mpsc;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
@@ -175,6 +175,64 @@ fn slim<K: Resource>(mut obj: K) -> K {
     obj
 }
 
+/// Backoff between failed watch attempts: like kube's default (client-go's) but capped at
+/// 10 s instead of 30 s, so the caches catch up within seconds once an API server outage ends
+/// (a stale cache holds every write of the affected Inboxes back). Resets after a quiet minute.
+fn watch_backoff() -> kube::runtime::utils::ResetTimerBackoff<watcher::ExponentialBackoff> {
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(10))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(exponential.into(), Duration::from_secs(60))
+}
+
+/// Calls `on_ready` once every observed watch stream has finished its first list.
+struct CacheSync {
+    remaining: std::sync::atomic::AtomicUsize,
+    on_ready: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl CacheSync {
+    fn new(streams: usize, on_ready: impl FnOnce() + Send + 'static) -> Arc<Self> {
+        let sync = Arc::new(CacheSync {
+            remaining: streams.into(),
+            on_ready: Mutex::new(Some(Box::new(on_ready))),
+        });
+        if streams == 0 {
+            sync.stream_synced();
+        }
+        sync
+    }
+
+    /// An inspector for one watch stream: counts its first `InitDone` (relists are ignored).
+    fn observer<K>(self: &Arc<Self>) -> impl FnMut(&watcher::Event<K>) + use<K> {
+        let sync = self.clone();
+        let mut seen = false;
+        move |event| {
+            if !seen && matches!(event, watcher::Event::InitDone) {
+                seen = true;
+                if sync
+                    .remaining
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+                    == 1
+                {
+                    sync.stream_synced();
+                }
+            }
+        }
+    }
+
+    fn stream_synced(&self) {
+        let f = self.on_ready.lock().ok().and_then(|mut f| f.take());
+        if let Some(f) = f {
+            tracing::info!("watch caches synced; ready");
+            f();
+        }
+    }
+}
+
 /// Run the controller until `shutdown` resolves; in-flight reconciles finish first.
 /// `on_ready` is called once every watch cache has synced.
 pub async fn run(
@@ -190,13 +248,14 @@ pub async fn run(
     } else {
         settings.namespaces.iter().cloned().map(Some).collect()
     };
-    let mut inbox_wc = watcher::Config::default().any_semantic();
+    // Lists are consistent reads (not `any_semantic`, served from the API server's watch
+    // cache): after an API server restart a cached list could hand back a resourceVersion the
+    // new watch cache no longer serves, and every relist would then fail with 410 Gone.
+    let mut inbox_wc = watcher::Config::default();
     if let Some(sel) = &settings.selector {
         inbox_wc = inbox_wc.labels(sel);
     }
-    let secret_wc = watcher::Config::default()
-        .labels(&managed_secret_selector())
-        .any_semantic();
+    let secret_wc = watcher::Config::default().labels(&managed_secret_selector());
 
     struct Scope {
         ns: Option<String>,
@@ -205,6 +264,9 @@ pub async fn run(
         secret_reader: Store<Secret>,
         secret_stream: futures::stream::BoxStream<'static, Result<Secret, watcher::Error>>,
     }
+    // Readiness: every watch cache has completed its first list. Observed on the streams
+    // (not with `Store::wait_until_ready`, whose signal wakes only one waiter: the Controller's).
+    let synced = CacheSync::new(scopes.len() * 2, on_ready);
     let mut built = Vec::new();
     for ns in scopes {
         let (inbox_api, secret_api): (Api<Inbox>, Api<Secret>) = match &ns {
@@ -216,7 +278,8 @@ pub async fn run(
         };
         let (inbox_reader, inbox_writer) = reflector::store::<Inbox>();
         let inbox_stream = watcher(inbox_api, inbox_wc.clone())
-            .default_backoff()
+            .backoff(watch_backoff())
+            .inspect_ok(synced.observer())
             .modify(|i| {
                 i.meta_mut().managed_fields = None;
             })
@@ -225,7 +288,8 @@ pub async fn run(
             .boxed();
         let (secret_reader, secret_writer) = reflector::store::<Secret>();
         let secret_stream = watcher(secret_api, secret_wc.clone())
-            .default_backoff()
+            .backoff(watch_backoff())
+            .inspect_ok(synced.observer())
             .modify(|s| {
                 s.meta_mut().managed_fields = None;
             })
@@ -262,19 +326,6 @@ pub async fn run(
         settings: settings.clone(),
     });
 
-    // Readiness: every cache synced.
-    let readers: Vec<Store<Inbox>> = built.iter().map(|s| s.inbox_reader.clone()).collect();
-    let sreaders: Vec<Store<Secret>> = built.iter().map(|s| s.secret_reader.clone()).collect();
-    tokio::spawn(async move {
-        for r in readers {
-            let _ = r.wait_until_ready().await;
-        }
-        for r in sreaders {
-            let _ = r.wait_until_ready().await;
-        }
-        on_ready();
-    });
-
     // Counter sync: one trigger channel per scope, routed by namespace.
     let (sync_tx, mut sync_rx) = mpsc::unbounded::<ObjectRef<Inbox>>();
     let mut scope_txs: Vec<(Option<String>, mpsc::UnboundedSender<ObjectRef<Inbox>>)> = Vec::new();
@@ -292,11 +343,13 @@ pub async fn run(
         };
         let cred_stream = watcher(
             cred_api,
-            watcher::Config::default()
-                .labels(&format!("{}!={}", crd::LABEL_MANAGED_BY, crd::MANAGED_BY))
-                .any_semantic(),
+            watcher::Config::default().labels(&format!(
+                "{}!={}",
+                crd::LABEL_MANAGED_BY,
+                crd::MANAGED_BY
+            )),
         )
-        .default_backoff()
+        .backoff(watch_backoff())
         .touched_objects()
         .map(|r| r.map(slim));
         let cred_reader = scope.inbox_reader.clone();
@@ -387,4 +440,32 @@ pub(crate) fn ns_name(inbox: &Inbox) -> Result<(String, String), Error> {
 /// next pass.
 pub(crate) fn settled() -> Action {
     Action::await_change()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn ready_once_after_every_stream_first_lists() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let sync = CacheSync::new(2, move || {
+            c.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut inboxes = sync.observer::<Inbox>();
+        let mut secrets = sync.observer::<Secret>();
+        inboxes(&watcher::Event::Init);
+        inboxes(&watcher::Event::InitDone);
+        // A relist of the same stream does not count as the other stream.
+        inboxes(&watcher::Event::Init);
+        inboxes(&watcher::Event::InitDone);
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        secrets(&watcher::Event::InitDone);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        secrets(&watcher::Event::InitDone);
+        inboxes(&watcher::Event::InitDone);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
 }

@@ -299,7 +299,7 @@ impl<'a> Pass<'a> {
             }))
             .await?
         {
-            return Ok(stale_view_retry());
+            return Ok(self.stale_view_retry());
         }
         let mut unbound = self.inbox.clone();
         let ann = unbound
@@ -380,7 +380,7 @@ impl<'a> Pass<'a> {
                 )
                 .await?
             {
-                return Ok(stale_view_retry());
+                return Ok(self.stale_view_retry());
             }
             return self.create(key, recreated, None).await;
         };
@@ -824,6 +824,14 @@ impl<'a> Pass<'a> {
         }
     }
 
+    /// Retry after a stale cache view: soon (the watch normally delivers the newer object
+    /// within a second), then backing off, so a watch that is down (API server restarting)
+    /// does not turn into a patch per Inbox per second.
+    fn stale_view_retry(&self) -> Action {
+        let failures = self.ctx.bump_failures(&self.obj_key());
+        Action::requeue(decide::stale_view_delay(failures, rand::random()))
+    }
+
     async fn patch_annotations(&self, annotations: serde_json::Value) -> Result<(), Error> {
         let patch = json!({ "metadata": { "annotations": annotations } });
         self.api
@@ -975,11 +983,6 @@ fn proves_not_created(e: &ApiError) -> bool {
             | ApiError::NotFound { .. }
             | ApiError::Config { .. }
     )
-}
-
-/// Retry soon after a stale cache view (the watch delivers the newer object meanwhile).
-fn stale_view_retry() -> Action {
-    Action::requeue(Duration::from_millis(500).mul_f64(1.0 + rand::random::<f64>()))
 }
 
 fn now_rfc3339() -> String {
