@@ -133,89 +133,32 @@ pub fn build_status(input: StatusInput<'_>) -> InboxStatus {
         g,
         now,
     )];
-    match &input.readiness {
-        Readiness::Progressing { reason, message } => {
-            conds.push(make(
-                prev_conds,
-                condition::RECONCILING,
-                "True",
-                reason,
-                message,
-                g,
-                now,
-            ));
-            conds.push(make(
-                prev_conds,
-                condition::STALLED,
-                "False",
-                reason,
-                message,
-                g,
-                now,
-            ));
-        }
-        Readiness::Stalled { reason, message } => {
-            conds.push(make(
-                prev_conds,
-                condition::RECONCILING,
-                "False",
-                reason,
-                message,
-                g,
-                now,
-            ));
-            conds.push(make(
-                prev_conds,
-                condition::STALLED,
-                "True",
-                reason,
-                message,
-                g,
-                now,
-            ));
-        }
-        Readiness::Idle { reason, message } => {
-            conds.push(make(
-                prev_conds,
-                condition::RECONCILING,
-                "False",
-                reason,
-                message,
-                g,
-                now,
-            ));
-            conds.push(make(
-                prev_conds,
-                condition::STALLED,
-                "False",
-                reason,
-                message,
-                g,
-                now,
-            ));
-        }
-        Readiness::Ready => {
-            let m = "inbox is up to date";
-            conds.push(make(
-                prev_conds,
-                condition::RECONCILING,
-                "False",
-                reason::UP_TO_DATE,
-                m,
-                g,
-                now,
-            ));
-            conds.push(make(
-                prev_conds,
-                condition::STALLED,
-                "False",
-                reason::UP_TO_DATE,
-                m,
-                g,
-                now,
-            ));
-        }
-    }
+    // kstatus: Reconciling while working, Stalled when a human must act, neither otherwise.
+    let up_to_date = "inbox is up to date";
+    let (reconciling, stalled, reason, message) = match &input.readiness {
+        Readiness::Progressing { reason, message } => ("True", "False", *reason, message.as_str()),
+        Readiness::Stalled { reason, message } => ("False", "True", *reason, message.as_str()),
+        Readiness::Idle { reason, message } => ("False", "False", *reason, message.as_str()),
+        Readiness::Ready => ("False", "False", reason::UP_TO_DATE, up_to_date),
+    };
+    conds.push(make(
+        prev_conds,
+        condition::RECONCILING,
+        reconciling,
+        reason,
+        message,
+        g,
+        now,
+    ));
+    conds.push(make(
+        prev_conds,
+        condition::STALLED,
+        stalled,
+        reason,
+        message,
+        g,
+        now,
+    ));
     if s.inbox_id.is_some()
         && let Some(remaining) = s.sends_remaining
     {
