@@ -1,24 +1,52 @@
 #!/usr/bin/env bash
-# THE test command: provisions the test control plane (etcd + kube-apiserver, built once and
-# cached) and runs every test (unit, real-apiserver integration, binary end-to-end, faults).
+# THE test command (`make test`): provisions the test control plane (etcd + kube-apiserver
+# 1.20.2, built once by hack/envtest-assets.sh and cached in ~/.cache/inbox-operator/envtest/),
+# then runs every test: unit tests and the real-apiserver integration tests in tests/.
+#
+#   hack/test.sh                 # everything: cargo test --all-targets --locked --no-fail-fast
+#   hack/test.sh --test crd      # arguments replace --all-targets: cargo test --locked --test crd
+#
+# Environment: KUBEBUILDER_ASSETS (use these binaries instead), KUBECTL (kubectl to use),
+# RUST_TEST_THREADS (tests per binary in parallel; default 4).
+# Ends with one summary line 'test: N passed, N failed, N skipped'; exits non-zero on any
+# failure, including a build failure or a test binary that crashed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+start=$(date +%s)
 
 KUBEBUILDER_ASSETS="$(hack/envtest-assets.sh)"
 export KUBEBUILDER_ASSETS
 echo "test: control plane assets in $KUBEBUILDER_ASSETS" >&2
-command -v kubectl >/dev/null || { echo "test: kubectl is required (apt-get install kubernetes-client)" >&2; exit 1; }
+if ! command -v "${KUBECTL:-kubectl}" >/dev/null; then
+  echo "test: kubectl is required (e.g. apt-get install kubectl, or Debian's kubernetes-client); or set KUBECTL" >&2
+  exit 1
+fi
+for tool in openssl setsid; do
+  command -v "$tool" >/dev/null || { echo "test: $tool is required" >&2; exit 1; }
+done
 
 # Integration tests mostly wait on the apiserver; a few more threads than cores keeps them busy.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --locked "$@" 2>&1 | tee "$log"
+# --no-fail-fast: every test binary runs, so one failure does not hide others.
+if [[ $# -eq 0 ]]; then set -- --all-targets; fi
+cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
-passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+
+# Only libtest's own result lines, e.g.
+#   test result: FAILED. 4 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 6.85s
+read -r binaries passed failed ignored < <(
+  grep -E '^test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed; [0-9]+ ignored' "$log" |
+    awk '{b++; p+=$4; f+=$6; i+=$8} END {print b+0, p+0, f+0, i+0}'
+)
 echo
-echo "all test binaries: $passed passed, $failed failed"
+echo "test: $binaries test binaries in $(( $(date +%s) - start ))s"
+if [[ $status -ne 0 && $failed -eq 0 ]]; then
+  echo "test: cargo test exited $status without a failed test: a build error or a crashed test binary (see above)"
+  failed=1
+fi
+echo "test: $passed passed, $failed failed, $ignored skipped"
 exit "$status"

@@ -1,72 +1,46 @@
-//! The CRD on a real kube-apiserver: installed and served, schema validation, printer columns,
-//! and the committed YAML matching the generated one.
+//! The CRD on a real kube-apiserver (1.20, see tests/support): installed and served with its
+//! short name and category, schema validation and defaults, the status subresource, printer
+//! columns, and the committed YAML matching the generated one.
+//!
+//! CEL `x-kubernetes-validations` are silently dropped by 1.20, so they are not tested here
+//! (the controller enforces immutability itself; see the controller tests).
 
 mod support;
 
+use std::io::Write;
 use std::process::Stdio;
+use std::time::Duration;
 
-use inbox_operator::crd::{Inbox, InboxSpec, InboxStatus};
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use serde_json::json;
-use support::{TestNamespace, control_plane};
+use inbox_operator::crd::{Condition, Inbox, InboxSpec, InboxStatus};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::{TestNamespace, control_plane, on_failure_dump_logs};
 
+const CRD_PATH: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/crds/inboxes.agentsend.io.yaml"
+);
+
+/// No cluster needed. `UPDATE_CRDS=1 cargo test --test crd committed_crd` rewrites the file.
 #[test]
 fn committed_crd_matches_generated() {
-    let committed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/crds/inboxes.agentsend.io.yaml"
-    ))
-    .expect("crds/inboxes.agentsend.io.yaml exists");
-    let generated = inbox_operator::crd::crd_yaml().expect("render CRD");
+    let generated = inbox_operator::crd::crd_yaml().expect("render the CRD");
+    if std::env::var_os("UPDATE_CRDS").is_some_and(|v| v == "1") {
+        std::fs::write(CRD_PATH, &generated).expect("write crds/inboxes.agentsend.io.yaml");
+    }
+    let committed = std::fs::read_to_string(CRD_PATH).unwrap_or_default();
     assert!(
         committed == generated,
-        "crds/inboxes.agentsend.io.yaml is out of date: run `make crd` (cargo run -- crd > crds/inboxes.agentsend.io.yaml)"
+        "crds/inboxes.agentsend.io.yaml is missing or differs from `inbox_operator::crd::crd_yaml()`.\n\
+         Regenerate it with `make crd` (= `cargo run -- crd > crds/inboxes.agentsend.io.yaml`, \
+         plus the Helm chart's copy) or `UPDATE_CRDS=1 cargo test --test crd committed_crd`, \
+         and commit the result."
     );
 }
 
-#[tokio::test]
-async fn crd_is_served_with_short_name_and_category() {
-    let _dump = support::on_failure_dump_logs();
-    let cp = control_plane();
-    let client = cp.client().await;
-    let ns = TestNamespace::new(&client, "crd").await;
-    let api: Api<Inbox> = Api::namespaced(client, ns.name());
-    let created = api
-        .create(
-            &PostParams::default(),
-            &Inbox::new("first", InboxSpec::default()),
-        )
-        .await
-        .expect("create Inbox");
-    assert_eq!(
-        created.spec.deletion_policy,
-        inbox_operator::crd::DeletionPolicy::Delete,
-        "deletionPolicy defaults to Delete"
-    );
-    let raw = serde_json::to_value(api.get("first").await.unwrap()).unwrap();
-    assert_eq!(
-        raw["spec"]["deletionPolicy"], "Delete",
-        "defaulted by the server"
-    );
-    assert_eq!(api.list(&Default::default()).await.unwrap().items.len(), 1);
-    for resource in ["inb", "agentsend", "inboxes.agentsend.io"] {
-        let out = cp
-            .kubectl()
-            .args(["get", resource, "-n", ns.name(), "-o", "name"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl get {resource}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).contains("inbox.agentsend.io/first"));
-    }
-}
-
-/// Create from raw JSON so invalid values reach the server.
-fn kubectl_create(ns: &str, obj: serde_json::Value) -> (bool, String) {
-    use std::io::Write;
+/// `kubectl create` (a plain POST; `--validate=false` so invalid objects reach the server).
+/// Returns (success, stdout, stderr).
+fn kubectl_create(ns: &str, obj: &Value) -> (bool, String, String) {
     let mut child = control_plane()
         .kubectl()
         .args(["create", "--validate=false", "-n", ns, "-f", "-"])
@@ -74,7 +48,7 @@ fn kubectl_create(ns: &str, obj: serde_json::Value) -> (bool, String) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap();
+        .expect("kubectl");
     child
         .stdin
         .take()
@@ -84,77 +58,306 @@ fn kubectl_create(ns: &str, obj: serde_json::Value) -> (bool, String) {
     let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
 
-fn inbox(name: &str, spec: serde_json::Value) -> serde_json::Value {
+/// `kubectl ARGS` that must succeed; its stdout.
+fn kubectl_ok(args: &[&str]) -> String {
+    let out = control_plane()
+        .kubectl()
+        .args(args)
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn inbox(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "agentsend.io/v1alpha1", "kind": "Inbox", "metadata": {"name": name}, "spec": spec})
 }
 
 #[tokio::test]
+async fn crd_is_served_with_short_name_and_category() {
+    let _dump = on_failure_dump_logs();
+    let cp = control_plane();
+    let client = cp.client().await;
+    let ns = TestNamespace::new(&client, "crd-served").await;
+
+    // Discovery: namespaced `inboxes`, short name, category, status subresource.
+    let resources = client
+        .list_api_group_resources("agentsend.io/v1alpha1")
+        .await
+        .expect("discovery of agentsend.io/v1alpha1");
+    let inboxes = resources
+        .resources
+        .iter()
+        .find(|r| r.name == "inboxes")
+        .expect("inboxes in discovery");
+    assert_eq!(inboxes.kind, "Inbox");
+    assert!(inboxes.namespaced);
+    assert_eq!(
+        inboxes.short_names.as_deref(),
+        Some(&["inb".to_string()][..])
+    );
+    assert_eq!(
+        inboxes.categories.as_deref(),
+        Some(&["agentsend".to_string()][..])
+    );
+    assert!(
+        resources
+            .resources
+            .iter()
+            .any(|r| r.name == "inboxes/status"),
+        "status subresource served"
+    );
+
+    // Typed create/get/list through kube.
+    let api: Api<Inbox> = Api::namespaced(client, ns.name());
+    let spec = InboxSpec {
+        address: Some("support".into()),
+        domain_id: Some("dom_1".into()),
+        display_name: Some("Support Agent".into()),
+        ..InboxSpec::default()
+    };
+    let created = api
+        .create(&PostParams::default(), &Inbox::new("first", spec.clone()))
+        .await
+        .expect("create Inbox");
+    assert!(created.metadata.uid.is_some());
+    let got = api.get("first").await.expect("get Inbox");
+    assert_eq!(got.spec, spec);
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .expect("list Inboxes");
+    assert_eq!(
+        list.items
+            .iter()
+            .filter_map(|i| i.metadata.name.as_deref())
+            .collect::<Vec<_>>(),
+        ["first"]
+    );
+
+    // kubectl resolves the plural, the short name, the category and the full name.
+    for resource in ["inboxes", "inb", "agentsend", "inboxes.agentsend.io"] {
+        let out = kubectl_ok(&["get", resource, "-n", ns.name(), "-o", "name"]);
+        assert_eq!(
+            out.trim(),
+            "inbox.agentsend.io/first",
+            "kubectl get {resource}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn schema_rejects_bad_objects() {
-    let _dump = support::on_failure_dump_logs();
+    let _dump = on_failure_dump_logs();
     let client = control_plane().client().await;
-    let ns = TestNamespace::new(&client, "schema").await;
+    let ns = TestNamespace::new(&client, "crd-schema").await;
     let n = ns.name();
     let cases = [
         (
-            "policy",
+            "unknown-policy",
             json!({"deletionPolicy": "Keep"}),
-            "deletionPolicy",
+            "spec.deletionPolicy",
+        ),
+        (
+            "lowercase-policy",
+            json!({"deletionPolicy": "delete"}),
+            "spec.deletionPolicy",
         ),
         (
             "long-address",
-            json!({"address": "a".repeat(300)}),
-            "address",
+            json!({"address": "a".repeat(255)}),
+            "spec.address",
         ),
-        ("space-address", json!({"address": "a b"}), "address"),
+        ("empty-address", json!({"address": ""}), "spec.address"),
+        ("space-address", json!({"address": "a b"}), "spec.address"),
+        ("two-ats", json!({"address": "a@b@c"}), "spec.address"),
         (
-            "long-name",
-            json!({"displayName": "n".repeat(300)}),
-            "displayName",
+            "long-display-name",
+            json!({"displayName": "n".repeat(257)}),
+            "spec.displayName",
         ),
         (
-            "bad-secret",
+            "upper-secret",
             json!({"secret": {"name": "Not_A_Name"}}),
-            "secret.name",
+            "spec.secret.name",
+        ),
+        (
+            "dash-secret",
+            json!({"secret": {"name": "-leading-dash"}}),
+            "spec.secret.name",
+        ),
+        (
+            "long-secret",
+            json!({"secret": {"name": "s".repeat(254)}}),
+            "spec.secret.name",
         ),
         (
             "bad-key",
             json!({"credentials": {"secretRef": {"name": "k", "key": "a/b"}}}),
-            "key",
+            "spec.credentials.secretRef.key",
         ),
         (
             "no-ref-name",
             json!({"credentials": {"secretRef": {}}}),
-            "name",
+            "spec.credentials.secretRef.name",
         ),
+        ("wrong-type", json!({"address": 42}), "spec.address"),
     ];
     for (name, spec, field) in cases {
-        let (ok, err) = kubectl_create(n, inbox(name, spec));
-        assert!(!ok, "{name} was accepted");
+        let (ok, _, err) = kubectl_create(n, &inbox(name, spec.clone()));
+        assert!(!ok, "{name}: {spec} was accepted");
+        assert!(
+            err.contains("is invalid"),
+            "{name}: not a validation error: {err}"
+        );
         assert!(
             err.contains(field),
             "{name}: error does not name {field}: {err}"
         );
     }
-    let (ok, err) = kubectl_create(
-        n,
-        inbox(
-            "good",
-            json!({"address": "support", "domainId": "dom_1", "deletionPolicy": "Orphan"}),
+
+    // The limits themselves are accepted, as is a fully specified object.
+    let good = [
+        ("max-address", json!({"address": "a".repeat(254)})),
+        ("full-address", json!({"address": "bot@example.com"})),
+        ("max-display-name", json!({"displayName": "n".repeat(256)})),
+        (
+            "everything",
+            json!({
+                "address": "support", "domainId": "dom_1", "displayName": "Support",
+                "inboxId": "inb_1", "deletionPolicy": "Orphan",
+                "secret": {"name": "support.mail", "labels": {"team": "a"}, "annotations": {"x": "y"}},
+                "credentials": {"secretRef": {"name": "team-key", "key": "api.key"}}
+            }),
+        ),
+    ];
+    for (name, spec) in good {
+        let (ok, _, err) = kubectl_create(n, &inbox(name, spec));
+        assert!(ok, "{name}: valid object refused: {err}");
+    }
+    // Every rejected object really was rejected.
+    let api: Api<Inbox> = Api::namespaced(client, n);
+    let mut names: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|i| i.metadata.name)
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "everything",
+            "full-address",
+            "max-address",
+            "max-display-name"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn server_applies_defaults() {
+    let _dump = on_failure_dump_logs();
+    let client = control_plane().client().await;
+    let ns = TestNamespace::new(&client, "crd-defaults").await;
+    // Raw objects without the defaulted fields: the typed client would send its own defaults.
+    let (ok, _, err) = kubectl_create(ns.name(), &inbox("bare", json!({})));
+    assert!(ok, "{err}");
+    let (ok, _, err) = kubectl_create(
+        ns.name(),
+        &inbox(
+            "keyed",
+            json!({"credentials": {"secretRef": {"name": "team-key"}}}),
         ),
     );
-    assert!(ok, "valid object refused: {err}");
+    assert!(ok, "{err}");
+    let jsonpath = |name: &str, path: &str| {
+        kubectl_ok(&[
+            "get",
+            "inbox",
+            name,
+            "-n",
+            ns.name(),
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])
+    };
+    assert_eq!(jsonpath("bare", ".spec.deletionPolicy"), "Delete");
+    assert_eq!(jsonpath("keyed", ".spec.deletionPolicy"), "Delete");
+    assert_eq!(
+        jsonpath("keyed", ".spec.credentials.secretRef.key"),
+        "apiKey"
+    );
+    // Stored, not just rendered: the typed view agrees.
+    let api: Api<Inbox> = Api::namespaced(client, ns.name());
+    let bare = api.get("bare").await.unwrap();
+    assert_eq!(
+        bare.spec.deletion_policy,
+        inbox_operator::crd::DeletionPolicy::Delete
+    );
+    assert_eq!(bare.spec.address, None);
+    assert_eq!(bare.status, None);
+}
+
+#[tokio::test]
+async fn status_is_a_subresource() {
+    let _dump = on_failure_dump_logs();
+    let client = control_plane().client().await;
+    let ns = TestNamespace::new(&client, "crd-status").await;
+    let mut obj = inbox("with-status", json!({}));
+    obj["status"] = json!({"state": "active", "address": "forged@example.com"});
+    let (ok, _, err) = kubectl_create(ns.name(), &obj);
+    assert!(ok, "{err}");
+    let api: Api<Inbox> = Api::namespaced(client, ns.name());
+    let got = api.get("with-status").await.unwrap();
+    assert_eq!(got.status, None, "status in a create is ignored");
+    // A merge patch of the main resource cannot set status either.
+    let patched = api
+        .patch(
+            "with-status",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"state": "active"}})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        patched.status, None,
+        "status via the main resource is ignored"
+    );
+    // Only through /status, and that does not bump the generation.
+    let generation = patched.metadata.generation;
+    let patched = api
+        .patch_status(
+            "with-status",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"state": "active", "sendsToday": 3}})),
+        )
+        .await
+        .unwrap();
+    let status = patched.status.expect("status written via /status");
+    assert_eq!(status.state.as_deref(), Some("active"));
+    assert_eq!(status.sends_today, Some(3));
+    assert_eq!(patched.metadata.generation, generation);
 }
 
 #[tokio::test]
 async fn printer_columns_show_status() {
-    let _dump = support::on_failure_dump_logs();
+    let _dump = on_failure_dump_logs();
     let cp = control_plane();
     let client = cp.client().await;
-    let ns = TestNamespace::new(&client, "cols").await;
+    let ns = TestNamespace::new(&client, "crd-cols").await;
     let api: Api<Inbox> = Api::namespaced(client, ns.name());
     api.create(
         &PostParams::default(),
@@ -162,35 +365,9 @@ async fn printer_columns_show_status() {
     )
     .await
     .unwrap();
-    let status = InboxStatus {
-        address: Some("x7k2m9@agentsend.io".into()),
-        state: Some("active".into()),
-        sends_today: Some(12),
-        daily_send_limit: Some(100),
-        conditions: vec![inbox_operator::crd::Condition {
-            type_: "Ready".into(),
-            status: "True".into(),
-            observed_generation: Some(1),
-            last_transition_time: "2026-01-01T00:00:00Z".into(),
-            reason: "Ready".into(),
-            message: "ok".into(),
-        }],
-        ..Default::default()
-    };
-    let patch = json!({"apiVersion": "agentsend.io/v1alpha1", "kind": "Inbox", "status": status});
-    api.patch_status(
-        "shown",
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .unwrap();
-    let out = cp
-        .kubectl()
-        .args(["get", "inboxes", "-n", ns.name()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+
+    let get = || kubectl_ok(&["get", "inboxes", "-n", ns.name()]);
+    let text = get();
     let header: Vec<&str> = text
         .lines()
         .next()
@@ -204,15 +381,134 @@ async fn printer_columns_show_status() {
         ],
         "{text}"
     );
-    let row = text.lines().nth(1).unwrap_or_default();
-    for v in [
+
+    let status = InboxStatus {
+        address: Some("x7k2m9@agentsend.io".into()),
+        state: Some("active".into()),
+        sends_today: Some(12),
+        daily_send_limit: Some(100),
+        sends_remaining: Some(88),
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            observed_generation: Some(1),
+            last_transition_time: "2026-01-01T00:00:00Z".into(),
+            reason: "Ready".into(),
+            message: "ok".into(),
+        }],
+        ..Default::default()
+    };
+    // Server-side apply of the status subresource works on 1.20 (only the CRD itself can't be).
+    let patch = json!({"apiVersion": "agentsend.io/v1alpha1", "kind": "Inbox", "status": status});
+    api.patch_status(
         "shown",
-        "x7k2m9@agentsend.io",
-        "active",
-        "12",
-        "100",
-        "True",
-    ] {
-        assert!(row.contains(v), "{v} missing in {row:?}");
+        &PatchParams::apply("crd-test").force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .unwrap();
+
+    let text = get();
+    let row: Vec<&str> = text
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row.get(..6).unwrap_or_default(),
+        [
+            "shown",
+            "x7k2m9@agentsend.io",
+            "active",
+            "12",
+            "100",
+            "True"
+        ],
+        "{text}"
+    );
+    assert_eq!(row.len(), 7, "one AGE column: {text}");
+}
+
+/// RBAC names the resource `inboxes` in group `agentsend.io` (and `inboxes/status`): an
+/// identity (impersonated, as the operator's ServiceAccount is in the deploy tests) can't read
+/// Inboxes until a Role grants exactly that.
+#[tokio::test]
+async fn rbac_on_inboxes_through_impersonation() {
+    let _dump = on_failure_dump_logs();
+    let cp = control_plane();
+    let admin = cp.client().await;
+    let ns = TestNamespace::new(&admin, "crd-rbac").await;
+    let user = format!("system:serviceaccount:{}:reader", ns.name());
+    let groups = [
+        "system:serviceaccounts",
+        &format!("system:serviceaccounts:{}", ns.name()),
+        "system:authenticated",
+    ];
+    let kubeconfig = cp.kubeconfig_as(&user, &groups);
+    let reader = support::client_from(&kubeconfig).await;
+    let as_reader: Api<Inbox> = Api::namespaced(reader, ns.name());
+    let admin_api: Api<Inbox> = Api::namespaced(admin.clone(), ns.name());
+    admin_api
+        .create(
+            &PostParams::default(),
+            &Inbox::new("visible", InboxSpec::default()),
+        )
+        .await
+        .unwrap();
+
+    let err = as_reader.list(&ListParams::default()).await.unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 403),
+        "no RBAC yet: {err}"
+    );
+    assert!(err.to_string().contains(&user), "denied as {user}: {err}");
+
+    let rbac = json!([
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "inbox-reader"},
+         "rules": [{"apiGroups": ["agentsend.io"], "resources": ["inboxes"], "verbs": ["get", "list"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "inbox-reader"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "inbox-reader"},
+         "subjects": [{"kind": "ServiceAccount", "name": "reader", "namespace": ns.name()}]}
+    ]);
+    for obj in rbac.as_array().unwrap() {
+        let (ok, _, err) = kubectl_create(ns.name(), obj);
+        assert!(ok, "{err}");
     }
+    let before = inbox_requests(&cp.metrics(), "LIST");
+    let list = support::wait_for("the Role to take effect", Duration::from_secs(10), || {
+        let api = as_reader.clone();
+        async move { api.list(&ListParams::default()).await.ok() }
+    })
+    .await;
+    assert_eq!(list.items.len(), 1);
+    assert!(
+        inbox_requests(&cp.metrics(), "LIST") > before,
+        "apiserver_request_total counts the LIST of inboxes"
+    );
+    // get/list only: writing status is still forbidden.
+    let err = as_reader
+        .patch_status(
+            "visible",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"state": "active"}})),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, kube::Error::Api(s) if s.code == 403),
+        "status write without RBAC: {err}"
+    );
+}
+
+/// Sum of `apiserver_request_total` for `verb` on `inboxes`.
+fn inbox_requests(metrics: &str, verb: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| l.contains("resource=\"inboxes\"") && l.contains(&format!("verb=\"{verb}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -1,7 +1,14 @@
 //! Test harness: a real etcd + kube-apiserver (envtest style), started once per test binary on
 //! free loopback ports, with the Inbox CRD installed; a namespace per test; log dumps on
-//! failure; and a watchdog that kills the processes and removes the temp dir when the test
-//! process exits, even after a panic or a SIGKILL.
+//! failure; polling helpers; and a watchdog that kills the processes and removes the temp dir
+//! when the test process exits, even after a panic or a SIGKILL.
+//!
+//! Every `#[tokio::test]` has its own runtime, so nothing runtime-bound (a `kube::Client`) is
+//! kept in a static: the control plane is plain processes and files, and `client()` makes a new
+//! client each call.
+//!
+//! The binaries come from `KUBEBUILDER_ASSETS`, else `~/.cache/inbox-operator/envtest/k8s-1.20.2`
+//! (both built/cached by `hack/envtest-assets.sh`). `kubectl` is taken from `KUBECTL`, else `PATH`.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -16,11 +23,14 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
+/// How long kube-apiserver may take to answer `/readyz` with 200.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// The control plane of this test binary.
 pub struct ControlPlane {
-    /// Admin kubeconfig.
+    /// Admin kubeconfig (token in `system:masters`).
     pub kubeconfig: PathBuf,
-    /// API server URL.
+    /// API server URL, `https://127.0.0.1:PORT`.
     pub server: String,
     token: String,
     dir: PathBuf,
@@ -29,15 +39,39 @@ pub struct ControlPlane {
     etcd_url: String,
     apiserver: Mutex<Option<Child>>,
     etcd: Mutex<Option<Child>>,
-    /// Outlives this process on purpose: it cleans up after it.
+    /// The cleanup watchdog; it outlives this process on purpose. We hold the write end of its
+    /// stdin, never written or closed: the kernel closes it when this process ends (however it
+    /// ends), and the watchdog's `read` then returns.
     _watchdog: Child,
 }
 
-static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
+/// Started once; a failed start is remembered, so every later test fails fast with its reason
+/// instead of starting another control plane.
+static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
 
-/// The shared control plane, started on first use.
+/// The shared control plane, started on first use (once per test binary).
 pub fn control_plane() -> &'static ControlPlane {
-    CONTROL_PLANE.get_or_init(ControlPlane::start)
+    match CONTROL_PLANE.get_or_init(|| {
+        std::panic::catch_unwind(ControlPlane::start).map_err(|e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into())
+        })
+    }) {
+        Ok(cp) => cp,
+        Err(e) => panic!("the test control plane failed to start: {e}"),
+    }
+}
+
+/// The control plane if it has been started.
+fn started() -> Option<&'static ControlPlane> {
+    CONTROL_PLANE.get().and_then(|r| r.as_ref().ok())
+}
+
+/// Install ring as the process-wide rustls provider (idempotent; an error means one already is).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 fn free_port() -> u16 {
@@ -48,25 +82,40 @@ fn free_port() -> u16 {
 }
 
 fn assets_dir() -> PathBuf {
-    let dir = std::env::var_os("KUBEBUILDER_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
+    let (dir, from) = match std::env::var_os("KUBEBUILDER_ASSETS") {
+        Some(d) if !d.is_empty() => (PathBuf::from(d), "KUBEBUILDER_ASSETS"),
+        _ => {
             let home = std::env::var_os("HOME")
                 .map(PathBuf::from)
                 .unwrap_or_default();
-            home.join(".cache/inbox-operator/envtest/k8s-1.20.2")
-        });
+            (
+                home.join(".cache/inbox-operator/envtest/k8s-1.20.2"),
+                "the default cache dir",
+            )
+        }
+    };
     for bin in ["kube-apiserver", "etcd"] {
         assert!(
-            dir.join(bin).exists(),
-            "{bin} not found in {}: run `hack/envtest-assets.sh` (or `make test`), or set KUBEBUILDER_ASSETS",
+            dir.join(bin).is_file(),
+            "integration tests need a real control plane, but {bin} is not in {} ({from}).\n\
+             Run `hack/envtest-assets.sh` once (it builds etcd + kube-apiserver 1.20.2 into \
+             ~/.cache/inbox-operator/envtest/ and prints the dir), or run every test with \
+             `hack/test.sh` / `make test`, or set KUBEBUILDER_ASSETS to a dir holding both.",
             dir.display()
         );
     }
     dir
 }
 
-fn random_suffix(n: usize) -> String {
+fn kubectl_program() -> String {
+    std::env::var("KUBECTL")
+        .ok()
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| "kubectl".into())
+}
+
+/// Random lowercase alphanumerics (valid in DNS labels).
+pub fn random_suffix(n: usize) -> String {
     use rand::Rng;
     const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
@@ -75,67 +124,71 @@ fn random_suffix(n: usize) -> String {
         .collect()
 }
 
+/// The last `lines` lines of a log file (read from its last MiB; not necessarily UTF-8).
+fn tail(path: &Path, lines: usize) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return format!("({} not found)", path.display());
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(1 << 20)));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 impl ControlPlane {
     fn start() -> ControlPlane {
+        install_crypto_provider();
+        let started = Instant::now();
         let assets = assets_dir();
         let dir = std::env::temp_dir().join(format!(
             "inbox-operator-test-{}-{}",
             std::process::id(),
             random_suffix(6)
         ));
-        std::fs::create_dir_all(dir.join("etcd")).expect("temp dir");
+        std::fs::create_dir_all(dir.join("etcd")).expect("create the control plane's temp dir");
+        // First, so that whatever happens next is cleaned up: at exit, or at once if this
+        // function panics (unwinding drops the `Child` and with it the pipe's write end).
         let watchdog = spawn_watchdog(&dir);
 
-        let ok = Command::new("openssl")
-            .args(["genrsa", "-out"])
-            .arg(dir.join("sa.key"))
-            .arg("2048")
-            .stderr(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-            && Command::new("openssl")
-                .args(["rsa", "-in"])
-                .arg(dir.join("sa.key"))
-                .args(["-pubout", "-out"])
-                .arg(dir.join("sa.pub"))
+        let openssl = |args: &[&str]| {
+            Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status()
                 .map(|s| s.success())
-                .unwrap_or(false);
-        assert!(ok, "openssl is needed to make the service-account key pair");
+                .unwrap_or(false)
+        };
+        assert!(
+            openssl(&["genrsa", "-out", "sa.key", "2048"])
+                && openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]),
+            "openssl is needed to make the service-account key pair (apt-get install openssl)"
+        );
         let token = random_suffix(32);
         std::fs::write(
             dir.join("tokens.csv"),
             format!("{token},admin,admin,system:masters\n"),
         )
-        .expect("token file");
+        .expect("write the token file");
 
         let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
         let etcd = spawn_logged(
             Command::new(assets.join("etcd"))
                 .arg("--data-dir")
                 .arg(dir.join("etcd"))
-                .args([
-                    "--listen-client-urls",
-                    &etcd_url,
-                    "--advertise-client-urls",
-                    &etcd_url,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &format!("http://127.0.0.1:{peer_port}"),
-                ])
-                .args([
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{peer_port}"),
-                ])
-                .args([
-                    "--initial-cluster",
-                    &format!("default=http://127.0.0.1:{peer_port}"),
-                ])
-                .args(["--unsafe-no-fsync"]),
+                .args(["--listen-client-urls", &etcd_url])
+                .args(["--advertise-client-urls", &etcd_url])
+                .args(["--listen-peer-urls", &peer_url])
+                .args(["--initial-advertise-peer-urls", &peer_url])
+                .args(["--initial-cluster", &format!("default={peer_url}")])
+                .arg("--unsafe-no-fsync"),
             &dir,
             "etcd",
         );
@@ -155,7 +208,15 @@ impl ControlPlane {
             _watchdog: watchdog,
         };
         cp.start_apiserver();
+        let ready = started.elapsed();
         cp.install_crd();
+        eprintln!(
+            "test control plane: {} ready in {:.1}s, CRD served after {:.1}s (dir {})",
+            cp.server,
+            ready.as_secs_f64(),
+            started.elapsed().as_secs_f64(),
+            cp.dir.display()
+        );
         cp
     }
 
@@ -163,14 +224,9 @@ impl ControlPlane {
         let d = &self.dir;
         let mut c = Command::new(self.assets.join("kube-apiserver"));
         c.args(["--etcd-servers", &self.etcd_url])
-            .args([
-                "--secure-port",
-                &self.api_port.to_string(),
-                "--bind-address",
-                "127.0.0.1",
-                "--insecure-port",
-                "0",
-            ])
+            .args(["--secure-port", &self.api_port.to_string()])
+            .args(["--bind-address", "127.0.0.1"])
+            .args(["--insecure-port", "0"])
             .arg("--cert-dir")
             .arg(d.join("certs"))
             .arg("--token-auth-file")
@@ -181,228 +237,331 @@ impl ControlPlane {
             .arg(d.join("sa.pub"))
             .arg("--service-account-signing-key-file")
             .arg(d.join("sa.key"))
-            .args([
-                "--service-cluster-ip-range",
-                "10.0.0.0/24",
-                "--allow-privileged",
-            ]);
+            .args(["--service-cluster-ip-range", "10.0.0.0/24"])
+            .arg("--allow-privileged");
         c
     }
 
-    /// Start (or restart) kube-apiserver and wait until it is ready.
+    /// Start kube-apiserver (again, after [`stop_apiserver`](Self::stop_apiserver): same port,
+    /// same etcd, same certificates) and wait until `/readyz` answers 200. A no-op wait if it
+    /// is already running.
     pub fn start_apiserver(&self) {
-        let child = spawn_logged(&mut self.apiserver_command(), &self.dir, "apiserver");
-        *self.apiserver.lock().unwrap_or_else(|p| p.into_inner()) = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(120);
+        {
+            let mut guard = self.apiserver.lock().unwrap_or_else(|p| p.into_inner());
+            let running = matches!(guard.as_mut().map(|c| c.try_wait()), Some(Ok(None)));
+            if !running {
+                *guard = Some(spawn_logged(
+                    &mut self.apiserver_command(),
+                    &self.dir,
+                    "apiserver",
+                ));
+            }
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
         loop {
-            let out = self
-                .kubectl()
-                .args(["get", "--raw", "/readyz"])
-                .stderr(Stdio::null())
-                .output();
-            if out.map(|o| o.status.success()).unwrap_or(false) {
+            if self.readyz() {
                 return;
+            }
+            let exited = self
+                .apiserver
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            let etcd_exited = self
+                .etcd
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = etcd_exited {
+                self.forget_pid("etcd");
+                panic!(
+                    "etcd exited ({status}) before kube-apiserver was ready.\n\
+                     --- etcd log tail ---\n{}",
+                    tail(&self.dir.join("etcd.log"), 30)
+                );
+            }
+            if let Some(status) = exited {
+                self.forget_pid("apiserver");
+                panic!(
+                    "kube-apiserver exited ({status}) before it was ready.\n\
+                     --- kube-apiserver log tail ---\n{}\n--- etcd log tail ---\n{}",
+                    self.apiserver_log_tail(40),
+                    tail(&self.dir.join("etcd.log"), 15)
+                );
             }
             if Instant::now() > deadline {
                 panic!(
-                    "kube-apiserver not ready after 120 s; log tail:\n{}",
-                    self.apiserver_log_tail(40)
+                    "kube-apiserver not ready (GET /readyz) after {READY_TIMEOUT:?}.\n\
+                     --- kube-apiserver log tail ---\n{}\n--- etcd log tail ---\n{}",
+                    self.apiserver_log_tail(40),
+                    tail(&self.dir.join("etcd.log"), 15)
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
     }
 
-    /// Stop kube-apiserver (etcd keeps running), for outage tests.
+    fn readyz(&self) -> bool {
+        self.kubectl()
+            .args(["get", "--raw", "/readyz", "--request-timeout=5s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    /// Stop kube-apiserver (SIGTERM, then SIGKILL after 20 s); etcd keeps running. For outage
+    /// tests; bring it back with [`start_apiserver`](Self::start_apiserver).
     pub fn stop_apiserver(&self) {
-        if let Some(mut c) = self
+        let child = self
             .apiserver
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+            .take();
+        if let Some(mut c) = child {
             let _ = Command::new("kill")
                 .args(["-TERM", &c.id().to_string()])
                 .status();
             let deadline = Instant::now() + Duration::from_secs(20);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
-                    return;
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
             let _ = c.kill();
             let _ = c.wait();
+            self.forget_pid("apiserver");
         }
     }
 
+    /// Once a child is reaped its PID may be reused: the watchdog must not kill it any more.
+    fn forget_pid(&self, name: &str) {
+        let _ = std::fs::remove_file(self.dir.join(format!("{name}.pid")));
+    }
+
+    /// Install the CRD from `inbox_operator::crd::crd()` by a plain create (POST; 1.20 refuses a
+    /// server-side apply of the CEL fields and drops them on create), then wait until it is
+    /// Established and `inboxes` is served.
     fn install_crd(&self) {
-        let yaml = inbox_operator::crd::crd_yaml().expect("render CRD");
+        let crd = serde_json::to_string(&inbox_operator::crd::crd()).expect("serialise the CRD");
         let mut child = self
             .kubectl()
             .args(["create", "--validate=false", "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
-            .expect("kubectl (install Debian's kubectl package)");
+            .expect("run kubectl (install Debian's kubectl or kubernetes-client package)");
         child
             .stdin
             .take()
-            .expect("stdin")
-            .write_all(yaml.as_bytes())
-            .expect("write CRD");
+            .expect("kubectl stdin")
+            .write_all(crd.as_bytes())
+            .expect("write the CRD to kubectl");
+        let out = child.wait_with_output().expect("kubectl create");
         assert!(
-            child.wait().expect("kubectl").success(),
-            "CRD create failed"
+            out.status.success(),
+            "creating the CRD failed: {}\n--- kube-apiserver log tail ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.apiserver_log_tail(30)
         );
-        let ok = self
+        let out = self
             .kubectl()
             .args([
                 "wait",
-                "--for",
-                "condition=established",
+                "--for=condition=Established",
                 "--timeout=60s",
                 "crd/inboxes.agentsend.io",
             ])
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
+            .output()
+            .expect("kubectl wait");
         assert!(
-            ok,
-            "CRD not established; log tail:\n{}",
-            self.apiserver_log_tail(40)
+            out.status.success(),
+            "CRD not Established: {}\n--- kube-apiserver log tail ---\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.apiserver_log_tail(30)
         );
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self
             .kubectl()
-            .args(["get", "inboxes", "-A"])
+            .args(["get", "inboxes.agentsend.io", "-A"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .map(|s| s.success())
             .unwrap_or(false)
         {
-            assert!(Instant::now() < deadline, "inboxes resource not served");
-            std::thread::sleep(Duration::from_millis(200));
+            assert!(
+                Instant::now() < deadline,
+                "inboxes.agentsend.io not served 60 s after the CRD was Established"
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// `kubectl` with the admin kubeconfig.
+    /// `kubectl` with `--kubeconfig` set to the admin kubeconfig.
     pub fn kubectl(&self) -> Command {
-        let mut c = Command::new("kubectl");
+        let mut c = Command::new(kubectl_program());
         c.arg("--kubeconfig").arg(&self.kubeconfig);
         c
     }
 
-    /// A new admin client (clients are bound to the runtime of the test that makes them).
+    /// A new admin client. Clients are bound to the runtime of the test that makes them, so
+    /// every test makes its own.
     pub async fn client(&self) -> Client {
-        inbox_operator::ensure_crypto_provider();
         client_from(&self.kubeconfig).await
     }
 
-    /// A kubeconfig whose requests impersonate `user` (and `groups`), to run with exactly
-    /// that identity's RBAC.
+    /// A new kubeconfig (admin token) whose user impersonates `user` and `groups` (`as:` and
+    /// `as-groups:`), so whatever uses it is authorised exactly as that identity, e.g.
+    /// `kubeconfig_as("system:serviceaccount:NS:NAME", &["system:serviceaccounts",
+    /// "system:serviceaccounts:NS", "system:authenticated"])`.
     pub fn kubeconfig_as(&self, user: &str, groups: &[&str]) -> PathBuf {
-        let path = self.dir.join(format!("kubeconfig-as-{}", random_suffix(6)));
+        let path = self.dir.join(format!("kubeconfig-as-{}", random_suffix(8)));
         write_kubeconfig(&path, &self.server, &self.token, Some((user, groups)));
         path
     }
 
-    /// The last lines of the kube-apiserver log.
+    /// The last `lines` lines of the kube-apiserver log (all its starts, appended).
     pub fn apiserver_log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        tail(&self.dir.join("apiserver.log"), lines)
     }
 
-    /// The apiserver's Prometheus metrics (e.g. `apiserver_request_total`).
+    /// The apiserver's Prometheus metrics (`GET /metrics` as admin), e.g. to count
+    /// `apiserver_request_total`.
     pub fn metrics(&self) -> String {
         let out = self
             .kubectl()
             .args(["get", "--raw", "/metrics"])
             .output()
-            .expect("kubectl");
+            .expect("kubectl get --raw /metrics");
+        assert!(
+            out.status.success(),
+            "GET /metrics failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The control plane's temp dir (logs, certs, kubeconfigs); removed by the watchdog.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 
-/// Build a client from a kubeconfig file.
+/// A new client from a kubeconfig file (its current context).
 pub async fn client_from(path: &Path) -> Client {
-    let kc = Kubeconfig::read_from(path).expect("read kubeconfig");
+    install_crypto_provider();
+    let kc = Kubeconfig::read_from(path)
+        .unwrap_or_else(|e| panic!("read kubeconfig {}: {e}", path.display()));
     let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
-        .expect("kubeconfig");
-    Client::try_from(config).expect("client")
+        .expect("config from kubeconfig");
+    Client::try_from(config).expect("kube client")
 }
 
 fn write_kubeconfig(path: &Path, server: &str, token: &str, impersonate: Option<(&str, &[&str])>) {
-    let mut user = format!("    token: {token}\n");
-    if let Some((u, groups)) = impersonate {
-        user.push_str(&format!("    as: \"{u}\"\n"));
+    let mut user = serde_json::json!({ "token": token });
+    if let Some((name, groups)) = impersonate {
+        user["as"] = name.into();
         if !groups.is_empty() {
-            user.push_str("    as-groups:\n");
-            for g in groups {
-                user.push_str(&format!("    - \"{g}\"\n"));
-            }
+            user["as-groups"] = groups.into();
         }
     }
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n{user}contexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\ncurrent-context: test\n"
-    );
-    std::fs::write(path, text).expect("write kubeconfig");
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": {"server": server, "insecure-skip-tls-verify": true}}],
+        "users": [{"name": "test", "user": user}],
+        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}],
+        "current-context": "test",
+    });
+    // JSON is YAML; both kubectl and kube read it.
+    std::fs::write(path, serde_json::to_string_pretty(&config).unwrap())
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
-/// Spawn with output to `DIR/NAME.log` and the PID in `DIR/NAME.pid` (read by the watchdog).
+/// Spawn with stdout+stderr appended to `DIR/NAME.log` and the PID in `DIR/NAME.pid` (which
+/// the watchdog reads).
 fn spawn_logged(cmd: &mut Command, dir: &Path, name: &str) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join(format!("{name}.log")))
-        .expect("log file");
-    let err = log.try_clone().expect("log file");
+        .expect("open log file");
+    let err = log.try_clone().expect("clone log file");
     let child = cmd
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    std::fs::write(dir.join(format!("{name}.pid")), child.id().to_string()).expect("pid file");
+        .unwrap_or_else(|e| panic!("cannot start {name} ({:?}): {e}", cmd.get_program()));
+    std::fs::write(dir.join(format!("{name}.pid")), child.id().to_string())
+        .expect("write pid file");
     child
 }
 
-/// A detached shell that waits for this test process to end, then kills the control plane
-/// and removes its directory. Statics are never dropped, and a killed process runs no
-/// destructors, so cleanup cannot live in this process.
+/// Cleanup that cannot live in this process: statics are never dropped, and a killed process
+/// runs no destructors. A detached shell (own session, so Ctrl-C or a process-group kill of the
+/// test does not take it down; signals ignored) blocks reading a pipe whose only write end this
+/// process holds (Rust opens every fd close-on-exec, so no other child inherits it). When this
+/// process exits for any reason the kernel closes it, `read` returns, and the shell at once
+/// SIGKILLs the processes named in `DIR/*.pid` and removes `DIR` (milliseconds after exit).
 fn spawn_watchdog(dir: &Path) -> Child {
     let script = r#"
-        parent="$1"; dir="$2"
-        while kill -0 "$parent" 2>/dev/null; do sleep 0.5; done
-        for f in "$dir"/*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
-        sleep 2
-        for f in "$dir"/*.pid; do [ -f "$f" ] && kill -9 "$(cat "$f")" 2>/dev/null; done
+        trap '' INT TERM HUP PIPE
+        dir="$1"
+        read -r _ || true
+        pids=""
+        for f in "$dir"/*.pid; do [ -f "$f" ] && pids="$pids $(cat "$f")"; done
+        for p in $pids; do kill -9 "$p" 2>/dev/null; done
+        rm -rf "$dir"
+        # A SIGKILLed process runs no more code, but make sure nothing recreated the dir.
+        for p in $pids; do
+            n=0
+            # Until it is gone, or a zombie waiting for init to reap it.
+            while [ $n -lt 200 ] && [ -e "/proc/$p" ] && ! grep -q '^[^)]*) Z' "/proc/$p/stat" 2>/dev/null; do
+                sleep 0.01; n=$((n+1))
+            done
+        done
         rm -rf "$dir"
     "#;
-    Command::new("setsid")
-        .args(["sh", "-c", script, "watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start the cleanup watchdog (setsid, sh)")
+    let spawn = |program: &str, pre: &[&str]| {
+        Command::new(program)
+            .args(pre)
+            .args(["sh", "-c", script, "inbox-operator-test-watchdog"])
+            .arg(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+    };
+    spawn("setsid", &[])
+        .or_else(|_| spawn("env", &[]))
+        .expect("start the cleanup watchdog (sh)")
 }
 
-/// A namespace of its own for one test; deleted (best effort) when dropped.
+/// A namespace of its own for one test; deleted (best effort, without waiting) when dropped.
+/// There is no namespace controller, so a deleted namespace stays Terminating; the whole etcd
+/// is thrown away with the control plane anyway.
 pub struct TestNamespace {
     name: String,
 }
 
 impl TestNamespace {
-    /// Create a uniquely named namespace.
+    /// Create a uniquely named namespace `PREFIX-xxxxxx`.
     pub async fn new(client: &Client, prefix: &str) -> TestNamespace {
-        let name = format!("{prefix}-{}", random_suffix(6));
+        let prefix: String = prefix
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(50)
+            .collect();
+        let name = format!("{}-{}", prefix.trim_matches('-'), random_suffix(6));
         let api: Api<Namespace> = Api::all(client.clone());
         let ns = Namespace {
             metadata: ObjectMeta {
@@ -413,7 +572,7 @@ impl TestNamespace {
         };
         api.create(&PostParams::default(), &ns)
             .await
-            .expect("create namespace");
+            .unwrap_or_else(|e| panic!("create namespace {name}: {e}"));
         TestNamespace { name }
     }
 
@@ -425,39 +584,42 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
-        // There is no namespace controller here, so the namespace stays Terminating; the whole
-        // etcd is thrown away with the control plane.
-        let _ = control_plane()
-            .kubectl()
-            .args(["delete", "namespace", &self.name, "--wait=false"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        if let Some(cp) = started() {
+            let _ = cp
+                .kubectl()
+                .args(["delete", "namespace", &self.name, "--wait=false"])
+                .args(["--ignore-not-found", "--request-timeout=10s"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
-/// Prints the apiserver log tail if the test panics.
+/// Prints the kube-apiserver log tail to stderr when dropped during a panic.
 pub struct FailureDump;
 
 impl Drop for FailureDump {
     fn drop(&mut self) {
         if std::thread::panicking()
-            && let Some(cp) = CONTROL_PLANE.get()
+            && let Some(cp) = started()
         {
             eprintln!(
-                "--- kube-apiserver log tail ---\n{}",
-                cp.apiserver_log_tail(30)
+                "--- kube-apiserver log tail ({}) ---\n{}\n--- end of kube-apiserver log tail ---",
+                cp.dir.join("apiserver.log").display(),
+                cp.apiserver_log_tail(40)
             );
         }
     }
 }
 
-/// Hold the result for the duration of a test: dumps the apiserver log tail on failure.
+/// Hold the result for the whole test (`let _dump = on_failure_dump_logs();`): if the test
+/// panics, the apiserver log tail is printed with its output.
 pub fn on_failure_dump_logs() -> FailureDump {
     FailureDump
 }
 
-/// Poll `f` every 100 ms until it yields `Some`, or panic after `timeout` naming `what`.
+/// Poll `f` every 100 ms until it yields `Some`; panic naming `what` after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
     F: FnMut() -> Fut,
