@@ -1,17 +1,36 @@
-# Multi-stage build of a small, static, non-root image.
-#   docker build -t inbox-operator:dev .
+# syntax=docker/dockerfile:1
+# Static, non-root image of inbox-operator.
+#   docker build -t REGISTRY/inbox-operator:TAG .
+# The binary is linked statically against musl (TLS is rustls with ring: no OpenSSL), so the
+# final image needs no libc. The build stage runs on the target platform, so
+# `docker buildx build --platform linux/arm64` builds an aarch64 binary (under emulation).
+
 FROM rust:1.95-bookworm AS build
-# musl-tools is taken as the base image ships it (unpinned: a bookworm point release).
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# musl-gcc, for the C and assembly parts of ring. Debian bookworm's version; not pinned.
 # hadolint ignore=DL3008
-RUN rustup target add x86_64-unknown-linux-musl && apt-get update && apt-get install -y --no-install-recommends musl-tools && rm -rf /var/lib/apt/lists/*
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends musl-tools \
+ && rm -rf /var/lib/apt/lists/*
+RUN rustup target add "$(uname -m)-unknown-linux-musl"
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bin inbox-operator \
- && cp target/x86_64-unknown-linux-musl/release/inbox-operator /inbox-operator
+# Cache mounts keep the crate registry and compiled dependencies between builds (BuildKit).
+ENV CARGO_PROFILE_RELEASE_STRIP=symbols
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    target="$(uname -m)-unknown-linux-musl" \
+ && export "CC_$(echo "$target" | tr - _)=musl-gcc" \
+ && cargo build --release --locked --target "$target" --bin inbox-operator \
+ && cp "target/$target/release/inbox-operator" /inbox-operator
 
 FROM gcr.io/distroless/static-debian12:nonroot
+LABEL org.opencontainers.image.title="inbox-operator" \
+      org.opencontainers.image.description="Kubernetes operator for AgentSend email inboxes" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /inbox-operator /inbox-operator
+# distroless "nonroot": uid/gid 65532. Numeric, so that runAsNonRoot can verify it.
 USER 65532:65532
 EXPOSE 8080
 ENTRYPOINT ["/inbox-operator"]

@@ -1,5 +1,5 @@
 # Entry points; each is documented in the README.
-.PHONY: test lint crd assets demo demo-down bench build
+.PHONY: test lint lint-deploy crd assets demo demo-down bench build
 
 test:            ## provision the test control plane and run every test
 	hack/test.sh
@@ -8,11 +8,16 @@ lint:            ## formatting and clippy, as CI runs them
 	cargo fmt --check
 	cargo clippy --all-targets --locked -- -D warnings
 
-crd:             ## regenerate the committed CRD (and the Helm chart's copy)
-	cargo run --quiet -- crd > crds/inboxes.agentsend.io.yaml
+lint-deploy:     ## hadolint the Dockerfile; check the Helm chart renders what deploy/ holds
+	hadolint Dockerfile
+	python3 hack/compare-helm-kustomize.py
+
+crd:             ## regenerate the committed CRD (and the Helm chart's copy); tests/crd.rs checks it
+	cargo run --quiet --locked -- crd > crds/inboxes.agentsend.io.yaml.tmp
+	mv crds/inboxes.agentsend.io.yaml.tmp crds/inboxes.agentsend.io.yaml
 	cp crds/inboxes.agentsend.io.yaml charts/inbox-operator/crds/inboxes.agentsend.io.yaml
 
-assets:          ## build/cache etcd + kube-apiserver for tests
+assets:          ## build/cache etcd + kube-apiserver 1.20.2 for tests (prints the assets dir)
 	hack/envtest-assets.sh
 
 demo:            ## local control plane + simulator + operator + examples

@@ -13,7 +13,7 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-STATE="$ROOT/.local"
+STATE="${DEMO_STATE_DIR:-$ROOT/.local}"
 CLUSTER="$STATE/cluster"
 log() { echo "demo: $*" >&2; }
 
@@ -55,7 +55,7 @@ else
 fi
 
 log "installing the CRD"
-kubectl create -f "$ROOT/crds/inboxes.agentsend.io.yaml" 2>/dev/null || kubectl replace -f "$ROOT/crds/inboxes.agentsend.io.yaml" >/dev/null
+kubectl create --validate=false -f "$ROOT/crds/inboxes.agentsend.io.yaml" >/dev/null 2>&1 || kubectl replace --validate=false -f "$ROOT/crds/inboxes.agentsend.io.yaml" >/dev/null
 kubectl wait --for condition=established --timeout=60s crd/inboxes.agentsend.io >/dev/null
 
 log "starting the operator (log: $STATE/operator.log)"

@@ -1,6 +1,20 @@
+{{/* Name of every object; `inbox-operator` unless fullnameOverride is set. */}}
+{{- define "inbox-operator.fullname" -}}
+{{- .Values.fullnameOverride | default "inbox-operator" | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+Labels on every object, also the Deployment's selector. The same as deploy/ (no chart or
+release labels), so `helm template` and `kubectl kustomize deploy/base` compare equal.
+*/}}
 {{- define "inbox-operator.labels" -}}
 app.kubernetes.io/name: inbox-operator
+{{- if ne (include "inbox-operator.fullname" .) "inbox-operator" }}
+app.kubernetes.io/instance: {{ include "inbox-operator.fullname" . }}
+{{- end }}
 {{- end -}}
+
+{{/* The controller's rules: the same in the ClusterRole and in each namespaced Role. */}}
 {{- define "inbox-operator.rules" -}}
 - apiGroups: ["agentsend.io"]
   resources: ["inboxes"]

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""Check that the Helm chart renders the same objects as the kustomize bases.
+
+  hack/compare-helm-kustomize.py            # exit 0 when equal, 1 with a diff otherwise
+
+Cases:
+  - chart defaults                          == kubectl kustomize deploy/base
+  - watchNamespaces=[team-a, team-b]        == kubectl kustomize deploy/namespaced
+  - charts/inbox-operator/crds/ holds a byte-identical copy of crds/inboxes.agentsend.io.yaml
+  - a few non-default values render what they promise (no default key, fullnameOverride,
+    metrics port, no binding-check ClusterRole) and replicas > 1 without leaderElect fails
+Both renders use release name and namespace `inbox-operator`. The Namespace object (kustomize
+creates it; Helm uses --create-namespace) and the CRD (`helm template` leaves crds/ out; it is
+compared as a file) are not compared as rendered objects.
+
+Helm: the `helm` binary if it is on PATH (`helm template`, `helm lint --strict`), otherwise
+the Python package helm-python-sdk (Helm's Go SDK as a C library:
+`python3 -m pip install helm-python-sdk==0.2.2`). Needs PyYAML and kubectl (with kustomize).
+"""
+
+import difflib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHART = os.path.join(ROOT, "charts", "inbox-operator")
+RELEASE = NAMESPACE = "inbox-operator"
+CASES = [
+    ("defaults vs deploy/base", {}, "deploy/base"),
+    (
+        "watchNamespaces vs deploy/namespaced",
+        {"watchNamespaces": ["team-a", "team-b"]},
+        "deploy/namespaced",
+    ),
+]
+SKIPPED_KINDS = {"Namespace", "CustomResourceDefinition"}
+
+
+def docs(text):
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def kustomize(path):
+    out = subprocess.run(
+        ["kubectl", "kustomize", os.path.join(ROOT, path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return docs(out.stdout)
+
+
+def helm_binary(values):
+    with_values = []
+    if values:
+        # JSON is YAML: one --values file instead of --set escaping.
+        vf = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        json.dump(values, vf)
+        vf.close()
+        with_values = ["--values", vf.name]
+    lint = subprocess.run(
+        ["helm", "lint", "--strict", CHART, *with_values], capture_output=True, text=True
+    )
+    if lint.returncode != 0:
+        raise SystemExit(f"helm lint failed:\n{lint.stdout}{lint.stderr}")
+    out = subprocess.run(
+        ["helm", "template", RELEASE, CHART, "--namespace", NAMESPACE, *with_values],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return docs(out.stdout)
+
+
+def helm_sdk(values):
+    import helm_python as helm
+
+    report = helm.lint(CHART, values or None, strict=True)
+    # Severity 1 is "info" (e.g. "icon is recommended"); --strict fails on warnings and errors.
+    bad = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+    if bad or report.get("errors"):
+        raise SystemExit(f"helm lint failed: {json.dumps(report, indent=1)}")
+    with helm.Chart.load(CHART) as chart:
+        rendered = chart.render(values or None, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    out = []
+    for path, text in sorted(rendered.items()):
+        if path.endswith(".yaml") or path.endswith(".yml"):
+            out.extend(docs(text))
+    return out
+
+
+def key(obj):
+    m = obj.get("metadata", {})
+    return (obj.get("apiVersion"), obj.get("kind"), m.get("namespace", ""), m.get("name"))
+
+
+def index(objs):
+    res = {}
+    for o in objs:
+        if o.get("kind") in SKIPPED_KINDS:
+            continue
+        k = key(o)
+        if k in res:
+            raise SystemExit(f"duplicate object {k}")
+        res[k] = o
+    return res
+
+
+def dump(o):
+    return yaml.safe_dump(o, sort_keys=True, default_flow_style=False).splitlines()
+
+
+def compare(name, helm_objs, kustomize_objs):
+    h, k = index(helm_objs), index(kustomize_objs)
+    problems = []
+    for missing in sorted(set(k) - set(h), key=str):
+        problems.append(f"only in kustomize: {missing}")
+    for extra in sorted(set(h) - set(k), key=str):
+        problems.append(f"only in helm: {extra}")
+    for common in sorted(set(h) & set(k), key=str):
+        if h[common] != k[common]:
+            diff = difflib.unified_diff(
+                dump(k[common]), dump(h[common]), "kustomize", "helm", lineterm=""
+            )
+            problems.append(f"differs: {common}\n" + "\n".join(diff))
+    for p in problems:
+        print(f"FAIL {name}: {p}")
+    return not problems
+
+
+def crd_copy_matches():
+    with open(os.path.join(ROOT, "crds", "inboxes.agentsend.io.yaml"), "rb") as f:
+        want = f.read()
+    with open(os.path.join(CHART, "crds", "inboxes.agentsend.io.yaml"), "rb") as f:
+        got = f.read()
+    if want != got:
+        print("FAIL chart CRD: charts/inbox-operator/crds/ differs from crds/ (run `make crd`)")
+        return False
+    return True
+
+
+def deployment(objs):
+    return next(o for o in objs if o.get("kind") == "Deployment")
+
+
+def other_values(render):
+    """Non-default values render what they promise."""
+    results = []
+
+    def check(name, values, predicate):
+        try:
+            ok = bool(predicate(render(values)))
+        except (subprocess.CalledProcessError, SystemExit, Exception) as e:  # noqa: BLE001
+            print(f"FAIL {name}: {e}")
+            ok = False
+        else:
+            if not ok:
+                print(f"FAIL {name}")
+        results.append(ok)
+
+    def args(objs):
+        return deployment(objs)["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    check(
+        "no default key",
+        {"existingSecret": {"name": ""}},
+        lambda o: "--no-default-key" in args(o)
+        and "volumes" not in deployment(o)["spec"]["template"]["spec"],
+    )
+    check(
+        "fullnameOverride names everything and the Lease",
+        {"fullnameOverride": "shard-b", "selector": "shard=b"},
+        lambda o: all(x["metadata"]["name"].startswith("shard-b") for x in o)
+        and "--lease-name=shard-b" in args(o)
+        and "--selector=shard=b" in args(o),
+    )
+    check(
+        "metrics port",
+        {"metrics": {"port": 9090}},
+        lambda o: "--metrics-addr=0.0.0.0:9090" in args(o),
+    )
+    check(
+        "no binding-check ClusterRole when disabled",
+        {"watchNamespaces": ["a"], "bindingCheckClusterRole": False},
+        lambda o: not any(x["kind"].startswith("Cluster") for x in o),
+    )
+
+    def refused(values):
+        try:
+            render(values)
+        except Exception:  # noqa: BLE001 (HelmRenderError or CalledProcessError)
+            return True
+        return False
+
+    ok = refused({"replicas": 2, "leaderElect": False})
+    if not ok:
+        print("FAIL replicas: 2 without leaderElect renders")
+    results.append(ok)
+    return results
+
+
+def main():
+    render = helm_binary if shutil.which("helm") else helm_sdk
+    passed = failed = 0
+    for name, values, path in CASES:
+        ok = compare(name, render(values), kustomize(path))
+        passed, failed = passed + ok, failed + (not ok)
+    for ok in other_values(render):
+        passed, failed = passed + ok, failed + (not ok)
+    ok = crd_copy_matches()
+    passed, failed = passed + ok, failed + (not ok)
+    via = "helm binary" if render is helm_binary else "helm-python-sdk"
+    print(f"compare-helm-kustomize ({via}): {passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
