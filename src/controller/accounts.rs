@@ -277,10 +277,16 @@ impl Accounts {
         trigger: mpsc::UnboundedSender<ObjectRef<Inbox>>,
         on_success: impl Fn() + Send + 'static,
     ) {
+        // A random phase so several operators (shards) do not scan in lockstep; then one round
+        // per interval exactly (a slow round delays the next instead of bunching them up).
+        let phase = self.interval.mul_f64(rand::random::<f64>() * 0.5);
+        let mut ticks = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.interval + phase,
+            self.interval,
+        );
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            // A little jitter so several operators (shards) do not scan in lockstep.
-            let jitter = self.interval.mul_f64(rand::random::<f64>() * 0.1);
-            tokio::time::sleep(self.interval + jitter).await;
+            ticks.tick().await;
             let mut all_ok = true;
             for (key, bound) in self.snapshot() {
                 match self.scan(&key).await {

@@ -126,7 +126,7 @@ pub struct Context {
     pub(crate) api: AgentSendClient,
     pub(crate) settings: Settings,
     pub(crate) accounts: Accounts,
-    pub(crate) recorder: Recorder,
+    pub(crate) recorder: EventRecorder,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) inbox_stores: Vec<Store<Inbox>>,
     pub(crate) secret_stores: HashMap<Option<String>, Store<Secret>>,
@@ -173,6 +173,48 @@ pub fn managed_secret_selector() -> String {
 fn slim<K: Resource>(mut obj: K) -> K {
     obj.meta_mut().managed_fields = None;
     obj
+}
+
+/// Publishes Kubernetes Events through kube's [`Recorder`], one Recorder per window of
+/// [`EventRecorder::WINDOW`] events. kube's Recorder keeps every event it published in the
+/// last 6 minutes (to fold repeats into a series) — about 3 KB each, most of the heap after a
+/// bulk apply of thousands of Inboxes (see BENCHMARKS.md). Starting a new Recorder every
+/// window bounds that cache; repeats are still folded within a window.
+pub(crate) struct EventRecorder {
+    client: Client,
+    reporter: Reporter,
+    current: Mutex<(Recorder, usize)>,
+}
+
+impl EventRecorder {
+    /// Events published by one Recorder before the next one starts.
+    const WINDOW: usize = 500;
+
+    fn new(client: Client, reporter: Reporter) -> Self {
+        let recorder = Recorder::new(client.clone(), reporter.clone());
+        EventRecorder {
+            client,
+            reporter,
+            current: Mutex::new((recorder, 0)),
+        }
+    }
+
+    /// Publish `ev` about `reference`.
+    pub(crate) async fn publish(
+        &self,
+        ev: &kube::runtime::events::Event,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+    ) -> Result<(), kube::Error> {
+        let recorder = {
+            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            if current.1 >= Self::WINDOW {
+                *current = (Recorder::new(self.client.clone(), self.reporter.clone()), 0);
+            }
+            current.1 += 1;
+            current.0.clone()
+        };
+        recorder.publish(ev, reference).await
+    }
 }
 
 /// Backoff between failed watch attempts: like kube's default (client-go's) but capped at
@@ -315,7 +357,7 @@ pub async fn run(
         client: client.clone(),
         api,
         accounts: accounts.clone(),
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: EventRecorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         inbox_stores: built.iter().map(|s| s.inbox_reader.clone()).collect(),
         secret_stores: built
