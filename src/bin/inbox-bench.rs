@@ -28,7 +28,7 @@ struct Args {
     /// Simulator latency per request.
     #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
     latency: Duration,
-    /// Operator sync interval (the at-rest measurement spans one interval).
+    /// Operator sync interval (at-rest figures are the mean over three intervals).
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     sync_interval: Duration,
     /// Operator binary (build it with --release first).
@@ -164,11 +164,14 @@ async fn count_ready(api: &Api<Inbox>) -> Result<(usize, usize), String> {
     Ok((list.items.len(), ready))
 }
 
+/// Sync intervals the at-rest figures are averaged over.
+const REST_INTERVALS: u32 = 3;
+
 struct Row {
     n: usize,
     ready_s: f64,
     req_per_create: f64,
-    rest_api: u64,
+    rest_api: f64,
     rest_writes: f64,
     rss_mib: f64,
     cpu_s: f64,
@@ -192,6 +195,7 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
             "--kubeconfig",
             &cluster.kubeconfig.to_string_lossy(),
             "create",
+            "--validate=false",
             "-f",
             &crd.to_string_lossy(),
         ])
@@ -270,14 +274,16 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
         .await
         .map_err(|e| e.to_string())?;
     loop {
-        let (_, ready) = count_ready(&api).await?;
-        if ready == n {
+        // Poll gently (a full list of 10,000 Inboxes is heavy) and ride out a slow answer.
+        if let Ok((_, ready)) = count_ready(&api).await
+            && ready == n
+        {
             break;
         }
         if started.elapsed() > args.timeout {
-            return Err(format!("only {ready}/{n} Ready after {:?}", args.timeout));
+            return Err(format!("not all {n} Ready after {:?}", args.timeout));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let ready_s = started.elapsed().as_secs_f64();
     let created = sim.inbox_count();
@@ -286,27 +292,29 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     }
     let req_per_create = sim.total_requests() as f64 / n as f64;
 
-    // At rest: let in-flight work settle for one interval, then measure one more interval.
+    // At rest: let in-flight work settle for one interval, then measure REST_INTERVALS more
+    // and report the mean per interval (a single window can hold zero or two scan rounds
+    // depending on where it falls).
     tokio::time::sleep(args.sync_interval + Duration::from_secs(3)).await;
     let api_before = sim.total_requests();
     let writes_before = apiserver_writes(&client).await?;
-    tokio::time::sleep(args.sync_interval).await;
-    let rest_api = sim.total_requests() - api_before;
-    let rest_writes = apiserver_writes(&client).await? - writes_before;
+    tokio::time::sleep(args.sync_interval * REST_INTERVALS).await;
+    let rest_api = (sim.total_requests() - api_before) as f64 / f64::from(REST_INTERVALS);
+    let rest_writes =
+        (apiserver_writes(&client).await? - writes_before) / f64::from(REST_INTERVALS);
 
     let started = Instant::now();
     api.delete_collection(&DeleteParams::default(), &ListParams::default())
         .await
         .map_err(|e| e.to_string())?;
     loop {
-        let (left, _) = count_ready(&api).await?;
-        if left == 0 {
+        if let Ok((0, _)) = count_ready(&api).await {
             break;
         }
         if started.elapsed() > args.timeout {
-            return Err(format!("{left} Inboxes left after {:?}", args.timeout));
+            return Err(format!("Inboxes left after {:?}", args.timeout));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let delete_s = started.elapsed().as_secs_f64();
     if sim.inbox_count() != 0 {
@@ -374,7 +382,7 @@ async fn main() -> std::process::ExitCode {
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {:.1} | {:.3} | {} (target ≤ {}) | {:.0} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.3} | {:.1} (target ≤ {}) | {:.1} | {:.1} | {:.1} | {:.1} |",
             r.n,
             r.ready_s,
             r.req_per_create,
