@@ -124,6 +124,15 @@ pub fn random_suffix(n: usize) -> String {
         .collect()
 }
 
+/// The exit status of a started child process, if it has exited.
+fn exit_status(child: &Mutex<Option<Child>>) -> Option<std::process::ExitStatus> {
+    child
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_mut()
+        .and_then(|c| c.try_wait().ok().flatten())
+}
+
 /// The last `lines` lines of a log file (read from its last MiB; not necessarily UTF-8).
 fn tail(path: &Path, lines: usize) -> String {
     use std::io::{Read, Seek, SeekFrom};
@@ -262,18 +271,8 @@ impl ControlPlane {
             if self.readyz() {
                 return;
             }
-            let exited = self
-                .apiserver
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
-            let etcd_exited = self
-                .etcd
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
+            let exited = exit_status(&self.apiserver);
+            let etcd_exited = exit_status(&self.etcd);
             if let Some(status) = etcd_exited {
                 self.forget_pid("etcd");
                 panic!(
