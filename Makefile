@@ -1,5 +1,5 @@
 # Entry points; each is documented in the README.
-.PHONY: test lint lint-deploy crd assets demo demo-down bench build
+.PHONY: test test-all lint lint-deploy crd assets demo demo-down bench build
 
 test:            ## provision the test control plane and run every test
 	hack/test.sh
@@ -8,17 +8,21 @@ lint:            ## formatting and clippy, as CI runs them
 	cargo fmt --check
 	cargo clippy --all-targets --locked -- -D warnings
 
-lint-deploy:     ## hadolint the Dockerfile; check the Helm chart renders what deploy/ holds
+lint-deploy:     ## hadolint the Dockerfile; helm lint; check the chart renders what deploy/ holds
 	hadolint Dockerfile
-	python3 hack/compare-helm-kustomize.py
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" python3 hack/compare-helm-kustomize.py
 
 crd:             ## regenerate the committed CRD (and the Helm chart's copy); tests/crd.rs checks it
 	cargo run --quiet --locked -- crd > crds/inboxes.agentsend.io.yaml.tmp
 	mv crds/inboxes.agentsend.io.yaml.tmp crds/inboxes.agentsend.io.yaml
 	cp crds/inboxes.agentsend.io.yaml charts/inbox-operator/crds/inboxes.agentsend.io.yaml
 
-assets:          ## build/cache etcd + kube-apiserver 1.20.2 for tests (prints the assets dir)
-	hack/envtest-assets.sh
+assets:          ## build/cache the test control plane (K8S_VERSION=1.37.2|1.33.13; prints the dir)
+	hack/envtest-assets.sh $(K8S_VERSION)
+
+test-all:        ## the whole suite on 1.37.2, then on 1.33.13 (as CI runs it)
+	K8S_VERSION=1.37.2 hack/test.sh
+	K8S_VERSION=1.33.13 hack/test.sh
 
 demo:            ## local control plane + simulator + operator + examples
 	hack/demo.sh

@@ -4,6 +4,8 @@
 #   hack/bench.sh --inboxes 100,1000,10000 --latency 20ms
 set -euo pipefail
 cd "$(dirname "$0")/.."
-hack/envtest-assets.sh >/dev/null
+# The control plane (and its kubectl, first on PATH) of Kubernetes $K8S_VERSION (default 1.37.2).
+ASSETS="$(hack/envtest-assets.sh "${K8S_VERSION:-1.37.2}")"
+export PATH="$ASSETS:$PATH" K8S_VERSION="${K8S_VERSION:-1.37.2}"
 cargo build --release --bin inbox-operator --bin inbox-bench
 exec target/release/inbox-bench "$@"

@@ -28,16 +28,16 @@ if [[ "${1:-}" == "down" ]]; then
 fi
 
 mkdir -p "$STATE"
-if ! command -v kubectl >/dev/null; then
-  log "installing kubectl (Debian package)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl >/dev/null
-fi
+log "building the local control plane (first run: several minutes; then cached)"
+ASSETS="$("$ROOT/hack/envtest-assets.sh" "${K8S_VERSION:-1.37.2}")"
+# The kubectl built with the control plane: the server's own version.
+export PATH="$ASSETS:$PATH"
 
 log "building inbox-operator"
 cargo build --quiet --manifest-path "$ROOT/Cargo.toml" --bin inbox-operator
 BIN="$ROOT/target/debug/inbox-operator"
 
-log "starting the local control plane (the first run builds kube-apiserver: several minutes)"
+log "starting the local control plane"
 KUBECONFIG="$("$ROOT/hack/local-cluster.sh" up "$CLUSTER")"
 export KUBECONFIG
 
@@ -55,7 +55,7 @@ else
 fi
 
 log "installing the CRD"
-kubectl create --validate=false -f "$ROOT/crds/inboxes.agentsend.io.yaml" >/dev/null 2>&1 || kubectl replace --validate=false -f "$ROOT/crds/inboxes.agentsend.io.yaml" >/dev/null
+kubectl apply --server-side -f "$ROOT/crds/inboxes.agentsend.io.yaml" >/dev/null
 kubectl wait --for condition=established --timeout=60s crd/inboxes.agentsend.io >/dev/null
 
 log "starting the operator (log: $STATE/operator.log)"
@@ -80,6 +80,6 @@ SECRET=$(kubectl get inbox "$NAME" -o jsonpath='{.status.secretName}')
 echo "Address of Inbox $NAME, read back from Secret $SECRET:"
 kubectl get secret "$SECRET" -o jsonpath='{.data.address}' | base64 -d; echo
 echo
-echo "kubeconfig:  export KUBECONFIG=$KUBECONFIG"
+echo "kubeconfig:  export KUBECONFIG=$KUBECONFIG PATH=$ASSETS:\$PATH   # kubectl $("$ASSETS/kube-apiserver" --version | cut -d' ' -f2), as the server"
 echo "metrics:     curl -s http://127.0.0.1:$METRICS_PORT/metrics | grep inbox_operator_inbox_"
 echo "stop:        hack/demo.sh down"

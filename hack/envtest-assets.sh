@@ -1,110 +1,105 @@
 #!/usr/bin/env bash
-# Provision a real etcd + kube-apiserver (Kubernetes 1.20.2) for integration tests.
+# Provision the test control plane: etcd, kube-apiserver, kube-controller-manager, kubectl and helm,
+# built from their Go modules with the machine's Go (prebuilt Kubernetes binaries cannot be
+# downloaded here). The versions are pinned by the committed modules in hack/controlplane/
+# (go.mod + go.sum, made by hack/controlplane/gen.sh), so every build is verified against go.sum.
 #
-# Prebuilt Kubernetes binaries cannot be downloaded on our machines, so this builds
-# kube-apiserver from Debian's `kubernetes` source package and takes etcd from the
-# `etcd-server` package. Idempotent; the result is cached outside the work tree.
+#   hack/envtest-assets.sh            # Kubernetes 1.37.2 (latest supported)
+#   hack/envtest-assets.sh 1.33.13    # Kubernetes 1.33.13 (earliest supported)
 #
-# Prints the assets directory (envtest's KUBEBUILDER_ASSETS convention) on stdout;
-# everything else goes to stderr. If KUBEBUILDER_ASSETS is already set and holds
-# both binaries, it is printed unchanged and nothing is built.
+# Prints the assets directory (envtest's KUBEBUILDER_ASSETS convention) on stdout; everything
+# else goes to stderr. Idempotent; results are cached outside the work tree, in
+# ${INBOX_OPERATOR_CACHE:-~/.cache/inbox-operator}/envtest/. If KUBEBUILDER_ASSETS is already set
+# and holds the binaries, it is printed unchanged and nothing is built.
 set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
 
-K8S_VERSION=1.20.2
+K8S_VERSION="${1:-${K8S_VERSION:-1.37.2}}"
+ETCD_VERSION=3.6.16
+HELM_VERSION=3.22.0
 CACHE="${INBOX_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/inbox-operator}/envtest"
 OUT="$CACHE/k8s-$K8S_VERSION"
+BINARIES=(etcd kube-apiserver kube-controller-manager kubectl helm)
 
 log() { echo "envtest-assets: $*" >&2; }
+
+# A build is reused while this script and the pinned modules are unchanged.
+STAMP=$(cat "$0" "$HERE"/controlplane/*/go.sum 2>/dev/null | sha256sum | cut -c1-16)
+
+complete_in() {
+  local dir=$1 b
+  [[ "$(cat "$dir/.complete" 2>/dev/null)" == "$STAMP" ]] || return 1
+  for b in "${BINARIES[@]}"; do [[ -x "$dir/$b" ]] || return 1; done
+}
 
 if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" && -x "$KUBEBUILDER_ASSETS/etcd" ]]; then
   echo "$KUBEBUILDER_ASSETS"
   exit 0
 fi
-if [[ -f "$OUT/.complete" && -x "$OUT/kube-apiserver" && -x "$OUT/etcd" ]]; then
+if complete_in "$OUT"; then
   echo "$OUT"
   exit 0
 fi
 
-SUDO=""
-if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+MOD="$HERE/controlplane/k8s-v$K8S_VERSION"
+[[ -f "$MOD/go.mod" ]] || { log "no pinned module for Kubernetes $K8S_VERSION (run hack/controlplane/gen.sh k8s $K8S_VERSION)"; exit 1; }
+command -v go >/dev/null || { log "Go is required (go 1.26 or newer on PATH)"; exit 1; }
 
-# --- Debian packages -------------------------------------------------------
-need_pkgs=()
-for p in etcd-server golang-go rsync dpkg-dev openssl make; do
-  dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
-done
-SRC_LIST=/etc/apt/sources.list.d/inbox-operator-src.sources
-if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
-  suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
-  log "adding a deb-src entry for $suite"
-  $SUDO tee "$SRC_LIST" >/dev/null <<SRC
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: $suite
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-SRC
-  APT_UPDATED=""
-fi
-if [[ ${#need_pkgs[@]} -gt 0 || -z "${APT_UPDATED-x}" ]]; then
-  log "apt-get update"
-  $SUDO apt-get update -qq >&2
-fi
-if [[ ${#need_pkgs[@]} -gt 0 ]]; then
-  log "installing ${need_pkgs[*]}"
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >&2
-fi
+# The machine's Go, never a downloaded toolchain; go.sum must already hold every checksum.
+export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -trimpath -buildvcs=false" CGO_ENABLED=0
+mkdir -p "$OUT" "$CACHE/bin"
 
-# --- Kubernetes source -------------------------------------------------------
-SRC="$CACHE/src"
-TREE="$SRC/kubernetes-$K8S_VERSION"
-mkdir -p "$SRC"
-if [[ ! -d "$TREE/cmd/kube-apiserver" ]]; then
-  ( cd "$SRC"
-    ls kubernetes_*.orig.tar.gz >/dev/null 2>&1 || apt-get source --download-only kubernetes >&2 2>/dev/null \
-      || { $SUDO apt-get update -qq >&2; apt-get source --download-only kubernetes >&2; }
-    log "unpacking"
-    rm -rf "kubernetes-$K8S_VERSION.tmp" && mkdir "kubernetes-$K8S_VERSION.tmp"
-    tar xzf kubernetes_*.orig.tar.gz -C "kubernetes-$K8S_VERSION.tmp" --strip-components=1
-    mv "kubernetes-$K8S_VERSION.tmp" "kubernetes-$K8S_VERSION" )
-fi
+# ldflags VERSION PACKAGES...: stamp the version the binaries report (/version, --version);
+# unstamped they say v0.0.0-master, which clients that parse the server version reject.
+stamp() {
+  local v=$1 major minor flags="-s -w" pkg
+  major=$(cut -d. -f1 <<<"$v"); minor=$(cut -d. -f2 <<<"$v")
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=v$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean"
+  done
+  echo "$flags"
+}
 
-# --- Patches ---------------------------------------------------------------
-# 1. reflect2 v1.0.1 links to runtime.mapiterinit with the pre-Go-1.18 signature and
-#    crashes the first time a map is serialised. Apply the change reflect2 v1.0.2 made.
-R2="$TREE/vendor/github.com/modern-go/reflect2"
-if ! grep -q "checkBucket uintptr" "$R2/unsafe_link.go"; then
-  log "patching vendored reflect2 for Go >= 1.18"
-  perl -0pi -e 's/func mapiterinit\(rtype unsafe\.Pointer, m unsafe\.Pointer\) \*hiter/func mapiterinit(rtype unsafe.Pointer, m unsafe.Pointer, it *hiter)/' "$R2/unsafe_link.go"
-  perl -0pi -e 's/\t\/\/ rest fields are ignored\n\}/\tt           unsafe.Pointer\n\th           unsafe.Pointer\n\tbuckets     unsafe.Pointer\n\tbptr        unsafe.Pointer\n\toverflow    *[]unsafe.Pointer\n\toldoverflow *[]unsafe.Pointer\n\tstartBucket uintptr\n\toffset      uint8\n\twrapped     bool\n\tB           uint8\n\ti           uint8\n\tbucket      uintptr\n\tcheckBucket uintptr\n}/' "$R2/unsafe_link.go"
-  perl -0pi -e 's/\treturn &UnsafeMapIterator\{\n\t\thiter:      mapiterinit\(type2\.rtype, \*\(\*unsafe\.Pointer\)\(obj\)\),/\tvar it hiter\n\tmapiterinit(type2.rtype, *(*unsafe.Pointer)(obj), &it)\n\treturn &UnsafeMapIterator{\n\t\thiter:      &it,/' "$R2/unsafe_map.go"
-  grep -q 'checkBucket uintptr' "$R2/unsafe_link.go" && grep -q 'hiter:      &it' "$R2/unsafe_map.go" \
-    || { log "reflect2 patch did not apply"; exit 1; }
-fi
-# 2. Version defaults, so /version reports v1.20.2 (clients parse it).
-for f in staging/src/k8s.io/component-base/version/base.go staging/src/k8s.io/client-go/pkg/version/base.go; do
-  perl -pi -e 's/^(\s*gitMajor\s+string)(\s*=\s*"")?/$1 = "1"/; s/^(\s*gitMinor\s+string)(\s*=\s*"")?/$1 = "20"/; s/^(\s*gitVersion\s+(?:string\s*)?=\s*)"v0\.0\.0-master\+[0-9a-f]+"/$1"v'"$K8S_VERSION"'"/' "$TREE/$f"
-done
+# helm_ldflags: stamp helm as its Makefile does: its own version, and the Kubernetes version of
+# the client-go it is built with (the default for `helm template` and `helm lint`; unstamped it
+# is 1.20, which a chart's kubeVersion of >=1.33 refuses).
+helm_ldflags() {
+  local client_go major minor
+  client_go=$(awk '$1 == "k8s.io/client-go" { print $2 }' "$HERE/controlplane/helm-v$HELM_VERSION/go.mod")
+  major=$(( $(cut -d. -f1 <<<"${client_go#v}") + 1 )); minor=$(cut -d. -f2 <<<"$client_go")
+  local flags="-s -w -X helm.sh/helm/v3/internal/version.version=v$HELM_VERSION"
+  flags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    flags+=" -X $pkg.k8sVersionMajor=$major -X $pkg.k8sVersionMinor=$minor"
+  done
+  echo "$flags"
+}
 
-# --- Build ----------------------------------------------------------------------
-GOPATH_DIR="$CACHE/gopath"
-mkdir -p "$GOPATH_DIR/src/k8s.io"
-ln -sfn "$TREE" "$GOPATH_DIR/src/k8s.io/kubernetes"
-export GOPATH="$GOPATH_DIR" GO111MODULE=off GOFLAGS="" GOCACHE="$CACHE/gocache"
-cd "$GOPATH_DIR/src/k8s.io/kubernetes"
-if [[ ! -f "$CACHE/.generated" ]]; then
-  log "make generated_files (a few minutes)"
-  rm -rf _output
-  make generated_files >&2
-  touch "$CACHE/.generated"
-fi
-mkdir -p "$OUT"
-log "building kube-apiserver (a few minutes on 2 cores)"
-go build -o "$OUT/kube-apiserver.tmp" \
-  -ldflags "-s -w -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitVersion=v$K8S_VERSION -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitMajor=1 -X k8s.io/kubernetes/vendor/k8s.io/component-base/version.gitMinor=20" \
-  ./cmd/kube-apiserver >&2
-mv "$OUT/kube-apiserver.tmp" "$OUT/kube-apiserver"
-ln -sfn "$(command -v etcd || echo /usr/bin/etcd)" "$OUT/etcd"
+# Shared tools (same for every Kubernetes version) are built once into $CACHE/bin.
+build_shared() {
+  local name=$1 version=$2 pkg=$3 ldflags=$4 target="$CACHE/bin/$1-v$2-$STAMP"
+  if [[ ! -x "$target" ]]; then
+    log "building $name v$version (about a minute or two)"
+    (cd "$HERE/controlplane/$name-v$version" && go build -ldflags "$ldflags" -o "$target.tmp" "$pkg") >&2
+    mv "$target.tmp" "$target"
+  fi
+  ln -sfn "$target" "$OUT/$name"
+}
+
+start=$(date +%s)
+build_shared etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 "-s -w"
+build_shared helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$(helm_ldflags)"
+log "building kube-apiserver, kube-controller-manager and kubectl v$K8S_VERSION (~6 min cold on 2 cores)"
+tmp="$OUT/.build"
+rm -rf "$tmp" && mkdir -p "$tmp"
+(cd "$MOD" && go build -ldflags "$(stamp "$K8S_VERSION")" -o "$tmp/" \
+  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kubectl) >&2
+mv "$tmp"/* "$OUT/" && rmdir "$tmp"
 "$OUT/kube-apiserver" --version >&2
-touch "$OUT/.complete"
+"$OUT/etcd" --version | sed -n 1p >&2
+"$OUT/helm" version --short >&2
+echo "$STAMP" >"$OUT/.complete"
+log "built in $(( $(date +%s) - start ))s"
 echo "$OUT"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# A throw-away local control plane (etcd + kube-apiserver 1.20) on loopback, for the demo
-# and the benchmark. Not for production.
+# A throw-away local control plane (etcd + kube-apiserver + kube-controller-manager, Kubernetes
+# $K8S_VERSION, default 1.37.2, built by hack/envtest-assets.sh) on loopback, for the demo and
+# the benchmark. The controller-manager runs the garbage collector and the namespace controller.
+# Not for production.
 #
 #   hack/local-cluster.sh up   [DIR]   start; prints the kubeconfig path
 #   hack/local-cluster.sh down [DIR]   stop and delete DIR
@@ -16,13 +18,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 log() { echo "local-cluster: $*" >&2; }
 
 down() {
-  for p in apiserver etcd; do
+  for p in controller-manager apiserver etcd; do
     if [[ -f "$DIR/$p.pid" ]]; then
       kill "$(cat "$DIR/$p.pid")" 2>/dev/null || true
     fi
   done
   sleep 1
-  for p in apiserver etcd; do
+  for p in controller-manager apiserver etcd; do
     if [[ -f "$DIR/$p.pid" ]]; then kill -9 "$(cat "$DIR/$p.pid")" 2>/dev/null || true; fi
   done
   rm -rf "$DIR"
@@ -35,7 +37,7 @@ if [[ "$CMD" == "down" ]]; then
 fi
 [[ "$CMD" == "up" ]] || { echo "usage: $0 up|down [DIR]" >&2; exit 2; }
 
-ASSETS="$("$ROOT/hack/envtest-assets.sh")"
+ASSETS="$("$ROOT/hack/envtest-assets.sh" "${K8S_VERSION:-1.37.2}")"
 if [[ -f "$DIR/apiserver.pid" ]] && kill -0 "$(cat "$DIR/apiserver.pid")" 2>/dev/null; then
   log "already running"
   echo "$DIR/kubeconfig"
@@ -44,9 +46,11 @@ fi
 rm -rf "$DIR"
 mkdir -p "$DIR/etcd" "$DIR/certs"
 
-ETCD_PORT=$(free_port); PEER_PORT=$(free_port); API_PORT=$(free_port)
+ETCD_PORT=$(free_port); PEER_PORT=$(free_port); API_PORT=$(free_port); KCM_PORT=$(free_port)
 TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
-echo "$TOKEN,admin,admin,system:masters" > "$DIR/tokens.csv"
+KCM_TOKEN=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+{ echo "$TOKEN,admin,admin,system:masters"
+  echo "$KCM_TOKEN,kube-controller-manager,kcm,system:masters"; } > "$DIR/tokens.csv"
 openssl genrsa -out "$DIR/sa.key" 2048 2>/dev/null
 openssl rsa -in "$DIR/sa.key" -pubout -out "$DIR/sa.pub" 2>/dev/null
 
@@ -58,7 +62,8 @@ openssl rsa -in "$DIR/sa.key" -pubout -out "$DIR/sa.pub" 2>/dev/null
 echo $! > "$DIR/etcd.pid"
 
 "$ASSETS/kube-apiserver" --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
-  --secure-port "$API_PORT" --bind-address 127.0.0.1 --insecure-port 0 \
+  --secure-port "$API_PORT" --bind-address 127.0.0.1 --advertise-address 127.0.0.1 \
+  --endpoint-reconciler-type none \
   --cert-dir "$DIR/certs" --token-auth-file "$DIR/tokens.csv" --authorization-mode RBAC \
   --service-account-issuer https://kubernetes.default.svc --service-account-key-file "$DIR/sa.pub" \
   --service-account-signing-key-file "$DIR/sa.key" --service-cluster-ip-range 10.0.0.0/24 \
@@ -66,7 +71,9 @@ echo $! > "$DIR/etcd.pid"
   >"$DIR/apiserver.log" 2>&1 &
 echo $! > "$DIR/apiserver.pid"
 
-cat > "$DIR/kubeconfig" <<KC
+# kubeconfig FILE TOKEN
+kubeconfig() {
+cat > "$1" <<KC
 apiVersion: v1
 kind: Config
 clusters:
@@ -77,7 +84,7 @@ clusters:
 users:
 - name: admin
   user:
-    token: $TOKEN
+    token: $2
 contexts:
 - name: local
   context:
@@ -86,10 +93,19 @@ contexts:
     namespace: default
 current-context: local
 KC
+}
+kubeconfig "$DIR/kubeconfig" "$TOKEN"
+kubeconfig "$DIR/kcm.kubeconfig" "$KCM_TOKEN"
 
 for _ in $(seq 1 180); do
   if curl -ksf -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1; then
-    log "kube-apiserver ready on https://127.0.0.1:$API_PORT"
+    log "kube-apiserver $("$ASSETS/kube-apiserver" --version | cut -d' ' -f2) ready on https://127.0.0.1:$API_PORT"
+    "$ASSETS/kube-controller-manager" --kubeconfig "$DIR/kcm.kubeconfig" \
+      --controllers garbagecollector,namespace --leader-elect=false \
+      --use-service-account-credentials=false --secure-port "$KCM_PORT" --bind-address 127.0.0.1 \
+      --authentication-skip-lookup=true --cert-dir "$DIR/kcm-certs" \
+      >"$DIR/controller-manager.log" 2>&1 &
+    echo $! > "$DIR/controller-manager.pid"
     echo "$DIR/kubeconfig"
     exit 0
   fi

@@ -1,27 +1,30 @@
 #!/usr/bin/env bash
-# THE test command (`make test`): provisions the test control plane (etcd + kube-apiserver
-# 1.20.2, built once by hack/envtest-assets.sh and cached in ~/.cache/inbox-operator/envtest/),
-# then runs every test: unit tests and the real-apiserver integration tests in tests/.
+# THE test command (`make test`): provisions the test control plane (etcd, kube-apiserver,
+# kube-controller-manager, kubectl and helm of Kubernetes $K8S_VERSION, default 1.37.2, built
+# once from their Go modules by hack/envtest-assets.sh and cached in
+# ~/.cache/inbox-operator/envtest/), then runs every test: unit tests and the real-apiserver
+# integration tests in tests/.
 #
-#   hack/test.sh                 # everything: cargo test --all-targets --locked --no-fail-fast
-#   hack/test.sh --test crd      # arguments replace --all-targets: cargo test --locked --test crd
+#   hack/test.sh                          # everything on 1.37.2: cargo test --all-targets
+#   K8S_VERSION=1.33.13 hack/test.sh      # everything on the earliest supported version
+#   hack/test.sh --test crd               # arguments replace --all-targets: cargo test --test crd
 #
-# Environment: KUBEBUILDER_ASSETS (use these binaries instead), KUBECTL (kubectl to use),
-# RUST_TEST_THREADS (tests per binary in parallel; default 4).
+# Environment: K8S_VERSION; KUBEBUILDER_ASSETS (use these binaries instead); KUBECTL, HELM
+# (default: the ones built with the control plane); RUST_TEST_THREADS (tests per binary in
+# parallel; default 4).
 # Ends with one summary line 'test: N passed, N failed, N skipped'; exits non-zero on any
 # failure, including a build failure or a test binary that crashed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
 
-KUBEBUILDER_ASSETS="$(hack/envtest-assets.sh)"
+K8S_VERSION="${K8S_VERSION:-1.37.2}"
+KUBEBUILDER_ASSETS="$(hack/envtest-assets.sh "$K8S_VERSION")"
 export KUBEBUILDER_ASSETS
-echo "test: control plane assets in $KUBEBUILDER_ASSETS" >&2
-if ! command -v "${KUBECTL:-kubectl}" >/dev/null; then
-  echo "test: kubectl is required (e.g. apt-get install kubectl, or Debian's kubernetes-client); or set KUBECTL" >&2
-  exit 1
-fi
-for tool in openssl setsid; do
+export KUBECTL="${KUBECTL:-$KUBEBUILDER_ASSETS/kubectl}" HELM="${HELM:-$KUBEBUILDER_ASSETS/helm}"
+echo "test: control plane assets in $KUBEBUILDER_ASSETS"
+echo "test: server $("$KUBEBUILDER_ASSETS/kube-apiserver" --version), etcd $("$KUBEBUILDER_ASSETS/etcd" --version | sed -n '1s/.*: //p'), $("$KUBECTL" version --client 2>/dev/null | sed -n 1p), helm $("$HELM" version --short)"
+for tool in openssl setsid "$KUBECTL" "$HELM"; do
   command -v "$tool" >/dev/null || { echo "test: $tool is required" >&2; exit 1; }
 done
 

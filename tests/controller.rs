@@ -358,6 +358,9 @@ async fn vanished_inbox_is_recreated_and_suspension_is_surfaced() {
     env.stop().await;
 }
 
+/// Immutable fields: the server refuses changes with the CRD's CEL rule message (nothing reaches
+/// the controller); the one change CEL lets through, a first `spec.inboxId` that names another
+/// inbox than the bound one, is held by the controller without API calls.
 #[tokio::test]
 async fn immutable_fields_are_held_without_api_calls() {
     let env = Env::start().await;
@@ -369,45 +372,57 @@ async fn immutable_fields_are_held_without_api_calls() {
         },
     )
     .await;
-    env.wait_ready("fixed", "True", "Ready").await;
+    let bound = env.wait_ready("fixed", "True", "Ready").await;
     let creates = env.sim.request_count(Route::Create);
     let deletes = env.sim.request_count(Route::Delete);
 
-    let patch = json!({"spec": {"displayName": "B"}});
+    for (patch, field) in [
+        (json!({"spec": {"displayName": "B"}}), "displayName"),
+        (json!({"spec": {"address": "someone-else"}}), "address"),
+        (json!({"spec": {"domainId": "dom_example"}}), "domainId"),
+    ] {
+        let refused = env
+            .inboxes()
+            .patch("fixed", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect_err("the CEL rule refuses the change");
+        assert!(
+            refused
+                .to_string()
+                .contains(&format!("{field} is immutable")),
+            "{refused}"
+        );
+    }
+
+    // Pinning the bound ID is allowed and changes nothing.
+    let id = status_id(&bound);
+    let patch = json!({"spec": {"inboxId": id}});
     env.inboxes()
         .patch("fixed", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
+    env.wait_ready("fixed", "True", "Ready").await;
+
+    // A first inboxId naming another inbox: the server accepts it, the controller holds it.
+    env.create("moved", InboxSpec::default()).await;
+    env.wait_ready("moved", "True", "Ready").await;
+    let patch = json!({"spec": {"inboxId": "ibx_not_the_bound_one"}});
+    env.inboxes()
+        .patch("moved", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
     let i = env
-        .wait_ready("fixed", "False", "ImmutableFieldChanged")
+        .wait_ready("moved", "False", "ImmutableFieldChanged")
         .await;
     assert!(
-        ready(&i).unwrap().message.contains("displayName"),
+        ready(&i).unwrap().message.contains("inboxId"),
         "{}",
         ready(&i).unwrap().message
     );
     assert_eq!(cond(&i, "Stalled").unwrap().status, "True");
-
-    let patch = json!({"spec": {"address": "someone-else"}});
-    env.inboxes()
-        .patch("fixed", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    let i = env
-        .wait_ready("fixed", "False", "ImmutableFieldChanged")
-        .await;
-    assert!(ready(&i).unwrap().message.contains("address"));
-
-    // Revert: back to Ready.
-    let patch = json!({"spec": {"displayName": "A", "address": null}});
-    env.inboxes()
-        .patch("fixed", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    env.wait_ready("fixed", "True", "Ready").await;
-    assert_eq!(env.sim.request_count(Route::Create), creates);
+    assert_eq!(env.sim.request_count(Route::Create), creates + 1);
     assert_eq!(env.sim.request_count(Route::Delete), deletes);
-    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1);
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 2);
     env.stop().await;
 }
 
@@ -747,5 +762,108 @@ async fn transient_errors_and_rate_limits_are_retried_with_bounded_requests() {
         "requests sent before Retry-After elapsed: {early}"
     );
     assert!(reqs.len() < 20, "bounded: {} requests", reqs.len());
+    env.stop().await;
+}
+
+/// "Delete the namespace" — the usual teardown — finishes: every Inbox goes, its AgentSend inbox
+/// is deleted or kept as its policy says (also when the namespace's credentials Secret is
+/// deleted in the same sweep), and nothing is left Terminating.
+#[tokio::test]
+async fn deleting_the_namespace_honours_each_deletion_policy() {
+    let env = Env::start().await;
+    env.sim.add_account("acct-team", "sk_team_ns");
+    let team_key = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("team-key".into()),
+            ..Default::default()
+        },
+        string_data: Some(BTreeMap::from([("apiKey".into(), "sk_team_ns".into())])),
+        ..Default::default()
+    };
+    env.secrets()
+        .create(&PostParams::default(), &team_key)
+        .await
+        .unwrap();
+    let orphan = InboxSpec {
+        deletion_policy: DeletionPolicy::Orphan,
+        ..Default::default()
+    };
+    let team = InboxSpec {
+        credentials: Some(CredentialsSpec {
+            secret_ref: SecretKeyRef {
+                name: "team-key".into(),
+                key: "apiKey".into(),
+            },
+        }),
+        ..Default::default()
+    };
+    for (name, spec) in [
+        ("deleted-1", InboxSpec::default()),
+        ("deleted-2", InboxSpec::default()),
+        ("kept", orphan),
+        ("team", team),
+    ] {
+        env.create(name, spec).await;
+    }
+    let mut ids = BTreeMap::new();
+    for name in ["deleted-1", "deleted-2", "kept", "team"] {
+        ids.insert(
+            name,
+            status_id(&env.wait_ready(name, "True", "Ready").await),
+        );
+    }
+
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(env.client.clone());
+    namespaces
+        .delete(env.ns.name(), &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the namespace to be gone",
+        Duration::from_secs(90),
+        || async { matches!(namespaces.get_opt(env.ns.name()).await, Ok(None)).then_some(()) },
+    )
+    .await;
+
+    assert!(
+        env.sim.inbox(&ids["kept"]).is_some(),
+        "Orphan keeps the inbox"
+    );
+    for name in ["deleted-1", "deleted-2", "team"] {
+        assert!(
+            env.sim.inbox(&ids[name]).is_none(),
+            "{name}: Delete deletes"
+        );
+    }
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1);
+    assert_eq!(env.sim.inboxes("acct-team").len(), 0);
+    env.stop().await;
+}
+
+/// The Secret's controller ownerReference is a real one: with the operator gone and the
+/// finalizer removed by hand, the garbage collector deletes the Secret with its Inbox.
+#[tokio::test]
+async fn owned_secret_is_garbage_collected_with_its_inbox() {
+    let env = Env::start().await;
+    env.create("collected", InboxSpec::default()).await;
+    env.wait_ready("collected", "True", "Ready").await;
+    assert!(env.secret("collected").await.is_some());
+    env.halt().await;
+
+    let patch = json!({"metadata": {"finalizers": null}});
+    env.inboxes()
+        .patch("collected", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    env.inboxes()
+        .delete("collected", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("collected").await;
+    wait_for("the Secret to be collected", T, || async {
+        env.secret("collected").await.is_none().then_some(())
+    })
+    .await;
     env.stop().await;
 }

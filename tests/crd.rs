@@ -1,9 +1,8 @@
-//! The CRD on a real kube-apiserver (1.20, see tests/support): installed and served with its
-//! short name and category, schema validation and defaults, the status subresource, printer
-//! columns, and the committed YAML matching the generated one.
-//!
-//! CEL `x-kubernetes-validations` are silently dropped by 1.20, so they are not tested here
-//! (the controller enforces immutability itself; see the controller tests).
+//! The CRD on a real kube-apiserver (1.33–1.37, see tests/support): installed with `kubectl
+//! apply --server-side` and served with its short name and category, schema validation and
+//! defaults, every CEL `x-kubernetes-validations` rule evaluated by the server (on create and on
+//! update), the status subresource, printer columns, and the committed YAML matching the
+//! generated one.
 
 mod support;
 
@@ -38,7 +37,8 @@ fn committed_crd_matches_generated() {
     );
 }
 
-/// `kubectl create` (a plain POST; `--validate=false` so invalid objects reach the server).
+/// `kubectl create` (a plain POST; `--validate=false` turns off kubectl's own checks, so that
+/// invalid objects reach the server and the server's answer is what is tested).
 /// Returns (success, stdout, stderr).
 fn kubectl_create(ns: &str, obj: &Value) -> (bool, String, String) {
     let mut child = control_plane()
@@ -511,4 +511,88 @@ fn inbox_requests(metrics: &str, verb: &str) -> f64 {
         .filter(|l| l.contains("resource=\"inboxes\"") && l.contains(&format!("verb=\"{verb}\"")))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Every CEL rule of the CRD, on the server: transition rules never refuse a create, refuse
+/// each kind of change (set → other value, set → unset, unset → set) with the rule's message,
+/// and let an unchanged value and changes to mutable fields through.
+#[tokio::test]
+async fn cel_immutability_rules_are_enforced_by_the_server() {
+    let _dump = on_failure_dump_logs();
+    let client = control_plane().client().await;
+    let ns = TestNamespace::new(&client, "crd-cel").await;
+    let api: Api<Inbox> = Api::namespaced(client.clone(), ns.name());
+    let rules = inbox_operator::crd::crd()
+        .spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| s.properties.as_ref())
+        .and_then(|p| p.get("spec"))
+        .and_then(|s| s.x_kubernetes_validations.clone())
+        .expect("spec has CEL rules");
+
+    // field, a value, another value, whether the rule lets it be set after creation.
+    let fields = [
+        ("address", "cel-a", "cel-b", false),
+        ("displayName", "Agent A", "Agent B", false),
+        ("domainId", "dom_a", "dom_b", false),
+        ("inboxId", "ibx_a", "ibx_b", true),
+    ];
+    assert_eq!(rules.len(), fields.len(), "a case for every rule");
+    let mut n = 0;
+    let mut fresh = |spec: Value| {
+        n += 1;
+        let name = format!("cel-{n}");
+        let (ok, _, err) = kubectl_create(ns.name(), &inbox(&name, spec));
+        assert!(ok, "transition rules never refuse a create: {err}");
+        name
+    };
+    for (field, one, other, settable_later) in fields {
+        let message = rules
+            .iter()
+            .find(|r| r.rule.contains(&format!("oldSelf.{field}")))
+            .map(|r| r.message.clone().unwrap_or_default())
+            .unwrap_or_else(|| panic!("a rule for {field}"));
+        let refused = |name: &str, patch: Value| {
+            let (api, name, message) = (api.clone(), name.to_string(), message.clone());
+            async move {
+                let err = api
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .expect_err("refused");
+                let kube::Error::Api(status) = &err else {
+                    panic!("{field}: not an API error: {err}");
+                };
+                assert_eq!(status.code, 422, "{field}: {err}");
+                assert!(status.message.contains(&message), "{field}: {err}");
+            }
+        };
+        let accepted = |name: &str, patch: Value| {
+            let (api, name) = (api.clone(), name.to_string());
+            async move {
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .unwrap_or_else(|e| panic!("{field}: {patch} refused: {e}"));
+            }
+        };
+
+        let set = fresh(json!({ field: one }));
+        refused(&set, json!({"spec": { field: other }})).await;
+        refused(&set, json!({"spec": { field: null }})).await;
+        accepted(&set, json!({"spec": { field: one }})).await;
+        accepted(&set, json!({"spec": {"deletionPolicy": "Orphan"}})).await;
+
+        let unset = fresh(json!({}));
+        if settable_later {
+            accepted(&unset, json!({"spec": { field: one }})).await;
+            refused(&unset, json!({"spec": { field: other }})).await;
+        } else {
+            refused(&unset, json!({"spec": { field: one }})).await;
+        }
+        let kept = api.get(&set).await.unwrap();
+        let spec = serde_json::to_value(&kept.spec).unwrap();
+        assert_eq!(spec[field], json!(one), "{field} kept");
+    }
 }

@@ -1,6 +1,7 @@
-//! deploy/ and examples/ on a real apiserver: every manifest applies with
-//! `kubectl apply --server-side`, and the operator, run with exactly the ServiceAccount's RBAC
-//! from deploy/base (impersonation), takes an Inbox through create → Ready → delete.
+//! deploy/, the Helm chart and examples/ on a real apiserver: every manifest (the CRD included)
+//! applies with `kubectl apply --server-side`; the chart installs, upgrades and uninstalls with
+//! the real `helm`; and the operator, run with exactly the ServiceAccount's RBAC from deploy/base
+//! (impersonation), takes an Inbox through create → Ready → delete.
 
 mod support;
 
@@ -27,16 +28,6 @@ fn kustomize(dir: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Kubernetes 1.20 refuses a server-side apply of a CRD with CEL rules (the CRD is installed
-/// with `kubectl create`, as the README tells users of old clusters); everything else is
-/// applied server-side.
-fn without_crd(yaml: &str) -> String {
-    yaml.split("\n---\n")
-        .filter(|doc| !doc.contains("kind: CustomResourceDefinition"))
-        .collect::<Vec<_>>()
-        .join("\n---\n")
 }
 
 fn apply_server_side(yaml: &str, ns: Option<&str>) {
@@ -91,8 +82,8 @@ async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
         base.contains("kind: CustomResourceDefinition"),
         "base installs the CRD"
     );
-    apply_server_side(&without_crd(&base), None);
-    apply_server_side(&without_crd(&kustomize("deploy/namespaced")), None);
+    apply_server_side(&base, None);
+    apply_server_side(&kustomize("deploy/namespaced"), None);
     let crd_dir: serde_json::Value = serde_yaml::from_str(&kustomize("crds")).unwrap();
     let generated: serde_json::Value =
         serde_yaml::from_str(&inbox_operator::crd::crd_yaml().unwrap()).unwrap();
@@ -103,7 +94,8 @@ async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
 
     // Every example.
     let ns = TestNamespace::new(&client, "examples").await;
-    // No controller-manager here: create the `default` ServiceAccount the Pod example needs.
+    // The test controller-manager runs only the garbage collector and the namespace controller:
+    // create the `default` ServiceAccount the Pod example needs.
     let _ = cp
         .kubectl()
         .args(["-n", ns.name(), "create", "serviceaccount", "default"])
@@ -134,7 +126,7 @@ async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
         ],
     );
     let can_i = |verb: &str, resource: &str| {
-        Command::new("kubectl")
+        Command::new(cp.kubectl_path())
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args(["auth", "can-i", verb, resource, "-A"])
@@ -280,4 +272,127 @@ fn helm_chart_crd_matches() {
         inbox_operator::crd::crd_yaml().unwrap(),
         "run `make crd`"
     );
+}
+
+/// `helm ARGS` (the real binary built with the control plane) that must succeed; its stdout.
+fn helm_ok(args: &[&str]) -> String {
+    let out = control_plane()
+        .helm()
+        .args(args)
+        .output()
+        .expect("run helm (hack/envtest-assets.sh builds it; or set HELM)");
+    assert!(
+        out.status.success(),
+        "helm {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Whether `kubectl get KIND NAME` (with `-n NS` when given) finds the object.
+fn exists(kind: &str, name: &str, ns: Option<&str>) -> bool {
+    let mut cmd = control_plane().kubectl();
+    cmd.args(["get", kind, name, "-o", "name"]);
+    if let Some(ns) = ns {
+        cmd.args(["-n", ns]);
+    }
+    cmd.output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// The chart as users run it: `helm install`, `helm upgrade` with a changed value, `helm
+/// uninstall`, against the test apiserver. No kubelet runs the Pods: the objects are checked,
+/// not the Pods.
+#[tokio::test]
+async fn helm_install_upgrade_uninstall() {
+    let _dump = support::on_failure_dump_logs();
+    let cp = control_plane();
+    let client = cp.client().await;
+    let ns = TestNamespace::new(&client, "helm").await;
+    // The ClusterRole and ClusterRoleBinding are cluster-wide: a name of this test's own.
+    let fullname = format!("helm-{}", support::random_suffix(6));
+    let chart = format!("{ROOT}/charts/inbox-operator");
+    let release = [
+        "--namespace",
+        ns.name(),
+        "--set",
+        &format!("fullnameOverride={fullname}"),
+    ];
+    let namespaced = [
+        ("deployment", fullname.clone()),
+        ("serviceaccount", fullname.clone()),
+        ("service", format!("{fullname}-metrics")),
+        ("role", format!("{fullname}-leader-election")),
+    ];
+    let cluster = [
+        ("clusterrole", &fullname),
+        ("clusterrolebinding", &fullname),
+    ];
+
+    helm_ok(&[&["install", "inbox-operator", &chart][..], &release[..]].concat());
+    for (kind, name) in &namespaced {
+        assert!(
+            exists(kind, name, Some(ns.name())),
+            "{kind}/{name} installed"
+        );
+    }
+    for (kind, name) in &cluster {
+        assert!(exists(kind, name, None), "{kind}/{name} installed");
+    }
+    assert!(
+        exists("crd", "inboxes.agentsend.io", None),
+        "the CRD is there"
+    );
+    let args = || {
+        let out = cp
+            .kubectl()
+            .args(["get", "deployment", &fullname, "-n", ns.name()])
+            .args(["-o", "jsonpath={.spec.template.spec.containers[0].args}"])
+            .output()
+            .expect("kubectl get deployment");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(!args().contains("--sync-interval"), "default: {}", args());
+
+    helm_ok(
+        &[
+            &[
+                "upgrade",
+                "inbox-operator",
+                &chart,
+                "--set",
+                "syncInterval=30s",
+            ][..],
+            &release[..],
+        ]
+        .concat(),
+    );
+    assert!(
+        args().contains("--sync-interval=30s"),
+        "upgraded: {}",
+        args()
+    );
+    let history = helm_ok(&["history", "inbox-operator", "--namespace", ns.name()]);
+    assert_eq!(
+        history.lines().count(),
+        3,
+        "header + two revisions: {history}"
+    );
+
+    helm_ok(&["uninstall", "inbox-operator", "--namespace", ns.name()]);
+    wait_for(
+        "the release's objects gone",
+        Duration::from_secs(60),
+        || async {
+            let left = namespaced
+                .iter()
+                .any(|(kind, name)| exists(kind, name, Some(ns.name())))
+                || cluster.iter().any(|(kind, name)| exists(kind, name, None));
+            (!left).then_some(())
+        },
+    )
+    .await;
+    // Helm never deletes a chart's CRDs (that would delete every Inbox, and with them the mail).
+    assert!(exists("crd", "inboxes.agentsend.io", None), "the CRD stays");
 }

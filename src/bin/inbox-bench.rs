@@ -194,8 +194,8 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
         .args([
             "--kubeconfig",
             &cluster.kubeconfig.to_string_lossy(),
-            "create",
-            "--validate=false",
+            "apply",
+            "--server-side",
             "-f",
             &crd.to_string_lossy(),
         ])

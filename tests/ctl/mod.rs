@@ -172,6 +172,15 @@ impl Env {
         .await
     }
 
+    /// Stop the controller (as a crashed or scaled-down operator), keeping the namespace.
+    pub async fn halt(&self) {
+        let _ = self.stop.send(true);
+        wait_for("the controller to stop", T, || async {
+            self.ctrl.is_finished().then_some(())
+        })
+        .await
+    }
+
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(20), self.ctrl).await;

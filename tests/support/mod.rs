@@ -1,5 +1,7 @@
-//! Test harness: a real etcd + kube-apiserver (envtest style), started once per test binary on
-//! free loopback ports, with the Inbox CRD installed; a namespace per test; log dumps on
+//! Test harness: a real etcd + kube-apiserver + kube-controller-manager (envtest style, plus
+//! the garbage collector and the namespace controller, so ownerReferences and namespace
+//! deletion behave as in a cluster), started once per test binary on free loopback ports, with
+//! the Inbox CRD installed by `kubectl apply --server-side`; a namespace per test; log dumps on
 //! failure; polling helpers; and a watchdog that kills the processes and removes the temp dir
 //! when the test process exits, even after a panic or a SIGKILL.
 //!
@@ -7,8 +9,9 @@
 //! kept in a static: the control plane is plain processes and files, and `client()` makes a new
 //! client each call.
 //!
-//! The binaries come from `KUBEBUILDER_ASSETS`, else `~/.cache/inbox-operator/envtest/k8s-1.20.2`
-//! (both built/cached by `hack/envtest-assets.sh`). `kubectl` is taken from `KUBECTL`, else `PATH`.
+//! The binaries come from `KUBEBUILDER_ASSETS`, else `~/.cache/inbox-operator/envtest/k8s-1.37.2`
+//! (both built/cached by `hack/envtest-assets.sh [VERSION]`). `kubectl` is taken from `KUBECTL`,
+//! else the assets dir (the server's own version), else `PATH`.
 #![allow(dead_code)]
 
 use std::future::Future;
@@ -26,6 +29,10 @@ use kube::{Client, Config};
 /// How long kube-apiserver may take to answer `/readyz` with 200.
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// The Kubernetes version tested when `KUBEBUILDER_ASSETS` is unset (`hack/envtest-assets.sh`'s
+/// default, the newest supported).
+const DEFAULT_K8S_VERSION: &str = "1.37.2";
+
 /// The control plane of this test binary.
 pub struct ControlPlane {
     /// Admin kubeconfig (token in `system:masters`).
@@ -39,6 +46,9 @@ pub struct ControlPlane {
     etcd_url: String,
     apiserver: Mutex<Option<Child>>,
     etcd: Mutex<Option<Child>>,
+    controller_manager: Mutex<Option<Child>>,
+    /// `GET /version`'s `gitVersion`, e.g. `v1.37.2`.
+    pub version: String,
     /// The cleanup watchdog; it outlives this process on purpose. We hold the write end of its
     /// stdin, never written or closed: the kernel closes it when this process ends (however it
     /// ends), and the watchdog's `read` then returns.
@@ -89,29 +99,39 @@ fn assets_dir() -> PathBuf {
                 .map(PathBuf::from)
                 .unwrap_or_default();
             (
-                home.join(".cache/inbox-operator/envtest/k8s-1.20.2"),
+                home.join(format!(
+                    ".cache/inbox-operator/envtest/k8s-{DEFAULT_K8S_VERSION}"
+                )),
                 "the default cache dir",
             )
         }
     };
-    for bin in ["kube-apiserver", "etcd"] {
+    for bin in ["kube-apiserver", "kube-controller-manager", "etcd"] {
         assert!(
             dir.join(bin).is_file(),
             "integration tests need a real control plane, but {bin} is not in {} ({from}).\n\
-             Run `hack/envtest-assets.sh` once (it builds etcd + kube-apiserver 1.20.2 into \
+             Run `hack/envtest-assets.sh` once (it builds etcd, kube-apiserver, \
+             kube-controller-manager, kubectl and helm {DEFAULT_K8S_VERSION} into \
              ~/.cache/inbox-operator/envtest/ and prints the dir), or run every test with \
-             `hack/test.sh` / `make test`, or set KUBEBUILDER_ASSETS to a dir holding both.",
+             `hack/test.sh` / `make test`, or set KUBEBUILDER_ASSETS to a dir holding them.",
             dir.display()
         );
     }
     dir
 }
 
-fn kubectl_program() -> String {
-    std::env::var("KUBECTL")
-        .ok()
-        .filter(|k| !k.is_empty())
-        .unwrap_or_else(|| "kubectl".into())
+/// The tool named by the environment variable `var`, else `name` from the assets dir (built with
+/// the control plane, so of the server's version), else `name` on `PATH`.
+fn tool(var: &str, name: &str, assets: &Path) -> PathBuf {
+    if let Some(t) = std::env::var_os(var).filter(|t| !t.is_empty()) {
+        return PathBuf::from(t);
+    }
+    let built = assets.join(name);
+    if built.is_file() {
+        built
+    } else {
+        PathBuf::from(name)
+    }
 }
 
 /// Random lowercase alphanumerics (valid in DNS labels).
@@ -179,9 +199,15 @@ impl ControlPlane {
             "openssl is needed to make the service-account key pair (apt-get install openssl)"
         );
         let token = random_suffix(32);
+        // The controller-manager gets a user of its own (in system:masters, i.e. cluster-admin),
+        // so its requests are told apart in the audit and metrics.
+        let kcm_token = random_suffix(32);
         std::fs::write(
             dir.join("tokens.csv"),
-            format!("{token},admin,admin,system:masters\n"),
+            format!(
+                "{token},admin,admin,system:masters\n\
+                 {kcm_token},kube-controller-manager,kcm,system:masters\n"
+            ),
         )
         .expect("write the token file");
 
@@ -204,6 +230,7 @@ impl ControlPlane {
         let server = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = dir.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &server, &token, None);
+        write_kubeconfig(&dir.join("kcm.kubeconfig"), &server, &kcm_token, None);
         let cp = ControlPlane {
             kubeconfig,
             server,
@@ -214,13 +241,23 @@ impl ControlPlane {
             etcd_url,
             apiserver: Mutex::new(None),
             etcd: Mutex::new(Some(etcd)),
+            controller_manager: Mutex::new(None),
+            version: String::new(),
             _watchdog: watchdog,
         };
         cp.start_apiserver();
+        let cp = ControlPlane {
+            version: cp.server_version(),
+            ..cp
+        };
         let ready = started.elapsed();
         cp.install_crd();
+        // After the CRD: the garbage collector discovers resources at start (then only every
+        // 30 s), and must know Inboxes to collect what they own.
+        cp.start_controller_manager();
         eprintln!(
-            "test control plane: {} ready in {:.1}s, CRD served after {:.1}s (dir {})",
+            "test control plane: Kubernetes {} at {} ready in {:.1}s, CRD served after {:.1}s (dir {})",
+            cp.version,
             cp.server,
             ready.as_secs_f64(),
             started.elapsed().as_secs_f64(),
@@ -235,7 +272,9 @@ impl ControlPlane {
         c.args(["--etcd-servers", &self.etcd_url])
             .args(["--secure-port", &self.api_port.to_string()])
             .args(["--bind-address", "127.0.0.1"])
-            .args(["--insecure-port", "0"])
+            .args(["--advertise-address", "127.0.0.1"])
+            // A loopback advertise address is refused by the default endpoint reconciler.
+            .args(["--endpoint-reconciler-type", "none"])
             .arg("--cert-dir")
             .arg(d.join("certs"))
             .arg("--token-auth-file")
@@ -302,6 +341,53 @@ impl ControlPlane {
         }
     }
 
+    /// Start kube-controller-manager with the garbage collector and the namespace controller
+    /// (what a cluster does with ownerReferences and deleted namespaces). It keeps running
+    /// across [`stop_apiserver`](Self::stop_apiserver) and reconnects by itself.
+    fn start_controller_manager(&self) {
+        let port = free_port();
+        let mut cmd = Command::new(self.assets.join("kube-controller-manager"));
+        cmd.arg("--kubeconfig")
+            .arg(self.dir.join("kcm.kubeconfig"))
+            .args(["--controllers", "garbagecollector,namespace"])
+            .args([
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+            ])
+            .args(["--secure-port", &port.to_string()])
+            .args(["--bind-address", "127.0.0.1"])
+            .arg("--authentication-skip-lookup=true")
+            .arg("--cert-dir")
+            .arg(self.dir.join("kcm-certs"));
+        let child = spawn_logged(&mut cmd, &self.dir, "controller-manager");
+        *self
+            .controller_manager
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(child);
+    }
+
+    /// `GET /version`'s `gitVersion`.
+    fn server_version(&self) -> String {
+        let out = self
+            .kubectl()
+            .args(["get", "--raw", "/version"])
+            .output()
+            .expect("kubectl get --raw /version");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["gitVersion"].as_str().unwrap_or("unknown").to_string()
+    }
+
+    /// The last `lines` lines of the kube-controller-manager log.
+    pub fn controller_manager_log_tail(&self, lines: usize) -> String {
+        if let Some(status) = exit_status(&self.controller_manager) {
+            return format!(
+                "(exited: {status})\n{}",
+                tail(&self.dir.join("controller-manager.log"), lines)
+            );
+        }
+        tail(&self.dir.join("controller-manager.log"), lines)
+    }
+
     fn readyz(&self) -> bool {
         self.kubectl()
             .args(["get", "--raw", "/readyz", "--request-timeout=5s"])
@@ -342,29 +428,28 @@ impl ControlPlane {
         let _ = std::fs::remove_file(self.dir.join(format!("{name}.pid")));
     }
 
-    /// Install the CRD from `inbox_operator::crd::crd()` by a plain create (POST; 1.20 refuses a
-    /// server-side apply of the CEL fields and drops them on create), then wait until it is
-    /// Established and `inboxes` is served.
+    /// Install the CRD from `inbox_operator::crd::crd()` as users do (`kubectl apply
+    /// --server-side`, no flags), then wait until it is Established and `inboxes` is served.
     fn install_crd(&self) {
         let crd = serde_json::to_string(&inbox_operator::crd::crd()).expect("serialise the CRD");
         let mut child = self
             .kubectl()
-            .args(["create", "--validate=false", "-f", "-"])
+            .args(["apply", "--server-side", "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("run kubectl (install Debian's kubectl or kubernetes-client package)");
+            .expect("run kubectl (hack/envtest-assets.sh builds one; or set KUBECTL)");
         child
             .stdin
             .take()
             .expect("kubectl stdin")
             .write_all(crd.as_bytes())
             .expect("write the CRD to kubectl");
-        let out = child.wait_with_output().expect("kubectl create");
+        let out = child.wait_with_output().expect("kubectl apply");
         assert!(
             out.status.success(),
-            "creating the CRD failed: {}\n--- kube-apiserver log tail ---\n{}",
+            "applying the CRD failed: {}\n--- kube-apiserver log tail ---\n{}",
             String::from_utf8_lossy(&out.stderr),
             self.apiserver_log_tail(30)
         );
@@ -404,7 +489,20 @@ impl ControlPlane {
 
     /// `kubectl` with `--kubeconfig` set to the admin kubeconfig.
     pub fn kubectl(&self) -> Command {
-        let mut c = Command::new(kubectl_program());
+        let mut c = Command::new(self.kubectl_path());
+        c.arg("--kubeconfig").arg(&self.kubeconfig);
+        c
+    }
+
+    /// The kubectl the tests use: `KUBECTL`, else the one built with the control plane.
+    pub fn kubectl_path(&self) -> PathBuf {
+        tool("KUBECTL", "kubectl", &self.assets)
+    }
+
+    /// `helm` (`HELM`, else the one built with the control plane) with `--kubeconfig` set to the
+    /// admin kubeconfig.
+    pub fn helm(&self) -> Command {
+        let mut c = Command::new(tool("HELM", "helm", &self.assets));
         c.arg("--kubeconfig").arg(&self.kubeconfig);
         c
     }
@@ -545,8 +643,9 @@ fn spawn_watchdog(dir: &Path) -> Child {
 }
 
 /// A namespace of its own for one test; deleted (best effort, without waiting) when dropped.
-/// There is no namespace controller, so a deleted namespace stays Terminating; the whole etcd
-/// is thrown away with the control plane anyway.
+/// The namespace controller then deletes what is left in it (an Inbox whose operator has
+/// stopped keeps its finalizer, and with it the namespace Terminating: the whole etcd is thrown
+/// away with the control plane anyway).
 pub struct TestNamespace {
     name: String,
 }
@@ -604,9 +703,14 @@ impl Drop for FailureDump {
             && let Some(cp) = started()
         {
             eprintln!(
-                "--- kube-apiserver log tail ({}) ---\n{}\n--- end of kube-apiserver log tail ---",
+                "--- kube-apiserver {} log tail ({}) ---\n{}\n--- end of kube-apiserver log tail ---",
+                cp.version,
                 cp.dir.join("apiserver.log").display(),
                 cp.apiserver_log_tail(40)
+            );
+            eprintln!(
+                "--- kube-controller-manager log tail ---\n{}\n--- end ---",
+                cp.controller_manager_log_tail(15)
             );
         }
     }
