@@ -8,8 +8,6 @@ use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// API group of the CRD.
-pub const GROUP: &str = "agentsend.io";
 /// Finalizer that guards the AgentSend inbox and the owned Secret.
 pub const FINALIZER: &str = "agentsend.io/finalizer";
 /// Annotation holding the bound AgentSend inbox ID (survives a lost status).
@@ -41,26 +39,137 @@ pub mod condition {
     pub const SEND_LIMIT_REACHED: &str = "SendLimitReached";
 }
 
-/// Stable condition reasons (CamelCase). Also used as event reasons where the contract says so.
-pub mod reason {
-    pub const READY: &str = "Ready";
-    pub const CREATING: &str = "Creating";
-    pub const INBOX_SUSPENDED: &str = "InboxSuspended";
-    pub const INBOX_DELETED: &str = "InboxDeleted";
-    pub const SECRET_CONFLICT: &str = "SecretConflict";
-    pub const CREDENTIALS_MISSING: &str = "CredentialsMissing";
-    pub const CREDENTIALS_INVALID: &str = "CredentialsInvalid";
-    pub const REJECTED: &str = "Rejected";
-    pub const IMMUTABLE_FIELD_CHANGED: &str = "ImmutableFieldChanged";
-    pub const CREATION_UNCERTAIN: &str = "CreationUncertain";
-    pub const PAUSED: &str = "Paused";
-    pub const DELETING: &str = "Deleting";
-    pub const API_UNAVAILABLE: &str = "ApiUnavailable";
-    pub const INBOX_NOT_FOUND: &str = "InboxNotFound";
-    pub const RATE_LIMITED: &str = "RateLimited";
-    pub const SEND_LIMIT_REACHED: &str = "SendLimitReached";
-    pub const SENDS_AVAILABLE: &str = "SendsAvailable";
-    pub const UP_TO_DATE: &str = "UpToDate";
+/// The stable reasons of the contract, serialised to their exact CamelCase names.
+///
+/// `Ready=False` carries one of the "not ready" reasons; `Ready=True` carries [`Reason::Ready`];
+/// the kstatus conditions reuse the Ready reason (or [`Reason::UpToDate`]), and
+/// `SendLimitReached` carries [`Reason::SendLimitReached`] or [`Reason::SendsAvailable`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The inbox exists, is active, and its Secret holds the current address.
+    Ready,
+    /// kstatus: nothing to do.
+    UpToDate,
+    /// A create is in flight.
+    Creating,
+    /// AgentSend suspended the inbox.
+    InboxSuspended,
+    /// A Secret of that name exists and is not owned by this Inbox.
+    SecretConflict,
+    /// No API key: neither `spec.credentials` nor an operator default.
+    CredentialsMissing,
+    /// AgentSend refused the API key (401/403).
+    CredentialsInvalid,
+    /// The API refused the spec, or the inbox to adopt is not this Inbox's to take.
+    Rejected,
+    /// An identity field changed after creation.
+    ImmutableFieldChanged,
+    /// An interrupted create left several candidate inboxes.
+    CreationUncertain,
+    /// The user paused the Inbox (`agentsend.io/paused`).
+    Paused,
+    /// The Inbox is being deleted.
+    Deleting,
+    /// AgentSend is unreachable, failing, throttling, or answered something unreadable.
+    ApiUnavailable,
+    /// The adopted (or bound-by-`spec.inboxId`) inbox does not exist in this account.
+    InboxNotFound,
+    /// `SendLimitReached=True`: no sends left today.
+    SendLimitReached,
+    /// `SendLimitReached=False`: sends remain.
+    SendsAvailable,
+}
+
+impl Reason {
+    /// Every reason, for exhaustive checks.
+    pub const ALL: [Reason; 16] = [
+        Reason::Ready,
+        Reason::UpToDate,
+        Reason::Creating,
+        Reason::InboxSuspended,
+        Reason::SecretConflict,
+        Reason::CredentialsMissing,
+        Reason::CredentialsInvalid,
+        Reason::Rejected,
+        Reason::ImmutableFieldChanged,
+        Reason::CreationUncertain,
+        Reason::Paused,
+        Reason::Deleting,
+        Reason::ApiUnavailable,
+        Reason::InboxNotFound,
+        Reason::SendLimitReached,
+        Reason::SendsAvailable,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Ready => "Ready",
+            Reason::UpToDate => "UpToDate",
+            Reason::Creating => "Creating",
+            Reason::InboxSuspended => "InboxSuspended",
+            Reason::SecretConflict => "SecretConflict",
+            Reason::CredentialsMissing => "CredentialsMissing",
+            Reason::CredentialsInvalid => "CredentialsInvalid",
+            Reason::Rejected => "Rejected",
+            Reason::ImmutableFieldChanged => "ImmutableFieldChanged",
+            Reason::CreationUncertain => "CreationUncertain",
+            Reason::Paused => "Paused",
+            Reason::Deleting => "Deleting",
+            Reason::ApiUnavailable => "ApiUnavailable",
+            Reason::InboxNotFound => "InboxNotFound",
+            Reason::SendLimitReached => "SendLimitReached",
+            Reason::SendsAvailable => "SendsAvailable",
+        }
+    }
+
+    /// The reason with this wire name, if it is one of ours.
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A condition's status (`metav1.ConditionStatus`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConditionStatus {
+    /// The condition holds.
+    True,
+    /// The condition does not hold.
+    False,
+    /// Not known.
+    Unknown,
+}
+
+impl ConditionStatus {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConditionStatus::True => "True",
+            ConditionStatus::False => "False",
+            ConditionStatus::Unknown => "Unknown",
+        }
+    }
+
+    /// `True` or `False`.
+    pub fn from_bool(b: bool) -> Self {
+        if b {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        }
+    }
+}
+
+impl std::fmt::Display for ConditionStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What happens to the AgentSend inbox when the `Inbox` is deleted.
@@ -242,6 +351,22 @@ pub struct Condition {
     pub message: String,
 }
 
+impl Condition {
+    /// The status, typed (`Unknown` for anything unexpected).
+    pub fn status(&self) -> ConditionStatus {
+        match self.status.as_str() {
+            "True" => ConditionStatus::True,
+            "False" => ConditionStatus::False,
+            _ => ConditionStatus::Unknown,
+        }
+    }
+
+    /// The reason, if it is one of the contract's.
+    pub fn reason(&self) -> Option<Reason> {
+        Reason::parse(&self.reason)
+    }
+}
+
 impl Inbox {
     /// Name of the Secret that receives the address.
     pub fn secret_name(&self) -> String {
@@ -324,6 +449,31 @@ mod tests {
             cols,
             ["Address", "State", "Sent Today", "Limit", "Ready", "Age"]
         );
+    }
+
+    #[test]
+    fn reasons_serialise_to_their_contract_names() {
+        for r in Reason::ALL {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+        }
+        let public = [
+            "Creating",
+            "InboxSuspended",
+            "SecretConflict",
+            "CredentialsMissing",
+            "CredentialsInvalid",
+            "Rejected",
+            "ImmutableFieldChanged",
+            "CreationUncertain",
+            "Paused",
+            "Deleting",
+            "ApiUnavailable",
+        ];
+        for name in public {
+            assert!(Reason::parse(name).is_some(), "{name}");
+        }
+        assert_eq!(serde_json::to_value(ConditionStatus::True).unwrap(), "True");
     }
 
     #[test]

@@ -42,12 +42,15 @@ impl fmt::Display for ApiKey {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum InboxState {
+    /// Sends and receives.
     Active,
+    /// Stopped by AgentSend (often for bounces or complaints).
     Suspended,
+    /// Gone.
     Deleted,
-    /// A state this operator does not know; treated as not ready.
+    /// A state this operator does not know: not ready, and never mistaken for suspended.
     #[serde(untagged)]
-    Other(String),
+    Unknown(String),
 }
 
 impl InboxState {
@@ -57,7 +60,7 @@ impl InboxState {
             InboxState::Active => "active",
             InboxState::Suspended => "suspended",
             InboxState::Deleted => "deleted",
-            InboxState::Other(s) => s,
+            InboxState::Unknown(s) => s,
         }
     }
 }
@@ -89,7 +92,7 @@ pub struct RemoteInbox {
 }
 
 fn default_state() -> InboxState {
-    InboxState::Other("unknown".to_string())
+    InboxState::Unknown("unknown".to_string())
 }
 
 impl RemoteInbox {
@@ -143,7 +146,7 @@ mod tests {
             r#"{"id":"3f1c-uuid","address":"a@agentsend.io","status":"paused","extra":{"x":1}}"#,
         )
         .unwrap();
-        assert_eq!(i.status, InboxState::Other("paused".into()));
+        assert_eq!(i.status, InboxState::Unknown("paused".into()));
         assert_eq!(i.sends_remaining(), None);
         let i: RemoteInbox = serde_json::from_str(
             r#"{"id":"inb_1","address":"a@x.io","displayName":null,"status":"active","dailySendLimit":10,"sendsToday":12}"#,

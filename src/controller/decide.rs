@@ -1,5 +1,6 @@
-//! Pure decisions: spec + observations in, what to do out. No IO here; every function is
-//! unit-tested without a cluster or a network.
+//! Pure building blocks of the planner ([`super::plan`]): identity comparison, recovery
+//! matching of an interrupted create, the Secret's layout and drift check, and the backoff
+//! curves. No IO here; every function is unit-tested without a cluster or a network.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -7,8 +8,9 @@ use std::time::Duration;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::Resource;
 
-use crate::agentsend::{ApiError, CreateInbox, DEFAULT_RETRY_AFTER, RemoteInbox};
+use crate::agentsend::{CreateInbox, RemoteInbox};
 use crate::crd::{self, Inbox, InboxSpec};
 
 /// A spec field that no longer matches the bound inbox.
@@ -166,10 +168,12 @@ pub fn recover_pending(
     }
 }
 
-/// The Secret this Inbox should own for `remote`.
-pub fn desired_secret(inbox: &Inbox, remote: &RemoteInbox) -> Secret {
+/// The Secret this Inbox should own for `remote`; `None` when the Inbox has no name or UID
+/// (never true for an object read from the API server).
+pub fn desired_secret(inbox: &Inbox, remote: &RemoteInbox) -> Option<Secret> {
+    let owner = owner_reference(inbox)?;
     let name = inbox.secret_name();
-    let inbox_name = inbox.metadata.name.clone().unwrap_or_default();
+    let inbox_name = inbox.metadata.name.clone()?;
     let mut labels = inbox
         .spec
         .secret
@@ -195,31 +199,27 @@ pub fn desired_secret(inbox: &Inbox, remote: &RemoteInbox) -> Secret {
     if let Some(d) = &remote.domain_id {
         data.insert("domainId".to_string(), ByteString(d.clone().into_bytes()));
     }
-    Secret {
+    Some(Secret {
         metadata: ObjectMeta {
             name: Some(name),
             namespace: inbox.metadata.namespace.clone(),
             labels: Some(labels),
             annotations: annotations.filter(|a| !a.is_empty()),
-            owner_references: Some(vec![owner_reference(inbox)]),
+            owner_references: Some(vec![owner]),
             ..Default::default()
         },
         type_: Some("Opaque".to_string()),
         data: Some(data),
         ..Default::default()
-    }
+    })
 }
 
-/// Controller ownerReference to the Inbox.
-pub fn owner_reference(inbox: &Inbox) -> OwnerReference {
-    OwnerReference {
-        api_version: "agentsend.io/v1alpha1".into(),
-        kind: "Inbox".into(),
-        name: inbox.metadata.name.clone().unwrap_or_default(),
-        uid: inbox.metadata.uid.clone().unwrap_or_default(),
-        controller: Some(true),
+/// Controller ownerReference to the Inbox (blocking its foreground deletion).
+pub fn owner_reference(inbox: &Inbox) -> Option<OwnerReference> {
+    Some(OwnerReference {
         block_owner_deletion: Some(true),
-    }
+        ..inbox.controller_owner_ref(&())?
+    })
 }
 
 /// Whether `secret` is controlled by the Inbox with `owner_uid`.
@@ -274,64 +274,6 @@ pub fn plan_secret(existing: Option<&Secret>, desired: &Secret, owner_uid: &str)
         SecretPlan::UpToDate
     } else {
         SecretPlan::Update
-    }
-}
-
-/// An event to publish.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EventSpec {
-    /// Normal or Warning.
-    pub warning: bool,
-    /// Event reason (from the contract).
-    pub reason: &'static str,
-    /// Human note.
-    pub note: String,
-}
-
-/// The Warning event for entering a not-ready reason, if the contract names one.
-/// Events fire on transitions only, so a retry loop does not flood the namespace.
-pub fn warning_for_transition(
-    previous_reason: Option<&str>,
-    new_reason: &str,
-    message: &str,
-) -> Option<EventSpec> {
-    if previous_reason == Some(new_reason) {
-        return None;
-    }
-    let reason = match new_reason {
-        crd::reason::REJECTED => "Rejected",
-        crd::reason::CREDENTIALS_INVALID => "CredentialsInvalid",
-        crd::reason::CREATION_UNCERTAIN => "CreationUncertain",
-        crd::reason::SECRET_CONFLICT => "SecretConflict",
-        crd::reason::INBOX_SUSPENDED => "Suspended",
-        _ => return None,
-    };
-    Some(EventSpec {
-        warning: true,
-        reason,
-        note: message.to_string(),
-    })
-}
-
-/// How long to wait before trying again after an AgentSend error; `None` means wait for the
-/// spec to change. `failures` counts consecutive failures of this Inbox (0 for the first);
-/// `jitter` in [0, 1) spreads retries so many Inboxes do not retry at once.
-pub fn retry_delay(err: &ApiError, failures: u32, jitter: f64) -> Option<Duration> {
-    let jitter = jitter.clamp(0.0, 0.999);
-    match err {
-        ApiError::Rejected { .. } => None,
-        ApiError::RateLimited { retry_after, .. } => {
-            let base = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
-            // Never earlier than Retry-After; spread up to 20 % (at least 1 s) later.
-            let spread = (base.mul_f64(0.2)).max(Duration::from_secs(1));
-            Some(base + spread.mul_f64(jitter))
-        }
-        ApiError::Unauthorized { .. } | ApiError::Config { .. } => {
-            Some(Duration::from_secs(300) + Duration::from_secs(60).mul_f64(jitter))
-        }
-        ApiError::Transient { .. }
-        | ApiError::InvalidResponse { .. }
-        | ApiError::NotFound { .. } => Some(backoff(failures, jitter)),
     }
 }
 
@@ -518,6 +460,22 @@ mod tests {
     }
 
     #[test]
+    fn owner_reference_is_a_blocking_controller_reference() {
+        let o = owner_reference(&inbox()).unwrap();
+        assert_eq!(
+            (o.api_version.as_str(), o.kind.as_str(), o.uid.as_str()),
+            ("agentsend.io/v1alpha1", "Inbox", "uid-1")
+        );
+        assert_eq!(
+            (o.controller, o.block_owner_deletion),
+            (Some(true), Some(true))
+        );
+        let mut no_uid = inbox();
+        no_uid.metadata.uid = None;
+        assert_eq!(owner_reference(&no_uid), None);
+    }
+
+    #[test]
     fn secret_layout() {
         let mut i = inbox();
         i.spec.secret = Some(SecretSpec {
@@ -527,7 +485,7 @@ mod tests {
         });
         let mut r = remote("inb_1", "x@example.com");
         r.domain_id = Some("dom".into());
-        let s = desired_secret(&i, &r);
+        let s = desired_secret(&i, &r).unwrap();
         assert_eq!(s.metadata.name.as_deref(), Some("mail"));
         let labels = s.metadata.labels.clone().unwrap();
         assert_eq!(labels["app.kubernetes.io/managed-by"], "inbox-operator");
@@ -546,7 +504,7 @@ mod tests {
     fn secret_plans() {
         let i = inbox();
         let r = remote("inb_1", "x@agentsend.io");
-        let want = desired_secret(&i, &r);
+        let want = desired_secret(&i, &r).unwrap();
         assert_eq!(plan_secret(None, &want, "uid-1"), SecretPlan::Create);
         assert_eq!(
             plan_secret(Some(&want), &want, "uid-1"),
@@ -581,58 +539,10 @@ mod tests {
     }
 
     #[test]
-    fn warnings_only_on_transition() {
-        assert_eq!(
-            warning_for_transition(Some("Rejected"), "Rejected", "m"),
-            None
-        );
-        assert_eq!(
-            warning_for_transition(Some("Creating"), "Rejected", "m")
-                .unwrap()
-                .reason,
-            "Rejected"
-        );
-        assert_eq!(
-            warning_for_transition(None, "InboxSuspended", "m")
-                .unwrap()
-                .reason,
-            "Suspended"
-        );
-        assert_eq!(warning_for_transition(None, "Creating", "m"), None);
-    }
-
-    #[test]
-    fn retry_rules() {
-        let rejected = ApiError::Rejected {
-            status: 409,
-            message: "taken".into(),
-        };
-        assert_eq!(retry_delay(&rejected, 0, 0.5), None);
-        let limited = ApiError::RateLimited {
-            retry_after: Some(Duration::from_secs(30)),
-            message: String::new(),
-        };
-        for j in [0.0, 0.5, 0.99] {
-            let d = retry_delay(&limited, 0, j).unwrap();
-            assert!(
-                d >= Duration::from_secs(30) && d <= Duration::from_secs(37),
-                "{d:?}"
-            );
-        }
-        let unauthorized = ApiError::Unauthorized {
-            status: 401,
-            message: String::new(),
-        };
-        assert!(retry_delay(&unauthorized, 0, 0.0).unwrap() >= Duration::from_secs(300));
-        let transient = ApiError::Transient {
-            status: Some(503),
-            message: String::new(),
-        };
-        let d0 = retry_delay(&transient, 0, 0.0).unwrap();
-        let d3 = retry_delay(&transient, 3, 0.0).unwrap();
-        assert!(d3 > d0);
-        assert!(retry_delay(&transient, 30, 1.0).unwrap() <= Duration::from_secs(300));
+    fn backoff_grows_and_is_capped() {
         assert!(backoff(0, 0.0) >= Duration::from_millis(500));
+        assert!(backoff(3, 0.0) > backoff(0, 0.0));
+        assert!(backoff(30, 1.0) <= Duration::from_secs(300));
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! The Inbox controller: wiring of watches, the reconcile loop and the counter sync.
 //!
-//! - [`decide`] and [`status`] are pure (state in, actions out) and unit-tested.
-//! - [`reconcile`] performs the Kubernetes and AgentSend calls those decisions ask for.
+//! - [`plan`] decides every step of a pass (pure; table-tested), using the building blocks
+//!   in [`decide`] and the status rendering in [`status`]; [`events`] names what it publishes.
+//! - `execute` runs the steps: every Kubernetes and AgentSend call of a reconcile.
 //! - [`accounts`] batches counter reads into one paginated scan per account per interval.
 
 pub mod accounts;
 pub mod decide;
-mod reconcile;
+pub mod events;
+mod execute;
+pub mod plan;
 pub mod status;
 
 use std::collections::HashMap;
@@ -19,11 +22,11 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, Resource};
 use thiserror::Error;
 
 use crate::agentsend::{AgentSendClient, ApiError, ApiKey};
@@ -87,35 +90,60 @@ impl Default for Settings {
     }
 }
 
-/// Failures of a reconcile that are not AgentSend outcomes (those become conditions).
+/// Failures that fail a reconcile pass (AgentSend failures while converging become
+/// conditions instead; see [`plan`]). Each variant has a short metric label.
 #[derive(Debug, Error)]
 pub enum Error {
     /// The Kubernetes API refused or failed a call; retried with backoff.
     #[error("Kubernetes API call failed: {0}")]
     Kube(#[from] kube::Error),
-    /// Adding or removing the finalizer failed.
-    #[error("finalizer handling failed: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Adding the finalizer failed.
+    #[error("could not add the finalizer: {0}")]
+    AddFinalizer(#[source] kube::Error),
+    /// Removing the finalizer failed.
+    #[error("could not remove the finalizer: {0}")]
+    RemoveFinalizer(#[source] kube::Error),
     /// An AgentSend call failed during deletion; the finalizer stays until it succeeds.
     #[error("{0}")]
     Api(#[from] ApiError),
     /// Credentials are missing; the finalizer stays until they exist (or the policy is Orphan).
     #[error("{0}")]
     CredentialsMissing(String),
-    /// The object lacks a namespace or name (never true for a namespaced resource).
-    #[error("Inbox has no namespace or name")]
+    /// The object lacks a namespace, name or UID (never true for an object from the API).
+    #[error("Inbox has no namespace, name or UID")]
     MissingObjectKey,
+    /// A bug: the planner did not converge, or a step reached the wrong executor.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
-    /// Short label for metrics.
+    /// Metric label of a pass that found no API key.
+    pub const CREDENTIALS_MISSING: &'static str = "credentials_missing";
+
+    /// Short, stable label for `inbox_operator_reconcile_errors_total`.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Error::Kube(_) => "kubernetes",
-            Error::Finalizer(_) => "finalizer",
+            Error::Kube(_) | Error::AddFinalizer(_) | Error::RemoveFinalizer(_) => "kubernetes",
             Error::Api(e) => e.reason(),
-            Error::CredentialsMissing(_) => "credentials_missing",
+            Error::CredentialsMissing(_) => Self::CREDENTIALS_MISSING,
             Error::MissingObjectKey => "invalid_object",
+            Error::Internal(_) => "internal",
+        }
+    }
+}
+
+/// kube's finalizer helper wraps the pass's error; unwrap it so the error policy and the
+/// metrics see the real cause.
+impl From<kube::runtime::finalizer::Error<Error>> for Error {
+    fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner,
+            F::AddFinalizer(e) => Error::AddFinalizer(e),
+            F::RemoveFinalizer(e) => Error::RemoveFinalizer(e),
+            F::UnnamedObject => Error::MissingObjectKey,
+            F::InvalidFinalizer => Error::Internal("invalid finalizer name".into()),
         }
     }
 }
@@ -134,6 +162,12 @@ pub struct Context {
 }
 
 impl Context {
+    /// Consecutive failures of this Inbox.
+    pub(crate) fn failures(&self, obj: &ObjectRef<Inbox>) -> u32 {
+        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        f.get(obj).copied().unwrap_or(0)
+    }
+
     /// Consecutive failures of this Inbox, then count one more.
     pub(crate) fn bump_failures(&self, obj: &ObjectRef<Inbox>) -> u32 {
         let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -426,7 +460,7 @@ pub async fn run(
             .graceful_shutdown_on(async move {
                 let _ = stop.wait_for(|v| *v).await;
             })
-            .run(reconcile::reconcile, reconcile::error_policy, ctx.clone())
+            .run(execute::reconcile, execute::error_policy, ctx.clone())
             .for_each(|res| async move {
                 if let Err(e) = res {
                     tracing::debug!(error = %e, "controller event");
@@ -458,30 +492,6 @@ pub async fn run(
     sync.abort();
     router.abort();
     tracing::info!("controller stopped");
-}
-
-/// The Inbox's object reference for events.
-pub(crate) fn object_ref(inbox: &Inbox) -> k8s_openapi::api::core::v1::ObjectReference {
-    inbox.object_ref(&())
-}
-
-/// Key of an Inbox for the failure map and the account registry.
-pub(crate) fn key_of(inbox: &Inbox) -> ObjectRef<Inbox> {
-    ObjectRef::from_obj(inbox)
-}
-
-/// Name and namespace, or an error for malformed objects.
-pub(crate) fn ns_name(inbox: &Inbox) -> Result<(String, String), Error> {
-    match (inbox.namespace(), inbox.metadata.name.clone()) {
-        (Some(ns), Some(n)) => Ok((ns, n)),
-        _ => Err(Error::MissingObjectKey),
-    }
-}
-
-/// Action after success with nothing pending: the watches and the counter sync drive the
-/// next pass.
-pub(crate) fn settled() -> Action {
-    Action::await_change()
 }
 
 #[cfg(test)]

@@ -1,33 +1,41 @@
-//! Pure construction of `Inbox.status`: mirrored counters and kstatus-style conditions.
+//! Pure construction of `Inbox.status` from what a pass learned: mirrored counters and the
+//! `Ready`, kstatus (`Reconciling`, `Stalled`) and `SendLimitReached` conditions. Which
+//! readiness applies is decided by [`super::plan`]; this module only renders it.
 
-use crate::agentsend::{InboxState, RemoteInbox};
-use crate::crd::{Condition, InboxStatus, condition, reason};
+use crate::agentsend::RemoteInbox;
+use crate::crd::{Condition, ConditionStatus, InboxStatus, Reason, condition};
 
-/// Whether the inbox is usable, and if not, why (a stable reason from [`crate::crd::reason`]).
+/// Whether the inbox is usable, and if not, why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Readiness {
     /// Exists, active, Secret correct.
     Ready,
     /// Work is in progress or will be retried automatically.
     Progressing {
-        reason: &'static str,
+        /// Why not ready.
+        reason: Reason,
+        /// For humans.
         message: String,
     },
     /// Needs a human: the spec, the credentials or the Secret must change.
     Stalled {
-        reason: &'static str,
+        /// Why not ready.
+        reason: Reason,
+        /// For humans.
         message: String,
     },
     /// Deliberately idle (paused): neither reconciling nor stalled.
     Idle {
-        reason: &'static str,
+        /// Why not ready.
+        reason: Reason,
+        /// For humans.
         message: String,
     },
 }
 
 impl Readiness {
     /// Shorthand for [`Readiness::Progressing`].
-    pub fn progressing(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn progressing(reason: Reason, message: impl Into<String>) -> Self {
         Readiness::Progressing {
             reason,
             message: message.into(),
@@ -35,7 +43,7 @@ impl Readiness {
     }
 
     /// Shorthand for [`Readiness::Stalled`].
-    pub fn stalled(reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn stalled(reason: Reason, message: impl Into<String>) -> Self {
         Readiness::Stalled {
             reason,
             message: message.into(),
@@ -43,12 +51,12 @@ impl Readiness {
     }
 
     /// The Ready condition's reason.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            Readiness::Ready => reason::READY,
+            Readiness::Ready => Reason::Ready,
             Readiness::Progressing { reason, .. }
             | Readiness::Stalled { reason, .. }
-            | Readiness::Idle { reason, .. } => reason,
+            | Readiness::Idle { reason, .. } => *reason,
         }
     }
 
@@ -120,10 +128,9 @@ pub fn build_status(input: StatusInput<'_>) -> InboxStatus {
     let g = input.generation;
     let now = input.now;
     let prev_conds = &prev.conditions;
-    let (ready, ready_reason, msg) = match &input.readiness {
-        Readiness::Ready => ("True", reason::READY, input.readiness.message().to_string()),
-        r => ("False", r.reason(), r.message().to_string()),
-    };
+    let ready = ConditionStatus::from_bool(input.readiness == Readiness::Ready);
+    let ready_reason = input.readiness.reason();
+    let msg = input.readiness.message().to_string();
     let mut conds = vec![make(
         prev_conds,
         condition::READY,
@@ -136,15 +143,15 @@ pub fn build_status(input: StatusInput<'_>) -> InboxStatus {
     // kstatus: Reconciling while working, Stalled when a human must act, neither otherwise.
     let up_to_date = "inbox is up to date";
     let (reconciling, stalled, reason, message) = match &input.readiness {
-        Readiness::Progressing { reason, message } => ("True", "False", *reason, message.as_str()),
-        Readiness::Stalled { reason, message } => ("False", "True", *reason, message.as_str()),
-        Readiness::Idle { reason, message } => ("False", "False", *reason, message.as_str()),
-        Readiness::Ready => ("False", "False", reason::UP_TO_DATE, up_to_date),
+        Readiness::Progressing { reason, message } => (true, false, *reason, message.as_str()),
+        Readiness::Stalled { reason, message } => (false, true, *reason, message.as_str()),
+        Readiness::Idle { reason, message } => (false, false, *reason, message.as_str()),
+        Readiness::Ready => (false, false, Reason::UpToDate, up_to_date),
     };
     conds.push(make(
         prev_conds,
         condition::RECONCILING,
-        reconciling,
+        ConditionStatus::from_bool(reconciling),
         reason,
         message,
         g,
@@ -153,7 +160,7 @@ pub fn build_status(input: StatusInput<'_>) -> InboxStatus {
     conds.push(make(
         prev_conds,
         condition::STALLED,
-        stalled,
+        ConditionStatus::from_bool(stalled),
         reason,
         message,
         g,
@@ -164,8 +171,8 @@ pub fn build_status(input: StatusInput<'_>) -> InboxStatus {
     {
         let (st, r, m) = if remaining == 0 {
             (
-                "True",
-                reason::SEND_LIMIT_REACHED,
+                ConditionStatus::True,
+                Reason::SendLimitReached,
                 format!(
                     "daily send limit of {} reached; sends fail with 429 until the window resets",
                     s.daily_send_limit.unwrap_or_default()
@@ -173,8 +180,8 @@ pub fn build_status(input: StatusInput<'_>) -> InboxStatus {
             )
         } else {
             (
-                "False",
-                reason::SENDS_AVAILABLE,
+                ConditionStatus::False,
+                Reason::SendsAvailable,
                 format!("{remaining} sends remaining today"),
             )
         };
@@ -195,23 +202,23 @@ pub fn build_status(input: StatusInput<'_>) -> InboxStatus {
 fn make(
     prev: &[Condition],
     type_: &str,
-    status: &str,
-    reason: &str,
+    status: ConditionStatus,
+    reason: Reason,
     message: &str,
     generation: Option<i64>,
     now: &str,
 ) -> Condition {
     let last_transition_time = prev
         .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
+        .find(|c| c.type_ == type_ && c.status() == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| now.to_string());
     Condition {
         type_: type_.to_string(),
-        status: status.to_string(),
+        status: status.as_str().to_string(),
         observed_generation: generation,
         last_transition_time,
-        reason: reason.to_string(),
+        reason: reason.as_str().to_string(),
         message: message.to_string(),
     }
 }
@@ -221,28 +228,10 @@ pub fn find<'a>(status: Option<&'a InboxStatus>, type_: &str) -> Option<&'a Cond
     status?.conditions.iter().find(|c| c.type_ == type_)
 }
 
-/// Readiness of an observed, bound inbox whose Secret is in place.
-pub fn readiness_of(remote: &RemoteInbox) -> Readiness {
-    match &remote.status {
-        InboxState::Active => Readiness::Ready,
-        InboxState::Suspended => Readiness::stalled(
-            reason::INBOX_SUSPENDED,
-            "AgentSend suspended this inbox (often for high bounce or complaint rates); it neither sends nor receives until reactivated",
-        ),
-        InboxState::Deleted => Readiness::progressing(
-            reason::INBOX_DELETED,
-            "AgentSend reports this inbox as deleted",
-        ),
-        InboxState::Other(s) => Readiness::progressing(
-            reason::INBOX_SUSPENDED,
-            format!("AgentSend reports inbox state {s:?}, which is not active"),
-        ),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agentsend::InboxState;
 
     fn remote(sends: i64, limit: i64) -> RemoteInbox {
         RemoteInbox {
@@ -323,14 +312,14 @@ mod tests {
     fn stalled_and_progressing_map_to_kstatus() {
         let r = remote(0, 10);
         let mut i = input(None, &r, "t");
-        i.readiness = Readiness::stalled(reason::REJECTED, "address taken");
+        i.readiness = Readiness::stalled(Reason::Rejected, "address taken");
         let s = build_status(i);
         assert_eq!(find(Some(&s), "Ready").unwrap().reason, "Rejected");
         assert_eq!(find(Some(&s), "Ready").unwrap().message, "address taken");
         assert_eq!(find(Some(&s), "Stalled").unwrap().status, "True");
         assert_eq!(find(Some(&s), "Reconciling").unwrap().status, "False");
         let mut i = input(None, &r, "t");
-        i.readiness = Readiness::progressing(reason::CREATING, "creating");
+        i.readiness = Readiness::progressing(Reason::Creating, "creating");
         let s = build_status(i);
         assert_eq!(find(Some(&s), "Reconciling").unwrap().status, "True");
         assert_eq!(find(Some(&s), "Stalled").unwrap().status, "False");
@@ -346,20 +335,11 @@ mod tests {
             inbox_id: Some("inb_1".into()),
             remote: None,
             secret_name: None,
-            readiness: Readiness::progressing(reason::API_UNAVAILABLE, "503"),
+            readiness: Readiness::progressing(Reason::ApiUnavailable, "503"),
             now: "t2",
         });
         assert_eq!(s2.sends_today, Some(4));
         assert_eq!(s2.secret_name.as_deref(), Some("s"));
         assert_eq!(find(Some(&s2), "Ready").unwrap().reason, "ApiUnavailable");
-    }
-
-    #[test]
-    fn suspended_is_not_ready() {
-        let mut r = remote(0, 10);
-        r.status = InboxState::Suspended;
-        assert_eq!(readiness_of(&r).reason(), "InboxSuspended");
-        r.status = InboxState::Active;
-        assert_eq!(readiness_of(&r), Readiness::Ready);
     }
 }

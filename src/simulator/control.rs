@@ -221,7 +221,7 @@ fn parse_state(s: &str) -> InboxState {
         "active" => InboxState::Active,
         "suspended" => InboxState::Suspended,
         "deleted" => InboxState::Deleted,
-        other => InboxState::Other(other.to_string()),
+        other => InboxState::Unknown(other.to_string()),
     }
 }
 

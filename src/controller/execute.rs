@@ -1,0 +1,599 @@
+//! The executor of a reconcile pass: it decides nothing. It asks [`super::plan::plan`] for the
+//! next step, performs that step's Kubernetes and AgentSend calls, records what they found in
+//! the [`Observed`], and loops until the planner ends the pass. It also counts the pass in
+//! the metrics and applies the error policy the planner chose.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
+use tracing::{Instrument, field, info, warn};
+
+use super::events::InboxEvent;
+use super::plan::{
+    self, Credentials, Done, Failures, Lookup, Marked, Observed, Phase, Report, Step, Then,
+};
+use super::{Context, Error};
+use crate::agentsend::{ApiError, ApiKey};
+use crate::crd::{self, Inbox, InboxStatus};
+use crate::metrics::Metrics;
+
+/// A planner that has not finished after this many steps has a bug; the pass fails instead
+/// of spinning.
+const MAX_STEPS: usize = 64;
+
+/// How a pass that did not fail ended.
+struct Passed {
+    action: Action,
+    /// Metric label of a failure the pass handled itself (reported in status, retried).
+    failed: Option<&'static str>,
+}
+
+/// Entry point called by the kube-runtime Controller.
+pub(crate) async fn reconcile(inbox: Arc<Inbox>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "reconcile",
+        namespace = inbox.metadata.namespace.as_deref().unwrap_or_default(),
+        name = inbox.metadata.name.as_deref().unwrap_or_default(),
+        inbox_id = field::Empty
+    );
+    if let Some(id) = inbox.bound_inbox_id() {
+        span.record("inbox_id", field::display(&id));
+    }
+    let result = run(inbox, &ctx).instrument(span).await;
+    record(&ctx.metrics, &result, started);
+    result.map(|p| p.action)
+}
+
+/// Count a pass once: a success only when nothing failed, an error with its real label.
+fn record(metrics: &Metrics, result: &Result<Passed, Error>, started: Instant) {
+    let failed = match result {
+        Ok(p) => p.failed,
+        Err(e) => Some(e.metric_label()),
+    };
+    metrics.reconciled(failed.is_none(), started.elapsed());
+    if let Some(label) = failed {
+        metrics.error(label);
+    }
+}
+
+async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
+    let pass = Pass::new(ctx, &inbox)?;
+    let action = match Phase::before_finalizer(&inbox) {
+        Some(phase) => pass.run(&inbox, phase).await?,
+        // kube's helper adds the finalizer, or runs Apply / Cleanup (and then removes it).
+        None => {
+            let p = &pass;
+            finalizer(
+                &pass.inboxes,
+                crd::FINALIZER,
+                inbox,
+                move |event| async move {
+                    match event {
+                        FinalizerEvent::Apply(i) => p.run(&i, Phase::Apply).await,
+                        FinalizerEvent::Cleanup(i) => p.run(&i, Phase::Cleanup).await,
+                    }
+                },
+            )
+            .await
+            .map_err(Error::from)?
+        }
+    };
+    let failed = *pass.failed.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(Passed { action, failed })
+}
+
+/// Retry policy for passes that failed (Kubernetes failures, deletion failures).
+pub(crate) fn error_policy(inbox: Arc<Inbox>, err: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.bump_failures(&ObjectRef::from_obj(&*inbox));
+    let delay = plan::error_retry(err, failures, rand::random());
+    warn!(
+        namespace = inbox.metadata.namespace.as_deref().unwrap_or_default(),
+        name = inbox.metadata.name.as_deref().unwrap_or_default(),
+        error = %err,
+        reason = err.metric_label(),
+        retry_in_ms = delay.as_millis() as u64,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// The account's create gate, as held by this pass.
+#[allow(dead_code)] // held for its Drop only
+enum Gate {
+    /// A create is between its POST and its bookkeeping.
+    Shared(OwnedRwLockReadGuard<()>),
+    /// A recovery is between its listing and its bookkeeping.
+    Exclusive(OwnedRwLockWriteGuard<()>),
+}
+
+/// One reconcile pass over one Inbox, with the APIs it uses built once.
+struct Pass<'a> {
+    ctx: &'a Context,
+    ns: String,
+    name: String,
+    uid: String,
+    obj: ObjectRef<Inbox>,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    inboxes: Api<Inbox>,
+    secrets: Api<Secret>,
+    failed: Mutex<Option<&'static str>>,
+}
+
+impl<'a> Pass<'a> {
+    fn new(ctx: &'a Context, inbox: &Inbox) -> Result<Self, Error> {
+        let (Some(ns), Some(name), Some(uid)) = (
+            inbox.namespace(),
+            inbox.metadata.name.clone(),
+            inbox.metadata.uid.clone(),
+        ) else {
+            return Err(Error::MissingObjectKey);
+        };
+        Ok(Pass {
+            ctx,
+            obj: ObjectRef::from_obj(inbox),
+            reference: inbox.object_ref(&()),
+            inboxes: Api::namespaced(ctx.client.clone(), &ns),
+            secrets: Api::namespaced(ctx.client.clone(), &ns),
+            ns,
+            name,
+            uid,
+            failed: Mutex::new(None),
+        })
+    }
+
+    /// Plan and execute until the planner is done.
+    async fn run(&self, inbox: &Inbox, phase: Phase) -> Result<Action, Error> {
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let mut o = Observed::new(inbox.clone(), phase, now, self.ctx.settings.sync_interval);
+        o.jitter = rand::random();
+        o.failures = self.ctx.failures(&self.obj);
+        let mut gate = None;
+        for _ in 0..MAX_STEPS {
+            let step = plan::plan(&o);
+            tracing::debug!(%step, "step");
+            if !matches!(step, Step::FindBindings | Step::Bind { .. }) {
+                gate = None;
+            }
+            match step {
+                Step::Done(done) => return self.finish(done).await,
+                step => self.step(&mut o, step, &mut gate).await?,
+            }
+        }
+        Err(Error::Internal(format!(
+            "the planner did not finish within {MAX_STEPS} steps"
+        )))
+    }
+
+    async fn step(
+        &self,
+        o: &mut Observed,
+        step: Step,
+        gate: &mut Option<Gate>,
+    ) -> Result<(), Error> {
+        match step {
+            Step::ReadCredentials => {
+                o.credentials = Some(self.credentials(&o.inbox).await?);
+                o.remembered_key = self.ctx.accounts.key_for(&self.obj);
+            }
+            Step::Observe { key, id } => {
+                o.remote = Some(match self.ctx.accounts.observe(&key, &id).await {
+                    Ok(Some(r)) => Lookup::Found(r),
+                    Ok(None) => Lookup::Gone,
+                    Err(e) => Lookup::Failed(e),
+                });
+            }
+            Step::Fetch { key, id } => {
+                o.remote = Some(match self.ctx.api.get_inbox(&key, &id).await {
+                    Ok(r) => Lookup::Found(r),
+                    Err(ApiError::NotFound { .. }) => Lookup::Gone,
+                    Err(e) => Lookup::Failed(e),
+                });
+            }
+            Step::ListCandidates { key } => {
+                let lock = self.ctx.accounts.create_gate(&key);
+                *gate = Some(Gate::Exclusive(lock.write_owned().await));
+                o.candidates = Some(self.ctx.api.list_all(&key).await);
+            }
+            Step::FindBindings => o.bound_elsewhere = Some(self.bound_elsewhere().await?),
+            Step::MarkPending { unbind } => self.mark_pending(o, unbind).await?,
+            Step::Progress(report) => {
+                let reason = report.readiness.reason();
+                if self.report(&report).await? {
+                    o.inbox.status = Some(report.status);
+                }
+                o.progress = Some(reason);
+            }
+            Step::Create { key, request } => {
+                let lock = self.ctx.accounts.create_gate(&key);
+                *gate = Some(Gate::Shared(lock.read_owned().await));
+                let created = self.ctx.api.create_inbox(&key, &request).await;
+                if let Ok(r) = &created {
+                    tracing::Span::current().record("inbox_id", field::display(&r.id));
+                    info!(inbox_id = %r.id, "created inbox");
+                }
+                o.created = Some(created);
+            }
+            Step::Bind { key, remote, event } => {
+                self.ctx.accounts.note_bound(&remote.id, &self.uid);
+                self.record_binding(o, &remote.id).await?;
+                *gate = None;
+                self.ctx.accounts.remember(&key, &remote);
+                self.publish(&event).await;
+                o.remote = Some(Lookup::Found(remote));
+                o.bound_now = true;
+            }
+            step => self.bookkeeping(o, step).await?,
+        }
+        Ok(())
+    }
+
+    /// The steps that write annotations, Secrets and registries, or delete.
+    async fn bookkeeping(&self, o: &mut Observed, step: Step) -> Result<(), Error> {
+        match step {
+            Step::RecordBinding { id } => self.record_binding(o, &id).await?,
+            Step::ClearPending => {
+                self.patch_annotations(json!({ crd::ANNOTATION_CREATE_PENDING: null }))
+                    .await?;
+                set_annotation(&mut o.inbox, crd::ANNOTATION_CREATE_PENDING, None);
+                o.pending_cleared = true;
+            }
+            Step::Forget { key, id } => {
+                self.ctx.accounts.forget(&key, &id);
+                o.forgotten = true;
+            }
+            Step::Register { key, id } => {
+                self.ctx.accounts.register(&key, &id, self.obj.clone());
+                o.registered = true;
+            }
+            Step::ReadSecret { name } => {
+                let found = self.get_secret(&name).await?;
+                o.secrets.insert(name, found);
+            }
+            Step::WriteSecret {
+                secret,
+                create,
+                event,
+            } => {
+                self.write_secret(&secret, create).await?;
+                self.publish(&event).await;
+                o.secrets.insert(secret.name_any(), Some(*secret));
+            }
+            Step::DeleteSecret { name, uid } => {
+                self.delete_secret(&name, uid).await?;
+                o.secrets.insert(name, None);
+            }
+            Step::DeleteInbox { key, id } => {
+                o.deleted = Some(match self.ctx.api.delete_inbox(&key, &id).await {
+                    Ok(()) | Err(ApiError::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                });
+            }
+            Step::Announce(event) => {
+                self.publish(&event).await;
+                o.announced.push(event.kind);
+            }
+            other => return Err(Error::Internal(format!("step {other} reached bookkeeping"))),
+        }
+        Ok(())
+    }
+
+    /// Report, account and end the pass as the planner decided.
+    async fn finish(&self, done: Done) -> Result<Action, Error> {
+        if let Some(report) = &done.report {
+            self.report(report).await?;
+        }
+        match done.failures {
+            Failures::Keep => {}
+            Failures::Reset => self.ctx.reset_failures(&self.obj),
+            Failures::Bump => {
+                self.ctx.bump_failures(&self.obj);
+            }
+        }
+        if done.release {
+            self.ctx.accounts.unregister(&self.obj);
+            self.ctx.metrics.forget_inbox(&self.ns, &self.name);
+        }
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = done.failed;
+        match done.then {
+            Then::Settle => Ok(Action::await_change()),
+            Then::Requeue(d) => Ok(Action::requeue(d)),
+            Then::Fail(f) => Err(f.into()),
+        }
+    }
+
+    /// Export the per-Inbox metrics; write the status if it changed and publish its
+    /// transition events. `Ok(true)` when the status in the API server is the report's.
+    async fn report(&self, report: &Report) -> Result<bool, Error> {
+        self.ctx
+            .metrics
+            .observe_inbox(&self.ns, &self.name, &report.status, report.ready);
+        if !report.changed {
+            return Ok(true);
+        }
+        match self.write_status(&report.status).await {
+            Ok(()) => {}
+            Err(e) if report.best_effort => {
+                warn!(error = %e, "could not write status");
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        }
+        for event in &report.events {
+            self.publish(event).await;
+        }
+        Ok(true)
+    }
+
+    async fn write_status(&self, status: &InboxStatus) -> Result<(), Error> {
+        let body = json!({
+            "apiVersion": Inbox::api_version(&()),
+            "kind": Inbox::kind(&()),
+            "status": status,
+        });
+        self.inboxes
+            .patch_status(
+                &self.name,
+                &PatchParams::apply(crd::FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn publish(&self, event: &InboxEvent) {
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&event.to_kube(), &self.reference)
+            .await
+        {
+            warn!(error = %e, reason = event.kind.reason(), "could not publish event");
+        }
+    }
+
+    // ------------------------------------------------------------------ inputs
+
+    /// Resolve the API key: the Inbox's own Secret (same namespace only) or the default.
+    async fn credentials(&self, inbox: &Inbox) -> Result<Credentials, Error> {
+        let Some(c) = &inbox.spec.credentials else {
+            return Ok(match self.ctx.settings.default_key.current() {
+                Some(k) => Credentials::Key(k),
+                None => Credentials::Missing(
+                    "no spec.credentials and the operator has no default API key (AGENTSEND_API_KEY or --api-key-file)".into(),
+                ),
+            });
+        };
+        let r = &c.secret_ref;
+        let Some(secret) = self.secrets.get_opt(&r.name).await? else {
+            return Ok(Credentials::Missing(format!(
+                "credentials Secret {:?} not found in namespace {:?}",
+                r.name, self.ns
+            )));
+        };
+        let value = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&r.key))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned());
+        Ok(match value.and_then(ApiKey::new) {
+            Some(k) => Credentials::Key(k),
+            None => Credentials::Missing(format!(
+                "credentials Secret {:?} has no non-empty key {:?}",
+                r.name, r.key
+            )),
+        })
+    }
+
+    /// IDs bound to other Inboxes anywhere in the cluster (from the cache when it covers
+    /// the cluster, otherwise a metadata-only list, falling back to the cache).
+    async fn bound_elsewhere(&self) -> Result<std::collections::HashSet<String>, Error> {
+        let me = Some(self.uid.clone());
+        let mut ids = self.ctx.accounts.recently_bound_except(&self.uid);
+        let from_cache = |ids: &mut std::collections::HashSet<String>| {
+            for store in &self.ctx.inbox_stores {
+                for other in store.state() {
+                    if other.metadata.uid != me
+                        && let Some(id) = other.bound_inbox_id()
+                    {
+                        ids.insert(id);
+                    }
+                }
+            }
+        };
+        if self.ctx.sees_whole_cluster() {
+            from_cache(&mut ids);
+            return Ok(ids);
+        }
+        let all: Api<Inbox> = Api::all(self.ctx.client.clone());
+        match all.list_metadata(&ListParams::default()).await {
+            Ok(list) => {
+                for item in list.items {
+                    if item.metadata.uid != me
+                        && let Some(id) = item.annotations().get(crd::ANNOTATION_INBOX_ID)
+                        && !id.is_empty()
+                    {
+                        ids.insert(id.clone());
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot list Inboxes cluster-wide; checking bindings in the watched namespaces only");
+                from_cache(&mut ids);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// From the watch cache; one GET when the cache does not have it (a foreign Secret is
+    /// not in the label-filtered cache, and the cache may lag our own writes).
+    async fn get_secret(&self, name: &str) -> Result<Option<Secret>, Error> {
+        if let Some(store) = self.ctx.secret_store(&self.ns)
+            && let Some(s) = store.get(&ObjectRef::new(name).within(&self.ns))
+        {
+            return Ok(Some((*s).clone()));
+        }
+        Ok(self.secrets.get_opt(name).await?)
+    }
+
+    // ------------------------------------------------------------------ writes
+
+    /// Persist the pending mark (and clear a vanished binding) if the Inbox is unchanged
+    /// since read (optimistic concurrency).
+    async fn mark_pending(&self, o: &mut Observed, unbind: Option<String>) -> Result<(), Error> {
+        let mut annotations = json!({ crd::ANNOTATION_CREATE_PENDING: o.now });
+        if unbind.is_some() {
+            annotations[crd::ANNOTATION_INBOX_ID] = json!("");
+        }
+        let Some(rv) = o.inbox.metadata.resource_version.clone() else {
+            o.marked = Some(Marked::Stale);
+            return Ok(());
+        };
+        let patch = json!({ "metadata": { "resourceVersion": rv, "annotations": annotations } });
+        match self
+            .inboxes
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => {
+                if unbind.is_some() {
+                    set_annotation(&mut o.inbox, crd::ANNOTATION_INBOX_ID, Some(""));
+                }
+                let now = o.now.clone();
+                set_annotation(&mut o.inbox, crd::ANNOTATION_CREATE_PENDING, Some(&now));
+                o.replaces = unbind;
+                o.marked = Some(Marked::Yes);
+            }
+            Err(kube::Error::Api(s)) if s.is_conflict() => {
+                tracing::debug!("Inbox changed since it was read; deciding again on fresh data");
+                o.marked = Some(Marked::Stale);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Persist the binding and clear the pending mark in one write.
+    async fn record_binding(&self, o: &mut Observed, id: &str) -> Result<(), Error> {
+        self.patch_annotations(json!({
+            crd::ANNOTATION_INBOX_ID: id,
+            crd::ANNOTATION_CREATE_PENDING: null,
+        }))
+        .await?;
+        set_annotation(&mut o.inbox, crd::ANNOTATION_INBOX_ID, Some(id));
+        set_annotation(&mut o.inbox, crd::ANNOTATION_CREATE_PENDING, None);
+        Ok(())
+    }
+
+    async fn patch_annotations(&self, annotations: serde_json::Value) -> Result<(), Error> {
+        let patch = json!({ "metadata": { "annotations": annotations } });
+        self.inboxes
+            .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Create the Secret (a 409 means it appeared meanwhile: fail, re-read next pass) or
+    /// server-side apply our fields onto it.
+    async fn write_secret(&self, secret: &Secret, create: bool) -> Result<(), Error> {
+        if create {
+            let pp = PostParams {
+                field_manager: Some(crd::FIELD_MANAGER.into()),
+                ..Default::default()
+            };
+            self.secrets.create(&pp, secret).await?;
+            return Ok(());
+        }
+        let mut body = serde_json::to_value(secret).map_err(kube::Error::SerdeError)?;
+        body["apiVersion"] = json!(Secret::api_version(&()));
+        body["kind"] = json!(Secret::kind(&()));
+        self.secrets
+            .patch(
+                &secret.name_any(),
+                &PatchParams::apply(crd::FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Delete an owned Secret; gone already, or replaced meanwhile (UID precondition), is fine.
+    async fn delete_secret(&self, name: &str, uid: Option<String>) -> Result<(), Error> {
+        let dp = DeleteParams {
+            preconditions: uid.map(|u| Preconditions {
+                uid: Some(u),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match self.secrets.delete(name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Mirror one of this pass's annotation writes in its view of the Inbox.
+fn set_annotation(inbox: &mut Inbox, key: &str, value: Option<&str>) {
+    let annotations = inbox.annotations_mut();
+    match value {
+        Some(v) => {
+            annotations.insert(key.to_string(), v.to_string());
+        }
+        None => {
+            annotations.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::finalizer::Error as FinalizerError;
+
+    #[test]
+    fn errors_are_counted_once_with_their_real_reason() {
+        let m = Metrics::new();
+        let unauthorized = ApiError::Unauthorized {
+            status: 401,
+            message: "bad key".into(),
+        };
+        let wrapped = FinalizerError::CleanupFailed(Error::Api(unauthorized.clone()));
+        record(&m, &Err(Error::from(wrapped)), Instant::now());
+        let handled = Passed {
+            action: Action::await_change(),
+            failed: Some(unauthorized.reason()),
+        };
+        record(&m, &Ok(handled), Instant::now());
+        let fine = Passed {
+            action: Action::await_change(),
+            failed: None,
+        };
+        record(&m, &Ok(fine), Instant::now());
+        let text = m.encode();
+        assert!(
+            text.contains(r#"inbox_operator_reconcile_errors_total{reason="unauthorized"} 2"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"reason="finalizer""#), "{text}");
+        assert!(
+            text.contains(r#"inbox_operator_reconciles_total{result="error"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"inbox_operator_reconciles_total{result="success"} 1"#),
+            "{text}"
+        );
+    }
+}

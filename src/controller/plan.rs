@@ -1,0 +1,2063 @@
+//! The reconcile planner: every decision the controller takes about one Inbox, as a pure
+//! function from what the pass has observed so far ([`Observed`]) to the next thing to do
+//! ([`Step`]).
+//!
+//! [`super::execute`] starts a pass with only the Inbox, asks [`plan`], runs the calls of the
+//! step it gets, records what they found in the [`Observed`], and asks again, until the
+//! planner answers [`Step::Done`]. Inputs are therefore gathered lazily, in the order the
+//! lifecycle needs them: a paused Inbox costs no credentials read, a bound one no listing.
+//!
+//! The lifecycle, in the order [`plan`] checks it:
+//! - **Paused** (`agentsend.io/paused`): report `Paused`, no AgentSend call, no Secret write;
+//!   a paused Inbox being deleted keeps its finalizer until the annotation goes.
+//! - **Credentials** missing: `CredentialsMissing`, retried with backoff.
+//! - **Bound** (annotation, else status): identity checks against the recorded and the observed
+//!   inbox (`ImmutableFieldChanged`), then **converge** (Secret, status). A **vanished** inbox
+//!   is re-created (created ones) or reported `InboxNotFound` (adopted ones).
+//! - **Adopt** (`spec.inboxId`): fetch, check the spec's identity fields and the one-owner
+//!   rule (`Rejected`), bind, converge.
+//! - **Create**: persist `agentsend.io/create-pending` (only on a current view of the Inbox),
+//!   report `Creating`, POST, bind. A failure that proves nothing was created clears the mark.
+//! - **Recover**: a pending mark without an ID means an interrupted create: list the account
+//!   and bind the one match, create when there is none, `CreationUncertain` when several.
+//! - **Delete** (finalizer): `Deleting`; with `deletionPolicy: Delete` delete the bound (or
+//!   recovered) inbox, with `Orphan` leave it; delete the owned Secrets.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+
+use super::Error;
+use super::decide::{self, FieldMismatch, Recovery, SecretPlan};
+use super::events::{EventKind, InboxEvent};
+use super::status::{self, Readiness, StatusInput};
+use crate::agentsend::{
+    ApiError, ApiKey, CreateInbox, DEFAULT_RETRY_AFTER, InboxState, RemoteInbox,
+};
+use crate::crd::{self, ConditionStatus, DeletionPolicy, Inbox, InboxStatus, Reason};
+
+/// Which half of the lifecycle a pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// The Inbox exists (and carries the finalizer): converge it.
+    Apply,
+    /// The Inbox is being deleted: clean up, then the finalizer goes.
+    Cleanup,
+    /// Being deleted, but paused: nothing happens and the finalizer stays.
+    Held,
+}
+
+impl Phase {
+    /// The phase of a pass over `inbox`; `None` when kube's finalizer helper decides (it adds
+    /// the finalizer, or runs [`Phase::Apply`] or [`Phase::Cleanup`]).
+    pub fn before_finalizer(inbox: &Inbox) -> Option<Phase> {
+        (inbox.metadata.deletion_timestamp.is_some() && inbox.is_paused()).then_some(Phase::Held)
+    }
+}
+
+/// The API key for this Inbox, or why there is none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    /// Found.
+    Key(ApiKey),
+    /// Not found; the message says where it was looked for.
+    Missing(String),
+}
+
+/// What looking up one inbox by ID found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// It exists (in any state).
+    Found(RemoteInbox),
+    /// It does not exist in this account.
+    Gone,
+    /// The API failed.
+    Failed(ApiError),
+}
+
+/// Outcome of persisting the create-pending mark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Marked {
+    /// Persisted on the version of the Inbox this pass read.
+    Yes,
+    /// The Inbox changed since it was read (the view may lack a binding): decide again.
+    Stale,
+}
+
+/// Everything a pass knows so far. The executor fills the fields as steps run; `None` means
+/// "not looked at yet".
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// The Inbox, as updated by this pass's own writes (annotations, status).
+    pub inbox: Inbox,
+    /// Its status when the pass started (events fire on transitions from it).
+    pub status_at_start: Option<InboxStatus>,
+    /// Apply, cleanup or held.
+    pub phase: Phase,
+    /// RFC 3339 "now" (second precision), for the pending mark and condition transitions.
+    pub now: String,
+    /// In [0, 1): spreads retries.
+    pub jitter: f64,
+    /// Consecutive failed passes of this Inbox before this one.
+    pub failures: u32,
+    /// Counter sync interval.
+    pub sync_interval: Duration,
+    /// The API key, once read.
+    pub credentials: Option<Credentials>,
+    /// The key this process last used for the Inbox (deletion after the Secret went).
+    pub remembered_key: Option<ApiKey>,
+    /// The bound inbox (or the one `spec.inboxId` names), once looked up.
+    pub remote: Option<Lookup>,
+    /// All inboxes of the account, once listed (recovery).
+    pub candidates: Option<Result<Vec<RemoteInbox>, ApiError>>,
+    /// Inbox IDs bound to other Inboxes in the cluster, once collected.
+    pub bound_elsewhere: Option<HashSet<String>>,
+    /// Whether this pass persisted the create-pending mark.
+    pub marked: Option<Marked>,
+    /// The vanished inbox a create in this pass replaces.
+    pub replaces: Option<String>,
+    /// Outcome of this pass's create call.
+    pub created: Option<Result<RemoteInbox, ApiError>>,
+    /// This pass removed the pending mark after a create that provably created nothing.
+    pub pending_cleared: bool,
+    /// This pass bound the Inbox (created, recovered or adopted).
+    pub bound_now: bool,
+    /// This pass dropped the cached observation of the vanished or deleted inbox.
+    pub forgotten: bool,
+    /// This pass registered the binding with the counter sync.
+    pub registered: bool,
+    /// Secrets read (or written, or deleted) by name; `None` inside: absent.
+    pub secrets: BTreeMap<String, Option<Secret>>,
+    /// Outcome of this pass's delete call.
+    pub deleted: Option<Result<(), ApiError>>,
+    /// Events this pass published outside status reports.
+    pub announced: Vec<EventKind>,
+    /// The progress reason this pass already reported (`Creating`, `Deleting`).
+    pub progress: Option<Reason>,
+}
+
+impl Observed {
+    /// A pass over `inbox` that has observed nothing yet.
+    pub fn new(inbox: Inbox, phase: Phase, now: String, sync_interval: Duration) -> Self {
+        Observed {
+            status_at_start: inbox.status.clone(),
+            inbox,
+            phase,
+            now,
+            jitter: 0.0,
+            failures: 0,
+            sync_interval,
+            credentials: None,
+            remembered_key: None,
+            remote: None,
+            candidates: None,
+            bound_elsewhere: None,
+            marked: None,
+            replaces: None,
+            created: None,
+            pending_cleared: false,
+            bound_now: false,
+            forgotten: false,
+            registered: false,
+            secrets: BTreeMap::new(),
+            deleted: None,
+            announced: Vec::new(),
+            progress: None,
+        }
+    }
+
+    fn adopted(&self) -> bool {
+        self.inbox.spec.inbox_id.is_some()
+    }
+
+    fn announced(&self, kind: EventKind) -> bool {
+        self.announced.contains(&kind)
+    }
+}
+
+/// A status to write (if `changed`) and the events its transitions publish.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    /// The complete new status.
+    pub status: InboxStatus,
+    /// Whether it differs from the current one (no write otherwise).
+    pub changed: bool,
+    /// The Ready condition is True.
+    pub ready: bool,
+    /// The readiness it renders.
+    pub readiness: Readiness,
+    /// Transition events, published after the write.
+    pub events: Vec<InboxEvent>,
+    /// A failed write is logged, not returned (deletion goes on regardless).
+    pub best_effort: bool,
+}
+
+/// What happens to the Inbox's consecutive-failure count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failures {
+    /// Unchanged.
+    Keep,
+    /// The Inbox converged: back to zero.
+    Reset,
+    /// One more failure.
+    Bump,
+}
+
+/// How a pass ends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Then {
+    /// Wait for a change (watches and the counter sync drive the next pass).
+    Settle,
+    /// Look again after this long.
+    Requeue(Duration),
+    /// Fail the pass; the error policy retries it.
+    Fail(Failure),
+}
+
+/// A failure that fails the pass (only during deletion: the finalizer must stay).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Failure {
+    /// An AgentSend call failed.
+    Api(ApiError),
+    /// No API key to delete the inbox with.
+    CredentialsMissing(String),
+    /// The Inbox has no name or UID.
+    InvalidObject,
+}
+
+impl From<Failure> for Error {
+    fn from(f: Failure) -> Error {
+        match f {
+            Failure::Api(e) => Error::Api(e),
+            Failure::CredentialsMissing(m) => Error::CredentialsMissing(m),
+            Failure::InvalidObject => Error::MissingObjectKey,
+        }
+    }
+}
+
+/// The end of a pass.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Done {
+    /// Status to report first, if any.
+    pub report: Option<Report>,
+    /// Settle, requeue or fail.
+    pub then: Then,
+    /// The failure count.
+    pub failures: Failures,
+    /// Metric label when the pass handled a failure itself (it is not a success).
+    pub failed: Option<&'static str>,
+    /// The Inbox is gone: drop its registration, metrics and failure count.
+    pub release: bool,
+}
+
+/// The next thing a pass does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Resolve the API key (and the key remembered for this Inbox).
+    ReadCredentials,
+    /// Observe the bound inbox through the account's scan cache.
+    Observe { key: ApiKey, id: String },
+    /// GET the inbox `spec.inboxId` names.
+    Fetch { key: ApiKey, id: String },
+    /// List the account, holding its create gate exclusively until the next `Bind` (or any
+    /// other step but `FindBindings`).
+    ListCandidates { key: ApiKey },
+    /// Collect the inbox IDs bound to other Inboxes in the cluster.
+    FindBindings,
+    /// Persist the create-pending mark if the Inbox is unchanged since read; `unbind` also
+    /// clears the binding to a vanished inbox in the same write.
+    MarkPending { unbind: Option<String> },
+    /// Write a progress status (best effort) and go on.
+    Progress(Report),
+    /// POST the inbox, holding the account's create gate shared until the next `Bind`.
+    Create { key: ApiKey, request: CreateInbox },
+    /// Record the binding (annotation, pending mark cleared, one-owner registry, cache) and
+    /// publish `event`.
+    Bind {
+        key: ApiKey,
+        remote: RemoteInbox,
+        event: InboxEvent,
+    },
+    /// Pin a binding known only from status in the annotation.
+    RecordBinding { id: String },
+    /// Remove the pending mark.
+    ClearPending,
+    /// Drop the cached observation of an inbox that is gone.
+    Forget { key: ApiKey, id: String },
+    /// Register the binding with the counter sync.
+    Register { key: ApiKey, id: String },
+    /// Read a Secret of the Inbox's namespace.
+    ReadSecret { name: String },
+    /// Create (or server-side apply) the Secret, then publish `event`.
+    WriteSecret {
+        secret: Box<Secret>,
+        create: bool,
+        event: InboxEvent,
+    },
+    /// Delete an owned Secret (precondition: its UID).
+    DeleteSecret { name: String, uid: Option<String> },
+    /// DELETE the AgentSend inbox.
+    DeleteInbox { key: ApiKey, id: String },
+    /// Publish an event.
+    Announce(InboxEvent),
+    /// End the pass.
+    Done(Done),
+}
+
+/// Decide the next step.
+pub fn plan(o: &Observed) -> Step {
+    match o.phase {
+        Phase::Apply => apply(o),
+        Phase::Cleanup => cleanup(o),
+        Phase::Held => done(
+            report(
+                o,
+                None,
+                None,
+                Readiness::Idle {
+                    reason: Reason::Paused,
+                    message: "deletion is waiting: the Inbox is paused (agentsend.io/paused); remove the annotation to let the operator finish deleting".into(),
+                },
+            ),
+            Then::Settle,
+        ),
+    }
+}
+
+// ------------------------------------------------------------------------------- apply
+
+fn apply(o: &Observed) -> Step {
+    if o.inbox.is_paused() {
+        let paused = Readiness::Idle {
+            reason: Reason::Paused,
+            message: "paused by the agentsend.io/paused annotation: no AgentSend calls and no Secret writes until it is removed".into(),
+        };
+        return done(report(o, None, None, paused), Then::Settle);
+    }
+    let key = match &o.credentials {
+        None => return Step::ReadCredentials,
+        Some(Credentials::Missing(msg)) => {
+            let delay = decide::backoff(o.failures.clamp(3, 5), o.jitter);
+            return Step::Done(Done {
+                failures: Failures::Bump,
+                failed: Some(Error::CREDENTIALS_MISSING),
+                ..finish(
+                    Some(report(
+                        o,
+                        None,
+                        None,
+                        stalled(Reason::CredentialsMissing, msg),
+                    )),
+                    Then::Requeue(delay),
+                )
+            });
+        }
+        Some(Credentials::Key(k)) => k.clone(),
+    };
+    if !o.bound_now && (o.created.is_some() || o.marked == Some(Marked::Yes)) {
+        return create(o, key);
+    }
+    match o.inbox.bound_inbox_id() {
+        Some(id) => bound(o, key, &id),
+        None => match &o.inbox.spec.inbox_id {
+            Some(id) => adopt(o, key, id),
+            None => create_or_recover(o, key),
+        },
+    }
+}
+
+/// The Inbox is bound to `id`: check immutability, observe, converge.
+fn bound(o: &Observed, key: ApiKey, id: &str) -> Step {
+    let strict = !o.adopted();
+    if !o.bound_now {
+        if let Some(m) = decide::inbox_id_changed(&o.inbox.spec, id) {
+            return immutable(o, &m);
+        }
+        // Against the recorded identity: no AgentSend call needed.
+        if let Some(recorded) = recorded_identity(&o.inbox, id)
+            && let Some(m) = decide::identity_mismatch(&o.inbox.spec, &recorded, strict)
+        {
+            return immutable(o, &m);
+        }
+    }
+    let remote = match &o.remote {
+        None => {
+            return Step::Observe {
+                key,
+                id: id.to_string(),
+            };
+        }
+        Some(Lookup::Failed(e)) => return api_failure(o, e),
+        Some(Lookup::Gone) => return vanished(o, key, id),
+        Some(Lookup::Found(r)) if r.status == InboxState::Deleted => return vanished(o, key, id),
+        Some(Lookup::Found(r)) => r,
+    };
+    if !o.bound_now
+        && let Some(m) = decide::identity_mismatch(&o.inbox.spec, remote, strict)
+    {
+        return immutable(o, &m);
+    }
+    if o.inbox.annotation(crd::ANNOTATION_INBOX_ID) != Some(id) {
+        // Bound through status only (e.g. restored from a backup): pin it.
+        return Step::RecordBinding { id: id.to_string() };
+    }
+    converge(o, key, remote)
+}
+
+/// The identity recorded in status for `id`, if status describes it.
+pub fn recorded_identity(inbox: &Inbox, id: &str) -> Option<RemoteInbox> {
+    let s = inbox.status.as_ref()?;
+    if s.inbox_id.as_deref() != Some(id) {
+        return None;
+    }
+    Some(RemoteInbox {
+        id: id.to_string(),
+        address: s.address.clone()?,
+        display_name: s.display_name.clone(),
+        domain_id: s.domain_id.clone(),
+        status: InboxState::Active,
+        daily_send_limit: None,
+        sends_today: None,
+        total_sent: None,
+        bounce_count: None,
+        complaint_count: None,
+        created_at: None,
+    })
+}
+
+/// The bound inbox no longer exists in AgentSend.
+fn vanished(o: &Observed, key: ApiKey, id: &str) -> Step {
+    if !o.forgotten {
+        return Step::Forget {
+            key,
+            id: id.to_string(),
+        };
+    }
+    if o.adopted() {
+        let msg = format!(
+            "the adopted inbox {id:?} no longer exists in this AgentSend account; set spec.inboxId to an existing inbox or remove it to create a new one"
+        );
+        return done(
+            report(o, None, None, stalled(Reason::InboxNotFound, msg)),
+            Then::Requeue(o.sync_interval * 5),
+        );
+    }
+    match o.marked {
+        // Unbind (empty annotation: explicitly unbound) and mark the create pending in one write.
+        None => Step::MarkPending {
+            unbind: Some(id.to_string()),
+        },
+        Some(Marked::Stale) => stale_view_retry(o),
+        Some(Marked::Yes) => create(o, key),
+    }
+}
+
+/// Adopt the existing inbox `spec.inboxId` names.
+fn adopt(o: &Observed, key: ApiKey, id: &str) -> Step {
+    let remote = match &o.remote {
+        None => {
+            return Step::Fetch {
+                key,
+                id: id.to_string(),
+            };
+        }
+        Some(Lookup::Failed(e)) => return api_failure(o, e),
+        Some(Lookup::Gone) => {
+            let msg = format!(
+                "spec.inboxId {id:?} does not exist in this AgentSend account (or belongs to another account); nothing was created"
+            );
+            return done(
+                report(o, None, None, stalled(Reason::InboxNotFound, msg)),
+                Then::Requeue(o.sync_interval * 5),
+            );
+        }
+        Some(Lookup::Found(r)) => r,
+    };
+    if let Some(m) = decide::identity_mismatch(&o.inbox.spec, remote, false) {
+        return rejected(o, format!("cannot adopt inbox {id:?}: {}", m.message));
+    }
+    let Some(elsewhere) = &o.bound_elsewhere else {
+        return Step::FindBindings;
+    };
+    if elsewhere.contains(id) {
+        return rejected(
+            o,
+            format!(
+                "inbox {id:?} is already bound to another Inbox in this cluster; two Inboxes never share one inbox"
+            ),
+        );
+    }
+    let note = format!(
+        "adopted existing AgentSend inbox {} ({})",
+        id, remote.address
+    );
+    Step::Bind {
+        key,
+        remote: remote.clone(),
+        event: InboxEvent::new(EventKind::Adopted, note),
+    }
+}
+
+/// No inbox bound: mark and create, or recover an interrupted create.
+fn create_or_recover(o: &Observed, key: ApiKey) -> Step {
+    let Some(pending) = o.inbox.annotation(crd::ANNOTATION_CREATE_PENDING) else {
+        if rejected_at_this_generation(&o.inbox) {
+            // The API refused this exact spec; it will refuse it again.
+            return done_quietly(Then::Settle);
+        }
+        return match o.marked {
+            // Only on a current view: a stale one could miss a binding recorded meanwhile.
+            None => Step::MarkPending { unbind: None },
+            Some(Marked::Stale) => stale_view_retry(o),
+            Some(Marked::Yes) => create(o, key),
+        };
+    };
+    // A create may have happened without being recorded: look before creating.
+    let candidates = match &o.candidates {
+        None => return Step::ListCandidates { key },
+        Some(Err(e)) => return api_failure(o, e),
+        Some(Ok(c)) => c,
+    };
+    let Some(elsewhere) = &o.bound_elsewhere else {
+        return Step::FindBindings;
+    };
+    let since = pending.parse::<jiff::Timestamp>().ok();
+    match decide::recover_pending(&o.inbox.spec, since, candidates, elsewhere) {
+        Recovery::Bind(remote) => {
+            let note = format!(
+                "created AgentSend inbox {} ({}); recovered after an interrupted create",
+                remote.id, remote.address
+            );
+            Step::Bind {
+                key,
+                remote,
+                event: InboxEvent::new(EventKind::Created, note),
+            }
+        }
+        Recovery::CreateNew => create(o, key),
+        Recovery::Ambiguous(ids) => {
+            let msg = format!(
+                "an interrupted create left {} matching inboxes ({}); set spec.inboxId to the one to keep and delete the others in AgentSend",
+                ids.len(),
+                ids.join(", ")
+            );
+            done(
+                report(o, None, None, stalled(Reason::CreationUncertain, msg)),
+                Then::Settle,
+            )
+        }
+    }
+}
+
+/// Whether the Ready condition already says the API rejected this generation of the spec.
+pub fn rejected_at_this_generation(inbox: &Inbox) -> bool {
+    status::find(inbox.status.as_ref(), crd::condition::READY).is_some_and(|c| {
+        c.reason() == Some(Reason::Rejected) && c.observed_generation == inbox.metadata.generation
+    })
+}
+
+/// The pending mark is persisted: report `Creating`, POST, then bind or handle the failure.
+fn create(o: &Observed, key: ApiKey) -> Step {
+    match &o.created {
+        None if o.progress != Some(Reason::Creating) => {
+            let what = match &o.inbox.spec.address {
+                Some(a) => format!("creating the AgentSend inbox {a:?}"),
+                None => "creating the AgentSend inbox".to_string(),
+            };
+            progress(o, Readiness::progressing(Reason::Creating, what))
+        }
+        None => Step::Create {
+            key,
+            request: decide::create_request(&o.inbox.spec),
+        },
+        Some(Ok(remote)) => {
+            let event = match &o.replaces {
+                Some(old) => InboxEvent::new(
+                    EventKind::Recreated,
+                    format!(
+                        "inbox {old} vanished from AgentSend and was recreated as {} ({}); the old address may be gone",
+                        remote.id, remote.address
+                    ),
+                ),
+                None => InboxEvent::new(
+                    EventKind::Created,
+                    format!("created AgentSend inbox {} ({})", remote.id, remote.address),
+                ),
+            };
+            Step::Bind {
+                key,
+                remote: remote.clone(),
+                event,
+            }
+        }
+        // Otherwise the pending mark stays: the next pass lists before creating.
+        Some(Err(e)) if proves_not_created(e) && !o.pending_cleared => Step::ClearPending,
+        Some(Err(e)) => api_failure(o, e),
+    }
+}
+
+/// Whether a failed create certainly created nothing: the API answered with a 4xx.
+/// Transport errors and 5xx leave the outcome unknown.
+pub fn proves_not_created(e: &ApiError) -> bool {
+    matches!(
+        e,
+        ApiError::Rejected { .. }
+            | ApiError::Unauthorized { .. }
+            | ApiError::RateLimited { .. }
+            | ApiError::NotFound { .. }
+            | ApiError::Config { .. }
+    )
+}
+
+/// Converge the Secret and status on an observed, bound inbox.
+fn converge(o: &Observed, key: ApiKey, remote: &RemoteInbox) -> Step {
+    if !o.registered {
+        return Step::Register {
+            key,
+            id: remote.id.clone(),
+        };
+    }
+    let name = o.inbox.secret_name();
+    let existing = match o.secrets.get(&name) {
+        None => return Step::ReadSecret { name },
+        Some(s) => s.as_ref(),
+    };
+    let Some(desired) = decide::desired_secret(&o.inbox, remote) else {
+        return done_quietly(Then::Fail(Failure::InvalidObject));
+    };
+    let uid = o.inbox.metadata.uid.clone().unwrap_or_default();
+    let (create, note) = match decide::plan_secret(existing, &desired, &uid) {
+        SecretPlan::Create => (true, format!("wrote the address to Secret {name}")),
+        SecretPlan::Update => (false, format!("restored the address in Secret {name}")),
+        SecretPlan::Conflict => {
+            let msg = format!(
+                "Secret {name:?} exists and is not owned by this Inbox; it is left untouched: delete it or set spec.secret.name"
+            );
+            // The foreign Secret is not watched: look again now and then.
+            let again = Duration::from_secs(30).mul_f64(1.0 + o.jitter * 0.2);
+            return Step::Done(Done {
+                failures: Failures::Reset,
+                ..finish(
+                    Some(report(
+                        o,
+                        Some(remote),
+                        None,
+                        stalled(Reason::SecretConflict, msg),
+                    )),
+                    Then::Requeue(again),
+                )
+            });
+        }
+        SecretPlan::UpToDate => {
+            if let Some(step) = renamed_secret_cleanup(o, &name) {
+                return step;
+            }
+            let readiness = readiness_of(remote);
+            return Step::Done(Done {
+                failures: Failures::Reset,
+                ..finish(
+                    Some(report(o, Some(remote), Some(name), readiness)),
+                    Then::Settle,
+                )
+            });
+        }
+    };
+    Step::WriteSecret {
+        secret: Box::new(desired),
+        create,
+        event: InboxEvent::new(EventKind::SecretWritten, note),
+    }
+}
+
+/// After `spec.secret.name` changed, the previous Secret goes if this Inbox owns it.
+fn renamed_secret_cleanup(o: &Observed, current: &str) -> Option<Step> {
+    let old = o.status_at_start.as_ref()?.secret_name.as_deref()?;
+    (old != current).then(|| delete_owned_secret(o, old))?
+}
+
+/// Read the Secret, then delete it if this Inbox owns it; `None` once nothing is left to do.
+fn delete_owned_secret(o: &Observed, name: &str) -> Option<Step> {
+    let uid = o.inbox.metadata.uid.as_deref().unwrap_or_default();
+    match o.secrets.get(name) {
+        None => Some(Step::ReadSecret {
+            name: name.to_string(),
+        }),
+        Some(Some(s)) if decide::is_owned_by(s, uid) => Some(Step::DeleteSecret {
+            name: name.to_string(),
+            uid: s.metadata.uid.clone(),
+        }),
+        Some(_) => None,
+    }
+}
+
+/// Readiness of an observed, bound inbox whose Secret is in place.
+pub fn readiness_of(remote: &RemoteInbox) -> Readiness {
+    match &remote.status {
+        InboxState::Active => Readiness::Ready,
+        InboxState::Suspended => stalled(
+            Reason::InboxSuspended,
+            "AgentSend suspended this inbox (often for high bounce or complaint rates); it neither sends nor receives until reactivated",
+        ),
+        InboxState::Deleted => Readiness::progressing(
+            Reason::InboxNotFound,
+            "AgentSend reports this inbox as deleted",
+        ),
+        InboxState::Unknown(s) => Readiness::progressing(
+            Reason::ApiUnavailable,
+            format!(
+                "AgentSend reports inbox state {s:?}, which this operator does not know; the inbox is not treated as ready"
+            ),
+        ),
+    }
+}
+
+// ----------------------------------------------------------------------------- cleanup
+
+fn cleanup(o: &Observed) -> Step {
+    let policy = o.inbox.spec.deletion_policy;
+    if o.progress != Some(Reason::Deleting) {
+        let deleting = Readiness::progressing(
+            Reason::Deleting,
+            format!("deleting (deletionPolicy {policy:?})"),
+        );
+        return progress(o, deleting);
+    }
+    let bound = o.inbox.bound_inbox_id();
+    let pending = o.inbox.annotation(crd::ANNOTATION_CREATE_PENDING);
+    match policy {
+        DeletionPolicy::Orphan => {
+            if let Some(id) = &bound
+                && !o.announced(EventKind::Orphaned)
+            {
+                return Step::Announce(InboxEvent::new(
+                    EventKind::Orphaned,
+                    format!("left AgentSend inbox {id} in place (deletionPolicy Orphan)"),
+                ));
+            }
+        }
+        DeletionPolicy::Delete if bound.is_some() || pending.is_some() => {
+            if let Some(step) = delete_remote(o, bound, pending) {
+                return step;
+            }
+        }
+        DeletionPolicy::Delete => {}
+    }
+    let current = o.inbox.secret_name();
+    if let Some(step) = delete_owned_secret(o, &current) {
+        return step;
+    }
+    if let Some(step) = renamed_secret_cleanup(o, &current) {
+        return step;
+    }
+    Step::Done(Done {
+        release: true,
+        failures: Failures::Reset,
+        ..finish(None, Then::Settle)
+    })
+}
+
+/// Delete the bound inbox, or the one an interrupted create made; `None` once done.
+fn delete_remote(o: &Observed, bound: Option<String>, pending: Option<&str>) -> Option<Step> {
+    let key = match (&o.credentials, &o.remembered_key) {
+        (None, _) => return Some(Step::ReadCredentials),
+        (Some(Credentials::Key(k)), _) => k.clone(),
+        // The Secret may already be gone (its namespace is being deleted): the key this
+        // process last used for the Inbox still works.
+        (Some(Credentials::Missing(_)), Some(k)) => k.clone(),
+        (Some(Credentials::Missing(msg)), None) => {
+            let m = format!(
+                "cannot delete the AgentSend inbox: {msg}; restore the credentials or set deletionPolicy: Orphan"
+            );
+            let r = report(o, None, None, stalled(Reason::CredentialsMissing, m));
+            return Some(fail(Some(r), Failure::CredentialsMissing(msg.clone())));
+        }
+    };
+    let id = match (bound, pending) {
+        (Some(id), _) => id,
+        (None, Some(pending)) => match interrupted_create(o, &key, pending)? {
+            Ok(id) => id,
+            Err(step) => return Some(step),
+        },
+        (None, None) => return None,
+    };
+    match &o.deleted {
+        None => Some(Step::DeleteInbox { key, id }),
+        Some(Err(e)) => Some(fail(
+            Some(report(o, None, None, readiness_for_error(e))),
+            Failure::Api(e.clone()),
+        )),
+        Some(Ok(())) if !o.forgotten => Some(Step::Forget { key, id }),
+        Some(Ok(())) if !o.announced(EventKind::Deleted) => Some(Step::Announce(InboxEvent::new(
+            EventKind::Deleted,
+            format!("deleted AgentSend inbox {id}"),
+        ))),
+        Some(Ok(())) => None,
+    }
+}
+
+/// During deletion without a bound ID: what an interrupted create made. `Some(Err(step))`
+/// while inputs are missing, `Some(Ok(id))` for the inbox to delete, `None` for nothing.
+fn interrupted_create(o: &Observed, key: &ApiKey, pending: &str) -> Option<Result<String, Step>> {
+    let candidates = match &o.candidates {
+        None => return Some(Err(Step::ListCandidates { key: key.clone() })),
+        Some(Err(e)) => return Some(Err(fail(None, Failure::Api(e.clone())))),
+        Some(Ok(c)) => c,
+    };
+    let Some(elsewhere) = &o.bound_elsewhere else {
+        return Some(Err(Step::FindBindings));
+    };
+    let since = pending.parse::<jiff::Timestamp>().ok();
+    match decide::recover_pending(&o.inbox.spec, since, candidates, elsewhere) {
+        Recovery::Bind(r) => Some(Ok(r.id)),
+        Recovery::CreateNew => None,
+        Recovery::Ambiguous(ids) if !o.announced(EventKind::CreationUncertain) => {
+            Some(Err(Step::Announce(InboxEvent::new(
+                EventKind::CreationUncertain,
+                format!(
+                    "could not tell which of {} inboxes an interrupted create made ({}); none was deleted — delete the unwanted one in AgentSend",
+                    ids.len(),
+                    ids.join(", ")
+                ),
+            ))))
+        }
+        Recovery::Ambiguous(_) => None,
+    }
+}
+
+// ------------------------------------------------------------------------ outcomes
+
+fn stalled(reason: Reason, message: impl Into<String>) -> Readiness {
+    Readiness::stalled(reason, message)
+}
+
+fn immutable(o: &Observed, m: &FieldMismatch) -> Step {
+    let r = stalled(Reason::ImmutableFieldChanged, decide::immutable_message(m));
+    done(report(o, None, None, r), Then::Settle)
+}
+
+fn rejected(o: &Observed, msg: String) -> Step {
+    done(
+        report(o, None, None, stalled(Reason::Rejected, msg)),
+        Then::Settle,
+    )
+}
+
+/// Retry after a stale cache view: soon (the watch normally delivers the newer object within
+/// a second), then backing off, so a watch that is down does not cost a patch per second.
+fn stale_view_retry(o: &Observed) -> Step {
+    Step::Done(Done {
+        failures: Failures::Bump,
+        ..finish(
+            None,
+            Then::Requeue(decide::stale_view_delay(o.failures, o.jitter)),
+        )
+    })
+}
+
+/// Turn an AgentSend failure into conditions and a retry.
+fn api_failure(o: &Observed, e: &ApiError) -> Step {
+    let then = match retry_delay(e, o.failures, o.jitter) {
+        Some(d) => Then::Requeue(d),
+        None => Then::Settle,
+    };
+    Step::Done(Done {
+        failures: Failures::Bump,
+        failed: Some(e.reason()),
+        ..finish(Some(report(o, None, None, readiness_for_error(e))), then)
+    })
+}
+
+/// The Ready condition for an AgentSend failure.
+pub fn readiness_for_error(e: &ApiError) -> Readiness {
+    match e {
+        ApiError::Unauthorized { .. } => stalled(Reason::CredentialsInvalid, e.to_string()),
+        ApiError::Rejected { message, status } => stalled(
+            Reason::Rejected,
+            format!("AgentSend rejected the spec (HTTP {status}): {message}"),
+        ),
+        ApiError::NotFound { .. }
+        | ApiError::RateLimited { .. }
+        | ApiError::Transient { .. }
+        | ApiError::InvalidResponse { .. } => {
+            Readiness::progressing(Reason::ApiUnavailable, e.to_string())
+        }
+        ApiError::Config { .. } => stalled(Reason::ApiUnavailable, e.to_string()),
+    }
+}
+
+/// How long to wait before trying again after an AgentSend error; `None` means wait for the
+/// spec to change. `failures` counts consecutive failures of this Inbox (0 for the first);
+/// `jitter` in [0, 1) spreads retries so many Inboxes do not retry at once.
+pub fn retry_delay(err: &ApiError, failures: u32, jitter: f64) -> Option<Duration> {
+    let jitter = jitter.clamp(0.0, 0.999);
+    match err {
+        ApiError::Rejected { .. } => None,
+        ApiError::RateLimited { retry_after, .. } => {
+            let base = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+            // Never earlier than Retry-After; spread up to 20 % (at least 1 s) later.
+            let spread = (base.mul_f64(0.2)).max(Duration::from_secs(1));
+            Some(base + spread.mul_f64(jitter))
+        }
+        ApiError::Unauthorized { .. } | ApiError::Config { .. } => {
+            Some(Duration::from_secs(300) + Duration::from_secs(60).mul_f64(jitter))
+        }
+        ApiError::Transient { .. }
+        | ApiError::InvalidResponse { .. }
+        | ApiError::NotFound { .. } => Some(decide::backoff(failures, jitter)),
+    }
+}
+
+/// Retry delay for a pass that failed with `err` (the error policy).
+pub fn error_retry(err: &Error, failures: u32, jitter: f64) -> Duration {
+    match err {
+        Error::Api(e) => retry_delay(e, failures, jitter).unwrap_or(Duration::from_secs(300)),
+        Error::CredentialsMissing(_) => decide::backoff(failures.max(4), jitter),
+        _ => decide::backoff(failures, jitter),
+    }
+}
+
+/// A progress report: written if possible, and the pass goes on either way.
+fn progress(o: &Observed, readiness: Readiness) -> Step {
+    Step::Progress(Report {
+        best_effort: true,
+        ..report(o, None, None, readiness)
+    })
+}
+
+fn finish(report: Option<Report>, then: Then) -> Done {
+    Done {
+        report,
+        then,
+        failures: Failures::Keep,
+        failed: None,
+        release: false,
+    }
+}
+
+fn done(report: Report, then: Then) -> Step {
+    Step::Done(finish(Some(report), then))
+}
+
+fn done_quietly(then: Then) -> Step {
+    Step::Done(finish(None, then))
+}
+
+fn fail(report: Option<Report>, failure: Failure) -> Step {
+    let report = report.map(|r| Report {
+        best_effort: true,
+        ..r
+    });
+    Step::Done(finish(report, Then::Fail(failure)))
+}
+
+// ----------------------------------------------------------------------------- status
+
+/// The status for `readiness`, whether it changed, and the events its transitions publish.
+pub fn report(
+    o: &Observed,
+    remote: Option<&RemoteInbox>,
+    secret_name: Option<String>,
+    readiness: Readiness,
+) -> Report {
+    let current = o.inbox.status.as_ref();
+    let new = status::build_status(StatusInput {
+        previous: current,
+        generation: o.inbox.metadata.generation,
+        inbox_id: remote
+            .map(|r| r.id.clone())
+            .or_else(|| o.inbox.bound_inbox_id()),
+        remote,
+        secret_name,
+        readiness: readiness.clone(),
+        now: &o.now,
+    });
+    let changed = current != Some(&new);
+    let events = if changed {
+        transition_events(o.status_at_start.as_ref(), &new, &readiness)
+    } else {
+        Vec::new()
+    };
+    Report {
+        ready: readiness == Readiness::Ready,
+        status: new,
+        changed,
+        readiness,
+        events,
+        best_effort: false,
+    }
+}
+
+/// Warning events for entering a not-ready reason the contract names, and for reaching the
+/// send limit. Transitions only, so a retry loop does not flood the namespace.
+pub fn transition_events(
+    before: Option<&InboxStatus>,
+    after: &InboxStatus,
+    readiness: &Readiness,
+) -> Vec<InboxEvent> {
+    let mut events = Vec::new();
+    let before_reason = status::find(before, crd::condition::READY).and_then(|c| c.reason());
+    let warning = match readiness.reason() {
+        Reason::Rejected => Some(EventKind::Rejected),
+        Reason::CredentialsInvalid => Some(EventKind::CredentialsInvalid),
+        Reason::CreationUncertain => Some(EventKind::CreationUncertain),
+        Reason::SecretConflict => Some(EventKind::SecretConflict),
+        Reason::InboxSuspended => Some(EventKind::Suspended),
+        _ => None,
+    };
+    if let Some(kind) = warning
+        && before_reason != Some(readiness.reason())
+    {
+        events.push(InboxEvent::new(kind, readiness.message()));
+    }
+    let limit = |s| status::find(s, crd::condition::SEND_LIMIT_REACHED);
+    if let Some(now) = limit(Some(after))
+        && now.status() == ConditionStatus::True
+        && limit(before).map(|c| c.status()) != Some(ConditionStatus::True)
+    {
+        events.push(InboxEvent::new(
+            EventKind::SendLimitReached,
+            now.message.clone(),
+        ));
+    }
+    events
+}
+
+// ------------------------------------------------------------------------- display
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::ReadCredentials => write!(f, "read credentials"),
+            Step::Observe { id, .. } => write!(f, "observe {id}"),
+            Step::Fetch { id, .. } => write!(f, "fetch {id}"),
+            Step::ListCandidates { .. } => write!(f, "list candidates"),
+            Step::FindBindings => write!(f, "find bindings"),
+            Step::MarkPending { unbind: None } => write!(f, "mark pending"),
+            Step::MarkPending { unbind: Some(id) } => write!(f, "unbind {id} and mark pending"),
+            Step::Progress(r) => write!(f, "progress {}", r.readiness.reason()),
+            Step::Create { .. } => write!(f, "create"),
+            Step::Bind { remote, event, .. } => {
+                write!(f, "bind {} ({})", remote.id, event.kind.reason())
+            }
+            Step::RecordBinding { id } => write!(f, "record binding {id}"),
+            Step::ClearPending => write!(f, "clear pending"),
+            Step::Forget { id, .. } => write!(f, "forget {id}"),
+            Step::Register { id, .. } => write!(f, "register {id}"),
+            Step::ReadSecret { name } => write!(f, "read secret {name}"),
+            Step::WriteSecret { secret, create, .. } => {
+                let verb = if *create { "create" } else { "update" };
+                let name = secret.metadata.name.as_deref().unwrap_or_default();
+                write!(f, "{verb} secret {name}")
+            }
+            Step::DeleteSecret { name, .. } => write!(f, "delete secret {name}"),
+            Step::DeleteInbox { id, .. } => write!(f, "delete inbox {id}"),
+            Step::Announce(e) => write!(f, "announce {}", e.kind.reason()),
+            Step::Done(d) => write!(f, "{d}"),
+        }
+    }
+}
+
+impl fmt::Display for Done {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("done")?;
+        if let Some(r) = &self.report {
+            write!(f, " {}", r.readiness.reason())?;
+            for e in &r.events {
+                write!(f, " +{}", e.kind.reason())?;
+            }
+        }
+        match &self.then {
+            Then::Settle => f.write_str("; settle")?,
+            Then::Requeue(d) => write!(f, "; requeue {d:?}")?,
+            Then::Fail(Failure::Api(e)) => write!(f, "; fail {}", e.reason())?,
+            Then::Fail(Failure::CredentialsMissing(_)) => f.write_str("; fail credentials")?,
+            Then::Fail(Failure::InvalidObject) => f.write_str("; fail invalid")?,
+        }
+        match self.failures {
+            Failures::Keep => {}
+            Failures::Reset => f.write_str("; reset failures")?,
+            Failures::Bump => f.write_str("; count failure")?,
+        }
+        if self.release {
+            f.write_str("; release")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The lifecycle as a table: each row is one rule — what the pass has observed so far,
+    //! and the one thing the planner does next.
+
+    use super::*;
+    use crate::crd::{InboxSpec, SecretSpec};
+    use k8s_openapi::ByteString;
+    use kube::ResourceExt;
+
+    const NOW: &str = "2026-11-28T10:00:00Z";
+    const MARKED_AT: &str = "2026-11-28T09:59:00Z";
+
+    fn key() -> ApiKey {
+        ApiKey::new("k").unwrap()
+    }
+
+    fn remote(id: &str, address: &str) -> RemoteInbox {
+        RemoteInbox {
+            id: id.into(),
+            address: address.into(),
+            display_name: None,
+            domain_id: None,
+            status: InboxState::Active,
+            daily_send_limit: Some(100),
+            sends_today: Some(3),
+            total_sent: Some(10),
+            bounce_count: Some(0),
+            complaint_count: Some(0),
+            created_at: Some("2026-11-28T09:59:30.000Z".into()),
+        }
+    }
+
+    fn inb1() -> RemoteInbox {
+        remote("inb_1", "support@agentsend.io")
+    }
+
+    fn transient() -> ApiError {
+        ApiError::Transient {
+            status: Some(503),
+            message: "down".into(),
+        }
+    }
+
+    fn rejected_409() -> ApiError {
+        ApiError::Rejected {
+            status: 409,
+            message: "address taken".into(),
+        }
+    }
+
+    /// An Observed under construction.
+    struct B(Observed);
+
+    fn obs() -> B {
+        let mut i = Inbox::new("mail", InboxSpec::default());
+        i.metadata.namespace = Some("team".into());
+        i.metadata.uid = Some("uid-1".into());
+        i.metadata.resource_version = Some("7".into());
+        i.metadata.generation = Some(2);
+        B(Observed::new(
+            i,
+            Phase::Apply,
+            NOW.into(),
+            Duration::from_secs(60),
+        ))
+    }
+
+    impl B {
+        fn with(mut self, f: impl FnOnce(&mut Observed)) -> Self {
+            f(&mut self.0);
+            self
+        }
+        fn ann(self, k: &'static str, v: &str) -> Self {
+            let v = v.to_string();
+            self.with(|o| {
+                o.inbox.annotations_mut().insert(k.into(), v);
+            })
+        }
+        fn paused(self) -> Self {
+            self.ann(crd::ANNOTATION_PAUSED, "true")
+        }
+        fn deleting(self) -> Self {
+            self.with(|o| o.phase = Phase::Cleanup)
+                .progress(Reason::Deleting)
+        }
+        fn orphan(self) -> Self {
+            self.spec(|s| s.deletion_policy = DeletionPolicy::Orphan)
+        }
+        fn key(self) -> Self {
+            self.with(|o| o.credentials = Some(Credentials::Key(key())))
+        }
+        fn no_key(self) -> Self {
+            self.with(|o| o.credentials = Some(Credentials::Missing("no key".into())))
+        }
+        fn remembered(self) -> Self {
+            self.with(|o| o.remembered_key = Some(key()))
+        }
+        fn bound(self, id: &str) -> Self {
+            self.ann(crd::ANNOTATION_INBOX_ID, id)
+        }
+        fn pending(self) -> Self {
+            self.ann(crd::ANNOTATION_CREATE_PENDING, MARKED_AT)
+        }
+        fn spec(self, f: impl FnOnce(&mut InboxSpec)) -> Self {
+            self.with(|o| f(&mut o.inbox.spec))
+        }
+        fn adopting(self, id: &str) -> Self {
+            let id = id.to_string();
+            self.spec(|s| s.inbox_id = Some(id))
+        }
+        fn status(self, st: InboxStatus) -> Self {
+            self.with(|o| {
+                o.inbox.status = Some(st.clone());
+                o.status_at_start = Some(st);
+            })
+        }
+        fn found(self, r: RemoteInbox) -> Self {
+            self.with(|o| o.remote = Some(Lookup::Found(r)))
+        }
+        fn gone(self) -> Self {
+            self.with(|o| o.remote = Some(Lookup::Gone))
+        }
+        fn lookup_failed(self, e: ApiError) -> Self {
+            self.with(|o| o.remote = Some(Lookup::Failed(e)))
+        }
+        fn candidates(self, c: Vec<RemoteInbox>) -> Self {
+            self.with(|o| o.candidates = Some(Ok(c)))
+        }
+        fn elsewhere(self, ids: &[&str]) -> Self {
+            let ids = ids.iter().map(|s| s.to_string()).collect();
+            self.with(|o| o.bound_elsewhere = Some(ids))
+        }
+        fn marked(self, m: Marked) -> Self {
+            self.with(|o| o.marked = Some(m))
+        }
+        fn created(self, r: Result<RemoteInbox, ApiError>) -> Self {
+            self.with(|o| o.created = Some(r))
+        }
+        fn progress(self, r: Reason) -> Self {
+            self.with(|o| o.progress = Some(r))
+        }
+        fn registered(self) -> Self {
+            self.with(|o| o.registered = true)
+        }
+        fn secret(self, name: &str, s: Option<Secret>) -> Self {
+            let name = name.to_string();
+            self.with(|o| {
+                o.secrets.insert(name, s);
+            })
+        }
+        /// The Secret as this Inbox writes it for `r`.
+        fn secret_for(self, r: &RemoteInbox) -> Self {
+            let s = decide::desired_secret(&self.0.inbox, r);
+            let name = self.0.inbox.secret_name();
+            self.secret(&name, s)
+        }
+        /// Bound to `r`, observed, registered, Secret in place.
+        fn converged(self, r: RemoteInbox) -> Self {
+            self.key()
+                .bound(&r.id.clone())
+                .found(r.clone())
+                .registered()
+                .secret_for(&r)
+        }
+    }
+
+    fn owned_secret(name: &str) -> Secret {
+        let mut s = decide::desired_secret(&obs().0.inbox, &inb1()).unwrap();
+        s.metadata.name = Some(name.into());
+        s.metadata.uid = Some(format!("uid-of-{name}"));
+        s
+    }
+
+    fn foreign_secret(name: &str) -> Secret {
+        let mut s = owned_secret(name);
+        s.metadata.owner_references = None;
+        s
+    }
+
+    fn ready_status(r: &RemoteInbox) -> InboxStatus {
+        status::build_status(StatusInput {
+            previous: None,
+            generation: Some(2),
+            inbox_id: Some(r.id.clone()),
+            remote: Some(r),
+            secret_name: Some("mail".into()),
+            readiness: Readiness::Ready,
+            now: NOW,
+        })
+    }
+
+    fn rejected_status(generation: i64) -> InboxStatus {
+        let mut s = status::build_status(StatusInput {
+            previous: None,
+            generation: Some(generation),
+            inbox_id: None,
+            remote: None,
+            secret_name: None,
+            readiness: stalled(Reason::Rejected, "taken"),
+            now: NOW,
+        });
+        s.observed_generation = Some(generation);
+        s
+    }
+
+    fn with_status(r: RemoteInbox, state: InboxState) -> RemoteInbox {
+        RemoteInbox { status: state, ..r }
+    }
+
+    /// The lifecycle, one rule per row: (rule, observed so far, next step).
+    fn table() -> Vec<(&'static str, B, &'static str)> {
+        let at_limit = RemoteInbox {
+            sends_today: Some(100),
+            ..inb1()
+        };
+        let bot = |id: &str, addr: &str| RemoteInbox {
+            display_name: Some("Bot".into()),
+            ..remote(id, addr)
+        };
+        vec![
+            // ---- paused
+            (
+                "paused: no AgentSend call, no Secret write",
+                obs().paused(),
+                "done Paused; settle",
+            ),
+            (
+                "paused while deleting: nothing happens, the finalizer stays",
+                obs().paused().with(|o| o.phase = Phase::Held),
+                "done Paused; settle",
+            ),
+            // ---- credentials
+            (
+                "the API key is resolved before anything else",
+                obs(),
+                "read credentials",
+            ),
+            (
+                "no API key: CredentialsMissing, retried with backoff (at least the 4th step)",
+                obs().no_key(),
+                "done CredentialsMissing; requeue 4s; count failure",
+            ),
+            // ---- create
+            (
+                "unbound, nothing pending: persist the pending mark before any POST",
+                obs().key(),
+                "mark pending",
+            ),
+            (
+                "mark refused, the view was stale: decide again on fresh data soon",
+                obs().key().marked(Marked::Stale),
+                "done; requeue 500ms; count failure",
+            ),
+            (
+                "marked: report Creating while the create is in flight",
+                obs().key().pending().marked(Marked::Yes),
+                "progress Creating",
+            ),
+            (
+                "Creating reported: POST",
+                obs()
+                    .key()
+                    .pending()
+                    .marked(Marked::Yes)
+                    .progress(Reason::Creating),
+                "create",
+            ),
+            (
+                "created: record the binding, announce Created",
+                obs().key().pending().created(Ok(inb1())),
+                "bind inb_1 (Created)",
+            ),
+            (
+                "re-created after the inbox vanished: announce Recreated (Warning)",
+                obs()
+                    .key()
+                    .pending()
+                    .created(Ok(inb1()))
+                    .with(|o| o.replaces = Some("inb_0".into())),
+                "bind inb_1 (Recreated)",
+            ),
+            (
+                "create refused with a 4xx: nothing was created, so the pending mark goes",
+                obs().key().pending().created(Err(rejected_409())),
+                "clear pending",
+            ),
+            (
+                "then Rejected with the API's message, not retried until the spec changes",
+                obs()
+                    .key()
+                    .created(Err(rejected_409()))
+                    .with(|o| o.pending_cleared = true),
+                "done Rejected +Rejected; settle; count failure",
+            ),
+            (
+                "create outcome unknown (5xx): the mark stays, ApiUnavailable, backoff",
+                obs().key().pending().created(Err(transient())),
+                "done ApiUnavailable; requeue 500ms; count failure",
+            ),
+            (
+                "rejected at this generation: no second create",
+                obs().key().status(rejected_status(2)),
+                "done; settle",
+            ),
+            (
+                "rejected at an older generation: the spec changed, try again",
+                obs().key().status(rejected_status(1)),
+                "mark pending",
+            ),
+            // ---- recover
+            (
+                "pending mark without an ID: list the account before creating",
+                obs().key().pending(),
+                "list candidates",
+            ),
+            (
+                "the listing fails: ApiUnavailable, backoff",
+                obs()
+                    .key()
+                    .pending()
+                    .with(|o| o.candidates = Some(Err(transient()))),
+                "done ApiUnavailable; requeue 500ms; count failure",
+            ),
+            (
+                "listed: collect the IDs other Inboxes hold (one owner)",
+                obs().key().pending().candidates(vec![inb1()]),
+                "find bindings",
+            ),
+            (
+                "exactly one match: bind it (Created)",
+                obs()
+                    .key()
+                    .pending()
+                    .spec(|s| s.address = Some("support@agentsend.io".into()))
+                    .candidates(vec![inb1()])
+                    .elsewhere(&[]),
+                "bind inb_1 (Created)",
+            ),
+            (
+                "the only match belongs to another Inbox: create",
+                obs()
+                    .key()
+                    .pending()
+                    .spec(|s| s.address = Some("support@agentsend.io".into()))
+                    .candidates(vec![inb1()])
+                    .elsewhere(&["inb_1"]),
+                "progress Creating",
+            ),
+            (
+                "no match: the create never happened, create",
+                obs().key().pending().candidates(vec![]).elsewhere(&[]),
+                "progress Creating",
+            ),
+            (
+                "several matches: CreationUncertain, a human chooses",
+                obs()
+                    .key()
+                    .pending()
+                    .spec(|s| s.display_name = Some("Bot".into()))
+                    .candidates(vec![bot("a", "a@agentsend.io"), bot("b", "b@agentsend.io")])
+                    .elsewhere(&[]),
+                "done CreationUncertain +CreationUncertain; settle",
+            ),
+            // ---- bound
+            (
+                "bound: observe through the account's scan cache",
+                obs().key().bound("inb_1"),
+                "observe inb_1",
+            ),
+            (
+                "spec.inboxId moved away from the bound inbox: ImmutableFieldChanged",
+                obs().key().bound("inb_1").adopting("inb_2"),
+                "done ImmutableFieldChanged; settle",
+            ),
+            (
+                "address differs from the recorded one: ImmutableFieldChanged, no call",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .status(ready_status(&inb1()))
+                    .spec(|s| s.address = Some("sales".into())),
+                "done ImmutableFieldChanged; settle",
+            ),
+            (
+                "created inbox: a display name on one side only is a change",
+                obs().key().bound("inb_1").found(RemoteInbox {
+                    display_name: Some("X".into()),
+                    ..inb1()
+                }),
+                "done ImmutableFieldChanged; settle",
+            ),
+            (
+                "adopted inbox: only the fields set in the spec must match",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .adopting("inb_1")
+                    .found(RemoteInbox {
+                        display_name: Some("X".into()),
+                        ..inb1()
+                    }),
+                "register inb_1",
+            ),
+            (
+                "observing fails: ApiUnavailable, backoff",
+                obs().key().bound("inb_1").lookup_failed(transient()),
+                "done ApiUnavailable; requeue 500ms; count failure",
+            ),
+            (
+                "the key is refused: CredentialsInvalid, retried slowly",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .lookup_failed(ApiError::Unauthorized {
+                        status: 401,
+                        message: "no".into(),
+                    }),
+                "done CredentialsInvalid +CredentialsInvalid; requeue 300s; count failure",
+            ),
+            (
+                "rate limited: Retry-After is honoured",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .lookup_failed(ApiError::RateLimited {
+                        retry_after: Some(Duration::from_secs(30)),
+                        message: String::new(),
+                    }),
+                "done ApiUnavailable; requeue 30s; count failure",
+            ),
+            (
+                "misconfigured client: stalled until the flags change",
+                obs().key().bound("inb_1").lookup_failed(ApiError::Config {
+                    message: "bad url".into(),
+                }),
+                "done ApiUnavailable; requeue 300s; count failure",
+            ),
+            (
+                "vanished: drop the cached observation first",
+                obs().key().bound("inb_1").gone(),
+                "forget inb_1",
+            ),
+            (
+                "state deleted counts as vanished",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .found(with_status(inb1(), InboxState::Deleted)),
+                "forget inb_1",
+            ),
+            (
+                "vanished, created by us: unbind and mark pending in one write",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .gone()
+                    .with(|o| o.forgotten = true),
+                "unbind inb_1 and mark pending",
+            ),
+            (
+                "vanished, adopted: InboxNotFound, never re-created",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .adopting("inb_1")
+                    .gone()
+                    .with(|o| o.forgotten = true),
+                "done InboxNotFound; requeue 300s",
+            ),
+            (
+                "bound through status only (restored backup): pin the annotation",
+                obs().key().status(ready_status(&inb1())).found(inb1()),
+                "record binding inb_1",
+            ),
+            (
+                "an empty inbox-id annotation means explicitly unbound",
+                obs().key().bound("").status(ready_status(&inb1())),
+                "mark pending",
+            ),
+            // ---- converge
+            (
+                "bound and observed: register with the counter sync",
+                obs().key().bound("inb_1").found(inb1()),
+                "register inb_1",
+            ),
+            (
+                "registered: read the Secret",
+                obs().key().bound("inb_1").found(inb1()).registered(),
+                "read secret mail",
+            ),
+            (
+                "Secret absent: create it (SecretWritten)",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .found(inb1())
+                    .registered()
+                    .secret("mail", None),
+                "create secret mail",
+            ),
+            (
+                "owned Secret edited: restore it",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .found(inb1())
+                    .registered()
+                    .secret(
+                        "mail",
+                        Some({
+                            let mut s = owned_secret("mail");
+                            s.data
+                                .get_or_insert_default()
+                                .insert("address".into(), ByteString(b"evil@x".to_vec()));
+                            s
+                        }),
+                    ),
+                "update secret mail",
+            ),
+            (
+                "a Secret of that name this Inbox does not own: SecretConflict, never touched",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .found(inb1())
+                    .registered()
+                    .secret("mail", Some(foreign_secret("mail"))),
+                "done SecretConflict +SecretConflict; requeue 30s; reset failures",
+            ),
+            (
+                "active, Secret in place: Ready",
+                obs().converged(inb1()),
+                "done Ready; settle; reset failures",
+            ),
+            (
+                "suspended: InboxSuspended and a Suspended warning",
+                obs().converged(with_status(inb1(), InboxState::Suspended)),
+                "done InboxSuspended +Suspended; settle; reset failures",
+            ),
+            (
+                "an unknown state: not ready, and not read as suspended",
+                obs().converged(with_status(inb1(), InboxState::Unknown("paused".into()))),
+                "done ApiUnavailable; settle; reset failures",
+            ),
+            (
+                "no sends left: SendLimitReached warning on the transition",
+                obs().converged(at_limit.clone()),
+                "done Ready +SendLimitReached; settle; reset failures",
+            ),
+            (
+                "still no sends left: unchanged status, no write, no second warning",
+                obs()
+                    .converged(at_limit.clone())
+                    .status(ready_status(&at_limit)),
+                "done Ready; settle; reset failures",
+            ),
+            (
+                "Secret renamed: look at the previous one",
+                obs().converged(inb1()).status(InboxStatus {
+                    secret_name: Some("old".into()),
+                    ..ready_status(&inb1())
+                }),
+                "read secret old",
+            ),
+            (
+                "the previous Secret is owned: delete it",
+                obs()
+                    .converged(inb1())
+                    .status(InboxStatus {
+                        secret_name: Some("old".into()),
+                        ..ready_status(&inb1())
+                    })
+                    .secret("old", Some(owned_secret("old"))),
+                "delete secret old",
+            ),
+            (
+                "the previous Secret is someone else's: leave it",
+                obs()
+                    .converged(inb1())
+                    .status(InboxStatus {
+                        secret_name: Some("old".into()),
+                        ..ready_status(&inb1())
+                    })
+                    .secret("old", Some(foreign_secret("old"))),
+                "done Ready; settle; reset failures",
+            ),
+            (
+                "spec.secret.name: the Secret of that name is the one written",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .found(inb1())
+                    .registered()
+                    .spec(|s| {
+                        s.secret = Some(SecretSpec {
+                            name: Some("addr".into()),
+                            ..Default::default()
+                        })
+                    }),
+                "read secret addr",
+            ),
+            // ---- adopt
+            (
+                "spec.inboxId: fetch that inbox",
+                obs().key().adopting("inb_9"),
+                "fetch inb_9",
+            ),
+            (
+                "adopting an inbox that does not exist: InboxNotFound, nothing created",
+                obs().key().adopting("inb_9").gone(),
+                "done InboxNotFound; requeue 300s",
+            ),
+            (
+                "adopting fails on the API: ApiUnavailable",
+                obs().key().adopting("inb_9").lookup_failed(transient()),
+                "done ApiUnavailable; requeue 500ms; count failure",
+            ),
+            (
+                "adopting with a different address in the spec: Rejected",
+                obs()
+                    .key()
+                    .adopting("inb_9")
+                    .spec(|s| s.address = Some("sales".into()))
+                    .found(remote("inb_9", "support@agentsend.io")),
+                "done Rejected +Rejected; settle",
+            ),
+            (
+                "adopting: check that no other Inbox holds it",
+                obs()
+                    .key()
+                    .adopting("inb_9")
+                    .found(remote("inb_9", "x@agentsend.io")),
+                "find bindings",
+            ),
+            (
+                "adopting an inbox bound to another Inbox: Rejected (one owner)",
+                obs()
+                    .key()
+                    .adopting("inb_9")
+                    .found(remote("inb_9", "x@agentsend.io"))
+                    .elsewhere(&["inb_9"]),
+                "done Rejected +Rejected; settle",
+            ),
+            (
+                "adopting: bind and announce Adopted",
+                obs()
+                    .key()
+                    .adopting("inb_9")
+                    .found(remote("inb_9", "x@agentsend.io"))
+                    .elsewhere(&["inb_1"]),
+                "bind inb_9 (Adopted)",
+            ),
+            (
+                "bound in this pass: converge without checking again",
+                obs()
+                    .key()
+                    .adopting("inb_9")
+                    .bound("inb_9")
+                    .found(remote("inb_9", "x@agentsend.io"))
+                    .with(|o| o.bound_now = true),
+                "register inb_9",
+            ),
+            // ---- delete
+            (
+                "deleting: report Deleting first",
+                obs().with(|o| o.phase = Phase::Cleanup),
+                "progress Deleting",
+            ),
+            (
+                "Orphan: leave the inbox, announce Orphaned",
+                obs().deleting().orphan().bound("inb_1"),
+                "announce Orphaned",
+            ),
+            (
+                "Orphan: then the owned Secret",
+                obs()
+                    .deleting()
+                    .orphan()
+                    .bound("inb_1")
+                    .with(|o| o.announced.push(EventKind::Orphaned)),
+                "read secret mail",
+            ),
+            (
+                "Delete: resolve the key",
+                obs().deleting().bound("inb_1"),
+                "read credentials",
+            ),
+            (
+                "Delete: delete the bound inbox",
+                obs().deleting().bound("inb_1").key(),
+                "delete inbox inb_1",
+            ),
+            (
+                "Delete with the credentials Secret gone: the key last used still works",
+                obs().deleting().bound("inb_1").no_key().remembered(),
+                "delete inbox inb_1",
+            ),
+            (
+                "Delete without any key: CredentialsMissing, the finalizer stays",
+                obs().deleting().bound("inb_1").no_key(),
+                "done CredentialsMissing; fail credentials",
+            ),
+            (
+                "the delete call fails: the finalizer stays, retried",
+                obs()
+                    .deleting()
+                    .bound("inb_1")
+                    .key()
+                    .with(|o| o.deleted = Some(Err(transient()))),
+                "done ApiUnavailable; fail transient",
+            ),
+            (
+                "deleted (or already gone): drop the observation",
+                obs()
+                    .deleting()
+                    .bound("inb_1")
+                    .key()
+                    .with(|o| o.deleted = Some(Ok(()))),
+                "forget inb_1",
+            ),
+            (
+                "then announce Deleted",
+                obs().deleting().bound("inb_1").key().with(|o| {
+                    o.deleted = Some(Ok(()));
+                    o.forgotten = true;
+                }),
+                "announce Deleted",
+            ),
+            (
+                "never bound, nothing pending (e.g. a Rejected second claimant): no AgentSend call",
+                obs().deleting().adopting("inb_1"),
+                "read secret mail",
+            ),
+            (
+                "pending mark, no ID: find what the interrupted create made",
+                obs().deleting().pending().key(),
+                "list candidates",
+            ),
+            (
+                "the listing fails: the finalizer stays",
+                obs()
+                    .deleting()
+                    .pending()
+                    .key()
+                    .with(|o| o.candidates = Some(Err(transient()))),
+                "done; fail transient",
+            ),
+            (
+                "one match: delete it",
+                obs()
+                    .deleting()
+                    .pending()
+                    .key()
+                    .spec(|s| s.address = Some("support@agentsend.io".into()))
+                    .candidates(vec![inb1()])
+                    .elsewhere(&[]),
+                "delete inbox inb_1",
+            ),
+            (
+                "no match: nothing to delete in AgentSend",
+                obs()
+                    .deleting()
+                    .pending()
+                    .key()
+                    .candidates(vec![])
+                    .elsewhere(&[]),
+                "read secret mail",
+            ),
+            (
+                "several matches: delete none, announce CreationUncertain",
+                obs()
+                    .deleting()
+                    .pending()
+                    .key()
+                    .spec(|s| s.display_name = Some("Bot".into()))
+                    .candidates(vec![bot("a", "a@agentsend.io"), bot("b", "b@agentsend.io")])
+                    .elsewhere(&[]),
+                "announce CreationUncertain",
+            ),
+            (
+                "the owned Secret goes",
+                obs().deleting().secret("mail", Some(owned_secret("mail"))),
+                "delete secret mail",
+            ),
+            (
+                "a foreign Secret of that name stays",
+                obs()
+                    .deleting()
+                    .secret("mail", Some(foreign_secret("mail"))),
+                "done; settle; reset failures; release",
+            ),
+            (
+                "the Secret of a previous name goes too",
+                obs().deleting().secret("mail", None).status(InboxStatus {
+                    secret_name: Some("old".into()),
+                    ..Default::default()
+                }),
+                "read secret old",
+            ),
+            (
+                "all done: release the registration, metrics and backoff",
+                obs().deleting().secret("mail", None),
+                "done; settle; reset failures; release",
+            ),
+        ]
+    }
+
+    #[test]
+    fn lifecycle() {
+        let mut wrong = Vec::new();
+        let rows = table();
+        println!("{} lifecycle rules", rows.len());
+        for (rule, b, want) in rows {
+            let got = plan(&b.0).to_string();
+            if got != want {
+                wrong.push(format!("{rule}:\n    want {want}\n    got  {got}"));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} rows differ:\n{}",
+            wrong.len(),
+            wrong.join("\n")
+        );
+    }
+
+    #[test]
+    fn every_not_ready_reason_and_warning_is_a_row() {
+        let expected: Vec<&str> = table().into_iter().map(|(_, _, want)| want).collect();
+        let all = expected.join("\n");
+        for r in Reason::ALL {
+            if matches!(r, Reason::UpToDate | Reason::SendsAvailable) {
+                continue; // reasons of True/False companion conditions, not of a Ready outcome
+            }
+            assert!(all.contains(r.as_str()), "no row ends in {r}");
+        }
+        for k in [
+            EventKind::Created,
+            EventKind::Adopted,
+            EventKind::Deleted,
+            EventKind::Orphaned,
+            EventKind::Recreated,
+            EventKind::SecretConflict,
+            EventKind::Rejected,
+            EventKind::CredentialsInvalid,
+            EventKind::CreationUncertain,
+            EventKind::Suspended,
+            EventKind::SendLimitReached,
+        ] {
+            assert!(all.contains(k.reason()), "no row publishes {}", k.reason());
+        }
+    }
+
+    #[test]
+    fn paused_deletion_bypasses_the_finalizer_helper() {
+        let mut i = obs().paused().0.inbox;
+        assert_eq!(Phase::before_finalizer(&i), None);
+        i.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::now(),
+        ));
+        assert_eq!(Phase::before_finalizer(&i), Some(Phase::Held));
+    }
+
+    #[test]
+    fn api_errors_map_to_conditions() {
+        let cases = [
+            (
+                ApiError::Unauthorized {
+                    status: 403,
+                    message: "m".into(),
+                },
+                Reason::CredentialsInvalid,
+                true,
+                true,
+            ),
+            (rejected_409(), Reason::Rejected, true, true),
+            (
+                ApiError::NotFound {
+                    message: "m".into(),
+                },
+                Reason::ApiUnavailable,
+                false,
+                true,
+            ),
+            (
+                ApiError::RateLimited {
+                    retry_after: None,
+                    message: "m".into(),
+                },
+                Reason::ApiUnavailable,
+                false,
+                true,
+            ),
+            (transient(), Reason::ApiUnavailable, false, false),
+            (
+                ApiError::InvalidResponse {
+                    message: "m".into(),
+                },
+                Reason::ApiUnavailable,
+                false,
+                false,
+            ),
+            (
+                ApiError::Config {
+                    message: "m".into(),
+                },
+                Reason::ApiUnavailable,
+                true,
+                true,
+            ),
+        ];
+        for (e, reason, stalls, nothing_created) in cases {
+            let r = readiness_for_error(&e);
+            assert_eq!(r.reason(), reason, "{e:?}");
+            assert_eq!(matches!(r, Readiness::Stalled { .. }), stalls, "{e:?}");
+            assert_eq!(proves_not_created(&e), nothing_created, "{e:?}");
+        }
+        assert!(
+            readiness_for_error(&rejected_409())
+                .message()
+                .contains("address taken")
+        );
+    }
+
+    #[test]
+    fn retry_rules() {
+        assert_eq!(retry_delay(&rejected_409(), 0, 0.5), None);
+        let limited = ApiError::RateLimited {
+            retry_after: Some(Duration::from_secs(30)),
+            message: String::new(),
+        };
+        for j in [0.0, 0.5, 0.99] {
+            let d = retry_delay(&limited, 0, j).unwrap();
+            assert!(
+                d >= Duration::from_secs(30) && d <= Duration::from_secs(37),
+                "{d:?}"
+            );
+        }
+        let unauthorized = ApiError::Unauthorized {
+            status: 401,
+            message: String::new(),
+        };
+        assert!(retry_delay(&unauthorized, 0, 0.0).unwrap() >= Duration::from_secs(300));
+        let d0 = retry_delay(&transient(), 0, 0.0).unwrap();
+        let d3 = retry_delay(&transient(), 3, 0.0).unwrap();
+        assert!(d3 > d0);
+        assert!(retry_delay(&transient(), 30, 1.0).unwrap() <= Duration::from_secs(300));
+    }
+
+    #[test]
+    fn failed_passes_are_retried_by_cause() {
+        let missing = Error::CredentialsMissing("x".into());
+        assert!(error_retry(&missing, 0, 0.0) >= Duration::from_secs(8));
+        let rejected = Error::Api(rejected_409());
+        assert_eq!(error_retry(&rejected, 0, 0.0), Duration::from_secs(300));
+        let internal = Error::Internal("x".into());
+        assert_eq!(error_retry(&internal, 0, 0.0), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn warnings_fire_on_transitions_only() {
+        let before = rejected_status(2);
+        let r = stalled(Reason::Rejected, "again");
+        assert!(transition_events(Some(&before), &before, &r).is_empty());
+        let kinds: Vec<_> = transition_events(None, &before, &r)
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds, [EventKind::Rejected]);
+        let creating = Readiness::progressing(Reason::Creating, "m");
+        assert!(transition_events(None, &before, &creating).is_empty());
+    }
+}
