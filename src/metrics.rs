@@ -2,8 +2,8 @@
 //! the mirrored counters (labels `namespace` and `name` only — never the address or ID).
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -99,122 +99,126 @@ impl Default for Metrics {
 impl Metrics {
     /// Create and register every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::default();
-        let reconciles = Family::<ResultLabel, Counter>::default();
-        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 14));
-        let errors = Family::<ReasonLabel, Counter>::default();
-        let api_requests = Family::<RouteStatusLabel, Counter>::default();
-        let api_latency = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.005, 2.0, 14))
-        });
-        let inboxes = Family::<StateReadyLabel, Gauge>::default();
-        let leader = Gauge::default();
-        let last_sync = Gauge::<f64, AtomicU64>::default();
         let g = Family::<InboxLabel, Gauge>::default;
-        let (sends_today, daily_limit, sends_remaining, total_sent, bounces, complaints, ready) =
-            (g(), g(), g(), g(), g(), g(), g());
-        let state = Family::<InboxStateLabel, Gauge>::default();
+        let mut m = Metrics {
+            registry: Registry::default(),
+            reconciles: Family::default(),
+            reconcile_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            errors: Family::default(),
+            api_requests: Family::default(),
+            api_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 14))
+            }),
+            inboxes: Family::default(),
+            leader: Gauge::default(),
+            last_sync: Gauge::default(),
+            sends_today: g(),
+            daily_limit: g(),
+            sends_remaining: g(),
+            total_sent: g(),
+            bounces: g(),
+            complaints: g(),
+            ready: g(),
+            state: Family::default(),
+            per_inbox: Mutex::new(HashMap::new()),
+        };
+        m.register_operator_health();
+        m.register_per_inbox();
+        m
+    }
 
-        registry.register(
+    /// The operator's own health: reconciles, errors, AgentSend requests, leadership, sync.
+    fn register_operator_health(&mut self) {
+        let r = &mut self.registry;
+        r.register(
             "inbox_operator_reconciles",
             "Reconciles by result (success, error)",
-            reconciles.clone(),
+            self.reconciles.clone(),
         );
-        registry.register(
+        r.register(
             "inbox_operator_reconcile_duration_seconds",
             "Time spent in one reconcile",
-            reconcile_duration.clone(),
+            self.reconcile_duration.clone(),
         );
-        registry.register(
+        r.register(
             "inbox_operator_reconcile_errors",
             "Reconcile failures by reason",
-            errors.clone(),
+            self.errors.clone(),
         );
-        registry.register(
+        r.register(
             "inbox_operator_agentsend_requests",
             "AgentSend HTTP requests by route and status",
-            api_requests.clone(),
+            self.api_requests.clone(),
         );
-        registry.register(
+        r.register(
             "inbox_operator_agentsend_request_duration_seconds",
             "AgentSend request latency by route",
-            api_latency.clone(),
+            self.api_latency.clone(),
         );
-        registry.register(
+        r.register(
             "inbox_operator_inboxes",
             "Inboxes by AgentSend state and readiness",
-            inboxes.clone(),
+            self.inboxes.clone(),
         );
-        registry.register(
+        r.register(
             "inbox_operator_leader",
             "Whether this instance holds the leader lease (1) or not (0)",
-            leader.clone(),
+            self.leader.clone(),
         );
-        registry.register(
+        r.register(
             "inbox_operator_last_counter_sync_timestamp_seconds",
             "Unix time of the last successful counter sync of all accounts",
-            last_sync.clone(),
+            self.last_sync.clone(),
         );
-        registry.register(
-            "inbox_operator_inbox_sends_today",
-            "Sends used in the current daily window",
-            sends_today.clone(),
-        );
-        registry.register(
-            "inbox_operator_inbox_daily_send_limit",
-            "Daily send limit",
-            daily_limit.clone(),
-        );
-        registry.register(
-            "inbox_operator_inbox_sends_remaining",
-            "Sends remaining today (never negative)",
-            sends_remaining.clone(),
-        );
-        registry.register(
-            "inbox_operator_inbox_total_sent",
-            "Lifetime sends",
-            total_sent.clone(),
-        );
-        registry.register(
-            "inbox_operator_inbox_bounces",
-            "Lifetime bounces",
-            bounces.clone(),
-        );
-        registry.register(
-            "inbox_operator_inbox_complaints",
-            "Lifetime spam complaints",
-            complaints.clone(),
-        );
-        registry.register(
-            "inbox_operator_inbox_ready",
-            "Whether the Inbox is Ready (1) or not (0)",
-            ready.clone(),
-        );
-        registry.register(
+    }
+
+    /// One series per Inbox for the mirrored counters (labels `namespace` and `name`).
+    fn register_per_inbox(&mut self) {
+        let gauges = [
+            (
+                "inbox_operator_inbox_sends_today",
+                "Sends used in the current daily window",
+                &self.sends_today,
+            ),
+            (
+                "inbox_operator_inbox_daily_send_limit",
+                "Daily send limit",
+                &self.daily_limit,
+            ),
+            (
+                "inbox_operator_inbox_sends_remaining",
+                "Sends remaining today (never negative)",
+                &self.sends_remaining,
+            ),
+            (
+                "inbox_operator_inbox_total_sent",
+                "Lifetime sends",
+                &self.total_sent,
+            ),
+            (
+                "inbox_operator_inbox_bounces",
+                "Lifetime bounces",
+                &self.bounces,
+            ),
+            (
+                "inbox_operator_inbox_complaints",
+                "Lifetime spam complaints",
+                &self.complaints,
+            ),
+            (
+                "inbox_operator_inbox_ready",
+                "Whether the Inbox is Ready (1) or not (0)",
+                &self.ready,
+            ),
+        ];
+        for (name, help, family) in gauges {
+            self.registry.register(name, help, family.clone());
+        }
+        self.registry.register(
             "inbox_operator_inbox_state",
             "The inbox's current AgentSend state (1 for the current one)",
-            state.clone(),
+            self.state.clone(),
         );
-        Metrics {
-            registry,
-            reconciles,
-            reconcile_duration,
-            errors,
-            api_requests,
-            api_latency,
-            inboxes,
-            leader,
-            last_sync,
-            sends_today,
-            daily_limit,
-            sends_remaining,
-            total_sent,
-            bounces,
-            complaints,
-            ready,
-            state,
-            per_inbox: Mutex::new(HashMap::new()),
-        }
     }
 
     /// OpenMetrics text exposition.
@@ -355,9 +359,6 @@ impl Metrics {
         }
     }
 }
-
-/// Shared handle.
-pub type SharedMetrics = Arc<Metrics>;
 
 #[cfg(test)]
 mod tests {

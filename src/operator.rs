@@ -122,10 +122,12 @@ async fn check_crd(client: &Client, args: &RunArgs) -> Result<(), StartupError> 
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    // By code, not `Status::is_not_found`: a resource type that is not installed answers a
+    // plain-text "404 page not found", which carries no `NotFound` reason.
     match api.list_metadata(&ListParams::default().limit(1)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Err(StartupError::CrdMissing),
-        Err(kube::Error::Api(s)) if s.code == 403 => Err(StartupError::Forbidden(s.message)),
+        Err(kube::Error::Api(s)) if s.is_forbidden() => Err(StartupError::Forbidden(s.message)),
         Err(e) => Err(StartupError::Kube(e.to_string())),
     }
 }
