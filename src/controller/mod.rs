@@ -4,6 +4,8 @@
 //!   in [`decide`] and the status rendering in [`status`]; [`events`] names what it publishes.
 //! - `execute` runs the steps: every Kubernetes and AgentSend call of a reconcile.
 //! - [`accounts`] batches counter reads into one paginated scan per account per interval.
+//! - [`watches`] sets up the cached watches; this module wires them into one kube-runtime
+//!   Controller per watched scope, plus the counter-sync loop.
 
 pub mod accounts;
 pub mod decide;
@@ -11,6 +13,7 @@ pub mod events;
 mod execute;
 pub mod plan;
 pub mod status;
+pub mod watches;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,16 +21,21 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::mpsc;
-use futures::{FutureExt, StreamExt, TryStreamExt};
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use kube::Client;
+use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Client, Resource};
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use watches::CacheSync;
 
 use crate::agentsend::{AgentSendClient, ApiError, ApiKey};
 use crate::crd::{self, Inbox};
@@ -162,6 +170,33 @@ pub struct Context {
 }
 
 impl Context {
+    fn new(
+        client: Client,
+        api: AgentSendClient,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        scopes: &[Scope],
+    ) -> Self {
+        let reporter = Reporter {
+            controller: settings.reporter.clone(),
+            instance: settings.instance.clone(),
+        };
+        Context {
+            accounts: Accounts::new(api.clone(), settings.sync_interval),
+            recorder: EventRecorder::new(client.clone(), reporter),
+            client,
+            api,
+            metrics,
+            inbox_stores: scopes.iter().map(|s| s.inboxes.clone()).collect(),
+            secret_stores: scopes
+                .iter()
+                .map(|s| (s.ns.clone(), s.secrets.clone()))
+                .collect(),
+            failures: Mutex::new(HashMap::new()),
+            settings,
+        }
+    }
+
     /// Consecutive failures of this Inbox.
     pub(crate) fn failures(&self, obj: &ObjectRef<Inbox>) -> u32 {
         let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
@@ -201,12 +236,6 @@ impl Context {
 /// Label selector of the Secrets this operator writes.
 pub fn managed_secret_selector() -> String {
     format!("{}={}", crd::LABEL_MANAGED_BY, crd::MANAGED_BY)
-}
-
-/// Drop `managedFields` from cached objects: they are large and never read here.
-fn slim<K: Resource>(mut obj: K) -> K {
-    obj.meta_mut().managed_fields = None;
-    obj
 }
 
 /// Publishes Kubernetes Events through kube's [`Recorder`], one Recorder per window of
@@ -251,60 +280,103 @@ impl EventRecorder {
     }
 }
 
-/// Backoff between failed watch attempts: like kube's default (client-go's) but capped at
-/// 10 s instead of 30 s, so the caches catch up within seconds once an API server outage ends
-/// (a stale cache holds every write of the affected Inboxes back). Resets after a quiet minute.
-fn watch_backoff() -> kube::runtime::utils::ResetTimerBackoff<watcher::ExponentialBackoff> {
-    let exponential = backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(10))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times();
-    kube::runtime::utils::ResetTimerBackoff::new(exponential.into(), Duration::from_secs(60))
+/// One watched scope (a namespace, or all of them): its caches and their event streams.
+struct Scope {
+    ns: Option<String>,
+    inboxes: Store<Inbox>,
+    inbox_events: BoxStream<'static, Result<Inbox, watcher::Error>>,
+    secrets: Store<Secret>,
+    secret_events: BoxStream<'static, Result<Secret, watcher::Error>>,
 }
 
-/// Calls `on_ready` once every observed watch stream has finished its first list.
-struct CacheSync {
-    remaining: std::sync::atomic::AtomicUsize,
-    on_ready: Mutex<Option<Box<dyn FnOnce() + Send>>>,
-}
-
-impl CacheSync {
-    fn new(streams: usize, on_ready: impl FnOnce() + Send + 'static) -> Arc<Self> {
-        let sync = Arc::new(CacheSync {
-            remaining: streams.into(),
-            on_ready: Mutex::new(Some(Box::new(on_ready))),
-        });
-        if streams == 0 {
-            sync.stream_synced();
+impl Scope {
+    /// Start the cached watches of one scope: Inboxes (by `--selector`) and the Secrets this
+    /// operator manages. Lists are consistent reads (not `any_semantic`, served from the API
+    /// server's watch cache): after an API server restart a cached list could hand back a
+    /// resourceVersion the new watch cache no longer serves, and every relist would then
+    /// fail with 410 Gone.
+    fn watch(
+        client: &Client,
+        ns: Option<String>,
+        settings: &Settings,
+        synced: &Arc<CacheSync>,
+    ) -> Scope {
+        let mut inbox_config = watcher::Config::default();
+        if let Some(sel) = &settings.selector {
+            inbox_config = inbox_config.labels(sel);
         }
-        sync
+        let secret_config = watcher::Config::default().labels(&managed_secret_selector());
+        let inbox_api = watches::scoped_api::<Inbox>(client, ns.as_deref());
+        let secret_api = watches::scoped_api::<Secret>(client, ns.as_deref());
+        let (inboxes, inbox_events) = watches::cached(inbox_api, inbox_config, synced);
+        let (secrets, secret_events) = watches::cached(secret_api, secret_config, synced);
+        Scope {
+            ns,
+            inboxes,
+            inbox_events: inbox_events.applied_objects().boxed(),
+            secrets,
+            secret_events: secret_events.touched_objects().boxed(),
+        }
     }
 
-    /// An inspector for one watch stream: counts its first `InitDone` (relists are ignored).
-    fn observer<K>(self: &Arc<Self>) -> impl FnMut(&watcher::Event<K>) + use<K> {
-        let sync = self.clone();
-        let mut seen = false;
-        move |event| {
-            if !seen && matches!(event, watcher::Event::InitDone) {
-                seen = true;
-                if sync
-                    .remaining
-                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
-                    == 1
-                {
-                    sync.stream_synced();
+    /// The kube-runtime Controller of this scope: reconciles on Inbox changes, on changes of
+    /// the Secrets they own, on credentials-Secret changes and on counter-sync `triggers`,
+    /// until `stop` is cancelled (in-flight reconciles finish first).
+    fn controller(
+        self,
+        client: &Client,
+        ctx: Arc<Context>,
+        triggers: mpsc::UnboundedReceiver<ObjectRef<Inbox>>,
+        stop: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
+        let users = self.inboxes.clone();
+        let credentials = watches::credentials_secrets(client, self.ns.as_deref());
+        let config = ControllerConfig::default()
+            .concurrency(ctx.settings.concurrency)
+            .debounce(Duration::from_millis(200));
+        Controller::for_stream(self.inbox_events, self.inboxes)
+            .owns_stream(self.secret_events)
+            .watches_stream(credentials, move |meta: PartialObjectMeta<Secret>| {
+                let m = &meta.metadata;
+                watches::inboxes_using_credentials(
+                    &users.state(),
+                    m.namespace.as_deref(),
+                    m.name.as_deref(),
+                )
+            })
+            .reconcile_on(triggers)
+            .with_config(config)
+            .graceful_shutdown_on(stop.cancelled_owned())
+            .run(execute::reconcile, execute::error_policy, ctx)
+            .for_each(|res| async move {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "controller event");
                 }
-            }
-        }
+            })
+            .boxed()
     }
+}
 
-    fn stream_synced(&self) {
-        let f = self.on_ready.lock().ok().and_then(|mut f| f.take());
-        if let Some(f) = f {
-            tracing::info!("watch caches synced; ready");
-            f();
+/// The namespaces to watch, `None` standing for all.
+fn namespaces(settings: &Settings) -> Vec<Option<String>> {
+    if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    }
+}
+
+/// Counter-sync triggers go to the controller whose scope holds the Inbox.
+async fn route_triggers(
+    mut triggers: mpsc::UnboundedReceiver<ObjectRef<Inbox>>,
+    routes: Vec<(Option<String>, mpsc::UnboundedSender<ObjectRef<Inbox>>)>,
+) {
+    while let Some(obj) = triggers.next().await {
+        let target = routes
+            .iter()
+            .find(|(ns, _)| ns.is_none() || ns.as_deref() == obj.namespace.as_deref());
+        if let Some((_, tx)) = target {
+            let _ = tx.unbounded_send(obj);
         }
     }
 }
@@ -319,205 +391,52 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce() + Send + 'static,
 ) {
-    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        settings.namespaces.iter().cloned().map(Some).collect()
-    };
-    // Lists are consistent reads (not `any_semantic`, served from the API server's watch
-    // cache): after an API server restart a cached list could hand back a resourceVersion the
-    // new watch cache no longer serves, and every relist would then fail with 410 Gone.
-    let mut inbox_wc = watcher::Config::default();
-    if let Some(sel) = &settings.selector {
-        inbox_wc = inbox_wc.labels(sel);
-    }
-    let secret_wc = watcher::Config::default().labels(&managed_secret_selector());
-
-    struct Scope {
-        ns: Option<String>,
-        inbox_reader: Store<Inbox>,
-        inbox_stream: futures::stream::BoxStream<'static, Result<Inbox, watcher::Error>>,
-        secret_reader: Store<Secret>,
-        secret_stream: futures::stream::BoxStream<'static, Result<Secret, watcher::Error>>,
-    }
-    // Readiness: every watch cache has completed its first list. Observed on the streams
-    // (not with `Store::wait_until_ready`, whose signal wakes only one waiter: the Controller's).
-    let synced = CacheSync::new(scopes.len() * 2, on_ready);
-    let mut built = Vec::new();
-    for ns in scopes {
-        let (inbox_api, secret_api): (Api<Inbox>, Api<Secret>) = match &ns {
-            Some(n) => (
-                Api::namespaced(client.clone(), n),
-                Api::namespaced(client.clone(), n),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone())),
-        };
-        let (inbox_reader, inbox_writer) = reflector::store::<Inbox>();
-        let inbox_stream = watcher(inbox_api, inbox_wc.clone())
-            .backoff(watch_backoff())
-            .inspect_ok(synced.observer())
-            .modify(|i| {
-                i.meta_mut().managed_fields = None;
-            })
-            .reflect(inbox_writer)
-            .applied_objects()
-            .boxed();
-        let (secret_reader, secret_writer) = reflector::store::<Secret>();
-        let secret_stream = watcher(secret_api, secret_wc.clone())
-            .backoff(watch_backoff())
-            .inspect_ok(synced.observer())
-            .modify(|s| {
-                s.meta_mut().managed_fields = None;
-            })
-            .reflect(secret_writer)
-            .touched_objects()
-            .map(|r| r.map(slim))
-            .boxed();
-        built.push(Scope {
-            ns,
-            inbox_reader,
-            inbox_stream,
-            secret_reader,
-            secret_stream,
-        });
-    }
-
-    let reporter = Reporter {
-        controller: settings.reporter.clone(),
-        instance: settings.instance.clone(),
-    };
-    let accounts = Accounts::new(api.clone(), settings.sync_interval);
-    let ctx = Arc::new(Context {
-        client: client.clone(),
-        api,
-        accounts: accounts.clone(),
-        recorder: EventRecorder::new(client.clone(), reporter),
-        metrics: metrics.clone(),
-        inbox_stores: built.iter().map(|s| s.inbox_reader.clone()).collect(),
-        secret_stores: built
-            .iter()
-            .map(|s| (s.ns.clone(), s.secret_reader.clone()))
-            .collect(),
-        failures: Mutex::new(HashMap::new()),
-        settings: settings.clone(),
-    });
-
-    // Counter sync: one trigger channel per scope, routed by namespace.
-    let (sync_tx, mut sync_rx) = mpsc::unbounded::<ObjectRef<Inbox>>();
-    let mut scope_txs: Vec<(Option<String>, mpsc::UnboundedSender<ObjectRef<Inbox>>)> = Vec::new();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut controllers = Vec::new();
-    for scope in built {
-        let (tx, rx) = mpsc::unbounded::<ObjectRef<Inbox>>();
-        scope_txs.push((scope.ns.clone(), tx));
-        let mut stop = stop_rx.clone();
-        // Credentials Secrets are the user's (not labelled): watch their metadata only, and
-        // reconcile the Inboxes that reference one when it changes (key rotation).
-        let cred_api: Api<kube::core::PartialObjectMeta<Secret>> = match &scope.ns {
-            Some(n) => Api::namespaced(client.clone(), n),
-            None => Api::all(client.clone()),
-        };
-        let cred_stream = watcher(
-            cred_api,
-            watcher::Config::default().labels(&format!(
-                "{}!={}",
-                crd::LABEL_MANAGED_BY,
-                crd::MANAGED_BY
-            )),
-        )
-        .backoff(watch_backoff())
-        .touched_objects()
-        .map(|r| r.map(slim));
-        let cred_reader = scope.inbox_reader.clone();
-        let ctrl = Controller::for_stream(scope.inbox_stream, scope.inbox_reader)
-            .owns_stream(scope.secret_stream)
-            .watches_stream(
-                cred_stream,
-                move |meta: kube::core::PartialObjectMeta<Secret>| {
-                    let ns = meta.metadata.namespace.clone();
-                    let name = meta.metadata.name.clone();
-                    cred_reader
-                        .state()
-                        .into_iter()
-                        .filter(|i| {
-                            i.metadata.namespace == ns
-                                && i.spec
-                                    .credentials
-                                    .as_ref()
-                                    .map(|c| Some(&c.secret_ref.name))
-                                    == Some(name.as_ref())
-                        })
-                        .map(|i| ObjectRef::from_obj(&*i))
-                        .collect::<Vec<_>>()
-                },
-            )
-            .reconcile_on(rx)
-            .with_config(
-                ControllerConfig::default()
-                    .concurrency(settings.concurrency)
-                    .debounce(Duration::from_millis(200)),
-            )
-            .graceful_shutdown_on(async move {
-                let _ = stop.wait_for(|v| *v).await;
-            })
-            .run(execute::reconcile, execute::error_policy, ctx.clone())
-            .for_each(|res| async move {
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "controller event");
-                }
-            });
-        controllers.push(ctrl.boxed());
-    }
-    let router = tokio::spawn(async move {
-        while let Some(obj) = sync_rx.next().await {
-            let target = scope_txs
-                .iter()
-                .find(|(ns, _)| ns.is_none() || ns.as_deref() == obj.namespace.as_deref());
-            if let Some((_, tx)) = target {
-                let _ = tx.unbounded_send(obj);
-            }
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        if stopper.run_until_cancelled(shutdown).await.is_some() {
+            tracing::info!("shutdown requested: finishing in-flight reconciles");
+            stopper.cancel();
         }
     });
-    let sync_metrics = metrics.clone();
-    let sync = tokio::spawn(
-        accounts.run_sync_loop(sync_tx, move || sync_metrics.counter_sync_succeeded()),
-    );
-
-    tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("shutdown requested: finishing in-flight reconciles");
-        let _ = stop_tx.send(true);
-    });
-    futures::future::join_all(controllers).map(|_| ()).await;
-    sync.abort();
-    router.abort();
-    tracing::info!("controller stopped");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    #[test]
-    fn ready_once_after_every_stream_first_lists() {
-        let calls = Arc::new(AtomicUsize::new(0));
-        let c = calls.clone();
-        let sync = CacheSync::new(2, move || {
-            c.fetch_add(1, Ordering::SeqCst);
-        });
-        let mut inboxes = sync.observer::<Inbox>();
-        let mut secrets = sync.observer::<Secret>();
-        inboxes(&watcher::Event::Init);
-        inboxes(&watcher::Event::InitDone);
-        // A relist of the same stream does not count as the other stream.
-        inboxes(&watcher::Event::Init);
-        inboxes(&watcher::Event::InitDone);
-        assert_eq!(calls.load(Ordering::SeqCst), 0);
-        secrets(&watcher::Event::InitDone);
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        secrets(&watcher::Event::InitDone);
-        inboxes(&watcher::Event::InitDone);
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Readiness: every watch cache has completed its first list. Observed on the streams
+    // (not with `Store::wait_until_ready`, whose signal wakes only one waiter: the Controller's).
+    let namespaces = namespaces(&settings);
+    let synced = CacheSync::new(namespaces.len() * 2, on_ready);
+    let scopes: Vec<Scope> = namespaces
+        .into_iter()
+        .map(|ns| Scope::watch(&client, ns, &settings, &synced))
+        .collect();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        api,
+        settings,
+        metrics.clone(),
+        &scopes,
+    ));
+    let (sync_tx, sync_rx) = mpsc::unbounded();
+    let mut routes = Vec::new();
+    let mut controllers = Vec::new();
+    for scope in scopes {
+        let (tx, rx) = mpsc::unbounded();
+        routes.push((scope.ns.clone(), tx));
+        controllers.push(scope.controller(&client, ctx.clone(), rx, stop.clone()));
     }
+    let on_synced = move || metrics.counter_sync_succeeded();
+    let background = [
+        tokio::spawn(
+            stop.clone()
+                .run_until_cancelled_owned(route_triggers(sync_rx, routes)),
+        ),
+        tokio::spawn(
+            stop.clone()
+                .run_until_cancelled_owned(ctx.accounts.clone().run_sync_loop(sync_tx, on_synced)),
+        ),
+    ];
+    futures::future::join_all(controllers).await;
+    stop.cancel();
+    for task in background {
+        let _ = task.await;
+    }
+    tracing::info!("controller stopped");
 }

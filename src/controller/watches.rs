@@ -1,0 +1,226 @@
+//! Watch set-up: one cached, reflected watch per resource and scope (the same pipeline for
+//! Inboxes and managed Secrets), the readiness signal once every cache has listed, the
+//! metadata watch of credentials Secrets, and the mapping from such a Secret to the Inboxes
+//! that use it.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{Stream, TryStreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+
+use crate::crd::{self, Inbox};
+
+/// An API for `K` in one namespace, or in all.
+pub(crate) fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Watch `api`, keep a cache of what it lists (without `managedFields`, large and never
+/// read), and count its first list towards readiness. Returns the cache and the stream of
+/// watch events, which must be polled for the cache to fill.
+pub(crate) fn cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    synced: &Arc<CacheSync>,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    let (reader, writer) = reflector::store::<K>();
+    let stream = watcher(api, config)
+        .backoff(backoff())
+        .inspect_ok(synced.observer())
+        .modify(|o: &mut K| {
+            o.meta_mut().managed_fields = None;
+        })
+        .reflect(writer);
+    (reader, stream)
+}
+
+/// Credentials Secrets are the user's (not labelled as ours): their metadata only, so a key
+/// rotation reconciles the Inboxes that use the Secret without caching any key.
+pub(crate) fn credentials_secrets(
+    client: &Client,
+    namespace: Option<&str>,
+) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
+    let api: Api<PartialObjectMeta<Secret>> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let not_ours = format!("{}!={}", crd::LABEL_MANAGED_BY, crd::MANAGED_BY);
+    watcher(api, watcher::Config::default().labels(&not_ours))
+        .backoff(backoff())
+        .touched_objects()
+        .map_ok(|mut m| {
+            m.metadata.managed_fields = None;
+            m
+        })
+}
+
+/// The Inboxes (among `inboxes`) whose `spec.credentials` names the Secret `name` in
+/// `namespace` — credentials are only ever read from the Inbox's own namespace.
+pub fn inboxes_using_credentials(
+    inboxes: &[Arc<Inbox>],
+    namespace: Option<&str>,
+    name: Option<&str>,
+) -> Vec<ObjectRef<Inbox>> {
+    inboxes
+        .iter()
+        .filter(|i| {
+            i.metadata.namespace.as_deref() == namespace
+                && i.spec
+                    .credentials
+                    .as_ref()
+                    .map(|c| c.secret_ref.name.as_str())
+                    == name
+                && name.is_some()
+        })
+        .map(|i| ObjectRef::from_obj(&**i))
+        .collect()
+}
+
+/// Backoff between failed watch attempts: like kube's default (client-go's) but capped at
+/// 10 s instead of 30 s, so the caches catch up within seconds once an API server outage ends
+/// (a stale cache holds every write of the affected Inboxes back). Resets after a quiet minute.
+pub(crate) fn backoff() -> kube::runtime::utils::ResetTimerBackoff<watcher::ExponentialBackoff> {
+    let exponential = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(10))
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    kube::runtime::utils::ResetTimerBackoff::new(exponential.into(), Duration::from_secs(60))
+}
+
+/// Calls `on_ready` once every observed watch stream has finished its first list.
+pub(crate) struct CacheSync {
+    remaining: std::sync::atomic::AtomicUsize,
+    on_ready: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl CacheSync {
+    pub(crate) fn new(streams: usize, on_ready: impl FnOnce() + Send + 'static) -> Arc<Self> {
+        let sync = Arc::new(CacheSync {
+            remaining: streams.into(),
+            on_ready: Mutex::new(Some(Box::new(on_ready))),
+        });
+        if streams == 0 {
+            sync.stream_synced();
+        }
+        sync
+    }
+
+    /// An inspector for one watch stream: counts its first `InitDone` (relists are ignored).
+    pub(crate) fn observer<K>(self: &Arc<Self>) -> impl FnMut(&watcher::Event<K>) + use<K> {
+        let sync = self.clone();
+        let mut seen = false;
+        move |event| {
+            if !seen && matches!(event, watcher::Event::InitDone) {
+                seen = true;
+                if sync
+                    .remaining
+                    .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+                    == 1
+                {
+                    sync.stream_synced();
+                }
+            }
+        }
+    }
+
+    fn stream_synced(&self) {
+        let f = self.on_ready.lock().ok().and_then(|mut f| f.take());
+        if let Some(f) = f {
+            tracing::info!("watch caches synced; ready");
+            f();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{CredentialsSpec, InboxSpec, SecretKeyRef};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn ready_once_after_every_stream_first_lists() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let sync = CacheSync::new(2, move || {
+            c.fetch_add(1, Ordering::SeqCst);
+        });
+        let mut inboxes = sync.observer::<Inbox>();
+        let mut secrets = sync.observer::<Secret>();
+        inboxes(&watcher::Event::Init);
+        inboxes(&watcher::Event::InitDone);
+        // A relist of the same stream does not count as the other stream.
+        inboxes(&watcher::Event::Init);
+        inboxes(&watcher::Event::InitDone);
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        secrets(&watcher::Event::InitDone);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        secrets(&watcher::Event::InitDone);
+        inboxes(&watcher::Event::InitDone);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    fn inbox(ns: &str, name: &str, creds: Option<&str>) -> Arc<Inbox> {
+        let mut i = Inbox::new(
+            name,
+            InboxSpec {
+                credentials: creds.map(|c| CredentialsSpec {
+                    secret_ref: SecretKeyRef {
+                        name: c.into(),
+                        key: "apiKey".into(),
+                    },
+                }),
+                ..Default::default()
+            },
+        );
+        i.metadata.namespace = Some(ns.into());
+        Arc::new(i)
+    }
+
+    #[test]
+    fn a_credentials_secret_maps_to_the_inboxes_of_its_namespace_that_use_it() {
+        let all = [
+            inbox("a", "one", Some("key")),
+            inbox("a", "two", Some("other")),
+            inbox("a", "three", None),
+            inbox("b", "four", Some("key")),
+        ];
+        let names = |v: Vec<ObjectRef<Inbox>>| v.into_iter().map(|o| o.name).collect::<Vec<_>>();
+        assert_eq!(
+            names(inboxes_using_credentials(&all, Some("a"), Some("key"))),
+            ["one"]
+        );
+        assert_eq!(
+            names(inboxes_using_credentials(&all, Some("b"), Some("key"))),
+            ["four"]
+        );
+        assert!(inboxes_using_credentials(&all, Some("c"), Some("key")).is_empty());
+        assert!(inboxes_using_credentials(&all, Some("a"), None).is_empty());
+    }
+}
