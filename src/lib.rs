@@ -17,5 +17,6 @@ pub fn ensure_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 pub mod cli;
+pub mod leader;
 pub mod operator;
 pub mod server;

@@ -1,18 +1,19 @@
-//! `inbox-operator run`: startup checks, metrics server, leader election, signals.
+//! `inbox-operator run`: startup checks (key, kubeconfig, CRD, RBAC), the metrics server, the
+//! AgentSend client, signals; then the controller, directly or under [`crate::leader`].
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use kube::api::{Api, ListParams};
 use kube::{Client, Config};
-use kube_lease_manager::LeaseManagerBuilder;
 use thiserror::Error;
-use tracing::{info, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
 
 use crate::agentsend::{AgentSendClient, ApiKey, ClientOptions, RequestObserver};
 use crate::cli::{LogFormat, RunArgs};
 use crate::controller::{self, DefaultKey, Settings};
 use crate::crd::Inbox;
+use crate::leader::{self, Lease};
 use crate::metrics::Metrics;
 use crate::server::{self, Health};
 
@@ -155,15 +156,12 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Run the operator until SIGTERM (returns Ok) or a fatal error.
-pub async fn run(args: RunArgs) -> Result<(), StartupError> {
-    crate::ensure_crypto_provider();
-    let default_key = default_key(&args)?;
-    let client = kube_client().await?;
-    check_crd(&client, &args).await?;
-
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
+/// Serve `/metrics`, `/healthz` and `/readyz` on `--metrics-addr`.
+async fn serve_metrics(
+    args: &RunArgs,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+) -> Result<(), StartupError> {
     server::serve(
         args.metrics_addr,
         server::router(metrics.clone(), health.clone()),
@@ -174,7 +172,14 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         source,
     })?;
     info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
+    Ok(())
+}
 
+/// The AgentSend client, reporting every request to the metrics.
+fn agentsend_client(
+    args: &RunArgs,
+    metrics: &Arc<Metrics>,
+) -> Result<AgentSendClient, StartupError> {
     let observer_metrics = metrics.clone();
     let observer: RequestObserver = Arc::new(move |route, status, took| {
         observer_metrics.api_request(route, status, took);
@@ -186,14 +191,29 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         max_concurrency: args.agentsend_concurrency,
         ..ClientOptions::default()
     };
-    let api = AgentSendClient::with_observer(&args.agentsend_url, opts, Some(observer))
-        .map_err(|e| StartupError::AgentSend(e.to_string()))?;
+    AgentSendClient::with_observer(&args.agentsend_url, opts, Some(observer))
+        .map_err(|e| StartupError::AgentSend(e.to_string()))
+}
 
-    let identity = args
-        .identity
+/// This instance's name: for the lease and on events.
+fn identity(args: &RunArgs) -> String {
+    args.identity
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| format!("inbox-operator-{}", std::process::id()));
+        .unwrap_or_else(|| format!("inbox-operator-{}", std::process::id()))
+}
+
+/// Run the operator until SIGTERM (returns Ok) or a fatal error.
+pub async fn run(args: RunArgs) -> Result<(), StartupError> {
+    crate::ensure_crypto_provider();
+    let default_key = default_key(&args)?;
+    let client = kube_client().await?;
+    check_crd(&client, &args).await?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    serve_metrics(&args, &metrics, &health).await?;
+    let api = agentsend_client(&args, &metrics)?;
+    let identity = identity(&args);
     let settings = Settings {
         sync_interval: args.sync_interval,
         concurrency: args.concurrency.max(1),
@@ -210,101 +230,36 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         sync_interval_s = settings.sync_interval.as_secs_f64(),
         "starting inbox-operator"
     );
-
-    let (term_tx, term_rx) = tokio::sync::watch::channel(false);
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
-        let _ = term_tx.send(true);
+        on_signal.cancel();
     });
-    let terminated = {
-        let rx = term_rx.clone();
-        move || {
-            let mut rx = rx.clone();
-            async move {
-                let _ = rx.wait_for(|v| *v).await;
-            }
-        }
+    let (ctl_client, ctl_metrics, ctl_health) = (client.clone(), metrics.clone(), health.clone());
+    let controller = move |stop: CancellationToken| {
+        controller::run(
+            ctl_client,
+            api,
+            settings,
+            ctl_metrics,
+            stop.cancelled_owned(),
+            move || ctl_health.set_ready(true),
+        )
     };
-
     if !args.leader_elect {
         metrics.set_leader(true);
-        let h = health.clone();
-        controller::run(client, api, settings, metrics, terminated(), move || {
-            h.set_ready(true)
-        })
-        .await;
+        controller(shutdown).await;
         return Ok(());
     }
-
-    let lease_ns = args
-        .lease_namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&lease_ns)
-        .with_identity(&identity)
-        .with_duration(args.lease_duration.as_secs().max(2))
-        .with_grace((args.lease_duration.as_secs() / 3).max(1))
-        .build()
-        .await
-        .map_err(|e| StartupError::Lease(e.to_string()))?;
-    let (mut leader_rx, lease_task) = manager.watch().await;
-    // A follower is healthy and ready: leadership is known.
-    health.set_ready(true);
-    info!(lease = %args.lease_name, namespace = %lease_ns, identity = %identity, "waiting for leadership");
-    let mut term = term_rx.clone();
-    let became_leader = tokio::select! {
-        r = leader_rx.wait_for(|l| *l) => r.is_ok(),
-        _ = term.wait_for(|v| *v) => false,
+    let lease = Lease {
+        name: args.lease_name.clone(),
+        namespace: args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        identity,
+        duration: args.lease_duration,
     };
-    if !became_leader {
-        drop(leader_rx);
-        let _ = lease_task.await;
-        if *term_rx.borrow() {
-            info!("terminated while waiting for leadership");
-            return Ok(());
-        }
-        return Err(StartupError::Lease("lease manager stopped".into()));
-    }
-    info!("acquired leadership; starting controller");
-    metrics.set_leader(true);
-    health.set_ready(false);
-    let (lost_tx, lost_rx) = tokio::sync::watch::channel(false);
-    let mut watch_leader = leader_rx.clone();
-    let loss_watch = tokio::spawn(async move {
-        if watch_leader.wait_for(|l| !*l).await.is_ok() {
-            let _ = lost_tx.send(true);
-        }
-    });
-    let stop = {
-        let t = terminated();
-        let mut lost = lost_rx.clone();
-        async move {
-            tokio::select! {
-                _ = t => {}
-                _ = lost.wait_for(|v| *v) => { warn!("lost leadership; stopping controller"); }
-            }
-        }
-    };
-    let h = health.clone();
-    controller::run(client, api, settings, metrics.clone(), stop, move || {
-        h.set_ready(true)
-    })
-    .await;
-    metrics.set_leader(false);
-    let lost = *lost_rx.borrow();
-    // Closing every receiver makes the lease manager release the Lease.
-    loss_watch.abort();
-    let _ = loss_watch.await;
-    drop(leader_rx);
-    // Releasing the lease lets a standby take over at once.
-    match tokio::time::timeout(Duration::from_secs(10), lease_task).await {
-        Ok(Ok(Ok(_))) => info!("released the leader lease"),
-        Ok(Ok(Err(e))) => warn!(error = %e, "could not release the leader lease"),
-        _ => warn!("timed out releasing the leader lease"),
-    }
-    if lost {
-        return Err(StartupError::LostLease);
-    }
-    Ok(())
+    leader::run(client, lease, &health, &metrics, shutdown, controller).await
 }
