@@ -184,10 +184,10 @@ impl<'a> Pass<'a> {
         match step {
             Step::ReadCredentials => {
                 o.credentials = Some(self.credentials(&o.inbox).await?);
-                o.remembered_key = self.ctx.accounts.key_for(&self.obj);
+                o.remembered_key = self.ctx.bindings.key_for(&self.obj);
             }
             Step::Observe { key, id } => {
-                o.remote = Some(match self.ctx.accounts.observe(&key, &id).await {
+                o.remote = Some(match self.ctx.scans.observe(&key, &id).await {
                     Ok(Some(r)) => Lookup::Found(r),
                     Ok(None) => Lookup::Gone,
                     Err(e) => Lookup::Failed(e),
@@ -201,7 +201,7 @@ impl<'a> Pass<'a> {
                 });
             }
             Step::ListCandidates { key } => {
-                let lock = self.ctx.accounts.create_gate(&key);
+                let lock = self.ctx.create_gates.of(&key);
                 *gate = Some(Gate::Exclusive(lock.write_owned().await));
                 o.candidates = Some(self.ctx.api.list_all(&key).await);
             }
@@ -215,7 +215,7 @@ impl<'a> Pass<'a> {
                 o.progress = Some(reason);
             }
             Step::Create { key, request } => {
-                let lock = self.ctx.accounts.create_gate(&key);
+                let lock = self.ctx.create_gates.of(&key);
                 *gate = Some(Gate::Shared(lock.read_owned().await));
                 let created = self.ctx.api.create_inbox(&key, &request).await;
                 if let Ok(r) = &created {
@@ -225,10 +225,10 @@ impl<'a> Pass<'a> {
                 o.created = Some(created);
             }
             Step::Bind { key, remote, event } => {
-                self.ctx.accounts.note_bound(&remote.id, &self.uid);
+                self.ctx.bindings.note_bound(&remote.id, &self.uid);
                 self.record_binding(o, &remote.id).await?;
                 *gate = None;
-                self.ctx.accounts.remember(&key, &remote);
+                self.ctx.scans.remember(&key, &remote);
                 self.publish(&event).await;
                 o.remote = Some(Lookup::Found(remote));
                 o.bound_now = true;
@@ -249,11 +249,11 @@ impl<'a> Pass<'a> {
                 o.pending_cleared = true;
             }
             Step::Forget { key, id } => {
-                self.ctx.accounts.forget(&key, &id);
+                self.ctx.scans.forget(&key, &id);
                 o.forgotten = true;
             }
             Step::Register { key, id } => {
-                self.ctx.accounts.register(&key, &id, self.obj.clone());
+                self.ctx.bindings.register(&key, &id, self.obj.clone());
                 o.registered = true;
             }
             Step::ReadSecret { name } => {
@@ -301,7 +301,7 @@ impl<'a> Pass<'a> {
             }
         }
         if done.release {
-            self.ctx.accounts.unregister(&self.obj);
+            self.ctx.bindings.unregister(&self.obj);
             self.ctx.metrics.forget_inbox(&self.ns, &self.name);
         }
         *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = done.failed;
@@ -399,7 +399,7 @@ impl<'a> Pass<'a> {
     /// the cluster, otherwise a metadata-only list, falling back to the cache).
     async fn bound_elsewhere(&self) -> Result<std::collections::HashSet<String>, Error> {
         let me = Some(self.uid.clone());
-        let mut ids = self.ctx.accounts.recently_bound_except(&self.uid);
+        let mut ids = self.ctx.bindings.recently_bound_except(&self.uid);
         let from_cache = |ids: &mut std::collections::HashSet<String>| {
             for store in &self.ctx.inbox_stores {
                 for other in store.state() {

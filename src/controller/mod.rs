@@ -3,7 +3,8 @@
 //! - [`plan`] decides every step of a pass (pure; table-tested), using the building blocks
 //!   in [`decide`] and the status rendering in [`status`]; [`events`] names what it publishes.
 //! - `execute` runs the steps: every Kubernetes and AgentSend call of a reconcile.
-//! - [`accounts`] batches counter reads into one paginated scan per account per interval.
+//! - [`accounts`] holds per-account state: the scan cache (one paginated scan per account per
+//!   interval feeds every Inbox), the create gates and the binding registry.
 //! - [`watches`] sets up the cached watches; this module wires them into one kube-runtime
 //!   Controller per watched scope, plus the counter-sync loop.
 
@@ -41,7 +42,7 @@ use crate::agentsend::{AgentSendClient, ApiError, ApiKey};
 use crate::crd::{self, Inbox};
 use crate::metrics::Metrics;
 
-pub use accounts::Accounts;
+pub use accounts::{BindingRegistry, CreateGates, ScanCache};
 
 /// Where the operator's default API key comes from.
 #[derive(Clone, Debug)]
@@ -161,7 +162,9 @@ pub struct Context {
     pub(crate) client: Client,
     pub(crate) api: AgentSendClient,
     pub(crate) settings: Settings,
-    pub(crate) accounts: Accounts,
+    pub(crate) scans: ScanCache,
+    pub(crate) create_gates: CreateGates,
+    pub(crate) bindings: BindingRegistry,
     pub(crate) recorder: EventRecorder,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) inbox_stores: Vec<Store<Inbox>>,
@@ -182,7 +185,9 @@ impl Context {
             instance: settings.instance.clone(),
         };
         Context {
-            accounts: Accounts::new(api.clone(), settings.sync_interval),
+            scans: ScanCache::new(api.clone(), settings.sync_interval),
+            create_gates: CreateGates::default(),
+            bindings: BindingRegistry::default(),
             recorder: EventRecorder::new(client.clone(), reporter),
             client,
             api,
@@ -430,7 +435,12 @@ pub async fn run(
         ),
         tokio::spawn(
             stop.clone()
-                .run_until_cancelled_owned(ctx.accounts.clone().run_sync_loop(sync_tx, on_synced)),
+                .run_until_cancelled_owned(accounts::run_counter_sync(
+                    ctx.scans.clone(),
+                    ctx.bindings.clone(),
+                    sync_tx,
+                    on_synced,
+                )),
         ),
     ];
     futures::future::join_all(controllers).await;
