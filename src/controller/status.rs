@@ -94,109 +94,137 @@ pub struct StatusInput<'a> {
 /// status changes, so an unchanged inbox yields an identical status (and no write).
 pub fn build_status(input: StatusInput<'_>) -> InboxStatus {
     let prev = input.previous.cloned().unwrap_or_default();
-    let mut s = InboxStatus {
-        conditions: Vec::new(),
-        ..prev.clone()
-    };
-    s.inbox_id = input.inbox_id.clone();
-    if input.inbox_id.is_none() {
+    let mut s = match &input.inbox_id {
+        Some(id) => InboxStatus {
+            inbox_id: Some(id.clone()),
+            conditions: Vec::new(),
+            ..prev.clone()
+        },
         // Unbound: nothing to mirror.
-        s = InboxStatus {
+        None => InboxStatus {
             secret_name: prev.secret_name.clone(),
             ..Default::default()
-        };
-    }
+        },
+    };
     if let Some(r) = input.remote {
-        s.inbox_id = Some(r.id.clone());
-        s.address = Some(r.address.clone());
-        s.display_name = r.display_name.clone();
-        s.domain_id = r.domain_id.clone();
-        s.state = Some(r.status.as_str().to_string());
-        s.daily_send_limit = r.daily_send_limit;
-        s.sends_today = r.sends_today;
-        s.sends_remaining = r.sends_remaining();
-        s.total_sent = r.total_sent;
-        s.bounce_count = r.bounce_count;
-        s.complaint_count = r.complaint_count;
-        s.created_at = r.created_at.clone();
+        mirror(&mut s, r);
     }
     if input.secret_name.is_some() {
         s.secret_name = input.secret_name.clone();
     }
     s.observed_generation = input.generation;
-
-    let g = input.generation;
-    let now = input.now;
-    let prev_conds = &prev.conditions;
-    let ready = ConditionStatus::from_bool(input.readiness == Readiness::Ready);
-    let ready_reason = input.readiness.reason();
-    let msg = input.readiness.message().to_string();
-    let mut conds = vec![make(
-        prev_conds,
-        condition::READY,
-        ready,
-        ready_reason,
-        &msg,
-        g,
-        now,
-    )];
-    // kstatus: Reconciling while working, Stalled when a human must act, neither otherwise.
-    let up_to_date = "inbox is up to date";
-    let (reconciling, stalled, reason, message) = match &input.readiness {
-        Readiness::Progressing { reason, message } => (true, false, *reason, message.as_str()),
-        Readiness::Stalled { reason, message } => (false, true, *reason, message.as_str()),
-        Readiness::Idle { reason, message } => (false, false, *reason, message.as_str()),
-        Readiness::Ready => (false, false, Reason::UpToDate, up_to_date),
+    let c = Conditions {
+        previous: &prev.conditions,
+        generation: input.generation,
+        now: input.now,
     };
-    conds.push(make(
-        prev_conds,
-        condition::RECONCILING,
-        ConditionStatus::from_bool(reconciling),
-        reason,
-        message,
-        g,
-        now,
-    ));
-    conds.push(make(
-        prev_conds,
-        condition::STALLED,
-        ConditionStatus::from_bool(stalled),
-        reason,
-        message,
-        g,
-        now,
-    ));
+    s.conditions = c.readiness(&input.readiness).into();
     if s.inbox_id.is_some()
         && let Some(remaining) = s.sends_remaining
     {
-        let (st, r, m) = if remaining == 0 {
-            (
+        s.conditions
+            .push(c.send_limit(remaining, s.daily_send_limit.unwrap_or_default()));
+    }
+    s
+}
+
+/// Copy the observed inbox's identity and counters into status.
+fn mirror(s: &mut InboxStatus, r: &RemoteInbox) {
+    s.inbox_id = Some(r.id.clone());
+    s.address = Some(r.address.clone());
+    s.display_name = r.display_name.clone();
+    s.domain_id = r.domain_id.clone();
+    s.state = Some(r.status.as_str().to_string());
+    s.daily_send_limit = r.daily_send_limit;
+    s.sends_today = r.sends_today;
+    s.sends_remaining = r.sends_remaining();
+    s.total_sent = r.total_sent;
+    s.bounce_count = r.bounce_count;
+    s.complaint_count = r.complaint_count;
+    s.created_at = r.created_at.clone();
+}
+
+/// Renders conditions, keeping the previous transition time of an unchanged status.
+struct Conditions<'a> {
+    previous: &'a [Condition],
+    generation: Option<i64>,
+    now: &'a str,
+}
+
+impl Conditions<'_> {
+    /// `Ready`, then kstatus: `Reconciling` while working, `Stalled` when a human must act,
+    /// neither otherwise.
+    fn readiness(&self, readiness: &Readiness) -> [Condition; 3] {
+        let ready = ConditionStatus::from_bool(*readiness == Readiness::Ready);
+        let up_to_date = "inbox is up to date";
+        let (reconciling, stalled, reason, message) = match readiness {
+            Readiness::Progressing { reason, message } => (true, false, *reason, message.as_str()),
+            Readiness::Stalled { reason, message } => (false, true, *reason, message.as_str()),
+            Readiness::Idle { reason, message } => (false, false, *reason, message.as_str()),
+            Readiness::Ready => (false, false, Reason::UpToDate, up_to_date),
+        };
+        [
+            self.make(
+                condition::READY,
+                ready,
+                readiness.reason(),
+                readiness.message(),
+            ),
+            self.make(
+                condition::RECONCILING,
+                ConditionStatus::from_bool(reconciling),
+                reason,
+                message,
+            ),
+            self.make(
+                condition::STALLED,
+                ConditionStatus::from_bool(stalled),
+                reason,
+                message,
+            ),
+        ]
+    }
+
+    /// `SendLimitReached`: True while no sends remain.
+    fn send_limit(&self, remaining: i64, limit: i64) -> Condition {
+        if remaining == 0 {
+            let m = format!(
+                "daily send limit of {limit} reached; sends fail with 429 until the window resets"
+            );
+            self.make(
+                condition::SEND_LIMIT_REACHED,
                 ConditionStatus::True,
                 Reason::SendLimitReached,
-                format!(
-                    "daily send limit of {} reached; sends fail with 429 until the window resets",
-                    s.daily_send_limit.unwrap_or_default()
-                ),
+                &m,
             )
         } else {
-            (
+            let m = format!("{remaining} sends remaining today");
+            self.make(
+                condition::SEND_LIMIT_REACHED,
                 ConditionStatus::False,
                 Reason::SendsAvailable,
-                format!("{remaining} sends remaining today"),
+                &m,
             )
-        };
-        conds.push(make(
-            prev_conds,
-            condition::SEND_LIMIT_REACHED,
-            st,
-            r,
-            &m,
-            g,
-            now,
-        ));
+        }
     }
-    s.conditions = conds;
-    s
+
+    fn make(
+        &self,
+        type_: &str,
+        status: ConditionStatus,
+        reason: Reason,
+        message: &str,
+    ) -> Condition {
+        make(
+            self.previous,
+            type_,
+            status,
+            reason,
+            message,
+            self.generation,
+            self.now,
+        )
+    }
 }
 
 fn make(
