@@ -62,7 +62,8 @@ pub struct RunArgs {
     #[arg(long, env = "INBOX_OPERATOR_SYNC_INTERVAL", default_value = "60s", value_parser = duration)]
     pub sync_interval: Duration,
 
-    /// Reconciles running at once.
+    /// Reconciles running at once, per watched scope: one pool when watching all namespaces,
+    /// one pool per namespace when --namespace lists several (so 3 namespaces allow 3x this).
     #[arg(long, env = "INBOX_OPERATOR_CONCURRENCY", default_value_t = 16)]
     pub concurrency: u16,
 

@@ -2,7 +2,9 @@
 //!
 //! Layout: [`crd`] (the public resource), [`agentsend`] (HTTP client for the AgentSend API),
 //! [`simulator`] (a local, in-memory stand-in for AgentSend used by tests and the demo —
-//! **not** the real service), [`controller`] (pure decisions plus the Kubernetes/AgentSend edges).
+//! **not** the real service), [`controller`] (the reconcile: a pure planner, the executor of
+//! its steps, watches and per-account caches), [`operator`] and [`leader`] (the `run`
+//! command: startup, signals, the lease), [`metrics`] and [`server`] (`/metrics`, health).
 #![forbid(unsafe_code)]
 
 pub mod agentsend;

@@ -71,7 +71,8 @@ impl DefaultKey {
 pub struct Settings {
     /// How often counters are refreshed (one account scan per interval).
     pub sync_interval: Duration,
-    /// Reconciles running at once per watched namespace set.
+    /// Reconciles running at once per watched scope: one Controller runs per entry of
+    /// `namespaces` (or one for all namespaces), each with this concurrency.
     pub concurrency: u16,
     /// Namespaces to watch; empty means all.
     pub namespaces: Vec<String>,
