@@ -20,44 +20,65 @@ use crate::server::{self, Health};
 /// Why the operator could not start (or stopped). Each message says what to do.
 #[derive(Debug, Error)]
 pub enum StartupError {
+    /// No default API key and no `--no-default-key`.
     #[error(
         "no default AgentSend API key: set AGENTSEND_API_KEY or --api-key-file (or pass --no-default-key if every Inbox sets spec.credentials)"
     )]
     NoDefaultKey,
+    /// `--api-key-file` cannot be read.
     #[error("cannot read the API key file {path}: {source}; check the mounted Secret")]
     KeyFile {
+        /// The file.
         path: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// `--api-key-file` is empty.
     #[error("the API key file {0} is empty; check the mounted Secret")]
     EmptyKeyFile(String),
+    /// No usable Kubernetes configuration.
     #[error(
         "cannot load a Kubernetes configuration ({0}); run in a cluster, set KUBECONFIG, or create ~/.kube/config"
     )]
     KubeConfig(String),
+    /// The API server does not answer.
     #[error(
         "cannot reach the Kubernetes API server at {url}: {message}; check the kubeconfig and network"
     )]
-    Unreachable { url: String, message: String },
+    Unreachable {
+        /// The server's URL.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The Inbox CRD is not installed.
     #[error(
         "the Inbox CRD (inboxes.agentsend.io) is not installed: run `inbox-operator crd | kubectl create -f -` (or apply crds/inboxes.agentsend.io.yaml)"
     )]
     CrdMissing,
+    /// RBAC does not allow listing Inboxes.
     #[error(
         "not allowed to list Inboxes ({0}); apply the RBAC in deploy/ for the operator's ServiceAccount"
     )]
     Forbidden(String),
+    /// Another Kubernetes error at startup.
     #[error("Kubernetes API error during startup: {0}")]
     Kube(String),
+    /// The AgentSend client settings are invalid.
     #[error("invalid AgentSend settings: {0}")]
     AgentSend(String),
+    /// The metrics address cannot be bound.
     #[error("cannot serve metrics on {addr}: {source}; choose another --metrics-addr")]
     MetricsBind {
+        /// The address.
         addr: String,
+        /// Why.
         source: std::io::Error,
     },
+    /// Leader election could not start or stopped.
     #[error("leader election failed: {0}")]
     Lease(String),
+    /// This instance lost the lease while leading.
     #[error("lost the leader lease; exiting so that a restart rejoins as a follower")]
     LostLease,
 }

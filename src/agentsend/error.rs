@@ -18,38 +18,61 @@ pub enum ApiError {
     #[error(
         "AgentSend refused the API key (HTTP {status}): {message}; check the credentials Secret or the operator's default key"
     )]
-    Unauthorized { status: u16, message: String },
+    Unauthorized {
+        /// HTTP status.
+        status: u16,
+        /// The API's (or the transport's) message, truncated.
+        message: String,
+    },
 
     /// 404: the inbox does not exist in this account (or belongs to another account).
     #[error("AgentSend inbox not found (HTTP 404): {message}")]
-    NotFound { message: String },
+    NotFound {
+        /// The API's (or the transport's) message, truncated.
+        message: String,
+    },
 
     /// 400/409/422: the request itself is refused; change the spec before retrying.
     #[error("AgentSend rejected the request (HTTP {status}): {message}")]
-    Rejected { status: u16, message: String },
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// The API's (or the transport's) message, truncated.
+        message: String,
+    },
 
     /// 429: rate limited. Wait at least `retry_after` when given.
     #[error("AgentSend rate limit reached (HTTP 429){}: {message}", retry_after.map(|d| format!(", retry after {}s", d.as_secs_f64().ceil() as u64)).unwrap_or_default())]
     RateLimited {
+        /// `Retry-After`, when sent.
         retry_after: Option<Duration>,
+        /// The API's (or the transport's) message, truncated.
         message: String,
     },
 
     /// 5xx, timeouts, connection resets: retry with backoff.
     #[error("AgentSend is unavailable{}: {message}", status.map(|s| format!(" (HTTP {s})")).unwrap_or_default())]
     Transient {
+        /// HTTP status, when there was an answer.
         status: Option<u16>,
+        /// The API's (or the transport's) message, truncated.
         message: String,
     },
 
     /// A 2xx answer whose body is not what the API documents. Retried like a transient error,
     /// since a proxy or a partial answer is the usual cause.
     #[error("AgentSend sent a response that could not be read: {message}")]
-    InvalidResponse { message: String },
+    InvalidResponse {
+        /// The API's (or the transport's) message, truncated.
+        message: String,
+    },
 
     /// The client could not be set up (bad base URL, TLS setup); fix the operator's flags.
     #[error("AgentSend client misconfigured: {message}")]
-    Config { message: String },
+    Config {
+        /// The API's (or the transport's) message, truncated.
+        message: String,
+    },
 }
 
 impl ApiError {

@@ -69,24 +69,35 @@ impl InboxState {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RemoteInbox {
+    /// Opaque identifier; never parsed.
     pub id: String,
+    /// Full email address.
     pub address: String,
+    /// Shown in the From header.
     #[serde(default)]
     pub display_name: Option<String>,
+    /// Custom domain; `None` is the shared domain.
     #[serde(default)]
     pub domain_id: Option<String>,
+    /// Lifecycle state.
     #[serde(default = "default_state")]
     pub status: InboxState,
+    /// Max sends per day.
     #[serde(default)]
     pub daily_send_limit: Option<i64>,
+    /// Sends used in the current window.
     #[serde(default)]
     pub sends_today: Option<i64>,
+    /// Lifetime sends.
     #[serde(default)]
     pub total_sent: Option<i64>,
+    /// Lifetime bounces.
     #[serde(default)]
     pub bounce_count: Option<i64>,
+    /// Lifetime spam complaints.
     #[serde(default)]
     pub complaint_count: Option<i64>,
+    /// ISO 8601 creation time.
     #[serde(default)]
     pub created_at: Option<String>,
 }
@@ -107,10 +118,13 @@ impl RemoteInbox {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateInbox {
+    /// Local part (with `domainId`) or full address; omitted: random.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// Shown in the From header.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
+    /// Custom domain; `None` is the shared domain.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub domain_id: Option<String>,
 }
@@ -119,11 +133,15 @@ pub struct CreateInbox {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct InboxPage {
+    /// The inboxes of this page, newest first.
     pub data: Vec<RemoteInbox>,
+    /// Inboxes in the account.
     #[serde(default)]
     pub total: Option<u64>,
+    /// Page size.
     #[serde(default)]
     pub limit: Option<u64>,
+    /// Offset of this page.
     #[serde(default)]
     pub offset: Option<u64>,
 }

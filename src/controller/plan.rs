@@ -258,48 +258,101 @@ pub enum Step {
     /// Resolve the API key (and the key remembered for this Inbox).
     ReadCredentials,
     /// Observe the bound inbox through the account's scan cache.
-    Observe { key: ApiKey, id: String },
+    Observe {
+        /// The account's API key.
+        key: ApiKey,
+        /// The AgentSend inbox ID.
+        id: String,
+    },
     /// GET the inbox `spec.inboxId` names.
-    Fetch { key: ApiKey, id: String },
+    Fetch {
+        /// The account's API key.
+        key: ApiKey,
+        /// The AgentSend inbox ID.
+        id: String,
+    },
     /// List the account, holding its create gate exclusively until the next `Bind` (or any
     /// other step but `FindBindings`).
-    ListCandidates { key: ApiKey },
+    ListCandidates {
+        /// The account's API key.
+        key: ApiKey,
+    },
     /// Collect the inbox IDs bound to other Inboxes in the cluster.
     FindBindings,
     /// Persist the create-pending mark if the Inbox is unchanged since read; `unbind` also
     /// clears the binding to a vanished inbox in the same write.
-    MarkPending { unbind: Option<String> },
+    MarkPending {
+        /// The vanished inbox whose binding this write clears.
+        unbind: Option<String>,
+    },
     /// Write a progress status (best effort) and go on.
     Progress(Report),
     /// POST the inbox, holding the account's create gate shared until the next `Bind`.
-    Create { key: ApiKey, request: CreateInbox },
+    Create {
+        /// The account's API key.
+        key: ApiKey,
+        /// The create body.
+        request: CreateInbox,
+    },
     /// Record the binding (annotation, pending mark cleared, one-owner registry, cache) and
     /// publish `event`.
     Bind {
+        /// The account's API key.
         key: ApiKey,
+        /// The inbox to bind.
         remote: RemoteInbox,
+        /// Published after the write.
         event: InboxEvent,
     },
     /// Pin a binding known only from status in the annotation.
-    RecordBinding { id: String },
+    RecordBinding {
+        /// The AgentSend inbox ID.
+        id: String,
+    },
     /// Remove the pending mark.
     ClearPending,
     /// Drop the cached observation of an inbox that is gone.
-    Forget { key: ApiKey, id: String },
+    Forget {
+        /// The account's API key.
+        key: ApiKey,
+        /// The AgentSend inbox ID.
+        id: String,
+    },
     /// Register the binding with the counter sync.
-    Register { key: ApiKey, id: String },
+    Register {
+        /// The account's API key.
+        key: ApiKey,
+        /// The AgentSend inbox ID.
+        id: String,
+    },
     /// Read a Secret of the Inbox's namespace.
-    ReadSecret { name: String },
+    ReadSecret {
+        /// The Secret's name.
+        name: String,
+    },
     /// Create (or server-side apply) the Secret, then publish `event`.
     WriteSecret {
+        /// The desired Secret.
         secret: Box<Secret>,
+        /// Create it (absent) rather than apply over it (ours, drifted).
         create: bool,
+        /// Published after the write.
         event: InboxEvent,
     },
     /// Delete an owned Secret (precondition: its UID).
-    DeleteSecret { name: String, uid: Option<String> },
+    DeleteSecret {
+        /// The Secret's name.
+        name: String,
+        /// Its UID, as a delete precondition.
+        uid: Option<String>,
+    },
     /// DELETE the AgentSend inbox.
-    DeleteInbox { key: ApiKey, id: String },
+    DeleteInbox {
+        /// The account's API key.
+        key: ApiKey,
+        /// The AgentSend inbox ID.
+        id: String,
+    },
     /// Publish an event.
     Announce(InboxEvent),
     /// End the pass.
