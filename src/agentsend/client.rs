@@ -89,6 +89,38 @@ impl std::fmt::Debug for AgentSendClient {
     }
 }
 
+/// One request: its metrics route label, method, path, query and JSON body.
+struct Call<'a> {
+    route: &'static str,
+    method: Method,
+    path: &'a str,
+    query: &'a [(&'a str, String)],
+    body: Option<Vec<u8>>,
+}
+
+impl<'a> Call<'a> {
+    fn new(route: &'static str, method: Method, path: &'a str) -> Self {
+        Call {
+            route,
+            method,
+            path,
+            query: &[],
+            body: None,
+        }
+    }
+
+    fn query(self, query: &'a [(&'a str, String)]) -> Self {
+        Call { query, ..self }
+    }
+
+    fn body(self, body: Vec<u8>) -> Self {
+        Call {
+            body: Some(body),
+            ..self
+        }
+    }
+}
+
 impl AgentSendClient {
     /// A client for the API at `base_url` (e.g. `https://api.agentsend.io`).
     pub fn new(base_url: &str, opts: ClientOptions) -> Result<Self, ApiError> {
@@ -151,14 +183,17 @@ impl AgentSendClient {
         let body = serde_json::to_vec(req).map_err(|e| ApiError::Config {
             message: format!("cannot encode request: {e}"),
         })?;
-        self.send_json(key, "create", Method::POST, "/inboxes", &[], Some(body))
-            .await
+        self.send_json(
+            key,
+            Call::new("create", Method::POST, "/inboxes").body(body),
+        )
+        .await
     }
 
     /// `GET /inboxes/{id}`; [`ApiError::NotFound`] when absent (or another account's).
     pub async fn get_inbox(&self, key: &ApiKey, id: &str) -> Result<RemoteInbox, ApiError> {
         let path = format!("/inboxes/{}", encode_path_segment(id));
-        self.retrying(|| self.send_json(key, "get", Method::GET, &path, &[], None))
+        self.retrying(|| self.send_json(key, Call::new("get", Method::GET, &path)))
             .await
     }
 
@@ -170,8 +205,13 @@ impl AgentSendClient {
         offset: u64,
     ) -> Result<InboxPage, ApiError> {
         let query = [("limit", limit.to_string()), ("offset", offset.to_string())];
-        self.retrying(|| self.send_json(key, "list", Method::GET, "/inboxes", &query, None))
-            .await
+        self.retrying(|| {
+            self.send_json(
+                key,
+                Call::new("list", Method::GET, "/inboxes").query(&query),
+            )
+        })
+        .await
     }
 
     /// Every inbox of the account, in pages of 100 (ceil(N/100) requests).
@@ -220,7 +260,7 @@ impl AgentSendClient {
     pub async fn delete_inbox(&self, key: &ApiKey, id: &str) -> Result<(), ApiError> {
         let path = format!("/inboxes/{}", encode_path_segment(id));
         self.retrying(|| async {
-            self.send(key, "delete", Method::DELETE, &path, &[], None)
+            self.send(key, Call::new("delete", Method::DELETE, &path))
                 .await
                 .map(|_| ())
         })
@@ -248,28 +288,23 @@ impl AgentSendClient {
     async fn send_json<T: DeserializeOwned>(
         &self,
         key: &ApiKey,
-        route: &'static str,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<Vec<u8>>,
+        call: Call<'_>,
     ) -> Result<T, ApiError> {
-        let bytes = self.send(key, route, method, path, query, body).await?;
+        let bytes = self.send(key, call).await?;
         serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidResponse {
             message: truncate(&format!("{e}"), 200),
         })
     }
 
     /// One HTTP exchange under the budget and the account's 429 gate.
-    async fn send(
-        &self,
-        key: &ApiKey,
-        route: &'static str,
-        method: Method,
-        path: &str,
-        query: &[(&str, String)],
-        body: Option<Vec<u8>>,
-    ) -> Result<Vec<u8>, ApiError> {
+    async fn send(&self, key: &ApiKey, call: Call<'_>) -> Result<Vec<u8>, ApiError> {
+        let Call {
+            route,
+            method,
+            path,
+            query,
+            body,
+        } = call;
         self.check_gate(key)?;
         let _permit = self
             .inner

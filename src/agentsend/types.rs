@@ -114,6 +114,26 @@ impl RemoteInbox {
     }
 }
 
+#[cfg(test)]
+impl RemoteInbox {
+    /// An active inbox, 3 of 100 sends used today: the unit tests' fixture.
+    pub(crate) fn fixture(id: &str, address: &str) -> RemoteInbox {
+        RemoteInbox {
+            id: id.into(),
+            address: address.into(),
+            display_name: None,
+            domain_id: None,
+            status: InboxState::Active,
+            daily_send_limit: Some(100),
+            sends_today: Some(3),
+            total_sent: Some(10),
+            bounce_count: Some(0),
+            complaint_count: Some(0),
+            created_at: Some("2026-11-28T09:59:30.000Z".into()),
+        }
+    }
+}
+
 /// Body of `POST /inboxes`. Every field is optional.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

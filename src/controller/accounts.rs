@@ -408,19 +408,7 @@ mod tests {
     async fn remembered_observations_are_served_without_requests() {
         let s = scans();
         let k = ApiKey::new("k").unwrap();
-        let r = RemoteInbox {
-            id: "i1".into(),
-            address: "a@agentsend.io".into(),
-            display_name: None,
-            domain_id: None,
-            status: crate::agentsend::InboxState::Active,
-            daily_send_limit: Some(1),
-            sends_today: Some(0),
-            total_sent: None,
-            bounce_count: None,
-            complaint_count: None,
-            created_at: None,
-        };
+        let r = RemoteInbox::fixture("i1", "a@agentsend.io");
         s.remember(&k, &r);
         // The client points at a closed port: a request would fail.
         assert_eq!(s.observe(&k, "i1").await.unwrap(), Some(r));

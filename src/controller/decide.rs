@@ -298,23 +298,10 @@ pub fn backoff(failures: u32, jitter: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agentsend::InboxState;
     use crate::crd::SecretSpec;
 
     fn remote(id: &str, address: &str) -> RemoteInbox {
-        RemoteInbox {
-            id: id.into(),
-            address: address.into(),
-            display_name: None,
-            domain_id: None,
-            status: InboxState::Active,
-            daily_send_limit: Some(100),
-            sends_today: Some(0),
-            total_sent: Some(0),
-            bounce_count: Some(0),
-            complaint_count: Some(0),
-            created_at: Some("2026-11-24T10:00:00.000Z".into()),
-        }
+        RemoteInbox::fixture(id, address)
     }
 
     #[test]

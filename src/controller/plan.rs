@@ -1158,19 +1158,7 @@ mod tests {
     }
 
     fn remote(id: &str, address: &str) -> RemoteInbox {
-        RemoteInbox {
-            id: id.into(),
-            address: address.into(),
-            display_name: None,
-            domain_id: None,
-            status: InboxState::Active,
-            daily_send_limit: Some(100),
-            sends_today: Some(3),
-            total_sent: Some(10),
-            bounce_count: Some(0),
-            complaint_count: Some(0),
-            created_at: Some("2026-11-28T09:59:30.000Z".into()),
-        }
+        RemoteInbox::fixture(id, address)
     }
 
     fn inb1() -> RemoteInbox {

@@ -259,21 +259,12 @@ pub fn find<'a>(status: Option<&'a InboxStatus>, type_: &str) -> Option<&'a Cond
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agentsend::InboxState;
 
     fn remote(sends: i64, limit: i64) -> RemoteInbox {
         RemoteInbox {
-            id: "inb_1".into(),
-            address: "a@agentsend.io".into(),
-            display_name: None,
-            domain_id: None,
-            status: InboxState::Active,
             daily_send_limit: Some(limit),
             sends_today: Some(sends),
-            total_sent: Some(7),
-            bounce_count: Some(1),
-            complaint_count: Some(0),
-            created_at: Some("2026-01-01T00:00:00.000Z".into()),
+            ..RemoteInbox::fixture("inb_1", "a@agentsend.io")
         }
     }
 
