@@ -27,27 +27,27 @@ async fn thirty_percent_5xx_with_latency() {
     env.stop().await;
 }
 
+/// A 429 closes the account until its `Retry-After` (here an HTTP date): the only requests that
+/// may still meet the closed window are those already in flight when the first 429 was answered
+/// (one per reconcile worker, plus the counter sync), never a retry loop. The window starts at
+/// the operator's first request, so the test does not depend on how fast the operator starts.
 #[tokio::test]
 async fn rate_limit_bursts_are_respected() {
+    const WINDOW: Duration = Duration::from_secs(2);
     let env = Env::start().await;
-    env.sim
-        .rate_limit_for(ACCOUNT, Duration::from_secs(2), true);
+    env.sim.rate_limit_from_next_request(ACCOUNT, WINDOW, true);
     let names = env.create_many("burst", N).await;
     env.assert_converged(&names).await;
     let reqs = env.sim.requests();
-    let first = reqs
-        .iter()
-        .find(|r| r.status == 429)
-        .expect("429 answered")
-        .at;
-    let inside = reqs
-        .iter()
-        .filter(|r| {
-            let d = r.at.saturating_duration_since(first);
-            d > Duration::from_millis(200) && d < Duration::from_millis(1500)
-        })
-        .count();
-    assert_eq!(inside, 0, "requests sent before Retry-After elapsed");
+    let limited = reqs.iter().filter(|r| r.status == 429).count();
+    assert!(limited > 0, "the window was met");
+    // Workers (Env's concurrency) + the counter sync. Doubled: a Retry-After date has whole
+    // seconds, so a request may arrive a millisecond early and meet one more (short) window.
+    let in_flight = 4 + 1;
+    assert!(
+        limited <= 2 * in_flight,
+        "{limited} requests answered 429: the client kept calling a rate-limited account"
+    );
     env.delete_all_and_check(&names).await;
     env.stop().await;
 }

@@ -100,6 +100,12 @@ impl Simulator {
         t.account = entry.as_ref().map(|e| e.account.clone());
 
         if let Some(e) = &entry
+            && let Some((length, http_date)) = st.rate_limit_armed.remove(&e.account)
+        {
+            st.rate_limited
+                .insert(e.account.clone(), (Instant::now() + length, http_date));
+        }
+        if let Some(e) = &entry
             && let Some((until, http_date)) = st.rate_limited.get(&e.account).copied()
         {
             let now = Instant::now();

@@ -304,6 +304,23 @@ impl Simulator {
             .insert(account.to_string(), (Instant::now() + d, http_date));
     }
 
+    /// Like [`rate_limit_for`](Self::rate_limit_for), but the `d` starts when the next request
+    /// of `account` arrives: tests then know the window without depending on when the client
+    /// first calls.
+    pub fn rate_limit_from_next_request(&self, account: &str, d: Duration, http_date: bool) {
+        self.lock()
+            .rate_limit_armed
+            .insert(account.to_string(), (d, http_date));
+    }
+
+    /// When the current rate limit of `account` ends, if one is in force.
+    pub fn rate_limited_until(&self, account: &str) -> Option<Instant> {
+        self.lock()
+            .rate_limited
+            .get(account)
+            .map(|(until, _)| *until)
+    }
+
     /// The next `n` successful creates happen, but their responses are aborted after the
     /// headers: the client sees a transport error while the inbox exists.
     pub fn drop_next_create_responses(&self, n: usize) {
@@ -326,6 +343,7 @@ impl Simulator {
         st.error_rate = 0.0;
         st.fail_next.clear();
         st.rate_limited.clear();
+        st.rate_limit_armed.clear();
         st.drop_creates = 0;
         st.malformed.clear();
     }

@@ -80,6 +80,8 @@ pub(super) struct SimState {
     pub error_status: u16,
     pub fail_next: HashMap<Route, (usize, u16)>,
     pub rate_limited: HashMap<String, (Instant, bool)>,
+    /// Rate limits that start at the account's next request: (length, HTTP-date form).
+    pub rate_limit_armed: HashMap<String, (Duration, bool)>,
     pub drop_creates: usize,
     pub malformed: HashMap<Route, Malformed>,
     // Observation.
@@ -103,6 +105,7 @@ impl Default for SimState {
             error_status: 503,
             fail_next: HashMap::new(),
             rate_limited: HashMap::new(),
+            rate_limit_armed: HashMap::new(),
             drop_creates: 0,
             malformed: HashMap::new(),
             counts: HashMap::new(),
