@@ -40,6 +40,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Scanned {
     /// Inbox ID → (observation, when).
     seen: HashMap<String, (RemoteInbox, Instant)>,
+    /// Inbox IDs whose observation changed (or which vanished) in a scan, until a reconcile
+    /// reports the change: every scan, whoever started it, marks them, and the counter sync
+    /// asks for them at each round until then. A reconcile that failed (the API server was
+    /// down) or a scan started by a reconcile (which triggers nothing) loses no news.
+    unreported: HashSet<String>,
     /// When the last complete scan started.
     scanned_at: Option<Instant>,
     /// The last failed scan, shared by callers for a short while so that a revoked key or an
@@ -79,6 +84,18 @@ impl ScanCache {
     pub fn forget(&self, key: &ApiKey, id: &str) {
         if let Some(acct) = lock(&self.accounts).get_mut(key) {
             acct.seen.remove(id);
+            acct.unreported.remove(id);
+        }
+    }
+
+    /// A reconcile reported `observed` in its Inbox's status: unless a newer observation came
+    /// in meanwhile, the counter sync stops asking for that Inbox.
+    pub fn reported(&self, key: &ApiKey, observed: &RemoteInbox) {
+        if let Some(acct) = lock(&self.accounts).get_mut(key) {
+            let current = acct.seen.get(&observed.id).map(|(r, _)| r);
+            if current.is_none_or(|r| r == observed) {
+                acct.unreported.remove(&observed.id);
+            }
         }
     }
 
@@ -139,7 +156,8 @@ impl ScanCache {
     }
 
     /// Scan one account now (single flight). Returns those of `watched` whose observation
-    /// changed or which vanished — all of them on the first success after a failed scan
+    /// changed or which vanished, in this scan or in an earlier one, and is not yet
+    /// [`reported`](Self::reported) — all of them on the first success after a failed scan
     /// (key restored, outage over), since each has a condition to clear.
     pub async fn scan(&self, key: &ApiKey, watched: &[String]) -> Result<Vec<String>, ApiError> {
         let scan_lock = lock(&self.accounts)
@@ -172,17 +190,30 @@ impl ScanCache {
         let mut accounts = lock(&self.accounts);
         let acct = accounts.entry(key.clone()).or_default();
         let recovered = acct.failed.is_some();
+        let by_id: HashMap<&str, &RemoteInbox> =
+            listed.iter().map(|r| (r.id.as_str(), r)).collect();
+        for (id, (before, _)) in &acct.seen {
+            if by_id.get(id.as_str()) != Some(&before) {
+                acct.unreported.insert(id.clone());
+            }
+        }
         let changed = watched
             .iter()
             .filter(|id| {
-                let before = acct.seen.get(*id).map(|(r, _)| r);
-                let after = listed.iter().find(|r| &&r.id == id);
-                recovered || after.is_none() || before != after
+                recovered
+                    || acct.unreported.contains(id.as_str())
+                    || !by_id.contains_key(id.as_str())
+                    || !acct.seen.contains_key(id.as_str())
             })
             .cloned()
             .collect();
+        let watched: HashSet<&str> = watched.iter().map(String::as_str).collect();
+        if !watched.is_empty() {
+            // The counter sync passes every bound ID: nothing else needs a report.
+            acct.unreported.retain(|id| watched.contains(id.as_str()));
+        }
         // Keep observations newer than this scan (made by creates/GETs meanwhile).
-        let ids: HashSet<&str> = listed.iter().map(|r| r.id.as_str()).collect();
+        let ids: HashSet<&str> = by_id.keys().copied().collect();
         acct.seen
             .retain(|id, (_, at)| *at > started && !ids.contains(id.as_str()));
         for r in listed {
@@ -356,6 +387,54 @@ mod tests {
             .find(|(k, _)| k == key)
             .map(|(_, b)| b.values().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// A change a scan saw is asked for at every counter-sync scan until a reconcile reports
+    /// it — also when the scan that saw it was started by a reconcile (which triggers
+    /// nothing), and a report of an older observation does not clear a newer change.
+    #[tokio::test]
+    async fn a_change_is_asked_for_until_reported() {
+        let sim = crate::simulator::Simulator::new();
+        sim.add_account("acct", "key-a");
+        let handle = sim.spawn().await.unwrap();
+        let client = AgentSendClient::new(&handle.url(), ClientOptions::default()).unwrap();
+        let scans = ScanCache::new(client, Duration::from_secs(60));
+        let key = ApiKey::new("key-a").unwrap();
+        let inbox = sim
+            .insert_inbox("acct", crate::agentsend::CreateInbox::default())
+            .unwrap();
+        let watched = vec![inbox.id.clone()];
+        let id = || sim.inbox(&inbox.id).unwrap();
+        assert_eq!(scans.scan(&key, &watched).await.unwrap(), watched, "new");
+        scans.reported(&key, &id());
+        assert!(scans.scan(&key, &watched).await.unwrap().is_empty(), "same");
+
+        sim.update_inbox(&inbox.id, |r| r.sends_today = Some(7));
+        scans.scan(&key, &[]).await.unwrap();
+        assert_eq!(
+            scans.scan(&key, &watched).await.unwrap(),
+            watched,
+            "seen by another scan"
+        );
+        assert_eq!(
+            scans.scan(&key, &watched).await.unwrap(),
+            watched,
+            "not reported yet"
+        );
+        let seven = id();
+        sim.update_inbox(&inbox.id, |r| r.sends_today = Some(8));
+        scans.scan(&key, &watched).await.unwrap();
+        scans.reported(&key, &seven);
+        assert_eq!(
+            scans.scan(&key, &watched).await.unwrap(),
+            watched,
+            "8 not reported"
+        );
+        scans.reported(&key, &id());
+        assert!(
+            scans.scan(&key, &watched).await.unwrap().is_empty(),
+            "reported"
+        );
     }
 
     #[test]

@@ -166,7 +166,7 @@ impl<'a> Pass<'a> {
                 gate = None;
             }
             match step {
-                Step::Done(done) => return self.finish(done).await,
+                Step::Done(done) => return self.finish(done, &o).await,
                 step => self.step(&mut o, step, &mut gate).await?,
             }
         }
@@ -289,9 +289,17 @@ impl<'a> Pass<'a> {
     }
 
     /// Report, account and end the pass as the planner decided.
-    async fn finish(&self, done: Done) -> Result<Action, Error> {
-        if let Some(report) = &done.report {
-            self.report(report).await?;
+    async fn finish(&self, done: Done, o: &Observed) -> Result<Action, Error> {
+        let reported = match &done.report {
+            Some(report) => self.report(report).await?,
+            None => false,
+        };
+        if reported
+            && let (Some(Credentials::Key(key)), Some(Lookup::Found(remote))) =
+                (&o.credentials, &o.remote)
+        {
+            // The status shows this observation: the counter sync may stop asking.
+            self.ctx.scans.reported(key, remote);
         }
         match done.failures {
             Failures::Keep => {}
