@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 ASSETS="$(hack/envtest-assets.sh "${K8S_VERSION:-1.37.2}")"
 export PATH="$ASSETS:$PATH" K8S_VERSION="${K8S_VERSION:-1.37.2}"
 cargo build --release --bin inbox-operator --bin inbox-bench
-exec target/release/inbox-bench "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/inbox-bench" "$@"

@@ -35,7 +35,7 @@ export PATH="$ASSETS:$PATH"
 
 log "building inbox-operator"
 cargo build --quiet --manifest-path "$ROOT/Cargo.toml" --bin inbox-operator
-BIN="$ROOT/target/debug/inbox-operator"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/inbox-operator"
 
 log "starting the local control plane"
 KUBECONFIG="$("$ROOT/hack/local-cluster.sh" up "$CLUSTER")"
