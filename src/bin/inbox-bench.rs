@@ -1,5 +1,7 @@
 //! Benchmark (not a test): N Inboxes applied at once against a real local control plane and the
-//! AgentSend simulator with latency. Reports time to Ready, AgentSend requests per created
+//! AgentSend simulator with latency. Reports, right before, the time to create N plain Secrets
+//! on the same control plane with the same client concurrency (the baseline every time is also
+//! given as a ratio of: absolute seconds on a shared machine are noise), then time to Ready, AgentSend requests per created
 //! inbox, requests and Kubernetes writes per sync interval at rest, operator peak RSS and CPU,
 //! and time to delete everything.
 //!
@@ -15,7 +17,7 @@ use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use inbox_operator::crd::{Inbox, InboxSpec};
 use inbox_operator::simulator::Simulator;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, Config};
 
@@ -48,6 +50,16 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// An admin client for the cluster.
+    async fn client(&self) -> Result<Client, String> {
+        let kubeconfig =
+            kube::config::Kubeconfig::read_from(&self.kubeconfig).map_err(|e| e.to_string())?;
+        let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        Client::try_from(config).map_err(|e| e.to_string())
+    }
+
     fn up(root: &Path, dir: &Path) -> Result<Cluster, String> {
         let out = Command::new(root.join("hack/local-cluster.sh"))
             .arg("up")
@@ -169,6 +181,7 @@ const REST_INTERVALS: u32 = 3;
 
 struct Row {
     n: usize,
+    baseline_s: f64,
     ready_s: f64,
     req_per_create: f64,
     rest_api: f64,
@@ -178,62 +191,131 @@ struct Row {
     delete_s: f64,
 }
 
+/// Client concurrency of the bulk creates (like `kubectl apply` of a big manifest), the same
+/// for the Secret baseline and the Inboxes.
+const CREATE_CONCURRENCY: usize = 64;
+
 async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     let root = std::env::current_dir().map_err(|e| e.to_string())?;
     let dir = std::env::temp_dir().join(format!("inbox-bench-{}-{n}", std::process::id()));
     let cluster = Cluster::up(&root, &dir)?;
-    let kubeconfig =
-        kube::config::Kubeconfig::read_from(&cluster.kubeconfig).map_err(|e| e.to_string())?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let client = Client::try_from(config).map_err(|e| e.to_string())?;
-
-    let crd = root.join("crds/inboxes.agentsend.io.yaml");
-    let st = Command::new("kubectl")
-        .args([
-            "--kubeconfig",
-            &cluster.kubeconfig.to_string_lossy(),
-            "apply",
-            "--server-side",
-            "-f",
-            &crd.to_string_lossy(),
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !st.success() {
-        return Err("CRD install failed".into());
-    }
-    let _ = Command::new("kubectl")
-        .args([
-            "--kubeconfig",
-            &cluster.kubeconfig.to_string_lossy(),
-            "wait",
-            "--for",
-            "condition=established",
-            "crd/inboxes.agentsend.io",
-        ])
-        .stdout(Stdio::null())
-        .status();
-    let ns_api: Api<Namespace> = Api::all(client.clone());
-    let ns = Namespace {
-        metadata: kube::api::ObjectMeta {
-            name: Some("bench".into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    ns_api
-        .create(&PostParams::default(), &ns)
-        .await
-        .map_err(|e| e.to_string())?;
+    let client = cluster.client().await?;
+    install_crd(&root, &cluster.kubeconfig)?;
+    create_namespace(&client, "baseline").await?;
+    let baseline_s = create_secrets(&client, "baseline", n).await?;
+    create_namespace(&client, "bench").await?;
 
     let sim = Simulator::new();
     sim.add_account("bench", "bench-key");
     sim.set_latency(args.latency);
     let handle = sim.spawn().await.map_err(|e| e.to_string())?;
+    let op = start_operator(args, &cluster.kubeconfig, &handle.url())?;
+    let pid = op.0.id();
+    // The operator's watches list before the Inboxes arrive (not part of the measurement).
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
+    let api: Api<Inbox> = Api::namespaced(client.clone(), "bench");
+    let ready_s = create_inboxes_until_ready(&api, n, args.timeout).await?;
+    let created = sim.inbox_count();
+    if created != n {
+        return Err(format!("{created} AgentSend inboxes for {n} Inboxes"));
+    }
+    let req_per_create = sim.total_requests() as f64 / n as f64;
+    let (rest_api, rest_writes) = at_rest(args.sync_interval, &sim, &client).await?;
+    let delete_s = delete_all(&api, args.timeout).await?;
+    if sim.inbox_count() != 0 {
+        return Err(format!(
+            "{} AgentSend inboxes left after deletion",
+            sim.inbox_count()
+        ));
+    }
+    let (rss_mib, cpu_s) = proc_usage(pid);
+    drop(op);
+    drop(cluster);
+    Ok(Row {
+        n,
+        baseline_s,
+        ready_s,
+        req_per_create,
+        rest_api,
+        rest_writes,
+        rss_mib,
+        cpu_s,
+        delete_s,
+    })
+}
+
+/// `kubectl apply --server-side` of the committed CRD, then wait until it is Established.
+fn install_crd(root: &Path, kubeconfig: &Path) -> Result<(), String> {
+    let kubectl = |args: &[&str]| {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| e.to_string())
+    };
+    let crd = root.join("crds/inboxes.agentsend.io.yaml");
+    if !kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()])?.success() {
+        return Err("CRD install failed".into());
+    }
+    kubectl(&[
+        "wait",
+        "--for",
+        "condition=established",
+        "crd/inboxes.agentsend.io",
+    ])?;
+    Ok(())
+}
+
+async fn create_namespace(client: &Client, name: &str) -> Result<(), String> {
+    let ns = Namespace {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// The baseline: seconds to create `n` plain Secrets (each about the size of an Inbox's
+/// Secret) with the same client concurrency as the Inboxes, on the same control plane.
+async fn create_secrets(client: &Client, ns: &str, n: usize) -> Result<f64, String> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let started = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let secret = Secret {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(format!("secret-{i:05}")),
+                        ..Default::default()
+                    },
+                    string_data: Some(
+                        [("address".to_string(), format!("x{i:07}@agentsend.io"))].into(),
+                    ),
+                    ..Default::default()
+                };
+                api.create(&PostParams::default(), &secret)
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn start_operator(args: &Args, kubeconfig: &Path, api_url: &str) -> Result<Proc, String> {
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
@@ -246,20 +328,23 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
             &format!("{}s", args.sync_interval.as_secs()),
         ])
         .args(&args.operator_args)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env("AGENTSEND_API_URL", handle.url())
+        .env("KUBECONFIG", kubeconfig)
+        .env("AGENTSEND_API_URL", api_url)
         .env("AGENTSEND_API_KEY", "bench-key")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("start {}: {e}", args.operator.display()))?;
-    let op = Proc(child);
-    let pid = op.0.id();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(Proc(child))
+}
 
-    let api: Api<Inbox> = Api::namespaced(client.clone(), "bench");
-    // Apply all at once (bounded client concurrency, like `kubectl apply` of a big manifest).
+/// Create `n` Inboxes at once; seconds until every one is Ready.
+async fn create_inboxes_until_ready(
+    api: &Api<Inbox>,
+    n: usize,
+    timeout: Duration,
+) -> Result<f64, String> {
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -269,73 +354,56 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
                 api.create(&PostParams::default(), &inbox).await.map(|_| ())
             }
         })
-        .buffer_unordered(64)
+        .buffer_unordered(CREATE_CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await
         .map_err(|e| e.to_string())?;
     loop {
         // Poll gently (a full list of 10,000 Inboxes is heavy) and ride out a slow answer.
-        if let Ok((_, ready)) = count_ready(&api).await
+        if let Ok((_, ready)) = count_ready(api).await
             && ready == n
         {
-            break;
+            return Ok(started.elapsed().as_secs_f64());
         }
-        if started.elapsed() > args.timeout {
-            return Err(format!("not all {n} Ready after {:?}", args.timeout));
+        if started.elapsed() > timeout {
+            return Err(format!("not all {n} Ready after {timeout:?}"));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let ready_s = started.elapsed().as_secs_f64();
-    let created = sim.inbox_count();
-    if created != n {
-        return Err(format!("{created} AgentSend inboxes for {n} Inboxes"));
-    }
-    let req_per_create = sim.total_requests() as f64 / n as f64;
+}
 
-    // At rest: let in-flight work settle for one interval, then measure REST_INTERVALS more
-    // and report the mean per interval (a single window can hold zero or two scan rounds
-    // depending on where it falls).
-    tokio::time::sleep(args.sync_interval + Duration::from_secs(3)).await;
+/// At rest: let in-flight work settle for one interval, then measure REST_INTERVALS more and
+/// report the mean AgentSend requests and Kubernetes writes per interval (a single window can
+/// hold zero or two scan rounds depending on where it falls).
+async fn at_rest(
+    interval: Duration,
+    sim: &Simulator,
+    client: &Client,
+) -> Result<(f64, f64), String> {
+    tokio::time::sleep(interval + Duration::from_secs(3)).await;
     let api_before = sim.total_requests();
-    let writes_before = apiserver_writes(&client).await?;
-    tokio::time::sleep(args.sync_interval * REST_INTERVALS).await;
+    let writes_before = apiserver_writes(client).await?;
+    tokio::time::sleep(interval * REST_INTERVALS).await;
     let rest_api = (sim.total_requests() - api_before) as f64 / f64::from(REST_INTERVALS);
-    let rest_writes =
-        (apiserver_writes(&client).await? - writes_before) / f64::from(REST_INTERVALS);
+    let rest_writes = (apiserver_writes(client).await? - writes_before) / f64::from(REST_INTERVALS);
+    Ok((rest_api, rest_writes))
+}
 
+/// Delete every Inbox at once; seconds until none is left.
+async fn delete_all(api: &Api<Inbox>, timeout: Duration) -> Result<f64, String> {
     let started = Instant::now();
     api.delete_collection(&DeleteParams::default(), &ListParams::default())
         .await
         .map_err(|e| e.to_string())?;
     loop {
-        if let Ok((0, _)) = count_ready(&api).await {
-            break;
+        if let Ok((0, _)) = count_ready(api).await {
+            return Ok(started.elapsed().as_secs_f64());
         }
-        if started.elapsed() > args.timeout {
-            return Err(format!("Inboxes left after {:?}", args.timeout));
+        if started.elapsed() > timeout {
+            return Err(format!("Inboxes left after {timeout:?}"));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    let delete_s = started.elapsed().as_secs_f64();
-    if sim.inbox_count() != 0 {
-        return Err(format!(
-            "{} AgentSend inboxes left after deletion",
-            sim.inbox_count()
-        ));
-    }
-    let (rss_mib, cpu_s) = proc_usage(pid);
-    drop(op);
-    drop(cluster);
-    Ok(Row {
-        n,
-        ready_s,
-        req_per_create,
-        rest_api,
-        rest_writes,
-        rss_mib,
-        cpu_s,
-        delete_s,
-    })
 }
 
 #[tokio::main]
@@ -377,21 +445,24 @@ async fn main() -> std::process::ExitCode {
     );
     println!();
     println!(
-        "| Inboxes | all Ready (s) | AgentSend req / created inbox | AgentSend req / interval at rest | Kubernetes writes / interval at rest | operator peak RSS (MiB) | operator CPU (s) | all deleted (s) |"
+        "| Inboxes | N Secrets (s) | all Ready (s) | ÷ Secrets | AgentSend req / created inbox | AgentSend req / interval at rest | Kubernetes writes / interval at rest | operator peak RSS (MiB) | operator CPU (s) | all deleted (s) | ÷ Secrets |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in &rows {
         println!(
-            "| {} | {:.1} | {:.3} | {:.1} (target ≤ {}) | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {:.1}× | {:.3} | {:.1} (target ≤ {}) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1}× |",
             r.n,
+            r.baseline_s,
             r.ready_s,
+            r.ready_s / r.baseline_s.max(0.001),
             r.req_per_create,
             r.rest_api,
             r.n.div_ceil(100) + 1,
             r.rest_writes,
             r.rss_mib,
             r.cpu_s,
-            r.delete_s
+            r.delete_s,
+            r.delete_s / r.baseline_s.max(0.001)
         );
     }
     std::process::ExitCode::SUCCESS
