@@ -341,7 +341,14 @@ pub async fn run_counter_sync(
         for (key, bound) in snapshot {
             let ids: Vec<String> = bound.keys().cloned().collect();
             let to_reconcile: Vec<&ObjectRef<Inbox>> = match scans.scan(&key, &ids).await {
-                Ok(changed) => changed.iter().filter_map(|id| bound.get(id)).collect(),
+                Ok(changed) => {
+                    tracing::debug!(
+                        inboxes = ids.len(),
+                        changed = changed.len(),
+                        "counter sync scan"
+                    );
+                    changed.iter().filter_map(|id| bound.get(id)).collect()
+                }
                 Err(e) => {
                     all_ok = false;
                     tracing::warn!(error = %e, inboxes = bound.len(), "counter sync scan failed");
