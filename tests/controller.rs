@@ -650,11 +650,9 @@ async fn pause_stops_calls_and_holds_deletion() {
     env.stop().await;
 }
 
-#[tokio::test]
-async fn per_namespace_credentials_missing_invalid_and_rotated() {
-    let env = Env::start_with(|s| s.default_key = DefaultKey::None).await;
-    env.sim.add_account("acct-team", "sk_team_old");
-    let spec = InboxSpec {
+/// An Inbox that reads its key from the namespace Secret `team-key` (key `apiKey`).
+fn team_key_spec() -> InboxSpec {
+    InboxSpec {
         credentials: Some(CredentialsSpec {
             secret_ref: SecretKeyRef {
                 name: "team-key".into(),
@@ -662,21 +660,32 @@ async fn per_namespace_credentials_missing_invalid_and_rotated() {
             },
         }),
         ..Default::default()
-    };
-    env.create("team", spec).await;
-    env.wait_ready("team", "False", "CredentialsMissing").await;
+    }
+}
 
-    let key_secret = |k: &str| Secret {
+/// The Secret `team-key` holding `key` under `apiKey`.
+fn key_secret(key: &str) -> Secret {
+    Secret {
         metadata: kube::api::ObjectMeta {
             name: Some("team-key".into()),
             ..Default::default()
         },
         data: Some(BTreeMap::from([(
             "apiKey".to_string(),
-            ByteString(k.as_bytes().to_vec()),
+            ByteString(key.as_bytes().to_vec()),
         )])),
         ..Default::default()
-    };
+    }
+}
+
+#[tokio::test]
+async fn per_namespace_credentials_missing_invalid_and_rotated() {
+    let env = Env::start_with(|s| s.default_key = DefaultKey::None).await;
+    env.sim.add_account("acct-team", "sk_team_old");
+    let spec = team_key_spec();
+    env.create("team", spec).await;
+    env.wait_ready("team", "False", "CredentialsMissing").await;
+
     env.secrets()
         .create(&PostParams::default(), &key_secret("sk_team_old"))
         .await
@@ -772,31 +781,15 @@ async fn transient_errors_and_rate_limits_are_retried_with_bounded_requests() {
 async fn deleting_the_namespace_honours_each_deletion_policy() {
     let env = Env::start().await;
     env.sim.add_account("acct-team", "sk_team_ns");
-    let team_key = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("team-key".into()),
-            ..Default::default()
-        },
-        string_data: Some(BTreeMap::from([("apiKey".into(), "sk_team_ns".into())])),
-        ..Default::default()
-    };
     env.secrets()
-        .create(&PostParams::default(), &team_key)
+        .create(&PostParams::default(), &key_secret("sk_team_ns"))
         .await
         .unwrap();
     let orphan = InboxSpec {
         deletion_policy: DeletionPolicy::Orphan,
         ..Default::default()
     };
-    let team = InboxSpec {
-        credentials: Some(CredentialsSpec {
-            secret_ref: SecretKeyRef {
-                name: "team-key".into(),
-                key: "apiKey".into(),
-            },
-        }),
-        ..Default::default()
-    };
+    let team = team_key_spec();
     for (name, spec) in [
         ("deleted-1", InboxSpec::default()),
         ("deleted-2", InboxSpec::default()),
