@@ -8,4 +8,4 @@ pub use client::{
     AgentSendClient, ClientOptions, DEFAULT_RETRY_AFTER, MAX_BODY_BYTES, PAGE_SIZE, RequestObserver,
 };
 pub use error::{ApiError, error_message, parse_retry_after, truncate};
-pub use types::{ApiKey, CreateInbox, InboxPage, InboxState, RemoteInbox};
+pub use types::{ApiKey, CreateInbox, InboxPage, InboxState, RemoteInbox, SHARED_DOMAIN};

@@ -65,6 +65,9 @@ impl InboxState {
     }
 }
 
+/// The shared domain of addresses created without a `domainId`.
+pub const SHARED_DOMAIN: &str = "agentsend.io";
+
 /// An inbox as the API returns it. Unknown fields are ignored; missing optional ones are `None`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

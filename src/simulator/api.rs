@@ -267,6 +267,17 @@ pub(super) async fn create(
             }
         }
     };
+    let late = {
+        let mut st = sim.lock();
+        let (n, delay) = st.late_commits;
+        (n > 0).then(|| {
+            st.late_commits.0 -= 1;
+            delay
+        })
+    };
+    if let Some(delay) = late {
+        return t.finish(commit_late(sim.clone(), account, req, delay).await);
+    }
     let created = {
         let mut st = sim.lock();
         st.create(&account, &req).map(|inbox| {
@@ -287,6 +298,34 @@ pub(super) async fn create(
         Err(e) => sim_error_response(&e),
     };
     t.finish(resp)
+}
+
+/// Commit a create `delay` from now in a task of its own (it happens even if the client
+/// disconnects first), then answer with its outcome.
+async fn commit_late(
+    sim: Simulator,
+    account: String,
+    req: CreateInbox,
+    delay: Duration,
+) -> Response {
+    let commit = tokio::spawn({
+        let sim = sim.clone();
+        async move {
+            tokio::time::sleep(delay).await;
+            let mut st = sim.lock();
+            st.late_commits_settled += 1;
+            st.create(&account, &req)
+        }
+    });
+    match commit.await {
+        Ok(Ok(inbox)) => success(
+            StatusCode::CREATED,
+            to_json(&inbox),
+            sim.malformed(Route::Create),
+        ),
+        Ok(Err(e)) => sim_error_response(&e),
+        Err(_) => error_response(500, "internal", "the create task failed"),
+    }
 }
 
 pub(super) async fn list(

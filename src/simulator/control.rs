@@ -93,10 +93,18 @@ struct FaultsBody {
     error_rate: Option<f64>,
     error_status: Option<u16>,
     drop_next_creates: Option<usize>,
+    late_commits: Option<LateCommits>,
     fail_next: Option<FailNext>,
     rate_limit: Option<RateLimit>,
     malformed: Option<MalformedBody>,
     default_daily_limit: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LateCommits {
+    count: usize,
+    delay_ms: u64,
 }
 
 fn default_error_status() -> u16 {
@@ -315,6 +323,9 @@ async fn set_faults(
     }
     if let Some(n) = f.drop_next_creates {
         sim.drop_next_create_responses(n);
+    }
+    if let Some(l) = f.late_commits {
+        sim.commit_next_creates_late(l.count, Duration::from_millis(l.delay_ms));
     }
     if let Some((route, n, status)) = fail_next {
         sim.fail_next(route, n, status);

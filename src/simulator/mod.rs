@@ -25,7 +25,7 @@
 //! | `GET /_simulator/inboxes?account=` | the account's inboxes, newest first |
 //! | `PATCH /_simulator/inboxes/{id}` | any of `status`, `sendsToday`, `dailySendLimit`, `totalSent`, `bounceCount`, `complaintCount` → the inbox |
 //! | `DELETE /_simulator/inboxes/{id}` | out-of-band delete |
-//! | `POST /_simulator/faults` | any of `latencyMs`, `errorRate`, `errorStatus`, `dropNextCreates`, `failNext: {route, n, status}`, `rateLimit: {account, ms, httpDate}`, `malformed: {route, kind}` (kind null to stop), `defaultDailyLimit` |
+//! | `POST /_simulator/faults` | any of `latencyMs`, `errorRate`, `errorStatus`, `dropNextCreates`, `lateCommits: {count, delayMs}`, `failNext: {route, n, status}`, `rateLimit: {account, ms, httpDate}`, `malformed: {route, kind}` (kind null to stop), `defaultDailyLimit` |
 //! | `DELETE /_simulator/faults` | clear every fault |
 //! | `GET /_simulator/stats` | `{"requests":{"create":n,"get":n,"list":n,"delete":n},"total":n,"inboxes":n}` |
 //! | `POST` or `DELETE /_simulator/reset-counters` | zero the request counters |
@@ -327,6 +327,18 @@ impl Simulator {
         self.lock().drop_creates = n;
     }
 
+    /// The next `n` creates commit `delay` after they arrive, then answer (a client that
+    /// gave up meanwhile never sees it). Address uniqueness is checked at the commit, as a
+    /// database would: a late create of an address taken meanwhile fails.
+    pub fn commit_next_creates_late(&self, n: usize, delay: Duration) {
+        self.lock().late_commits = (n, delay);
+    }
+
+    /// How many late creates have reached their commit (whether it succeeded or was refused).
+    pub fn late_commits_settled(&self) -> usize {
+        self.lock().late_commits_settled
+    }
+
     /// Successful answers on `route` are malformed in this way (`None` to stop).
     pub fn set_malformed(&self, route: Route, kind: Option<Malformed>) {
         let mut st = self.lock();
@@ -345,6 +357,7 @@ impl Simulator {
         st.rate_limited.clear();
         st.rate_limit_armed.clear();
         st.drop_creates = 0;
+        st.late_commits = (0, Duration::ZERO);
         st.malformed.clear();
     }
 

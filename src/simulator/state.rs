@@ -12,8 +12,7 @@ use rand::Rng;
 use super::{Malformed, RequestRecord, Route};
 use crate::agentsend::{CreateInbox, InboxState, RemoteInbox};
 
-/// The shared domain of addresses created without a `domainId`.
-pub const SHARED_DOMAIN: &str = "agentsend.io";
+pub use crate::agentsend::SHARED_DOMAIN;
 /// Longest address accepted (RFC 5321 path limit).
 pub const MAX_ADDRESS_LEN: usize = 254;
 /// Longest local part accepted.
@@ -83,6 +82,11 @@ pub(super) struct SimState {
     /// Rate limits that start at the account's next request: (length, HTTP-date form).
     pub rate_limit_armed: HashMap<String, (Duration, bool)>,
     pub drop_creates: usize,
+    /// The next creates commit this long after they arrive (count, delay): a client with a
+    /// shorter timeout gives up while the create is still to happen.
+    pub late_commits: (usize, Duration),
+    /// Late creates whose commit has been attempted (succeeded or refused).
+    pub late_commits_settled: usize,
     pub malformed: HashMap<Route, Malformed>,
     // Observation.
     pub counts: HashMap<Route, u64>,
@@ -107,6 +111,8 @@ impl Default for SimState {
             rate_limited: HashMap::new(),
             rate_limit_armed: HashMap::new(),
             drop_creates: 0,
+            late_commits: (0, Duration::ZERO),
+            late_commits_settled: 0,
             malformed: HashMap::new(),
             counts: HashMap::new(),
             records: Vec::new(),
