@@ -14,6 +14,9 @@ pub const FINALIZER: &str = "agentsend.io/finalizer";
 pub const ANNOTATION_INBOX_ID: &str = "agentsend.io/inbox-id";
 /// Annotation persisted before a create call; its value is the RFC 3339 time of the attempt.
 pub const ANNOTATION_CREATE_PENDING: &str = "agentsend.io/create-pending";
+/// When the create-pending mark was written (RFC 3339, the operator's clock): recovery binds
+/// the pending address only if AgentSend created it after this (minus clock skew).
+pub const ANNOTATION_CREATE_PENDING_SINCE: &str = "agentsend.io/create-pending-since";
 /// Annotation users set to `"true"` to pause all AgentSend calls and Secret writes.
 pub const ANNOTATION_PAUSED: &str = "agentsend.io/paused";
 /// Label put on every Secret the operator writes.

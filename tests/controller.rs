@@ -145,6 +145,100 @@ async fn lost_create_response_recovers_without_second_inbox() {
     env.stop().await;
 }
 
+/// Recovery looks up exactly the address it asked for: an inbox that already had that address,
+/// or one that merely looks alike, is never bound, and so never deleted with the Inbox.
+#[tokio::test]
+async fn recovery_never_binds_an_inbox_it_did_not_create() {
+    let env = Env::start().await;
+    let bot = |address: Option<&str>| CreateInbox {
+        address: address.map(Into::into),
+        display_name: Some("Bot".into()),
+        ..Default::default()
+    };
+    let taken = env
+        .sim
+        .insert_inbox(ACCOUNT, bot(Some("support@agentsend.io")))
+        .unwrap();
+    let lookalike = env.sim.insert_inbox(ACCOUNT, bot(None)).unwrap();
+    for id in [&taken.id, &lookalike.id] {
+        env.sim.update_inbox(id, |r| {
+            r.created_at = Some("2026-01-01T00:00:00.000Z".into());
+        });
+    }
+    // The first POST of each Inbox fails with a 503: its outcome is unknown, so each recovers.
+    env.sim.fail_next(Route::Create, 2, 503);
+    let spec = |address: Option<&str>| InboxSpec {
+        address: address.map(Into::into),
+        display_name: Some("Bot".into()),
+        ..Default::default()
+    };
+    env.create("named", spec(Some("support@agentsend.io")))
+        .await;
+    env.create("random", spec(None)).await;
+    let named = env.wait_ready("named", "False", "Rejected").await;
+    let msg = &ready(&named).unwrap().message;
+    assert!(
+        msg.contains(&taken.id) && msg.contains("spec.inboxId"),
+        "{msg}"
+    );
+    let random = env.wait_ready("random", "True", "Ready").await;
+    let made = status_id(&random);
+    assert!(made != taken.id && made != lookalike.id);
+    assert!(
+        env.secret("named").await.is_none(),
+        "no Secret for a refusal"
+    );
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 3);
+
+    for name in ["named", "random"] {
+        env.inboxes()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+        env.wait_gone(name).await;
+    }
+    assert!(env.sim.inbox(&taken.id).is_some(), "not ours: kept");
+    assert!(env.sim.inbox(&lookalike.id).is_some(), "not ours: kept");
+    assert!(env.sim.inbox(&made).is_none(), "ours: deleted");
+    env.stop().await;
+}
+
+/// A create that AgentSend commits after the client gave up never leaves a second inbox: the
+/// retry names the same address, so the server refuses whichever of the two comes second.
+#[tokio::test]
+async fn a_late_commit_never_duplicates() {
+    let env = Env::start().await;
+    // The client gives up after 2 s; these creates commit 3 s after that.
+    env.sim.commit_next_creates_late(2, Duration::from_secs(5));
+    env.create("late-random", InboxSpec::default()).await;
+    env.create(
+        "late-named",
+        InboxSpec {
+            address: Some("late@agentsend.io".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut bound = Vec::new();
+    for name in ["late-random", "late-named"] {
+        let i = env.wait_ready(name, "True", "Ready").await;
+        let s = env.secret(name).await.unwrap();
+        assert_eq!(data(&s, "inboxId"), status_id(&i));
+        bound.push(status_id(&i));
+    }
+    wait_for("both late commits reached the server", T, || async {
+        (env.sim.late_commits_settled() == 2).then_some(())
+    })
+    .await;
+    let mut ids: Vec<String> = env.sim.inboxes(ACCOUNT).into_iter().map(|r| r.id).collect();
+    ids.sort();
+    bound.sort();
+    assert_eq!(ids, bound, "exactly one inbox per Inbox");
+    env.stop().await;
+}
+
+/// A create interrupted by an earlier operator version (a timestamp mark: AgentSend chose the
+/// address) is never bound on a guess: a human chooses.
 #[tokio::test]
 async fn ambiguous_recovery_stalls_with_creation_uncertain() {
     let env = Env::start().await;
@@ -332,6 +426,7 @@ async fn vanished_inbox_is_recreated_and_suspension_is_surfaced() {
     env.create("drift", InboxSpec::default()).await;
     let i = env.wait_ready("drift", "True", "Ready").await;
     let old = status_id(&i);
+    let address = i.status.as_ref().unwrap().address.clone().unwrap();
 
     env.sim
         .update_inbox(&old, |r| r.status = InboxState::Suspended);
@@ -354,6 +449,11 @@ async fn vanished_inbox_is_recreated_and_suspension_is_surfaced() {
     env.wait_event("Recreated").await;
     let s = env.secret("drift").await.unwrap();
     assert_eq!(data(&s, "inboxId"), new);
+    assert_eq!(
+        data(&s, "address"),
+        address,
+        "re-created with the address it had"
+    );
     assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1);
     env.stop().await;
 }
@@ -595,7 +695,35 @@ async fn taken_address_is_rejected_with_the_api_message() {
     )
     .await;
     let i = env.wait_ready("second", "False", "Rejected").await;
-    assert!(ready(&i).unwrap().message.contains("409"));
+    let msg = &ready(&i).unwrap().message;
+    assert!(msg.contains("already belongs to inbox"), "{msg}");
+    assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1);
+
+    // Held by another account: the API's 409 message, and nothing listed as ours.
+    env.sim.add_account("acct-other", "sk_other");
+    env.sim
+        .insert_inbox(
+            "acct-other",
+            CreateInbox {
+                address: Some("theirs@agentsend.io".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    env.create(
+        "third",
+        InboxSpec {
+            address: Some("theirs@agentsend.io".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let i = env.wait_ready("third", "False", "Rejected").await;
+    let msg = &ready(&i).unwrap().message;
+    assert!(
+        msg.contains("409") && msg.contains("not in this AgentSend account"),
+        "{msg}"
+    );
     assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1);
     env.stop().await;
 }

@@ -444,6 +444,47 @@ async fn leader_election_one_reconciles_and_hands_over() {
     );
 }
 
+/// A leader dies while its create is in flight; AgentSend commits that create long after the
+/// new leader has taken over and retried. The retry names the address the dead leader
+/// persisted, so the server refuses the second of the two: exactly one inbox.
+#[tokio::test]
+async fn handover_mid_create_leaves_one_inbox() {
+    let env = Env::start("midc").await;
+    let lease = format!("lease-{}", env.ns.name());
+    let args = [
+        "--leader-elect",
+        "--lease-name",
+        lease.as_str(),
+        "--lease-namespace",
+        env.ns.name(),
+        "--lease-duration",
+        "6s",
+        "--agentsend-timeout",
+        "30s",
+    ];
+    let mut a = env.operator(&args);
+    wait_for("a leads", T, || async { a.is_leader().await.then_some(()) }).await;
+    let mut b = env.operator(&args);
+    // Well after the takeover (lease 6 s) and the new leader's retry.
+    env.sim.commit_next_creates_late(1, Duration::from_secs(20));
+    env.create("mid", &[]).await;
+    wait_for("the create is in flight", T, || async {
+        (env.sim.request_count(Route::Create) == 1).then_some(())
+    })
+    .await;
+    a.kill9();
+    let i = env.wait_ready("mid").await;
+    let id = i.status.as_ref().and_then(|s| s.inbox_id.clone());
+    wait_for("the late commit reached the server", T, || async {
+        (env.sim.late_commits_settled() == 1).then_some(())
+    })
+    .await;
+    let inboxes = env.sim.inboxes(ACCOUNT);
+    assert_eq!(inboxes.len(), 1, "one inbox: {inboxes:?}");
+    assert_eq!(Some(inboxes[0].id.clone()), id);
+    b.kill9();
+}
+
 #[tokio::test]
 async fn disjoint_selectors_share_a_namespace() {
     let env = Env::start("shard").await;

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::Resource;
 
-use crate::agentsend::{CreateInbox, RemoteInbox};
+use crate::agentsend::{CreateInbox, RemoteInbox, SHARED_DOMAIN};
 use crate::crd::{self, Inbox, InboxSpec};
 
 /// A spec field that no longer matches the bound inbox.
@@ -99,44 +99,135 @@ pub fn immutable_message(m: &FieldMismatch) -> String {
     )
 }
 
-/// The create request for a spec.
-pub fn create_request(spec: &InboxSpec) -> CreateInbox {
+/// The create request for a spec, naming the `address` persisted in the pending mark.
+pub fn create_request(spec: &InboxSpec, address: &str) -> CreateInbox {
     CreateInbox {
-        address: spec.address.clone(),
+        address: Some(address.to_string()),
         display_name: spec.display_name.clone(),
         domain_id: spec.domain_id.clone(),
     }
 }
 
-/// What to do about a create that may or may not have happened.
+/// Length of the local parts the operator generates: 16 of `a-z0-9` ≈ 82 bits, unguessable.
+pub const RANDOM_LOCAL_LEN: usize = 16;
+
+/// A random local part of [`RANDOM_LOCAL_LEN`] lowercase letters and digits, drawn from `pick`
+/// (each call returns an index below its argument).
+pub fn random_local_part(mut pick: impl FnMut(usize) -> usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..RANDOM_LOCAL_LEN)
+        .map(|_| char::from(ALPHABET[pick(ALPHABET.len()) % ALPHABET.len()]))
+        .collect()
+}
+
+/// The address a new create names: `spec.address` as written; otherwise `previous` (the
+/// address of a vanished inbox being re-created); otherwise the random `local` part — the full
+/// address on the shared domain, or the local part alone with a `domainId`.
+pub fn address_to_create(spec: &InboxSpec, previous: Option<&str>, local: &str) -> String {
+    if let Some(a) = &spec.address {
+        return a.clone();
+    }
+    if let Some(p) = previous {
+        return p.to_string();
+    }
+    match &spec.domain_id {
+        Some(_) => local.to_string(),
+        None => format!("{local}@{SHARED_DOMAIN}"),
+    }
+}
+
+/// The value of the `agentsend.io/create-pending` annotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PendingMark<'a> {
+    /// The address being created (this version).
+    Address(&'a str),
+    /// A timestamp: a create started by a version that let AgentSend choose the address.
+    Legacy(jiff::Timestamp),
+}
+
+impl<'a> PendingMark<'a> {
+    /// Read the annotation's value. Addresses never parse as RFC 3339 timestamps (no `:`).
+    pub fn parse(value: &'a str) -> PendingMark<'a> {
+        match value.parse::<jiff::Timestamp>() {
+            Ok(t) => PendingMark::Legacy(t),
+            Err(_) => PendingMark::Address(value),
+        }
+    }
+}
+
+/// Where the address of a pending create stands in the account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AddressLookup {
+    /// The account holds it, created after the mark (minus [`CLOCK_SKEW`]): our create.
+    Ours(RemoteInbox),
+    /// The account holds it but it existed before the mark (or its age cannot be told for an
+    /// address the user chose): someone else's inbox, never bound.
+    Older(RemoteInbox),
+    /// Not in the account: the create did not happen (yet).
+    Absent,
+}
+
+/// Look up the pending create's `address` among the account's inboxes (exact match, same
+/// domain). `since` is the mark's time.
+pub fn find_address(
+    spec: &InboxSpec,
+    address: &str,
+    since: Option<jiff::Timestamp>,
+    candidates: &[RemoteInbox],
+) -> AddressLookup {
+    let Some(found) = candidates
+        .iter()
+        .find(|c| address_matches(address, &c.address) && c.domain_id == spec.domain_id)
+    else {
+        return AddressLookup::Absent;
+    };
+    let not_before = since.and_then(|t| {
+        t.checked_sub(jiff::SignedDuration::try_from(CLOCK_SKEW).ok()?)
+            .ok()
+    });
+    let created = found
+        .created_at
+        .as_deref()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+    let ours = match (not_before, created) {
+        (Some(nb), Some(c)) => c >= nb,
+        // Without times only a generated (unguessable) address is known to be ours.
+        _ => spec.address.is_none(),
+    };
+    if ours {
+        AddressLookup::Ours(found.clone())
+    } else {
+        AddressLookup::Older(found.clone())
+    }
+}
+
+/// What a create started by an earlier version (AgentSend chose the address) may have made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Recovery {
-    /// Exactly one inbox matches: bind it.
-    Bind(RemoteInbox),
-    /// No inbox matches: the create did not happen; create now.
-    CreateNew,
-    /// Several inboxes match: a human must choose (`spec.inboxId`).
+    /// Exactly one inbox matches.
+    One(RemoteInbox),
+    /// No inbox matches: the create did not happen.
+    None,
+    /// Several inboxes match.
     Ambiguous(Vec<String>),
 }
 
 /// Clock skew tolerated between the operator (pending mark) and AgentSend (`createdAt`).
 pub const CLOCK_SKEW: Duration = Duration::from_secs(120);
 
-/// Find the inbox a lost create may have made.
-///
-/// With an address in the spec the address decides (addresses are unique). For random
-/// addresses: same display name and domain, created after the pending mark (minus clock skew),
-/// and bound to no other Inbox in the cluster.
-pub fn recover_pending(
+/// Find the inbox a lost create of an earlier version may have made (a legacy timestamp
+/// mark): same address (when the spec names one), or same display name and domain created
+/// after the mark (minus clock skew); bound to no other Inbox in the cluster. The planner
+/// never binds or deletes on this guess; a human decides.
+pub fn recover_legacy(
     spec: &InboxSpec,
-    pending_since: Option<jiff::Timestamp>,
+    pending_since: jiff::Timestamp,
     candidates: &[RemoteInbox],
     bound_elsewhere: &HashSet<String>,
 ) -> Recovery {
-    let not_before = pending_since.and_then(|t| {
-        t.checked_sub(jiff::SignedDuration::try_from(CLOCK_SKEW).ok()?)
-            .ok()
-    });
+    let not_before = jiff::SignedDuration::try_from(CLOCK_SKEW)
+        .ok()
+        .and_then(|skew| pending_since.checked_sub(skew).ok());
     let matches: Vec<&RemoteInbox> = candidates
         .iter()
         .filter(|c| !bound_elsewhere.contains(&c.id))
@@ -162,8 +253,8 @@ pub fn recover_pending(
         })
         .collect();
     match matches.as_slice() {
-        [] => Recovery::CreateNew,
-        [one] => Recovery::Bind((*one).clone()),
+        [] => Recovery::None,
+        [one] => Recovery::One((*one).clone()),
         many => Recovery::Ambiguous(many.iter().map(|c| c.id.clone()).collect()),
     }
 }
@@ -376,66 +467,157 @@ mod tests {
         assert_eq!(inbox_id_changed(&InboxSpec::default(), "b"), None);
     }
 
+    fn at(id: &str, address: &str, created: &str) -> RemoteInbox {
+        RemoteInbox {
+            created_at: Some(created.into()),
+            ..remote(id, address)
+        }
+    }
+
     #[test]
-    fn recovery_by_address() {
-        let spec = InboxSpec {
+    fn every_create_names_its_address() {
+        let mut spec = InboxSpec::default();
+        assert_eq!(address_to_create(&spec, None, "k3x9"), "k3x9@agentsend.io");
+        // A vanished inbox comes back with the address the app already uses.
+        assert_eq!(
+            address_to_create(&spec, Some("old@agentsend.io"), "k3x9"),
+            "old@agentsend.io"
+        );
+        spec.domain_id = Some("dom_1".into());
+        assert_eq!(address_to_create(&spec, None, "k3x9"), "k3x9");
+        spec.address = Some("support".into());
+        assert_eq!(
+            address_to_create(&spec, Some("old@x.com"), "k3x9"),
+            "support"
+        );
+        let req = create_request(&spec, "support");
+        assert_eq!(req.address.as_deref(), Some("support"));
+        assert_eq!(req.domain_id.as_deref(), Some("dom_1"));
+    }
+
+    #[test]
+    fn random_local_parts_are_lowercase_alphanumeric() {
+        let mut n = 0;
+        let local = random_local_part(|len| {
+            n += 7;
+            n % len
+        });
+        assert_eq!(local.len(), RANDOM_LOCAL_LEN);
+        assert!(
+            local
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        );
+    }
+
+    #[test]
+    fn pending_marks_are_addresses_or_legacy_times() {
+        assert_eq!(
+            PendingMark::parse("k3x9@agentsend.io"),
+            PendingMark::Address("k3x9@agentsend.io")
+        );
+        assert_eq!(
+            PendingMark::parse("support"),
+            PendingMark::Address("support")
+        );
+        assert!(matches!(
+            PendingMark::parse("2026-11-24T10:00:00Z"),
+            PendingMark::Legacy(_)
+        ));
+    }
+
+    #[test]
+    fn a_pending_address_is_ours_only_if_created_after_the_mark() {
+        let since: jiff::Timestamp = "2026-11-24T10:00:00Z".parse().unwrap();
+        let named = InboxSpec {
+            address: Some("support".into()),
+            ..Default::default()
+        };
+        let new = at("new", "support@agentsend.io", "2026-11-24T10:00:01.000Z");
+        let skewed = at("s", "support@agentsend.io", "2026-11-24T09:59:00.000Z");
+        let old = at("old", "support@agentsend.io", "2026-01-01T00:00:00.000Z");
+        let other = at("x", "other@agentsend.io", "2026-11-24T10:00:01.000Z");
+        let find =
+            |spec: &InboxSpec, c: &[RemoteInbox], since| find_address(spec, "support", since, c);
+        assert_eq!(
+            find(&named, &[other.clone(), new.clone()], Some(since)),
+            AddressLookup::Ours(new.clone())
+        );
+        assert_eq!(
+            find(&named, std::slice::from_ref(&skewed), Some(since)),
+            AddressLookup::Ours(skewed)
+        );
+        assert_eq!(
+            find(&named, std::slice::from_ref(&old), Some(since)),
+            AddressLookup::Older(old.clone())
+        );
+        assert_eq!(find(&named, &[other], Some(since)), AddressLookup::Absent);
+        // Same local part on another domain is not it.
+        let on_domain = InboxSpec {
+            domain_id: Some("dom_1".into()),
+            ..named.clone()
+        };
+        assert_eq!(
+            find(&on_domain, std::slice::from_ref(&new), Some(since)),
+            AddressLookup::Absent
+        );
+        // No mark time: a chosen address cannot be proven ours; a generated one can.
+        assert_eq!(
+            find(&named, std::slice::from_ref(&new), None),
+            AddressLookup::Older(new.clone())
+        );
+        assert_eq!(
+            find_address(
+                &InboxSpec::default(),
+                "support@agentsend.io",
+                None,
+                std::slice::from_ref(&new)
+            ),
+            AddressLookup::Ours(new)
+        );
+    }
+
+    #[test]
+    fn legacy_marks_are_matched_by_address_or_name_and_time() {
+        let none = HashSet::new();
+        let named = InboxSpec {
             address: Some("support@agentsend.io".into()),
             ..Default::default()
         };
+        let pending: jiff::Timestamp = "2026-11-24T10:00:00Z".parse().unwrap();
         let cands = vec![
             remote("1", "other@agentsend.io"),
             remote("2", "support@agentsend.io"),
         ];
         assert_eq!(
-            recover_pending(&spec, None, &cands, &HashSet::new()),
-            Recovery::Bind(cands[1].clone())
+            recover_legacy(&named, pending, &cands, &none),
+            Recovery::One(cands[1].clone())
         );
         let bound: HashSet<String> = ["2".to_string()].into();
         assert_eq!(
-            recover_pending(&spec, None, &cands, &bound),
-            Recovery::CreateNew
+            recover_legacy(&named, pending, &cands, &bound),
+            Recovery::None
         );
-    }
 
-    #[test]
-    fn recovery_random_address() {
-        let spec = InboxSpec {
+        let bot = InboxSpec {
             display_name: Some("Bot".into()),
             ..Default::default()
         };
-        let pending: jiff::Timestamp = "2026-11-24T10:00:00Z".parse().unwrap();
-        let mut old = remote("old", "a@agentsend.io");
-        old.display_name = Some("Bot".into());
-        old.created_at = Some("2026-11-24T09:00:00.000Z".into());
-        let mut new = remote("new", "b@agentsend.io");
-        new.display_name = Some("Bot".into());
-        new.created_at = Some("2026-11-24T10:00:01.000Z".into());
-        let mut other_name = remote("x", "c@agentsend.io");
-        other_name.created_at = new.created_at.clone();
-        let none = HashSet::new();
-        let cands = vec![new.clone(), other_name, old.clone()];
+        let named_bot = |id: &str, created: &str| RemoteInbox {
+            display_name: Some("Bot".into()),
+            ..at(id, &format!("{id}@agentsend.io"), created)
+        };
+        let old = named_bot("old", "2026-11-24T09:00:00.000Z");
+        let new = named_bot("new", "2026-11-24T10:00:01.000Z");
         assert_eq!(
-            recover_pending(&spec, Some(pending), &cands, &none),
-            Recovery::Bind(new.clone())
+            recover_legacy(&bot, pending, &[new.clone(), old.clone()], &none),
+            Recovery::One(new.clone())
         );
-        // Nothing created after the mark: create.
+        assert_eq!(recover_legacy(&bot, pending, &[old], &none), Recovery::None);
+        let new2 = named_bot("new2", "2026-11-24T10:00:02.000Z");
         assert_eq!(
-            recover_pending(&spec, Some(pending), &[old.clone()], &none),
-            Recovery::CreateNew
-        );
-        // Two candidates: a human decides.
-        let mut new2 = new.clone();
-        new2.id = "new2".into();
-        match recover_pending(&spec, Some(pending), &[new.clone(), new2], &none) {
-            Recovery::Ambiguous(ids) => assert_eq!(ids, ["new", "new2"]),
-            other => panic!("{other:?}"),
-        }
-        // Small clock skew is tolerated.
-        let mut skewed = new.clone();
-        skewed.created_at = Some("2026-11-24T09:59:30.000Z".into());
-        assert_eq!(
-            recover_pending(&spec, Some(pending), &[skewed.clone()], &none),
-            Recovery::Bind(skewed)
+            recover_legacy(&bot, pending, &[new, new2], &none),
+            Recovery::Ambiguous(vec!["new".into(), "new2".into()])
         );
     }
 

@@ -19,6 +19,7 @@ use serde_json::json;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
 use tracing::{Instrument, field, info, warn};
 
+use super::decide;
 use super::events::InboxEvent;
 use super::plan::{
     self, Claim, Credentials, Done, Failures, Lookup, Marked, Observed, Phase, Report, Step, Then,
@@ -169,6 +170,7 @@ impl<'a> Pass<'a> {
         o.jitter = rand::random();
         o.failures = self.ctx.failures(&self.obj);
         o.hold = self.ctx.hold(&self.obj);
+        o.random_local = decide::random_local_part(|n| rand::random_range(0..n));
         let mut gate = None;
         for _ in 0..MAX_STEPS {
             let step = plan::plan(&o);
@@ -219,7 +221,9 @@ impl<'a> Pass<'a> {
             Step::FindBindings { cluster_wide } => {
                 o.bound_elsewhere = Some(self.bound_elsewhere(&o.inbox, cluster_wide).await?);
             }
-            Step::MarkPending { unbind } => self.mark_pending(o, unbind).await?,
+            Step::MarkPending { unbind, address } => {
+                self.mark_pending(o, unbind, &address).await?;
+            }
             Step::Progress(report) => {
                 let reason = report.readiness.reason();
                 if self.report(&report).await? {
@@ -236,6 +240,9 @@ impl<'a> Pass<'a> {
                     info!(inbox_id = %r.id, "created inbox");
                 }
                 o.created = Some(created);
+                o.attempted = request.address.clone();
+                // A later lookup must see the account as it is after this attempt.
+                o.candidates = None;
             }
             Step::Bind { key, remote, event } => {
                 let owner = format!("{}/{}", self.ns, self.name);
@@ -257,9 +264,13 @@ impl<'a> Pass<'a> {
         match step {
             Step::RecordBinding { id } => self.record_binding(o, &id).await?,
             Step::ClearPending => {
-                self.patch_annotations(json!({ crd::ANNOTATION_CREATE_PENDING: null }))
-                    .await?;
+                self.patch_annotations(json!({
+                    crd::ANNOTATION_CREATE_PENDING: null,
+                    crd::ANNOTATION_CREATE_PENDING_SINCE: null,
+                }))
+                .await?;
                 set_annotation(&mut o.inbox, crd::ANNOTATION_CREATE_PENDING, None);
+                set_annotation(&mut o.inbox, crd::ANNOTATION_CREATE_PENDING_SINCE, None);
                 o.pending_cleared = true;
             }
             Step::Forget { key, id } => {
@@ -527,8 +538,16 @@ impl<'a> Pass<'a> {
 
     /// Persist the pending mark (and clear a vanished binding) if the Inbox is unchanged
     /// since read (optimistic concurrency).
-    async fn mark_pending(&self, o: &mut Observed, unbind: Option<String>) -> Result<(), Error> {
-        let mut annotations = json!({ crd::ANNOTATION_CREATE_PENDING: o.now });
+    async fn mark_pending(
+        &self,
+        o: &mut Observed,
+        unbind: Option<String>,
+        address: &str,
+    ) -> Result<(), Error> {
+        let mut annotations = json!({
+            crd::ANNOTATION_CREATE_PENDING: address,
+            crd::ANNOTATION_CREATE_PENDING_SINCE: o.now,
+        });
         if unbind.is_some() {
             annotations[crd::ANNOTATION_INBOX_ID] = json!("");
         }
@@ -547,7 +566,12 @@ impl<'a> Pass<'a> {
                     set_annotation(&mut o.inbox, crd::ANNOTATION_INBOX_ID, Some(""));
                 }
                 let now = o.now.clone();
-                set_annotation(&mut o.inbox, crd::ANNOTATION_CREATE_PENDING, Some(&now));
+                set_annotation(&mut o.inbox, crd::ANNOTATION_CREATE_PENDING, Some(address));
+                set_annotation(
+                    &mut o.inbox,
+                    crd::ANNOTATION_CREATE_PENDING_SINCE,
+                    Some(&now),
+                );
                 o.replaces = unbind;
                 o.marked = Some(Marked::Yes);
             }
@@ -565,10 +589,12 @@ impl<'a> Pass<'a> {
         self.patch_annotations(json!({
             crd::ANNOTATION_INBOX_ID: id,
             crd::ANNOTATION_CREATE_PENDING: null,
+            crd::ANNOTATION_CREATE_PENDING_SINCE: null,
         }))
         .await?;
         set_annotation(&mut o.inbox, crd::ANNOTATION_INBOX_ID, Some(id));
         set_annotation(&mut o.inbox, crd::ANNOTATION_CREATE_PENDING, None);
+        set_annotation(&mut o.inbox, crd::ANNOTATION_CREATE_PENDING_SINCE, None);
         Ok(())
     }
 

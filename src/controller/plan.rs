@@ -30,7 +30,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::Error;
-use super::decide::{self, FieldMismatch, Recovery, SecretPlan};
+use super::decide::{self, AddressLookup, FieldMismatch, PendingMark, Recovery, SecretPlan};
 use super::events::{EventKind, InboxEvent};
 use super::status::{self, Readiness, StatusInput};
 use crate::agentsend::{
@@ -191,6 +191,10 @@ pub struct Observed {
     pub announced: Vec<EventKind>,
     /// The progress reason this pass already reported (`Creating`, `Deleting`).
     pub progress: Option<Reason>,
+    /// The address this pass's create named (set with `created`).
+    pub attempted: Option<String>,
+    /// A fresh random local part, used if this pass starts a create without `spec.address`.
+    pub random_local: String,
     /// The failed attempt this Inbox is backing off from, if any is still running.
     pub hold: Option<Hold>,
 }
@@ -223,6 +227,8 @@ impl Observed {
             announced: Vec::new(),
             progress: None,
             hold: None,
+            random_local: String::new(),
+            attempted: None,
         }
     }
 
@@ -348,11 +354,14 @@ pub enum Step {
         /// cover the cluster (adoption, recovery, deletion); the cache otherwise.
         cluster_wide: bool,
     },
-    /// Persist the create-pending mark if the Inbox is unchanged since read; `unbind` also
-    /// clears the binding to a vanished inbox in the same write.
+    /// Persist the create-pending mark (the address to create, and the time) if the Inbox is
+    /// unchanged since read; `unbind` also clears the binding to a vanished inbox in the same
+    /// write.
     MarkPending {
         /// The vanished inbox whose binding this write clears.
         unbind: Option<String>,
+        /// The address every attempt of this create names.
+        address: String,
     },
     /// Write a progress status (best effort) and go on.
     Progress(Report),
@@ -481,8 +490,11 @@ fn apply(o: &Observed) -> Step {
     if let Some(step) = held(o) {
         return step;
     }
-    if !o.bound_now && (o.created.is_some() || o.marked == Some(Marked::Yes)) {
-        return create(o, key);
+    if !o.bound_now
+        && (o.created.is_some() || o.marked == Some(Marked::Yes))
+        && let Some(address) = o.attempted.as_deref().or(pending_address(&o.inbox))
+    {
+        return create(o, key, address);
     }
     match o.inbox.bound_inbox_id() {
         Some(id) => bound(o, key, &id),
@@ -578,14 +590,9 @@ fn vanished(o: &Observed, key: ApiKey, id: &str) -> Step {
             Then::Requeue(o.sync_interval * 5),
         );
     }
-    match o.marked {
-        // Unbind (empty annotation: explicitly unbound) and mark the create pending in one write.
-        None => Step::MarkPending {
-            unbind: Some(id.to_string()),
-        },
-        Some(Marked::Stale) => stale_view_retry(o),
-        Some(Marked::Yes) => create(o, key),
-    }
+    // Unbind (empty annotation: explicitly unbound) and mark the create pending in one
+    // write; the new inbox gets the address the app already uses.
+    mark_then_create(o, key, Some(id))
 }
 
 /// Adopt the existing inbox `spec.inboxId` names.
@@ -636,48 +643,150 @@ fn create_or_recover(o: &Observed, key: ApiKey) -> Step {
             // The API refused this exact spec; it will refuse it again.
             return done_quietly(Then::Settle);
         }
-        return match o.marked {
-            // Only on a current view: a stale one could miss a binding recorded meanwhile.
-            None => Step::MarkPending { unbind: None },
-            Some(Marked::Stale) => stale_view_retry(o),
-            Some(Marked::Yes) => create(o, key),
-        };
+        return mark_then_create(o, key, None);
     };
-    // A create may have happened without being recorded: look before creating.
-    let candidates = match &o.candidates {
-        None => return Step::ListCandidates { key },
-        Some(Err(e)) => return api_failure(o, e),
-        Some(Ok(c)) => c,
+    match PendingMark::parse(pending) {
+        PendingMark::Address(address) => recover(o, key, address),
+        PendingMark::Legacy(since) => recover_legacy(o, key, since),
+    }
+}
+
+/// Persist the pending mark naming the address to create — only on a current view (a stale
+/// one could miss a binding recorded meanwhile) — then create. `unbind`: the vanished inbox
+/// this create replaces (its binding is cleared in the same write, its address reused).
+fn mark_then_create(o: &Observed, key: ApiKey, unbind: Option<&str>) -> Step {
+    match (o.marked, pending_address(&o.inbox)) {
+        (None, _) => {
+            let previous = unbind
+                .and_then(|id| recorded_identity(&o.inbox, id))
+                .map(|r| r.address);
+            Step::MarkPending {
+                unbind: unbind.map(str::to_string),
+                address: decide::address_to_create(
+                    &o.inbox.spec,
+                    previous.as_deref(),
+                    &o.random_local,
+                ),
+            }
+        }
+        (Some(Marked::Yes), Some(address)) => create(o, key, address),
+        (Some(_), _) => stale_view_retry(o),
+    }
+}
+
+/// The address the persisted pending mark names (`None`: no mark, or a legacy one).
+fn pending_address(inbox: &Inbox) -> Option<&str> {
+    match PendingMark::parse(inbox.annotation(crd::ANNOTATION_CREATE_PENDING)?) {
+        PendingMark::Address(a) => Some(a),
+        PendingMark::Legacy(_) => None,
+    }
+}
+
+/// When the pending mark was written.
+fn pending_since(inbox: &Inbox) -> Option<jiff::Timestamp> {
+    inbox
+        .annotation(crd::ANNOTATION_CREATE_PENDING_SINCE)?
+        .parse()
+        .ok()
+}
+
+/// The account's inboxes, listed (after the last create attempt of this pass).
+fn listed<'o>(o: &'o Observed, key: &ApiKey) -> Result<&'o [RemoteInbox], Box<Step>> {
+    match &o.candidates {
+        None => Err(Box::new(Step::ListCandidates { key: key.clone() })),
+        Some(Err(e)) => Err(Box::new(api_failure(o, e))),
+        Some(Ok(c)) => Ok(c),
+    }
+}
+
+/// A create of `address` may have happened without being recorded: look it up exactly
+/// before creating again with the same address.
+fn recover(o: &Observed, key: ApiKey, address: &str) -> Step {
+    let candidates = match listed(o, &key) {
+        Err(step) => return *step,
+        Ok(c) => c,
+    };
+    match decide::find_address(&o.inbox.spec, address, pending_since(&o.inbox), candidates) {
+        AddressLookup::Absent => create(o, key, address),
+        AddressLookup::Ours(remote) => bind_recovered(o, key, remote),
+        AddressLookup::Older(remote) => address_in_use(o, address, &remote),
+    }
+}
+
+/// The pending address is ours: bind it unless another Inbox holds it.
+fn bind_recovered(o: &Observed, key: ApiKey, remote: RemoteInbox) -> Step {
+    let Some(elsewhere) = &o.bound_elsewhere else {
+        return Step::FindBindings { cluster_wide: true };
+    };
+    if let Some(claim) = elsewhere.get(&remote.id) {
+        return claimed_elsewhere(o, &remote.id, claim);
+    }
+    let note = format!(
+        "created AgentSend inbox {} ({}); recovered after an interrupted create",
+        remote.id, remote.address
+    );
+    Step::Bind {
+        key,
+        remote,
+        event: InboxEvent::new(EventKind::Created, note),
+    }
+}
+
+/// The account already had the address before this Inbox asked for it: never bound.
+fn address_in_use(o: &Observed, address: &str, remote: &RemoteInbox) -> Step {
+    address_taken(
+        o,
+        format!(
+            "the address {address:?} already belongs to inbox {} in this AgentSend account, created before this Inbox asked for it; set spec.inboxId: {} to adopt it, or choose another address",
+            remote.id, remote.id
+        ),
+    )
+}
+
+/// Nothing was created for this Inbox: clear the mark, then `Rejected` until the spec changes.
+fn address_taken(o: &Observed, msg: String) -> Step {
+    if !o.pending_cleared {
+        return Step::ClearPending;
+    }
+    let msg = match &o.replaces {
+        Some(old) => format!(
+            "inbox {old} vanished from AgentSend and could not be re-created with its address: {msg}"
+        ),
+        None => msg,
+    };
+    rejected(o, msg)
+}
+
+/// A create started by an earlier version (AgentSend chose the address): bind nothing on a
+/// guess. No match: create anew (with an address); any match: a human decides.
+fn recover_legacy(o: &Observed, key: ApiKey, since: jiff::Timestamp) -> Step {
+    let candidates = match listed(o, &key) {
+        Err(step) => return *step,
+        Ok(c) => c,
     };
     let Some(elsewhere) = &o.bound_elsewhere else {
         return Step::FindBindings { cluster_wide: true };
     };
-    let since = pending.parse::<jiff::Timestamp>().ok();
-    match decide::recover_pending(&o.inbox.spec, since, candidates, &claimed_ids(elsewhere)) {
-        Recovery::Bind(remote) => {
-            let note = format!(
-                "created AgentSend inbox {} ({}); recovered after an interrupted create",
-                remote.id, remote.address
-            );
-            Step::Bind {
-                key,
-                remote,
-                event: InboxEvent::new(EventKind::Created, note),
-            }
-        }
-        Recovery::CreateNew => create(o, key),
-        Recovery::Ambiguous(ids) => {
-            let msg = format!(
-                "an interrupted create left {} matching inboxes ({}); set spec.inboxId to the one to keep and delete the others in AgentSend",
-                ids.len(),
-                ids.join(", ")
-            );
-            done(
-                report(o, None, None, stalled(Reason::CreationUncertain, msg)),
-                Then::Settle,
-            )
-        }
-    }
+    let ids =
+        match decide::recover_legacy(&o.inbox.spec, since, candidates, &claimed_ids(elsewhere)) {
+            Recovery::None => return mark_then_create(o, key, None),
+            Recovery::One(r) => vec![r.id],
+            Recovery::Ambiguous(ids) => ids,
+        };
+    let msg = format!(
+        "a create started by an earlier operator version may have made {} ({}); set spec.inboxId to the one to keep and delete any others in AgentSend, or remove the {} annotation to create a new inbox",
+        if ids.len() == 1 {
+            "this inbox"
+        } else {
+            "these inboxes"
+        },
+        ids.join(", "),
+        crd::ANNOTATION_CREATE_PENDING
+    );
+    done(
+        report(o, None, None, stalled(Reason::CreationUncertain, msg)),
+        Then::Settle,
+    )
 }
 
 /// Whether the Ready condition already says the API rejected this generation of the spec.
@@ -687,26 +796,27 @@ pub fn rejected_at_this_generation(inbox: &Inbox) -> bool {
     })
 }
 
-/// The pending mark is persisted: report `Creating`, POST, then bind or handle the failure.
-fn create(o: &Observed, key: ApiKey) -> Step {
+/// The pending mark naming `address` is persisted: report `Creating`, POST, then bind or
+/// handle the failure. A 409 is a lookup: the address may be ours from an earlier attempt.
+fn create(o: &Observed, key: ApiKey, address: &str) -> Step {
     match &o.created {
-        None if o.progress != Some(Reason::Creating) => {
-            let what = match &o.inbox.spec.address {
-                Some(a) => format!("creating the AgentSend inbox {a:?}"),
-                None => "creating the AgentSend inbox".to_string(),
-            };
-            progress(o, Readiness::progressing(Reason::Creating, what))
-        }
+        None if o.progress != Some(Reason::Creating) => progress(
+            o,
+            Readiness::progressing(
+                Reason::Creating,
+                format!("creating the AgentSend inbox {address:?}"),
+            ),
+        ),
         None => Step::Create {
             key,
-            request: decide::create_request(&o.inbox.spec),
+            request: decide::create_request(&o.inbox.spec, address),
         },
         Some(Ok(remote)) => {
             let event = match &o.replaces {
                 Some(old) => InboxEvent::new(
                     EventKind::Recreated,
                     format!(
-                        "inbox {old} vanished from AgentSend and was recreated as {} ({}); the old address may be gone",
+                        "inbox {old} vanished from AgentSend and was recreated as {} ({})",
                         remote.id, remote.address
                     ),
                 ),
@@ -721,10 +831,40 @@ fn create(o: &Observed, key: ApiKey) -> Step {
                 event,
             }
         }
-        // Otherwise the pending mark stays: the next pass lists before creating.
+        Some(Err(e)) if is_address_conflict(e) => after_conflict(o, key, address, e),
+        // Otherwise the pending mark stays: the next pass looks the address up first.
         Some(Err(e)) if proves_not_created(e) && !o.pending_cleared => Step::ClearPending,
         Some(Err(e)) => api_failure(o, e),
     }
+}
+
+/// The API answered 409 (address taken) to a create: ours from an earlier attempt, older in
+/// this account, or held by another account.
+fn after_conflict(o: &Observed, key: ApiKey, address: &str, e: &ApiError) -> Step {
+    let candidates = match listed(o, &key) {
+        Err(step) => return *step,
+        Ok(c) => c,
+    };
+    match decide::find_address(&o.inbox.spec, address, pending_since(&o.inbox), candidates) {
+        // This pass wrote the mark: no earlier attempt of this create exists, so the inbox
+        // holding the address is someone else's, however new.
+        AddressLookup::Ours(remote) if o.marked == Some(Marked::Yes) => {
+            address_in_use(o, address, &remote)
+        }
+        AddressLookup::Ours(remote) => bind_recovered(o, key, remote),
+        AddressLookup::Older(remote) => address_in_use(o, address, &remote),
+        AddressLookup::Absent => address_taken(
+            o,
+            format!(
+                "the address {address:?} is taken ({e}); it is not in this AgentSend account: choose another address"
+            ),
+        ),
+    }
+}
+
+/// A create refused because the address is taken.
+fn is_address_conflict(e: &ApiError) -> bool {
+    matches!(e, ApiError::Rejected { status: 409, .. })
 }
 
 /// Whether a failed create certainly created nothing: the API answered with a 4xx.
@@ -943,6 +1083,8 @@ fn delete_remote(o: &Observed, bound: Option<String>, pending: Option<&str>) -> 
 
 /// During deletion without a bound ID: what an interrupted create made. `Some(Err(step))`
 /// while inputs are missing, `Some(Ok(id))` for the inbox to delete, `None` for nothing.
+/// Only an inbox of the pending address created after the mark, held by no other Inbox, is
+/// deleted; a legacy mark deletes nothing on a guess.
 fn interrupted_create(o: &Observed, key: &ApiKey, pending: &str) -> Option<Result<String, Step>> {
     let candidates = match &o.candidates {
         None => return Some(Err(Step::ListCandidates { key: key.clone() })),
@@ -952,22 +1094,33 @@ fn interrupted_create(o: &Observed, key: &ApiKey, pending: &str) -> Option<Resul
     let Some(elsewhere) = &o.bound_elsewhere else {
         return Some(Err(Step::FindBindings { cluster_wide: true }));
     };
-    let since = pending.parse::<jiff::Timestamp>().ok();
-    match decide::recover_pending(&o.inbox.spec, since, candidates, &claimed_ids(elsewhere)) {
-        Recovery::Bind(r) => Some(Ok(r.id)),
-        Recovery::CreateNew => None,
-        Recovery::Ambiguous(ids) if !o.announced(EventKind::CreationUncertain) => {
-            Some(Err(Step::Announce(InboxEvent::new(
-                EventKind::CreationUncertain,
-                format!(
-                    "could not tell which of {} inboxes an interrupted create made ({}); none was deleted — delete the unwanted one in AgentSend",
-                    ids.len(),
-                    ids.join(", ")
-                ),
-            ))))
+    let since = match PendingMark::parse(pending) {
+        PendingMark::Address(address) => {
+            let found =
+                decide::find_address(&o.inbox.spec, address, pending_since(&o.inbox), candidates);
+            return match found {
+                AddressLookup::Ours(r) if !elsewhere.contains_key(&r.id) => Some(Ok(r.id)),
+                _ => None,
+            };
         }
-        Recovery::Ambiguous(_) => None,
+        PendingMark::Legacy(since) => since,
+    };
+    let ids =
+        match decide::recover_legacy(&o.inbox.spec, since, candidates, &claimed_ids(elsewhere)) {
+            Recovery::None => return None,
+            Recovery::One(r) => vec![r.id],
+            Recovery::Ambiguous(ids) => ids,
+        };
+    if o.announced(EventKind::CreationUncertain) {
+        return None;
     }
+    Some(Err(Step::Announce(InboxEvent::new(
+        EventKind::CreationUncertain,
+        format!(
+            "a create started by an earlier operator version may have made {}; none was deleted — delete it in AgentSend if it is unwanted",
+            ids.join(", ")
+        ),
+    ))))
 }
 
 // ------------------------------------------------------------------------ outcomes
@@ -1238,10 +1391,20 @@ impl fmt::Display for Step {
             Step::Fetch { id, .. } => write!(f, "fetch {id}"),
             Step::ListCandidates { .. } => write!(f, "list candidates"),
             Step::FindBindings { .. } => write!(f, "find bindings"),
-            Step::MarkPending { unbind: None } => write!(f, "mark pending"),
-            Step::MarkPending { unbind: Some(id) } => write!(f, "unbind {id} and mark pending"),
+            Step::MarkPending {
+                unbind: None,
+                address,
+            } => write!(f, "mark pending {address}"),
+            Step::MarkPending {
+                unbind: Some(id),
+                address,
+            } => write!(f, "unbind {id} and mark pending {address}"),
             Step::Progress(r) => write!(f, "progress {}", r.readiness.reason()),
-            Step::Create { .. } => write!(f, "create"),
+            Step::Create { request, .. } => write!(
+                f,
+                "create {}",
+                request.address.as_deref().unwrap_or_default()
+            ),
             Step::Bind { remote, event, .. } => {
                 write!(f, "bind {} ({})", remote.id, event.kind.reason())
             }
@@ -1310,6 +1473,8 @@ mod tests {
 
     const NOW: &str = "2026-11-28T10:00:00Z";
     const MARKED_AT: &str = "2026-11-28T09:59:00Z";
+    /// The random local part the executor drew for the pass.
+    const RANDOM: &str = "r4nd0mr4nd0mr4nd";
 
     fn key() -> ApiKey {
         ApiKey::new("k").unwrap()
@@ -1354,6 +1519,21 @@ mod tests {
         }
     }
 
+    fn rejected_422() -> ApiError {
+        ApiError::Rejected {
+            status: 422,
+            message: "unknown domain".into(),
+        }
+    }
+
+    /// `r`, created long before the pending mark.
+    fn older(r: RemoteInbox) -> RemoteInbox {
+        RemoteInbox {
+            created_at: Some("2025-01-01T00:00:00.000Z".into()),
+            ..r
+        }
+    }
+
     fn rejected_409() -> ApiError {
         ApiError::Rejected {
             status: 409,
@@ -1370,12 +1550,9 @@ mod tests {
         i.metadata.uid = Some("uid-1".into());
         i.metadata.resource_version = Some("7".into());
         i.metadata.generation = Some(2);
-        B(Observed::new(
-            i,
-            Phase::Apply,
-            NOW.into(),
-            Duration::from_secs(60),
-        ))
+        let mut o = Observed::new(i, Phase::Apply, NOW.into(), Duration::from_secs(60));
+        o.random_local = RANDOM.into();
+        B(o)
     }
 
     impl B {
@@ -1418,7 +1595,13 @@ mod tests {
         fn index_unread(self) -> Self {
             self.with(|o| o.bound_elsewhere = None)
         }
+        /// A create of `support@agentsend.io` (the address of [`inb1`]) marked at MARKED_AT.
         fn pending(self) -> Self {
+            self.ann(crd::ANNOTATION_CREATE_PENDING, "support@agentsend.io")
+                .ann(crd::ANNOTATION_CREATE_PENDING_SINCE, MARKED_AT)
+        }
+        /// A mark left by an earlier version: a time, no address.
+        fn legacy_pending(self) -> Self {
             self.ann(crd::ANNOTATION_CREATE_PENDING, MARKED_AT)
         }
         fn spec(self, f: impl FnOnce(&mut InboxSpec)) -> Self {
@@ -1458,7 +1641,10 @@ mod tests {
             self.with(|o| o.marked = Some(m))
         }
         fn created(self, r: Result<RemoteInbox, ApiError>) -> Self {
-            self.with(|o| o.created = Some(r))
+            self.with(|o| {
+                o.created = Some(r);
+                o.attempted = Some("support@agentsend.io".into());
+            })
         }
         fn progress(self, r: Reason) -> Self {
             self.with(|o| o.progress = Some(r))
@@ -1567,9 +1753,19 @@ mod tests {
             ),
             // ---- create
             (
-                "unbound, nothing pending: persist the pending mark before any POST",
+                "unbound, nothing pending: persist the mark naming a random address before any POST",
                 obs().key(),
-                "mark pending",
+                "mark pending r4nd0mr4nd0mr4nd@agentsend.io",
+            ),
+            (
+                "with a domainId the generated address is a local part",
+                obs().key().spec(|s| s.domain_id = Some("dom_1".into())),
+                "mark pending r4nd0mr4nd0mr4nd",
+            ),
+            (
+                "spec.address is the address the mark names",
+                obs().key().spec(|s| s.address = Some("support".into())),
+                "mark pending support",
             ),
             (
                 "mark refused, the view was stale: decide again on fresh data soon",
@@ -1582,13 +1778,13 @@ mod tests {
                 "progress Creating",
             ),
             (
-                "Creating reported: POST",
+                "Creating reported: POST the marked address",
                 obs()
                     .key()
                     .pending()
                     .marked(Marked::Yes)
                     .progress(Reason::Creating),
-                "create",
+                "create support@agentsend.io",
             ),
             (
                 "created: record the binding, announce Created",
@@ -1606,14 +1802,14 @@ mod tests {
             ),
             (
                 "create refused with a 4xx: nothing was created, so the pending mark goes",
-                obs().key().pending().created(Err(rejected_409())),
+                obs().key().pending().created(Err(rejected_422())),
                 "clear pending",
             ),
             (
                 "then Rejected with the API's message, not retried until the spec changes",
                 obs()
                     .key()
-                    .created(Err(rejected_409()))
+                    .created(Err(rejected_422()))
                     .with(|o| o.pending_cleared = true),
                 "done Rejected +Rejected; settle; count failure",
             ),
@@ -1623,6 +1819,58 @@ mod tests {
                 "done ApiUnavailable; requeue 500ms; count failure; hold 500ms",
             ),
             (
+                "409 to our create is a lookup: the address may be ours from an earlier attempt",
+                obs().key().pending().created(Err(rejected_409())),
+                "list candidates",
+            ),
+            (
+                "409, and the account holds the address created after the mark: ours, bind it",
+                obs()
+                    .key()
+                    .pending()
+                    .created(Err(rejected_409()))
+                    .candidates(vec![inb1()])
+                    .elsewhere(&[]),
+                "bind inb_1 (Created)",
+            ),
+            (
+                "409 to the first attempt (this pass wrote the mark): someone else's, however new",
+                obs()
+                    .key()
+                    .pending()
+                    .marked(Marked::Yes)
+                    .created(Err(rejected_409()))
+                    .candidates(vec![inb1()]),
+                "clear pending",
+            ),
+            (
+                "409, and the address is older than the mark: never bound, the mark goes",
+                obs()
+                    .key()
+                    .pending()
+                    .created(Err(rejected_409()))
+                    .candidates(vec![older(inb1())]),
+                "clear pending",
+            ),
+            (
+                "409, and the address is not in this account: another account holds it",
+                obs()
+                    .key()
+                    .pending()
+                    .created(Err(rejected_409()))
+                    .candidates(vec![]),
+                "clear pending",
+            ),
+            (
+                "then Rejected (address taken), not retried until the spec changes",
+                obs()
+                    .key()
+                    .created(Err(rejected_409()))
+                    .candidates(vec![])
+                    .with(|o| o.pending_cleared = true),
+                "done Rejected +Rejected; settle",
+            ),
+            (
                 "rejected at this generation: no second create",
                 obs().key().status(rejected_status(2)),
                 "done; settle",
@@ -1630,11 +1878,11 @@ mod tests {
             (
                 "rejected at an older generation: the spec changed, try again",
                 obs().key().status(rejected_status(1)),
-                "mark pending",
+                "mark pending r4nd0mr4nd0mr4nd@agentsend.io",
             ),
-            // ---- recover
+            // ---- recover: an exact lookup of the marked address
             (
-                "pending mark without an ID: list the account before creating",
+                "pending mark without an ID: look the address up before creating",
                 obs().key().pending(),
                 "list candidates",
             ),
@@ -1647,42 +1895,54 @@ mod tests {
                 "done ApiUnavailable; requeue 500ms; count failure; hold 500ms",
             ),
             (
-                "listed: collect the IDs other Inboxes hold (one owner)",
+                "found, created after the mark: collect the IDs other Inboxes hold (one owner)",
                 obs().key().pending().candidates(vec![inb1()]),
                 "find bindings",
             ),
             (
-                "exactly one match: bind it (Created)",
+                "found, created after the mark, nobody else holds it: bind it (Created)",
                 obs()
                     .key()
                     .pending()
-                    .spec(|s| s.address = Some("support@agentsend.io".into()))
-                    .candidates(vec![inb1()])
+                    .candidates(vec![remote("x", "other@agentsend.io"), inb1()])
                     .elsewhere(&[]),
                 "bind inb_1 (Created)",
             ),
             (
-                "the only match belongs to another Inbox: create",
+                "found, but another Inbox holds it (a copied mark): Rejected, naming the owner",
                 obs()
                     .key()
                     .pending()
-                    .spec(|s| s.address = Some("support@agentsend.io".into()))
                     .candidates(vec![inb1()])
                     .elsewhere(&["inb_1"]),
+                "done Rejected +Rejected; requeue 300s; wait for the owner of inb_1",
+            ),
+            (
+                "found, but it existed before the mark: never bound, the mark goes",
+                obs().key().pending().candidates(vec![older(inb1())]),
+                "clear pending",
+            ),
+            (
+                "not found: the create never happened, POST again with the same address",
+                obs().key().pending().candidates(vec![]),
                 "progress Creating",
             ),
             (
-                "no match: the create never happened, create",
-                obs().key().pending().candidates(vec![]).elsewhere(&[]),
-                "progress Creating",
-            ),
-            (
-                "several matches: CreationUncertain, a human chooses",
+                "a legacy mark (an earlier version's create), nothing matches: create with an address",
                 obs()
                     .key()
-                    .pending()
-                    .spec(|s| s.display_name = Some("Bot".into()))
-                    .candidates(vec![bot("a", "a@agentsend.io"), bot("b", "b@agentsend.io")])
+                    .legacy_pending()
+                    .candidates(vec![])
+                    .elsewhere(&[]),
+                "mark pending r4nd0mr4nd0mr4nd@agentsend.io",
+            ),
+            (
+                "a legacy mark with a match: CreationUncertain, never bound on a guess",
+                obs()
+                    .key()
+                    .legacy_pending()
+                    .spec(|s| s.address = Some("support@agentsend.io".into()))
+                    .candidates(vec![inb1()])
                     .elsewhere(&[]),
                 "done CreationUncertain +CreationUncertain; settle",
             ),
@@ -1780,7 +2040,17 @@ mod tests {
                     .bound("inb_1")
                     .gone()
                     .with(|o| o.forgotten = true),
-                "unbind inb_1 and mark pending",
+                "unbind inb_1 and mark pending r4nd0mr4nd0mr4nd@agentsend.io",
+            ),
+            (
+                "vanished: the new inbox gets the address the app already uses",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .status(ready_status(&inb1()))
+                    .gone()
+                    .with(|o| o.forgotten = true),
+                "unbind inb_1 and mark pending support@agentsend.io",
             ),
             (
                 "vanished, adopted: InboxNotFound, never re-created",
@@ -1841,7 +2111,7 @@ mod tests {
             (
                 "an empty inbox-id annotation means explicitly unbound",
                 obs().key().bound("").status(ready_status(&inb1())),
-                "mark pending",
+                "mark pending r4nd0mr4nd0mr4nd@agentsend.io",
             ),
             // ---- converge
             (
@@ -2062,14 +2332,14 @@ mod tests {
                 obs().key().with(|o| {
                     o.hold = Some(hold(Phase::Apply, Some(2), ApiKey::new("old")));
                 }),
-                "mark pending",
+                "mark pending r4nd0mr4nd0mr4nd@agentsend.io",
             ),
             (
                 "the spec changed: a new generation is a new attempt",
                 obs()
                     .key()
                     .with(|o| o.hold = Some(hold(Phase::Apply, Some(1), Some(key())))),
-                "mark pending",
+                "mark pending r4nd0mr4nd0mr4nd@agentsend.io",
             ),
             (
                 "a failed observation of a bound inbox holds nothing back (the counter sync wakes it)",
@@ -2190,18 +2460,37 @@ mod tests {
                 "done; fail transient; hold 500ms",
             ),
             (
-                "one match: delete it",
+                "the marked address, created after the mark: delete it",
                 obs()
                     .deleting()
                     .pending()
                     .key()
-                    .spec(|s| s.address = Some("support@agentsend.io".into()))
                     .candidates(vec![inb1()])
                     .elsewhere(&[]),
                 "delete inbox inb_1",
             ),
             (
-                "no match: nothing to delete in AgentSend",
+                "the marked address existed before the mark: not ours, nothing deleted",
+                obs()
+                    .deleting()
+                    .pending()
+                    .key()
+                    .candidates(vec![older(inb1())])
+                    .elsewhere(&[]),
+                "read secret mail",
+            ),
+            (
+                "the marked address is held by another Inbox: nothing deleted",
+                obs()
+                    .deleting()
+                    .pending()
+                    .key()
+                    .candidates(vec![inb1()])
+                    .elsewhere(&["inb_1"]),
+                "read secret mail",
+            ),
+            (
+                "not found: nothing to delete in AgentSend",
                 obs()
                     .deleting()
                     .pending()
@@ -2211,10 +2500,10 @@ mod tests {
                 "read secret mail",
             ),
             (
-                "several matches: delete none, announce CreationUncertain",
+                "a legacy mark with matches: delete none, announce CreationUncertain",
                 obs()
                     .deleting()
-                    .pending()
+                    .legacy_pending()
                     .key()
                     .spec(|s| s.display_name = Some("Bot".into()))
                     .candidates(vec![bot("a", "a@agentsend.io"), bot("b", "b@agentsend.io")])
