@@ -342,16 +342,19 @@ where
     .await;
     metrics.set_leader(false);
 
-    // Releasing: closing every receiver makes the lease manager release the Lease (a Lease
-    // held by another instance is left alone).
+    if lost {
+        // Nothing to release, and the lease manager's cached state may still name this
+        // instance: releasing would clear the new holder's Lease.
+        lease_task.abort();
+        let _ = lease_task.await;
+        return Err(StartupError::LostLease);
+    }
+    // Releasing: closing every receiver makes the lease manager release the Lease.
     drop(leader_rx);
     match tokio::time::timeout(Duration::from_secs(10), lease_task).await {
         Ok(Ok(Ok(_))) => info!("released the leader lease"),
         Ok(Ok(Err(e))) => warn!(error = %e, "could not release the leader lease"),
         _ => warn!("timed out releasing the leader lease"),
-    }
-    if lost {
-        return Err(StartupError::LostLease);
     }
     Ok(())
 }
