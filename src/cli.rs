@@ -99,7 +99,9 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
-    /// How long a leader's Lease stays valid without renewal.
+    /// How long a leader's Lease stays valid without renewal (whole seconds, at least 4s).
+    /// The leader renews after half of it and stops writing three quarters of it after its
+    /// last confirmed renewal, before another instance may take over.
     #[arg(long, env = "INBOX_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = duration)]
     pub lease_duration: Duration,
 

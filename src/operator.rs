@@ -13,7 +13,7 @@ use crate::agentsend::{AgentSendClient, ApiKey, ClientOptions, RequestObserver};
 use crate::cli::{LogFormat, RunArgs};
 use crate::controller::{self, DefaultKey, Settings};
 use crate::crd::Inbox;
-use crate::leader::{self, Lease};
+use crate::leader::{self, Lease, LeaseTiming, WriteGate};
 use crate::metrics::Metrics;
 use crate::server::{self, Health};
 
@@ -75,6 +75,9 @@ pub enum StartupError {
         /// Why.
         source: std::io::Error,
     },
+    /// `--lease-duration` is unusable.
+    #[error("{0}")]
+    LeaseTiming(#[from] crate::leader::TimingError),
     /// Leader election could not start or stopped.
     #[error("leader election failed: {0}")]
     Lease(String),
@@ -228,6 +231,17 @@ fn identity(args: &RunArgs) -> String {
 pub async fn run(args: RunArgs) -> Result<(), StartupError> {
     crate::ensure_crypto_provider();
     let default_key = default_key(&args)?;
+    // Checked before connecting: a bad --lease-duration is a configuration error.
+    let timing = if args.leader_elect {
+        Some(LeaseTiming::new(args.lease_duration)?)
+    } else {
+        None
+    };
+    // Without leader election every write is allowed; with it, only while leading.
+    let gate = match &timing {
+        Some(t) => WriteGate::leased(t.renew_deadline),
+        None => WriteGate::open(),
+    };
     let client = kube_client().await?;
     check_crd(&client, &args).await?;
     let metrics = Arc::new(Metrics::new());
@@ -243,6 +257,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         default_key,
         reporter: "inbox-operator".into(),
         instance: Some(identity.clone()),
+        gate: gate.clone(),
     };
     info!(
         url = %args.agentsend_url,
@@ -268,11 +283,11 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
             move || ctl_health.set_ready(true),
         )
     };
-    if !args.leader_elect {
+    let Some(timing) = timing else {
         metrics.set_leader(true);
         controller(shutdown).await;
         return Ok(());
-    }
+    };
     let lease = Lease {
         name: args.lease_name.clone(),
         namespace: args
@@ -280,7 +295,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
             .clone()
             .unwrap_or_else(|| "default".into()),
         identity,
-        duration: args.lease_duration,
+        timing,
     };
-    leader::run(client, lease, &health, &metrics, shutdown, controller).await
+    leader::run(client, lease, gate, &health, &metrics, shutdown, controller).await
 }

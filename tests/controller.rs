@@ -1213,3 +1213,64 @@ async fn a_copied_manifest_never_takes_over() {
     env.stop().await;
     drop(other);
 }
+
+/// The write gate (leader election) stops every write. While it is closed, a new Inbox gets
+/// no finalizer, annotation, status or AgentSend inbox, and a deleted one keeps its finalizer
+/// and its inbox; its passes are counted as `not_leading`. Absence is observed for a bounded
+/// window after the controller has provably run passes (the metric). Once the gate opens
+/// (a renewal is confirmed) the Inbox converges, and the deletion completes.
+#[tokio::test]
+async fn a_closed_write_gate_stops_every_write() {
+    use inbox_operator::leader::WriteGate;
+    const WINDOW: Duration = Duration::from_secs(2);
+    let gate = WriteGate::leased(Duration::from_secs(60));
+    let shared = gate.clone();
+    let env = Env::start_with(move |s| s.gate = shared).await;
+    let not_leading = |min: u64| {
+        let m = env.metrics.clone();
+        move || {
+            let text = m.encode();
+            let line = r#"inbox_operator_reconcile_errors_total{reason="not_leading"} "#;
+            let n = text
+                .lines()
+                .find_map(|l| l.strip_prefix(line))
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            std::future::ready((n >= min).then_some(n))
+        }
+    };
+    env.create("gated", InboxSpec::default()).await;
+    let seen = wait_for("a pass stopped by the gate", T, not_leading(1)).await;
+    tokio::time::sleep(WINDOW).await;
+    let i = env.inboxes().get("gated").await.expect("gated");
+    assert!(i.finalizers().is_empty(), "finalizer written: {i:?}");
+    assert!(i.status.is_none() && i.annotations().is_empty(), "{i:?}");
+    assert_eq!(env.sim.request_count(Route::Create), 0);
+    // Retried after a short delay, not backed off.
+    wait_for("a retry", T, not_leading(seen + 1)).await;
+
+    gate.confirm(std::time::Instant::now());
+    env.wait_ready("gated", "True", "Ready").await;
+
+    gate.revoke();
+    let before = not_leading(0)().into_inner().unwrap_or(0);
+    env.inboxes()
+        .delete("gated", &DeleteParams::default())
+        .await
+        .expect("delete");
+    wait_for(
+        "the deletion stopped by the gate",
+        T,
+        not_leading(before + 1),
+    )
+    .await;
+    tokio::time::sleep(WINDOW).await;
+    let i = env.inboxes().get("gated").await.expect("still there");
+    assert!(!i.finalizers().is_empty());
+    assert_eq!(env.sim.request_count(Route::Delete), 0);
+
+    gate.confirm(std::time::Instant::now());
+    env.wait_gone("gated").await;
+    assert_eq!(env.sim.request_count(Route::Delete), 1);
+    env.stop().await;
+}

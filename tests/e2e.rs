@@ -83,6 +83,20 @@ impl Operator {
         }
     }
 
+    /// Wait up to `within` for the process to exit on its own; its exit code (`None`: still
+    /// running, or killed by a signal).
+    async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return st.code();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
     /// SIGTERM and wait for exit; returns the exit code.
     fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
@@ -485,6 +499,118 @@ async fn handover_mid_create_leaves_one_inbox() {
     b.kill9();
 }
 
+/// Take the Lease as a competing instance would: another holder, renewed now, for `secs`.
+async fn take_lease(client: &Client, ns: &str, name: &str, holder: &str, secs: i32) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let now = MicroTime(jiff::Timestamp::now());
+    let patch = serde_json::json!({ "spec": {
+        "holderIdentity": holder,
+        "acquireTime": now,
+        "renewTime": now,
+        "leaseDurationSeconds": secs,
+    }});
+    Api::<Lease>::namespaced(client.clone(), ns)
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("take the Lease");
+}
+
+/// A leader whose lease is taken stops writing within its renew deadline: an AgentSend create
+/// in flight at the takeover is not bound, and an Inbox created once the gate closed gets no
+/// inbox, finalizer or status from it. It exits non-zero without releasing the new holder's Lease; a new
+/// instance then takes over and converges without duplicates.
+#[tokio::test]
+async fn a_leader_whose_lease_is_taken_stops_writing() {
+    let env = Env::start("gate").await;
+    let lease = format!("lease-{}", env.ns.name());
+    let args = |id: &'static str| {
+        let mut a = vec!["--leader-elect", "--lease-namespace", env.ns.name()];
+        a.extend(["--lease-duration", "6s", "--identity", id]);
+        a.extend(["--lease-name", lease.as_str()]);
+        a
+    };
+    let mut old = env.operator(&args("old"));
+    wait_for("old leads", T, || async {
+        old.is_leader().await.then_some(())
+    })
+    .await;
+    env.create("before", &[]).await;
+    env.wait_ready("before").await;
+
+    // Slow AgentSend: the create of `slow` is in flight when the Lease is taken.
+    env.sim.set_latency(Duration::from_secs(4));
+    env.create("slow", &[]).await;
+    let api = env.inboxes();
+    wait_for("slow marked create-pending", T, || async {
+        let i = api.get_opt("slow").await.ok()??;
+        i.annotations()
+            .contains_key(inbox_operator::crd::ANNOTATION_CREATE_PENDING)
+            .then_some(())
+    })
+    .await;
+    take_lease(&env.client, env.ns.name(), &lease, "usurper", 8).await;
+    let taken = std::time::Instant::now();
+    // The old leader's last renewal is older than the takeover, so its renew deadline
+    // (3/4 of 6s) is at most 4.5s away: by then its gate must be closed. (A usurper takes a
+    // valid Lease; a real competitor waits the full 6s after the last renewal.)
+    wait_for("the old leader's write gate closed", T, || async {
+        old.logs().contains("writes stop").then_some(())
+    })
+    .await;
+    assert!(
+        taken.elapsed() < Duration::from_millis(4_500),
+        "the gate closed {:?} after the takeover",
+        taken.elapsed()
+    );
+    env.create("after", &[]).await;
+
+    let code = old.wait_exit(T).await;
+    assert!(code.is_some_and(|c| c != 0), "old leader exit: {code:?}");
+    let slow = api.get("slow").await.expect("slow");
+    assert!(
+        slow.bound_inbox_id().is_none(),
+        "the old leader bound slow after losing the lease"
+    );
+    let after = api.get("after").await.expect("after");
+    assert!(
+        after.finalizers().is_empty() && after.status.is_none(),
+        "the old leader wrote to an Inbox created after the takeover"
+    );
+    let names = |sim: &Simulator| -> Vec<String> {
+        let all = sim.inboxes(ACCOUNT);
+        all.into_iter().filter_map(|i| i.display_name).collect()
+    };
+    assert!(!names(&env.sim).contains(&"Agent after".to_string()));
+    // The new holder's Lease was left alone.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.client.clone(), env.ns.name());
+    let l = leases.get(&lease).await.expect("lease");
+    assert_eq!(
+        l.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("usurper")
+    );
+
+    // A proper successor takes over once the usurper's Lease expires, and converges.
+    env.sim.set_latency(Duration::ZERO);
+    let new = env.operator(&args("new"));
+    for name in ["before", "slow", "after"] {
+        env.wait_ready(name).await;
+    }
+    assert!(new.is_leader().await);
+    let mut all = names(&env.sim);
+    all.sort();
+    assert_eq!(
+        all,
+        ["Agent after", "Agent before", "Agent slow"],
+        "one inbox each"
+    );
+}
+
 #[tokio::test]
 async fn disjoint_selectors_share_a_namespace() {
     let env = Env::start("shard").await;
@@ -547,5 +673,15 @@ async fn startup_errors_are_one_clear_line() {
         ],
     );
     assert!(e.contains("cannot reach the Kubernetes API server"), "{e}");
+    assert!(!e.contains("panicked"));
+
+    let e = run_expecting_failure(
+        &["--leader-elect", "--lease-duration", "3s"],
+        &[("KUBECONFIG", &kubeconfig), ("AGENTSEND_API_KEY", "k")],
+    );
+    assert!(
+        e.contains("--lease-duration 3s is too short: use at least 4s"),
+        "{e}"
+    );
     assert!(!e.contains("panicked"));
 }

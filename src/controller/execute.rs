@@ -2,6 +2,11 @@
 //! next step, performs that step's Kubernetes and AgentSend calls, records what they found in
 //! the [`Observed`], and loops until the planner ends the pass. It also counts the pass in
 //! the metrics and applies the error policy the planner chose.
+//!
+//! Every write (AgentSend POST/DELETE, Kubernetes writes and Events) is preceded by a check of
+//! the write gate ([`Context::may_write`]): a pass that finds it closed (this instance is not
+//! a confirmed leader) stops there with [`Error::NotLeading`]. Stopping between two writes
+//! is what a crash does, and the planner recovers from it (the create-pending mark).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -75,6 +80,8 @@ fn record(metrics: &Metrics, result: &Result<Passed, Error>, started: Instant) {
 
 async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
     let pass = Pass::new(ctx, &inbox)?;
+    // kube's finalizer helper may write (add or remove the finalizer) before any step.
+    ctx.may_write()?;
     let action = match Phase::before_finalizer(&inbox) {
         Some(phase) => pass.run(&inbox, phase).await?,
         // kube's helper adds the finalizer, or runs Apply / Cleanup (and then removes it).
@@ -103,6 +110,15 @@ async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
 pub(crate) fn error_policy(inbox: Arc<Inbox>, err: &Error, ctx: Arc<Context>) -> Action {
     if let Error::Held(remaining) = err {
         return Action::requeue(*remaining);
+    }
+    if let Error::NotLeading = err {
+        // Not a failure of this Inbox: no backoff, and the gate logs its transitions.
+        tracing::debug!(
+            namespace = inbox.metadata.namespace.as_deref().unwrap_or_default(),
+            name = inbox.metadata.name.as_deref().unwrap_or_default(),
+            "not leading: pass stopped before writing"
+        );
+        return Action::requeue(Error::NOT_LEADING_RETRY);
     }
     let failures = ctx.bump_failures(&ObjectRef::from_obj(&*inbox));
     let delay = plan::error_retry(err, failures, rand::random());
@@ -194,6 +210,9 @@ impl<'a> Pass<'a> {
         step: Step,
         gate: &mut Option<Gate>,
     ) -> Result<(), Error> {
+        if writes(&step) {
+            self.ctx.may_write()?;
+        }
         match step {
             Step::ReadCredentials => {
                 o.credentials = Some(self.credentials(&o.inbox).await?);
@@ -315,6 +334,9 @@ impl<'a> Pass<'a> {
 
     /// Report, account and end the pass as the planner decided.
     async fn finish(&self, done: Done, o: &Observed) -> Result<Action, Error> {
+        if done.report.as_ref().is_some_and(|r| r.changed) {
+            self.ctx.may_write()?;
+        }
         let reported = match &done.report {
             Some(report) => self.report(report).await?,
             None => false,
@@ -647,6 +669,32 @@ impl<'a> Pass<'a> {
     }
 }
 
+/// Whether `step` writes to AgentSend or Kubernetes (including Events), so that it may run
+/// only while the write gate is open. Exhaustive: a new step must be classified.
+fn writes(step: &Step) -> bool {
+    match step {
+        Step::ReadCredentials
+        | Step::Observe { .. }
+        | Step::Fetch { .. }
+        | Step::ListCandidates { .. }
+        | Step::FindBindings { .. }
+        | Step::Forget { .. }
+        | Step::Register { .. }
+        | Step::ReadSecret { .. } => false,
+        Step::Progress(report) => report.changed,
+        Step::Done(done) => done.report.as_ref().is_some_and(|r| r.changed),
+        Step::MarkPending { .. }
+        | Step::Create { .. }
+        | Step::Bind { .. }
+        | Step::RecordBinding { .. }
+        | Step::ClearPending
+        | Step::WriteSecret { .. }
+        | Step::DeleteSecret { .. }
+        | Step::DeleteInbox { .. }
+        | Step::Announce(_) => true,
+    }
+}
+
 /// Which of two Inboxes naming one inbox ID holds it: the one created first (UID breaks ties).
 fn seniority(meta: &ObjectMeta) -> (Option<jiff::Timestamp>, Option<&str>) {
     (
@@ -706,5 +754,35 @@ mod tests {
             text.contains(r#"inbox_operator_reconciles_total{result="success"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_pass_stopped_by_the_gate_is_counted_as_not_leading() {
+        let m = Metrics::new();
+        record(&m, &Err(Error::NotLeading), Instant::now());
+        let wrapped = FinalizerError::ApplyFailed(Error::NotLeading);
+        record(&m, &Err(Error::from(wrapped)), Instant::now());
+        let text = m.encode();
+        assert!(
+            text.contains(r#"inbox_operator_reconcile_errors_total{reason="not_leading"} 2"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reads_and_in_memory_steps_pass_a_closed_gate_writes_do_not() {
+        assert!(!writes(&Step::ReadCredentials));
+        assert!(!writes(&Step::FindBindings { cluster_wide: true }));
+        assert!(!writes(&Step::ReadSecret { name: "s".into() }));
+        assert!(writes(&Step::MarkPending {
+            unbind: None,
+            address: "a@agentsend.io".into(),
+        }));
+        assert!(writes(&Step::ClearPending));
+        assert!(writes(&Step::RecordBinding { id: "i".into() }));
+        assert!(writes(&Step::DeleteSecret {
+            name: "s".into(),
+            uid: None
+        }));
     }
 }

@@ -40,6 +40,7 @@ use watches::CacheSync;
 
 use crate::agentsend::{AgentSendClient, ApiError, ApiKey};
 use crate::crd::{self, Inbox};
+use crate::leader::WriteGate;
 use crate::metrics::Metrics;
 
 pub use accounts::{BindingRegistry, CreateGates, ScanCache};
@@ -84,6 +85,9 @@ pub struct Settings {
     pub reporter: String,
     /// Instance reported on events (pod name).
     pub instance: Option<String>,
+    /// AgentSend and Kubernetes writes happen only while this is open: always without
+    /// leader election, while the lease renewal is confirmed with it ([`crate::leader`]).
+    pub gate: WriteGate,
 }
 
 impl Default for Settings {
@@ -96,6 +100,7 @@ impl Default for Settings {
             default_key: DefaultKey::None,
             reporter: "inbox-operator".into(),
             instance: None,
+            gate: WriteGate::open(),
         }
     }
 }
@@ -134,6 +139,10 @@ pub enum Error {
         /// When to try again.
         retry: Duration,
     },
+    /// This instance has not confirmed a lease renewal within the renew deadline (or lost
+    /// the lease): the pass stopped before writing and is retried after [`Error::NOT_LEADING_RETRY`].
+    #[error("not leading: the leader lease renewal is not confirmed, so this pass does not write")]
+    NotLeading,
     /// Backing off from a failed deletion attempt over the same inputs (not a new failure).
     #[error("backing off from the last failed attempt; next attempt in {0:?}")]
     Held(Duration),
@@ -142,6 +151,9 @@ pub enum Error {
 impl Error {
     /// Metric label of a pass that found no API key.
     pub const CREDENTIALS_MISSING: &'static str = "credentials_missing";
+
+    /// When a pass stopped by [`Error::NotLeading`] is retried.
+    pub const NOT_LEADING_RETRY: Duration = Duration::from_secs(2);
 
     /// Short, stable label for `inbox_operator_reconcile_errors_total`.
     pub fn metric_label(&self) -> &'static str {
@@ -153,6 +165,7 @@ impl Error {
             Error::Internal(_) => "internal",
             Error::Backoff { cause, .. } => cause.metric_label(),
             Error::Held(_) => "held",
+            Error::NotLeading => "not_leading",
         }
     }
 }
@@ -276,6 +289,15 @@ impl Context {
     /// Whether the Inbox stores cover the whole cluster (all namespaces, no selector).
     pub(crate) fn sees_whole_cluster(&self) -> bool {
         self.settings.namespaces.is_empty() && self.settings.selector.is_none()
+    }
+
+    /// `Err(NotLeading)` unless this instance may write now (see [`Settings::gate`]).
+    pub(crate) fn may_write(&self) -> Result<(), Error> {
+        if self.settings.gate.is_open() {
+            Ok(())
+        } else {
+            Err(Error::NotLeading)
+        }
     }
 
     /// The managed-Secret cache for a namespace.

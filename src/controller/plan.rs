@@ -1245,6 +1245,7 @@ pub fn error_retry(err: &Error, failures: u32, jitter: f64) -> Duration {
         Error::Api(e) => retry_delay(e, failures, jitter).unwrap_or(Duration::from_secs(300)),
         Error::CredentialsMissing(_) => decide::backoff(failures.max(4), jitter),
         Error::Backoff { retry, .. } | Error::Held(retry) => *retry,
+        Error::NotLeading => Error::NOT_LEADING_RETRY,
         _ => decide::backoff(failures, jitter),
     }
 }
