@@ -1214,6 +1214,59 @@ async fn a_copied_manifest_never_takes_over() {
     drop(other);
 }
 
+/// A shard (`--selector`) sees claims outside its selector: a copy, inside its shard, of an
+/// Inbox that another shard owns is Rejected naming the owner, gets no Secret, and its
+/// deletion never calls AgentSend.
+#[tokio::test]
+async fn a_shard_sees_claims_outside_its_selector() {
+    let env = Env::start_with(|s| s.selector = Some("shard=b".into())).await;
+    let remote = env
+        .sim
+        .insert_inbox(ACCOUNT, CreateInbox::default())
+        .unwrap();
+    let claimed = |name: &str, shard: &str| {
+        let mut i = Inbox::new(name, InboxSpec::default());
+        i.metadata.labels = Some(BTreeMap::from([("shard".into(), shard.into())]));
+        i.metadata.annotations = Some(BTreeMap::from([(
+            "agentsend.io/inbox-id".to_string(),
+            remote.id.clone(),
+        )]));
+        i
+    };
+    // The owner, in shard a (another instance's: nothing here reconciles it).
+    let owner = env
+        .inboxes()
+        .create(&PostParams::default(), &claimed("owner", "a"))
+        .await
+        .unwrap();
+    // creationTimestamp has a resolution of one second: let the copy be visibly younger.
+    let created = owner.metadata.creation_timestamp.clone().unwrap().0;
+    wait_for("the next second", T, || async {
+        (jiff::Timestamp::now().as_second() > created.as_second()).then_some(())
+    })
+    .await;
+    env.inboxes()
+        .create(&PostParams::default(), &claimed("copy", "b"))
+        .await
+        .unwrap();
+    let copy = env.wait_ready("copy", "False", "Rejected").await;
+    let msg = &ready(&copy).unwrap().message;
+    assert!(msg.contains(&format!("{}/owner", env.ns.name())), "{msg}");
+    assert!(env.secret("copy").await.is_none(), "no Secret for the copy");
+
+    env.inboxes()
+        .delete("copy", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("copy").await;
+    assert_eq!(env.sim.request_count(Route::Delete), 0);
+    assert!(
+        env.sim.inbox(&remote.id).is_some(),
+        "the owner keeps its inbox"
+    );
+    env.stop().await;
+}
+
 /// The write gate (leader election) stops every write. While it is closed, a new Inbox gets
 /// no finalizer, annotation, status or AgentSend inbox, and a deleted one keeps its finalizer
 /// and its inbox; its passes are counted as `not_leading`. Absence is observed for a bounded

@@ -468,9 +468,10 @@ impl<'a> Pass<'a> {
     }
 
     /// The inbox IDs other Inboxes name (annotation or status), and who holds each: the
-    /// IDs this process bound recently, the watch cache, and — `cluster_wide`, when the
-    /// caches do not cover the cluster — a metadata-only list of every Inbox (falling back
-    /// to the cache). Inboxes that released their bindings (deleted) own nothing.
+    /// IDs this process bound recently, the watch cache, and — when the caches do not cover
+    /// the cluster — the cluster-wide claims index, or, until that has listed (or without
+    /// permission for it) and `cluster_wide`, a metadata-only list of every Inbox.
+    /// Inboxes that released their bindings (deleted) own nothing.
     async fn bound_elsewhere(
         &self,
         me: &Inbox,
@@ -492,8 +493,21 @@ impl<'a> Pass<'a> {
                 }
             }
         };
+        from_cache(&mut claims);
+        if let Some((index, listed)) = &self.ctx.claims_index
+            && listed.load(std::sync::atomic::Ordering::Acquire)
+        {
+            // Every Inbox in the cluster, whatever this instance watches.
+            for other in index.state() {
+                if let Some(id) = other.annotations().get(crd::ANNOTATION_INBOX_ID)
+                    && !id.is_empty()
+                {
+                    self.add_claim(&mut claims, me, &other.metadata, id.clone());
+                }
+            }
+            return Ok(claims);
+        }
         if !cluster_wide || self.ctx.sees_whole_cluster() {
-            from_cache(&mut claims);
             return Ok(claims);
         }
         let all: Api<Inbox> = Api::all(self.ctx.client.clone());
@@ -509,7 +523,6 @@ impl<'a> Pass<'a> {
             }
             Err(e) => {
                 warn!(error = %e, "cannot list Inboxes cluster-wide; checking bindings in the watched namespaces only");
-                from_cache(&mut claims);
             }
         }
         Ok(claims)

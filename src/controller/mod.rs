@@ -18,6 +18,7 @@ pub mod watches;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -196,6 +197,9 @@ pub struct Context {
     pub(crate) recorder: EventRecorder,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) inbox_stores: Vec<Store<Inbox>>,
+    /// Every Inbox's claim cluster-wide, when `inbox_stores` do not cover the cluster, and
+    /// whether it has listed yet.
+    pub(crate) claims_index: Option<(Store<PartialObjectMeta<Inbox>>, Arc<AtomicBool>)>,
     pub(crate) secret_stores: HashMap<Option<String>, Store<Secret>>,
     pub(crate) failures: Mutex<HashMap<ObjectRef<Inbox>, u32>>,
     pub(crate) holds: Mutex<HashMap<ObjectRef<Inbox>, (plan::Hold, std::time::Instant)>>,
@@ -225,6 +229,7 @@ impl Context {
             api,
             metrics,
             inbox_stores: scopes.iter().map(|s| s.inboxes.clone()).collect(),
+            claims_index: None,
             secret_stores: scopes
                 .iter()
                 .map(|s| (s.ns.clone(), s.secrets.clone()))
@@ -483,14 +488,22 @@ pub async fn run(
         .map(|ns| Scope::watch(&client, ns, &settings, &synced))
         .collect();
     let (sync_tx, sync_rx) = mpsc::unbounded();
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         api,
         settings,
         metrics.clone(),
         &scopes,
         sync_tx.clone(),
-    ));
+    );
+    let mut index_events = None;
+    if !ctx.sees_whole_cluster() {
+        let listed = Arc::new(AtomicBool::new(false));
+        let (store, events) = watches::claims_index(&client, listed.clone());
+        ctx.claims_index = Some((store, listed));
+        index_events = Some(events);
+    }
+    let ctx = Arc::new(ctx);
     let mut routes = Vec::new();
     let mut controllers = Vec::new();
     for scope in scopes {
@@ -499,6 +512,16 @@ pub async fn run(
         controllers.push(scope.controller(&client, ctx.clone(), rx, stop.clone()));
     }
     let on_synced = move || metrics.counter_sync_succeeded();
+    if let Some(events) = index_events {
+        // Without cluster-wide list/watch permission this keeps failing (with backoff), and
+        // bindings are checked against the watch cache and per-decision lists instead.
+        let index = events.for_each(|e| async move {
+            if let Err(e) = e {
+                tracing::debug!(error = %e, "cluster-wide Inbox index");
+            }
+        });
+        tokio::spawn(stop.clone().run_until_cancelled_owned(index));
+    }
     let background = [
         tokio::spawn(
             stop.clone()

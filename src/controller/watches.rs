@@ -5,12 +5,13 @@
 
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use kube::api::{Api, ObjectMeta};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -76,6 +77,55 @@ pub(crate) fn credentials_secrets(
             m.metadata.managed_fields = None;
             m
         })
+}
+
+/// An Inbox's metadata alone.
+pub(crate) type InboxMeta = PartialObjectMeta<Inbox>;
+
+/// One item of a watch stream.
+type WatchResult<K> = Result<watcher::Event<K>, watcher::Error>;
+
+/// Every Inbox in the cluster, trimmed to what the one-owner rule reads (name, namespace,
+/// UID, creation time, the `agentsend.io/inbox-id` annotation): kept by an operator whose own
+/// caches do not cover the cluster (`--namespace`, a `--selector` shard), so that a claim
+/// outside its scope is seen on every path without a list call per pass. `synced` turns true
+/// at its first complete list (it never does without cluster-wide list/watch permission).
+pub(crate) fn claims_index(
+    client: &Client,
+    synced: Arc<AtomicBool>,
+) -> (
+    Store<InboxMeta>,
+    impl Stream<Item = WatchResult<InboxMeta>> + Send + 'static,
+) {
+    let api: Api<InboxMeta> = Api::all(client.clone());
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, watcher::Config::default())
+        .backoff(backoff())
+        .inspect_ok(move |e| {
+            if matches!(e, watcher::Event::InitDone) {
+                synced.store(true, Ordering::Release);
+            }
+        })
+        .modify(|m: &mut InboxMeta| trim_to_claim(&mut m.metadata))
+        .reflect(writer);
+    (reader, stream)
+}
+
+/// Keep only the metadata a claim needs.
+fn trim_to_claim(meta: &mut ObjectMeta) {
+    let id = meta
+        .annotations
+        .as_mut()
+        .and_then(|a| a.remove(crd::ANNOTATION_INBOX_ID));
+    *meta = ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        creation_timestamp: meta.creation_timestamp.take(),
+        annotations: id.map(|id| [(crd::ANNOTATION_INBOX_ID.to_string(), id)].into()),
+        ..ObjectMeta::default()
+    };
 }
 
 /// The Inboxes (among `inboxes`) whose `spec.credentials` names the Secret `name` in
@@ -163,6 +213,36 @@ mod tests {
     use super::*;
     use crate::crd::{CredentialsSpec, InboxSpec, SecretKeyRef};
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn the_claims_index_keeps_only_what_a_claim_needs() {
+        let mut meta = ObjectMeta {
+            name: Some("a".into()),
+            namespace: Some("ns".into()),
+            uid: Some("u".into()),
+            labels: Some([("team".to_string(), "x".to_string())].into()),
+            annotations: Some(
+                [
+                    (crd::ANNOTATION_INBOX_ID.to_string(), "inb_1".to_string()),
+                    ("big".to_string(), "x".repeat(1000)),
+                ]
+                .into(),
+            ),
+            finalizers: Some(vec!["f".into()]),
+            ..ObjectMeta::default()
+        };
+        trim_to_claim(&mut meta);
+        assert_eq!(meta.name.as_deref(), Some("a"));
+        assert_eq!(meta.uid.as_deref(), Some("u"));
+        assert_eq!(
+            meta.annotations,
+            Some([(crd::ANNOTATION_INBOX_ID.to_string(), "inb_1".to_string())].into())
+        );
+        assert!(meta.labels.is_none() && meta.finalizers.is_none());
+        let mut unbound = ObjectMeta::default();
+        trim_to_claim(&mut unbound);
+        assert!(unbound.annotations.is_none());
+    }
 
     #[test]
     fn ready_once_after_every_stream_first_lists() {
