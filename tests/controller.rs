@@ -860,3 +860,233 @@ async fn owned_secret_is_garbage_collected_with_its_inbox() {
     .await;
     env.stop().await;
 }
+
+/// Counts the writes to one Inbox (each new resourceVersion) while it is watched.
+fn count_writes(
+    env: &Env,
+    name: &str,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = writes.clone();
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher(env.inboxes(), cfg).applied_objects();
+    let task = tokio::spawn(async move {
+        let mut last = None;
+        futures::pin_mut!(stream);
+        while let Some(Ok(i)) = stream.next().await {
+            if last.is_some() && last != i.metadata.resource_version {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            last = i.metadata.resource_version.clone();
+        }
+    });
+    (writes, task)
+}
+
+fn key_secret(name: &str, key: &str) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        string_data: Some(BTreeMap::from([("apiKey".into(), key.into())])),
+        ..Default::default()
+    }
+}
+
+/// A wrong key in a credentials Secret costs a handful of creates, not one per pass: the pass
+/// is not restarted by its own writes (pending mark, Creating, CredentialsInvalid). Fixing
+/// the key resumes at once.
+#[tokio::test]
+async fn a_bad_key_never_loops_creates() {
+    let env = Env::start_with(|s| s.default_key = DefaultKey::None).await;
+    env.secrets()
+        .create(&PostParams::default(), &key_secret("bad-key", "sk_wrong"))
+        .await
+        .unwrap();
+    let spec = InboxSpec {
+        credentials: Some(CredentialsSpec {
+            secret_ref: SecretKeyRef {
+                name: "bad-key".into(),
+                key: "apiKey".into(),
+            },
+        }),
+        ..Default::default()
+    };
+    let (writes, watch) = count_writes(&env, "badkey");
+    env.create("badkey", spec).await;
+    env.wait_ready("badkey", "False", "CredentialsInvalid")
+        .await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let posts = env.sim.request_count(Route::Create);
+    let written = writes.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(posts <= 3, "{posts} creates with a bad key in 15 s");
+    assert!(written <= 8, "{written} writes to the Inbox in 15 s");
+    watch.abort();
+
+    env.sim.add_account("acct-fixed", "sk_fixed");
+    env.secrets()
+        .replace(
+            "bad-key",
+            &PostParams::default(),
+            &key_secret("bad-key", "sk_fixed"),
+        )
+        .await
+        .unwrap();
+    env.wait_ready("badkey", "True", "Ready").await;
+    assert_eq!(env.sim.inboxes("acct-fixed").len(), 1);
+    env.stop().await;
+}
+
+/// A deletion that keeps failing (503) backs off: bounded DELETEs and status writes, the
+/// finalizer stays, and the deletion finishes once the API is back.
+#[tokio::test]
+async fn a_failing_deletion_backs_off() {
+    let env = Env::start().await;
+    env.create("stuck", InboxSpec::default()).await;
+    let i = env.wait_ready("stuck", "True", "Ready").await;
+    let id = status_id(&i);
+    env.sim.reset_counters();
+    env.sim.fail_next(Route::Delete, 10_000, 503);
+    let (writes, watch) = count_writes(&env, "stuck");
+    env.inboxes()
+        .delete("stuck", &DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let deletes = env.sim.request_count(Route::Delete);
+    let written = writes.load(std::sync::atomic::Ordering::SeqCst);
+    // ~5 attempts in 15 s (1 s doubling), each with the client's own retries.
+    assert!(deletes <= 6 * 4, "{deletes} DELETE requests in 15 s");
+    assert!(written <= 6, "{written} writes to the Inbox in 15 s");
+    assert!(env.inboxes().get_opt("stuck").await.unwrap().is_some());
+    watch.abort();
+    env.sim.clear_faults();
+    // The next attempt follows the backoff (up to 32 s by now).
+    let api = env.inboxes();
+    wait_for("stuck deleted", Duration::from_secs(60), || {
+        let api = api.clone();
+        async move { matches!(api.get_opt("stuck").await, Ok(None)).then_some(()) }
+    })
+    .await;
+    assert!(env.sim.inbox(&id).is_none());
+    env.stop().await;
+}
+
+/// "Orphan, delete, re-create with spec.inboxId" adopts at once (the deleted Inbox's binding
+/// is released with it), and an adoption refused because another Inbox owned the inbox is
+/// looked at again as soon as that owner goes.
+#[tokio::test]
+async fn orphan_delete_and_readopt_at_once() {
+    let env = Env::start().await;
+    env.create(
+        "first",
+        InboxSpec {
+            deletion_policy: DeletionPolicy::Orphan,
+            ..Default::default()
+        },
+    )
+    .await;
+    let id = status_id(&env.wait_ready("first", "True", "Ready").await);
+    env.inboxes()
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("first").await;
+    let adopt = InboxSpec {
+        inbox_id: Some(id.clone()),
+        ..Default::default()
+    };
+    env.create("second", adopt.clone()).await;
+    let second = env.wait_ready("second", "True", "Ready").await;
+    assert_eq!(status_id(&second), id);
+
+    // A third claimant is refused, naming the owner; when the owner goes, it adopts.
+    env.create("third", adopt).await;
+    let t = env.wait_ready("third", "False", "Rejected").await;
+    let msg = &ready(&t).unwrap().message;
+    assert!(msg.contains(&format!("{}/second", env.ns.name())), "{msg}");
+    let orphan = json!({"spec": {"deletionPolicy": "Orphan"}});
+    env.inboxes()
+        .patch("second", &PatchParams::default(), &Patch::Merge(&orphan))
+        .await
+        .unwrap();
+    env.wait_ready("second", "True", "Ready").await;
+    let started = std::time::Instant::now();
+    env.inboxes()
+        .delete("second", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_ready("third", "True", "Ready").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "re-evaluated when the owner went, not on a timer: {:?}",
+        started.elapsed()
+    );
+    assert!(env.sim.inbox(&id).is_some());
+    assert_eq!(env.sim.request_count(Route::Delete), 0);
+    env.stop().await;
+}
+
+/// A manifest copied with its `agentsend.io/inbox-id` annotation into another namespace does
+/// not take the inbox over: the copy is Rejected naming the owner, writes no Secret, and its
+/// deletion leaves the original's inbox alone.
+#[tokio::test]
+async fn a_copied_manifest_never_takes_over() {
+    let client = support::control_plane().client().await;
+    let other = support::TestNamespace::new(&client, "copy").await;
+    let other_ns = other.name().to_string();
+    let env = Env::start_with(|s| s.namespaces.push(other_ns.clone())).await;
+    env.create("orig", InboxSpec::default()).await;
+    let orig = env.wait_ready("orig", "True", "Ready").await;
+    let id = status_id(&orig);
+    let address = orig.status.as_ref().unwrap().address.clone().unwrap();
+
+    let mut copy = Inbox::new("orig", orig.spec.clone());
+    copy.metadata.annotations = Some(BTreeMap::from([(
+        "agentsend.io/inbox-id".to_string(),
+        id.clone(),
+    )]));
+    let copies: kube::Api<Inbox> = kube::Api::namespaced(client.clone(), &other_ns);
+    copies.create(&PostParams::default(), &copy).await.unwrap();
+    let rejected = wait_for("the copy to be Rejected", T, || {
+        let copies = copies.clone();
+        async move {
+            let i = copies.get_opt("orig").await.ok().flatten()?;
+            let c = ready(&i)?;
+            (c.reason == "Rejected").then(|| c.message.clone())
+        }
+    })
+    .await;
+    assert!(
+        rejected.contains(&format!("{}/orig", env.ns.name())),
+        "{rejected}"
+    );
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), &other_ns);
+    assert!(
+        secrets.get_opt("orig").await.unwrap().is_none(),
+        "no Secret for the copy"
+    );
+
+    copies
+        .delete("orig", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for("the copy to go", T, || {
+        let copies = copies.clone();
+        async move { matches!(copies.get_opt("orig").await, Ok(None)).then_some(()) }
+    })
+    .await;
+    assert_eq!(env.sim.request_count(Route::Delete), 0);
+    assert!(env.sim.inbox(&id).is_some(), "the original keeps its inbox");
+    let kept = env.wait_ready("orig", "True", "Ready").await;
+    assert_eq!(status_id(&kept), id);
+    assert_eq!(data(&env.secret("orig").await.unwrap(), "address"), address);
+    env.stop().await;
+    drop(other);
+}

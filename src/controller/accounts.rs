@@ -245,13 +245,22 @@ impl CreateGates {
 /// Inbox ID → the Inbox bound to it, in one account.
 pub type Bound = HashMap<String, ObjectRef<Inbox>>;
 
+/// A bind by this process: (owner UID, owner `namespace/name`, when).
+type RecentBind = (String, String, Instant);
+
 /// Which Inbox is bound to which inbox, per account.
 #[derive(Clone, Default)]
 pub struct BindingRegistry {
     /// API key → (inbox ID → the Inbox bound to it).
     accounts: Arc<Mutex<HashMap<ApiKey, Bound>>>,
-    /// Inbox IDs this process bound recently (the watch cache may not show them yet).
-    recently_bound: Arc<Mutex<HashMap<String, (String, Instant)>>>,
+    /// Inbox IDs this process bound recently (the watch cache may not show them yet):
+    /// ID → (owner UID, owner `namespace/name`, when).
+    recently_bound: Arc<Mutex<HashMap<String, RecentBind>>>,
+    /// UIDs of Inboxes whose deletion released their binding (the watch cache may still
+    /// show them for a moment): they own nothing any more.
+    released: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Inbox ID → Inboxes refused because another Inbox owns it; woken when it is released.
+    waiters: Arc<Mutex<HashMap<String, HashSet<ObjectRef<Inbox>>>>>,
 }
 
 impl BindingRegistry {
@@ -297,20 +306,54 @@ impl BindingRegistry {
             .collect()
     }
 
-    /// Note that this process just bound `id` to the Inbox with UID `owner`.
-    pub fn note_bound(&self, id: &str, owner: &str) {
+    /// Note that this process just bound `id` to the Inbox with UID `owner`, called `name`
+    /// (`namespace/name`).
+    pub fn note_bound(&self, id: &str, owner: &str, name: &str) {
         let mut m = lock(&self.recently_bound);
-        m.retain(|_, (_, at)| at.elapsed() < RECENTLY_BOUND_TTL);
-        m.insert(id.to_string(), (owner.to_string(), Instant::now()));
+        m.retain(|_, (_, _, at)| at.elapsed() < RECENTLY_BOUND_TTL);
+        m.insert(
+            id.to_string(),
+            (owner.to_string(), name.to_string(), Instant::now()),
+        );
     }
 
-    /// IDs bound by this process within the last minutes to Inboxes other than `owner`.
-    pub fn recently_bound_except(&self, owner: &str) -> HashSet<String> {
+    /// IDs bound by this process within the last minutes to Inboxes other than `owner`,
+    /// with the `namespace/name` of the Inbox each is bound to.
+    pub fn recently_bound_except(&self, owner: &str) -> HashMap<String, String> {
         lock(&self.recently_bound)
             .iter()
-            .filter(|(_, (o, at))| o != owner && at.elapsed() < RECENTLY_BOUND_TTL)
-            .map(|(id, _)| id.clone())
+            .filter(|(_, (o, _, at))| o != owner && at.elapsed() < RECENTLY_BOUND_TTL)
+            .map(|(id, (_, name, _))| (id.clone(), name.clone()))
             .collect()
+    }
+
+    /// The Inbox with UID `owner` is gone: its bindings are free at once (a re-created
+    /// Inbox may adopt the inbox now). Returns the Inboxes that were waiting for `ids`.
+    pub fn release(&self, owner: &str, ids: &[String]) -> Vec<ObjectRef<Inbox>> {
+        lock(&self.recently_bound).retain(|_, (o, _, _)| o != owner);
+        let mut released = lock(&self.released);
+        released.retain(|_, at| at.elapsed() < RECENTLY_BOUND_TTL);
+        released.insert(owner.to_string(), Instant::now());
+        let mut waiters = lock(&self.waiters);
+        ids.iter()
+            .filter_map(|id| waiters.remove(id))
+            .flatten()
+            .collect()
+    }
+
+    /// Whether the Inbox with this UID released its bindings (it is being deleted).
+    pub fn is_released(&self, uid: &str) -> bool {
+        lock(&self.released)
+            .get(uid)
+            .is_some_and(|at| at.elapsed() < RECENTLY_BOUND_TTL)
+    }
+
+    /// `obj` was refused inbox `id` (another Inbox owns it): wake it when that one goes.
+    pub fn wait_for(&self, id: &str, obj: ObjectRef<Inbox>) {
+        lock(&self.waiters)
+            .entry(id.to_string())
+            .or_default()
+            .insert(obj);
     }
 }
 
@@ -476,10 +519,23 @@ mod tests {
     #[test]
     fn recently_bound_excludes_the_owner() {
         let b = BindingRegistry::default();
-        b.note_bound("i1", "uid-a");
-        b.note_bound("i2", "uid-b");
+        b.note_bound("i1", "uid-a", "ns/a");
+        b.note_bound("i2", "uid-b", "ns/b");
         let for_a = b.recently_bound_except("uid-a");
-        assert!(!for_a.contains("i1") && for_a.contains("i2"));
+        assert!(!for_a.contains_key("i1"));
+        assert_eq!(for_a.get("i2").map(String::as_str), Some("ns/b"));
+    }
+
+    #[test]
+    fn a_deleted_owner_frees_its_binding_at_once_and_wakes_waiters() {
+        let b = BindingRegistry::default();
+        b.note_bound("i1", "uid-a", "ns/a");
+        b.wait_for("i1", obj("thief"));
+        b.wait_for("i2", obj("other"));
+        assert_eq!(b.release("uid-a", &["i1".into()]), vec![obj("thief")]);
+        assert!(b.recently_bound_except("uid-b").is_empty());
+        assert!(b.is_released("uid-a") && !b.is_released("uid-b"));
+        assert!(b.release("uid-a", &["i1".into()]).is_empty(), "woken once");
     }
 
     #[test]

@@ -3,11 +3,14 @@
 //! the [`Observed`], and loops until the planner ends the pass. It also counts the pass in
 //! the metrics and applies the error policy the planner chose.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{
+    Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions,
+};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -18,7 +21,7 @@ use tracing::{Instrument, field, info, warn};
 
 use super::events::InboxEvent;
 use super::plan::{
-    self, Credentials, Done, Failures, Lookup, Marked, Observed, Phase, Report, Step, Then,
+    self, Claim, Credentials, Done, Failures, Lookup, Marked, Observed, Phase, Report, Step, Then,
 };
 use super::{Context, Error};
 use crate::agentsend::{ApiError, ApiKey};
@@ -55,6 +58,10 @@ pub(crate) async fn reconcile(inbox: Arc<Inbox>, ctx: Arc<Context>) -> Result<Ac
 
 /// Count a pass once: a success only when nothing failed, an error with its real label.
 fn record(metrics: &Metrics, result: &Result<Passed, Error>, started: Instant) {
+    if matches!(result, Err(Error::Held(_))) {
+        // Not an attempt: the failure it backs off from was counted.
+        return;
+    }
     let failed = match result {
         Ok(p) => p.failed,
         Err(e) => Some(e.metric_label()),
@@ -93,6 +100,9 @@ async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
 
 /// Retry policy for passes that failed (Kubernetes failures, deletion failures).
 pub(crate) fn error_policy(inbox: Arc<Inbox>, err: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::Held(remaining) = err {
+        return Action::requeue(*remaining);
+    }
     let failures = ctx.bump_failures(&ObjectRef::from_obj(&*inbox));
     let delay = plan::error_retry(err, failures, rand::random());
     warn!(
@@ -158,11 +168,12 @@ impl<'a> Pass<'a> {
         let mut o = Observed::new(inbox.clone(), phase, now, self.ctx.settings.sync_interval);
         o.jitter = rand::random();
         o.failures = self.ctx.failures(&self.obj);
+        o.hold = self.ctx.hold(&self.obj);
         let mut gate = None;
         for _ in 0..MAX_STEPS {
             let step = plan::plan(&o);
             tracing::debug!(%step, "step");
-            if !matches!(step, Step::FindBindings | Step::Bind { .. }) {
+            if !matches!(step, Step::FindBindings { .. } | Step::Bind { .. }) {
                 gate = None;
             }
             match step {
@@ -205,7 +216,9 @@ impl<'a> Pass<'a> {
                 *gate = Some(Gate::Exclusive(lock.write_owned().await));
                 o.candidates = Some(self.ctx.api.list_all(&key).await);
             }
-            Step::FindBindings => o.bound_elsewhere = Some(self.bound_elsewhere().await?),
+            Step::FindBindings { cluster_wide } => {
+                o.bound_elsewhere = Some(self.bound_elsewhere(&o.inbox, cluster_wide).await?);
+            }
             Step::MarkPending { unbind } => self.mark_pending(o, unbind).await?,
             Step::Progress(report) => {
                 let reason = report.readiness.reason();
@@ -225,7 +238,8 @@ impl<'a> Pass<'a> {
                 o.created = Some(created);
             }
             Step::Bind { key, remote, event } => {
-                self.ctx.bindings.note_bound(&remote.id, &self.uid);
+                let owner = format!("{}/{}", self.ns, self.name);
+                self.ctx.bindings.note_bound(&remote.id, &self.uid, &owner);
                 self.record_binding(o, &remote.id).await?;
                 *gate = None;
                 self.ctx.scans.remember(&key, &remote);
@@ -301,6 +315,9 @@ impl<'a> Pass<'a> {
             // The status shows this observation: the counter sync may stop asking.
             self.ctx.scans.reported(key, remote);
         }
+        if done.hold.is_some() || done.failures == Failures::Reset || done.release {
+            self.ctx.set_hold(&self.obj, done.hold.clone());
+        }
         match done.failures {
             Failures::Keep => {}
             Failures::Reset => self.ctx.reset_failures(&self.obj),
@@ -308,15 +325,29 @@ impl<'a> Pass<'a> {
                 self.ctx.bump_failures(&self.obj);
             }
         }
+        if let Some(id) = &done.blocked_on {
+            self.ctx.bindings.wait_for(id, self.obj.clone());
+        }
         if done.release {
             self.ctx.bindings.unregister(&self.obj);
             self.ctx.metrics.forget_inbox(&self.ns, &self.name);
+            // Its binding is free at once: an Inbox refused for it looks again now.
+            let ids: Vec<String> = o.inbox.bound_inbox_id().into_iter().collect();
+            for waiter in self.ctx.bindings.release(&self.uid, &ids) {
+                let _ = self.ctx.wake.unbounded_send(waiter);
+            }
         }
         *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = done.failed;
         match done.then {
             Then::Settle => Ok(Action::await_change()),
             Then::Requeue(d) => Ok(Action::requeue(d)),
-            Then::Fail(f) => Err(f.into()),
+            Then::Fail(f) => Err(match done.hold {
+                Some(h) => Error::Backoff {
+                    cause: Box::new(f.into()),
+                    retry: h.remaining,
+                },
+                None => f.into(),
+            }),
         }
     }
 
@@ -403,44 +434,82 @@ impl<'a> Pass<'a> {
         })
     }
 
-    /// IDs bound to other Inboxes anywhere in the cluster (from the cache when it covers
-    /// the cluster, otherwise a metadata-only list, falling back to the cache).
-    async fn bound_elsewhere(&self) -> Result<std::collections::HashSet<String>, Error> {
-        let me = Some(self.uid.clone());
-        let mut ids = self.ctx.bindings.recently_bound_except(&self.uid);
-        let from_cache = |ids: &mut std::collections::HashSet<String>| {
+    /// The inbox IDs other Inboxes name (annotation or status), and who holds each: the
+    /// IDs this process bound recently, the watch cache, and — `cluster_wide`, when the
+    /// caches do not cover the cluster — a metadata-only list of every Inbox (falling back
+    /// to the cache). Inboxes that released their bindings (deleted) own nothing.
+    async fn bound_elsewhere(
+        &self,
+        me: &Inbox,
+        cluster_wide: bool,
+    ) -> Result<HashMap<String, Claim>, Error> {
+        let mut claims: HashMap<String, Claim> = self
+            .ctx
+            .bindings
+            .recently_bound_except(&self.uid)
+            .into_iter()
+            .map(|(id, owner)| (id, Claim { owner, prior: true }))
+            .collect();
+        let from_cache = |claims: &mut HashMap<String, Claim>| {
             for store in &self.ctx.inbox_stores {
                 for other in store.state() {
-                    if other.metadata.uid != me
-                        && let Some(id) = other.bound_inbox_id()
-                    {
-                        ids.insert(id);
+                    if let Some(id) = other.bound_inbox_id() {
+                        self.add_claim(claims, me, &other.metadata, id);
                     }
                 }
             }
         };
-        if self.ctx.sees_whole_cluster() {
-            from_cache(&mut ids);
-            return Ok(ids);
+        if !cluster_wide || self.ctx.sees_whole_cluster() {
+            from_cache(&mut claims);
+            return Ok(claims);
         }
         let all: Api<Inbox> = Api::all(self.ctx.client.clone());
         match all.list_metadata(&ListParams::default()).await {
             Ok(list) => {
                 for item in list.items {
-                    if item.metadata.uid != me
-                        && let Some(id) = item.annotations().get(crd::ANNOTATION_INBOX_ID)
+                    if let Some(id) = item.annotations().get(crd::ANNOTATION_INBOX_ID)
                         && !id.is_empty()
                     {
-                        ids.insert(id.clone());
+                        self.add_claim(&mut claims, me, &item.metadata, id.clone());
                     }
                 }
             }
             Err(e) => {
                 warn!(error = %e, "cannot list Inboxes cluster-wide; checking bindings in the watched namespaces only");
-                from_cache(&mut ids);
+                from_cache(&mut claims);
             }
         }
-        Ok(ids)
+        Ok(claims)
+    }
+
+    /// Record that the Inbox `other` names inbox `id` (unless it is this one, or released).
+    fn add_claim(
+        &self,
+        claims: &mut HashMap<String, Claim>,
+        me: &Inbox,
+        other: &ObjectMeta,
+        id: String,
+    ) {
+        let Some(uid) = other.uid.as_deref() else {
+            return;
+        };
+        if uid == self.uid || self.ctx.bindings.is_released(uid) {
+            return;
+        }
+        let claim = Claim {
+            owner: format!(
+                "{}/{}",
+                other.namespace.as_deref().unwrap_or_default(),
+                other.name.as_deref().unwrap_or_default()
+            ),
+            prior: seniority(other) < seniority(&me.metadata),
+        };
+        match claims.get(&id) {
+            Some(c) if c.prior || !claim.prior => {}
+            _ => {
+                claims.insert(id, claim);
+            }
+        }
     }
 
     /// From the watch cache; one GET when the cache does not have it (a foreign Secret is
@@ -550,6 +619,14 @@ impl<'a> Pass<'a> {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Which of two Inboxes naming one inbox ID holds it: the one created first (UID breaks ties).
+fn seniority(meta: &ObjectMeta) -> (Option<jiff::Timestamp>, Option<&str>) {
+    (
+        meta.creation_timestamp.as_ref().map(|t| t.0),
+        meta.uid.as_deref(),
+    )
 }
 
 /// Mirror one of this pass's annotation writes in its view of the Inbox.

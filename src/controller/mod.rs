@@ -125,6 +125,18 @@ pub enum Error {
     /// A bug: the planner did not converge, or a step reached the wrong executor.
     #[error("internal error: {0}")]
     Internal(String),
+    /// A failed pass whose retry delay the planner chose (it also holds back passes over the
+    /// same inputs until then).
+    #[error("{cause}")]
+    Backoff {
+        /// What failed.
+        cause: Box<Error>,
+        /// When to try again.
+        retry: Duration,
+    },
+    /// Backing off from a failed deletion attempt over the same inputs (not a new failure).
+    #[error("backing off from the last failed attempt; next attempt in {0:?}")]
+    Held(Duration),
 }
 
 impl Error {
@@ -139,6 +151,8 @@ impl Error {
             Error::CredentialsMissing(_) => Self::CREDENTIALS_MISSING,
             Error::MissingObjectKey => "invalid_object",
             Error::Internal(_) => "internal",
+            Error::Backoff { cause, .. } => cause.metric_label(),
+            Error::Held(_) => "held",
         }
     }
 }
@@ -171,6 +185,9 @@ pub struct Context {
     pub(crate) inbox_stores: Vec<Store<Inbox>>,
     pub(crate) secret_stores: HashMap<Option<String>, Store<Secret>>,
     pub(crate) failures: Mutex<HashMap<ObjectRef<Inbox>, u32>>,
+    pub(crate) holds: Mutex<HashMap<ObjectRef<Inbox>, (plan::Hold, std::time::Instant)>>,
+    /// Asks the controller to reconcile an Inbox (counter sync, released bindings).
+    pub(crate) wake: mpsc::UnboundedSender<ObjectRef<Inbox>>,
 }
 
 impl Context {
@@ -180,6 +197,7 @@ impl Context {
         settings: Settings,
         metrics: Arc<Metrics>,
         scopes: &[Scope],
+        wake: mpsc::UnboundedSender<ObjectRef<Inbox>>,
     ) -> Self {
         let reporter = Reporter {
             controller: settings.reporter.clone(),
@@ -199,6 +217,8 @@ impl Context {
                 .map(|s| (s.ns.clone(), s.secrets.clone()))
                 .collect(),
             failures: Mutex::new(HashMap::new()),
+            holds: Mutex::new(HashMap::new()),
+            wake,
             settings,
         }
     }
@@ -224,6 +244,33 @@ impl Context {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(obj);
+    }
+
+    /// The failed attempt this Inbox still backs off from, with the time left.
+    pub(crate) fn hold(&self, obj: &ObjectRef<Inbox>) -> Option<plan::Hold> {
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        holds.retain(|_, (_, until)| *until > now);
+        holds.get(obj).map(|(h, until)| plan::Hold {
+            remaining: until.saturating_duration_since(now),
+            ..h.clone()
+        })
+    }
+
+    /// Hold back passes over the inputs of `hold` for its `remaining` time; `None` clears.
+    pub(crate) fn set_hold(&self, obj: &ObjectRef<Inbox>, hold: Option<plan::Hold>) {
+        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        match hold {
+            Some(h) => {
+                let until = std::time::Instant::now()
+                    .checked_add(h.remaining)
+                    .unwrap_or_else(std::time::Instant::now);
+                holds.insert(obj.clone(), (h, until));
+            }
+            None => {
+                holds.remove(obj);
+            }
+        }
     }
 
     /// Whether the Inbox stores cover the whole cluster (all namespaces, no selector).
@@ -413,14 +460,15 @@ pub async fn run(
         .into_iter()
         .map(|ns| Scope::watch(&client, ns, &settings, &synced))
         .collect();
+    let (sync_tx, sync_rx) = mpsc::unbounded();
     let ctx = Arc::new(Context::new(
         client.clone(),
         api,
         settings,
         metrics.clone(),
         &scopes,
+        sync_tx.clone(),
     ));
-    let (sync_tx, sync_rx) = mpsc::unbounded();
     let mut routes = Vec::new();
     let mut controllers = Vec::new();
     for scope in scopes {

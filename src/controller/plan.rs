@@ -23,7 +23,7 @@
 //! - **Delete** (finalizer): `Deleting`; with `deletionPolicy: Delete` delete the bound (or
 //!   recovered) inbox, with `Orphan` leave it; delete the owned Secrets.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -86,6 +86,61 @@ pub enum Marked {
     Stale,
 }
 
+/// A failed attempt, remembered between passes: a pass over the same inputs (phase,
+/// generation, API key) does nothing until `remaining` has elapsed. A pass woken by its own
+/// writes (the pending mark, `Creating`, `Deleting`, the failure) is such a pass; a new spec,
+/// a new key, a deletion or a pause is not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// The phase the attempt ran in.
+    pub phase: Phase,
+    /// The generation it ran on.
+    pub generation: Option<i64>,
+    /// The key it used (`None`: there was none).
+    pub key: Option<ApiKey>,
+    /// How long from the start of this pass until the next attempt may run.
+    pub remaining: Duration,
+}
+
+impl Hold {
+    /// A hold on the inputs of the pass `o`, for `delay`.
+    pub fn of(o: &Observed, delay: Duration) -> Hold {
+        Hold {
+            phase: o.phase,
+            generation: o.inbox.metadata.generation,
+            key: attempt_key(o),
+            remaining: delay,
+        }
+    }
+
+    /// Whether the pass `o` would repeat the held attempt (credentials already read).
+    pub fn matches(&self, o: &Observed) -> bool {
+        self.phase == o.phase
+            && self.generation == o.inbox.metadata.generation
+            && self.key == attempt_key(o)
+    }
+}
+
+/// The key a pass acts with: the Inbox's, else (deleting) the one remembered for it.
+fn attempt_key(o: &Observed) -> Option<ApiKey> {
+    match &o.credentials {
+        Some(Credentials::Key(k)) => Some(k.clone()),
+        Some(Credentials::Missing(_)) if o.phase == Phase::Cleanup => o.remembered_key.clone(),
+        _ => None,
+    }
+}
+
+/// Another Inbox in the cluster that names an inbox ID (annotation, status, or a bind by this
+/// process).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claim {
+    /// Its `namespace/name`.
+    pub owner: String,
+    /// It holds the ID ahead of this Inbox: this process bound it there, or it is the older
+    /// of the two (created earlier; UID as the tie-break). A copy yields to the original.
+    pub prior: bool,
+}
+
 /// Everything a pass knows so far. The executor fills the fields as steps run; `None` means
 /// "not looked at yet".
 #[derive(Clone, Debug)]
@@ -112,8 +167,8 @@ pub struct Observed {
     pub remote: Option<Lookup>,
     /// All inboxes of the account, once listed (recovery).
     pub candidates: Option<Result<Vec<RemoteInbox>, ApiError>>,
-    /// Inbox IDs bound to other Inboxes in the cluster, once collected.
-    pub bound_elsewhere: Option<HashSet<String>>,
+    /// Inbox IDs other Inboxes in the cluster name, once collected.
+    pub bound_elsewhere: Option<HashMap<String, Claim>>,
     /// Whether this pass persisted the create-pending mark.
     pub marked: Option<Marked>,
     /// The vanished inbox a create in this pass replaces.
@@ -136,6 +191,8 @@ pub struct Observed {
     pub announced: Vec<EventKind>,
     /// The progress reason this pass already reported (`Creating`, `Deleting`).
     pub progress: Option<Reason>,
+    /// The failed attempt this Inbox is backing off from, if any is still running.
+    pub hold: Option<Hold>,
 }
 
 impl Observed {
@@ -165,6 +222,7 @@ impl Observed {
             deleted: None,
             announced: Vec::new(),
             progress: None,
+            hold: None,
         }
     }
 
@@ -225,6 +283,8 @@ pub enum Failure {
     CredentialsMissing(String),
     /// The Inbox has no name or UID.
     InvalidObject,
+    /// Backing off from a failed attempt over the same inputs: look again after this long.
+    Held(Duration),
 }
 
 impl From<Failure> for Error {
@@ -233,6 +293,7 @@ impl From<Failure> for Error {
             Failure::Api(e) => Error::Api(e),
             Failure::CredentialsMissing(m) => Error::CredentialsMissing(m),
             Failure::InvalidObject => Error::MissingObjectKey,
+            Failure::Held(d) => Error::Held(d),
         }
     }
 }
@@ -250,6 +311,10 @@ pub struct Done {
     pub failed: Option<&'static str>,
     /// The Inbox is gone: drop its registration, metrics and failure count.
     pub release: bool,
+    /// The attempt failed: hold back passes over the same inputs this long.
+    pub hold: Option<Hold>,
+    /// Refused because another Inbox owns this inbox ID: look again when that one goes.
+    pub blocked_on: Option<String>,
 }
 
 /// The next thing a pass does.
@@ -277,8 +342,12 @@ pub enum Step {
         /// The account's API key.
         key: ApiKey,
     },
-    /// Collect the inbox IDs bound to other Inboxes in the cluster.
-    FindBindings,
+    /// Collect the inbox IDs other Inboxes in the cluster name.
+    FindBindings {
+        /// Beyond the watch cache: a cluster-wide metadata list when the caches do not
+        /// cover the cluster (adoption, recovery, deletion); the cache otherwise.
+        cluster_wide: bool,
+    },
     /// Persist the create-pending mark if the Inbox is unchanged since read; `unbind` also
     /// clears the binding to a vanished inbox in the same write.
     MarkPending {
@@ -409,6 +478,9 @@ fn apply(o: &Observed) -> Step {
         }
         Some(Credentials::Key(k)) => k.clone(),
     };
+    if let Some(step) = held(o) {
+        return step;
+    }
     if !o.bound_now && (o.created.is_some() || o.marked == Some(Marked::Yes)) {
         return create(o, key);
     }
@@ -433,6 +505,15 @@ fn bound(o: &Observed, key: ApiKey, id: &str) -> Step {
             && let Some(m) = decide::identity_mismatch(&o.inbox.spec, &recorded, strict)
         {
             return immutable(o, &m);
+        }
+        // One owner: an ID named by the annotation or status is checked like spec.inboxId.
+        let Some(elsewhere) = &o.bound_elsewhere else {
+            return Step::FindBindings {
+                cluster_wide: false,
+            };
+        };
+        if let Some(claim) = elsewhere.get(id).filter(|c| c.prior) {
+            return claimed_elsewhere(o, id, claim);
         }
     }
     let remote = match &o.remote {
@@ -532,15 +613,10 @@ fn adopt(o: &Observed, key: ApiKey, id: &str) -> Step {
         return rejected(o, format!("cannot adopt inbox {id:?}: {}", m.message));
     }
     let Some(elsewhere) = &o.bound_elsewhere else {
-        return Step::FindBindings;
+        return Step::FindBindings { cluster_wide: true };
     };
-    if elsewhere.contains(id) {
-        return rejected(
-            o,
-            format!(
-                "inbox {id:?} is already bound to another Inbox in this cluster; two Inboxes never share one inbox"
-            ),
-        );
+    if let Some(claim) = elsewhere.get(id) {
+        return claimed_elsewhere(o, id, claim);
     }
     let note = format!(
         "adopted existing AgentSend inbox {} ({})",
@@ -574,10 +650,10 @@ fn create_or_recover(o: &Observed, key: ApiKey) -> Step {
         Some(Ok(c)) => c,
     };
     let Some(elsewhere) = &o.bound_elsewhere else {
-        return Step::FindBindings;
+        return Step::FindBindings { cluster_wide: true };
     };
     let since = pending.parse::<jiff::Timestamp>().ok();
-    match decide::recover_pending(&o.inbox.spec, since, candidates, elsewhere) {
+    match decide::recover_pending(&o.inbox.spec, since, candidates, &claimed_ids(elsewhere)) {
         Recovery::Bind(remote) => {
             let note = format!(
                 "created AgentSend inbox {} ({}); recovered after an interrupted create",
@@ -769,8 +845,13 @@ pub fn readiness_of(remote: &RemoteInbox) -> Readiness {
 // ----------------------------------------------------------------------------- cleanup
 
 fn cleanup(o: &Observed) -> Step {
+    if let Some(step) = held(o) {
+        return step;
+    }
     let policy = o.inbox.spec.deletion_policy;
-    if o.progress != Some(Reason::Deleting) {
+    // After a failed attempt the status shows that failure: a retry does not flip it back
+    // to `Deleting` (one status write per distinct outcome).
+    if o.progress != Some(Reason::Deleting) && o.failures == 0 {
         let deleting = Readiness::progressing(
             Reason::Deleting,
             format!("deleting (deletionPolicy {policy:?})"),
@@ -824,11 +905,20 @@ fn delete_remote(o: &Observed, bound: Option<String>, pending: Option<&str>) -> 
                 "cannot delete the AgentSend inbox: {msg}; restore the credentials or set deletionPolicy: Orphan"
             );
             let r = report(o, None, None, stalled(Reason::CredentialsMissing, m));
-            return Some(fail(Some(r), Failure::CredentialsMissing(msg.clone())));
+            return Some(fail(o, Some(r), Failure::CredentialsMissing(msg.clone())));
         }
     };
     let id = match (bound, pending) {
-        (Some(id), _) => id,
+        (Some(id), _) => {
+            // Delete only an inbox this Inbox owns: a second claimant only releases itself.
+            let Some(elsewhere) = &o.bound_elsewhere else {
+                return Some(Step::FindBindings { cluster_wide: true });
+            };
+            if elsewhere.get(&id).is_some_and(|c| c.prior) {
+                return None;
+            }
+            id
+        }
         (None, Some(pending)) => match interrupted_create(o, &key, pending)? {
             Ok(id) => id,
             Err(step) => return Some(step),
@@ -838,6 +928,7 @@ fn delete_remote(o: &Observed, bound: Option<String>, pending: Option<&str>) -> 
     match &o.deleted {
         None => Some(Step::DeleteInbox { key, id }),
         Some(Err(e)) => Some(fail(
+            o,
             Some(report(o, None, None, readiness_for_error(e))),
             Failure::Api(e.clone()),
         )),
@@ -855,14 +946,14 @@ fn delete_remote(o: &Observed, bound: Option<String>, pending: Option<&str>) -> 
 fn interrupted_create(o: &Observed, key: &ApiKey, pending: &str) -> Option<Result<String, Step>> {
     let candidates = match &o.candidates {
         None => return Some(Err(Step::ListCandidates { key: key.clone() })),
-        Some(Err(e)) => return Some(Err(fail(None, Failure::Api(e.clone())))),
+        Some(Err(e)) => return Some(Err(fail(o, None, Failure::Api(e.clone())))),
         Some(Ok(c)) => c,
     };
     let Some(elsewhere) = &o.bound_elsewhere else {
-        return Some(Err(Step::FindBindings));
+        return Some(Err(Step::FindBindings { cluster_wide: true }));
     };
     let since = pending.parse::<jiff::Timestamp>().ok();
-    match decide::recover_pending(&o.inbox.spec, since, candidates, elsewhere) {
+    match decide::recover_pending(&o.inbox.spec, since, candidates, &claimed_ids(elsewhere)) {
         Recovery::Bind(r) => Some(Ok(r.id)),
         Recovery::CreateNew => None,
         Recovery::Ambiguous(ids) if !o.announced(EventKind::CreationUncertain) => {
@@ -890,6 +981,32 @@ fn immutable(o: &Observed, m: &FieldMismatch) -> Step {
     done(report(o, None, None, r), Then::Settle)
 }
 
+/// The inbox IDs other Inboxes name.
+fn claimed_ids(elsewhere: &HashMap<String, Claim>) -> HashSet<String> {
+    elsewhere.keys().cloned().collect()
+}
+
+/// Refused: `claim`'s Inbox owns inbox `id`. Nothing is written but the status (which does
+/// not record the ID); the Inbox is looked at again when the owner goes away.
+fn claimed_elsewhere(o: &Observed, id: &str, claim: &Claim) -> Step {
+    let msg = format!(
+        "inbox {id:?} is already bound to Inbox {}; two Inboxes never share one inbox (this one writes no Secret and its deletion leaves the inbox alone)",
+        claim.owner
+    );
+    let mut r = report(o, None, None, stalled(Reason::Rejected, msg));
+    if r.status.inbox_id.as_deref() == Some(id) {
+        r.status.inbox_id = None;
+        r.changed = o.inbox.status.as_ref() != Some(&r.status);
+        if !r.changed {
+            r.events.clear();
+        }
+    }
+    Step::Done(Done {
+        blocked_on: Some(id.to_string()),
+        ..finish(Some(r), Then::Requeue(o.sync_interval * 5))
+    })
+}
+
 fn rejected(o: &Observed, msg: String) -> Step {
     done(
         report(o, None, None, stalled(Reason::Rejected, msg)),
@@ -910,15 +1027,22 @@ fn stale_view_retry(o: &Observed) -> Step {
 }
 
 /// Turn an AgentSend failure into conditions and a retry.
+/// Attempts that write (create, recovery, adoption) hold back passes over the same inputs
+/// for the retry delay; a failed observation of a bound inbox does not (the account's scan
+/// cache bounds those calls, and the counter sync wakes the Inbox when the account is back).
 fn api_failure(o: &Observed, e: &ApiError) -> Step {
-    let then = match retry_delay(e, o.failures, o.jitter) {
-        Some(d) => Then::Requeue(d),
-        None => Then::Settle,
-    };
+    let delay = retry_delay(e, o.failures, o.jitter);
+    let observing = o.inbox.bound_inbox_id().is_some()
+        && o.created.is_none()
+        && matches!(o.remote, Some(Lookup::Failed(_)));
     Step::Done(Done {
         failures: Failures::Bump,
         failed: Some(e.reason()),
-        ..finish(Some(report(o, None, None, readiness_for_error(e))), then)
+        hold: delay.filter(|_| !observing).map(|d| Hold::of(o, d)),
+        ..finish(
+            Some(report(o, None, None, readiness_for_error(e))),
+            delay.map_or(Then::Settle, Then::Requeue),
+        )
     })
 }
 
@@ -967,6 +1091,7 @@ pub fn error_retry(err: &Error, failures: u32, jitter: f64) -> Duration {
     match err {
         Error::Api(e) => retry_delay(e, failures, jitter).unwrap_or(Duration::from_secs(300)),
         Error::CredentialsMissing(_) => decide::backoff(failures.max(4), jitter),
+        Error::Backoff { retry, .. } | Error::Held(retry) => *retry,
         _ => decide::backoff(failures, jitter),
     }
 }
@@ -986,6 +1111,8 @@ fn finish(report: Option<Report>, then: Then) -> Done {
         failures: Failures::Keep,
         failed: None,
         release: false,
+        hold: None,
+        blocked_on: None,
     }
 }
 
@@ -997,12 +1124,36 @@ fn done_quietly(then: Then) -> Step {
     Step::Done(finish(None, then))
 }
 
-fn fail(report: Option<Report>, failure: Failure) -> Step {
+/// Fail a deletion pass: the finalizer stays, and passes over the same inputs wait for the
+/// reconcile backoff (or the API's own retry rule) instead of retrying on their own writes.
+fn fail(o: &Observed, report: Option<Report>, failure: Failure) -> Step {
     let report = report.map(|r| Report {
         best_effort: true,
         ..r
     });
-    Step::Done(finish(report, Then::Fail(failure)))
+    let delay = error_retry(&failure.clone().into(), o.failures, o.jitter);
+    Step::Done(Done {
+        hold: Some(Hold::of(o, delay)),
+        ..finish(report, Then::Fail(failure))
+    })
+}
+
+/// While a failed attempt over the same inputs backs off: do nothing until it has elapsed.
+/// (The key is read first: a new key is a new attempt.)
+fn held(o: &Observed) -> Option<Step> {
+    let hold = o.hold.as_ref()?;
+    if o.credentials.is_none() {
+        return Some(Step::ReadCredentials);
+    }
+    if !hold.matches(o) {
+        return None;
+    }
+    let then = match o.phase {
+        // A quiet Ok would let the finalizer go: the cleanup pass fails instead.
+        Phase::Cleanup => Then::Fail(Failure::Held(hold.remaining)),
+        Phase::Apply | Phase::Held => Then::Requeue(hold.remaining),
+    };
+    Some(done_quietly(then))
 }
 
 // ----------------------------------------------------------------------------- status
@@ -1086,7 +1237,7 @@ impl fmt::Display for Step {
             Step::Observe { id, .. } => write!(f, "observe {id}"),
             Step::Fetch { id, .. } => write!(f, "fetch {id}"),
             Step::ListCandidates { .. } => write!(f, "list candidates"),
-            Step::FindBindings => write!(f, "find bindings"),
+            Step::FindBindings { .. } => write!(f, "find bindings"),
             Step::MarkPending { unbind: None } => write!(f, "mark pending"),
             Step::MarkPending { unbind: Some(id) } => write!(f, "unbind {id} and mark pending"),
             Step::Progress(r) => write!(f, "progress {}", r.readiness.reason()),
@@ -1127,6 +1278,7 @@ impl fmt::Display for Done {
             Then::Fail(Failure::Api(e)) => write!(f, "; fail {}", e.reason())?,
             Then::Fail(Failure::CredentialsMissing(_)) => f.write_str("; fail credentials")?,
             Then::Fail(Failure::InvalidObject) => f.write_str("; fail invalid")?,
+            Then::Fail(Failure::Held(d)) => write!(f, "; held {d:?}")?,
         }
         match self.failures {
             Failures::Keep => {}
@@ -1135,6 +1287,12 @@ impl fmt::Display for Done {
         }
         if self.release {
             f.write_str("; release")?;
+        }
+        if let Some(h) = &self.hold {
+            write!(f, "; hold {:?}", h.remaining)?;
+        }
+        if let Some(id) = &self.blocked_on {
+            write!(f, "; wait for the owner of {id}")?;
         }
         Ok(())
     }
@@ -1169,6 +1327,30 @@ mod tests {
         ApiError::Transient {
             status: Some(503),
             message: "down".into(),
+        }
+    }
+
+    fn unauthorized() -> ApiError {
+        ApiError::Unauthorized {
+            status: 401,
+            message: "bad key".into(),
+        }
+    }
+
+    /// A failed attempt over these inputs, with 250 s left.
+    fn hold(phase: Phase, generation: Option<i64>, key: Option<ApiKey>) -> Hold {
+        Hold {
+            phase,
+            generation,
+            key,
+            remaining: Duration::from_secs(250),
+        }
+    }
+
+    fn owner_claim(prior: bool) -> Claim {
+        Claim {
+            owner: "other/owner".into(),
+            prior,
         }
     }
 
@@ -1226,8 +1408,15 @@ mod tests {
         fn remembered(self) -> Self {
             self.with(|o| o.remembered_key = Some(key()))
         }
+        /// Bound by annotation; the binding index read, nobody else claiming anything (unless
+        /// `elsewhere` says otherwise).
         fn bound(self, id: &str) -> Self {
-            self.ann(crd::ANNOTATION_INBOX_ID, id)
+            self.ann(crd::ANNOTATION_INBOX_ID, id).with(|o| {
+                o.bound_elsewhere.get_or_insert_with(HashMap::new);
+            })
+        }
+        fn index_unread(self) -> Self {
+            self.with(|o| o.bound_elsewhere = None)
         }
         fn pending(self) -> Self {
             self.ann(crd::ANNOTATION_CREATE_PENDING, MARKED_AT)
@@ -1257,9 +1446,13 @@ mod tests {
         fn candidates(self, c: Vec<RemoteInbox>) -> Self {
             self.with(|o| o.candidates = Some(Ok(c)))
         }
+        /// Other Inboxes own these IDs (they hold them ahead of this one).
         fn elsewhere(self, ids: &[&str]) -> Self {
-            let ids = ids.iter().map(|s| s.to_string()).collect();
-            self.with(|o| o.bound_elsewhere = Some(ids))
+            let claims = ids
+                .iter()
+                .map(|s| (s.to_string(), owner_claim(true)))
+                .collect();
+            self.with(|o| o.bound_elsewhere = Some(claims))
         }
         fn marked(self, m: Marked) -> Self {
             self.with(|o| o.marked = Some(m))
@@ -1289,6 +1482,7 @@ mod tests {
         fn converged(self, r: RemoteInbox) -> Self {
             self.key()
                 .bound(&r.id.clone())
+                .elsewhere(&[])
                 .found(r.clone())
                 .registered()
                 .secret_for(&r)
@@ -1426,7 +1620,7 @@ mod tests {
             (
                 "create outcome unknown (5xx): the mark stays, ApiUnavailable, backoff",
                 obs().key().pending().created(Err(transient())),
-                "done ApiUnavailable; requeue 500ms; count failure",
+                "done ApiUnavailable; requeue 500ms; count failure; hold 500ms",
             ),
             (
                 "rejected at this generation: no second create",
@@ -1450,7 +1644,7 @@ mod tests {
                     .key()
                     .pending()
                     .with(|o| o.candidates = Some(Err(transient()))),
-                "done ApiUnavailable; requeue 500ms; count failure",
+                "done ApiUnavailable; requeue 500ms; count failure; hold 500ms",
             ),
             (
                 "listed: collect the IDs other Inboxes hold (one owner)",
@@ -1600,8 +1794,49 @@ mod tests {
             ),
             (
                 "bound through status only (restored backup): pin the annotation",
-                obs().key().status(ready_status(&inb1())).found(inb1()),
+                obs()
+                    .key()
+                    .status(ready_status(&inb1()))
+                    .elsewhere(&[])
+                    .found(inb1()),
                 "record binding inb_1",
+            ),
+            // ---- one owner on every path
+            (
+                "bound: the binding index is read before any AgentSend call",
+                obs().key().bound("inb_1").index_unread(),
+                "find bindings",
+            ),
+            (
+                "bound by annotation to an inbox another Inbox holds: Rejected naming it, no Secret, looked at again when it goes",
+                obs().key().bound("inb_1").elsewhere(&["inb_1"]),
+                "done Rejected +Rejected; requeue 300s; wait for the owner of inb_1",
+            ),
+            (
+                "bound through status only to an inbox another Inbox holds: Rejected too",
+                obs()
+                    .key()
+                    .status(ready_status(&inb1()))
+                    .elsewhere(&["inb_1"]),
+                "done Rejected +Rejected; requeue 300s; wait for the owner of inb_1",
+            ),
+            (
+                "a newer copy names the same inbox: the original keeps it",
+                obs().key().bound("inb_1").with(|o| {
+                    o.bound_elsewhere =
+                        Some(HashMap::from([("inb_1".to_string(), owner_claim(false))]));
+                }),
+                "observe inb_1",
+            ),
+            (
+                "deleting a bound Inbox: ownership is checked before any DELETE",
+                obs().deleting().bound("inb_1").key().index_unread(),
+                "find bindings",
+            ),
+            (
+                "a second claimant's deletion never calls AgentSend: it only releases itself",
+                obs().deleting().bound("inb_1").key().elsewhere(&["inb_1"]),
+                "read secret mail",
             ),
             (
                 "an empty inbox-id annotation means explicitly unbound",
@@ -1744,7 +1979,7 @@ mod tests {
             (
                 "adopting fails on the API: ApiUnavailable",
                 obs().key().adopting("inb_9").lookup_failed(transient()),
-                "done ApiUnavailable; requeue 500ms; count failure",
+                "done ApiUnavailable; requeue 500ms; count failure; hold 500ms",
             ),
             (
                 "adopting with a different address in the spec: Rejected",
@@ -1770,7 +2005,7 @@ mod tests {
                     .adopting("inb_9")
                     .found(remote("inb_9", "x@agentsend.io"))
                     .elsewhere(&["inb_9"]),
-                "done Rejected +Rejected; settle",
+                "done Rejected +Rejected; requeue 300s; wait for the owner of inb_9",
             ),
             (
                 "adopting: bind and announce Adopted",
@@ -1790,6 +2025,84 @@ mod tests {
                     .found(remote("inb_9", "x@agentsend.io"))
                     .with(|o| o.bound_now = true),
                 "register inb_9",
+            ),
+            // ---- backing off from a failed attempt (no pass is started by its own writes)
+            (
+                "a 401 on create: CredentialsInvalid, the slow credentials retry, and passes over the same key hold back as long",
+                obs()
+                    .key()
+                    .created(Err(unauthorized()))
+                    .with(|o| o.pending_cleared = true),
+                "done CredentialsInvalid +CredentialsInvalid; requeue 300s; count failure; hold 300s",
+            ),
+            (
+                "a 503 on create: ApiUnavailable, the reconcile backoff, held as long",
+                obs()
+                    .key()
+                    .pending()
+                    .marked(Marked::Yes)
+                    .progress(Reason::Creating)
+                    .created(Err(transient())),
+                "done ApiUnavailable; requeue 500ms; count failure; hold 500ms",
+            ),
+            (
+                "woken (by its own writes) while holding back: nothing at all until the hold ends",
+                obs()
+                    .key()
+                    .with(|o| o.hold = Some(hold(Phase::Apply, Some(2), Some(key())))),
+                "done; requeue 250s",
+            ),
+            (
+                "holding back: the key is read first (a new key is a new attempt)",
+                obs().with(|o| o.hold = Some(hold(Phase::Apply, Some(2), Some(key())))),
+                "read credentials",
+            ),
+            (
+                "the key was fixed: the held attempt does not apply, work resumes at once",
+                obs().key().with(|o| {
+                    o.hold = Some(hold(Phase::Apply, Some(2), ApiKey::new("old")));
+                }),
+                "mark pending",
+            ),
+            (
+                "the spec changed: a new generation is a new attempt",
+                obs()
+                    .key()
+                    .with(|o| o.hold = Some(hold(Phase::Apply, Some(1), Some(key())))),
+                "mark pending",
+            ),
+            (
+                "a failed observation of a bound inbox holds nothing back (the counter sync wakes it)",
+                obs().key().bound("inb_1").lookup_failed(transient()),
+                "done ApiUnavailable; requeue 500ms; count failure",
+            ),
+            (
+                "deleting while an apply attempt holds: deletion starts at once",
+                obs()
+                    .with(|o| o.phase = Phase::Cleanup)
+                    .key()
+                    .with(|o| o.hold = Some(hold(Phase::Apply, Some(2), Some(key())))),
+                "progress Deleting",
+            ),
+            (
+                "a failed deletion holds back: the pass fails quietly (the finalizer stays), no status write",
+                obs()
+                    .with(|o| o.phase = Phase::Cleanup)
+                    .bound("inb_1")
+                    .key()
+                    .with(|o| o.hold = Some(hold(Phase::Cleanup, Some(2), Some(key())))),
+                "done; held 250s",
+            ),
+            (
+                "retrying a failed deletion: its failure stays reported, no flip back to Deleting",
+                obs()
+                    .with(|o| {
+                        o.phase = Phase::Cleanup;
+                        o.failures = 2;
+                    })
+                    .bound("inb_1")
+                    .key(),
+                "delete inbox inb_1",
             ),
             // ---- delete
             (
@@ -1829,7 +2142,7 @@ mod tests {
             (
                 "Delete without any key: CredentialsMissing, the finalizer stays",
                 obs().deleting().bound("inb_1").no_key(),
-                "done CredentialsMissing; fail credentials",
+                "done CredentialsMissing; fail credentials; hold 8s",
             ),
             (
                 "the delete call fails: the finalizer stays, retried",
@@ -1838,7 +2151,7 @@ mod tests {
                     .bound("inb_1")
                     .key()
                     .with(|o| o.deleted = Some(Err(transient()))),
-                "done ApiUnavailable; fail transient",
+                "done ApiUnavailable; fail transient; hold 500ms",
             ),
             (
                 "deleted (or already gone): drop the observation",
@@ -1874,7 +2187,7 @@ mod tests {
                     .pending()
                     .key()
                     .with(|o| o.candidates = Some(Err(transient()))),
-                "done; fail transient",
+                "done; fail transient; hold 500ms",
             ),
             (
                 "one match: delete it",
