@@ -888,7 +888,8 @@ fn count_writes(
     (writes, task)
 }
 
-fn key_secret(name: &str, key: &str) -> Secret {
+/// The Secret `name` holding `key` under `apiKey`.
+fn named_key_secret(name: &str, key: &str) -> Secret {
     Secret {
         metadata: kube::api::ObjectMeta {
             name: Some(name.into()),
@@ -906,7 +907,10 @@ fn key_secret(name: &str, key: &str) -> Secret {
 async fn a_bad_key_never_loops_creates() {
     let env = Env::start_with(|s| s.default_key = DefaultKey::None).await;
     env.secrets()
-        .create(&PostParams::default(), &key_secret("bad-key", "sk_wrong"))
+        .create(
+            &PostParams::default(),
+            &named_key_secret("bad-key", "sk_wrong"),
+        )
         .await
         .unwrap();
     let spec = InboxSpec {
@@ -934,7 +938,7 @@ async fn a_bad_key_never_loops_creates() {
         .replace(
             "bad-key",
             &PostParams::default(),
-            &key_secret("bad-key", "sk_fixed"),
+            &named_key_secret("bad-key", "sk_fixed"),
         )
         .await
         .unwrap();
