@@ -34,7 +34,7 @@ use super::decide::{self, FieldMismatch, Recovery, SecretPlan};
 use super::events::{EventKind, InboxEvent};
 use super::status::{self, Readiness, StatusInput};
 use crate::agentsend::{
-    ApiError, ApiKey, CreateInbox, DEFAULT_RETRY_AFTER, InboxState, RemoteInbox,
+    ApiError, ApiKey, CreateInbox, DEFAULT_RETRY_AFTER, InboxState, MAX_RETRY_AFTER, RemoteInbox,
 };
 use crate::crd::{self, ConditionStatus, DeletionPolicy, Inbox, InboxStatus, Reason};
 
@@ -575,7 +575,7 @@ fn vanished(o: &Observed, key: ApiKey, id: &str) -> Step {
         );
         return done(
             report(o, None, None, stalled(Reason::InboxNotFound, msg)),
-            Then::Requeue(o.sync_interval * 5),
+            Then::Requeue(o.sync_interval.saturating_mul(5)),
         );
     }
     match o.marked {
@@ -604,7 +604,7 @@ fn adopt(o: &Observed, key: ApiKey, id: &str) -> Step {
             );
             return done(
                 report(o, None, None, stalled(Reason::InboxNotFound, msg)),
-                Then::Requeue(o.sync_interval * 5),
+                Then::Requeue(o.sync_interval.saturating_mul(5)),
             );
         }
         Some(Lookup::Found(r)) => r,
@@ -1003,7 +1003,7 @@ fn claimed_elsewhere(o: &Observed, id: &str, claim: &Claim) -> Step {
     }
     Step::Done(Done {
         blocked_on: Some(id.to_string()),
-        ..finish(Some(r), Then::Requeue(o.sync_interval * 5))
+        ..finish(Some(r), Then::Requeue(o.sync_interval.saturating_mul(5)))
     })
 }
 
@@ -1068,14 +1068,21 @@ pub fn readiness_for_error(e: &ApiError) -> Readiness {
 /// spec to change. `failures` counts consecutive failures of this Inbox (0 for the first);
 /// `jitter` in [0, 1) spreads retries so many Inboxes do not retry at once.
 pub fn retry_delay(err: &ApiError, failures: u32, jitter: f64) -> Option<Duration> {
-    let jitter = jitter.clamp(0.0, 0.999);
+    // `clamp` keeps NaN, which `mul_f64` would panic on.
+    let jitter = if jitter.is_nan() {
+        0.0
+    } else {
+        jitter.clamp(0.0, 0.999)
+    };
     match err {
         ApiError::Rejected { .. } => None,
         ApiError::RateLimited { retry_after, .. } => {
-            let base = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+            let base = retry_after
+                .unwrap_or(DEFAULT_RETRY_AFTER)
+                .min(MAX_RETRY_AFTER);
             // Never earlier than Retry-After; spread up to 20 % (at least 1 s) later.
             let spread = (base.mul_f64(0.2)).max(Duration::from_secs(1));
-            Some(base + spread.mul_f64(jitter))
+            Some(base.saturating_add(spread.mul_f64(jitter)))
         }
         ApiError::Unauthorized { .. } | ApiError::Config { .. } => {
             Some(Duration::from_secs(300) + Duration::from_secs(60).mul_f64(jitter))
@@ -2415,3 +2422,15 @@ mod tests {
         assert!(transition_events(None, &before, &creating).is_empty());
     }
 }
+    fn absurd_retry_after_is_bounded() {
+        let limited = ApiError::RateLimited {
+            retry_after: Some(Duration::MAX),
+            message: String::new(),
+        };
+        for j in [0.0, 0.99, f64::NAN, f64::INFINITY, -1.0] {
+            let d = retry_delay(&limited, u32::MAX, j).unwrap();
+            assert!(d <= MAX_RETRY_AFTER.mul_f64(1.2), "{d:?}");
+        }
+    }
+
+    #[test]
