@@ -748,6 +748,17 @@ fn converge(o: &Observed, key: ApiKey, remote: &RemoteInbox) -> Step {
             id: remote.id.clone(),
         };
     }
+    let spec_secret = o.inbox.spec.secret.as_ref();
+    if let Err(e) = crate::meta::check_secret_metadata(
+        spec_secret.and_then(|s| s.labels.as_ref()),
+        spec_secret.and_then(|s| s.annotations.as_ref()),
+    ) {
+        let msg = format!("{e}; Kubernetes would refuse the Secret, so it is not written");
+        return done(
+            report(o, Some(remote), None, stalled(Reason::Rejected, msg)),
+            Then::Settle,
+        );
+    }
     let name = o.inbox.secret_name();
     let existing = match o.secrets.get(&name) {
         None => return Step::ReadSecret { name },
@@ -1901,6 +1912,19 @@ mod tests {
                 "done SecretConflict +SecretConflict; requeue 30s; reset failures",
             ),
             (
+                "spec.secret.labels Kubernetes would refuse: Rejected, the Secret is not written",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .found(inb1())
+                    .registered()
+                    .spec(|s| {
+                        s.secret.get_or_insert_default().labels =
+                            Some([(format!("{}/x", "p".repeat(254)), "v".into())].into());
+                    }),
+                "done Rejected +Rejected; settle",
+            ),
+            (
                 "active, Secret in place: Ready",
                 obs().converged(inb1()),
                 "done Ready; settle; reset failures",
@@ -2399,6 +2423,18 @@ mod tests {
     }
 
     #[test]
+    fn absurd_retry_after_is_bounded() {
+        let limited = ApiError::RateLimited {
+            retry_after: Some(Duration::MAX),
+            message: String::new(),
+        };
+        for j in [0.0, 0.99, f64::NAN, f64::INFINITY, -1.0] {
+            let d = retry_delay(&limited, u32::MAX, j).unwrap();
+            assert!(d <= MAX_RETRY_AFTER.mul_f64(1.2), "{d:?}");
+        }
+    }
+
+    #[test]
     fn failed_passes_are_retried_by_cause() {
         let missing = Error::CredentialsMissing("x".into());
         assert!(error_retry(&missing, 0, 0.0) >= Duration::from_secs(8));
@@ -2422,15 +2458,3 @@ mod tests {
         assert!(transition_events(None, &before, &creating).is_empty());
     }
 }
-    fn absurd_retry_after_is_bounded() {
-        let limited = ApiError::RateLimited {
-            retry_after: Some(Duration::MAX),
-            message: String::new(),
-        };
-        for j in [0.0, 0.99, f64::NAN, f64::INFINITY, -1.0] {
-            let d = retry_delay(&limited, u32::MAX, j).unwrap();
-            assert!(d <= MAX_RETRY_AFTER.mul_f64(1.2), "{d:?}");
-        }
-    }
-
-    #[test]
