@@ -4,6 +4,9 @@ mod client;
 mod error;
 mod types;
 
+#[cfg(test)]
+mod proptests;
+
 pub use client::{
     AgentSendClient, ClientOptions, DEFAULT_RETRY_AFTER, MAX_BODY_BYTES, MAX_PAGES, PAGE_SIZE,
     RequestObserver, next_page,
