@@ -13,6 +13,8 @@ pub const MAX_LABEL_VALUE_LEN: usize = 63;
 pub const MAX_QUALIFIED_NAME_LEN: usize = 63;
 /// Longest prefix of a qualified name (a DNS subdomain).
 pub const MAX_PREFIX_LEN: usize = 253;
+/// Largest total size of an object's annotations (keys and values) Kubernetes accepts.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 /// Characters of the name kept in front of the hash by [`label_value_for_name`].
 const HASHED_PREFIX_LEN: usize = 50;
 /// Hex characters of SHA-256 appended by [`label_value_for_name`].
@@ -40,6 +42,14 @@ pub enum MetaError {
         field: &'static str,
         /// The key whose value is refused (truncated).
         key: String,
+    },
+    /// Annotations larger in total than Kubernetes stores.
+    #[error(
+        "spec.secret.annotations: {bytes} bytes in total, more than the 262144 Kubernetes accepts"
+    )]
+    AnnotationsTooLarge {
+        /// Total size of keys and values.
+        bytes: usize,
     },
 }
 
@@ -129,6 +139,14 @@ pub fn check_secret_metadata(
             });
         }
     }
+    let bytes: usize = annotations
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| k.len().saturating_add(v.len()))
+        .fold(0, usize::saturating_add);
+    if bytes > MAX_ANNOTATIONS_BYTES {
+        return Err(MetaError::AnnotationsTooLarge { bytes });
+    }
     for k in annotations.into_iter().flatten().map(|(k, _)| k) {
         if !is_qualified_name(k) {
             let field = "spec.secret.annotations";
@@ -210,5 +228,8 @@ mod tests {
         assert!(matches!(e, MetaError::InvalidKey { .. }));
         let e = check_secret_metadata(None, Some(&m("a/b/c", "v"))).unwrap_err();
         assert!(e.to_string().contains("spec.secret.annotations"), "{e}");
+        let huge = m("note", &"x".repeat(MAX_ANNOTATIONS_BYTES));
+        let e = check_secret_metadata(None, Some(&huge)).unwrap_err();
+        assert!(matches!(e, MetaError::AnnotationsTooLarge { .. }), "{e}");
     }
 }
