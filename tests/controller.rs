@@ -146,6 +146,40 @@ async fn long_inbox_name_gets_its_secret() {
     env.stop().await;
 }
 
+/// A label key the CRD's CEL rule lets through (its size check is approximate) but the API
+/// server would refuse on the Secret: a prefix over 253 characters. The Inbox says so in its
+/// Ready condition and no Secret is written; fixing the spec writes it.
+#[tokio::test]
+async fn secret_label_kubernetes_refuses_is_a_condition() {
+    let env = Env::start().await;
+    let prefix = vec!["p".repeat(63); 4].join("."); // 255 characters, each part valid
+    let key = format!("{prefix}/team");
+    let spec = InboxSpec {
+        secret: Some(SecretSpec {
+            labels: Some(BTreeMap::from([(key, "care".into())])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    env.create("badlabel", spec).await;
+    let i = env.wait_ready("badlabel", "False", "Rejected").await;
+    let msg = ready(&i).map(|c| c.message.clone()).unwrap_or_default();
+    assert!(msg.contains("spec.secret.labels"), "{msg}");
+    assert_eq!(cond(&i, "Stalled").map(|c| c.status.as_str()), Some("True"));
+    assert!(env.secret("badlabel").await.is_none(), "no Secret written");
+    env.inboxes()
+        .patch(
+            "badlabel",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"secret": {"labels": null}}})),
+        )
+        .await
+        .expect("fix the spec");
+    env.wait_ready("badlabel", "True", "Ready").await;
+    assert!(env.secret("badlabel").await.is_some());
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn custom_domain_address_lands_in_secret() {
     let env = Env::start().await;
