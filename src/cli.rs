@@ -34,8 +34,84 @@ pub enum LogFormat {
     Json,
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 30s, 5m, 1h)"))
+/// Why a duration flag is refused at start-up.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DurationFlagError {
+    /// Not a duration at all.
+    #[error("{0} (examples: 30s, 5m, 1h)")]
+    Unparsable(String),
+    /// Below the flag's minimum.
+    #[error("{got} is too short: at least {min} (examples: 30s, 5m, 1h)")]
+    TooShort {
+        /// The value given.
+        got: String,
+        /// The smallest accepted.
+        min: String,
+    },
+    /// Above the flag's maximum.
+    #[error("{got} is too long: at most {max} (examples: 30s, 5m, 1h)")]
+    TooLong {
+        /// The value given.
+        got: String,
+        /// The largest accepted.
+        max: String,
+    },
+}
+
+/// Bounds of the duration flags (inclusive), checked at start-up.
+pub mod limits {
+    use std::time::Duration;
+
+    /// `--sync-interval`: a counter scan per account per interval; below 1 s it is a hot loop,
+    /// above a day the mirrored counters are meaningless (they reset daily).
+    pub const SYNC_INTERVAL: (Duration, Duration) =
+        (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+    /// `--lease-duration`: renewed after half of it, writes stop at three quarters; below 4 s
+    /// renewals cannot be confirmed in time, above an hour a crashed leader stalls every Inbox
+    /// for that long.
+    pub const LEASE_DURATION: (Duration, Duration) =
+        (Duration::from_secs(4), Duration::from_secs(3600));
+    /// `--agentsend-timeout`: per request; zero would fail every call.
+    pub const AGENTSEND_TIMEOUT: (Duration, Duration) =
+        (Duration::from_millis(100), Duration::from_secs(300));
+    /// `simulator --latency`.
+    pub const SIMULATOR_LATENCY: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(60));
+}
+
+/// Parse a duration and check it lies within `(min, max)`.
+fn bounded(s: &str, (min, max): (Duration, Duration)) -> Result<Duration, DurationFlagError> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| DurationFlagError::Unparsable(e.to_string()))?;
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    if d < min {
+        return Err(DurationFlagError::TooShort {
+            got: s.trim().to_string(),
+            min: show(min),
+        });
+    }
+    if d > max {
+        return Err(DurationFlagError::TooLong {
+            got: s.trim().to_string(),
+            max: show(max),
+        });
+    }
+    Ok(d)
+}
+
+fn sync_interval(s: &str) -> Result<Duration, DurationFlagError> {
+    bounded(s, limits::SYNC_INTERVAL)
+}
+
+fn lease_duration(s: &str) -> Result<Duration, DurationFlagError> {
+    bounded(s, limits::LEASE_DURATION)
+}
+
+fn agentsend_timeout(s: &str) -> Result<Duration, DurationFlagError> {
+    bounded(s, limits::AGENTSEND_TIMEOUT)
+}
+
+fn simulator_latency(s: &str) -> Result<Duration, DurationFlagError> {
+    bounded(s, limits::SIMULATOR_LATENCY)
 }
 
 /// Flags of `inbox-operator run`.
@@ -58,13 +134,13 @@ pub struct RunArgs {
     #[arg(long, env = "INBOX_OPERATOR_NO_DEFAULT_KEY")]
     pub no_default_key: bool,
 
-    /// How often counters are refreshed from AgentSend (one list scan per account).
-    #[arg(long, env = "INBOX_OPERATOR_SYNC_INTERVAL", default_value = "60s", value_parser = duration)]
+    /// How often counters are refreshed from AgentSend (one list scan per account); 1s–24h.
+    #[arg(long, env = "INBOX_OPERATOR_SYNC_INTERVAL", default_value = "60s", value_parser = sync_interval)]
     pub sync_interval: Duration,
 
     /// Reconciles running at once, per watched scope: one pool when watching all namespaces,
     /// one pool per namespace when --namespace lists several (so 3 namespaces allow 3x this).
-    #[arg(long, env = "INBOX_OPERATOR_CONCURRENCY", default_value_t = 16)]
+    #[arg(long, env = "INBOX_OPERATOR_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
     /// Namespaces to watch (comma-separated or repeated); default: all.
@@ -99,10 +175,10 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
-    /// How long a leader's Lease stays valid without renewal (whole seconds, at least 4s).
+    /// How long a leader's Lease stays valid without renewal (whole seconds, 4s–1h).
     /// The leader renews after half of it and stops writing three quarters of it after its
     /// last confirmed renewal, before another instance may take over.
-    #[arg(long, env = "INBOX_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    #[arg(long, env = "INBOX_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = lease_duration)]
     pub lease_duration: Duration,
 
     /// Identity in the Lease and on events (default: POD_NAME or the host name).
@@ -118,24 +194,25 @@ pub struct RunArgs {
     )]
     pub log_format: LogFormat,
 
-    /// Sustained AgentSend requests per second (all accounts together).
-    #[arg(long, env = "INBOX_OPERATOR_AGENTSEND_RATE", default_value_t = 50)]
+    /// Sustained AgentSend requests per second (all accounts together); at least 1.
+    #[arg(long, env = "INBOX_OPERATOR_AGENTSEND_RATE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub agentsend_rate: u32,
 
     /// Burst of AgentSend requests allowed above the sustained rate.
     #[arg(long, env = "INBOX_OPERATOR_AGENTSEND_BURST", default_value_t = 100)]
     pub agentsend_burst: u32,
 
-    /// AgentSend requests in flight at once.
+    /// AgentSend requests in flight at once; 1–10000.
     #[arg(
         long,
         env = "INBOX_OPERATOR_AGENTSEND_CONCURRENCY",
-        default_value_t = 32
+        default_value_t = 32,
+        value_parser = clap::value_parser!(u16).range(1..=10_000)
     )]
-    pub agentsend_concurrency: usize,
+    pub agentsend_concurrency: u16,
 
-    /// Timeout of one AgentSend request.
-    #[arg(long, env = "INBOX_OPERATOR_AGENTSEND_TIMEOUT", default_value = "10s", value_parser = duration)]
+    /// Timeout of one AgentSend request; 100ms–5m.
+    #[arg(long, env = "INBOX_OPERATOR_AGENTSEND_TIMEOUT", default_value = "10s", value_parser = agentsend_timeout)]
     pub agentsend_timeout: Duration,
 }
 
@@ -153,8 +230,8 @@ pub struct SimulatorArgs {
         default_value = "sim-key"
     )]
     pub api_keys: Vec<String>,
-    /// Latency added to every API request.
-    #[arg(long, default_value = "0ms", value_parser = duration)]
+    /// Latency added to every API request; at most 1m.
+    #[arg(long, default_value = "0ms", value_parser = simulator_latency)]
     pub latency: Duration,
 }
 
@@ -190,6 +267,72 @@ mod tests {
     #[test]
     fn api_key_is_not_a_flag() {
         assert!(Cli::try_parse_from(["inbox-operator", "run", "--api-key", "x"]).is_err());
+    }
+
+    fn run_err(args: &[&str]) -> String {
+        let mut argv = vec!["inbox-operator", "run"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn duration_flags_are_bounded() {
+        for (flag, bad, says) in [
+            ("--sync-interval", "0s", "too short"),
+            ("--sync-interval", "500ms", "too short"),
+            ("--sync-interval", "2days", "too long"),
+            ("--sync-interval", "99999999999999999999s", "examples"),
+            ("--sync-interval=-5s", "", "examples"),
+            ("--lease-duration", "0s", "too short"),
+            ("--lease-duration", "2h", "too long"),
+            ("--agentsend-timeout", "0s", "too short"),
+            ("--agentsend-timeout", "1h", "too long"),
+        ] {
+            let args: Vec<&str> = [flag, bad].into_iter().filter(|a| !a.is_empty()).collect();
+            let e = run_err(&args);
+            let name = flag.split('=').next().unwrap_or(flag);
+            assert!(e.contains(says) && e.contains(name), "{flag} {bad}: {e}");
+        }
+        let e = run_err(&["--sync-interval", "0s"]);
+        assert!(e.contains("at least 1s"), "{e}");
+        let e = run_err(&["--sync-interval", "25h"]);
+        assert!(e.contains("at most 1day"), "{e}");
+    }
+
+    #[test]
+    fn duration_flag_limits_are_accepted() {
+        let cli = Cli::try_parse_from([
+            "inbox-operator",
+            "run",
+            "--sync-interval",
+            "24h",
+            "--lease-duration",
+            "4s",
+            "--agentsend-timeout",
+            "100ms",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(a.sync_interval, Duration::from_secs(86_400));
+        assert_eq!(a.lease_duration, Duration::from_secs(4));
+        assert_eq!(a.agentsend_timeout, Duration::from_millis(100));
+        let sim = Cli::try_parse_from(["inbox-operator", "simulator", "--latency", "2m"]);
+        assert!(sim.unwrap_err().to_string().contains("too long"));
+    }
+
+    #[test]
+    fn counts_must_be_positive() {
+        for flag in [
+            "--concurrency",
+            "--agentsend-rate",
+            "--agentsend-concurrency",
+        ] {
+            let e = run_err(&[flag, "0"]);
+            assert!(e.contains(flag), "{flag}: {e}");
+        }
+        assert!(run_err(&["--agentsend-concurrency", "10001"]).contains("10001"));
     }
 
     #[test]

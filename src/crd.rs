@@ -23,8 +23,11 @@ pub const ANNOTATION_PAUSED: &str = "agentsend.io/paused";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Value of [`LABEL_MANAGED_BY`].
 pub const MANAGED_BY: &str = "inbox-operator";
-/// Label naming the Inbox that owns a Secret.
+/// Label naming the Inbox that owns a Secret: the Inbox's name, or for names longer than a
+/// label value allows, a shortened form with a hash ([`crate::meta::label_value_for_name`]).
 pub const LABEL_INBOX: &str = "agentsend.io/inbox";
+/// Annotation on every Secret the operator writes: the owning Inbox's full name.
+pub const ANNOTATION_INBOX_NAME: &str = "agentsend.io/inbox-name";
 /// Field manager used for every server-side apply.
 pub const FIELD_MANAGER: &str = "inbox-operator";
 /// Default key inside a credentials Secret.
@@ -252,6 +255,14 @@ pub struct InboxSpec {
     pub credentials: Option<CredentialsSpec>,
 }
 
+/// A valid label value: empty, or at most 63 of `[A-Za-z0-9-_.]` with alphanumeric ends
+/// (the length is checked by `maxLength`).
+const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
+/// CEL: every key is a qualified name (`[DNS-subdomain prefix/]name`, name ≤ 63). The prefix's
+/// 253-character limit is approximated by the total size; the controller checks it exactly.
+const QUALIFIED_KEYS_RULE: &str = r"self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))";
+const QUALIFIED_KEYS_MESSAGE: &str = "keys must be qualified names: an optional DNS subdomain prefix and '/', then at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric";
+
 /// Where the address is published.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -263,11 +274,20 @@ pub struct SecretSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
     )]
     pub name: Option<String>,
-    /// Extra labels for the Secret.
+    /// Extra labels for the Secret (keys: qualified names; values: valid label values).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend(
+        "maxProperties" = 100,
+        "additionalProperties" = {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN},
+        "x-kubernetes-validations" = [{"rule": QUALIFIED_KEYS_RULE, "message": QUALIFIED_KEYS_MESSAGE}]
+    ))]
     pub labels: Option<BTreeMap<String, String>>,
-    /// Extra annotations for the Secret.
+    /// Extra annotations for the Secret (keys: qualified names).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend(
+        "maxProperties" = 100,
+        "x-kubernetes-validations" = [{"rule": QUALIFIED_KEYS_RULE, "message": QUALIFIED_KEYS_MESSAGE}]
+    ))]
     pub annotations: Option<BTreeMap<String, String>>,
 }
 

@@ -10,6 +10,7 @@
 pub mod agentsend;
 pub mod controller;
 pub mod crd;
+pub mod meta;
 pub mod metrics;
 pub mod simulator;
 

@@ -212,7 +212,7 @@ fn agentsend_client(
         timeout: args.agentsend_timeout,
         requests_per_second: args.agentsend_rate,
         burst: args.agentsend_burst,
-        max_concurrency: args.agentsend_concurrency,
+        max_concurrency: usize::from(args.agentsend_concurrency),
         ..ClientOptions::default()
     };
     AgentSendClient::with_observer(&args.agentsend_url, opts, Some(observer))

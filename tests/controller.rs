@@ -99,6 +99,87 @@ async fn create_binds_writes_secret_and_mirrors_status() {
     env.stop().await;
 }
 
+/// Kubernetes names go up to 253 characters, label values only to 63: an Inbox with a long
+/// name still gets its Secret, labelled with a shortened name plus hash, the full name in the
+/// `agentsend.io/inbox-name` annotation, and the Secret is found again by that label.
+#[tokio::test]
+async fn long_inbox_name_gets_its_secret() {
+    let env = Env::start().await;
+    let name = format!("{}-end", "a-very-long-inbox-name".repeat(8));
+    assert!(name.len() > 70 && name.len() <= 253);
+    env.create(&name, InboxSpec::default()).await;
+    let i = env.wait_ready(&name, "True", "Ready").await;
+    let remote = env.sim.inbox(&status_id(&i)).expect("remote inbox");
+    let s = wait_for("the Secret holds the address", T, || async {
+        env.secret(&name)
+            .await
+            .filter(|s| data(s, "address") == remote.address)
+    })
+    .await;
+    let label = s
+        .labels()
+        .get("agentsend.io/inbox")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        label.len() <= 63 && label.starts_with(&name[..50]),
+        "{label}"
+    );
+    assert_eq!(
+        s.annotations().get("agentsend.io/inbox-name"),
+        Some(&name),
+        "the full name is annotated"
+    );
+    let by_label = env
+        .secrets()
+        .list(&kube::api::ListParams::default().labels(&format!("agentsend.io/inbox={label}")))
+        .await
+        .expect("list by label");
+    assert_eq!(by_label.items.len(), 1, "the label selects the Secret");
+    // The label is stable: no rewrite loop.
+    let rv = s.resource_version();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        env.secret(&name).await.and_then(|s| s.resource_version()),
+        rv
+    );
+    env.stop().await;
+}
+
+/// A label key the CRD's CEL rule lets through (its size check is approximate) but the API
+/// server would refuse on the Secret: a prefix over 253 characters. The Inbox says so in its
+/// Ready condition and no Secret is written; fixing the spec writes it.
+#[tokio::test]
+async fn secret_label_kubernetes_refuses_is_a_condition() {
+    let env = Env::start().await;
+    let prefix = vec!["p".repeat(63); 4].join("."); // 255 characters, each part valid
+    let key = format!("{prefix}/team");
+    let spec = InboxSpec {
+        secret: Some(SecretSpec {
+            labels: Some(BTreeMap::from([(key, "care".into())])),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    env.create("badlabel", spec).await;
+    let i = env.wait_ready("badlabel", "False", "Rejected").await;
+    let msg = ready(&i).map(|c| c.message.clone()).unwrap_or_default();
+    assert!(msg.contains("spec.secret.labels"), "{msg}");
+    assert_eq!(cond(&i, "Stalled").map(|c| c.status.as_str()), Some("True"));
+    assert!(env.secret("badlabel").await.is_none(), "no Secret written");
+    env.inboxes()
+        .patch(
+            "badlabel",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"secret": {"labels": null}}})),
+        )
+        .await
+        .expect("fix the spec");
+    env.wait_ready("badlabel", "True", "Ready").await;
+    assert!(env.secret("badlabel").await.is_some());
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn custom_domain_address_lands_in_secret() {
     let env = Env::start().await;

@@ -212,6 +212,46 @@ async fn schema_rejects_bad_objects() {
             "spec.credentials.secretRef.name",
         ),
         ("wrong-type", json!({"address": 42}), "spec.address"),
+        (
+            "label-key-space",
+            json!({"secret": {"labels": {"bad key": "v"}}}),
+            "spec.secret.labels",
+        ),
+        (
+            "label-key-two-slashes",
+            json!({"secret": {"labels": {"a/b/c": "v"}}}),
+            "spec.secret.labels",
+        ),
+        (
+            "label-key-long-name",
+            json!({"secret": {"labels": {"k".repeat(64): "v"}}}),
+            "spec.secret.labels",
+        ),
+        (
+            "label-value-long",
+            json!({"secret": {"labels": {"team": "v".repeat(64)}}}),
+            "spec.secret.labels",
+        ),
+        (
+            "label-value-chars",
+            json!({"secret": {"labels": {"team": "a b"}}}),
+            "spec.secret.labels",
+        ),
+        (
+            "label-value-dash-end",
+            json!({"secret": {"labels": {"team": "care-"}}}),
+            "spec.secret.labels",
+        ),
+        (
+            "annotation-key-bad",
+            json!({"secret": {"annotations": {"-x": "anything"}}}),
+            "spec.secret.annotations",
+        ),
+        (
+            "annotation-key-upper-prefix",
+            json!({"secret": {"annotations": {"Example.com/x": "anything"}}}),
+            "spec.secret.annotations",
+        ),
     ];
     for (name, spec, field) in cases {
         let (ok, _, err) = kubectl_create(n, &inbox(name, spec.clone()));
@@ -231,6 +271,13 @@ async fn schema_rejects_bad_objects() {
         ("max-address", json!({"address": "a".repeat(254)})),
         ("full-address", json!({"address": "bot@example.com"})),
         ("max-display-name", json!({"displayName": "n".repeat(256)})),
+        (
+            "max-labels",
+            json!({"secret": {
+                "labels": {"example.com/team": "v".repeat(63), "k".repeat(63): "", "a_b.c": "X-1_y.Z"},
+                "annotations": {"example.com/note": "any text: spaces, / and \n", "k".repeat(63): "x".repeat(1000)}
+            }}),
+        ),
         (
             "everything",
             json!({
@@ -262,7 +309,8 @@ async fn schema_rejects_bad_objects() {
             "everything",
             "full-address",
             "max-address",
-            "max-display-name"
+            "max-display-name",
+            "max-labels"
         ]
     );
 }

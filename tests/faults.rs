@@ -52,6 +52,41 @@ async fn rate_limit_bursts_are_respected() {
     env.stop().await;
 }
 
+/// Hostile `Retry-After` values (beyond u64, beyond f64, negative, garbage, dates in year 9999
+/// and in 1970) never crash the operator: each is clamped (here to the test client's 1 s cap;
+/// in production to `MAX_RETRY_AFTER`) or ignored, and the Inboxes become Ready afterwards.
+#[tokio::test]
+async fn hostile_retry_after_never_crashes() {
+    let env = Env::start_tuned(|o| o.max_retry_after = Duration::from_secs(1), |_| {}).await;
+    let hostile = [
+        "99999999999999999999",
+        "18446744073709551616",
+        "1e400",
+        "-1e400",
+        "-5",
+        "NaN",
+        "0.5e-9999",
+        "soon",
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+        "Thu, 01 Jan 1970 00:00:00 GMT",
+        "",
+    ];
+    env.sim.rate_limit_with_retry_after(ACCOUNT, hostile);
+    let names = env.create_many("hostile", 3).await;
+    env.assert_converged(&names).await;
+    let limited = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.status == 429)
+        .count();
+    assert_eq!(limited, hostile.len(), "every hostile answer was met");
+    assert!(env.controller_running(), "the controller task ended");
+    env.delete_all_and_check(&names).await;
+    assert!(env.controller_running(), "the controller task ended");
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn dropped_create_responses_never_duplicate() {
     let env = Env::start().await;

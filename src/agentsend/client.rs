@@ -18,7 +18,7 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
-use super::error::{ApiError, parse_retry_after, truncate};
+use super::error::{ApiError, MAX_RETRY_AFTER, parse_retry_after, truncate};
 use super::types::{ApiKey, CreateInbox, InboxPage, RemoteInbox};
 
 /// Largest response body read; anything bigger is an invalid response.
@@ -48,6 +48,8 @@ pub struct ClientOptions {
     pub burst: u32,
     /// Requests in flight at once.
     pub max_concurrency: usize,
+    /// Longest `Retry-After` honoured (never more than [`MAX_RETRY_AFTER`], the default).
+    pub max_retry_after: Duration,
 }
 
 impl Default for ClientOptions {
@@ -60,6 +62,7 @@ impl Default for ClientOptions {
             requests_per_second: 50,
             burst: 100,
             max_concurrency: 32,
+            max_retry_after: MAX_RETRY_AFTER,
         }
     }
 }
@@ -223,33 +226,20 @@ impl AgentSendClient {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         let mut offset = 0u64;
-        // Hard bound, so a server whose `total` lies or keeps growing cannot keep us paging.
-        const MAX_PAGES: u64 = 100_000;
         let mut pages = 0u64;
         loop {
             let page = self.list_inboxes(key, PAGE_SIZE, offset).await?;
             pages += 1;
             let n = page.data.len() as u64;
-            // The server may cap pages below what was asked: a short page ends the scan only
-            // when it is shorter than the page size the server says it used.
-            let page_size = page
-                .limit
-                .filter(|l| *l > 0)
-                .unwrap_or(PAGE_SIZE)
-                .min(PAGE_SIZE);
-            let beyond_total = page.total.is_some_and(|t| offset + n >= t);
-            let bound = page
-                .total
-                .map_or(MAX_PAGES, |t| t.div_ceil(page_size) + 2)
-                .min(MAX_PAGES);
+            let next = next_page(offset, n, page.total, page.limit, pages);
             for inbox in page.data {
                 if seen.insert(inbox.id.clone()) {
                     out.push(inbox);
                 }
             }
-            offset += n;
-            if n == 0 || n < page_size || beyond_total || pages >= bound {
-                break;
+            match next {
+                Some(o) => offset = o,
+                None => break,
             }
         }
         Ok(out)
@@ -344,6 +334,7 @@ impl AgentSendClient {
         if status.is_success() {
             return Ok(bytes);
         }
+        let retry_after = retry_after.map(|d| d.min(self.inner.opts.max_retry_after));
         let err = ApiError::from_status(status.as_u16(), retry_after, &bytes);
         if let ApiError::RateLimited { retry_after, .. } = &err {
             self.close_gate(key, retry_after.unwrap_or(DEFAULT_RETRY_AFTER));
@@ -394,7 +385,11 @@ impl AgentSendClient {
     }
 
     fn close_gate(&self, key: &ApiKey, for_: Duration) {
-        let until = Instant::now() + for_;
+        let now = Instant::now();
+        let for_ = for_
+            .min(self.inner.opts.max_retry_after)
+            .min(MAX_RETRY_AFTER);
+        let until = now.checked_add(for_).unwrap_or(now);
         let mut gates = self
             .inner
             .closed_until
@@ -417,6 +412,33 @@ impl AgentSendClient {
             .get(key)
             .and_then(|u| u.checked_duration_since(Instant::now()))
     }
+}
+
+/// Hard bound on the pages of one [`AgentSendClient::list_all`] scan, so a server whose `total`
+/// lies or keeps growing cannot keep the scan paging.
+pub const MAX_PAGES: u64 = 100_000;
+
+/// After page number `pages` (from 1) of a scan, which held `n` inboxes from `offset` and
+/// claimed `total` and `limit`: the offset of the next page, or `None` when the scan is over.
+/// Every number may come from a hostile server: nothing overflows, and a scan never goes past
+/// [`MAX_PAGES`] pages.
+pub fn next_page(
+    offset: u64,
+    n: u64,
+    total: Option<u64>,
+    limit: Option<u64>,
+    pages: u64,
+) -> Option<u64> {
+    // The server may cap pages below what was asked: a short page ends the scan only when it
+    // is shorter than the page size the server says it used.
+    let page_size = limit.filter(|l| *l > 0).unwrap_or(PAGE_SIZE).min(PAGE_SIZE);
+    let next = offset.saturating_add(n);
+    let beyond_total = total.is_some_and(|t| next >= t);
+    let bound = total
+        .map_or(MAX_PAGES, |t| t.div_ceil(page_size).saturating_add(2))
+        .min(MAX_PAGES);
+    let over = n == 0 || n < page_size || beyond_total || pages >= bound || next == u64::MAX;
+    (!over).then_some(next)
 }
 
 /// Transport failures: timeouts, resets, refused connections. reqwest's messages carry the

@@ -7,6 +7,11 @@ use thiserror::Error;
 /// Longest API error message kept (bodies can be huge or hostile).
 pub const MAX_MESSAGE_LEN: usize = 300;
 
+/// Longest wait honoured from a `Retry-After` header (10 minutes). Larger values, numbers too
+/// big to represent and HTTP dates far in the future are clamped to it, so a hostile or broken
+/// answer can neither overflow time arithmetic nor park an account for days.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
+
 /// A failed AgentSend call, classified by what retrying can achieve.
 ///
 /// Messages never contain the API key: they come from the response body (truncated) or from
@@ -110,9 +115,10 @@ impl ApiError {
         }
     }
 
-    /// Classify a non-success HTTP answer.
+    /// Classify a non-success HTTP answer. `retry_after` is clamped to [`MAX_RETRY_AFTER`].
     pub fn from_status(status: u16, retry_after: Option<Duration>, body: &[u8]) -> ApiError {
         let message = error_message(body);
+        let retry_after = retry_after.map(|d| d.min(MAX_RETRY_AFTER));
         match status {
             401 | 403 => ApiError::Unauthorized { status, message },
             404 => ApiError::NotFound { message },
@@ -136,20 +142,36 @@ impl ApiError {
     }
 }
 
-/// Parse `Retry-After`: delay-seconds or an HTTP date (relative to `now`).
+/// Parse `Retry-After`: delay-seconds (fractions tolerated) or an HTTP date (relative to
+/// `now`). The result is at most [`MAX_RETRY_AFTER`]; a date in the past is zero. Negative
+/// numbers, `NaN` and anything else unreadable are `None` (the caller's default applies).
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if value.is_empty() {
+        return None;
     }
-    if let Ok(secs) = value.parse::<f64>()
-        && secs.is_finite()
-        && secs >= 0.0
-    {
-        return Some(Duration::from_secs_f64(secs));
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    // Only digits, a point and an exponent: `inf`, `NaN` and `infinity` are not numbers here.
+    let numeric = value
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
+    if numeric {
+        let secs = value.parse::<f64>().ok()?;
+        // `1e400` parses to infinity and `99999999999999999999` beyond u64: both clamp.
+        if secs.is_nan() || secs < 0.0 {
+            return None;
+        }
+        let capped = secs.min(MAX_RETRY_AFTER.as_secs_f64());
+        return Duration::try_from_secs_f64(capped).ok();
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 /// Extract a human message from an error body: JSON `message`/`error`/`detail` if present,
@@ -240,6 +262,38 @@ mod tests {
         assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-3", now), None);
+    }
+
+    #[test]
+    fn hostile_retry_after_is_clamped_or_ignored() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let max = Some(MAX_RETRY_AFTER);
+        assert_eq!(parse_retry_after("99999999999999999999", now), max);
+        assert_eq!(parse_retry_after("18446744073709551615", now), max);
+        assert_eq!(parse_retry_after("1e400", now), max);
+        assert_eq!(parse_retry_after("1e20", now), max);
+        assert_eq!(parse_retry_after("601", now), max);
+        assert_eq!(
+            parse_retry_after("0.000000001", now),
+            Some(Duration::from_nanos(1))
+        );
+        assert_eq!(parse_retry_after("-1e400", now), None);
+        assert_eq!(parse_retry_after("-0.5", now), None);
+        assert_eq!(parse_retry_after("NaN", now), None);
+        assert_eq!(parse_retry_after("inf", now), None);
+        assert_eq!(parse_retry_after("1e", now), None);
+        assert_eq!(parse_retry_after("", now), None);
+        assert_eq!(parse_retry_after("\u{1F4A5}", now), None);
+        assert_eq!(parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now), max);
+        assert_eq!(
+            parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        let e = ApiError::from_status(429, Some(Duration::MAX), b"");
+        assert!(
+            matches!(e, ApiError::RateLimited { retry_after: Some(d), .. } if d == MAX_RETRY_AFTER)
+        );
+        assert!(e.to_string().contains("retry after 600s"), "{e}");
     }
 
     #[test]

@@ -4,8 +4,14 @@ mod client;
 mod error;
 mod types;
 
+#[cfg(test)]
+mod proptests;
+
 pub use client::{
-    AgentSendClient, ClientOptions, DEFAULT_RETRY_AFTER, MAX_BODY_BYTES, PAGE_SIZE, RequestObserver,
+    AgentSendClient, ClientOptions, DEFAULT_RETRY_AFTER, MAX_BODY_BYTES, MAX_PAGES, PAGE_SIZE,
+    RequestObserver, next_page,
 };
-pub use error::{ApiError, error_message, parse_retry_after, truncate};
+pub use error::{
+    ApiError, MAX_MESSAGE_LEN, MAX_RETRY_AFTER, error_message, parse_retry_after, truncate,
+};
 pub use types::{ApiKey, CreateInbox, InboxPage, InboxState, RemoteInbox, SHARED_DOMAIN};

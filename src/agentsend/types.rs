@@ -113,7 +113,8 @@ impl RemoteInbox {
     /// `dailySendLimit - sendsToday`, clamped at 0; `None` when the limit is unknown.
     pub fn sends_remaining(&self) -> Option<i64> {
         let limit = self.daily_send_limit?;
-        Some((limit - self.sends_today.unwrap_or(0)).max(0))
+        // Saturating: both numbers come from the API and may be anything.
+        Some(limit.saturating_sub(self.sends_today.unwrap_or(0)).max(0))
     }
 }
 

@@ -371,10 +371,14 @@ pub async fn run_counter_sync(
 ) {
     // A random phase so several operators (shards) do not scan in lockstep; then one round
     // per interval exactly (a slow round delays the next instead of bunching them up).
-    let interval = scans.interval;
+    // At least 1 s (a zero period panics in tokio); the CLI refuses anything outside 1 s–24 h.
+    let interval = scans.interval.max(Duration::from_secs(1));
     let phase = interval.mul_f64(rand::random::<f64>() * 0.5);
-    let mut ticks =
-        tokio::time::interval_at(tokio::time::Instant::now() + interval + phase, interval);
+    let now = tokio::time::Instant::now();
+    let first = now
+        .checked_add(interval.saturating_add(phase))
+        .unwrap_or(now);
+    let mut ticks = tokio::time::interval_at(first, interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;

@@ -272,12 +272,17 @@ pub fn desired_secret(inbox: &Inbox, remote: &RemoteInbox) -> Option<Secret> {
         .and_then(|s| s.labels.clone())
         .unwrap_or_default();
     labels.insert(crd::LABEL_MANAGED_BY.into(), crd::MANAGED_BY.into());
-    labels.insert(crd::LABEL_INBOX.into(), inbox_name.clone());
-    let annotations = inbox
+    labels.insert(
+        crd::LABEL_INBOX.into(),
+        crate::meta::label_value_for_name(&inbox_name),
+    );
+    let mut annotations = inbox
         .spec
         .secret
         .as_ref()
-        .and_then(|s| s.annotations.clone());
+        .and_then(|s| s.annotations.clone())
+        .unwrap_or_default();
+    annotations.insert(crd::ANNOTATION_INBOX_NAME.into(), inbox_name.clone());
     let mut data = BTreeMap::new();
     data.insert(
         "address".to_string(),
@@ -295,7 +300,7 @@ pub fn desired_secret(inbox: &Inbox, remote: &RemoteInbox) -> Option<Secret> {
             name: Some(name),
             namespace: inbox.metadata.namespace.clone(),
             labels: Some(labels),
-            annotations: annotations.filter(|a| !a.is_empty()),
+            annotations: Some(annotations),
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
@@ -660,6 +665,8 @@ mod tests {
         assert_eq!(labels["app.kubernetes.io/managed-by"], "inbox-operator");
         assert_eq!(labels["agentsend.io/inbox"], "support");
         assert_eq!(labels["team"], "a");
+        let annotations = s.metadata.annotations.clone().unwrap();
+        assert_eq!(annotations["agentsend.io/inbox-name"], "support");
         let data = s.data.clone().unwrap();
         assert_eq!(data["address"].0, b"x@example.com");
         assert_eq!(data["inboxId"].0, b"inb_1");
@@ -667,6 +674,24 @@ mod tests {
         assert_eq!(data.len(), 3);
         assert!(is_owned_by(&s, "uid-1"));
         assert!(!is_owned_by(&s, "uid-2"));
+    }
+
+    #[test]
+    fn long_inbox_names_get_a_valid_label_and_the_full_name_annotated() {
+        let mut i = inbox();
+        let long = format!("{}-inbox", "very-long-name".repeat(5));
+        i.metadata.name = Some(long.clone());
+        let s = desired_secret(&i, &remote("inb_1", "x@example.com")).unwrap();
+        let label = &s.metadata.labels.clone().unwrap()["agentsend.io/inbox"];
+        assert!(
+            label.len() <= 63 && crate::meta::is_label_value(label),
+            "{label}"
+        );
+        assert_eq!(
+            s.metadata.annotations.clone().unwrap()["agentsend.io/inbox-name"],
+            long
+        );
+        assert_eq!(s.metadata.name.as_deref(), Some(long.as_str()));
     }
 
     #[test]

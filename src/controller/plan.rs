@@ -34,7 +34,7 @@ use super::decide::{self, AddressLookup, FieldMismatch, PendingMark, Recovery, S
 use super::events::{EventKind, InboxEvent};
 use super::status::{self, Readiness, StatusInput};
 use crate::agentsend::{
-    ApiError, ApiKey, CreateInbox, DEFAULT_RETRY_AFTER, InboxState, RemoteInbox,
+    ApiError, ApiKey, CreateInbox, DEFAULT_RETRY_AFTER, InboxState, MAX_RETRY_AFTER, RemoteInbox,
 };
 use crate::crd::{self, ConditionStatus, DeletionPolicy, Inbox, InboxStatus, Reason};
 
@@ -587,7 +587,7 @@ fn vanished(o: &Observed, key: ApiKey, id: &str) -> Step {
         );
         return done(
             report(o, None, None, stalled(Reason::InboxNotFound, msg)),
-            Then::Requeue(o.sync_interval * 5),
+            Then::Requeue(o.sync_interval.saturating_mul(5)),
         );
     }
     // Unbind (empty annotation: explicitly unbound) and mark the create pending in one
@@ -611,7 +611,7 @@ fn adopt(o: &Observed, key: ApiKey, id: &str) -> Step {
             );
             return done(
                 report(o, None, None, stalled(Reason::InboxNotFound, msg)),
-                Then::Requeue(o.sync_interval * 5),
+                Then::Requeue(o.sync_interval.saturating_mul(5)),
             );
         }
         Some(Lookup::Found(r)) => r,
@@ -888,6 +888,17 @@ fn converge(o: &Observed, key: ApiKey, remote: &RemoteInbox) -> Step {
             id: remote.id.clone(),
         };
     }
+    let spec_secret = o.inbox.spec.secret.as_ref();
+    if let Err(e) = crate::meta::check_secret_metadata(
+        spec_secret.and_then(|s| s.labels.as_ref()),
+        spec_secret.and_then(|s| s.annotations.as_ref()),
+    ) {
+        let msg = format!("{e}; Kubernetes would refuse the Secret, so it is not written");
+        return done(
+            report(o, Some(remote), None, stalled(Reason::Rejected, msg)),
+            Then::Settle,
+        );
+    }
     let name = o.inbox.secret_name();
     let existing = match o.secrets.get(&name) {
         None => return Step::ReadSecret { name },
@@ -1156,7 +1167,7 @@ fn claimed_elsewhere(o: &Observed, id: &str, claim: &Claim) -> Step {
     }
     Step::Done(Done {
         blocked_on: Some(id.to_string()),
-        ..finish(Some(r), Then::Requeue(o.sync_interval * 5))
+        ..finish(Some(r), Then::Requeue(o.sync_interval.saturating_mul(5)))
     })
 }
 
@@ -1221,14 +1232,21 @@ pub fn readiness_for_error(e: &ApiError) -> Readiness {
 /// spec to change. `failures` counts consecutive failures of this Inbox (0 for the first);
 /// `jitter` in [0, 1) spreads retries so many Inboxes do not retry at once.
 pub fn retry_delay(err: &ApiError, failures: u32, jitter: f64) -> Option<Duration> {
-    let jitter = jitter.clamp(0.0, 0.999);
+    // `clamp` keeps NaN, which `mul_f64` would panic on.
+    let jitter = if jitter.is_nan() {
+        0.0
+    } else {
+        jitter.clamp(0.0, 0.999)
+    };
     match err {
         ApiError::Rejected { .. } => None,
         ApiError::RateLimited { retry_after, .. } => {
-            let base = retry_after.unwrap_or(DEFAULT_RETRY_AFTER);
+            let base = retry_after
+                .unwrap_or(DEFAULT_RETRY_AFTER)
+                .min(MAX_RETRY_AFTER);
             // Never earlier than Retry-After; spread up to 20 % (at least 1 s) later.
             let spread = (base.mul_f64(0.2)).max(Duration::from_secs(1));
-            Some(base + spread.mul_f64(jitter))
+            Some(base.saturating_add(spread.mul_f64(jitter)))
         }
         ApiError::Unauthorized { .. } | ApiError::Config { .. } => {
             Some(Duration::from_secs(300) + Duration::from_secs(60).mul_f64(jitter))
@@ -2165,6 +2183,19 @@ mod tests {
                 "done SecretConflict +SecretConflict; requeue 30s; reset failures",
             ),
             (
+                "spec.secret.labels Kubernetes would refuse: Rejected, the Secret is not written",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .found(inb1())
+                    .registered()
+                    .spec(|s| {
+                        s.secret.get_or_insert_default().labels =
+                            Some([(format!("{}/x", "p".repeat(254)), "v".into())].into());
+                    }),
+                "done Rejected +Rejected; settle",
+            ),
+            (
                 "active, Secret in place: Ready",
                 obs().converged(inb1()),
                 "done Ready; settle; reset failures",
@@ -2679,6 +2710,18 @@ mod tests {
         let d3 = retry_delay(&transient(), 3, 0.0).unwrap();
         assert!(d3 > d0);
         assert!(retry_delay(&transient(), 30, 1.0).unwrap() <= Duration::from_secs(300));
+    }
+
+    #[test]
+    fn absurd_retry_after_is_bounded() {
+        let limited = ApiError::RateLimited {
+            retry_after: Some(Duration::MAX),
+            message: String::new(),
+        };
+        for j in [0.0, 0.99, f64::NAN, f64::INFINITY, -1.0] {
+            let d = retry_delay(&limited, u32::MAX, j).unwrap();
+            assert!(d <= MAX_RETRY_AFTER.mul_f64(1.2), "{d:?}");
+        }
     }
 
     #[test]

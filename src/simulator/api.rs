@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use rand::Rng;
 use serde_json::{Value, json};
 
-use super::state::SimError;
+use super::state::{SimError, SimState};
 use super::{Malformed, RequestRecord, Route, Simulator};
 use crate::agentsend::{CreateInbox, RemoteInbox};
 
@@ -78,6 +78,53 @@ fn sim_error_response(e: &SimError) -> Response {
     error_response(e.status, e.error, &e.message)
 }
 
+/// A 429 with `Retry-After: value` (sent as is when it is a valid header value).
+fn too_many_requests(value: &str) -> Response {
+    let mut resp = error_response(
+        429,
+        "rate_limited",
+        "too many requests; retry after the time in Retry-After",
+    );
+    if let Ok(v) = HeaderValue::from_str(value) {
+        resp.headers_mut().insert("retry-after", v);
+    }
+    resp
+}
+
+/// The 429 `account` gets now, if it is rate limited: a queued raw `Retry-After` first, then
+/// the timed window (armed by the request that starts it).
+fn rate_limit_answer(st: &mut SimState, account: &str) -> Option<Response> {
+    if let Some(value) = st
+        .raw_retry_after
+        .get_mut(account)
+        .and_then(|q| q.pop_front())
+    {
+        return Some(too_many_requests(&value));
+    }
+    let now = Instant::now();
+    if let Some((length, http_date)) = st.rate_limit_armed.remove(account) {
+        let until = now.checked_add(length).unwrap_or(now);
+        st.rate_limited
+            .insert(account.to_string(), (until, http_date));
+    }
+    let (until, http_date) = st.rate_limited.get(account).copied()?;
+    if until <= now {
+        st.rate_limited.remove(account);
+        return None;
+    }
+    let left = until - now;
+    let value = if http_date {
+        // HTTP dates have whole seconds: round up so the client never comes early.
+        let at = SystemTime::now()
+            .checked_add(left.saturating_add(Duration::from_millis(999)))
+            .unwrap_or_else(SystemTime::now);
+        httpdate::fmt_http_date(at)
+    } else {
+        (left.as_secs_f64().ceil() as u64).max(1).to_string()
+    };
+    Some(too_many_requests(&value))
+}
+
 fn injected(status: u16) -> Response {
     error_response(
         status,
@@ -100,34 +147,9 @@ impl Simulator {
         t.account = entry.as_ref().map(|e| e.account.clone());
 
         if let Some(e) = &entry
-            && let Some((length, http_date)) = st.rate_limit_armed.remove(&e.account)
+            && let Some(resp) = rate_limit_answer(&mut st, &e.account)
         {
-            st.rate_limited
-                .insert(e.account.clone(), (Instant::now() + length, http_date));
-        }
-        if let Some(e) = &entry
-            && let Some((until, http_date)) = st.rate_limited.get(&e.account).copied()
-        {
-            let now = Instant::now();
-            if until > now {
-                let left = until - now;
-                let value = if http_date {
-                    // HTTP dates have whole seconds: round up so the client never comes early.
-                    httpdate::fmt_http_date(SystemTime::now() + left + Duration::from_millis(999))
-                } else {
-                    (left.as_secs_f64().ceil() as u64).max(1).to_string()
-                };
-                let mut resp = error_response(
-                    429,
-                    "rate_limited",
-                    "too many requests; retry after the time in Retry-After",
-                );
-                if let Ok(v) = HeaderValue::from_str(&value) {
-                    resp.headers_mut().insert("retry-after", v);
-                }
-                return Err(resp);
-            }
-            st.rate_limited.remove(&e.account);
+            return Err(resp);
         }
 
         if let Some((n, status)) = st.fail_next.get_mut(&t.route)

@@ -81,6 +81,13 @@ struct RateLimit {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct RawRetryAfter {
+    account: String,
+    values: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct MalformedBody {
     route: String,
     kind: Option<String>,
@@ -96,6 +103,7 @@ struct FaultsBody {
     late_commits: Option<LateCommits>,
     fail_next: Option<FailNext>,
     rate_limit: Option<RateLimit>,
+    retry_after: Option<RawRetryAfter>,
     malformed: Option<MalformedBody>,
     default_daily_limit: Option<i64>,
 }
@@ -332,6 +340,9 @@ async fn set_faults(
     }
     if let Some(rl) = f.rate_limit {
         sim.rate_limit_for(&rl.account, Duration::from_millis(rl.ms), rl.http_date);
+    }
+    if let Some(ra) = f.retry_after {
+        sim.rate_limit_with_retry_after(&ra.account, ra.values);
     }
     if let Some((route, kind)) = malformed {
         sim.set_malformed(route, kind);

@@ -25,7 +25,7 @@
 //! | `GET /_simulator/inboxes?account=` | the account's inboxes, newest first |
 //! | `PATCH /_simulator/inboxes/{id}` | any of `status`, `sendsToday`, `dailySendLimit`, `totalSent`, `bounceCount`, `complaintCount` → the inbox |
 //! | `DELETE /_simulator/inboxes/{id}` | out-of-band delete |
-//! | `POST /_simulator/faults` | any of `latencyMs`, `errorRate`, `errorStatus`, `dropNextCreates`, `lateCommits: {count, delayMs}`, `failNext: {route, n, status}`, `rateLimit: {account, ms, httpDate}`, `malformed: {route, kind}` (kind null to stop), `defaultDailyLimit` |
+//! | `POST /_simulator/faults` | any of `latencyMs`, `errorRate`, `errorStatus`, `dropNextCreates`, `lateCommits: {count, delayMs}`, `failNext: {route, n, status}`, `rateLimit: {account, ms, httpDate}`, `retryAfter: {account, values}` (429s with these raw `Retry-After` values, one per request), `malformed: {route, kind}` (kind null to stop), `defaultDailyLimit` |
 //! | `DELETE /_simulator/faults` | clear every fault |
 //! | `GET /_simulator/stats` | `{"requests":{"create":n,"get":n,"list":n,"delete":n},"total":n,"inboxes":n}` |
 //! | `POST` or `DELETE /_simulator/reset-counters` | zero the request counters |
@@ -299,9 +299,26 @@ impl Simulator {
     /// Every request of `account` (any of its keys) gets 429 with `Retry-After` — whole
     /// seconds, or an HTTP date when `http_date` — until `d` has elapsed.
     pub fn rate_limit_for(&self, account: &str, d: Duration, http_date: bool) {
+        let now = Instant::now();
+        self.lock().rate_limited.insert(
+            account.to_string(),
+            (now.checked_add(d).unwrap_or(now), http_date),
+        );
+    }
+
+    /// The next requests of `account`, one per value, get 429 with `Retry-After` set to that
+    /// value verbatim (huge, negative, garbage, dates: whatever a broken server might send;
+    /// values that are not valid header text are sent without the header).
+    pub fn rate_limit_with_retry_after<S: Into<String>>(
+        &self,
+        account: &str,
+        values: impl IntoIterator<Item = S>,
+    ) {
         self.lock()
-            .rate_limited
-            .insert(account.to_string(), (Instant::now() + d, http_date));
+            .raw_retry_after
+            .entry(account.to_string())
+            .or_default()
+            .extend(values.into_iter().map(Into::into));
     }
 
     /// Like [`rate_limit_for`](Self::rate_limit_for), but the `d` starts when the next request
@@ -356,6 +373,7 @@ impl Simulator {
         st.fail_next.clear();
         st.rate_limited.clear();
         st.rate_limit_armed.clear();
+        st.raw_retry_after.clear();
         st.drop_creates = 0;
         st.late_commits = (0, Duration::ZERO);
         st.malformed.clear();

@@ -4,7 +4,7 @@
 //! order, so a newest-first page is read by index (O(page)) and a deletion is a binary search
 //! plus a small memmove.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -81,6 +81,8 @@ pub(super) struct SimState {
     pub rate_limited: HashMap<String, (Instant, bool)>,
     /// Rate limits that start at the account's next request: (length, HTTP-date form).
     pub rate_limit_armed: HashMap<String, (Duration, bool)>,
+    /// Account → `Retry-After` values sent verbatim with a 429, one per request, in order.
+    pub raw_retry_after: HashMap<String, VecDeque<String>>,
     pub drop_creates: usize,
     /// The next creates commit this long after they arrive (count, delay): a client with a
     /// shorter timeout gives up while the create is still to happen.
@@ -110,6 +112,7 @@ impl Default for SimState {
             fail_next: HashMap::new(),
             rate_limited: HashMap::new(),
             rate_limit_armed: HashMap::new(),
+            raw_retry_after: HashMap::new(),
             drop_creates: 0,
             late_commits: (0, Duration::ZERO),
             late_commits_settled: 0,

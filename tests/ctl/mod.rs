@@ -39,6 +39,14 @@ impl Env {
     }
 
     pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Env {
+        Env::start_tuned(|_| {}, tweak).await
+    }
+
+    /// Like [`Env::start_with`], also tuning the AgentSend client.
+    pub async fn start_tuned(
+        tweak_client: impl FnOnce(&mut ClientOptions),
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Env {
         inbox_operator::ensure_crypto_provider();
         // Controller logs go to the test's captured output (shown when a test fails).
         let _ = tracing_subscriber::fmt()
@@ -56,12 +64,13 @@ impl Env {
         sim.add_account(ACCOUNT, KEY);
         sim.add_domain(ACCOUNT, "dom_example", "example.com");
         let handle = sim.spawn().await.expect("simulator starts");
-        let opts = ClientOptions {
+        let mut opts = ClientOptions {
             timeout: Duration::from_secs(2),
             min_backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(200),
             ..ClientOptions::default()
         };
+        tweak_client(&mut opts);
         let api = AgentSendClient::new(&handle.url(), opts).expect("client");
         let mut settings = Settings {
             sync_interval: Duration::from_secs(2),
@@ -170,6 +179,11 @@ impl Env {
             self.events(reason).await.into_iter().next()
         })
         .await
+    }
+
+    /// Whether the controller task is still running (it ends only when stopped or on a panic).
+    pub fn controller_running(&self) -> bool {
+        !self.ctrl.is_finished()
     }
 
     /// Stop the controller (as a crashed or scaled-down operator), keeping the namespace.
