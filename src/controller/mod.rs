@@ -461,6 +461,21 @@ async fn route_triggers(
     }
 }
 
+/// Keep the cluster-wide claims index in `ctx` up to date until `stop`. Without cluster-wide
+/// list/watch permission its watch keeps failing (with backoff), and bindings are checked
+/// against the watch cache and per-decision lists instead.
+fn keep_claims_index(client: &Client, ctx: &mut Context, stop: &CancellationToken) {
+    let listed = Arc::new(AtomicBool::new(false));
+    let (store, events) = watches::claims_index(client, listed.clone());
+    ctx.claims_index = Some((store, listed));
+    let index = events.for_each(|e| async move {
+        if let Err(e) = e {
+            tracing::debug!(error = %e, "cluster-wide Inbox index");
+        }
+    });
+    tokio::spawn(stop.clone().run_until_cancelled_owned(index));
+}
+
 /// Run the controller until `shutdown` resolves; in-flight reconciles finish first.
 /// `on_ready` is called once every watch cache has synced.
 pub async fn run(
@@ -496,12 +511,8 @@ pub async fn run(
         &scopes,
         sync_tx.clone(),
     );
-    let mut index_events = None;
     if !ctx.sees_whole_cluster() {
-        let listed = Arc::new(AtomicBool::new(false));
-        let (store, events) = watches::claims_index(&client, listed.clone());
-        ctx.claims_index = Some((store, listed));
-        index_events = Some(events);
+        keep_claims_index(&client, &mut ctx, &stop);
     }
     let ctx = Arc::new(ctx);
     let mut routes = Vec::new();
@@ -512,16 +523,6 @@ pub async fn run(
         controllers.push(scope.controller(&client, ctx.clone(), rx, stop.clone()));
     }
     let on_synced = move || metrics.counter_sync_succeeded();
-    if let Some(events) = index_events {
-        // Without cluster-wide list/watch permission this keeps failing (with backoff), and
-        // bindings are checked against the watch cache and per-decision lists instead.
-        let index = events.for_each(|e| async move {
-            if let Err(e) = e {
-                tracing::debug!(error = %e, "cluster-wide Inbox index");
-            }
-        });
-        tokio::spawn(stop.clone().run_until_cancelled_owned(index));
-    }
     let background = [
         tokio::spawn(
             stop.clone()
