@@ -127,9 +127,10 @@ fn default_key(args: &RunArgs) -> Result<DefaultKey, StartupError> {
 }
 
 async fn kube_client() -> Result<Client, StartupError> {
-    let config = Config::infer()
+    let mut config = Config::infer()
         .await
         .map_err(|e| StartupError::KubeConfig(e.to_string()))?;
+    crate::controller::harden_kube_config(&mut config);
     let url = config.cluster_url.to_string();
     let client = Client::try_from(config).map_err(|e| StartupError::KubeConfig(e.to_string()))?;
     client

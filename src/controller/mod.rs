@@ -45,6 +45,7 @@ use crate::leader::WriteGate;
 use crate::metrics::Metrics;
 
 pub use accounts::{BindingRegistry, CreateGates, ScanCache};
+pub use watches::harden as harden_kube_config;
 
 /// Where the operator's default API key comes from.
 #[derive(Clone, Debug)]
@@ -381,11 +382,11 @@ impl Scope {
         settings: &Settings,
         synced: &Arc<CacheSync>,
     ) -> Scope {
-        let mut inbox_config = watcher::Config::default();
+        let mut inbox_config = watches::watch_config();
         if let Some(sel) = &settings.selector {
             inbox_config = inbox_config.labels(sel);
         }
-        let secret_config = watcher::Config::default().labels(&managed_secret_selector());
+        let secret_config = watches::watch_config().labels(&managed_secret_selector());
         let inbox_api = watches::scoped_api::<Inbox>(client, ns.as_deref());
         let secret_api = watches::scoped_api::<Secret>(client, ns.as_deref());
         let (inboxes, inbox_events) = watches::cached(inbox_api, inbox_config, synced);

@@ -21,6 +21,28 @@ use serde::de::DeserializeOwned;
 
 use crate::crd::{self, Inbox};
 
+/// How long the API server keeps one watch request open (seconds). Shorter than kube's
+/// default (290 s) so that an idle watch always sends something within the client's read
+/// timeout ([`KUBE_READ_TIMEOUT`]); the watcher then resumes from its last resourceVersion.
+pub const WATCH_TIMEOUT_SECS: u32 = 20;
+
+/// The client's read timeout: no Kubernetes request — a LIST during an API server restart, a
+/// status write to a server that went away without closing the connection — can hang a
+/// reconcile (and with it a controller slot) forever. kube's default is none.
+pub const KUBE_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bound every Kubernetes request of a client built from `config` (see [`KUBE_READ_TIMEOUT`]).
+pub fn harden(config: &mut kube::Config) {
+    config.read_timeout = Some(KUBE_READ_TIMEOUT);
+    // Count from when a request is sent, not from when its pooled connection went idle.
+    config.reset_reader_on_write = true;
+}
+
+/// The watch settings every watch of the operator starts from.
+pub(crate) fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
+}
+
 /// An API for `K` in one namespace, or in all.
 pub(crate) fn scoped_api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
 where
@@ -70,7 +92,7 @@ pub(crate) fn credentials_secrets(
         None => Api::all(client.clone()),
     };
     let not_ours = format!("{}!={}", crd::LABEL_MANAGED_BY, crd::MANAGED_BY);
-    watcher(api, watcher::Config::default().labels(&not_ours))
+    watcher(api, watch_config().labels(&not_ours))
         .backoff(backoff())
         .touched_objects()
         .map_ok(|mut m| {
@@ -99,7 +121,7 @@ pub(crate) fn claims_index(
 ) {
     let api: Api<InboxMeta> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, watch_config())
         .backoff(backoff())
         .inspect_ok(move |e| {
             if matches!(e, watcher::Event::InitDone) {

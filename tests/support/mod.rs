@@ -555,9 +555,12 @@ pub async fn client_from(path: &Path) -> Client {
     install_crypto_provider();
     let kc = Kubeconfig::read_from(path)
         .unwrap_or_else(|e| panic!("read kubeconfig {}: {e}", path.display()));
-    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+    let mut config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
         .await
         .expect("config from kubeconfig");
+    // As the operator's own client: no request hangs forever (the in-process operator of the
+    // controller tests runs on this client).
+    inbox_operator::controller::harden_kube_config(&mut config);
     Client::try_from(config).expect("kube client")
 }
 
