@@ -1076,6 +1076,62 @@ async fn owned_secret_is_garbage_collected_with_its_inbox() {
     env.stop().await;
 }
 
+/// A created Inbox reaches Ready with at most 4 writes to Inboxes and Secrets — finalizer and
+/// pending mark in one patch, the binding (clearing the mark), the Secret, the status — and
+/// one event (`Created`). Counted by watching both objects from before the create; after Ready
+/// a bounded window (two sync intervals) lets any late write show up.
+#[tokio::test]
+async fn a_created_inbox_costs_four_writes_and_one_event() {
+    let env = Env::start().await;
+    let (inbox_writes, inbox_watch) = count_writes(&env, "lean");
+    let (secret_writes, secret_watch) = count_secret_writes(&env, "lean");
+    env.create("lean", InboxSpec::default()).await;
+    env.wait_ready("lean", "True", "Ready").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    inbox_watch.abort();
+    secret_watch.abort();
+    let inbox = inbox_writes.load(std::sync::atomic::Ordering::SeqCst);
+    let secret = secret_writes.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(secret, 1, "the Secret is written once");
+    assert!(
+        inbox + secret <= 4,
+        "{inbox} Inbox writes + {secret} Secret writes"
+    );
+    assert_eq!(env.events("Created").await.len(), 1);
+    assert!(
+        env.events("SecretWritten").await.is_empty(),
+        "no second event on the happy path"
+    );
+    env.stop().await;
+}
+
+/// Counts the writes to one Secret (its creation included) while it is watched.
+fn count_secret_writes(
+    env: &Env,
+    name: &str,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = writes.clone();
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher(env.secrets(), cfg).applied_objects();
+    let task = tokio::spawn(async move {
+        let mut last = None;
+        futures::pin_mut!(stream);
+        while let Some(Ok(s)) = stream.next().await {
+            if last != s.metadata.resource_version {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            last = s.metadata.resource_version.clone();
+        }
+    });
+    (writes, task)
+}
+
 /// Counts the writes to one Inbox (each new resourceVersion) while it is watched.
 fn count_writes(
     env: &Env,

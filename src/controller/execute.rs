@@ -84,6 +84,9 @@ async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
     ctx.may_write()?;
     let action = match Phase::before_finalizer(&inbox) {
         Some(phase) => pass.run(&inbox, phase).await?,
+        // Without the finalizer, not deleted: this pass adds it with its first write (with the
+        // pending mark when that is the first), rather than in a write of its own.
+        None if needs_finalizer(&inbox) => pass.run(&inbox, Phase::Apply).await?,
         // kube's helper adds the finalizer, or runs Apply / Cleanup (and then removes it).
         None => {
             let p = &pass;
@@ -104,6 +107,12 @@ async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
     };
     let failed = *pass.failed.lock().unwrap_or_else(|p| p.into_inner());
     Ok(Passed { action, failed })
+}
+
+/// Whether the Inbox lacks the finalizer and is not being deleted.
+fn needs_finalizer(inbox: &Inbox) -> bool {
+    inbox.metadata.deletion_timestamp.is_none()
+        && !inbox.finalizers().iter().any(|f| f == crd::FINALIZER)
 }
 
 /// Retry policy for passes that failed (Kubernetes failures, deletion failures).
@@ -187,6 +196,7 @@ impl<'a> Pass<'a> {
         o.failures = self.ctx.failures(&self.obj);
         o.hold = self.ctx.hold(&self.obj);
         o.random_local = decide::random_local_part(|n| rand::random_range(0..n));
+        o.finalizer_missing = phase == Phase::Apply && needs_finalizer(inbox);
         let mut gate = None;
         for _ in 0..MAX_STEPS {
             let step = plan::plan(&o);
@@ -210,7 +220,7 @@ impl<'a> Pass<'a> {
         step: Step,
         gate: &mut Option<Gate>,
     ) -> Result<(), Error> {
-        if writes(&step) {
+        if plan::writes(&step) {
             self.ctx.may_write()?;
         }
         match step {
@@ -282,6 +292,20 @@ impl<'a> Pass<'a> {
     async fn bookkeeping(&self, o: &mut Observed, step: Step) -> Result<(), Error> {
         match step {
             Step::RecordBinding { id } => self.record_binding(o, &id).await?,
+            Step::AddFinalizer => {
+                // On the version read (a conflict retries the pass on fresh data).
+                let patch = json!({ "metadata": {
+                    "resourceVersion": o.inbox.metadata.resource_version,
+                    "finalizers": with_finalizer(&o.inbox),
+                }});
+                let updated = self
+                    .inboxes
+                    .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await?;
+                o.inbox.metadata.finalizers = updated.metadata.finalizers;
+                o.inbox.metadata.resource_version = updated.metadata.resource_version;
+                o.finalizer_missing = false;
+            }
             Step::ClearPending => {
                 self.patch_annotations(json!({
                     crd::ANNOTATION_CREATE_PENDING: null,
@@ -310,7 +334,9 @@ impl<'a> Pass<'a> {
                 event,
             } => {
                 self.write_secret(&secret, create).await?;
-                self.publish(&event).await;
+                if let Some(event) = &event {
+                    self.publish(event).await;
+                }
                 o.secrets.insert(secret.name_any(), Some(*secret));
             }
             Step::DeleteSecret { name, uid } => {
@@ -590,7 +616,12 @@ impl<'a> Pass<'a> {
             o.marked = Some(Marked::Stale);
             return Ok(());
         };
-        let patch = json!({ "metadata": { "resourceVersion": rv, "annotations": annotations } });
+        let mut patch =
+            json!({ "metadata": { "resourceVersion": rv, "annotations": annotations } });
+        if o.finalizer_missing {
+            // One write for both; the precondition makes replacing the list safe.
+            patch["metadata"]["finalizers"] = json!(with_finalizer(&o.inbox));
+        }
         match self
             .inboxes
             .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -601,6 +632,10 @@ impl<'a> Pass<'a> {
                     set_annotation(&mut o.inbox, crd::ANNOTATION_INBOX_ID, Some(""));
                 }
                 let now = o.now.clone();
+                if o.finalizer_missing {
+                    o.inbox.metadata.finalizers = Some(with_finalizer(&o.inbox));
+                    o.finalizer_missing = false;
+                }
                 set_annotation(&mut o.inbox, crd::ANNOTATION_CREATE_PENDING, Some(address));
                 set_annotation(
                     &mut o.inbox,
@@ -682,38 +717,21 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// Whether `step` writes to AgentSend or Kubernetes (including Events), so that it may run
-/// only while the write gate is open. Exhaustive: a new step must be classified.
-fn writes(step: &Step) -> bool {
-    match step {
-        Step::ReadCredentials
-        | Step::Observe { .. }
-        | Step::Fetch { .. }
-        | Step::ListCandidates { .. }
-        | Step::FindBindings { .. }
-        | Step::Forget { .. }
-        | Step::Register { .. }
-        | Step::ReadSecret { .. } => false,
-        Step::Progress(report) => report.changed,
-        Step::Done(done) => done.report.as_ref().is_some_and(|r| r.changed),
-        Step::MarkPending { .. }
-        | Step::Create { .. }
-        | Step::Bind { .. }
-        | Step::RecordBinding { .. }
-        | Step::ClearPending
-        | Step::WriteSecret { .. }
-        | Step::DeleteSecret { .. }
-        | Step::DeleteInbox { .. }
-        | Step::Announce(_) => true,
-    }
-}
-
 /// Which of two Inboxes naming one inbox ID holds it: the one created first (UID breaks ties).
 fn seniority(meta: &ObjectMeta) -> (Option<jiff::Timestamp>, Option<&str>) {
     (
         meta.creation_timestamp.as_ref().map(|t| t.0),
         meta.uid.as_deref(),
     )
+}
+
+/// The Inbox's finalizers with this operator's added.
+fn with_finalizer(inbox: &Inbox) -> Vec<String> {
+    let mut list = inbox.finalizers().to_vec();
+    if !list.iter().any(|f| f == crd::FINALIZER) {
+        list.push(crd::FINALIZER.to_string());
+    }
+    list
 }
 
 /// Mirror one of this pass's annotation writes in its view of the Inbox.
@@ -732,6 +750,7 @@ fn set_annotation(inbox: &mut Inbox, key: &str, value: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::plan::writes;
     use kube::runtime::finalizer::Error as FinalizerError;
 
     #[test]

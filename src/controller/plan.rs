@@ -191,6 +191,8 @@ pub struct Observed {
     pub announced: Vec<EventKind>,
     /// The progress reason this pass already reported (`Creating`, `Deleting`).
     pub progress: Option<Reason>,
+    /// The Inbox lacks the finalizer (apply phase): the first write adds it.
+    pub finalizer_missing: bool,
     /// The address this pass's create named (set with `created`).
     pub attempted: Option<String>,
     /// A fresh random local part, used if this pass starts a create without `spec.address`.
@@ -229,6 +231,7 @@ impl Observed {
             hold: None,
             random_local: String::new(),
             attempted: None,
+            finalizer_missing: false,
         }
     }
 
@@ -408,15 +411,19 @@ pub enum Step {
         /// The Secret's name.
         name: String,
     },
-    /// Create (or server-side apply) the Secret, then publish `event`.
+    /// Create (or server-side apply) the Secret, then publish `event` if any.
     WriteSecret {
         /// The desired Secret.
         secret: Box<Secret>,
         /// Create it (absent) rather than apply over it (ours, drifted).
         create: bool,
-        /// Published after the write.
-        event: InboxEvent,
+        /// Published after the write (none for the first write in the pass that created or
+        /// adopted the inbox: that pass's `Created`/`Adopted` says it all).
+        event: Option<InboxEvent>,
     },
+    /// Add the finalizer (it is missing and this pass is about to write something other
+    /// than the pending mark, which carries it).
+    AddFinalizer,
     /// Delete an owned Secret (precondition: its UID).
     DeleteSecret {
         /// The Secret's name.
@@ -440,7 +447,7 @@ pub enum Step {
 /// Decide the next step.
 pub fn plan(o: &Observed) -> Step {
     match o.phase {
-        Phase::Apply => apply(o),
+        Phase::Apply => with_finalizer(o, apply(o)),
         Phase::Cleanup => cleanup(o),
         Phase::Held => done(
             report(
@@ -458,6 +465,41 @@ pub fn plan(o: &Observed) -> Step {
 }
 
 // ------------------------------------------------------------------------------- apply
+
+/// The finalizer is in place before anything is written: the pending mark carries it (one
+/// patch for both); any other first write is preceded by [`Step::AddFinalizer`].
+fn with_finalizer(o: &Observed, step: Step) -> Step {
+    if o.finalizer_missing && writes(&step) && !matches!(step, Step::MarkPending { .. }) {
+        return Step::AddFinalizer;
+    }
+    step
+}
+
+/// Whether executing `step` writes anything (to Kubernetes or AgentSend).
+pub fn writes(step: &Step) -> bool {
+    match step {
+        Step::ReadCredentials
+        | Step::Observe { .. }
+        | Step::Fetch { .. }
+        | Step::ListCandidates { .. }
+        | Step::FindBindings { .. }
+        | Step::Forget { .. }
+        | Step::Register { .. }
+        | Step::ReadSecret { .. } => false,
+        Step::Progress(report) => report.changed,
+        Step::Done(done) => done.report.as_ref().is_some_and(|r| r.changed),
+        Step::AddFinalizer
+        | Step::MarkPending { .. }
+        | Step::Create { .. }
+        | Step::Bind { .. }
+        | Step::RecordBinding { .. }
+        | Step::ClearPending
+        | Step::WriteSecret { .. }
+        | Step::DeleteSecret { .. }
+        | Step::DeleteInbox { .. }
+        | Step::Announce(_) => true,
+    }
+}
 
 fn apply(o: &Observed) -> Step {
     if o.inbox.is_paused() {
@@ -702,6 +744,15 @@ fn listed<'o>(o: &'o Observed, key: &ApiKey) -> Result<&'o [RemoteInbox], Box<St
 /// A create of `address` may have happened without being recorded: look it up exactly
 /// before creating again with the same address.
 fn recover(o: &Observed, key: ApiKey, address: &str) -> Step {
+    if o.progress != Some(Reason::Creating) {
+        return progress(
+            o,
+            Readiness::progressing(
+                Reason::Creating,
+                format!("resuming the interrupted create of the AgentSend inbox {address:?}"),
+            ),
+        );
+    }
     let candidates = match listed(o, &key) {
         Err(step) => return *step,
         Ok(c) => c,
@@ -800,13 +851,8 @@ pub fn rejected_at_this_generation(inbox: &Inbox) -> bool {
 /// handle the failure. A 409 is a lookup: the address may be ours from an earlier attempt.
 fn create(o: &Observed, key: ApiKey, address: &str) -> Step {
     match &o.created {
-        None if o.progress != Some(Reason::Creating) => progress(
-            o,
-            Readiness::progressing(
-                Reason::Creating,
-                format!("creating the AgentSend inbox {address:?}"),
-            ),
-        ),
+        // No `Creating` status on the way: a create that works ends Ready in one pass, with
+        // one status write.
         None => Step::Create {
             key,
             request: decide::create_request(&o.inbox.spec, address),
@@ -944,10 +990,12 @@ fn converge(o: &Observed, key: ApiKey, remote: &RemoteInbox) -> Step {
             });
         }
     };
+    // The pass that just bound the inbox announced it; its first Secret needs no event.
+    let quiet = create && o.bound_now;
     Step::WriteSecret {
         secret: Box::new(desired),
         create,
-        event: InboxEvent::new(EventKind::SecretWritten, note),
+        event: (!quiet).then(|| InboxEvent::new(EventKind::SecretWritten, note)),
     }
 }
 
@@ -1432,12 +1480,21 @@ impl fmt::Display for Step {
             Step::Forget { id, .. } => write!(f, "forget {id}"),
             Step::Register { id, .. } => write!(f, "register {id}"),
             Step::ReadSecret { name } => write!(f, "read secret {name}"),
-            Step::WriteSecret { secret, create, .. } => {
+            Step::WriteSecret {
+                secret,
+                create,
+                event,
+            } => {
                 let verb = if *create { "create" } else { "update" };
                 let name = secret.metadata.name.as_deref().unwrap_or_default();
-                write!(f, "{verb} secret {name}")
+                write!(f, "{verb} secret {name}")?;
+                if event.is_none() {
+                    write!(f, " quietly")?;
+                }
+                Ok(())
             }
             Step::DeleteSecret { name, .. } => write!(f, "delete secret {name}"),
+            Step::AddFinalizer => write!(f, "add finalizer"),
             Step::DeleteInbox { id, .. } => write!(f, "delete inbox {id}"),
             Step::Announce(e) => write!(f, "announce {}", e.kind.reason()),
             Step::Done(d) => write!(f, "{d}"),
@@ -1792,18 +1849,19 @@ mod tests {
                 "done; requeue 500ms; count failure",
             ),
             (
-                "marked: report Creating while the create is in flight",
+                "marked: POST the marked address (no Creating status: one status write, Ready)",
                 obs().key().pending().marked(Marked::Yes),
-                "progress Creating",
+                "create support@agentsend.io",
             ),
             (
-                "Creating reported: POST the marked address",
-                obs()
-                    .key()
-                    .pending()
-                    .marked(Marked::Yes)
-                    .progress(Reason::Creating),
-                "create support@agentsend.io",
+                "no finalizer yet: the pending mark carries it (one patch for both)",
+                obs().key().with(|o| o.finalizer_missing = true),
+                "mark pending r4nd0mr4nd0mr4nd@agentsend.io",
+            ),
+            (
+                "no finalizer, and the first write is not the mark: add the finalizer first",
+                obs().converged(inb1()).with(|o| o.finalizer_missing = true),
+                "add finalizer",
             ),
             (
                 "created: record the binding, announce Created",
@@ -1901,8 +1959,13 @@ mod tests {
             ),
             // ---- recover: an exact lookup of the marked address
             (
-                "pending mark without an ID: look the address up before creating",
+                "pending mark without an ID: say Creating (the create was interrupted)",
                 obs().key().pending(),
+                "progress Creating",
+            ),
+            (
+                "then look the address up before creating",
+                obs().key().pending().progress(Reason::Creating),
                 "list candidates",
             ),
             (
@@ -1910,12 +1973,17 @@ mod tests {
                 obs()
                     .key()
                     .pending()
+                    .progress(Reason::Creating)
                     .with(|o| o.candidates = Some(Err(transient()))),
                 "done ApiUnavailable; requeue 500ms; count failure; hold 500ms",
             ),
             (
                 "found, created after the mark: collect the IDs other Inboxes hold (one owner)",
-                obs().key().pending().candidates(vec![inb1()]),
+                obs()
+                    .key()
+                    .pending()
+                    .progress(Reason::Creating)
+                    .candidates(vec![inb1()]),
                 "find bindings",
             ),
             (
@@ -1923,6 +1991,7 @@ mod tests {
                 obs()
                     .key()
                     .pending()
+                    .progress(Reason::Creating)
                     .candidates(vec![remote("x", "other@agentsend.io"), inb1()])
                     .elsewhere(&[]),
                 "bind inb_1 (Created)",
@@ -1932,19 +2001,28 @@ mod tests {
                 obs()
                     .key()
                     .pending()
+                    .progress(Reason::Creating)
                     .candidates(vec![inb1()])
                     .elsewhere(&["inb_1"]),
                 "done Rejected +Rejected; requeue 300s; wait for the owner of inb_1",
             ),
             (
                 "found, but it existed before the mark: never bound, the mark goes",
-                obs().key().pending().candidates(vec![older(inb1())]),
+                obs()
+                    .key()
+                    .pending()
+                    .progress(Reason::Creating)
+                    .candidates(vec![older(inb1())]),
                 "clear pending",
             ),
             (
                 "not found: the create never happened, POST again with the same address",
-                obs().key().pending().candidates(vec![]),
-                "progress Creating",
+                obs()
+                    .key()
+                    .pending()
+                    .progress(Reason::Creating)
+                    .candidates(vec![]),
+                "create support@agentsend.io",
             ),
             (
                 "a legacy mark (an earlier version's create), nothing matches: create with an address",
@@ -2152,6 +2230,17 @@ mod tests {
                     .registered()
                     .secret("mail", None),
                 "create secret mail",
+            ),
+            (
+                "in the pass that created the inbox, its first Secret adds no event (one event: Created)",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .found(inb1())
+                    .registered()
+                    .secret("mail", None)
+                    .with(|o| o.bound_now = true),
+                "create secret mail quietly",
             ),
             (
                 "owned Secret edited: restore it",
