@@ -57,7 +57,14 @@ pub(crate) async fn reconcile(inbox: Arc<Inbox>, ctx: Arc<Context>) -> Result<Ac
     if let Some(id) = inbox.bound_inbox_id() {
         span.record("inbox_id", field::display(&id));
     }
-    let result = run(inbox, &ctx).instrument(span).await;
+    let result = run(inbox, &ctx).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "pass ended"
+        );
+    });
     record(&ctx.metrics, &result, started);
     result.map(|p| p.action)
 }

@@ -394,9 +394,14 @@ impl Scope {
         Scope {
             ns,
             inboxes,
-            inbox_events: inbox_events.applied_objects().boxed(),
+            inbox_events: watches::without_errors(inbox_events.applied_objects(), "Inboxes")
+                .boxed(),
             secrets,
-            secret_events: secret_events.touched_objects().boxed(),
+            secret_events: watches::without_errors(
+                secret_events.touched_objects(),
+                "managed Secrets",
+            )
+            .boxed(),
         }
     }
 
@@ -411,7 +416,10 @@ impl Scope {
         stop: CancellationToken,
     ) -> BoxFuture<'static, ()> {
         let users = self.inboxes.clone();
-        let credentials = watches::credentials_secrets(client, self.ns.as_deref());
+        let credentials = watches::without_errors(
+            watches::credentials_secrets(client, self.ns.as_deref()),
+            "credentials Secrets",
+        );
         let config = ControllerConfig::default()
             .concurrency(ctx.settings.concurrency)
             .debounce(Duration::from_millis(200));

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta};
 use kube::core::PartialObjectMeta;
@@ -172,13 +172,32 @@ pub fn inboxes_using_credentials(
         .collect()
 }
 
+/// Keep a watch stream's errors from the Controller (they are logged here). Each watch backs
+/// off on its own ([`backoff`]); kube's Controller, given an error by any of its input
+/// streams, backs off *all* of them — counter-sync wake-ups included — for up to a minute,
+/// so after an API server outage nothing would be reconciled for that long.
+pub(crate) fn without_errors<K: Send + 'static>(
+    stream: impl Stream<Item = WatchItem<K>> + Send + 'static,
+    what: &'static str,
+) -> impl Stream<Item = WatchItem<K>> + Send + 'static {
+    stream.filter(move |item| {
+        if let Err(e) = item {
+            tracing::debug!(error = %e, watch = what, "watch error; the watch retries with backoff");
+        }
+        std::future::ready(item.is_ok())
+    })
+}
+
+/// One object (or error) of a watch stream.
+type WatchItem<K> = Result<K, watcher::Error>;
+
 /// Backoff between failed watch attempts: like kube's default (client-go's) but capped at
-/// 10 s instead of 30 s, so the caches catch up within seconds once an API server outage ends
+/// 10 s (5 s plus up to 100 % jitter) instead of 30 s, so the caches catch up within seconds once an API server outage ends
 /// (a stale cache holds every write of the affected Inboxes back). Resets after a quiet minute.
 pub(crate) fn backoff() -> kube::runtime::utils::ResetTimerBackoff<watcher::ExponentialBackoff> {
     let exponential = backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))
-        .with_max_delay(Duration::from_secs(10))
+        .with_max_delay(Duration::from_secs(5))
         .with_factor(2.0)
         .with_jitter()
         .without_max_times();
