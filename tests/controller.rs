@@ -1105,34 +1105,8 @@ async fn a_created_inbox_costs_four_writes_and_one_event() {
     env.stop().await;
 }
 
-/// Counts the writes to one Secret (its creation included) while it is watched.
-fn count_secret_writes(
-    env: &Env,
-    name: &str,
-) -> (
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    tokio::task::JoinHandle<()>,
-) {
-    use futures::StreamExt;
-    use kube::runtime::{WatchStreamExt, watcher};
-    let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = writes.clone();
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let stream = watcher(env.secrets(), cfg).applied_objects();
-    let task = tokio::spawn(async move {
-        let mut last = None;
-        futures::pin_mut!(stream);
-        while let Some(Ok(s)) = stream.next().await {
-            if last != s.metadata.resource_version {
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            }
-            last = s.metadata.resource_version.clone();
-        }
-    });
-    (writes, task)
-}
-
-/// Counts the writes to one Inbox (each new resourceVersion) while it is watched.
+/// Counts the writes to one Inbox (each new resourceVersion after the first seen) while it is
+/// watched.
 fn count_writes(
     env: &Env,
     name: &str,
@@ -1140,20 +1114,49 @@ fn count_writes(
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
     tokio::task::JoinHandle<()>,
 ) {
+    count_versions(env.inboxes(), name, false)
+}
+
+/// Counts the writes to one Secret, its creation included, while it is watched.
+fn count_secret_writes(
+    env: &Env,
+    name: &str,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    count_versions(env.secrets(), name, true)
+}
+
+/// Counts the resourceVersions of the object `name` that a watch of `api` sees (the first
+/// one only with `count_first`).
+fn count_versions<K>(
+    api: kube::Api<K>,
+    name: &str,
+    count_first: bool,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+)
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
     let writes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = writes.clone();
     let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let stream = watcher(env.inboxes(), cfg).applied_objects();
+    let stream = watcher(api, cfg).applied_objects();
     let task = tokio::spawn(async move {
-        let mut last = None;
+        let mut last: Option<Option<String>> = None;
         futures::pin_mut!(stream);
-        while let Some(Ok(i)) = stream.next().await {
-            if last.is_some() && last != i.metadata.resource_version {
+        while let Some(Ok(o)) = stream.next().await {
+            let version = o.meta().resource_version.clone();
+            let new = last.as_ref() != Some(&version);
+            if new && (last.is_some() || count_first) {
                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
-            last = i.metadata.resource_version.clone();
+            last = Some(version);
         }
     });
     (writes, task)
