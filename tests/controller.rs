@@ -83,8 +83,8 @@ async fn create_binds_writes_secret_and_mirrors_status() {
     );
     assert_eq!(Some(owner.uid.clone()), i.metadata.uid);
 
+    // One event for a new Inbox (SecretWritten is for restores: see the test below).
     env.wait_event("Created").await;
-    env.wait_event("SecretWritten").await;
 
     // Per-Inbox metrics use namespace and name only.
     let text = env.metrics.encode();
@@ -382,6 +382,7 @@ async fn owned_secret_is_restored_and_foreign_secret_untouched() {
     })
     .await;
     assert_eq!(data(&s, "address"), addr);
+    env.wait_event("SecretWritten").await;
 
     // Edited: restored.
     let patch = json!({"data": {"address": base64("evil@example.com")}});
