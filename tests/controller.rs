@@ -7,12 +7,12 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use inbox_operator::agentsend::{CreateInbox, InboxState};
 use inbox_operator::controller::DefaultKey;
 use inbox_operator::crd::{
     CredentialsSpec, DeletionPolicy, Inbox, InboxSpec, SecretKeyRef, SecretSpec,
 };
-use inbox_operator::simulator::Route;
+use inbox_sim::Route;
+use inbox_sim::{CreateInbox, InboxState};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;

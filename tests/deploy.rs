@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use inbox_operator::crd::{Inbox, InboxSpec};
-use inbox_operator::simulator::Simulator;
+use inbox_sim::Simulator;
 use kube::api::{Api, DeleteParams, PostParams};
 use support::{TestNamespace, control_plane, wait_for};
 

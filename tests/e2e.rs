@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use inbox_operator::crd::{Inbox, InboxSpec};
-use inbox_operator::simulator::{Route, Simulator, SimulatorHandle};
+use inbox_sim::{Route, Simulator, SimulatorHandle};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Client, ResourceExt};

@@ -7,7 +7,7 @@ mod support;
 use std::time::Duration;
 
 use inbox_operator::crd::InboxSpec;
-use inbox_operator::simulator::{Malformed, Route};
+use inbox_sim::{Malformed, Route};
 
 use ctl::{ACCOUNT, Env, KEY};
 

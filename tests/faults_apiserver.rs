@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use inbox_operator::agentsend::InboxState;
+use inbox_sim::InboxState;
 use support::control_plane;
 
 use ctl::{Env, status_id};

@@ -10,7 +10,7 @@ use inbox_operator::agentsend::{AgentSendClient, ClientOptions};
 use inbox_operator::controller::{self, DefaultKey, Settings};
 use inbox_operator::crd::{Inbox, InboxSpec};
 use inbox_operator::metrics::Metrics;
-use inbox_operator::simulator::{Simulator, SimulatorHandle};
+use inbox_sim::{Simulator, SimulatorHandle};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
