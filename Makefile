@@ -12,7 +12,7 @@ lint-deploy:     ## hadolint the Dockerfile; helm lint; check the chart renders 
 	hadolint Dockerfile
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" python3 hack/compare-helm-kustomize.py
 
-crd:             ## regenerate the committed CRD (and the Helm chart's copy); tests/crd.rs checks it
+crd:             ## regenerate the committed CRD (and the Helm chart's copy); tests/it/crd.rs checks it
 	cargo run --quiet --locked -p inbox-operator --bin inbox-operator -- crd > crds/inboxes.agentsend.io.yaml.tmp
 	mv crds/inboxes.agentsend.io.yaml.tmp crds/inboxes.agentsend.io.yaml
 	cp crds/inboxes.agentsend.io.yaml charts/inbox-operator/crds/inboxes.agentsend.io.yaml

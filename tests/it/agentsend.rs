@@ -1527,11 +1527,7 @@ async fn control_endpoints_over_http() {
 
 #[tokio::test]
 async fn standalone_server_registers_one_account_per_key() {
-    // A free port (tiny race: the port is released before the simulator binds it).
-    let addr: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let addr = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
     let server = tokio::spawn(inbox_sim::run_standalone(
         addr,
         vec![KEY.to_string(), KEY_B.to_string()],
