@@ -20,7 +20,9 @@ const KEY_B: &str = "sk_test_SECRET_bravo_8m2Pv1";
 const KEY_ROTATED: &str = "sk_test_SECRET_alpha_rotated";
 const UNKNOWN_KEY: &str = "sk_test_SECRET_unknown_0000";
 
-struct Env {
+/// The client tests' fixture: a simulator with two accounts and an AgentSend client on it. No
+/// Kubernetes (the cluster tests use `ctl::Env`).
+struct ClientEnv {
     sim: Simulator,
     handle: SimulatorHandle,
     client: AgentSendClient,
@@ -42,11 +44,11 @@ fn key(s: &str) -> ApiKey {
     ApiKey::new(s).unwrap()
 }
 
-async fn env() -> Env {
+async fn env() -> ClientEnv {
     env_with(fast()).await
 }
 
-async fn env_with(opts: ClientOptions) -> Env {
+async fn env_with(opts: ClientOptions) -> ClientEnv {
     let sim = Simulator::new();
     sim.add_account(ACCT, KEY);
     sim.add_account(ACCT_B, KEY_B);
@@ -54,7 +56,7 @@ async fn env_with(opts: ClientOptions) -> Env {
     sim.add_domain(ACCT_B, "dom_b", "bravo.test");
     let handle = sim.spawn().await.unwrap();
     let client = AgentSendClient::new(&handle.url(), opts).unwrap();
-    Env {
+    ClientEnv {
         sim,
         handle,
         client,
