@@ -14,15 +14,19 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN rustup target add "$(uname -m)-unknown-linux-musl"
 WORKDIR /src
+# The workspace's manifests name every member; only the operator is built (it contains no
+# simulator: sim/ and bench/ are copied so that the workspace loads).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY sim ./sim
+COPY bench ./bench
 # Cache mounts keep the crate registry and compiled dependencies between builds (BuildKit).
 ENV CARGO_PROFILE_RELEASE_STRIP=symbols
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     target="$(uname -m)-unknown-linux-musl" \
  && export "CC_$(echo "$target" | tr - _)=musl-gcc" \
- && cargo build --release --locked --target "$target" --bin inbox-operator \
+ && cargo build --release --locked --target "$target" -p inbox-operator --bin inbox-operator \
  && cp "target/$target/release/inbox-operator" /inbox-operator
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -4,16 +4,16 @@
 test:            ## provision the test control plane and run every test
 	hack/test.sh
 
-lint:            ## formatting and clippy, as CI runs them
-	cargo fmt --check
-	cargo clippy --all-targets --locked -- -D warnings
+lint:            ## formatting and clippy of every workspace member, as CI runs them
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
 
 lint-deploy:     ## hadolint the Dockerfile; helm lint; check the chart renders what deploy/ holds
 	hadolint Dockerfile
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" python3 hack/compare-helm-kustomize.py
 
-crd:             ## regenerate the committed CRD (and the Helm chart's copy); tests/crd.rs checks it
-	cargo run --quiet --locked -- crd > crds/inboxes.agentsend.io.yaml.tmp
+crd:             ## regenerate the committed CRD (and the Helm chart's copy); tests/it/crd.rs checks it
+	cargo run --quiet --locked -p inbox-operator --bin inbox-operator -- crd > crds/inboxes.agentsend.io.yaml.tmp
 	mv crds/inboxes.agentsend.io.yaml.tmp crds/inboxes.agentsend.io.yaml
 	cp crds/inboxes.agentsend.io.yaml charts/inbox-operator/crds/inboxes.agentsend.io.yaml
 
@@ -33,5 +33,5 @@ demo-down:
 bench:           ## benchmark (not a test); figures go into BENCHMARKS.md
 	hack/bench.sh --inboxes 100,1000,10000
 
-build:
-	cargo build --release
+build:           ## release build of the operator, the simulator and the benchmark
+	cargo build --release --workspace

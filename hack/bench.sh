@@ -7,5 +7,5 @@ cd "$(dirname "$0")/.."
 # The control plane (and its kubectl, first on PATH) of Kubernetes $K8S_VERSION (default 1.37.2).
 ASSETS="$(hack/envtest-assets.sh "${K8S_VERSION:-1.37.2}")"
 export PATH="$ASSETS:$PATH" K8S_VERSION="${K8S_VERSION:-1.37.2}"
-cargo build --release --bin inbox-operator --bin inbox-bench
+cargo build --release -p inbox-operator --bin inbox-operator -p inbox-bench --bin inbox-bench
 exec "${CARGO_TARGET_DIR:-target}/release/inbox-bench" "$@"

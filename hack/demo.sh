@@ -33,9 +33,10 @@ ASSETS="$("$ROOT/hack/envtest-assets.sh" "${K8S_VERSION:-1.37.2}")"
 # The kubectl built with the control plane: the server's own version.
 export PATH="$ASSETS:$PATH"
 
-log "building inbox-operator"
-cargo build --quiet --manifest-path "$ROOT/Cargo.toml" --bin inbox-operator
+log "building inbox-operator and the simulator (inbox-sim)"
+cargo build --quiet --manifest-path "$ROOT/Cargo.toml" -p inbox-operator --bin inbox-operator -p inbox-sim --bin inbox-sim
 BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/inbox-operator"
+SIM="${CARGO_TARGET_DIR:-$ROOT/target}/debug/inbox-sim"
 
 log "starting the local control plane"
 KUBECONFIG="$("$ROOT/hack/local-cluster.sh" up "$CLUSTER")"
@@ -48,7 +49,7 @@ else
   PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
   export AGENTSEND_API_KEY="sim-demo-key"
   API_URL="http://127.0.0.1:$PORT"
-  "$BIN" simulator --listen "127.0.0.1:$PORT" --api-key "$AGENTSEND_API_KEY" >"$STATE/simulator.log" 2>&1 &
+  "$SIM" --listen "127.0.0.1:$PORT" --api-key "$AGENTSEND_API_KEY" >"$STATE/simulator.log" 2>&1 &
   echo $! > "$STATE/simulator.pid"
   for _ in $(seq 1 50); do curl -sf "$API_URL/_simulator/stats" >/dev/null 2>&1 && break; sleep 0.1; done
   log "AgentSend SIMULATOR (not the real service) on $API_URL"

@@ -2,12 +2,14 @@
 # THE test command (`make test`): provisions the test control plane (etcd, kube-apiserver,
 # kube-controller-manager, kubectl and helm of Kubernetes $K8S_VERSION, default 1.37.2, built
 # once from their Go modules by hack/envtest-assets.sh and cached in
-# ~/.cache/inbox-operator/envtest/), then runs every test: unit tests and the real-apiserver
-# integration tests in tests/.
+# ~/.cache/inbox-operator/envtest/), then runs every test of every workspace member (the
+# operator, sim/, bench/): unit tests, and the real-apiserver integration tests: tests/it/ (one
+# binary, one control plane for the whole run) and tests/faults_apiserver.rs (it stops the API
+# server, so it has a control plane of its own).
 #
-#   hack/test.sh                          # everything on 1.37.2: cargo test --all-targets
+#   hack/test.sh                          # everything on 1.37.2: cargo test --workspace --all-targets
 #   K8S_VERSION=1.33.13 hack/test.sh      # everything on the earliest supported version
-#   hack/test.sh --test crd               # arguments replace --all-targets: cargo test --test crd
+#   hack/test.sh --test it crd::          # arguments replace --workspace --all-targets
 #
 # Environment: K8S_VERSION; KUBEBUILDER_ASSETS (use these binaries instead); KUBECTL, HELM
 # (default: the ones built with the control plane); RUST_TEST_THREADS (tests per binary in
@@ -34,7 +36,7 @@ log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 set +e
 # --no-fail-fast: every test binary runs, so one failure does not hide others.
-if [[ $# -eq 0 ]]; then set -- --all-targets; fi
+if [[ $# -eq 0 ]]; then set -- --workspace --all-targets; fi
 cargo test --locked --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e

@@ -21,8 +21,6 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the Inbox CustomResourceDefinition as YAML.
     Crd,
-    /// Run a local AgentSend SIMULATOR (in memory; NOT the real service) for development and tests.
-    Simulator(SimulatorArgs),
 }
 
 /// Log output format.
@@ -74,8 +72,6 @@ pub mod limits {
     /// `--agentsend-timeout`: per request; zero would fail every call.
     pub const AGENTSEND_TIMEOUT: (Duration, Duration) =
         (Duration::from_millis(100), Duration::from_secs(300));
-    /// `simulator --latency`.
-    pub const SIMULATOR_LATENCY: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(60));
 }
 
 /// Parse a duration and check it lies within `(min, max)`.
@@ -108,10 +104,6 @@ fn lease_duration(s: &str) -> Result<Duration, DurationFlagError> {
 
 fn agentsend_timeout(s: &str) -> Result<Duration, DurationFlagError> {
     bounded(s, limits::AGENTSEND_TIMEOUT)
-}
-
-fn simulator_latency(s: &str) -> Result<Duration, DurationFlagError> {
-    bounded(s, limits::SIMULATOR_LATENCY)
 }
 
 /// Flags of `inbox-operator run`.
@@ -216,25 +208,6 @@ pub struct RunArgs {
     pub agentsend_timeout: Duration,
 }
 
-/// Flags of `inbox-operator simulator`.
-#[derive(Args, Debug, Clone)]
-pub struct SimulatorArgs {
-    /// Listen address (loopback by default).
-    #[arg(long, default_value = "127.0.0.1:8090")]
-    pub listen: SocketAddr,
-    /// API keys the simulator accepts, one account each (simulator only; fake keys).
-    #[arg(
-        long = "api-key",
-        env = "AGENTSEND_API_KEY",
-        value_delimiter = ',',
-        default_value = "sim-key"
-    )]
-    pub api_keys: Vec<String>,
-    /// Latency added to every API request; at most 1m.
-    #[arg(long, default_value = "0ms", value_parser = simulator_latency)]
-    pub latency: Duration,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,8 +291,6 @@ mod tests {
         assert_eq!(a.sync_interval, Duration::from_secs(86_400));
         assert_eq!(a.lease_duration, Duration::from_secs(4));
         assert_eq!(a.agentsend_timeout, Duration::from_millis(100));
-        let sim = Cli::try_parse_from(["inbox-operator", "simulator", "--latency", "2m"]);
-        assert!(sim.unwrap_err().to_string().contains("too long"));
     }
 
     #[test]

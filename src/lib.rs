@@ -1,10 +1,11 @@
 //! inbox-operator: manage AgentSend email inboxes declaratively from Kubernetes.
 //!
 //! Layout: [`crd`] (the public resource), [`agentsend`] (HTTP client for the AgentSend API),
-//! [`simulator`] (a local, in-memory stand-in for AgentSend used by tests and the demo —
-//! **not** the real service), [`controller`] (the reconcile: a pure planner, the executor of
+//! [`controller`] (the reconcile: a pure planner, the executor of
 //! its steps, watches and per-account caches), [`operator`] and [`leader`] (the `run`
 //! command: startup, signals, the lease), [`metrics`] and [`server`] (`/metrics`, health).
+//! The AgentSend simulator used by tests and the demo is a separate workspace crate
+//! (`inbox-sim`, in `sim/`): the operator contains no simulator.
 #![forbid(unsafe_code)]
 
 pub mod agentsend;
@@ -12,7 +13,6 @@ pub mod controller;
 pub mod crd;
 pub mod meta;
 pub mod metrics;
-pub mod simulator;
 
 /// Install ring as the process-wide rustls crypto provider (idempotent). Exactly one provider
 /// is compiled in; this makes the choice explicit for every TLS client (kube and reqwest).

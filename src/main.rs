@@ -1,4 +1,4 @@
-//! The `inbox-operator` binary: `run`, `crd` and `simulator`.
+//! The `inbox-operator` binary: `run` and `crd`.
 #![forbid(unsafe_code)]
 
 use clap::Parser;
@@ -29,20 +29,5 @@ async fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
-        Command::Simulator(args) => {
-            match inbox_operator::simulator::run_standalone(
-                args.listen,
-                args.api_keys,
-                args.latency,
-            )
-            .await
-            {
-                Ok(()) => std::process::ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("inbox-operator simulator: {e}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
-        }
     }
 }

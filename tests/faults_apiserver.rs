@@ -6,10 +6,11 @@ mod support;
 
 use std::time::Duration;
 
-use inbox_operator::agentsend::InboxState;
+use inbox_sim::InboxState;
 use support::control_plane;
 
-use ctl::{Env, status_id};
+use ctl::{Env, Ready, status_id};
+use inbox_operator::crd::Reason;
 
 /// Stop (or start) the API server without blocking the runtime: the operator under test keeps
 /// running through the outage, as it would in a cluster (a blocking call here would freeze it
@@ -45,7 +46,8 @@ async fn apiserver_restart_mid_run() {
         .update_inbox(&id, |r| r.status = InboxState::Suspended);
     tokio::time::sleep(Duration::from_secs(3)).await;
     outage(true).await;
-    env.wait_ready(&names[0], "False", "InboxSuspended").await;
+    env.wait_ready(&names[0], Ready::False(Reason::InboxSuspended))
+        .await;
     env.sim.update_inbox(&id, |r| r.status = InboxState::Active);
     env.assert_converged(&names).await;
     env.delete_all_and_check(&names).await;

@@ -448,17 +448,21 @@ mod tests {
     /// nothing), and a report of an older observation does not clear a newer change.
     #[tokio::test]
     async fn a_change_is_asked_for_until_reported() {
-        let sim = crate::simulator::Simulator::new();
+        let sim = inbox_sim::Simulator::new();
         sim.add_account("acct", "key-a");
         let handle = sim.spawn().await.unwrap();
         let client = AgentSendClient::new(&handle.url(), ClientOptions::default()).unwrap();
         let scans = ScanCache::new(client, Duration::from_secs(60));
         let key = ApiKey::new("key-a").unwrap();
         let inbox = sim
-            .insert_inbox("acct", crate::agentsend::CreateInbox::default())
+            .insert_inbox("acct", inbox_sim::CreateInbox::default())
             .unwrap();
         let watched = vec![inbox.id.clone()];
-        let id = || sim.inbox(&inbox.id).unwrap();
+        // The simulator's inbox as the client reads it: through the wire format.
+        let id = || -> crate::agentsend::RemoteInbox {
+            let wire = serde_json::to_value(sim.inbox(&inbox.id).unwrap()).unwrap();
+            serde_json::from_value(wire).unwrap()
+        };
         assert_eq!(scans.scan(&key, &watched).await.unwrap(), watched, "new");
         scans.reported(&key, &id());
         assert!(scans.scan(&key, &watched).await.unwrap().is_empty(), "same");

@@ -1,6 +1,7 @@
-//! The in-process controller environment shared by the controller and fault test binaries:
-//! a real kube-apiserver (from `support`), a namespace, a simulator and a controller scoped to
-//! that namespace.
+//! The one test environment ([`Env`]): a real kube-apiserver (from `support`), a namespace, a
+//! simulator and, when asked for, a controller scoped to that namespace; with what the tests
+//! share on it: create-and-wait-Ready, typed condition waits ([`Ready`]), simulator faults
+//! ([`Fault`]), the operator binary scoped to the namespace, and the end-state invariants.
 #![allow(dead_code)]
 
 use std::sync::Arc;
@@ -8,45 +9,96 @@ use std::time::Duration;
 
 use inbox_operator::agentsend::{AgentSendClient, ClientOptions};
 use inbox_operator::controller::{self, DefaultKey, Settings};
-use inbox_operator::crd::{Inbox, InboxSpec};
+use inbox_operator::crd::{Inbox, InboxSpec, Reason};
 use inbox_operator::metrics::Metrics;
-use inbox_operator::simulator::{Simulator, SimulatorHandle};
+use inbox_sim::{Malformed, Route, Simulator, SimulatorHandle};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
 use kube::api::{Api, ListParams, PostParams};
 
-use crate::support::{TestNamespace, control_plane, wait_for};
+use crate::support::{Operator, TestNamespace, control_plane, wait_for};
 
 pub const KEY: &str = "sk_test_default_key_0123456789";
 pub const ACCOUNT: &str = "acct-main";
 pub const T: Duration = Duration::from_secs(30);
 
+/// One test's environment: a namespace of its own on the shared control plane, a simulator
+/// with one account on a free port and, for [`Env::start`] and its variants, an in-process
+/// controller scoped to that namespace ([`Env::bare`] has none: the test runs the operator
+/// binary with [`Env::operator`], or nothing).
 pub struct Env {
     pub client: Client,
     pub ns: TestNamespace,
     pub sim: Simulator,
-    _sim_handle: SimulatorHandle,
-    stop: tokio::sync::watch::Sender<bool>,
-    ctrl: tokio::task::JoinHandle<()>,
+    /// The simulator's server (its URL is what the operator is given).
+    pub handle: SimulatorHandle,
+    /// The API key of the simulator's account, given to the operator as its default key.
+    pub key: &'static str,
+    /// How long the waits of this environment wait.
+    pub timeout: Duration,
+    controller: Option<Controller>,
     pub metrics: Arc<Metrics>,
     _dump: Box<dyn Send>,
 }
 
+/// The in-process controller task and its stop signal.
+struct Controller {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The Ready condition an Inbox is waited into: `True` (reason `Ready`) or `False` with a
+/// reason, typed (the reasons are the operator's own [`Reason`]s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// `Ready=True`, reason `Ready`.
+    True,
+    /// `Ready=False` with this reason.
+    False(Reason),
+}
+
+impl Ready {
+    /// The condition's `status` and `reason` as written in the Inbox.
+    pub fn status_reason(self) -> (&'static str, &'static str) {
+        match self {
+            Ready::True => ("True", Reason::Ready.as_str()),
+            Ready::False(r) => ("False", r.as_str()),
+        }
+    }
+}
+
+/// A simulator fault, set up by [`Env::inject`] and undone when its guard drops.
+#[derive(Clone, Copy, Debug)]
+pub enum Fault {
+    /// Latency added to every API request.
+    Latency(Duration),
+    /// A fraction of API requests answers this status.
+    ErrorRate(f64, u16),
+    /// Successful answers on the route are malformed in this way.
+    Malformed(Route, Malformed),
+}
+
+/// Undoes its [`Fault`] when dropped.
+pub struct FaultGuard {
+    sim: Simulator,
+    fault: Fault,
+}
+
+impl Drop for FaultGuard {
+    fn drop(&mut self) {
+        match self.fault {
+            Fault::Latency(_) => self.sim.set_latency(Duration::ZERO),
+            Fault::ErrorRate(_, status) => self.sim.set_error_rate(0.0, status),
+            Fault::Malformed(route, _) => self.sim.set_malformed(route, None),
+        }
+    }
+}
+
 impl Env {
-    pub async fn start() -> Env {
-        Env::start_with(|_| {}).await
-    }
-
-    pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Env {
-        Env::start_tuned(|_| {}, tweak).await
-    }
-
-    /// Like [`Env::start_with`], also tuning the AgentSend client.
-    pub async fn start_tuned(
-        tweak_client: impl FnOnce(&mut ClientOptions),
-        tweak: impl FnOnce(&mut Settings),
-    ) -> Env {
+    /// A namespace `PREFIX-xxxxxx` and a simulator whose `account` accepts `key`; no
+    /// controller.
+    pub async fn bare(prefix: &str, account: &str, key: &'static str) -> Env {
         inbox_operator::ensure_crypto_provider();
         // Controller logs go to the test's captured output (shown when a test fails).
         let _ = tracing_subscriber::fmt()
@@ -57,13 +109,42 @@ impl Env {
             .with_ansi(false)
             .try_init();
         let dump = Box::new(crate::support::on_failure_dump_logs());
-        let cp = control_plane();
-        let client = cp.client().await;
-        let ns = TestNamespace::new(&client, "ctl").await;
+        let client = control_plane().client().await;
+        let ns = TestNamespace::new(&client, prefix).await;
         let sim = Simulator::new();
-        sim.add_account(ACCOUNT, KEY);
-        sim.add_domain(ACCOUNT, "dom_example", "example.com");
+        sim.add_account(account, key);
         let handle = sim.spawn().await.expect("simulator starts");
+        Env {
+            client,
+            ns,
+            sim,
+            handle,
+            key,
+            timeout: T,
+            controller: None,
+            metrics: Arc::new(Metrics::new()),
+            _dump: dump,
+        }
+    }
+
+    /// [`Env::bare`] (account [`ACCOUNT`], key [`KEY`], the domain `dom_example`) plus an
+    /// in-process controller with the test settings.
+    pub async fn start() -> Env {
+        Env::start_with(|_| {}).await
+    }
+
+    /// Like [`Env::start`], tuning the controller's settings.
+    pub async fn start_with(tweak: impl FnOnce(&mut Settings)) -> Env {
+        Env::start_tuned(|_| {}, tweak).await
+    }
+
+    /// Like [`Env::start_with`], also tuning the AgentSend client.
+    pub async fn start_tuned(
+        tweak_client: impl FnOnce(&mut ClientOptions),
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Env {
+        let mut env = Env::bare("ctl", ACCOUNT, KEY).await;
+        env.sim.add_domain(ACCOUNT, "dom_example", "example.com");
         let mut opts = ClientOptions {
             timeout: Duration::from_secs(2),
             min_backoff: Duration::from_millis(20),
@@ -71,38 +152,57 @@ impl Env {
             ..ClientOptions::default()
         };
         tweak_client(&mut opts);
-        let api = AgentSendClient::new(&handle.url(), opts).expect("client");
+        let api = AgentSendClient::new(&env.handle.url(), opts).expect("client");
         let mut settings = Settings {
             sync_interval: Duration::from_secs(2),
             concurrency: 4,
-            namespaces: vec![ns.name().to_string()],
+            namespaces: vec![env.ns.name().to_string()],
             default_key: DefaultKey::Fixed(
                 inbox_operator::agentsend::ApiKey::new(KEY).expect("key"),
             ),
             ..Settings::default()
         };
         tweak(&mut settings);
-        let metrics = Arc::new(Metrics::new());
         let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
-        let ctrl = tokio::spawn(controller::run(
-            client.clone(),
+        let task = tokio::spawn(controller::run(
+            env.client.clone(),
             api,
             settings,
-            metrics.clone(),
+            env.metrics.clone(),
             async move {
                 let _ = stop_rx.wait_for(|v| *v).await;
             },
             || {},
         ));
-        Env {
-            client,
-            ns,
-            sim,
-            _sim_handle: handle,
-            stop,
-            ctrl,
-            metrics,
-            _dump: dump,
+        env.controller = Some(Controller { stop, task });
+        env
+    }
+
+    /// The operator binary, scoped to this namespace (`--namespace`), with the test settings
+    /// (`--sync-interval 2s`, JSON logs at debug) and `extra` flags, on this simulator.
+    pub fn operator(&self, extra: &[&str]) -> Operator {
+        let mut args = vec!["--namespace", self.ns.name()];
+        args.extend_from_slice(&["--sync-interval", "2s", "--log-format", "json"]);
+        args.extend_from_slice(extra);
+        Operator::start(
+            &control_plane().kubeconfig,
+            &self.handle.url(),
+            self.key,
+            &args,
+            "debug,hyper=info,h2=info,tower=info,rustls=info",
+        )
+    }
+
+    /// Set up a simulator fault; it lasts until the guard drops.
+    pub fn inject(&self, fault: Fault) -> FaultGuard {
+        match fault {
+            Fault::Latency(d) => self.sim.set_latency(d),
+            Fault::ErrorRate(rate, status) => self.sim.set_error_rate(rate, status),
+            Fault::Malformed(route, kind) => self.sim.set_malformed(route, Some(kind)),
+        }
+        FaultGuard {
+            sim: self.sim.clone(),
+            fault,
         }
     }
 
@@ -121,9 +221,36 @@ impl Env {
             .expect("create Inbox")
     }
 
-    /// Wait until the Inbox's Ready condition has this status and reason; on timeout, the
-    /// panic shows what the Inbox looked like.
-    pub async fn wait_ready(&self, name: &str, status: &str, reason: &str) -> Inbox {
+    /// Create an Inbox and wait until it is Ready.
+    pub async fn create_ready(&self, name: &str, spec: InboxSpec) -> Inbox {
+        self.create(name, spec).await;
+        self.wait_ready(name, Ready::True).await
+    }
+
+    /// Create an Inbox with these labels and a display name of its own (`Agent NAME`, as real
+    /// agents have: recovery tells lost creates apart by it).
+    pub async fn create_labelled(&self, name: &str, labels: &[(&str, &str)]) -> Inbox {
+        let spec = InboxSpec {
+            display_name: Some(format!("Agent {name}")),
+            ..Default::default()
+        };
+        let mut i = Inbox::new(name, spec);
+        i.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        self.inboxes()
+            .create(&PostParams::default(), &i)
+            .await
+            .expect("create Inbox")
+    }
+
+    /// Wait until the Inbox's Ready condition is `want`, for its current generation; on
+    /// timeout, the panic shows what the Inbox looked like.
+    pub async fn wait_ready(&self, name: &str, want: Ready) -> Inbox {
+        let (status, reason) = want.status_reason();
         let api = self.inboxes();
         let start = std::time::Instant::now();
         loop {
@@ -136,7 +263,7 @@ impl Env {
             {
                 return i.clone();
             }
-            if start.elapsed() > T {
+            if start.elapsed() > self.timeout {
                 let shown = current.map(|i| {
                     serde_json::json!({"annotations": i.metadata.annotations, "status": i.status}).to_string()
                 });
@@ -152,7 +279,7 @@ impl Env {
 
     pub async fn wait_gone(&self, name: &str) {
         let api = self.inboxes();
-        wait_for(&format!("{name} deleted"), T, || {
+        wait_for(&format!("{name} deleted"), self.timeout, || {
             let api = api.clone();
             async move { matches!(api.get_opt(name).await, Ok(None)).then_some(()) }
         })
@@ -183,21 +310,27 @@ impl Env {
 
     /// Whether the controller task is still running (it ends only when stopped or on a panic).
     pub fn controller_running(&self) -> bool {
-        !self.ctrl.is_finished()
+        self.controller
+            .as_ref()
+            .is_some_and(|c| !c.task.is_finished())
     }
 
     /// Stop the controller (as a crashed or scaled-down operator), keeping the namespace.
     pub async fn halt(&self) {
-        let _ = self.stop.send(true);
-        wait_for("the controller to stop", T, || async {
-            self.ctrl.is_finished().then_some(())
+        let Some(c) = &self.controller else { return };
+        let _ = c.stop.send(true);
+        wait_for("the controller to stop", self.timeout, || async {
+            c.task.is_finished().then_some(())
         })
         .await
     }
 
-    pub async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(20), self.ctrl).await;
+    /// Stop the controller and wait (up to 20 s) until it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(c) = self.controller.take() {
+            let _ = c.stop.send(true);
+            let _ = tokio::time::timeout(Duration::from_secs(20), c.task).await;
+        }
     }
 }
 
@@ -234,7 +367,7 @@ impl Env {
     pub async fn assert_converged(&self, names: &[String]) {
         let mut ids = std::collections::HashSet::new();
         for name in names {
-            let i = self.wait_ready(name, "True", "Ready").await;
+            let i = self.wait_ready(name, Ready::True).await;
             let id = status_id(&i);
             assert!(ids.insert(id.clone()), "{name}: inbox {id} bound twice");
             let remote = self

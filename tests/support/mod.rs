@@ -1,9 +1,12 @@
 //! Test harness: a real etcd + kube-apiserver + kube-controller-manager (envtest style, plus
 //! the garbage collector and the namespace controller, so ownerReferences and namespace
-//! deletion behave as in a cluster), started once per test binary on free loopback ports, with
+//! deletion behave as in a cluster), started once per test binary (tests/it: once per run;
+//! tests/faults_apiserver.rs: its own) on free loopback ports, with
 //! the Inbox CRD installed by `kubectl apply --server-side`; a namespace per test; log dumps on
 //! failure; polling helpers; and a watchdog that kills the processes and removes the temp dir
-//! when the test process exits, even after a panic or a SIGKILL.
+//! when the test process exits, even after a panic or a SIGKILL. Also what the tests share
+//! beyond it: free ports, the `inbox-operator` binary run as a process ([`Operator`]), and
+//! polling ([`wait_for`]).
 //!
 //! Every `#[tokio::test]` has its own runtime, so nothing runtime-bound (a `kube::Client`) is
 //! kept in a static: the control plane is plain processes and files, and `client()` makes a new
@@ -15,7 +18,7 @@
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
@@ -84,7 +87,8 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-fn free_port() -> u16 {
+/// A free loopback port (released before use: a tiny race, fine on a test machine).
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -155,7 +159,7 @@ fn exit_status(child: &Mutex<Option<Child>>) -> Option<std::process::ExitStatus>
 
 /// The last `lines` lines of a log file (read from its last MiB; not necessarily UTF-8).
 fn tail(path: &Path, lines: usize) -> String {
-    use std::io::{Read, Seek, SeekFrom};
+    use std::io::{Seek, SeekFrom};
     let Ok(mut file) = std::fs::File::open(path) else {
         return format!("({} not found)", path.display());
     };
@@ -741,4 +745,148 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A `Command` for the `inbox-operator` binary built with these tests.
+pub fn operator_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_inbox-operator"))
+}
+
+/// A running `inbox-operator run` process, its stderr in a log file; killed on drop (after
+/// printing its log tail if the test is panicking).
+pub struct Operator {
+    child: Option<Child>,
+    log: PathBuf,
+    metrics_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Operator {
+    /// `inbox-operator run --metrics-addr 127.0.0.1:FREE ARGS` with `KUBECONFIG`,
+    /// `AGENTSEND_API_URL`, `AGENTSEND_API_KEY` and `RUST_LOG` set.
+    pub fn start(kubeconfig: &Path, api_url: &str, key: &str, args: &[&str], log: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log_path = dir.path().join("operator.log");
+        let port = free_port();
+        let file = std::fs::File::create(&log_path).expect("log file");
+        let child = operator_command()
+            .arg("run")
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("AGENTSEND_API_URL", api_url)
+            .env("AGENTSEND_API_KEY", key)
+            .env("RUST_LOG", log)
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start operator");
+        Operator {
+            child: Some(child),
+            log: log_path,
+            metrics_port: port,
+            _dir: dir,
+        }
+    }
+
+    /// Everything it has logged so far.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Its `/metrics`, `None` if nothing answers.
+    pub async fn metrics(&self) -> Option<String> {
+        http_get(self.metrics_port, "/metrics").await
+    }
+
+    /// The port of its `/metrics`, `/healthz` and `/readyz`.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
+    /// Whether its metrics say it leads.
+    pub async fn is_leader(&self) -> bool {
+        self.metrics()
+            .await
+            .is_some_and(|m| m.contains("inbox_operator_leader 1"))
+    }
+
+    /// SIGKILL (and reap) it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Wait up to `within` for the process to exit on its own; its exit code (`None`: still
+    /// running, or killed by a signal).
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return st.code();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// SIGTERM and wait for exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let logs = self.logs();
+            let tail: Vec<&str> = logs.lines().rev().take(60).collect();
+            eprintln!("--- operator log tail ---");
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+        self.kill9();
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback (the metrics endpoint); `None` if nothing answers.
+pub async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use inbox_operator::agentsend::{
     AgentSendClient, ApiError, ApiKey, ClientOptions, CreateInbox, InboxState, RemoteInbox,
 };
-use inbox_operator::simulator::{Malformed, Route, Simulator, SimulatorHandle};
+use inbox_sim::{Malformed, Route, Simulator, SimulatorHandle};
 use serde_json::{Value, json};
 
 const ACCT: &str = "acct-a";
@@ -20,7 +20,9 @@ const KEY_B: &str = "sk_test_SECRET_bravo_8m2Pv1";
 const KEY_ROTATED: &str = "sk_test_SECRET_alpha_rotated";
 const UNKNOWN_KEY: &str = "sk_test_SECRET_unknown_0000";
 
-struct Env {
+/// The client tests' fixture: a simulator with two accounts and an AgentSend client on it. No
+/// Kubernetes (the cluster tests use `ctl::Env`).
+struct ClientEnv {
     sim: Simulator,
     handle: SimulatorHandle,
     client: AgentSendClient,
@@ -42,11 +44,11 @@ fn key(s: &str) -> ApiKey {
     ApiKey::new(s).unwrap()
 }
 
-async fn env() -> Env {
+async fn env() -> ClientEnv {
     env_with(fast()).await
 }
 
-async fn env_with(opts: ClientOptions) -> Env {
+async fn env_with(opts: ClientOptions) -> ClientEnv {
     let sim = Simulator::new();
     sim.add_account(ACCT, KEY);
     sim.add_account(ACCT_B, KEY_B);
@@ -54,7 +56,7 @@ async fn env_with(opts: ClientOptions) -> Env {
     sim.add_domain(ACCT_B, "dom_b", "bravo.test");
     let handle = sim.spawn().await.unwrap();
     let client = AgentSendClient::new(&handle.url(), opts).unwrap();
-    Env {
+    ClientEnv {
         sim,
         handle,
         client,
@@ -69,6 +71,25 @@ fn create(address: Option<&str>, display: Option<&str>, domain: Option<&str>) ->
         display_name: display.map(str::to_string),
         domain_id: domain.map(str::to_string),
     }
+}
+
+/// The same request, for the simulator's out-of-band creation (its own wire type).
+fn sim_create(
+    address: Option<&str>,
+    display: Option<&str>,
+    domain: Option<&str>,
+) -> inbox_sim::CreateInbox {
+    inbox_sim::CreateInbox {
+        address: address.map(str::to_string),
+        display_name: display.map(str::to_string),
+        domain_id: domain.map(str::to_string),
+    }
+}
+
+/// A simulator inbox as the client reads it: through the wire format.
+fn wire(i: &inbox_sim::RemoteInbox) -> RemoteInbox {
+    let v = serde_json::to_value(i).expect("serialise a simulator inbox");
+    serde_json::from_value(v).expect("the client reads the simulator's inbox")
 }
 
 /// No error text may contain an API key, whatever the failure.
@@ -91,9 +112,12 @@ fn raw_client() -> reqwest::Client {
 fn seed(sim: &Simulator, account: &str, prefix: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
-            sim.insert_inbox(account, create(Some(&format!("{prefix}{i}")), None, None))
-                .unwrap()
-                .id
+            sim.insert_inbox(
+                account,
+                sim_create(Some(&format!("{prefix}{i}")), None, None),
+            )
+            .unwrap()
+            .id
         })
         .collect()
 }
@@ -136,8 +160,11 @@ async fn create_with_random_address_has_documented_defaults() {
     assert!(created.ends_with('Z') && created.contains('.'), "{created}");
     let age = jiff::Timestamp::now().duration_since(ts);
     assert!(age.as_secs() < 60, "{created}");
-    assert_eq!(env.sim.inbox(&i.id), Some(i.clone()));
-    assert_eq!(env.sim.inboxes(ACCT), vec![i]);
+    assert_eq!(env.sim.inbox(&i.id).as_ref().map(wire), Some(i.clone()));
+    assert_eq!(
+        env.sim.inboxes(ACCT).iter().map(wire).collect::<Vec<_>>(),
+        vec![i]
+    );
     assert!(env.sim.inboxes(ACCT_B).is_empty());
     assert_eq!(env.sim.request_count(Route::Create), 1);
 
@@ -443,7 +470,7 @@ async fn out_of_band_changes_are_visible() {
     let c = &env.client;
     let i = env
         .sim
-        .insert_inbox(ACCT, create(Some("oob"), None, None))
+        .insert_inbox(ACCT, sim_create(Some("oob"), None, None))
         .unwrap();
     assert_eq!(
         env.sim.request_count(Route::Create),
@@ -452,12 +479,12 @@ async fn out_of_band_changes_are_visible() {
     );
     let e = env
         .sim
-        .insert_inbox(ACCT_B, create(Some("oob"), None, None))
+        .insert_inbox(ACCT_B, sim_create(Some("oob"), None, None))
         .unwrap_err();
     assert!(e.contains("409"), "{e}");
     assert!(
         env.sim
-            .insert_inbox(ACCT, create(Some("x"), None, Some("dom_b")))
+            .insert_inbox(ACCT, sim_create(Some("x"), None, Some("dom_b")))
             .unwrap_err()
             .contains("422")
     );
@@ -468,7 +495,7 @@ async fn out_of_band_changes_are_visible() {
         i.total_sent = Some(400);
         i.bounce_count = Some(3);
         i.complaint_count = Some(1);
-        i.status = InboxState::Suspended;
+        i.status = inbox_sim::InboxState::Suspended;
     }));
     let got = c.get_inbox(&env.key, &i.id).await.unwrap();
     assert_eq!(got.status, InboxState::Suspended);
@@ -616,7 +643,9 @@ async fn list_all_tolerates_concurrent_creates_and_deletes() {
     let mut added = 0;
     while !scan.is_finished() && added < 300 {
         for _ in 0..10 {
-            env.sim.insert_inbox(ACCT, CreateInbox::default()).unwrap();
+            env.sim
+                .insert_inbox(ACCT, inbox_sim::CreateInbox::default())
+                .unwrap();
             added += 1;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -662,7 +691,10 @@ async fn list_all_tolerates_concurrent_creates_and_deletes() {
 async fn transient_failures_of_idempotent_calls_are_retried() {
     let env = env().await;
     let c = &env.client;
-    let i = env.sim.insert_inbox(ACCT, CreateInbox::default()).unwrap();
+    let i = env
+        .sim
+        .insert_inbox(ACCT, inbox_sim::CreateInbox::default())
+        .unwrap();
 
     env.sim.fail_next(Route::Get, 2, 503);
     assert_eq!(c.get_inbox(&env.key, &i.id).await.unwrap().id, i.id);
@@ -787,7 +819,7 @@ async fn dropped_create_response_is_transient_but_the_inbox_exists() {
     assert_eq!(existing[0].address, "lost@agentsend.io");
     // Recovery by listing finds it; creating again would conflict.
     let all = env.client.list_all(&env.key).await.unwrap();
-    assert_eq!(all, existing);
+    assert_eq!(all, existing.iter().map(wire).collect::<Vec<_>>());
     let e = env
         .client
         .create_inbox(&env.key, &create(Some("lost"), None, None))
@@ -808,7 +840,10 @@ async fn dropped_create_response_is_transient_but_the_inbox_exists() {
 async fn rate_limit_with_retry_after_seconds_closes_the_account() {
     let env = env().await;
     let c = &env.client;
-    let i = env.sim.insert_inbox(ACCT, CreateInbox::default()).unwrap();
+    let i = env
+        .sim
+        .insert_inbox(ACCT, inbox_sim::CreateInbox::default())
+        .unwrap();
     env.sim.rate_limit_for(ACCT, Duration::from_secs(2), false);
 
     let started = Instant::now();
@@ -957,14 +992,17 @@ async fn malformed_success_bodies_are_invalid_responses_never_panics() {
         .sim
         .insert_inbox(
             ACCT,
-            create(Some("ünicode-free"), Some("Ünïcödé ✉ name"), None),
+            sim_create(Some("ünicode-free"), Some("Ünïcödé ✉ name"), None),
         )
         .map_err(|e| e.to_string());
     // Non-ASCII local parts are refused; use a display name with multi-byte characters.
     assert!(i.is_err());
     let i = env
         .sim
-        .insert_inbox(ACCT, create(Some("m"), Some("Ünïcödé ✉ name ✉✉✉"), None))
+        .insert_inbox(
+            ACCT,
+            sim_create(Some("m"), Some("Ünïcödé ✉ name ✉✉✉"), None),
+        )
         .unwrap();
 
     for (kind, route) in [
@@ -985,7 +1023,7 @@ async fn malformed_success_bodies_are_invalid_responses_never_panics() {
         assert_eq!(env.sim.request_count(Route::Get), 4, "{kind:?}");
     }
     env.sim.set_malformed(Route::Get, None);
-    assert_eq!(c.get_inbox(&env.key, &i.id).await.unwrap(), i);
+    assert_eq!(c.get_inbox(&env.key, &i.id).await.unwrap(), wire(&i));
 
     for kind in [Malformed::NotJson, Malformed::Truncated, Malformed::Huge] {
         env.sim.set_malformed(Route::List, Some(kind));
@@ -1028,7 +1066,10 @@ async fn unexpected_extra_fields_are_accepted() {
     c.delete_inbox(&env.key, &i.id).await.unwrap();
 
     // The extras really are on the wire.
-    let j = env.sim.insert_inbox(ACCT, CreateInbox::default()).unwrap();
+    let j = env
+        .sim
+        .insert_inbox(ACCT, inbox_sim::CreateInbox::default())
+        .unwrap();
     let v: Value = raw_client()
         .get(format!("{}/inboxes/{}", env.handle.url(), j.id))
         .header("x-api-key", KEY)
@@ -1048,7 +1089,10 @@ async fn every_answer_is_labelled_as_the_simulator() {
     let env = env().await;
     let http = raw_client();
     let url = env.handle.url();
-    let i = env.sim.insert_inbox(ACCT, CreateInbox::default()).unwrap();
+    let i = env
+        .sim
+        .insert_inbox(ACCT, inbox_sim::CreateInbox::default())
+        .unwrap();
     env.sim.fail_next(Route::Delete, 1, 503);
     let answers = vec![
         http.get(format!("{url}/inboxes"))
@@ -1217,7 +1261,7 @@ async fn ten_thousand_inboxes_list_in_a_hundred_pages() {
     let env = env().await;
     for n in 0..10_000 {
         env.sim
-            .insert_inbox(ACCT, create(Some(&format!("bulk{n}")), None, None))
+            .insert_inbox(ACCT, sim_create(Some(&format!("bulk{n}")), None, None))
             .unwrap();
     }
     let started = Instant::now();
@@ -1485,12 +1529,8 @@ async fn control_endpoints_over_http() {
 
 #[tokio::test]
 async fn standalone_server_registers_one_account_per_key() {
-    // A free port (tiny race: the port is released before the simulator binds it).
-    let addr: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let server = tokio::spawn(inbox_operator::simulator::run_standalone(
+    let addr = SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()));
+    let server = tokio::spawn(inbox_sim::run_standalone(
         addr,
         vec![KEY.to_string(), KEY_B.to_string()],
         Duration::from_millis(1),

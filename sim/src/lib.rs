@@ -7,6 +7,10 @@
 //! `fail_next`, 429 with `Retry-After`, "create then drop the response", malformed bodies, and
 //! per-route request counts and logs.
 //!
+//! The crate owns its wire types ([`CreateInbox`], [`RemoteInbox`], [`InboxState`]): it
+//! simulates an HTTP API and shares no Rust types with the operator's client. The `inbox-sim`
+//! binary runs it standalone ([`run_standalone`]).
+//!
 //! Every response carries the header `x-agentsend-simulator: true`, and the standalone server
 //! ([`run_standalone`]) prints a banner saying it is not the real service. The hooks are also
 //! served over HTTP under `/_simulator/` (no auth) for a simulator in another process.
@@ -30,9 +34,12 @@
 //! | `GET /_simulator/stats` | `{"requests":{"create":n,"get":n,"list":n,"delete":n},"total":n,"inboxes":n}` |
 //! | `POST` or `DELETE /_simulator/reset-counters` | zero the request counters |
 
+#![forbid(unsafe_code)]
+
 mod api;
 mod control;
 mod state;
+mod types;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,7 +51,7 @@ use axum::response::Response;
 use axum::routing::get;
 use tokio::sync::oneshot;
 
-use crate::agentsend::{CreateInbox, RemoteInbox};
+pub use types::{CreateInbox, InboxState, RemoteInbox};
 
 pub use state::{
     MAX_ADDRESS_LEN, MAX_LOCAL_PART_LEN, SHARED_DOMAIN, SimError, resolve_address, valid_local_part,
@@ -443,7 +450,7 @@ impl Simulator {
     }
 }
 
-/// `inbox-operator simulator`: serve a simulator on `addr` until Ctrl-C or SIGTERM. Each key
+/// `inbox-sim`: serve a simulator on `addr` until Ctrl-C or SIGTERM. Each key
 /// gets its own account (`acct-1`, `acct-2`, ...), each with the demo domain `dom_example` →
 /// `example.com`; `latency` is added to every API request.
 pub async fn run_standalone(
@@ -472,6 +479,29 @@ pub async fn run_standalone(
     eprintln!(" Control:  http://{local}/_simulator/ (no auth)");
     eprintln!("==================================================================");
     axum::serve(listener, sim.router())
-        .with_graceful_shutdown(crate::operator::shutdown_signal())
+        .with_graceful_shutdown(shutdown_signal())
         .await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::state::{SimError, SimState};
 use super::{Malformed, RequestRecord, Route, Simulator};
-use crate::agentsend::{CreateInbox, RemoteInbox};
+use crate::types::{CreateInbox, RemoteInbox};
 
 /// Default and largest page size of `GET /inboxes`.
 const DEFAULT_LIMIT: u64 = 20;

@@ -1,39 +1,36 @@
 //! The Inbox lifecycle against a real kube-apiserver + etcd and the AgentSend simulator.
 //! Each test runs its own controller (scoped to its own namespace) and its own simulator.
 
-mod ctl;
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use inbox_operator::agentsend::{CreateInbox, InboxState};
+use crate::support::wait_for;
 use inbox_operator::controller::DefaultKey;
 use inbox_operator::crd::{
-    CredentialsSpec, DeletionPolicy, Inbox, InboxSpec, SecretKeyRef, SecretSpec,
+    CredentialsSpec, DeletionPolicy, Inbox, InboxSpec, Reason, SecretKeyRef, SecretSpec,
 };
-use inbox_operator::simulator::Route;
+use inbox_sim::Route;
+use inbox_sim::{CreateInbox, InboxState};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::wait_for;
 
-use ctl::{ACCOUNT, Env, T, cond, data, ready, status_id};
+use crate::ctl::{ACCOUNT, Env, Ready, T, cond, data, ready, status_id};
 
 #[tokio::test]
 async fn create_binds_writes_secret_and_mirrors_status() {
     let env = Env::start().await;
-    env.create(
-        "support",
-        InboxSpec {
-            display_name: Some("Support Bot".into()),
-            ..Default::default()
-        },
-    )
-    .await;
-    let i = env.wait_ready("support", "True", "Ready").await;
+    let i = env
+        .create_ready(
+            "support",
+            InboxSpec {
+                display_name: Some("Support Bot".into()),
+                ..Default::default()
+            },
+        )
+        .await;
 
     // Finalizer, binding annotation, no pending mark.
     assert!(i.finalizers().iter().any(|f| f == "agentsend.io/finalizer"));
@@ -107,8 +104,7 @@ async fn long_inbox_name_gets_its_secret() {
     let env = Env::start().await;
     let name = format!("{}-end", "a-very-long-inbox-name".repeat(8));
     assert!(name.len() > 70 && name.len() <= 253);
-    env.create(&name, InboxSpec::default()).await;
-    let i = env.wait_ready(&name, "True", "Ready").await;
+    let i = env.create_ready(&name, InboxSpec::default()).await;
     let remote = env.sim.inbox(&status_id(&i)).expect("remote inbox");
     let s = wait_for("the Secret holds the address", T, || async {
         env.secret(&name)
@@ -162,7 +158,9 @@ async fn secret_label_kubernetes_refuses_is_a_condition() {
         ..Default::default()
     };
     env.create("badlabel", spec).await;
-    let i = env.wait_ready("badlabel", "False", "Rejected").await;
+    let i = env
+        .wait_ready("badlabel", Ready::False(Reason::Rejected))
+        .await;
     let msg = ready(&i).map(|c| c.message.clone()).unwrap_or_default();
     assert!(msg.contains("spec.secret.labels"), "{msg}");
     assert_eq!(cond(&i, "Stalled").map(|c| c.status.as_str()), Some("True"));
@@ -175,7 +173,7 @@ async fn secret_label_kubernetes_refuses_is_a_condition() {
         )
         .await
         .expect("fix the spec");
-    env.wait_ready("badlabel", "True", "Ready").await;
+    env.wait_ready("badlabel", Ready::True).await;
     assert!(env.secret("badlabel").await.is_some());
     env.stop().await;
 }
@@ -193,8 +191,7 @@ async fn custom_domain_address_lands_in_secret() {
         }),
         ..Default::default()
     };
-    env.create("care", spec).await;
-    env.wait_ready("care", "True", "Ready").await;
+    env.create_ready("care", spec).await;
     let s = env.secret("support-mail").await.expect("secret");
     assert_eq!(data(&s, "address"), "support@example.com");
     assert_eq!(data(&s, "domainId"), "dom_example");
@@ -207,15 +204,15 @@ async fn custom_domain_address_lands_in_secret() {
 async fn lost_create_response_recovers_without_second_inbox() {
     let env = Env::start().await;
     env.sim.drop_next_create_responses(1);
-    env.create(
-        "lost",
-        InboxSpec {
-            display_name: Some("Lost".into()),
-            ..Default::default()
-        },
-    )
-    .await;
-    let i = env.wait_ready("lost", "True", "Ready").await;
+    let i = env
+        .create_ready(
+            "lost",
+            InboxSpec {
+                display_name: Some("Lost".into()),
+                ..Default::default()
+            },
+        )
+        .await;
     assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1, "exactly one inbox");
     assert_eq!(env.sim.request_count(Route::Create), 1, "no second create");
     assert!(
@@ -256,13 +253,15 @@ async fn recovery_never_binds_an_inbox_it_did_not_create() {
     env.create("named", spec(Some("support@agentsend.io")))
         .await;
     env.create("random", spec(None)).await;
-    let named = env.wait_ready("named", "False", "Rejected").await;
+    let named = env
+        .wait_ready("named", Ready::False(Reason::Rejected))
+        .await;
     let msg = &ready(&named).unwrap().message;
     assert!(
         msg.contains(&taken.id) && msg.contains("spec.inboxId"),
         "{msg}"
     );
-    let random = env.wait_ready("random", "True", "Ready").await;
+    let random = env.wait_ready("random", Ready::True).await;
     let made = status_id(&random);
     assert!(made != taken.id && made != lookalike.id);
     assert!(
@@ -302,7 +301,7 @@ async fn a_late_commit_never_duplicates() {
     .await;
     let mut bound = Vec::new();
     for name in ["late-random", "late-named"] {
-        let i = env.wait_ready(name, "True", "Ready").await;
+        let i = env.wait_ready(name, Ready::True).await;
         let s = env.secret(name).await.unwrap();
         assert_eq!(data(&s, "inboxId"), status_id(&i));
         bound.push(status_id(&i));
@@ -353,7 +352,9 @@ async fn ambiguous_recovery_stalls_with_creation_uncertain() {
         .create(&PostParams::default(), &inbox)
         .await
         .unwrap();
-    let i = env.wait_ready("twin", "False", "CreationUncertain").await;
+    let i = env
+        .wait_ready("twin", Ready::False(Reason::CreationUncertain))
+        .await;
     assert!(ready(&i).unwrap().message.contains("spec.inboxId"));
     assert_eq!(cond(&i, "Stalled").unwrap().status, "True");
     assert_eq!(
@@ -368,8 +369,7 @@ async fn ambiguous_recovery_stalls_with_creation_uncertain() {
 #[tokio::test]
 async fn owned_secret_is_restored_and_foreign_secret_untouched() {
     let env = Env::start().await;
-    env.create("keep", InboxSpec::default()).await;
-    let i = env.wait_ready("keep", "True", "Ready").await;
+    let i = env.create_ready("keep", InboxSpec::default()).await;
     let addr = i.status.unwrap().address.unwrap();
 
     // Deleted: restored promptly (watched).
@@ -424,7 +424,9 @@ async fn owned_secret_is_restored_and_foreign_secret_untouched() {
         },
     )
     .await;
-    let i = env.wait_ready("clash", "False", "SecretConflict").await;
+    let i = env
+        .wait_ready("clash", Ready::False(Reason::SecretConflict))
+        .await;
     assert_eq!(cond(&i, "Stalled").unwrap().status, "True");
     let s = env.secret("theirs").await.unwrap();
     assert_eq!(data(&s, "address"), "mine@example.com");
@@ -444,14 +446,13 @@ fn base64(s: &str) -> String {
 #[tokio::test]
 async fn renaming_the_secret_moves_it() {
     let env = Env::start().await;
-    env.create("mover", InboxSpec::default()).await;
-    env.wait_ready("mover", "True", "Ready").await;
+    env.create_ready("mover", InboxSpec::default()).await;
     let patch = json!({"spec": {"secret": {"name": "moved"}}});
     env.inboxes()
         .patch("mover", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let i = env.wait_ready("mover", "True", "Ready").await;
+    let i = env.wait_ready("mover", Ready::True).await;
     assert_eq!(i.status.unwrap().secret_name.as_deref(), Some("moved"));
     assert!(env.secret("moved").await.is_some());
     wait_for("old secret removed", T, || async {
@@ -464,8 +465,7 @@ async fn renaming_the_secret_moves_it() {
 #[tokio::test]
 async fn counters_refresh_and_send_limit_is_flagged() {
     let env = Env::start().await;
-    env.create("busy", InboxSpec::default()).await;
-    let i = env.wait_ready("busy", "True", "Ready").await;
+    let i = env.create_ready("busy", InboxSpec::default()).await;
     let id = status_id(&i);
     env.sim.update_inbox(&id, |r| {
         r.daily_send_limit = Some(50);
@@ -505,18 +505,18 @@ async fn counters_refresh_and_send_limit_is_flagged() {
 #[tokio::test]
 async fn vanished_inbox_is_recreated_and_suspension_is_surfaced() {
     let env = Env::start().await;
-    env.create("drift", InboxSpec::default()).await;
-    let i = env.wait_ready("drift", "True", "Ready").await;
+    let i = env.create_ready("drift", InboxSpec::default()).await;
     let old = status_id(&i);
     let address = i.status.as_ref().unwrap().address.clone().unwrap();
 
     env.sim
         .update_inbox(&old, |r| r.status = InboxState::Suspended);
-    env.wait_ready("drift", "False", "InboxSuspended").await;
+    env.wait_ready("drift", Ready::False(Reason::InboxSuspended))
+        .await;
     env.wait_event("Suspended").await;
     env.sim
         .update_inbox(&old, |r| r.status = InboxState::Active);
-    env.wait_ready("drift", "True", "Ready").await;
+    env.wait_ready("drift", Ready::True).await;
 
     assert!(env.sim.delete_out_of_band(&old));
     let api = env.inboxes();
@@ -546,15 +546,15 @@ async fn vanished_inbox_is_recreated_and_suspension_is_surfaced() {
 #[tokio::test]
 async fn immutable_fields_are_held_without_api_calls() {
     let env = Env::start().await;
-    env.create(
-        "fixed",
-        InboxSpec {
-            display_name: Some("A".into()),
-            ..Default::default()
-        },
-    )
-    .await;
-    let bound = env.wait_ready("fixed", "True", "Ready").await;
+    let bound = env
+        .create_ready(
+            "fixed",
+            InboxSpec {
+                display_name: Some("A".into()),
+                ..Default::default()
+            },
+        )
+        .await;
     let creates = env.sim.request_count(Route::Create);
     let deletes = env.sim.request_count(Route::Delete);
 
@@ -583,18 +583,17 @@ async fn immutable_fields_are_held_without_api_calls() {
         .patch("fixed", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    env.wait_ready("fixed", "True", "Ready").await;
+    env.wait_ready("fixed", Ready::True).await;
 
     // A first inboxId naming another inbox: the server accepts it, the controller holds it.
-    env.create("moved", InboxSpec::default()).await;
-    env.wait_ready("moved", "True", "Ready").await;
+    env.create_ready("moved", InboxSpec::default()).await;
     let patch = json!({"spec": {"inboxId": "ibx_not_the_bound_one"}});
     env.inboxes()
         .patch("moved", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
     let i = env
-        .wait_ready("moved", "False", "ImmutableFieldChanged")
+        .wait_ready("moved", Ready::False(Reason::ImmutableFieldChanged))
         .await;
     assert!(
         ready(&i).unwrap().message.contains("inboxId"),
@@ -622,15 +621,15 @@ async fn adoption_binds_existing_and_refuses_bad_ids() {
             },
         )
         .unwrap();
-    env.create(
-        "adopt",
-        InboxSpec {
-            inbox_id: Some(existing.id.clone()),
-            ..Default::default()
-        },
-    )
-    .await;
-    let i = env.wait_ready("adopt", "True", "Ready").await;
+    let i = env
+        .create_ready(
+            "adopt",
+            InboxSpec {
+                inbox_id: Some(existing.id.clone()),
+                ..Default::default()
+            },
+        )
+        .await;
     assert_eq!(
         i.status.unwrap().address.as_deref(),
         Some("sales@example.com")
@@ -647,7 +646,9 @@ async fn adoption_binds_existing_and_refuses_bad_ids() {
         },
     )
     .await;
-    let t = env.wait_ready("thief", "False", "Rejected").await;
+    let t = env
+        .wait_ready("thief", Ready::False(Reason::Rejected))
+        .await;
     assert!(ready(&t).unwrap().message.contains("already bound"));
 
     // Identity mismatch: refused.
@@ -664,7 +665,8 @@ async fn adoption_binds_existing_and_refuses_bad_ids() {
         },
     )
     .await;
-    env.wait_ready("mismatch", "False", "Rejected").await;
+    env.wait_ready("mismatch", Ready::False(Reason::Rejected))
+        .await;
 
     // Unknown ID: clear condition, nothing created.
     env.create(
@@ -675,7 +677,8 @@ async fn adoption_binds_existing_and_refuses_bad_ids() {
         },
     )
     .await;
-    env.wait_ready("ghost", "False", "InboxNotFound").await;
+    env.wait_ready("ghost", Ready::False(Reason::InboxNotFound))
+        .await;
     assert_eq!(env.sim.request_count(Route::Create), 0);
     assert_eq!(env.sim.inboxes(ACCOUNT).len(), 2);
     env.stop().await;
@@ -693,8 +696,8 @@ async fn deletion_policies() {
         },
     )
     .await;
-    let gone = env.wait_ready("gone", "True", "Ready").await;
-    let kept = env.wait_ready("kept", "True", "Ready").await;
+    let gone = env.wait_ready("gone", Ready::True).await;
+    let kept = env.wait_ready("kept", Ready::True).await;
 
     env.inboxes()
         .delete("gone", &DeleteParams::default())
@@ -735,7 +738,7 @@ async fn rejected_spec_is_not_retried_and_deletes_cleanly() {
         },
     )
     .await;
-    let i = env.wait_ready("bad", "False", "Rejected").await;
+    let i = env.wait_ready("bad", Ready::False(Reason::Rejected)).await;
     assert!(
         ready(&i).unwrap().message.contains("422"),
         "{}",
@@ -759,7 +762,7 @@ async fn rejected_spec_is_not_retried_and_deletes_cleanly() {
 #[tokio::test]
 async fn taken_address_is_rejected_with_the_api_message() {
     let env = Env::start().await;
-    env.create(
+    env.create_ready(
         "first",
         InboxSpec {
             address: Some("shared@agentsend.io".into()),
@@ -767,7 +770,6 @@ async fn taken_address_is_rejected_with_the_api_message() {
         },
     )
     .await;
-    env.wait_ready("first", "True", "Ready").await;
     env.create(
         "second",
         InboxSpec {
@@ -776,7 +778,9 @@ async fn taken_address_is_rejected_with_the_api_message() {
         },
     )
     .await;
-    let i = env.wait_ready("second", "False", "Rejected").await;
+    let i = env
+        .wait_ready("second", Ready::False(Reason::Rejected))
+        .await;
     let msg = &ready(&i).unwrap().message;
     assert!(msg.contains("already belongs to inbox"), "{msg}");
     assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1);
@@ -800,7 +804,9 @@ async fn taken_address_is_rejected_with_the_api_message() {
         },
     )
     .await;
-    let i = env.wait_ready("third", "False", "Rejected").await;
+    let i = env
+        .wait_ready("third", Ready::False(Reason::Rejected))
+        .await;
     let msg = &ready(&i).unwrap().message;
     assert!(
         msg.contains("409") && msg.contains("not in this AgentSend account"),
@@ -813,15 +819,14 @@ async fn taken_address_is_rejected_with_the_api_message() {
 #[tokio::test]
 async fn pause_stops_calls_and_holds_deletion() {
     let env = Env::start().await;
-    env.create("nap", InboxSpec::default()).await;
-    let i = env.wait_ready("nap", "True", "Ready").await;
+    let i = env.create_ready("nap", InboxSpec::default()).await;
     let id = status_id(&i);
     let patch = json!({"metadata": {"annotations": {"agentsend.io/paused": "true"}}});
     env.inboxes()
         .patch("nap", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    let i = env.wait_ready("nap", "False", "Paused").await;
+    let i = env.wait_ready("nap", Ready::False(Reason::Paused)).await;
     assert_eq!(cond(&i, "Stalled").unwrap().status, "False");
     assert_eq!(cond(&i, "Reconciling").unwrap().status, "False");
 
@@ -894,7 +899,8 @@ async fn per_namespace_credentials_missing_invalid_and_rotated() {
     env.sim.add_account("acct-team", "sk_team_old");
     let spec = team_key_spec();
     env.create("team", spec).await;
-    env.wait_ready("team", "False", "CredentialsMissing").await;
+    env.wait_ready("team", Ready::False(Reason::CredentialsMissing))
+        .await;
 
     env.secrets()
         .create(
@@ -903,13 +909,15 @@ async fn per_namespace_credentials_missing_invalid_and_rotated() {
         )
         .await
         .unwrap();
-    let i = env.wait_ready("team", "True", "Ready").await;
+    let i = env.wait_ready("team", Ready::True).await;
     assert_eq!(env.sim.inboxes("acct-team").len(), 1);
     assert_eq!(env.sim.inboxes(ACCOUNT).len(), 0);
 
     // Key revoked: CredentialsInvalid (the next scan notices).
     env.sim.revoke_key("sk_team_old");
-    let bad = env.wait_ready("team", "False", "CredentialsInvalid").await;
+    let bad = env
+        .wait_ready("team", Ready::False(Reason::CredentialsInvalid))
+        .await;
     assert!(
         !serde_json::to_string(&bad.status)
             .unwrap()
@@ -927,7 +935,7 @@ async fn per_namespace_credentials_missing_invalid_and_rotated() {
         )
         .await
         .unwrap();
-    let j = env.wait_ready("team", "True", "Ready").await;
+    let j = env.wait_ready("team", Ready::True).await;
     assert_eq!(status_id(&i), status_id(&j));
 
     // Namespace teardown order: the credentials Secret goes first, the Inbox's cleanup must
@@ -952,8 +960,7 @@ async fn per_namespace_credentials_missing_invalid_and_rotated() {
 async fn transient_errors_and_rate_limits_are_retried_with_bounded_requests() {
     let env = Env::start().await;
     env.sim.fail_next(Route::Create, 2, 503);
-    env.create("flaky", InboxSpec::default()).await;
-    env.wait_ready("flaky", "True", "Ready").await;
+    env.create_ready("flaky", InboxSpec::default()).await;
     assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1);
     assert!(env.sim.request_count(Route::Create) <= 3);
 
@@ -961,8 +968,7 @@ async fn transient_errors_and_rate_limits_are_retried_with_bounded_requests() {
     env.sim.reset_counters();
     env.sim
         .rate_limit_for(ACCOUNT, Duration::from_secs(3), false);
-    env.create("limited", InboxSpec::default()).await;
-    env.wait_ready("limited", "True", "Ready").await;
+    env.create_ready("limited", InboxSpec::default()).await;
     let reqs = env.sim.requests();
     let first_429 = reqs
         .iter()
@@ -1016,10 +1022,7 @@ async fn deleting_the_namespace_honours_each_deletion_policy() {
     }
     let mut ids = BTreeMap::new();
     for name in ["deleted-1", "deleted-2", "kept", "team"] {
-        ids.insert(
-            name,
-            status_id(&env.wait_ready(name, "True", "Ready").await),
-        );
+        ids.insert(name, status_id(&env.wait_ready(name, Ready::True).await));
     }
 
     let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
@@ -1055,8 +1058,7 @@ async fn deleting_the_namespace_honours_each_deletion_policy() {
 #[tokio::test]
 async fn owned_secret_is_garbage_collected_with_its_inbox() {
     let env = Env::start().await;
-    env.create("collected", InboxSpec::default()).await;
-    env.wait_ready("collected", "True", "Ready").await;
+    env.create_ready("collected", InboxSpec::default()).await;
     assert!(env.secret("collected").await.is_some());
     env.halt().await;
 
@@ -1087,7 +1089,7 @@ async fn a_created_inbox_costs_four_writes_and_one_event() {
     let (inbox_writes, inbox_watch) = count_writes(&env, "lean");
     let (secret_writes, secret_watch) = count_secret_writes(&env, "lean");
     env.create("lean", InboxSpec::default()).await;
-    env.wait_ready("lean", "True", "Ready").await;
+    env.wait_ready("lean", Ready::True).await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     inbox_watch.abort();
     secret_watch.abort();
@@ -1184,7 +1186,7 @@ async fn a_bad_key_never_loops_creates() {
     };
     let (writes, watch) = count_writes(&env, "badkey");
     env.create("badkey", spec).await;
-    env.wait_ready("badkey", "False", "CredentialsInvalid")
+    env.wait_ready("badkey", Ready::False(Reason::CredentialsInvalid))
         .await;
     tokio::time::sleep(Duration::from_secs(15)).await;
     let posts = env.sim.request_count(Route::Create);
@@ -1202,7 +1204,7 @@ async fn a_bad_key_never_loops_creates() {
         )
         .await
         .unwrap();
-    env.wait_ready("badkey", "True", "Ready").await;
+    env.wait_ready("badkey", Ready::True).await;
     assert_eq!(env.sim.inboxes("acct-fixed").len(), 1);
     env.stop().await;
 }
@@ -1212,8 +1214,7 @@ async fn a_bad_key_never_loops_creates() {
 #[tokio::test]
 async fn a_failing_deletion_backs_off() {
     let env = Env::start().await;
-    env.create("stuck", InboxSpec::default()).await;
-    let i = env.wait_ready("stuck", "True", "Ready").await;
+    let i = env.create_ready("stuck", InboxSpec::default()).await;
     let id = status_id(&i);
     env.sim.reset_counters();
     env.sim.fail_next(Route::Delete, 10_000, 503);
@@ -1256,7 +1257,7 @@ async fn orphan_delete_and_readopt_at_once() {
         },
     )
     .await;
-    let id = status_id(&env.wait_ready("first", "True", "Ready").await);
+    let id = status_id(&env.wait_ready("first", Ready::True).await);
     env.inboxes()
         .delete("first", &DeleteParams::default())
         .await
@@ -1267,12 +1268,14 @@ async fn orphan_delete_and_readopt_at_once() {
         ..Default::default()
     };
     env.create("second", adopt.clone()).await;
-    let second = env.wait_ready("second", "True", "Ready").await;
+    let second = env.wait_ready("second", Ready::True).await;
     assert_eq!(status_id(&second), id);
 
     // A third claimant is refused, naming the owner; when the owner goes, it adopts.
     env.create("third", adopt).await;
-    let t = env.wait_ready("third", "False", "Rejected").await;
+    let t = env
+        .wait_ready("third", Ready::False(Reason::Rejected))
+        .await;
     let msg = &ready(&t).unwrap().message;
     assert!(msg.contains(&format!("{}/second", env.ns.name())), "{msg}");
     let orphan = json!({"spec": {"deletionPolicy": "Orphan"}});
@@ -1280,13 +1283,13 @@ async fn orphan_delete_and_readopt_at_once() {
         .patch("second", &PatchParams::default(), &Patch::Merge(&orphan))
         .await
         .unwrap();
-    env.wait_ready("second", "True", "Ready").await;
+    env.wait_ready("second", Ready::True).await;
     let started = std::time::Instant::now();
     env.inboxes()
         .delete("second", &DeleteParams::default())
         .await
         .unwrap();
-    env.wait_ready("third", "True", "Ready").await;
+    env.wait_ready("third", Ready::True).await;
     assert!(
         started.elapsed() < Duration::from_secs(6),
         "re-evaluated when the owner went, not on a timer: {:?}",
@@ -1302,12 +1305,11 @@ async fn orphan_delete_and_readopt_at_once() {
 /// deletion leaves the original's inbox alone.
 #[tokio::test]
 async fn a_copied_manifest_never_takes_over() {
-    let client = support::control_plane().client().await;
-    let other = support::TestNamespace::new(&client, "copy").await;
+    let client = crate::support::control_plane().client().await;
+    let other = crate::support::TestNamespace::new(&client, "copy").await;
     let other_ns = other.name().to_string();
     let env = Env::start_with(|s| s.namespaces.push(other_ns.clone())).await;
-    env.create("orig", InboxSpec::default()).await;
-    let orig = env.wait_ready("orig", "True", "Ready").await;
+    let orig = env.create_ready("orig", InboxSpec::default()).await;
     let id = status_id(&orig);
     let address = orig.status.as_ref().unwrap().address.clone().unwrap();
 
@@ -1348,7 +1350,7 @@ async fn a_copied_manifest_never_takes_over() {
     .await;
     assert_eq!(env.sim.request_count(Route::Delete), 0);
     assert!(env.sim.inbox(&id).is_some(), "the original keeps its inbox");
-    let kept = env.wait_ready("orig", "True", "Ready").await;
+    let kept = env.wait_ready("orig", Ready::True).await;
     assert_eq!(status_id(&kept), id);
     assert_eq!(data(&env.secret("orig").await.unwrap(), "address"), address);
     env.stop().await;
@@ -1390,7 +1392,7 @@ async fn a_shard_sees_claims_outside_its_selector() {
         .create(&PostParams::default(), &claimed("copy", "b"))
         .await
         .unwrap();
-    let copy = env.wait_ready("copy", "False", "Rejected").await;
+    let copy = env.wait_ready("copy", Ready::False(Reason::Rejected)).await;
     let msg = &ready(&copy).unwrap().message;
     assert!(msg.contains(&format!("{}/owner", env.ns.name())), "{msg}");
     assert!(env.secret("copy").await.is_none(), "no Secret for the copy");
@@ -1444,7 +1446,7 @@ async fn a_closed_write_gate_stops_every_write() {
     wait_for("a retry", T, not_leading(seen + 1)).await;
 
     gate.confirm(std::time::Instant::now());
-    env.wait_ready("gated", "True", "Ready").await;
+    env.wait_ready("gated", Ready::True).await;
 
     gate.revoke();
     let before = not_leading(0)().into_inner().unwrap_or(0);

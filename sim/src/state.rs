@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use super::{Malformed, RequestRecord, Route};
-use crate::agentsend::{CreateInbox, InboxState, RemoteInbox};
+use crate::types::{CreateInbox, InboxState, RemoteInbox};
 
-pub use crate::agentsend::SHARED_DOMAIN;
+pub use crate::types::SHARED_DOMAIN;
 /// Longest address accepted (RFC 5321 path limit).
 pub const MAX_ADDRESS_LEN: usize = 254;
 /// Longest local part accepted.

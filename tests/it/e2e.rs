@@ -1,256 +1,34 @@
 //! End-to-end tests of the `inbox-operator` binary against a real kube-apiserver and the
 //! AgentSend simulator: logs, signals, crashes, leader election, sharding, startup errors.
 
-mod support;
-
-use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use inbox_operator::crd::{Inbox, InboxSpec};
-use inbox_operator::simulator::{Route, Simulator, SimulatorHandle};
+use inbox_sim::{Route, Simulator};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::{Client, ResourceExt};
-use support::{TestNamespace, control_plane, wait_for};
+
+use crate::ctl::{Env, Fault, Ready};
+use crate::support::{control_plane, free_port, http_get, operator_command, wait_for};
 
 const KEY: &str = "sk_live_e2e_SECRET_4f9a1c77d2";
 const ACCOUNT: &str = "acct-e2e";
 const T: Duration = Duration::from_secs(40);
 
-/// A running operator process; killed on drop.
-struct Operator {
-    child: Option<Child>,
-    log: PathBuf,
-    metrics_port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Operator {
-    fn start(kubeconfig: &std::path::Path, sim_url: &str, extra: &[&str]) -> Operator {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let log = dir.path().join("operator.log");
-        let port = free_port();
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_inbox-operator"))
-            .arg("run")
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--sync-interval", "2s"])
-            .args(["--log-format", "json"])
-            .args(extra)
-            .env("KUBECONFIG", kubeconfig)
-            .env("AGENTSEND_API_URL", sim_url)
-            .env("AGENTSEND_API_KEY", KEY)
-            .env(
-                "RUST_LOG",
-                "debug,hyper=info,h2=info,tower=info,rustls=info",
-            )
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("start operator");
-        Operator {
-            child: Some(child),
-            log,
-            metrics_port: port,
-            _dir: dir,
-        }
-    }
-
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
-        }
-        s
-    }
-
-    async fn metrics(&self) -> Option<String> {
-        http_get(self.metrics_port, "/metrics").await
-    }
-
-    async fn is_leader(&self) -> bool {
-        self.metrics()
-            .await
-            .is_some_and(|m| m.contains("inbox_operator_leader 1"))
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Wait up to `within` for the process to exit on its own; its exit code (`None`: still
-    /// running, or killed by a signal).
-    async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let deadline = std::time::Instant::now() + within;
-        while std::time::Instant::now() < deadline {
-            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
-                self.child = None;
-                return st.code();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        None
-    }
-
-    /// SIGTERM and wait for exit; returns the exit code.
-    fn terminate(&mut self) -> Option<i32> {
-        let mut c = self.child.take()?;
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.code();
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let logs = self.logs();
-            let tail: Vec<&str> = logs.lines().rev().take(60).collect();
-            eprintln!("--- operator log tail ---");
-            for l in tail.into_iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-        self.kill9();
-    }
-}
-
-/// A plain HTTP/1.0 GET on loopback (the metrics endpoint); `None` if nothing answers.
-async fn http_get(port: u16, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-struct Env {
-    client: Client,
-    ns: TestNamespace,
-    sim: Simulator,
-    handle: SimulatorHandle,
-    _dump: Box<dyn Send>,
-}
-
-impl Env {
-    async fn start(prefix: &str) -> Env {
-        inbox_operator::ensure_crypto_provider();
-        let dump = Box::new(support::on_failure_dump_logs());
-        let client = control_plane().client().await;
-        let ns = TestNamespace::new(&client, prefix).await;
-        let sim = Simulator::new();
-        sim.add_account(ACCOUNT, KEY);
-        let handle = sim.spawn().await.expect("simulator");
-        Env {
-            client,
-            ns,
-            sim,
-            handle,
-            _dump: dump,
-        }
-    }
-
-    fn operator(&self, extra: &[&str]) -> Operator {
-        let mut args = vec!["--namespace", self.ns.name()];
-        args.extend_from_slice(extra);
-        Operator::start(&control_plane().kubeconfig, &self.handle.url(), &args)
-    }
-
-    fn inboxes(&self) -> Api<Inbox> {
-        Api::namespaced(self.client.clone(), self.ns.name())
-    }
-
-    async fn create(&self, name: &str, labels: &[(&str, &str)]) {
-        // A distinct display name, as real agents have (recovery tells lost creates apart by it).
-        let spec = InboxSpec {
-            display_name: Some(format!("Agent {name}")),
-            ..Default::default()
-        };
-        let mut i = Inbox::new(name, spec);
-        i.metadata = ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..Default::default()
-        };
-        self.inboxes()
-            .create(&PostParams::default(), &i)
-            .await
-            .expect("create Inbox");
-    }
-
-    async fn wait_ready(&self, name: &str) -> Inbox {
-        let api = self.inboxes();
-        wait_for(&format!("{name} Ready"), T, || {
-            let api = api.clone();
-            async move {
-                let i = api.get_opt(name).await.ok()??;
-                let ok = i
-                    .status
-                    .as_ref()?
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                ok.then_some(i)
-            }
-        })
-        .await
-    }
-
-    async fn wait_gone(&self, name: &str) {
-        let api = self.inboxes();
-        wait_for(&format!("{name} gone"), T, || {
-            let api = api.clone();
-            async move { matches!(api.get_opt(name).await, Ok(None)).then_some(()) }
-        })
-        .await
-    }
+/// The environment of these tests: a namespace and a simulator, no in-process controller
+/// (each test runs the operator binary with [`Env::operator`]); waits of [`T`].
+async fn start(prefix: &str) -> Env {
+    let mut env = Env::bare(prefix, ACCOUNT, KEY).await;
+    env.timeout = T;
+    env
 }
 
 #[tokio::test]
 async fn api_key_never_appears_in_logs_events_status_or_metrics() {
-    let env = Env::start("leak").await;
+    let env = start("leak").await;
     let op = env.operator(&[]);
-    env.create("secretive", &[]).await;
-    let i = env.wait_ready("secretive").await;
+    env.create_labelled("secretive", &[]).await;
+    let i = env.wait_ready("secretive", Ready::True).await;
     // Some failures too, so error paths are logged.
     env.sim.fail_next(Route::List, 2, 503);
     env.inboxes()
@@ -286,12 +64,12 @@ async fn api_key_never_appears_in_logs_events_status_or_metrics() {
 
 #[tokio::test]
 async fn sigkill_between_create_and_bookkeeping_leaves_one_inbox() {
-    let env = Env::start("crash").await;
+    let env = start("crash").await;
     // The create happens but its response is lost; the operator then dies before it can
     // look for the inbox. A new process must find it instead of creating a second one.
     env.sim.drop_next_create_responses(1);
     let mut op = env.operator(&[]);
-    env.create("phoenix", &[]).await;
+    env.create_labelled("phoenix", &[]).await;
     wait_for("create attempted", T, || async {
         (env.sim.request_count(Route::Create) >= 1).then_some(())
     })
@@ -307,7 +85,7 @@ async fn sigkill_between_create_and_bookkeeping_leaves_one_inbox() {
     assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1);
 
     let _op2 = env.operator(&[]);
-    let i = env.wait_ready("phoenix").await;
+    let i = env.wait_ready("phoenix", Ready::True).await;
     assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1, "exactly one inbox");
     assert_eq!(env.sim.request_count(Route::Create), 1, "no second create");
     assert_eq!(
@@ -318,13 +96,13 @@ async fn sigkill_between_create_and_bookkeeping_leaves_one_inbox() {
 
 #[tokio::test]
 async fn sigkill_mid_bulk_run_converges() {
-    let env = Env::start("bulkcrash").await;
-    env.sim.set_latency(Duration::from_millis(50));
+    let env = start("bulkcrash").await;
+    let _slow = env.inject(Fault::Latency(Duration::from_millis(50)));
     env.sim.drop_next_create_responses(2);
     let mut op = env.operator(&[]);
     let names: Vec<String> = (0..10).map(|i| format!("bulk-{i}")).collect();
     for n in &names {
-        env.create(n, &[]).await;
+        env.create_labelled(n, &[]).await;
     }
     wait_for("some creates", T, || async {
         (env.sim.request_count(Route::Create) >= 4).then_some(())
@@ -334,7 +112,7 @@ async fn sigkill_mid_bulk_run_converges() {
     let _op2 = env.operator(&[]);
     let mut ids = std::collections::HashSet::new();
     for n in &names {
-        let i = env.wait_ready(n).await;
+        let i = env.wait_ready(n, Ready::True).await;
         assert!(
             ids.insert(i.status.unwrap().inbox_id.unwrap()),
             "{n} shares an inbox"
@@ -359,7 +137,7 @@ async fn sigkill_mid_bulk_run_converges() {
 
 #[tokio::test]
 async fn sigterm_exits_zero() {
-    let env = Env::start("term").await;
+    let env = start("term").await;
     let lease = format!("lease-{}", env.ns.name());
     let mut op = env.operator(&[
         "--leader-elect",
@@ -368,10 +146,10 @@ async fn sigterm_exits_zero() {
         "--lease-namespace",
         env.ns.name(),
     ]);
-    env.create("calm", &[]).await;
-    env.wait_ready("calm").await;
+    env.create_labelled("calm", &[]).await;
+    env.wait_ready("calm", Ready::True).await;
     // Health endpoints: alive, and ready once caches are synced and leadership is known.
-    let port = op.metrics_port;
+    let port = op.metrics_port();
     assert_eq!(http_get(port, "/healthz").await.as_deref(), Some("ok"));
     wait_for("readyz", T, || async {
         (http_get(port, "/readyz").await.as_deref() == Some("ready")).then_some(())
@@ -398,7 +176,7 @@ async fn sigterm_exits_zero() {
 
 #[tokio::test]
 async fn leader_election_one_reconciles_and_hands_over() {
-    let env = Env::start("lead").await;
+    let env = start("lead").await;
     let lease = format!("lease-{}", env.ns.name());
     let args = [
         "--leader-elect",
@@ -420,10 +198,10 @@ async fn leader_election_one_reconciles_and_hands_over() {
     })
     .await;
     for n in 0..3 {
-        env.create(&format!("hand-{n}"), &[]).await;
+        env.create_labelled(&format!("hand-{n}"), &[]).await;
     }
     for n in 0..3 {
-        env.wait_ready(&format!("hand-{n}")).await;
+        env.wait_ready(&format!("hand-{n}"), Ready::True).await;
     }
     // Only the leader talked to AgentSend.
     let (leader_op, other_op) = if leader == 0 {
@@ -449,8 +227,8 @@ async fn leader_election_one_reconciles_and_hands_over() {
         "takeover took {:?}",
         stopped.elapsed()
     );
-    env.create("after", &[]).await;
-    env.wait_ready("after").await;
+    env.create_labelled("after", &[]).await;
+    env.wait_ready("after", Ready::True).await;
     assert_eq!(
         env.sim.inboxes(ACCOUNT).len(),
         4,
@@ -463,7 +241,7 @@ async fn leader_election_one_reconciles_and_hands_over() {
 /// persisted, so the server refuses the second of the two: exactly one inbox.
 #[tokio::test]
 async fn handover_mid_create_leaves_one_inbox() {
-    let env = Env::start("midc").await;
+    let env = start("midc").await;
     let lease = format!("lease-{}", env.ns.name());
     let args = [
         "--leader-elect",
@@ -481,13 +259,13 @@ async fn handover_mid_create_leaves_one_inbox() {
     let mut b = env.operator(&args);
     // Well after the takeover (lease 6 s) and the new leader's retry.
     env.sim.commit_next_creates_late(1, Duration::from_secs(20));
-    env.create("mid", &[]).await;
+    env.create_labelled("mid", &[]).await;
     wait_for("the create is in flight", T, || async {
         (env.sim.request_count(Route::Create) == 1).then_some(())
     })
     .await;
     a.kill9();
-    let i = env.wait_ready("mid").await;
+    let i = env.wait_ready("mid", Ready::True).await;
     let id = i.status.as_ref().and_then(|s| s.inbox_id.clone());
     wait_for("the late commit reached the server", T, || async {
         (env.sim.late_commits_settled() == 1).then_some(())
@@ -526,7 +304,7 @@ async fn take_lease(client: &Client, ns: &str, name: &str, holder: &str, secs: i
 /// instance then takes over and converges without duplicates.
 #[tokio::test]
 async fn a_leader_whose_lease_is_taken_stops_writing() {
-    let env = Env::start("gate").await;
+    let env = start("gate").await;
     let lease = format!("lease-{}", env.ns.name());
     let args = |id: &'static str| {
         let mut a = vec!["--leader-elect", "--lease-namespace", env.ns.name()];
@@ -539,12 +317,12 @@ async fn a_leader_whose_lease_is_taken_stops_writing() {
         old.is_leader().await.then_some(())
     })
     .await;
-    env.create("before", &[]).await;
-    env.wait_ready("before").await;
+    env.create_labelled("before", &[]).await;
+    env.wait_ready("before", Ready::True).await;
 
     // Slow AgentSend: the create of `slow` is in flight when the Lease is taken.
-    env.sim.set_latency(Duration::from_secs(4));
-    env.create("slow", &[]).await;
+    let latency = env.inject(Fault::Latency(Duration::from_secs(4)));
+    env.create_labelled("slow", &[]).await;
     let api = env.inboxes();
     wait_for("slow marked create-pending", T, || async {
         let i = api.get_opt("slow").await.ok()??;
@@ -567,7 +345,7 @@ async fn a_leader_whose_lease_is_taken_stops_writing() {
         "the gate closed {:?} after the takeover",
         taken.elapsed()
     );
-    env.create("after", &[]).await;
+    env.create_labelled("after", &[]).await;
 
     let code = old.wait_exit(T).await;
     assert!(code.is_some_and(|c| c != 0), "old leader exit: {code:?}");
@@ -596,10 +374,10 @@ async fn a_leader_whose_lease_is_taken_stops_writing() {
     );
 
     // A proper successor takes over once the usurper's Lease expires, and converges.
-    env.sim.set_latency(Duration::ZERO);
+    drop(latency);
     let new = env.operator(&args("new"));
     for name in ["before", "slow", "after"] {
-        env.wait_ready(name).await;
+        env.wait_ready(name, Ready::True).await;
     }
     assert!(new.is_leader().await);
     let mut all = names(&env.sim);
@@ -613,14 +391,14 @@ async fn a_leader_whose_lease_is_taken_stops_writing() {
 
 #[tokio::test]
 async fn disjoint_selectors_share_a_namespace() {
-    let env = Env::start("shard").await;
+    let env = start("shard").await;
     let a = env.operator(&["--selector", "shard=a"]);
     let b = env.operator(&["--selector", "shard=b"]);
-    env.create("in-a", &[("shard", "a")]).await;
-    env.create("in-b", &[("shard", "b")]).await;
-    env.create("in-none", &[("shard", "c")]).await;
-    env.wait_ready("in-a").await;
-    env.wait_ready("in-b").await;
+    env.create_labelled("in-a", &[("shard", "a")]).await;
+    env.create_labelled("in-b", &[("shard", "b")]).await;
+    env.create_labelled("in-none", &[("shard", "c")]).await;
+    env.wait_ready("in-a", Ready::True).await;
+    env.wait_ready("in-b", Ready::True).await;
     let none = env.inboxes().get("in-none").await.unwrap();
     assert!(
         none.status.is_none() && none.finalizers().is_empty(),
@@ -634,7 +412,7 @@ async fn disjoint_selectors_share_a_namespace() {
 }
 
 fn run_expecting_failure(args: &[&str], envs: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_inbox-operator"));
+    let mut cmd = operator_command();
     cmd.arg("run")
         .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
         .args(args);

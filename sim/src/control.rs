@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::api::error_response;
 use super::{Malformed, Route, Simulator};
-use crate::agentsend::{CreateInbox, InboxState};
+use crate::types::{CreateInbox, InboxState};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]

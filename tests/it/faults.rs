@@ -1,23 +1,20 @@
 //! Fault injection on the real apiserver: every scenario is bounded in time and requests and
 //! ends in the same invariants (see `ctl::Env::assert_converged` / `delete_all_and_check`).
 
-mod ctl;
-mod support;
-
 use std::time::Duration;
 
-use inbox_operator::crd::InboxSpec;
-use inbox_operator::simulator::{Malformed, Route};
+use inbox_operator::crd::{InboxSpec, Reason};
+use inbox_sim::{Malformed, Route};
 
-use ctl::{ACCOUNT, Env, KEY};
+use crate::ctl::{ACCOUNT, Env, Fault, KEY, Ready};
 
 const N: usize = 8;
 
 #[tokio::test]
 async fn thirty_percent_5xx_with_latency() {
     let env = Env::start().await;
-    env.sim.set_latency(Duration::from_millis(30));
-    env.sim.set_error_rate(0.3, 503);
+    let _slow = env.inject(Fault::Latency(Duration::from_millis(30)));
+    let _flaky = env.inject(Fault::ErrorRate(0.3, 503));
     let names = env.create_many("flaky", N).await;
     env.assert_converged(&names).await;
     env.delete_all_and_check(&names).await;
@@ -104,7 +101,8 @@ async fn default_key_revoked_then_restored() {
     env.assert_converged(&names).await;
     env.sim.revoke_key(KEY);
     for n in &names {
-        env.wait_ready(n, "False", "CredentialsInvalid").await;
+        env.wait_ready(n, Ready::False(Reason::CredentialsInvalid))
+            .await;
     }
     let during = env.sim.total_requests();
     env.sim.restore_key(KEY);
@@ -121,25 +119,25 @@ async fn malformed_responses_become_conditions() {
     let names = env.create_many("odd", 2).await;
     env.assert_converged(&names).await;
     for kind in [Malformed::NotJson, Malformed::Truncated, Malformed::Huge] {
-        env.sim.set_malformed(Route::List, Some(kind));
+        let odd = env.inject(Fault::Malformed(Route::List, kind));
         for n in &names {
-            env.wait_ready(n, "False", "ApiUnavailable").await;
+            env.wait_ready(n, Ready::False(Reason::ApiUnavailable))
+                .await;
         }
-        env.sim.set_malformed(Route::List, None);
+        drop(odd);
         env.assert_converged(&names).await;
     }
     // Unexpected extra fields are fine.
-    env.sim
-        .set_malformed(Route::Create, Some(Malformed::UnexpectedFields));
-    env.create("extra", InboxSpec::default()).await;
-    env.wait_ready("extra", "True", "Ready").await;
-    env.sim.set_malformed(Route::Create, None);
+    {
+        let _extra = env.inject(Fault::Malformed(Route::Create, Malformed::UnexpectedFields));
+        env.create_ready("extra", InboxSpec::default()).await;
+    }
     // A create whose answer cannot be read is an uncertain create: recovered, never doubled.
-    env.sim
-        .set_malformed(Route::Create, Some(Malformed::NotJson));
-    env.create("unreadable", InboxSpec::default()).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    env.sim.set_malformed(Route::Create, None);
+    {
+        let _unreadable = env.inject(Fault::Malformed(Route::Create, Malformed::NotJson));
+        env.create("unreadable", InboxSpec::default()).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let mut all = names.clone();
     all.push("extra".into());
     all.push("unreadable".into());

@@ -3,16 +3,14 @@
 //! the real `helm`; and the operator, run with exactly the ServiceAccount's RBAC from deploy/base
 //! (impersonation), takes an Inbox through create → Ready → delete.
 
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::support::{Operator, TestNamespace, control_plane, wait_for};
 use inbox_operator::crd::{Inbox, InboxSpec};
-use inbox_operator::simulator::Simulator;
+use inbox_sim::Simulator;
 use kube::api::{Api, DeleteParams, PostParams};
-use support::{TestNamespace, control_plane, wait_for};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -64,7 +62,7 @@ fn apply_server_side(yaml: &str, ns: Option<&str>) {
 
 #[tokio::test]
 async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
-    let _dump = support::on_failure_dump_logs();
+    let _dump = crate::support::on_failure_dump_logs();
     let cp = control_plane();
     let client = cp.client().await;
 
@@ -152,57 +150,38 @@ async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
     sim.add_account("acct", "rbac-key");
     let handle = sim.spawn().await.unwrap();
     let work = TestNamespace::new(&client, "rbac").await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut op = Command::new(env!("CARGO_BIN_EXE_inbox-operator"))
-        .args([
-            "run",
+    // Cluster-wide, as deployed, but reconciling only the Inbox labelled for this test
+    // (`--selector`): the other tests share the control plane, and their Inboxes are not its.
+    let shard = format!("inbox-operator-test/rbac={}", work.name());
+    let lease = format!("rbac-{}", work.name());
+    let op = Operator::start(
+        &kubeconfig,
+        &handle.url(),
+        "rbac-key",
+        &[
             "--leader-elect",
             "--lease-namespace",
             "inbox-operator",
             "--lease-name",
-            &format!("rbac-{}", work.name()),
-        ])
-        .args([
-            "--metrics-addr",
-            &format!("127.0.0.1:{port}"),
+            &lease,
             "--sync-interval",
             "5s",
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("AGENTSEND_API_URL", handle.url())
-        .env("AGENTSEND_API_KEY", "rbac-key")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    struct Kill<'a>(&'a mut std::process::Child, std::path::PathBuf);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            if std::thread::panicking() {
-                eprintln!(
-                    "--- operator log ---\n{}",
-                    std::fs::read_to_string(&self.1).unwrap_or_default()
-                );
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(&mut op, log.path().to_path_buf());
+            "--selector",
+            &shard,
+        ],
+        "info",
+    );
 
     let api: Api<Inbox> = Api::namespaced(client.clone(), work.name());
-    api.create(
-        &PostParams::default(),
-        &Inbox::new("rbac-bot", InboxSpec::default()),
-    )
-    .await
-    .unwrap();
+    let mut bot = Inbox::new("rbac-bot", InboxSpec::default());
+    bot.metadata.labels = Some(
+        [(
+            "inbox-operator-test/rbac".to_string(),
+            work.name().to_string(),
+        )]
+        .into(),
+    );
+    api.create(&PostParams::default(), &bot).await.unwrap();
     let ready = wait_for(
         "Ready under deployed RBAC",
         Duration::from_secs(60),
@@ -228,9 +207,8 @@ async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
         || async { matches!(api.get_opt("rbac-bot").await, Ok(None)).then_some(()) },
     )
     .await;
-    // (The cluster-wide operator also reconciled the applied examples; only ours must be gone.)
     assert!(sim.inbox(&id).is_none(), "the AgentSend inbox was deleted");
-    let logs = std::fs::read_to_string(log.path()).unwrap_or_default();
+    let logs = op.logs();
     assert!(!logs.contains("forbidden"), "a call was forbidden:\n{logs}");
 }
 
@@ -306,12 +284,12 @@ fn exists(kind: &str, name: &str, ns: Option<&str>) -> bool {
 /// not the Pods.
 #[tokio::test]
 async fn helm_install_upgrade_uninstall() {
-    let _dump = support::on_failure_dump_logs();
+    let _dump = crate::support::on_failure_dump_logs();
     let cp = control_plane();
     let client = cp.client().await;
     let ns = TestNamespace::new(&client, "helm").await;
     // The ClusterRole and ClusterRoleBinding are cluster-wide: a name of this test's own.
-    let fullname = format!("helm-{}", support::random_suffix(6));
+    let fullname = format!("helm-{}", crate::support::random_suffix(6));
     let chart = format!("{ROOT}/charts/inbox-operator");
     let release = [
         "--namespace",

@@ -5,7 +5,7 @@
 //! inbox, requests and Kubernetes writes per sync interval at rest, operator peak RSS and CPU,
 //! and time to delete everything.
 //!
-//! Usage: `cargo run --release --bin inbox-bench -- --inboxes 100,1000,10000`
+//! Usage: `cargo run --release -p inbox-bench -- --inboxes 100,1000,10000`
 //! (see `hack/bench.sh`; figures go into BENCHMARKS.md).
 #![forbid(unsafe_code)]
 
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 use inbox_operator::crd::{Inbox, InboxSpec};
-use inbox_operator::simulator::Simulator;
+use inbox_sim::Simulator;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, Config};

@@ -4,23 +4,21 @@
 //! update), the status subresource, printer columns, and the committed YAML matching the
 //! generated one.
 
-mod support;
-
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::{TestNamespace, control_plane, on_failure_dump_logs};
 use inbox_operator::crd::{Condition, Inbox, InboxSpec, InboxStatus};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use support::{TestNamespace, control_plane, on_failure_dump_logs};
 
 const CRD_PATH: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/crds/inboxes.agentsend.io.yaml"
 );
 
-/// No cluster needed. `UPDATE_CRDS=1 cargo test --test crd committed_crd` rewrites the file.
+/// No cluster needed. `UPDATE_CRDS=1 cargo test --test it crd::committed_crd` rewrites the file.
 #[test]
 fn committed_crd_matches_generated() {
     let generated = inbox_operator::crd::crd_yaml().expect("render the CRD");
@@ -32,7 +30,7 @@ fn committed_crd_matches_generated() {
         committed == generated,
         "crds/inboxes.agentsend.io.yaml is missing or differs from `inbox_operator::crd::crd_yaml()`.\n\
          Regenerate it with `make crd` (= `cargo run -- crd > crds/inboxes.agentsend.io.yaml`, \
-         plus the Helm chart's copy) or `UPDATE_CRDS=1 cargo test --test crd committed_crd`, \
+         plus the Helm chart's copy) or `UPDATE_CRDS=1 cargo test --test it crd::committed_crd`, \
          and commit the result."
     );
 }
@@ -494,7 +492,7 @@ async fn rbac_on_inboxes_through_impersonation() {
         "system:authenticated",
     ];
     let kubeconfig = cp.kubeconfig_as(&user, &groups);
-    let reader = support::client_from(&kubeconfig).await;
+    let reader = crate::support::client_from(&kubeconfig).await;
     let as_reader: Api<Inbox> = Api::namespaced(reader, ns.name());
     let admin_api: Api<Inbox> = Api::namespaced(admin.clone(), ns.name());
     admin_api
@@ -526,7 +524,7 @@ async fn rbac_on_inboxes_through_impersonation() {
         assert!(ok, "{err}");
     }
     let before = inbox_requests(&cp.metrics(), "LIST");
-    let list = support::wait_for("the Role to take effect", Duration::from_secs(10), || {
+    let list = crate::support::wait_for("the Role to take effect", Duration::from_secs(10), || {
         let api = as_reader.clone();
         async move { api.list(&ListParams::default()).await.ok() }
     })
