@@ -700,36 +700,32 @@ mod tests {
         let r = remote("inb_1", "x@agentsend.io");
         let want = desired_secret(&i, &r).unwrap();
         assert_eq!(plan_secret(None, &want, "uid-1"), SecretPlan::Create);
-        assert_eq!(
-            plan_secret(Some(&want), &want, "uid-1"),
-            SecretPlan::UpToDate
-        );
+        let with_key = |key: &str, value: &[u8]| {
+            let mut s = want.clone();
+            s.data
+                .get_or_insert_with(BTreeMap::new)
+                .insert(key.into(), ByteString(value.to_vec()));
+            s
+        };
         let mut foreign = want.clone();
         foreign.metadata.owner_references = None;
-        assert_eq!(
-            plan_secret(Some(&foreign), &want, "uid-1"),
-            SecretPlan::Conflict
-        );
-        let mut edited = want.clone();
-        edited
-            .data
-            .as_mut()
-            .unwrap()
-            .insert("address".into(), ByteString(b"evil@x".to_vec()));
-        assert_eq!(
-            plan_secret(Some(&edited), &want, "uid-1"),
-            SecretPlan::Update
-        );
-        let mut extra = want.clone();
-        extra
-            .data
-            .as_mut()
-            .unwrap()
-            .insert("note".into(), ByteString(b"hi".to_vec()));
-        assert_eq!(
-            plan_secret(Some(&extra), &want, "uid-1"),
-            SecretPlan::UpToDate
-        );
+        let cases = [
+            ("as written", want.clone(), SecretPlan::UpToDate),
+            ("not ours", foreign, SecretPlan::Conflict),
+            (
+                "address edited",
+                with_key("address", b"evil@x"),
+                SecretPlan::Update,
+            ),
+            (
+                "a key of someone else's added",
+                with_key("note", b"hi"),
+                SecretPlan::UpToDate,
+            ),
+        ];
+        for (case, existing, plan) in cases {
+            assert_eq!(plan_secret(Some(&existing), &want, "uid-1"), plan, "{case}");
+        }
     }
 
     #[test]
