@@ -17,6 +17,20 @@ const T: Duration = Duration::from_secs(40);
 
 /// The environment of these tests: a namespace and a simulator, no in-process controller
 /// (each test runs the operator binary with [`Env::operator`]); waits of [`T`].
+/// Flags of an operator that takes part in leader election on the Lease `lease` in `ns`,
+/// followed by `extra`.
+fn leader_args<'a>(ns: &'a str, lease: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--leader-elect",
+        "--lease-name",
+        lease,
+        "--lease-namespace",
+        ns,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 async fn start(prefix: &str) -> Env {
     let mut env = Env::bare(prefix, ACCOUNT, KEY).await;
     env.timeout = T;
@@ -139,13 +153,7 @@ async fn sigkill_mid_bulk_run_converges() {
 async fn sigterm_exits_zero() {
     let env = start("term").await;
     let lease = format!("lease-{}", env.ns.name());
-    let mut op = env.operator(&[
-        "--leader-elect",
-        "--lease-name",
-        &lease,
-        "--lease-namespace",
-        env.ns.name(),
-    ]);
+    let mut op = env.operator(&leader_args(env.ns.name(), &lease, &[]));
     env.create_labelled("calm", &[]).await;
     env.wait_ready("calm", Ready::True).await;
     // Health endpoints: alive, and ready once caches are synced and leadership is known.
@@ -178,15 +186,7 @@ async fn sigterm_exits_zero() {
 async fn leader_election_one_reconciles_and_hands_over() {
     let env = start("lead").await;
     let lease = format!("lease-{}", env.ns.name());
-    let args = [
-        "--leader-elect",
-        "--lease-name",
-        lease.as_str(),
-        "--lease-namespace",
-        env.ns.name(),
-        "--lease-duration",
-        "6s",
-    ];
+    let args = leader_args(env.ns.name(), &lease, &["--lease-duration", "6s"]);
     let mut a = env.operator(&args);
     let mut b = env.operator(&args);
     let (leader, _follower) = wait_for("a leader", T, || async {
@@ -243,17 +243,11 @@ async fn leader_election_one_reconciles_and_hands_over() {
 async fn handover_mid_create_leaves_one_inbox() {
     let env = start("midc").await;
     let lease = format!("lease-{}", env.ns.name());
-    let args = [
-        "--leader-elect",
-        "--lease-name",
-        lease.as_str(),
-        "--lease-namespace",
+    let args = leader_args(
         env.ns.name(),
-        "--lease-duration",
-        "6s",
-        "--agentsend-timeout",
-        "30s",
-    ];
+        &lease,
+        &["--lease-duration", "6s", "--agentsend-timeout", "30s"],
+    );
     let mut a = env.operator(&args);
     wait_for("a leads", T, || async { a.is_leader().await.then_some(()) }).await;
     let mut b = env.operator(&args);
@@ -307,10 +301,11 @@ async fn a_leader_whose_lease_is_taken_stops_writing() {
     let env = start("gate").await;
     let lease = format!("lease-{}", env.ns.name());
     let args = |id: &'static str| {
-        let mut a = vec!["--leader-elect", "--lease-namespace", env.ns.name()];
-        a.extend(["--lease-duration", "6s", "--identity", id]);
-        a.extend(["--lease-name", lease.as_str()]);
-        a
+        leader_args(
+            env.ns.name(),
+            &lease,
+            &["--lease-duration", "6s", "--identity", id],
+        )
     };
     let mut old = env.operator(&args("old"));
     wait_for("old leads", T, || async {
