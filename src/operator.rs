@@ -161,23 +161,19 @@ async fn check_crd(client: &Client, args: &RunArgs) -> Result<(), StartupError> 
 /// A future that resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
-    {
+    let terminate = async {
         use tokio::signal::unix::{SignalKind, signal};
         match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            Ok(mut term) => drop(term.recv().await),
+            // No SIGTERM handler: Ctrl-C alone ends the run.
+            Err(_) => std::future::pending::<()>().await,
         }
-    }
+    };
     #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -225,18 +225,23 @@ mod tests {
     #[test]
     fn classifies_statuses() {
         let c = |s| ApiError::from_status(s, None, b"{\"error\":\"x\"}").reason();
-        assert_eq!(c(401), "unauthorized");
-        assert_eq!(c(403), "unauthorized");
-        assert_eq!(c(404), "not_found");
-        assert_eq!(c(400), "rejected");
-        assert_eq!(c(409), "rejected");
-        assert_eq!(c(422), "rejected");
-        assert_eq!(c(429), "rate_limited");
-        assert_eq!(c(500), "transient");
-        assert_eq!(c(502), "transient");
-        assert_eq!(c(503), "transient");
-        assert_eq!(c(408), "transient");
-        assert_eq!(c(405), "rejected");
+        let table = [
+            (401, "unauthorized"),
+            (403, "unauthorized"),
+            (404, "not_found"),
+            (400, "rejected"),
+            (409, "rejected"),
+            (422, "rejected"),
+            (405, "rejected"),
+            (429, "rate_limited"),
+            (408, "transient"),
+            (500, "transient"),
+            (502, "transient"),
+            (503, "transient"),
+        ];
+        for (status, reason) in table {
+            assert_eq!(c(status), reason, "HTTP {status}");
+        }
     }
 
     #[test]

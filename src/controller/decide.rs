@@ -59,23 +59,22 @@ pub fn identity_mismatch(
         (None, Some(_)) => strict,
         (None, None) => false,
     };
-    if opt_differs(&spec.display_name, &remote.display_name) {
-        return Some(FieldMismatch {
-            field: "displayName",
-            message: format!(
-                "spec.displayName is {:?} but the inbox's display name is {:?}",
-                spec.display_name, remote.display_name
-            ),
-        });
-    }
-    if opt_differs(&spec.domain_id, &remote.domain_id) {
-        return Some(FieldMismatch {
-            field: "domainId",
-            message: format!(
-                "spec.domainId is {:?} but the inbox's domain is {:?}",
-                spec.domain_id, remote.domain_id
-            ),
-        });
+    let optional_fields = [
+        (
+            "displayName",
+            "display name",
+            &spec.display_name,
+            &remote.display_name,
+        ),
+        ("domainId", "domain", &spec.domain_id, &remote.domain_id),
+    ];
+    for (field, what, want, have) in optional_fields {
+        if opt_differs(want, have) {
+            return Some(FieldMismatch {
+                field,
+                message: format!("spec.{field} is {want:?} but the inbox's {what} is {have:?}"),
+            });
+        }
     }
     None
 }

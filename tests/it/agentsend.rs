@@ -1282,28 +1282,72 @@ async fn ten_thousand_inboxes_list_in_a_hundred_pages() {
 
 // ---------------------------------------------------------------- control over HTTP
 
+/// The simulator's control endpoints over raw HTTP, as the demo and out-of-process tests use them.
+struct SimControl {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl SimControl {
+    fn new(url: &str) -> Self {
+        SimControl {
+            http: raw_client(),
+            base: format!("{url}/_simulator"),
+        }
+    }
+
+    /// One control request; its status and JSON body (`Null` when there is none).
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (reqwest::StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}/{path}", self.base));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status();
+        let text = r.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (reqwest::StatusCode, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// A POST that must succeed (fault and key changes the rest of a test relies on).
+    async fn post_ok(&self, path: &str, body: Value) {
+        let (status, body) = self.post(path, body).await;
+        assert!(status.is_success(), "{path}: {status} {body}");
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, body) = self.call(reqwest::Method::GET, path, None).await;
+        assert!(status.is_success(), "{path}: {status} {body}");
+        body
+    }
+
+    async fn delete(&self, path: &str) -> reqwest::StatusCode {
+        self.call(reqwest::Method::DELETE, path, None).await.0
+    }
+}
+
 #[tokio::test]
 async fn control_endpoints_over_http() {
     let sim = Simulator::new();
     let handle = sim.spawn().await.unwrap();
     let url = handle.url();
-    let http = raw_client();
-    let ctl = |path: &str| format!("{url}/_simulator/{path}");
+    let ctl = SimControl::new(&url);
 
-    let r = http
-        .post(ctl("accounts"))
-        .json(&json!({"account": "acct-x", "apiKey": KEY}))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
-    http.post(ctl("domains"))
-        .json(&json!({"account": "acct-x", "domainId": "dom_x", "domainName": "X.example"}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    ctl.post_ok("accounts", json!({"account": "acct-x", "apiKey": KEY}))
+        .await;
+    ctl.post_ok(
+        "domains",
+        json!({"account": "acct-x", "domainId": "dom_x", "domainName": "X.example"}),
+    )
+    .await;
     let c = AgentSendClient::new(&url, fast()).unwrap();
     let k = key(KEY);
     let i = c
@@ -1313,17 +1357,16 @@ async fn control_endpoints_over_http() {
     assert_eq!(i.address, "ops@x.example");
 
     // PATCH counters and status; the client sees them.
-    let r = http
-        .patch(ctl(&format!("inboxes/{}", i.id)))
-        .json(
-            &json!({"sendsToday": 90, "dailySendLimit": 95, "totalSent": 1234,
-                      "bounceCount": 5, "complaintCount": 2, "status": "suspended"}),
+    let counters = json!({"sendsToday": 90, "dailySendLimit": 95, "totalSent": 1234,
+                          "bounceCount": 5, "complaintCount": 2, "status": "suspended"});
+    let (status, patched) = ctl
+        .call(
+            reqwest::Method::PATCH,
+            &format!("inboxes/{}", i.id),
+            Some(counters),
         )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let patched: Value = r.json().await.unwrap();
+        .await;
+    assert_eq!(status, 200);
     assert_eq!(patched["sendsToday"], 90);
     let got = c.get_inbox(&k, &i.id).await.unwrap();
     assert_eq!(got.sends_remaining(), Some(5));
@@ -1331,15 +1374,17 @@ async fn control_endpoints_over_http() {
     assert_eq!(got.bounce_count, Some(5));
     assert_eq!(got.complaint_count, Some(2));
     assert_eq!(got.status, InboxState::Suspended);
-    let r = http
-        .patch(ctl("inboxes/nope"))
-        .json(&json!({"sendsToday": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    let r = http
-        .patch(ctl(&format!("inboxes/{}", i.id)))
+    let unknown = ctl
+        .call(
+            reqwest::Method::PATCH,
+            "inboxes/nope",
+            Some(json!({"sendsToday": 1})),
+        )
+        .await;
+    assert_eq!(unknown.0, 404);
+    let r = ctl
+        .http
+        .patch(format!("{}/inboxes/{}", ctl.base, i.id))
         .body("{oops")
         .header("content-type", "application/json")
         .send()
@@ -1348,37 +1393,56 @@ async fn control_endpoints_over_http() {
     assert_eq!(r.status(), 400);
 
     // Stats: only API requests count, never control requests.
-    let stats: Value = http
-        .get(ctl("stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
     assert_eq!(
-        stats,
+        ctl.get("stats").await,
         json!({"requests": {"create": 1, "get": 1, "list": 0, "delete": 0}, "total": 2, "inboxes": 1})
     );
 
-    // Faults: latency, error rate, dropped creates, fail-next, rate limit, malformed.
-    http.post(ctl("faults"))
-        .json(&json!({"latencyMs": 200}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    control_faults_over_http(&ctl, &c, &sim, &i.id).await;
+
+    // Keys: revoke and restore (a fresh client: the old one still honours Retry-After).
+    let c = AgentSendClient::new(&url, fast()).unwrap();
+    ctl.post_ok("keys/revoke", json!({"apiKey": KEY})).await;
+    let e = c.list_inboxes(&k, 1, 0).await.unwrap_err();
+    assert!(matches!(e, ApiError::Unauthorized { .. }), "{e:?}");
+    ctl.post_ok("keys/restore", json!({"apiKey": KEY})).await;
+    assert_eq!(c.list_inboxes(&k, 10, 0).await.unwrap().data.len(), 2);
+
+    // Out-of-band insert, listing and delete.
+    let oob_body = json!({"account": "acct-x", "address": "oob", "displayName": "OOB"});
+    let (status, oob) = ctl.post("inboxes", oob_body).await;
+    assert_eq!(status, 201);
+    let oob: RemoteInbox = serde_json::from_value(oob).unwrap();
+    let listed: Vec<RemoteInbox> =
+        serde_json::from_value(ctl.get("inboxes?account=acct-x").await).unwrap();
+    assert_eq!(listed[0], oob);
+    let taken = json!({"account": "acct-x", "address": "oob"});
+    assert_eq!(ctl.post("inboxes", taken).await.0, 409);
+    let path = format!("inboxes/{}", oob.id);
+    assert_eq!(ctl.delete(&path).await, 204);
+    assert_eq!(ctl.delete(&path).await, 404);
+    assert!(sim.inbox(&oob.id).is_none());
+
+    ctl.post_ok("reset-counters", json!({})).await;
+    let stats = ctl.get("stats").await;
+    assert_eq!(stats["total"], 0);
+    assert_eq!(stats["inboxes"], 2);
+}
+
+/// Faults over HTTP: latency, error rate, dropped creates, fail-next, rate limit, malformed.
+async fn control_faults_over_http(
+    ctl: &SimControl,
+    c: &AgentSendClient,
+    sim: &Simulator,
+    inbox_id: &str,
+) {
+    let k = key(KEY);
+    ctl.post_ok("faults", json!({"latencyMs": 200})).await;
     let t = Instant::now();
     c.list_inboxes(&k, 1, 0).await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(200));
-    http.post(ctl("faults"))
-        .json(&json!({"latencyMs": 0, "errorRate": 1.0, "errorStatus": 502}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    let failing = json!({"latencyMs": 0, "errorRate": 1.0, "errorStatus": 502});
+    ctl.post_ok("faults", failing).await;
     let e = c.list_inboxes(&k, 1, 0).await.unwrap_err();
     assert!(
         matches!(
@@ -1390,38 +1454,15 @@ async fn control_endpoints_over_http() {
         ),
         "{e:?}"
     );
-    let r = http
-        .post(ctl("faults"))
-        .json(&json!({"errorRate": 7.0}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    let r = http
-        .post(ctl("faults"))
-        .json(&json!({"failNext": {"route": "bogus", "n": 1}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    http.delete(ctl("faults"))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    assert_eq!(ctl.post("faults", json!({"errorRate": 7.0})).await.0, 400);
+    let bogus = json!({"failNext": {"route": "bogus", "n": 1}});
+    assert_eq!(ctl.post("faults", bogus).await.0, 400);
+    assert!(ctl.delete("faults").await.is_success());
     c.list_inboxes(&k, 1, 0).await.unwrap();
 
-    http.post(ctl("faults"))
-        .json(
-            &json!({"dropNextCreates": 1, "failNext": {"route": "get", "n": 1, "status": 500},
-                      "malformed": {"route": "list", "kind": "not-json"}}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    let mixed = json!({"dropNextCreates": 1, "failNext": {"route": "get", "n": 1, "status": 500},
+                       "malformed": {"route": "list", "kind": "not-json"}});
+    ctl.post_ok("faults", mixed).await;
     let e = c
         .create_inbox(&k, &CreateInbox::default())
         .await
@@ -1431,17 +1472,12 @@ async fn control_endpoints_over_http() {
         "{e:?}"
     );
     assert_eq!(sim.inbox_count(), 2);
-    c.get_inbox(&k, &i.id).await.unwrap();
+    c.get_inbox(&k, inbox_id).await.unwrap();
     let e = c.list_inboxes(&k, 1, 0).await.unwrap_err();
     assert!(matches!(e, ApiError::InvalidResponse { .. }), "{e:?}");
-    http.post(ctl("faults"))
-        .json(&json!({"malformed": {"route": "list", "kind": null},
-                      "rateLimit": {"account": "acct-x", "ms": 5000, "httpDate": false}}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    let limited = json!({"malformed": {"route": "list", "kind": null},
+                         "rateLimit": {"account": "acct-x", "ms": 5000, "httpDate": false}});
+    ctl.post_ok("faults", limited).await;
     let e = c.list_inboxes(&k, 1, 0).await.unwrap_err();
     assert!(
         matches!(
@@ -1453,78 +1489,7 @@ async fn control_endpoints_over_http() {
         ),
         "{e:?}"
     );
-    http.delete(ctl("faults")).send().await.unwrap();
-
-    // Keys: revoke and restore (a fresh client: the old one still honours Retry-After).
-    let c = AgentSendClient::new(&url, fast()).unwrap();
-    http.post(ctl("keys/revoke"))
-        .json(&json!({"apiKey": KEY}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
-    let e = c.list_inboxes(&k, 1, 0).await.unwrap_err();
-    assert!(matches!(e, ApiError::Unauthorized { .. }), "{e:?}");
-    http.post(ctl("keys/restore"))
-        .json(&json!({"apiKey": KEY}))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
-    assert_eq!(c.list_inboxes(&k, 10, 0).await.unwrap().data.len(), 2);
-
-    // Out-of-band insert, listing and delete.
-    let r = http
-        .post(ctl("inboxes"))
-        .json(&json!({"account": "acct-x", "address": "oob", "displayName": "OOB"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let oob: RemoteInbox = r.json().await.unwrap();
-    let listed: Vec<RemoteInbox> = http
-        .get(ctl("inboxes?account=acct-x"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(listed[0], oob);
-    let r = http
-        .post(ctl("inboxes"))
-        .json(&json!({"account": "acct-x", "address": "oob"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 409);
-    let r = http
-        .delete(ctl(&format!("inboxes/{}", oob.id)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 204);
-    let r = http
-        .delete(ctl(&format!("inboxes/{}", oob.id)))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 404);
-    assert!(sim.inbox(&oob.id).is_none());
-
-    http.post(ctl("reset-counters")).send().await.unwrap();
-    let stats: Value = http
-        .get(ctl("stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(stats["total"], 0);
-    assert_eq!(stats["inboxes"], 2);
+    assert!(ctl.delete("faults").await.is_success());
 }
 
 #[tokio::test]

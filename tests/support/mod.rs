@@ -279,18 +279,19 @@ impl ControlPlane {
             .args(["--advertise-address", "127.0.0.1"])
             // A loopback advertise address is refused by the default endpoint reconciler.
             .args(["--endpoint-reconciler-type", "none"])
-            .arg("--cert-dir")
-            .arg(d.join("certs"))
-            .arg("--token-auth-file")
-            .arg(d.join("tokens.csv"))
             .args(["--authorization-mode", "RBAC"])
             .args(["--service-account-issuer", "https://kubernetes.default.svc"])
-            .arg("--service-account-key-file")
-            .arg(d.join("sa.pub"))
-            .arg("--service-account-signing-key-file")
-            .arg(d.join("sa.key"))
             .args(["--service-cluster-ip-range", "10.0.0.0/24"])
             .arg("--allow-privileged");
+        let files = [
+            ("--cert-dir", "certs"),
+            ("--token-auth-file", "tokens.csv"),
+            ("--service-account-key-file", "sa.pub"),
+            ("--service-account-signing-key-file", "sa.key"),
+        ];
+        for (flag, file) in files {
+            c.arg(flag).arg(d.join(file));
+        }
         c
     }
 
