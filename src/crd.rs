@@ -289,7 +289,26 @@ pub struct SecretSpec {
         "x-kubernetes-validations" = [{"rule": QUALIFIED_KEYS_RULE, "message": QUALIFIED_KEYS_MESSAGE}]
     ))]
     pub annotations: Option<BTreeMap<String, String>>,
+    /// Extra keys rendered from the inbox's fields, e.g.
+    /// `SMTP_FROM: '{{ displayName }} <{{ address }}>'`. Fields: `address`, `localPart`,
+    /// `domain`, `displayName`, `inboxId`. A template that does not render is `Rejected`
+    /// (naming the key) and nothing is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend(
+        "maxProperties" = 32,
+        "additionalProperties" = {"type": "string", "maxLength": 4096},
+        "x-kubernetes-validations" = [{"rule": TEMPLATE_KEYS_RULE, "message": TEMPLATE_KEYS_MESSAGE}]
+    ))]
+    pub template: Option<BTreeMap<String, String>>,
+    /// Keep this Secret (without its owner reference) when the Inbox is deleted with
+    /// `deletionPolicy: Orphan`, so applications keep reading the address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain_on_orphan: bool,
 }
+
+/// CEL: template keys are data keys and do not replace the default keys.
+const TEMPLATE_KEYS_RULE: &str = r"self.all(k, size(k) <= 253 && k.matches('^[-._a-zA-Z0-9]+$') && !(k in ['address', 'inboxId', 'domainId', '.', '..']))";
+const TEMPLATE_KEYS_MESSAGE: &str = "template keys must be data keys (letters, digits, '-', '_', '.') other than address, inboxId and domainId";
 
 /// Per-Inbox API credentials.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -13,6 +13,7 @@ pub mod controller;
 pub mod crd;
 pub mod meta;
 pub mod metrics;
+pub mod template;
 
 /// Install ring as the process-wide rustls crypto provider (idempotent). Exactly one provider
 /// is compiled in; this makes the choice explicit for every TLS client (kube and reqwest).

@@ -309,6 +309,15 @@ pub fn desired_secret(inbox: &Inbox, remote: &RemoteInbox) -> Option<Secret> {
     })
 }
 
+/// Add rendered template values to a desired Secret's data (the default keys stay as they are:
+/// templates cannot name them).
+pub fn add_string_data(secret: &mut Secret, values: BTreeMap<String, String>) {
+    let data = secret.data.get_or_insert_with(BTreeMap::new);
+    for (k, v) in values {
+        data.entry(k).or_insert(ByteString(v.into_bytes()));
+    }
+}
+
 /// Controller ownerReference to the Inbox (blocking its foreground deletion).
 pub fn owner_reference(inbox: &Inbox) -> Option<OwnerReference> {
     Some(OwnerReference {
@@ -654,7 +663,7 @@ mod tests {
         i.spec.secret = Some(SecretSpec {
             name: Some("mail".into()),
             labels: Some([("team".to_string(), "a".to_string())].into()),
-            annotations: None,
+            ..Default::default()
         });
         let mut r = remote("inb_1", "x@example.com");
         r.domain_id = Some("dom".into());

@@ -37,6 +37,7 @@ use crate::agentsend::{
     ApiError, ApiKey, CreateInbox, DEFAULT_RETRY_AFTER, InboxState, MAX_RETRY_AFTER, RemoteInbox,
 };
 use crate::crd::{self, ConditionStatus, DeletionPolicy, Inbox, InboxStatus, Reason};
+use crate::template;
 
 /// Which half of the lifecycle a pass runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -945,14 +946,28 @@ fn converge(o: &Observed, key: ApiKey, remote: &RemoteInbox) -> Step {
             Then::Settle,
         );
     }
+    let templated = match spec_secret.and_then(|s| s.template.as_ref()) {
+        None => Default::default(),
+        Some(t) => match template::render(t, &template::Fields::of(remote)) {
+            Ok(values) => values,
+            Err(e) => {
+                let msg = format!("spec.secret.template: {e}; the Secret is left as it was");
+                return done(
+                    report(o, Some(remote), None, stalled(Reason::Rejected, msg)),
+                    Then::Settle,
+                );
+            }
+        },
+    };
     let name = o.inbox.secret_name();
     let existing = match o.secrets.get(&name) {
         None => return Step::ReadSecret { name },
         Some(s) => s.as_ref(),
     };
-    let Some(desired) = decide::desired_secret(&o.inbox, remote) else {
+    let Some(mut desired) = decide::desired_secret(&o.inbox, remote) else {
         return done_quietly(Then::Fail(Failure::InvalidObject));
     };
+    decide::add_string_data(&mut desired, templated);
     let uid = o.inbox.metadata.uid.clone().unwrap_or_default();
     let (create, note) = match decide::plan_secret(existing, &desired, &uid) {
         SecretPlan::Create => (true, format!("wrote the address to Secret {name}")),
@@ -2285,6 +2300,14 @@ mod tests {
                 "done Rejected +Rejected; settle",
             ),
             (
+                "spec.secret.template that does not render: Rejected naming the key, nothing written",
+                obs().converged(inb1()).spec(|s| {
+                    s.secret.get_or_insert_default().template =
+                        Some([("FROM".into(), "{{ nope }}".into())].into());
+                }),
+                "done Rejected +Rejected; settle",
+            ),
+            (
                 "active, Secret in place: Ready",
                 obs().converged(inb1()),
                 "done Ready; settle; reset failures",
@@ -2676,6 +2699,28 @@ mod tests {
             wrong.len(),
             wrong.join("\n")
         );
+    }
+
+    #[test]
+    fn a_rendered_template_joins_the_secrets_default_keys() {
+        let b = obs()
+            .key()
+            .bound("inb_1")
+            .found(inb1())
+            .registered()
+            .secret("mail", None)
+            .spec(|s| {
+                s.secret.get_or_insert_default().template =
+                    Some([("FROM".into(), "<{{ address }}>".into())].into());
+            });
+        let Step::WriteSecret { secret, create, .. } = plan(&b.0) else {
+            panic!("expected a Secret write, got {}", plan(&b.0));
+        };
+        assert!(create);
+        let data = secret.data.unwrap_or_default();
+        let keys: Vec<&str> = data.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["FROM", "address", "inboxId"]);
+        assert_eq!(data["FROM"].0, format!("<{}>", inb1().address).into_bytes());
     }
 
     #[test]

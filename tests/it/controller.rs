@@ -188,6 +188,7 @@ async fn custom_domain_address_lands_in_secret() {
             name: Some("support-mail".into()),
             labels: Some(BTreeMap::from([("team".into(), "care".into())])),
             annotations: Some(BTreeMap::from([("note".into(), "x".into())])),
+            ..Default::default()
         }),
         ..Default::default()
     };
@@ -197,6 +198,67 @@ async fn custom_domain_address_lands_in_secret() {
     assert_eq!(data(&s, "domainId"), "dom_example");
     assert_eq!(s.labels().get("team").map(String::as_str), Some("care"));
     assert_eq!(s.annotations().get("note").map(String::as_str), Some("x"));
+    env.stop().await;
+}
+
+/// `spec.secret.template` renders every field into extra keys; a template that does not render
+/// is `Rejected` naming its key, and the Secret keeps what it had until the spec is fixed.
+#[tokio::test]
+async fn secret_template_renders_every_field_and_a_bad_one_writes_nothing() {
+    let env = Env::start().await;
+    let template = BTreeMap::from([
+        (
+            "SMTP_FROM".into(),
+            "{{ displayName }} <{{ address }}>".into(),
+        ),
+        (
+            "PARTS".into(),
+            "{{ localPart }}|{{ domain }}|{{ inboxId }}".into(),
+        ),
+    ]);
+    let spec = InboxSpec {
+        address: Some("shaped".into()),
+        domain_id: Some("dom_example".into()),
+        display_name: Some("Care Team".into()),
+        secret: Some(SecretSpec {
+            template: Some(template),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let i = env.create_ready("shaped", spec).await;
+    let id = status_id(&i);
+    let s = env.secret("shaped").await.expect("secret");
+    assert_eq!(data(&s, "SMTP_FROM"), "Care Team <shaped@example.com>");
+    assert_eq!(data(&s, "PARTS"), format!("shaped|example.com|{id}"));
+    assert_eq!(data(&s, "address"), "shaped@example.com");
+
+    let bad = json!({"spec": {"secret": {"template": {"BROKEN": "{{ adress }}"}}}});
+    env.inboxes()
+        .patch("shaped", &PatchParams::default(), &Patch::Merge(&bad))
+        .await
+        .expect("patch the template");
+    let i = env
+        .wait_ready("shaped", Ready::False(Reason::Rejected))
+        .await;
+    let msg = ready(&i).map(|c| c.message.clone()).unwrap_or_default();
+    assert!(
+        msg.contains("\"BROKEN\"") && msg.contains("localPart"),
+        "{msg}"
+    );
+    let s = env.secret("shaped").await.expect("secret");
+    assert!(!s.data.as_ref().is_some_and(|d| d.contains_key("BROKEN")));
+    assert_eq!(data(&s, "SMTP_FROM"), "Care Team <shaped@example.com>");
+
+    let fixed =
+        json!({"spec": {"secret": {"template": {"BROKEN": null, "FIXED": "{{ address }}"}}}});
+    env.inboxes()
+        .patch("shaped", &PatchParams::default(), &Patch::Merge(&fixed))
+        .await
+        .expect("fix the template");
+    env.wait_ready("shaped", Ready::True).await;
+    let s = env.secret("shaped").await.expect("secret");
+    assert_eq!(data(&s, "FIXED"), "shaped@example.com");
     env.stop().await;
 }
 

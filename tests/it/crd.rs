@@ -211,6 +211,21 @@ async fn schema_rejects_bad_objects() {
         ),
         ("wrong-type", json!({"address": 42}), "spec.address"),
         (
+            "template-default-key",
+            json!({"secret": {"template": {"address": "{{ address }}"}}}),
+            "spec.secret.template",
+        ),
+        (
+            "template-key-slash",
+            json!({"secret": {"template": {"a/b": "{{ address }}"}}}),
+            "spec.secret.template",
+        ),
+        (
+            "template-long",
+            json!({"secret": {"template": {"LONG": "x".repeat(4097)}}}),
+            "spec.secret.template",
+        ),
+        (
             "label-key-space",
             json!({"secret": {"labels": {"bad key": "v"}}}),
             "spec.secret.labels",
