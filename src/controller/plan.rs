@@ -45,7 +45,8 @@ pub enum Phase {
     Apply,
     /// The Inbox is being deleted: clean up, then the finalizer goes.
     Cleanup,
-    /// Being deleted, but paused: nothing happens and the finalizer stays.
+    /// Being deleted, but paused, or other finalizers than ours remain: nothing happens and
+    /// the finalizer stays.
     Held,
 }
 
@@ -53,8 +54,24 @@ impl Phase {
     /// The phase of a pass over `inbox`; `None` when kube's finalizer helper decides (it adds
     /// the finalizer, or runs [`Phase::Apply`] or [`Phase::Cleanup`]).
     pub fn before_finalizer(inbox: &Inbox) -> Option<Phase> {
-        (inbox.metadata.deletion_timestamp.is_some() && inbox.is_paused()).then_some(Phase::Held)
+        let deleting = inbox.metadata.deletion_timestamp.is_some();
+        let held = inbox.is_paused() || !foreign_finalizers(inbox).is_empty();
+        (deleting && held).then_some(Phase::Held)
     }
+}
+
+/// The finalizers other controllers hold on `inbox` while it carries ours: deletion waits
+/// until they are gone (an archiver exports the mail first), as crossplane-runtime does.
+/// Empty without our finalizer (then there is nothing of ours to hold back).
+pub fn foreign_finalizers(inbox: &Inbox) -> Vec<&str> {
+    let all = inbox.metadata.finalizers.as_deref().unwrap_or_default();
+    if !all.iter().any(|f| f == crd::FINALIZER) {
+        return Vec::new();
+    }
+    all.iter()
+        .map(String::as_str)
+        .filter(|f| *f != crd::FINALIZER)
+        .collect()
 }
 
 /// The API key for this Inbox, or why there is none.
@@ -449,19 +466,26 @@ pub fn plan(o: &Observed) -> Step {
     match o.phase {
         Phase::Apply => with_finalizer(o, apply(o)),
         Phase::Cleanup => cleanup(o),
-        Phase::Held => done(
-            report(
-                o,
-                None,
-                None,
-                Readiness::Idle {
-                    reason: Reason::Paused,
-                    message: "deletion is waiting: the Inbox is paused (agentsend.io/paused); remove the annotation to let the operator finish deleting".into(),
-                },
-            ),
-            Then::Settle,
-        ),
+        Phase::Held => done(report(o, None, None, held_deletion(&o.inbox)), Then::Settle),
     }
+}
+
+/// Why a deletion is held: the pause comes first; else the other finalizers, named. The
+/// removal of either updates the Inbox, which starts the next pass.
+fn held_deletion(inbox: &Inbox) -> Readiness {
+    if inbox.is_paused() {
+        return Readiness::Idle {
+            reason: Reason::Paused,
+            message: "deletion is waiting: the Inbox is paused (agentsend.io/paused); remove the annotation to let the operator finish deleting".into(),
+        };
+    }
+    Readiness::progressing(
+        Reason::Deleting,
+        format!(
+            "deletion is waiting for the other finalizers to be removed first: {}; the AgentSend inbox and the Secret stay until then",
+            foreign_finalizers(inbox).join(", ")
+        ),
+    )
 }
 
 // ------------------------------------------------------------------------------- apply
@@ -1645,6 +1669,10 @@ mod tests {
         fn paused(self) -> Self {
             self.ann(crd::ANNOTATION_PAUSED, "true")
         }
+        fn finalizers(self, list: &[&str]) -> Self {
+            let list = list.iter().map(|f| f.to_string()).collect();
+            self.with(|o| o.inbox.metadata.finalizers = Some(list))
+        }
         fn deleting(self) -> Self {
             self.with(|o| o.phase = Phase::Cleanup)
                 .progress(Reason::Deleting)
@@ -1814,6 +1842,21 @@ mod tests {
             (
                 "paused while deleting: nothing happens, the finalizer stays",
                 obs().paused().with(|o| o.phase = Phase::Held),
+                "done Paused; settle",
+            ),
+            (
+                "deleting while another finalizer remains: wait for it (Deleting names it), the finalizer stays",
+                obs()
+                    .finalizers(&[crd::FINALIZER, "example.com/archive"])
+                    .with(|o| o.phase = Phase::Held),
+                "done Deleting; settle",
+            ),
+            (
+                "paused and another finalizer: the pause is what the user must lift",
+                obs()
+                    .paused()
+                    .finalizers(&[crd::FINALIZER, "example.com/archive"])
+                    .with(|o| o.phase = Phase::Held),
                 "done Paused; settle",
             ),
             // ---- credentials
@@ -2703,6 +2746,42 @@ mod tests {
         ] {
             assert!(all.contains(k.reason()), "no row publishes {}", k.reason());
         }
+    }
+
+    #[test]
+    fn deletion_waits_for_foreign_finalizers_only_while_ours_is_there() {
+        let deleted = |finalizers: &[&str]| {
+            let mut i = obs().finalizers(finalizers).0.inbox;
+            i.metadata.deletion_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+            );
+            i
+        };
+        let cases: [(&[&str], Option<Phase>, &[&str]); 4] = [
+            (&[crd::FINALIZER], None, &[]),
+            (
+                &["example.com/archive", crd::FINALIZER, "b/c"],
+                Some(Phase::Held),
+                &["example.com/archive", "b/c"],
+            ),
+            // Ours already gone: nothing of ours to hold.
+            (&["example.com/archive"], None, &[]),
+            (&[], None, &[]),
+        ];
+        for (finalizers, phase, foreign) in cases {
+            let i = deleted(finalizers);
+            assert_eq!(Phase::before_finalizer(&i), phase, "{finalizers:?}");
+            assert_eq!(foreign_finalizers(&i), foreign, "{finalizers:?}");
+        }
+        let mut alive = deleted(&[crd::FINALIZER, "example.com/archive"]);
+        alive.metadata.deletion_timestamp = None;
+        assert_eq!(Phase::before_finalizer(&alive), None, "not deleting");
+        let r = held_deletion(&deleted(&[crd::FINALIZER, "example.com/archive"]));
+        assert!(
+            r.message().contains("example.com/archive"),
+            "{}",
+            r.message()
+        );
     }
 
     #[test]

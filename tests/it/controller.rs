@@ -865,6 +865,57 @@ async fn pause_stops_calls_and_holds_deletion() {
     env.stop().await;
 }
 
+/// Another controller's finalizer (an archiver exporting the mail) holds the AgentSend delete:
+/// `Deleting` names it and nothing is deleted; once it is removed the inbox is deleted.
+#[tokio::test]
+async fn deletion_waits_for_foreign_finalizers() {
+    let env = Env::start().await;
+    let i = env.create_ready("archived", InboxSpec::default()).await;
+    let id = status_id(&i);
+    let archiver = "example.com/archive-mail";
+    let mut finalizers = i.finalizers().to_vec();
+    finalizers.push(archiver.to_string());
+    let patch = json!({"metadata": {"finalizers": finalizers}});
+    env.inboxes()
+        .patch("archived", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    env.inboxes()
+        .delete("archived", &DeleteParams::default())
+        .await
+        .unwrap();
+    let i = env
+        .wait_ready("archived", Ready::False(Reason::Deleting))
+        .await;
+    let message = &ready(&i).unwrap().message;
+    assert!(message.contains(archiver), "{message}");
+    // The condition is written by the pass that decided to wait: nothing was deleted.
+    assert_eq!(env.sim.request_count(Route::Delete), 0);
+    assert!(env.sim.inbox(&id).is_some());
+    assert!(
+        env.secret("archived").await.is_some(),
+        "the Secret stays too"
+    );
+
+    // The archiver is done: its finalizer goes, and so does the inbox.
+    let ours: Vec<String> = i
+        .finalizers()
+        .iter()
+        .filter(|f| *f != archiver)
+        .cloned()
+        .collect();
+    let patch = json!({"metadata": {"finalizers": ours}});
+    env.inboxes()
+        .patch("archived", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    env.wait_gone("archived").await;
+    assert!(env.sim.inbox(&id).is_none());
+    assert_eq!(env.sim.request_count(Route::Delete), 1);
+    assert!(env.secret("archived").await.is_none());
+    env.stop().await;
+}
+
 /// An Inbox that reads its key from the namespace Secret `team-key` (key `apiKey`).
 fn team_key_spec() -> InboxSpec {
     InboxSpec {
