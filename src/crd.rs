@@ -19,6 +19,9 @@ pub const ANNOTATION_CREATE_PENDING: &str = "agentsend.io/create-pending";
 pub const ANNOTATION_CREATE_PENDING_SINCE: &str = "agentsend.io/create-pending-since";
 /// Annotation users set to `"true"` to pause all AgentSend calls and Secret writes.
 pub const ANNOTATION_PAUSED: &str = "agentsend.io/paused";
+/// Annotation users set to a new value (any) to ask for fresh counters now; the value served
+/// is recorded in `status.observedRefresh`.
+pub const ANNOTATION_REFRESH: &str = "agentsend.io/refresh";
 /// Label put on every Secret the operator writes.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Value of [`LABEL_MANAGED_BY`].
@@ -353,6 +356,9 @@ pub struct InboxStatus {
     pub secret_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The value of the `agentsend.io/refresh` annotation the counters were last refreshed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_refresh: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -398,6 +404,19 @@ impl Inbox {
             .as_ref()
             .and_then(|s| s.name.clone())
             .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// The refresh the user asks for: the `agentsend.io/refresh` value, when set, non-empty
+    /// and not yet served (`status.observedRefresh` differs).
+    pub fn refresh_wanted(&self) -> Option<&str> {
+        let v = self
+            .annotation(ANNOTATION_REFRESH)
+            .filter(|v| !v.is_empty())?;
+        let served = self
+            .status
+            .as_ref()
+            .and_then(|s| s.observed_refresh.as_deref());
+        (served != Some(v)).then_some(v)
     }
 
     /// Whether the user paused this Inbox.

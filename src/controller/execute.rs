@@ -327,6 +327,9 @@ impl<'a> Pass<'a> {
                 self.ctx.scans.forget(&key, &id);
                 o.forgotten = true;
             }
+            Step::RequestRefresh { key, value } => {
+                o.refresh = Some(self.ctx.refreshes.request(&key, &self.obj, &value));
+            }
             Step::Register { key, id } => {
                 self.ctx.bindings.register(&key, &id, self.obj.clone());
                 o.registered = true;

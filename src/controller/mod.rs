@@ -13,6 +13,7 @@ pub mod decide;
 pub mod events;
 mod execute;
 pub mod plan;
+pub mod refresh;
 pub mod status;
 pub mod watches;
 
@@ -193,6 +194,7 @@ pub struct Context {
     pub(crate) api: AgentSendClient,
     pub(crate) settings: Settings,
     pub(crate) scans: ScanCache,
+    pub(crate) refreshes: refresh::RefreshQueue,
     pub(crate) create_gates: CreateGates,
     pub(crate) bindings: BindingRegistry,
     pub(crate) recorder: EventRecorder,
@@ -223,6 +225,7 @@ impl Context {
         };
         Context {
             scans: ScanCache::new(api.clone(), settings.sync_interval),
+            refreshes: refresh::RefreshQueue::default(),
             create_gates: CreateGates::default(),
             bindings: BindingRegistry::default(),
             recorder: EventRecorder::new(client.clone(), reporter),
@@ -537,6 +540,11 @@ pub async fn run(
             stop.clone()
                 .run_until_cancelled_owned(route_triggers(sync_rx, routes)),
         ),
+        tokio::spawn(stop.clone().run_until_cancelled_owned(refresh::run(
+            ctx.refreshes.clone(),
+            ctx.scans.clone(),
+            sync_tx.clone(),
+        ))),
         tokio::spawn(
             stop.clone()
                 .run_until_cancelled_owned(accounts::run_counter_sync(

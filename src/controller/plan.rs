@@ -32,6 +32,7 @@ use k8s_openapi::api::core::v1::Secret;
 use super::Error;
 use super::decide::{self, AddressLookup, FieldMismatch, PendingMark, Recovery, SecretPlan};
 use super::events::{EventKind, InboxEvent};
+use super::refresh::Refresh;
 use super::status::{self, Readiness, StatusInput};
 use crate::agentsend::{
     ApiError, ApiKey, CreateInbox, DEFAULT_RETRY_AFTER, InboxState, MAX_RETRY_AFTER, RemoteInbox,
@@ -216,6 +217,8 @@ pub struct Observed {
     pub random_local: String,
     /// The failed attempt this Inbox is backing off from, if any is still running.
     pub hold: Option<Hold>,
+    /// Where the refresh this Inbox asks for (`agentsend.io/refresh`) stands, once asked.
+    pub refresh: Option<Refresh>,
 }
 
 impl Observed {
@@ -246,6 +249,7 @@ impl Observed {
             announced: Vec::new(),
             progress: None,
             hold: None,
+            refresh: None,
             random_local: String::new(),
             attempted: None,
             finalizer_missing: false,
@@ -416,6 +420,14 @@ pub enum Step {
         /// The AgentSend inbox ID.
         id: String,
     },
+    /// Ask for counters fresher than now (`agentsend.io/refresh`), folded into the account's
+    /// next refresh scan.
+    RequestRefresh {
+        /// The account's API key.
+        key: ApiKey,
+        /// The annotation value asked for.
+        value: String,
+    },
     /// Register the binding with the counter sync.
     Register {
         /// The account's API key.
@@ -509,6 +521,7 @@ pub fn writes(step: &Step) -> bool {
         | Step::FindBindings { .. }
         | Step::Forget { .. }
         | Step::Register { .. }
+        | Step::RequestRefresh { .. }
         | Step::ReadSecret { .. } => false,
         Step::Progress(report) => report.changed,
         Step::Done(done) => done.report.as_ref().is_some_and(|r| r.changed),
@@ -614,6 +627,16 @@ fn bound(o: &Observed, key: ApiKey, id: &str) -> Step {
     if o.inbox.annotation(crd::ANNOTATION_INBOX_ID) != Some(id) {
         // Bound through status only (e.g. restored from a backup): pin it.
         return Step::RecordBinding { id: id.to_string() };
+    }
+    if !o.bound_now
+        && o.refresh.is_none()
+        && let Some(value) = o.inbox.refresh_wanted()
+    {
+        // Queued, not awaited: the refresh scan wakes this Inbox when it has served it.
+        return Step::RequestRefresh {
+            key,
+            value: value.to_string(),
+        };
     }
     converge(o, key, remote)
 }
@@ -1410,7 +1433,7 @@ pub fn report(
     readiness: Readiness,
 ) -> Report {
     let current = o.inbox.status.as_ref();
-    let new = status::build_status(StatusInput {
+    let mut new = status::build_status(StatusInput {
         previous: current,
         generation: o.inbox.metadata.generation,
         inbox_id: remote
@@ -1421,6 +1444,9 @@ pub fn report(
         readiness: readiness.clone(),
         now: &o.now,
     });
+    if let Some(value) = refresh_served(o) {
+        new.observed_refresh = Some(value.to_string());
+    }
     let changed = current != Some(&new);
     let events = if changed {
         transition_events(o.status_at_start.as_ref(), &new, &readiness)
@@ -1435,6 +1461,13 @@ pub fn report(
         events,
         best_effort: false,
     }
+}
+
+/// The `agentsend.io/refresh` value this pass's observation answers: a refresh scan served
+/// it, or the pass bound the inbox (the create's or GET's answer is fresh).
+fn refresh_served(o: &Observed) -> Option<&str> {
+    let served = o.refresh == Some(Refresh::Served) || o.bound_now;
+    served.then(|| o.inbox.refresh_wanted()).flatten()
 }
 
 /// Warning events for entering a not-ready reason the contract names, and for reaching the
@@ -1503,6 +1536,7 @@ impl fmt::Display for Step {
             Step::ClearPending => write!(f, "clear pending"),
             Step::Forget { id, .. } => write!(f, "forget {id}"),
             Step::Register { id, .. } => write!(f, "register {id}"),
+            Step::RequestRefresh { value, .. } => write!(f, "request refresh {value:?}"),
             Step::ReadSecret { name } => write!(f, "read secret {name}"),
             Step::WriteSecret {
                 secret,
@@ -1752,6 +1786,9 @@ mod tests {
         }
         fn progress(self, r: Reason) -> Self {
             self.with(|o| o.progress = Some(r))
+        }
+        fn refreshed(self, r: Refresh) -> Self {
+            self.with(|o| o.refresh = Some(r))
         }
         fn registered(self) -> Self {
             self.with(|o| o.registered = true)
@@ -2253,6 +2290,39 @@ mod tests {
                 obs().key().bound("").status(ready_status(&inb1())),
                 "mark pending r4nd0mr4nd0mr4nd@agentsend.io",
             ),
+            // ---- refresh on demand (agentsend.io/refresh)
+            (
+                "a new refresh value: queue a refresh (folded into one account scan), not awaited",
+                obs().converged(inb1()).ann(crd::ANNOTATION_REFRESH, "1"),
+                "request refresh \"1\"",
+            ),
+            (
+                "refresh queued: converge on what is known; the refresh scan wakes the Inbox",
+                obs()
+                    .converged(inb1())
+                    .ann(crd::ANNOTATION_REFRESH, "1")
+                    .refreshed(Refresh::Pending),
+                "done Ready; settle; reset failures",
+            ),
+            (
+                "the value was served already (status.observedRefresh): no request",
+                obs()
+                    .converged(inb1())
+                    .ann(crd::ANNOTATION_REFRESH, "1")
+                    .status(InboxStatus {
+                        observed_refresh: Some("1".into()),
+                        ..ready_status(&inb1())
+                    }),
+                "done Ready; settle; reset failures",
+            ),
+            (
+                "bound in this pass: the create's answer is fresh, no request",
+                obs()
+                    .converged(inb1())
+                    .ann(crd::ANNOTATION_REFRESH, "1")
+                    .with(|o| o.bound_now = true),
+                "done Ready; settle; reset failures",
+            ),
             // ---- converge
             (
                 "bound and observed: register with the counter sync",
@@ -2746,6 +2816,32 @@ mod tests {
         ] {
             assert!(all.contains(k.reason()), "no row publishes {}", k.reason());
         }
+    }
+
+    #[test]
+    fn a_served_refresh_is_recorded_in_status_once() {
+        let refreshing = || obs().converged(inb1()).ann(crd::ANNOTATION_REFRESH, "7");
+        let observed = |b: B| match plan(&b.0) {
+            Step::Done(Done {
+                report: Some(r), ..
+            }) => r.status.observed_refresh,
+            other => panic!("{other}"),
+        };
+        assert_eq!(
+            observed(refreshing().refreshed(Refresh::Served)).as_deref(),
+            Some("7")
+        );
+        assert_eq!(observed(refreshing().refreshed(Refresh::Pending)), None);
+        let mut i = refreshing().0.inbox;
+        assert_eq!(i.refresh_wanted(), Some("7"));
+        i.status = Some(InboxStatus {
+            observed_refresh: Some("7".into()),
+            ..Default::default()
+        });
+        assert_eq!(i.refresh_wanted(), None, "served");
+        i.annotations_mut()
+            .insert(crd::ANNOTATION_REFRESH.into(), String::new());
+        assert_eq!(i.refresh_wanted(), None, "empty asks for nothing");
     }
 
     #[test]

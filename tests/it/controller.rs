@@ -502,6 +502,53 @@ async fn counters_refresh_and_send_limit_is_flagged() {
     env.stop().await;
 }
 
+/// `agentsend.io/refresh` set on 50 Inboxes at once refreshes all their counters within
+/// seconds with one list request (ceil(50/100)), no GET per Inbox: the periodic sync is an
+/// hour away, so only the refresh can have brought the new counters.
+#[tokio::test]
+async fn refresh_on_demand_folds_into_one_scan() {
+    let env = Env::start_with(|s| s.sync_interval = Duration::from_secs(3600)).await;
+    let names = env.create_many("fresh", 50).await;
+    let mut ids = Vec::new();
+    for name in &names {
+        ids.push(status_id(&env.wait_ready(name, Ready::True).await));
+    }
+    for id in &ids {
+        env.sim.update_inbox(id, |r| r.sends_today = Some(42));
+    }
+    env.sim.reset_counters();
+    let api = env.inboxes();
+    let patch = json!({"metadata": {"annotations": {"agentsend.io/refresh": "2026-11-28T10:00"}}});
+    let started = std::time::Instant::now();
+    futures::future::join_all(names.iter().map(|n| {
+        let api = api.clone();
+        let patch = patch.clone();
+        async move {
+            api.patch(n, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("annotate")
+        }
+    }))
+    .await;
+    for name in &names {
+        wait_for(&format!("{name} refreshed"), T, || async {
+            let st = api.get(name).await.ok()?.status?;
+            (st.sends_today == Some(42)
+                && st.observed_refresh.as_deref() == Some("2026-11-28T10:00"))
+            .then_some(())
+        })
+        .await;
+    }
+    println!("50 Inboxes refreshed in {:?}", started.elapsed());
+    assert_eq!(
+        env.sim.request_count(Route::List),
+        1,
+        "ceil(50/100) list requests"
+    );
+    assert_eq!(env.sim.request_count(Route::Get), 0, "no GET per Inbox");
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn vanished_inbox_is_recreated_and_suspension_is_surfaced() {
     let env = Env::start().await;
