@@ -22,6 +22,9 @@ pub const ANNOTATION_PAUSED: &str = "agentsend.io/paused";
 /// Annotation users set to a new value (any) to ask for fresh counters now; the value served
 /// is recorded in `status.observedRefresh`.
 pub const ANNOTATION_REFRESH: &str = "agentsend.io/refresh";
+/// Namespace annotation (`Delete` or `Orphan`): the `deletionPolicy` of the namespace's
+/// Inboxes that do not set `spec.deletionPolicy`.
+pub const ANNOTATION_DEFAULT_DELETION_POLICY: &str = "agentsend.io/default-deletion-policy";
 /// Label put on every Secret the operator writes.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Value of [`LABEL_MANAGED_BY`].
@@ -191,6 +194,32 @@ pub enum DeletionPolicy {
     Orphan,
 }
 
+impl DeletionPolicy {
+    /// The policy a namespace annotation names (`Delete` or `Orphan`, any case); `None` for
+    /// anything else.
+    pub fn parse(s: &str) -> Option<DeletionPolicy> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("delete") {
+            Some(DeletionPolicy::Delete)
+        } else if s.eq_ignore_ascii_case("orphan") {
+            Some(DeletionPolicy::Orphan)
+        } else {
+            None
+        }
+    }
+}
+
+/// Where the deletion policy that applies comes from (`status.deletionPolicySource`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicySource {
+    /// The Inbox's own `spec.deletionPolicy`.
+    Spec,
+    /// The namespace's `agentsend.io/default-deletion-policy` annotation.
+    Namespace,
+    /// Neither: the operator's default, `Delete`.
+    Default,
+}
+
 /// Desired state of an AgentSend inbox.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -245,9 +274,10 @@ pub struct InboxSpec {
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^\S+$"))]
     pub inbox_id: Option<String>,
 
-    /// What happens to the AgentSend inbox when this Inbox is deleted.
-    #[serde(default)]
-    pub deletion_policy: DeletionPolicy,
+    /// What happens to the AgentSend inbox when this Inbox is deleted. Unset: the namespace's
+    /// `agentsend.io/default-deletion-policy` annotation, else `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
 
     /// The Secret that receives the address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -356,6 +386,12 @@ pub struct InboxStatus {
     pub secret_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The deletion policy that applies (the spec's, the namespace default, or `Delete`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+    /// Where `deletionPolicy` comes from: `Spec`, `Namespace` or `Default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy_source: Option<DeletionPolicySource>,
     /// The value of the `agentsend.io/refresh` annotation the counters were last refreshed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_refresh: Option<String>,
@@ -471,7 +507,13 @@ mod tests {
             spec["properties"]["deletionPolicy"]["enum"],
             serde_json::json!(["Delete", "Orphan"])
         );
-        assert_eq!(spec["properties"]["deletionPolicy"]["default"], "Delete");
+        // No schema default: unset means "the namespace default" (an API server default
+        // would make every Inbox look explicit).
+        assert!(
+            spec["properties"]["deletionPolicy"]
+                .get("default")
+                .is_none()
+        );
     }
 
     #[test]

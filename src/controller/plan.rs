@@ -37,7 +37,9 @@ use super::status::{self, Readiness, StatusInput};
 use crate::agentsend::{
     ApiError, ApiKey, CreateInbox, DEFAULT_RETRY_AFTER, InboxState, MAX_RETRY_AFTER, RemoteInbox,
 };
-use crate::crd::{self, ConditionStatus, DeletionPolicy, Inbox, InboxStatus, Reason};
+use crate::crd::{
+    self, ConditionStatus, DeletionPolicy, DeletionPolicySource, Inbox, InboxStatus, Reason,
+};
 
 /// Which half of the lifecycle a pass runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +221,9 @@ pub struct Observed {
     pub hold: Option<Hold>,
     /// Where the refresh this Inbox asks for (`agentsend.io/refresh`) stands, once asked.
     pub refresh: Option<Refresh>,
+    /// The namespace's `agentsend.io/default-deletion-policy` annotation, once read
+    /// (`Some(None)`: not set). Read only when `spec.deletionPolicy` is unset.
+    pub namespace_default: Option<Option<String>>,
 }
 
 impl Observed {
@@ -250,10 +255,24 @@ impl Observed {
             progress: None,
             hold: None,
             refresh: None,
+            namespace_default: None,
             random_local: String::new(),
             attempted: None,
             finalizer_missing: false,
         }
+    }
+
+    /// The deletion policy that applies and its source; `None` until the namespace is read.
+    fn deletion_policy(&self) -> Option<(DeletionPolicy, DeletionPolicySource)> {
+        let ns = self.namespace_default.as_ref().map(Option::as_deref);
+        decide::deletion_policy(self.inbox.spec.deletion_policy, ns)
+    }
+
+    /// `Some(ReadNamespace)` while the namespace default is needed and not read yet.
+    fn needs_namespace(&self) -> Option<Step> {
+        self.deletion_policy()
+            .is_none()
+            .then_some(Step::ReadNamespace)
     }
 
     fn adopted(&self) -> bool {
@@ -352,6 +371,8 @@ pub struct Done {
 pub enum Step {
     /// Resolve the API key (and the key remembered for this Inbox).
     ReadCredentials,
+    /// Read the namespace's `agentsend.io/default-deletion-policy` annotation.
+    ReadNamespace,
     /// Observe the bound inbox through the account's scan cache.
     Observe {
         /// The account's API key.
@@ -515,6 +536,7 @@ fn with_finalizer(o: &Observed, step: Step) -> Step {
 pub fn writes(step: &Step) -> bool {
     match step {
         Step::ReadCredentials
+        | Step::ReadNamespace
         | Step::Observe { .. }
         | Step::Fetch { .. }
         | Step::ListCandidates { .. }
@@ -545,6 +567,9 @@ fn apply(o: &Observed) -> Step {
             message: "paused by the agentsend.io/paused annotation: no AgentSend calls and no Secret writes until it is removed".into(),
         };
         return done(report(o, None, None, paused), Then::Settle);
+    }
+    if let Some(step) = o.needs_namespace() {
+        return step;
     }
     let key = match &o.credentials {
         None => return Step::ReadCredentials,
@@ -1094,7 +1119,9 @@ fn cleanup(o: &Observed) -> Step {
     if let Some(step) = held(o) {
         return step;
     }
-    let policy = o.inbox.spec.deletion_policy;
+    let Some((policy, _)) = o.deletion_policy() else {
+        return Step::ReadNamespace;
+    };
     // After a failed attempt the status shows that failure: a retry does not flip it back
     // to `Deleting` (one status write per distinct outcome).
     if o.progress != Some(Reason::Deleting) && o.failures == 0 {
@@ -1447,6 +1474,15 @@ pub fn report(
     if let Some(value) = refresh_served(o) {
         new.observed_refresh = Some(value.to_string());
     }
+    // Which deletion policy applies, once known; else what status said.
+    let (policy, source) = match o.deletion_policy() {
+        Some((p, s)) => (Some(p), Some(s)),
+        None => current.map_or((None, None), |c| {
+            (c.deletion_policy, c.deletion_policy_source)
+        }),
+    };
+    new.deletion_policy = policy;
+    new.deletion_policy_source = source;
     let changed = current != Some(&new);
     let events = if changed {
         transition_events(o.status_at_start.as_ref(), &new, &readiness)
@@ -1511,6 +1547,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::ReadCredentials => write!(f, "read credentials"),
+            Step::ReadNamespace => write!(f, "read namespace"),
             Step::Observe { id, .. } => write!(f, "observe {id}"),
             Step::Fetch { id, .. } => write!(f, "fetch {id}"),
             Step::ListCandidates { .. } => write!(f, "list candidates"),
@@ -1686,6 +1723,8 @@ mod tests {
         i.metadata.generation = Some(2);
         let mut o = Observed::new(i, Phase::Apply, NOW.into(), Duration::from_secs(60));
         o.random_local = RANDOM.into();
+        // The namespace was read and sets no default (rows about it say otherwise).
+        o.namespace_default = Some(None);
         B(o)
     }
 
@@ -1712,7 +1751,7 @@ mod tests {
                 .progress(Reason::Deleting)
         }
         fn orphan(self) -> Self {
-            self.spec(|s| s.deletion_policy = DeletionPolicy::Orphan)
+            self.spec(|s| s.deletion_policy = Some(DeletionPolicy::Orphan))
         }
         fn key(self) -> Self {
             self.with(|o| o.credentials = Some(Credentials::Key(key())))
@@ -1895,6 +1934,19 @@ mod tests {
                     .finalizers(&[crd::FINALIZER, "example.com/archive"])
                     .with(|o| o.phase = Phase::Held),
                 "done Paused; settle",
+            ),
+            // ---- namespace default (agentsend.io/default-deletion-policy)
+            (
+                "no spec.deletionPolicy: the namespace default is read (status shows which applies)",
+                obs().with(|o| o.namespace_default = None),
+                "read namespace",
+            ),
+            (
+                "spec.deletionPolicy set: the namespace is not read",
+                obs()
+                    .with(|o| o.namespace_default = None)
+                    .spec(|s| s.deletion_policy = Some(DeletionPolicy::Delete)),
+                "read credentials",
             ),
             // ---- credentials
             (
@@ -2610,6 +2662,29 @@ mod tests {
             ),
             // ---- delete
             (
+                "deleting without spec.deletionPolicy: read the namespace default first",
+                obs().deleting().with(|o| o.namespace_default = None),
+                "read namespace",
+            ),
+            (
+                "the namespace defaults to Orphan: leave the inbox, announce Orphaned",
+                obs()
+                    .deleting()
+                    .bound("inb_1")
+                    .with(|o| o.namespace_default = Some(Some("Orphan".into()))),
+                "announce Orphaned",
+            ),
+            (
+                "the Inbox's own deletionPolicy wins over the namespace default",
+                obs()
+                    .deleting()
+                    .bound("inb_1")
+                    .key()
+                    .spec(|s| s.deletion_policy = Some(DeletionPolicy::Delete))
+                    .with(|o| o.namespace_default = Some(Some("Orphan".into()))),
+                "delete inbox inb_1",
+            ),
+            (
                 "deleting: report Deleting first",
                 obs().with(|o| o.phase = Phase::Cleanup),
                 "progress Deleting",
@@ -2815,6 +2890,37 @@ mod tests {
             EventKind::SendLimitReached,
         ] {
             assert!(all.contains(k.reason()), "no row publishes {}", k.reason());
+        }
+    }
+
+    #[test]
+    fn status_shows_which_deletion_policy_applies() {
+        use DeletionPolicySource::{Default, Namespace, Spec};
+        let shown = |b: B| match plan(&b.0) {
+            Step::Done(Done {
+                report: Some(r), ..
+            }) => (r.status.deletion_policy, r.status.deletion_policy_source),
+            other => panic!("{other}"),
+        };
+        let ns_orphan = |o: &mut Observed| o.namespace_default = Some(Some("Orphan".into()));
+        let cases = [
+            (obs().converged(inb1()), DeletionPolicy::Delete, Default),
+            (
+                obs().converged(inb1()).with(ns_orphan),
+                DeletionPolicy::Orphan,
+                Namespace,
+            ),
+            (
+                obs()
+                    .converged(inb1())
+                    .with(ns_orphan)
+                    .spec(|s| s.deletion_policy = Some(DeletionPolicy::Delete)),
+                DeletionPolicy::Delete,
+                Spec,
+            ),
+        ];
+        for (b, policy, source) in cases {
+            assert_eq!(shown(b), (Some(policy), Some(source)));
         }
     }
 

@@ -738,7 +738,7 @@ async fn deletion_policies() {
     env.create(
         "kept",
         InboxSpec {
-            deletion_policy: DeletionPolicy::Orphan,
+            deletion_policy: Some(DeletionPolicy::Orphan),
             ..Default::default()
         },
     )
@@ -770,6 +770,91 @@ async fn deletion_policies() {
     env.wait_event("Orphaned").await;
     let text = env.metrics.encode();
     assert!(!text.contains("name=\"gone\""), "series removed");
+    env.stop().await;
+}
+
+/// The namespace annotation `agentsend.io/default-deletion-policy: Orphan` applies to the
+/// Inboxes that do not set `spec.deletionPolicy` (their AgentSend inbox outlives them); an
+/// Inbox's own field wins; status shows which applied, and follows the annotation (watched).
+#[tokio::test]
+async fn namespace_default_deletion_policy() {
+    use inbox_operator::crd::DeletionPolicySource;
+    use k8s_openapi::api::core::v1::Namespace;
+    let env = Env::start().await;
+    let defaulted = env.create_ready("defaulted", InboxSpec::default()).await;
+    let explicit = env
+        .create_ready(
+            "explicit",
+            InboxSpec {
+                deletion_policy: Some(DeletionPolicy::Delete),
+                ..Default::default()
+            },
+        )
+        .await;
+    let shown = |i: &Inbox| {
+        let st = i.status.clone().unwrap_or_default();
+        (st.deletion_policy, st.deletion_policy_source)
+    };
+    assert_eq!(
+        shown(&defaulted),
+        (
+            Some(DeletionPolicy::Delete),
+            Some(DeletionPolicySource::Default)
+        )
+    );
+    assert_eq!(
+        shown(&explicit),
+        (
+            Some(DeletionPolicy::Delete),
+            Some(DeletionPolicySource::Spec)
+        )
+    );
+
+    let namespaces: kube::Api<Namespace> = kube::Api::all(env.client.clone());
+    let patch =
+        json!({"metadata": {"annotations": {"agentsend.io/default-deletion-policy": "Orphan"}}});
+    namespaces
+        .patch(
+            env.ns.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let api = env.inboxes();
+    wait_for("the namespace default shown", T, || async {
+        let i = api.get("defaulted").await.ok()?;
+        (shown(&i)
+            == (
+                Some(DeletionPolicy::Orphan),
+                Some(DeletionPolicySource::Namespace),
+            ))
+            .then_some(())
+    })
+    .await;
+    let i = api.get("explicit").await.unwrap();
+    assert_eq!(
+        shown(&i),
+        (
+            Some(DeletionPolicy::Delete),
+            Some(DeletionPolicySource::Spec)
+        ),
+        "the Inbox's own field wins"
+    );
+
+    for name in ["defaulted", "explicit"] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    env.wait_gone("defaulted").await;
+    env.wait_gone("explicit").await;
+    assert!(
+        env.sim.inbox(&status_id(&defaulted)).is_some(),
+        "the namespace default Orphan keeps the AgentSend inbox"
+    );
+    assert!(
+        env.sim.inbox(&status_id(&explicit)).is_none(),
+        "deletionPolicy: Delete on the Inbox deletes it"
+    );
     env.stop().await;
 }
 
@@ -1106,7 +1191,7 @@ async fn deleting_the_namespace_honours_each_deletion_policy() {
         .await
         .unwrap();
     let orphan = InboxSpec {
-        deletion_policy: DeletionPolicy::Orphan,
+        deletion_policy: Some(DeletionPolicy::Orphan),
         ..Default::default()
     };
     let team = team_key_spec();
@@ -1350,7 +1435,7 @@ async fn orphan_delete_and_readopt_at_once() {
     env.create(
         "first",
         InboxSpec {
-            deletion_policy: DeletionPolicy::Orphan,
+            deletion_policy: Some(DeletionPolicy::Orphan),
             ..Default::default()
         },
     )
