@@ -36,7 +36,8 @@ pub struct ImportArgs {
     #[arg(long)]
     pub domain: Option<String>,
 
-    /// Generate observe-only Inboxes (`spec.managementPolicy: Observe`).
+    /// Generate observe-only Inboxes (`spec.managementPolicy: Observe`): never deleted or
+    /// re-created by the operator.
     #[arg(long)]
     pub observe: bool,
 

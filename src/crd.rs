@@ -209,6 +209,18 @@ impl DeletionPolicy {
     }
 }
 
+/// Whether the operator manages the AgentSend inbox or only observes it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ManagementPolicy {
+    /// Create, adopt, re-create and (per `deletionPolicy`) delete the inbox.
+    #[default]
+    Manage,
+    /// Never create, re-create or delete: bind an existing inbox (by `spec.inboxId`, or by
+    /// `spec.address`, an exact lookup), mirror it into status and the Secret; deletion only
+    /// releases it.
+    Observe,
+}
+
 /// Where the deletion policy that applies comes from (`status.deletionPolicySource`).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum DeletionPolicySource {
@@ -278,6 +290,11 @@ pub struct InboxSpec {
     /// `agentsend.io/default-deletion-policy` annotation, else `Delete`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+
+    /// `Manage` (default) or `Observe`: never create, re-create or delete the inbox, only
+    /// bind an existing one (by `inboxId` or `address`) and mirror it.
+    #[serde(default)]
+    pub management_policy: ManagementPolicy,
 
     /// The Secret that receives the address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -453,6 +470,11 @@ impl Inbox {
             .as_ref()
             .and_then(|s| s.observed_refresh.as_deref());
         (served != Some(v)).then_some(v)
+    }
+
+    /// Whether this Inbox only observes its inbox (`managementPolicy: Observe`).
+    pub fn is_observe_only(&self) -> bool {
+        self.spec.management_policy == ManagementPolicy::Observe
     }
 
     /// Whether the user paused this Inbox.

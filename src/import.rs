@@ -35,11 +35,6 @@ pub enum ImportError {
         /// Why.
         reason: String,
     },
-    /// `--observe` asks for a field this version does not have.
-    #[error(
-        "--observe needs spec.managementPolicy (observe-only Inboxes), which this version of the operator does not support yet; import without --observe (the Inboxes adopt with deletionPolicy: Orphan)"
-    )]
-    ObserveUnsupported,
     /// No usable Kubernetes configuration, or the API server refused the list.
     #[error(
         "cannot list the Inboxes in the cluster ({0}); set KUBECONFIG and check that you may list inboxes.agentsend.io in all namespaces"
@@ -55,9 +50,6 @@ pub enum ImportError {
 
 /// Run `import`: the YAML on success.
 pub async fn run(args: &ImportArgs) -> Result<String, ImportError> {
-    if args.observe {
-        return Err(ImportError::ObserveUnsupported);
-    }
     let key = api_key(args)?;
     let (claimed, taken) = cluster_claims(&args.namespace).await?;
     let api = AgentSendClient::new(&args.agentsend_url, ClientOptions::default())
@@ -70,7 +62,7 @@ pub async fn run(args: &ImportArgs) -> Result<String, ImportError> {
         .iter()
         .filter(|r| !claimed.contains(&r.id) && on_domain(r, args.domain.as_deref()))
         .collect();
-    render(&selected, &args.namespace, &taken)
+    render(&selected, &args.namespace, &taken, args.observe)
 }
 
 /// The key: `--api-key-file`, else `AGENTSEND_API_KEY`.
@@ -165,11 +157,13 @@ pub fn names(addresses: &[&str], taken: &HashSet<String>) -> Vec<String> {
         .collect()
 }
 
-/// The YAML documents, sorted by address, each preceded by a comment naming its inbox.
+/// The YAML documents, sorted by address, each preceded by a comment naming its inbox;
+/// `observe`: observe-only Inboxes (`managementPolicy: Observe`).
 pub fn render(
     inboxes: &[&RemoteInbox],
     namespace: &str,
     taken: &HashSet<String>,
+    observe: bool,
 ) -> Result<String, ImportError> {
     let mut sorted = inboxes.to_vec();
     sorted.sort_by(|a, b| a.address.cmp(&b.address).then(a.id.cmp(&b.id)));
@@ -180,12 +174,15 @@ pub fn render(
         sorted.len()
     );
     for (r, name) in sorted.iter().zip(names) {
-        let doc = serde_json::json!({
+        let mut doc = serde_json::json!({
             "apiVersion": "agentsend.io/v1alpha1",
             "kind": "Inbox",
             "metadata": {"name": name, "namespace": namespace},
             "spec": {"inboxId": r.id, "deletionPolicy": "Orphan"},
         });
+        if observe {
+            doc["spec"]["managementPolicy"] = "Observe".into();
+        }
         let yaml = serde_yaml::to_string(&doc).map_err(|e| ImportError::Render(e.to_string()))?;
         out.push_str(&format!(
             "---\n# {} ({})\n{yaml}",
@@ -241,7 +238,7 @@ mod tests {
         assert!(on_domain(&custom, Some("EXAMPLE.com")));
         assert!(!on_domain(&shared, Some("example.com")));
         assert!(on_domain(&shared, None));
-        let yaml = render(&[&custom, &shared], "team", &HashSet::new()).unwrap();
+        let yaml = render(&[&custom, &shared], "team", &HashSet::new(), false).unwrap();
         let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&yaml)
             .map(|d| serde_json::Value::deserialize(d).unwrap())
             .filter(|v| !v.is_null())
@@ -253,6 +250,9 @@ mod tests {
         assert_eq!(docs[1]["spec"]["deletionPolicy"], "Orphan");
         let typed: Inbox = serde_json::from_value(docs[1].clone()).unwrap();
         assert_eq!(typed.spec.inbox_id.as_deref(), Some("inb_2"));
+        assert_eq!(typed.spec.management_policy, crd::ManagementPolicy::Manage);
+        let observed = render(&[&custom], "team", &HashSet::new(), true).unwrap();
+        assert!(observed.contains("managementPolicy: Observe"), "{observed}");
     }
 
     use serde::Deserialize;

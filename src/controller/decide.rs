@@ -80,6 +80,21 @@ pub fn identity_mismatch(
     None
 }
 
+/// The inbox an observe-only Inbox names by `spec.address`: exactly that address (a local
+/// part on `spec.domainId`, the shared domain without one), matching the other identity
+/// fields set in the spec; never a deleted one.
+pub fn observed_by_address<'r>(
+    spec: &InboxSpec,
+    candidates: &'r [RemoteInbox],
+) -> Option<&'r RemoteInbox> {
+    let address = spec.address.as_deref()?;
+    candidates.iter().find(|r| {
+        r.status != crate::agentsend::InboxState::Deleted
+            && identity_mismatch(spec, r, false).is_none()
+            && (address.contains('@') || r.domain_id == spec.domain_id)
+    })
+}
+
 /// A change of `spec.inboxId` away from the inbox already bound.
 pub fn inbox_id_changed(spec: &InboxSpec, bound: &str) -> Option<FieldMismatch> {
     match &spec.inbox_id {

@@ -279,6 +279,11 @@ impl Observed {
         self.inbox.spec.inbox_id.is_some()
     }
 
+    /// `managementPolicy: Observe`: never create, re-create or delete.
+    fn observing(&self) -> bool {
+        self.inbox.is_observe_only()
+    }
+
     fn announced(&self, kind: EventKind) -> bool {
         self.announced.contains(&kind)
     }
@@ -604,6 +609,7 @@ fn apply(o: &Observed) -> Step {
         Some(id) => bound(o, key, &id),
         None => match &o.inbox.spec.inbox_id {
             Some(id) => adopt(o, key, id),
+            None if o.observing() => observe_by_address(o, key),
             None => create_or_recover(o, key),
         },
     }
@@ -611,7 +617,9 @@ fn apply(o: &Observed) -> Step {
 
 /// The Inbox is bound to `id`: check immutability, observe, converge.
 fn bound(o: &Observed, key: ApiKey, id: &str) -> Step {
-    let strict = !o.adopted();
+    // Strict identity for inboxes this operator created; an adopted or observed one need
+    // only match the fields the spec sets.
+    let strict = !o.adopted() && !o.observing();
     if !o.bound_now {
         if let Some(m) = decide::inbox_id_changed(&o.inbox.spec, id) {
             return immutable(o, &m);
@@ -695,6 +703,15 @@ fn vanished(o: &Observed, key: ApiKey, id: &str) -> Step {
             id: id.to_string(),
         };
     }
+    if o.observing() {
+        let msg = format!(
+            "the observed inbox {id:?} no longer exists in this AgentSend account; managementPolicy Observe never re-creates it (set Manage to let the operator create a new one)"
+        );
+        return done(
+            report(o, None, None, stalled(Reason::InboxNotFound, msg)),
+            Then::Requeue(o.sync_interval.saturating_mul(5)),
+        );
+    }
     if o.adopted() {
         let msg = format!(
             "the adopted inbox {id:?} no longer exists in this AgentSend account; set spec.inboxId to an existing inbox or remove it to create a new one"
@@ -742,6 +759,45 @@ fn adopt(o: &Observed, key: ApiKey, id: &str) -> Step {
     let note = format!(
         "adopted existing AgentSend inbox {} ({})",
         id, remote.address
+    );
+    Step::Bind {
+        key,
+        remote: remote.clone(),
+        event: InboxEvent::new(EventKind::Adopted, note),
+    }
+}
+
+/// Observe-only without `spec.inboxId`: bind the inbox of exactly `spec.address` (one list
+/// scan); nothing is ever created.
+fn observe_by_address(o: &Observed, key: ApiKey) -> Step {
+    let Some(address) = o.inbox.spec.address.as_deref() else {
+        return rejected(
+            o,
+            "managementPolicy Observe needs spec.inboxId or spec.address to find the inbox to observe (nothing is created)".into(),
+        );
+    };
+    let candidates = match listed(o, &key) {
+        Err(step) => return *step,
+        Ok(c) => c,
+    };
+    let Some(remote) = decide::observed_by_address(&o.inbox.spec, candidates) else {
+        let msg = format!(
+            "no inbox with the address {address:?} (and the spec's other identity fields) exists in this AgentSend account; managementPolicy Observe never creates one"
+        );
+        return done(
+            report(o, None, None, stalled(Reason::InboxNotFound, msg)),
+            Then::Requeue(o.sync_interval.saturating_mul(5)),
+        );
+    };
+    let Some(elsewhere) = &o.bound_elsewhere else {
+        return Step::FindBindings { cluster_wide: true };
+    };
+    if let Some(claim) = elsewhere.get(&remote.id) {
+        return claimed_elsewhere(o, &remote.id, claim);
+    }
+    let note = format!(
+        "observing existing AgentSend inbox {} ({}); it is never created, re-created or deleted",
+        remote.id, remote.address
     );
     Step::Bind {
         key,
@@ -1122,6 +1178,12 @@ fn cleanup(o: &Observed) -> Step {
     let Some((policy, _)) = o.deletion_policy() else {
         return Step::ReadNamespace;
     };
+    // Observe-only: deletion releases, whatever deletionPolicy says.
+    let policy = if o.observing() {
+        DeletionPolicy::Orphan
+    } else {
+        policy
+    };
     // After a failed attempt the status shows that failure: a retry does not flip it back
     // to `Deleting` (one status write per distinct outcome).
     if o.progress != Some(Reason::Deleting) && o.failures == 0 {
@@ -1138,9 +1200,14 @@ fn cleanup(o: &Observed) -> Step {
             if let Some(id) = &bound
                 && !o.announced(EventKind::Orphaned)
             {
+                let why = if o.observing() {
+                    "managementPolicy Observe"
+                } else {
+                    "deletionPolicy Orphan"
+                };
                 return Step::Announce(InboxEvent::new(
                     EventKind::Orphaned,
-                    format!("left AgentSend inbox {id} in place (deletionPolicy Orphan)"),
+                    format!("left AgentSend inbox {id} in place ({why})"),
                 ));
             }
         }
@@ -1750,6 +1817,9 @@ mod tests {
             self.with(|o| o.phase = Phase::Cleanup)
                 .progress(Reason::Deleting)
         }
+        fn observe(self) -> Self {
+            self.spec(|s| s.management_policy = crd::ManagementPolicy::Observe)
+        }
         fn orphan(self) -> Self {
             self.spec(|s| s.deletion_policy = Some(DeletionPolicy::Orphan))
         }
@@ -1934,6 +2004,94 @@ mod tests {
                     .finalizers(&[crd::FINALIZER, "example.com/archive"])
                     .with(|o| o.phase = Phase::Held),
                 "done Paused; settle",
+            ),
+            // ---- observe-only (managementPolicy: Observe): never create, re-create or delete
+            (
+                "observe by address: one list scan for an exact lookup, never a create",
+                obs()
+                    .key()
+                    .observe()
+                    .spec(|s| s.address = Some("support@agentsend.io".into())),
+                "list candidates",
+            ),
+            (
+                "observe by address, found: bind it (Adopted) once no other Inbox holds it",
+                obs()
+                    .key()
+                    .observe()
+                    .spec(|s| s.address = Some("support@agentsend.io".into()))
+                    .candidates(vec![remote("inb_0", "other@agentsend.io"), inb1()])
+                    .elsewhere(&[]),
+                "bind inb_1 (Adopted)",
+            ),
+            (
+                "observe by address, held by another Inbox: Rejected",
+                obs()
+                    .key()
+                    .observe()
+                    .spec(|s| s.address = Some("support@agentsend.io".into()))
+                    .candidates(vec![inb1()])
+                    .elsewhere(&["inb_1"]),
+                "done Rejected +Rejected; requeue 300s; wait for the owner of inb_1",
+            ),
+            (
+                "observe by address, absent: InboxNotFound, nothing created",
+                obs()
+                    .key()
+                    .observe()
+                    .spec(|s| s.address = Some("support@agentsend.io".into()))
+                    .candidates(vec![remote("inb_0", "other@agentsend.io")]),
+                "done InboxNotFound; requeue 300s",
+            ),
+            (
+                "observe a local part: only on the spec's domain (here the shared one)",
+                obs()
+                    .key()
+                    .observe()
+                    .spec(|s| s.address = Some("support".into()))
+                    .candidates(vec![RemoteInbox {
+                        domain_id: Some("dom_1".into()),
+                        ..remote("inb_2", "support@example.com")
+                    }]),
+                "done InboxNotFound; requeue 300s",
+            ),
+            (
+                "observe without inboxId or address: Rejected, nothing to look up",
+                obs().key().observe(),
+                "done Rejected +Rejected; settle",
+            ),
+            (
+                "observe by spec.inboxId: fetched like an adoption",
+                obs().key().observe().adopting("inb_1"),
+                "fetch inb_1",
+            ),
+            (
+                "observed inbox vanished: never re-created, InboxNotFound",
+                obs()
+                    .key()
+                    .observe()
+                    .bound("inb_1")
+                    .gone()
+                    .with(|o| o.forgotten = true),
+                "done InboxNotFound; requeue 300s",
+            ),
+            (
+                "observed inbox with a display name the spec does not set: not a change",
+                obs().observe().converged(RemoteInbox {
+                    display_name: Some("Theirs".into()),
+                    ..inb1()
+                }),
+                "done Ready; settle; reset failures",
+            ),
+            (
+                "deleting an observed Inbox only releases, whatever deletionPolicy says",
+                obs()
+                    .deleting()
+                    .observe()
+                    .bound("inb_1")
+                    .key()
+                    .spec(|s| s.deletion_policy = Some(DeletionPolicy::Delete)),
+                "announce Orphaned",
             ),
             // ---- namespace default (agentsend.io/default-deletion-policy)
             (

@@ -858,6 +858,84 @@ async fn namespace_default_deletion_policy() {
     env.stop().await;
 }
 
+/// `managementPolicy: Observe` never POSTs or DELETEs, on any path: binding by address (an
+/// exact lookup) and by `spec.inboxId`, a missing inbox (`InboxNotFound`, nothing created),
+/// an out-of-band deletion (not re-created), and the Inbox's deletion, even with
+/// `deletionPolicy: Delete` (only released). The address still reaches the Secret.
+#[tokio::test]
+async fn observe_only_never_creates_or_deletes() {
+    use inbox_operator::crd::ManagementPolicy;
+    let env = Env::start().await;
+    let existing = |address: &str| {
+        env.sim
+            .insert_inbox(
+                ACCOUNT,
+                CreateInbox {
+                    address: Some(address.into()),
+                    ..Default::default()
+                },
+            )
+            .expect("inbox")
+    };
+    let by_address = existing("watched@agentsend.io");
+    let by_id = existing("pinned@agentsend.io");
+    let observe = |f: &dyn Fn(&mut InboxSpec)| {
+        let mut spec = InboxSpec {
+            management_policy: ManagementPolicy::Observe,
+            deletion_policy: Some(DeletionPolicy::Delete),
+            ..Default::default()
+        };
+        f(&mut spec);
+        spec
+    };
+    let i = env
+        .create_ready(
+            "watched",
+            observe(&|s| s.address = Some("watched@agentsend.io".into())),
+        )
+        .await;
+    assert_eq!(status_id(&i), by_address.id);
+    let secret = env.secret("watched").await.expect("Secret");
+    assert_eq!(data(&secret, "address"), "watched@agentsend.io");
+    let i = env
+        .create_ready("pinned", observe(&|s| s.inbox_id = Some(by_id.id.clone())))
+        .await;
+    assert_eq!(status_id(&i), by_id.id);
+    env.create(
+        "missing",
+        observe(&|s| s.address = Some("nobody@agentsend.io".into())),
+    )
+    .await;
+    env.wait_ready("missing", Ready::False(Reason::InboxNotFound))
+        .await;
+
+    // Deleted out of band: reported, never re-created.
+    env.sim.delete_out_of_band(&by_address.id);
+    let i = env
+        .wait_ready("watched", Ready::False(Reason::InboxNotFound))
+        .await;
+    assert_eq!(
+        status_id(&i),
+        by_address.id,
+        "still bound to what it observed"
+    );
+
+    for name in ["watched", "pinned", "missing"] {
+        env.inboxes()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    for name in ["watched", "pinned", "missing"] {
+        env.wait_gone(name).await;
+    }
+    assert!(env.sim.inbox(&by_id.id).is_some(), "deletion only releases");
+    assert!(env.secret("pinned").await.is_none(), "its Secret goes");
+    assert_eq!(env.sim.request_count(Route::Create), 0, "no POST");
+    assert_eq!(env.sim.request_count(Route::Delete), 0, "no DELETE");
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn rejected_spec_is_not_retried_and_deletes_cleanly() {
     let env = Env::start().await;

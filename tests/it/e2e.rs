@@ -482,7 +482,7 @@ async fn import(env: &Env, args: &[&str]) -> (bool, String, String) {
 
 /// `import` prints Inboxes for the account's unclaimed inboxes only (never the key); applied
 /// back with kubectl they become Ready without a single create (zero POSTs). `--domain`
-/// narrows the list; `--observe` is refused until observe-only Inboxes exist.
+/// narrows the list; `--observe` makes them observe-only.
 #[tokio::test]
 async fn import_output_applied_back_adopts_without_creating() {
     let env = Env::start().await;
@@ -529,8 +529,9 @@ async fn import_output_applied_back_adopts_without_creating() {
     assert!(ok, "{err}");
     assert!(only_custom.contains(&sales.id) && !only_custom.contains(&team.id));
 
-    let (ok, _, err) = import(&env, &["--observe"]).await;
-    assert!(!ok && err.contains("managementPolicy"), "{err}");
+    let (ok, observed, err) = import(&env, &["--observe"]).await;
+    assert!(ok, "{err}");
+    assert!(observed.contains("managementPolicy: Observe"), "{observed}");
 
     env.sim.reset_counters();
     let mut apply = control_plane().kubectl();
