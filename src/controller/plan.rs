@@ -9,13 +9,20 @@
 //!
 //! The lifecycle, in the order [`plan`] checks it:
 //! - **Paused** (`agentsend.io/paused`): report `Paused`, no AgentSend call, no Secret write;
-//!   a paused Inbox being deleted keeps its finalizer until the annotation goes.
+//!   a paused Inbox being deleted keeps its finalizer until the annotation goes. So does one
+//!   that carries other controllers' finalizers ([`Phase::Held`], `Deleting` names them).
+//! - **Namespace default**: without `spec.deletionPolicy`, the namespace's
+//!   `agentsend.io/default-deletion-policy` is read; status shows which policy applies.
 //! - **Credentials** missing: `CredentialsMissing`, retried with backoff.
 //! - **Bound** (annotation, else status): identity checks against the recorded and the observed
 //!   inbox (`ImmutableFieldChanged`), then **converge** (Secret, status). A **vanished** inbox
 //!   is re-created (created ones) or reported `InboxNotFound` (adopted ones).
+//!   A new `agentsend.io/refresh` value queues a refresh (see [`super::refresh`]).
 //! - **Adopt** (`spec.inboxId`): fetch, check the spec's identity fields and the one-owner
 //!   rule (`Rejected`), bind, converge.
+//! - **Observe-only** (`managementPolicy: Observe`): adopt by `spec.inboxId`, or bind the exact
+//!   `spec.address` from one list scan; never create or re-create (`InboxNotFound`), and
+//!   deletion only releases.
 //! - **Create**: persist `agentsend.io/create-pending` (only on a current view of the Inbox),
 //!   report `Creating`, POST, bind. A failure that proves nothing was created clears the mark.
 //! - **Recover**: a pending mark without an ID means an interrupted create: list the account
