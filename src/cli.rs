@@ -21,6 +21,38 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the Inbox CustomResourceDefinition as YAML.
     Crd,
+    /// Print Inbox YAML adopting every inbox of the account that no Inbox claims yet.
+    Import(ImportArgs),
+}
+
+/// Flags of `inbox-operator import`.
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// Namespace of the generated Inboxes.
+    #[arg(long)]
+    pub namespace: String,
+
+    /// Only inboxes on this domain: a domain ID (`domainId`) or the address's domain.
+    #[arg(long)]
+    pub domain: Option<String>,
+
+    /// Generate observe-only Inboxes (`spec.managementPolicy: Observe`): never deleted or
+    /// re-created by the operator.
+    #[arg(long)]
+    pub observe: bool,
+
+    /// AgentSend API base URL.
+    #[arg(
+        long,
+        env = "AGENTSEND_API_URL",
+        default_value = "https://api.agentsend.io"
+    )]
+    pub agentsend_url: String,
+
+    /// File holding the account's API key; alternatively set AGENTSEND_API_KEY. The key is
+    /// never a flag value, and never printed.
+    #[arg(long, env = "AGENTSEND_API_KEY_FILE")]
+    pub api_key_file: Option<PathBuf>,
 }
 
 /// Log output format.
@@ -235,6 +267,41 @@ mod tests {
         assert_eq!(a.selector.as_deref(), Some("shard=1"));
         assert_eq!(a.log_format, LogFormat::Json);
         assert_eq!(a.agentsend_url, "https://api.agentsend.io");
+    }
+
+    #[test]
+    fn parses_import_flags() {
+        let cli = Cli::try_parse_from([
+            "inbox-operator",
+            "import",
+            "--namespace",
+            "team",
+            "--domain",
+            "example.com",
+        ])
+        .unwrap();
+        let Command::Import(a) = cli.command else {
+            panic!("not import")
+        };
+        assert_eq!(
+            (a.namespace.as_str(), a.domain.as_deref(), a.observe),
+            ("team", Some("example.com"), false)
+        );
+        assert!(
+            Cli::try_parse_from(["inbox-operator", "import"]).is_err(),
+            "--namespace is required"
+        );
+        assert!(
+            Cli::try_parse_from([
+                "inbox-operator",
+                "import",
+                "--namespace",
+                "n",
+                "--api-key",
+                "x"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

@@ -19,6 +19,12 @@ pub const ANNOTATION_CREATE_PENDING: &str = "agentsend.io/create-pending";
 pub const ANNOTATION_CREATE_PENDING_SINCE: &str = "agentsend.io/create-pending-since";
 /// Annotation users set to `"true"` to pause all AgentSend calls and Secret writes.
 pub const ANNOTATION_PAUSED: &str = "agentsend.io/paused";
+/// Annotation users set to a new value (any) to ask for fresh counters now; the value served
+/// is recorded in `status.observedRefresh`.
+pub const ANNOTATION_REFRESH: &str = "agentsend.io/refresh";
+/// Namespace annotation (`Delete` or `Orphan`): the `deletionPolicy` of the namespace's
+/// Inboxes that do not set `spec.deletionPolicy`.
+pub const ANNOTATION_DEFAULT_DELETION_POLICY: &str = "agentsend.io/default-deletion-policy";
 /// Label put on every Secret the operator writes.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// Value of [`LABEL_MANAGED_BY`].
@@ -188,6 +194,44 @@ pub enum DeletionPolicy {
     Orphan,
 }
 
+impl DeletionPolicy {
+    /// The policy a namespace annotation names (`Delete` or `Orphan`, any case); `None` for
+    /// anything else.
+    pub fn parse(s: &str) -> Option<DeletionPolicy> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("delete") {
+            Some(DeletionPolicy::Delete)
+        } else if s.eq_ignore_ascii_case("orphan") {
+            Some(DeletionPolicy::Orphan)
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether the operator manages the AgentSend inbox or only observes it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ManagementPolicy {
+    /// Create, adopt, re-create and (per `deletionPolicy`) delete the inbox.
+    #[default]
+    Manage,
+    /// Never create, re-create or delete: bind an existing inbox (by `spec.inboxId`, or by
+    /// `spec.address`, an exact lookup), mirror it into status and the Secret; deletion only
+    /// releases it.
+    Observe,
+}
+
+/// Where the deletion policy that applies comes from (`status.deletionPolicySource`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicySource {
+    /// The Inbox's own `spec.deletionPolicy`.
+    Spec,
+    /// The namespace's `agentsend.io/default-deletion-policy` annotation.
+    Namespace,
+    /// Neither: the operator's default, `Delete`.
+    Default,
+}
+
 /// Desired state of an AgentSend inbox.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -242,9 +286,15 @@ pub struct InboxSpec {
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^\S+$"))]
     pub inbox_id: Option<String>,
 
-    /// What happens to the AgentSend inbox when this Inbox is deleted.
+    /// What happens to the AgentSend inbox when this Inbox is deleted. Unset: the namespace's
+    /// `agentsend.io/default-deletion-policy` annotation, else `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+
+    /// `Manage` (default) or `Observe`: never create, re-create or delete the inbox, only
+    /// bind an existing one (by `inboxId` or `address`) and mirror it.
     #[serde(default)]
-    pub deletion_policy: DeletionPolicy,
+    pub management_policy: ManagementPolicy,
 
     /// The Secret that receives the address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,6 +422,15 @@ pub struct InboxStatus {
     pub secret_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The deletion policy that applies (the spec's, the namespace default, or `Delete`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+    /// Where `deletionPolicy` comes from: `Spec`, `Namespace` or `Default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy_source: Option<DeletionPolicySource>,
+    /// The value of the `agentsend.io/refresh` annotation the counters were last refreshed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_refresh: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -417,6 +476,24 @@ impl Inbox {
             .as_ref()
             .and_then(|s| s.name.clone())
             .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// The refresh the user asks for: the `agentsend.io/refresh` value, when set, non-empty
+    /// and not yet served (`status.observedRefresh` differs).
+    pub fn refresh_wanted(&self) -> Option<&str> {
+        let v = self
+            .annotation(ANNOTATION_REFRESH)
+            .filter(|v| !v.is_empty())?;
+        let served = self
+            .status
+            .as_ref()
+            .and_then(|s| s.observed_refresh.as_deref());
+        (served != Some(v)).then_some(v)
+    }
+
+    /// Whether this Inbox only observes its inbox (`managementPolicy: Observe`).
+    pub fn is_observe_only(&self) -> bool {
+        self.spec.management_policy == ManagementPolicy::Observe
     }
 
     /// Whether the user paused this Inbox.
@@ -471,7 +548,13 @@ mod tests {
             spec["properties"]["deletionPolicy"]["enum"],
             serde_json::json!(["Delete", "Orphan"])
         );
-        assert_eq!(spec["properties"]["deletionPolicy"]["default"], "Delete");
+        // No schema default: unset means "the namespace default" (an API server default
+        // would make every Inbox look explicit).
+        assert!(
+            spec["properties"]["deletionPolicy"]
+                .get("default")
+                .is_none()
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 pub mod agentsend;
 pub mod controller;
 pub mod crd;
+pub mod import;
 pub mod meta;
 pub mod metrics;
 pub mod template;

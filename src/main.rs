@@ -1,4 +1,4 @@
-//! The `inbox-operator` binary: `run` and `crd`.
+//! The `inbox-operator` binary: `run`, `crd` and `import`.
 #![forbid(unsafe_code)]
 
 use clap::Parser;
@@ -15,6 +15,19 @@ async fn main() -> std::process::ExitCode {
                 Err(e) => {
                     tracing::error!("{e}");
                     eprintln!("inbox-operator: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Import(args) => {
+            inbox_operator::ensure_crypto_provider();
+            match inbox_operator::import::run(&args).await {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("inbox-operator import: {e}");
                     std::process::ExitCode::FAILURE
                 }
             }

@@ -59,13 +59,7 @@ pub fn label_value_for_name(name: &str) -> String {
     if is_label_value(name) {
         return name.to_string();
     }
-    let digest = Sha256::digest(name.as_bytes());
-    let hex: String = digest
-        .iter()
-        .flat_map(|b| [b >> 4, b & 0xf])
-        .take(HASH_HEX_LEN)
-        .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
-        .collect();
+    let hex = short_hash(name, HASH_HEX_LEN);
     let head: String = name
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
@@ -78,6 +72,16 @@ pub fn label_value_for_name(name: &str) -> String {
     } else {
         format!("{head}-{hex}")
     }
+}
+
+/// The first `len` lowercase hex characters of the SHA-256 of `text`: a short, stable tag.
+pub fn short_hash(text: &str, len: usize) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .flat_map(|b| [b >> 4, b & 0xf])
+        .take(len)
+        .map(|n| char::from_digit(u32::from(n), 16).unwrap_or('0'))
+        .collect()
 }
 
 /// Whether `v` is a valid label value (empty, or ≤ 63 of `[A-Za-z0-9-_.]` with alphanumeric ends).

@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Resource;
 
 use crate::agentsend::{CreateInbox, RemoteInbox, SHARED_DOMAIN};
-use crate::crd::{self, Inbox, InboxSpec};
+use crate::crd::{self, DeletionPolicy, DeletionPolicySource, Inbox, InboxSpec};
 
 /// A spec field that no longer matches the bound inbox.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +77,21 @@ pub fn identity_mismatch(
         }
     }
     None
+}
+
+/// The inbox an observe-only Inbox names by `spec.address`: exactly that address (a local
+/// part on `spec.domainId`, the shared domain without one), matching the other identity
+/// fields set in the spec; never a deleted one.
+pub fn observed_by_address<'r>(
+    spec: &InboxSpec,
+    candidates: &'r [RemoteInbox],
+) -> Option<&'r RemoteInbox> {
+    let address = spec.address.as_deref()?;
+    candidates.iter().find(|r| {
+        r.status != crate::agentsend::InboxState::Deleted
+            && identity_mismatch(spec, r, false).is_none()
+            && (address.contains('@') || r.domain_id == spec.domain_id)
+    })
 }
 
 /// A change of `spec.inboxId` away from the inbox already bound.
@@ -397,6 +412,26 @@ pub fn backoff(failures: u32, jitter: f64) -> Duration {
         .saturating_mul(1u32 << failures.min(9))
         .min(Duration::from_secs(300));
     step.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+}
+
+/// The deletion policy that applies, and where it comes from: the spec's own field wins;
+/// else the namespace's `agentsend.io/default-deletion-policy` annotation (`namespace`:
+/// `None` while not read, `Some(None)` when absent); else `Delete`. An annotation that is
+/// neither `Delete` nor `Orphan` counts as `Orphan`: a typo never destroys mail.
+pub fn deletion_policy(
+    spec: Option<DeletionPolicy>,
+    namespace: Option<Option<&str>>,
+) -> Option<(DeletionPolicy, DeletionPolicySource)> {
+    if let Some(p) = spec {
+        return Some((p, DeletionPolicySource::Spec));
+    }
+    Some(match namespace? {
+        None => (DeletionPolicy::Delete, DeletionPolicySource::Default),
+        Some(v) => (
+            DeletionPolicy::parse(v).unwrap_or(DeletionPolicy::Orphan),
+            DeletionPolicySource::Namespace,
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -752,5 +787,24 @@ mod tests {
         // A watch that stays down must not cost a write attempt per second per Inbox.
         assert!(stale_view_delay(5, 0.0) >= Duration::from_secs(16));
         assert!(stale_view_delay(50, 1.0) <= Duration::from_secs(300));
+    }
+
+    #[test]
+    fn the_spec_wins_then_the_namespace_then_delete() {
+        use DeletionPolicy::{Delete, Orphan};
+        use DeletionPolicySource::{Default, Namespace, Spec};
+        let cases = [
+            (Some(Delete), Some(Some("Orphan")), Some((Delete, Spec))),
+            (Some(Orphan), None, Some((Orphan, Spec))),
+            (None, None, None),
+            (None, Some(None), Some((Delete, Default))),
+            (None, Some(Some("Orphan")), Some((Orphan, Namespace))),
+            (None, Some(Some(" delete ")), Some((Delete, Namespace))),
+            (None, Some(Some("keep")), Some((Orphan, Namespace))),
+            (None, Some(Some("")), Some((Orphan, Namespace))),
+        ];
+        for (spec, ns, want) in cases {
+            assert_eq!(deletion_policy(spec, ns), want, "{spec:?} {ns:?}");
+        }
     }
 }

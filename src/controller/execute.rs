@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{
     Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions,
 };
@@ -235,6 +235,9 @@ impl<'a> Pass<'a> {
                 o.credentials = Some(self.credentials(&o.inbox).await?);
                 o.remembered_key = self.ctx.bindings.key_for(&self.obj);
             }
+            Step::ReadNamespace => {
+                o.namespace_default = Some(self.namespace_default().await?);
+            }
             Step::Observe { key, id } => {
                 o.remote = Some(match self.ctx.scans.observe(&key, &id).await {
                     Ok(Some(r)) => Lookup::Found(r),
@@ -326,6 +329,9 @@ impl<'a> Pass<'a> {
             Step::Forget { key, id } => {
                 self.ctx.scans.forget(&key, &id);
                 o.forgotten = true;
+            }
+            Step::RequestRefresh { key, value } => {
+                o.refresh = Some(self.ctx.refreshes.request(&key, &self.obj, &value));
             }
             Step::Register { key, id } => {
                 self.ctx.bindings.register(&key, &id, self.obj.clone());
@@ -498,6 +504,25 @@ impl<'a> Pass<'a> {
                 r.name, r.key
             )),
         })
+    }
+
+    /// The namespace's `agentsend.io/default-deletion-policy` annotation: from the namespace
+    /// cache, else (not cached yet, or not watchable) one GET of the namespace's metadata.
+    async fn namespace_default(&self) -> Result<Option<String>, Error> {
+        let annotation = |m: &ObjectMeta| {
+            m.annotations
+                .as_ref()
+                .and_then(|a| a.get(crd::ANNOTATION_DEFAULT_DELETION_POLICY))
+                .cloned()
+        };
+        if let Some(store) = self.ctx.namespace_store(&self.ns)
+            && let Some(m) = store.get(&ObjectRef::new(&self.ns))
+        {
+            return Ok(annotation(&m.metadata));
+        }
+        let api: Api<Namespace> = Api::all(self.ctx.client.clone());
+        let meta = api.get_metadata_opt(&self.ns).await?;
+        Ok(meta.and_then(|m| annotation(&m.metadata)))
     }
 
     /// The inbox IDs other Inboxes name (annotation or status), and who holds each: the

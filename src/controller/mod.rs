@@ -13,6 +13,7 @@ pub mod decide;
 pub mod events;
 mod execute;
 pub mod plan;
+pub mod refresh;
 pub mod status;
 pub mod watches;
 
@@ -193,6 +194,7 @@ pub struct Context {
     pub(crate) api: AgentSendClient,
     pub(crate) settings: Settings,
     pub(crate) scans: ScanCache,
+    pub(crate) refreshes: refresh::RefreshQueue,
     pub(crate) create_gates: CreateGates,
     pub(crate) bindings: BindingRegistry,
     pub(crate) recorder: EventRecorder,
@@ -202,6 +204,8 @@ pub struct Context {
     /// whether it has listed yet.
     pub(crate) claims_index: Option<(Store<PartialObjectMeta<Inbox>>, Arc<AtomicBool>)>,
     pub(crate) secret_stores: HashMap<Option<String>, Store<Secret>>,
+    /// Namespace metadata per watched scope (the default deletion policy).
+    pub(crate) namespace_stores: HashMap<Option<String>, Store<watches::NamespaceMeta>>,
     pub(crate) failures: Mutex<HashMap<ObjectRef<Inbox>, u32>>,
     pub(crate) holds: Mutex<HashMap<ObjectRef<Inbox>, (plan::Hold, std::time::Instant)>>,
     /// Asks the controller to reconcile an Inbox (counter sync, released bindings).
@@ -223,6 +227,7 @@ impl Context {
         };
         Context {
             scans: ScanCache::new(api.clone(), settings.sync_interval),
+            refreshes: refresh::RefreshQueue::default(),
             create_gates: CreateGates::default(),
             bindings: BindingRegistry::default(),
             recorder: EventRecorder::new(client.clone(), reporter),
@@ -234,6 +239,10 @@ impl Context {
             secret_stores: scopes
                 .iter()
                 .map(|s| (s.ns.clone(), s.secrets.clone()))
+                .collect(),
+            namespace_stores: scopes
+                .iter()
+                .map(|s| (s.ns.clone(), s.namespaces.clone()))
                 .collect(),
             failures: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
@@ -306,6 +315,13 @@ impl Context {
         }
     }
 
+    /// The namespace-metadata cache that holds namespace `ns`.
+    pub(crate) fn namespace_store(&self, ns: &str) -> Option<&Store<watches::NamespaceMeta>> {
+        self.namespace_stores
+            .get(&Some(ns.to_string()))
+            .or_else(|| self.namespace_stores.get(&None))
+    }
+
     /// The managed-Secret cache for a namespace.
     pub(crate) fn secret_store(&self, ns: &str) -> Option<&Store<Secret>> {
         self.secret_stores
@@ -368,6 +384,8 @@ struct Scope {
     inbox_events: BoxStream<'static, Result<Inbox, watcher::Error>>,
     secrets: Store<Secret>,
     secret_events: BoxStream<'static, Result<Secret, watcher::Error>>,
+    namespaces: Store<watches::NamespaceMeta>,
+    namespace_events: BoxStream<'static, Result<watches::NamespaceMeta, watcher::Error>>,
 }
 
 impl Scope {
@@ -391,7 +409,10 @@ impl Scope {
         let secret_api = watches::scoped_api::<Secret>(client, ns.as_deref());
         let (inboxes, inbox_events) = watches::cached(inbox_api, inbox_config, synced);
         let (secrets, secret_events) = watches::cached(secret_api, secret_config, synced);
+        let (namespaces, namespace_events) = watches::namespaces(client, ns.as_deref());
         Scope {
+            namespaces,
+            namespace_events: watches::without_errors(namespace_events, "namespaces").boxed(),
             ns,
             inboxes,
             inbox_events: watches::without_errors(inbox_events.applied_objects(), "Inboxes")
@@ -416,6 +437,7 @@ impl Scope {
         stop: CancellationToken,
     ) -> BoxFuture<'static, ()> {
         let users = self.inboxes.clone();
+        let in_namespace = self.inboxes.clone();
         let credentials = watches::without_errors(
             watches::credentials_secrets(client, self.ns.as_deref()),
             "credentials Secrets",
@@ -432,6 +454,9 @@ impl Scope {
                     m.namespace.as_deref(),
                     m.name.as_deref(),
                 )
+            })
+            .watches_stream(self.namespace_events, move |m: watches::NamespaceMeta| {
+                watches::inboxes_in_namespace(&in_namespace.state(), m.metadata.name.as_deref())
             })
             .reconcile_on(triggers)
             .with_config(config)
@@ -537,6 +562,11 @@ pub async fn run(
             stop.clone()
                 .run_until_cancelled_owned(route_triggers(sync_rx, routes)),
         ),
+        tokio::spawn(stop.clone().run_until_cancelled_owned(refresh::run(
+            ctx.refreshes.clone(),
+            ctx.scans.clone(),
+            sync_tx.clone(),
+        ))),
         tokio::spawn(
             stop.clone()
                 .run_until_cancelled_owned(accounts::run_counter_sync(

@@ -9,13 +9,20 @@
 //!
 //! The lifecycle, in the order [`plan`] checks it:
 //! - **Paused** (`agentsend.io/paused`): report `Paused`, no AgentSend call, no Secret write;
-//!   a paused Inbox being deleted keeps its finalizer until the annotation goes.
+//!   a paused Inbox being deleted keeps its finalizer until the annotation goes. So does one
+//!   that carries other controllers' finalizers ([`Phase::Held`], `Deleting` names them).
+//! - **Namespace default**: without `spec.deletionPolicy`, the namespace's
+//!   `agentsend.io/default-deletion-policy` is read; status shows which policy applies.
 //! - **Credentials** missing: `CredentialsMissing`, retried with backoff.
 //! - **Bound** (annotation, else status): identity checks against the recorded and the observed
 //!   inbox (`ImmutableFieldChanged`), then **converge** (Secret, status). A **vanished** inbox
 //!   is re-created (created ones) or reported `InboxNotFound` (adopted ones).
+//!   A new `agentsend.io/refresh` value queues a refresh (see [`super::refresh`]).
 //! - **Adopt** (`spec.inboxId`): fetch, check the spec's identity fields and the one-owner
 //!   rule (`Rejected`), bind, converge.
+//! - **Observe-only** (`managementPolicy: Observe`): adopt by `spec.inboxId`, or bind the exact
+//!   `spec.address` from one list scan; never create or re-create (`InboxNotFound`), and
+//!   deletion only releases.
 //! - **Create**: persist `agentsend.io/create-pending` (only on a current view of the Inbox),
 //!   report `Creating`, POST, bind. A failure that proves nothing was created clears the mark.
 //! - **Recover**: a pending mark without an ID means an interrupted create: list the account
@@ -32,11 +39,14 @@ use k8s_openapi::api::core::v1::Secret;
 use super::Error;
 use super::decide::{self, AddressLookup, FieldMismatch, PendingMark, Recovery, SecretPlan};
 use super::events::{EventKind, InboxEvent};
+use super::refresh::Refresh;
 use super::status::{self, Readiness, StatusInput};
 use crate::agentsend::{
     ApiError, ApiKey, CreateInbox, DEFAULT_RETRY_AFTER, InboxState, MAX_RETRY_AFTER, RemoteInbox,
 };
-use crate::crd::{self, ConditionStatus, DeletionPolicy, Inbox, InboxStatus, Reason};
+use crate::crd::{
+    self, ConditionStatus, DeletionPolicy, DeletionPolicySource, Inbox, InboxStatus, Reason,
+};
 use crate::template;
 
 /// Which half of the lifecycle a pass runs.
@@ -46,7 +56,8 @@ pub enum Phase {
     Apply,
     /// The Inbox is being deleted: clean up, then the finalizer goes.
     Cleanup,
-    /// Being deleted, but paused: nothing happens and the finalizer stays.
+    /// Being deleted, but paused, or other finalizers than ours remain: nothing happens and
+    /// the finalizer stays.
     Held,
 }
 
@@ -54,8 +65,24 @@ impl Phase {
     /// The phase of a pass over `inbox`; `None` when kube's finalizer helper decides (it adds
     /// the finalizer, or runs [`Phase::Apply`] or [`Phase::Cleanup`]).
     pub fn before_finalizer(inbox: &Inbox) -> Option<Phase> {
-        (inbox.metadata.deletion_timestamp.is_some() && inbox.is_paused()).then_some(Phase::Held)
+        let deleting = inbox.metadata.deletion_timestamp.is_some();
+        let held = inbox.is_paused() || !foreign_finalizers(inbox).is_empty();
+        (deleting && held).then_some(Phase::Held)
     }
+}
+
+/// The finalizers other controllers hold on `inbox` while it carries ours: deletion waits
+/// until they are gone (an archiver exports the mail first), as crossplane-runtime does.
+/// Empty without our finalizer (then there is nothing of ours to hold back).
+pub fn foreign_finalizers(inbox: &Inbox) -> Vec<&str> {
+    let all = inbox.metadata.finalizers.as_deref().unwrap_or_default();
+    if !all.iter().any(|f| f == crd::FINALIZER) {
+        return Vec::new();
+    }
+    all.iter()
+        .map(String::as_str)
+        .filter(|f| *f != crd::FINALIZER)
+        .collect()
 }
 
 /// The API key for this Inbox, or why there is none.
@@ -200,6 +227,11 @@ pub struct Observed {
     pub random_local: String,
     /// The failed attempt this Inbox is backing off from, if any is still running.
     pub hold: Option<Hold>,
+    /// Where the refresh this Inbox asks for (`agentsend.io/refresh`) stands, once asked.
+    pub refresh: Option<Refresh>,
+    /// The namespace's `agentsend.io/default-deletion-policy` annotation, once read
+    /// (`Some(None)`: not set). Read only when `spec.deletionPolicy` is unset.
+    pub namespace_default: Option<Option<String>>,
 }
 
 impl Observed {
@@ -230,14 +262,34 @@ impl Observed {
             announced: Vec::new(),
             progress: None,
             hold: None,
+            refresh: None,
+            namespace_default: None,
             random_local: String::new(),
             attempted: None,
             finalizer_missing: false,
         }
     }
 
+    /// The deletion policy that applies and its source; `None` until the namespace is read.
+    fn deletion_policy(&self) -> Option<(DeletionPolicy, DeletionPolicySource)> {
+        let ns = self.namespace_default.as_ref().map(Option::as_deref);
+        decide::deletion_policy(self.inbox.spec.deletion_policy, ns)
+    }
+
+    /// `Some(ReadNamespace)` while the namespace default is needed and not read yet.
+    fn needs_namespace(&self) -> Option<Step> {
+        self.deletion_policy()
+            .is_none()
+            .then_some(Step::ReadNamespace)
+    }
+
     fn adopted(&self) -> bool {
         self.inbox.spec.inbox_id.is_some()
+    }
+
+    /// `managementPolicy: Observe`: never create, re-create or delete.
+    fn observing(&self) -> bool {
+        self.inbox.is_observe_only()
     }
 
     fn announced(&self, kind: EventKind) -> bool {
@@ -332,6 +384,8 @@ pub struct Done {
 pub enum Step {
     /// Resolve the API key (and the key remembered for this Inbox).
     ReadCredentials,
+    /// Read the namespace's `agentsend.io/default-deletion-policy` annotation.
+    ReadNamespace,
     /// Observe the bound inbox through the account's scan cache.
     Observe {
         /// The account's API key.
@@ -400,6 +454,14 @@ pub enum Step {
         /// The AgentSend inbox ID.
         id: String,
     },
+    /// Ask for counters fresher than now (`agentsend.io/refresh`), folded into the account's
+    /// next refresh scan.
+    RequestRefresh {
+        /// The account's API key.
+        key: ApiKey,
+        /// The annotation value asked for.
+        value: String,
+    },
     /// Register the binding with the counter sync.
     Register {
         /// The account's API key.
@@ -450,19 +512,26 @@ pub fn plan(o: &Observed) -> Step {
     match o.phase {
         Phase::Apply => with_finalizer(o, apply(o)),
         Phase::Cleanup => cleanup(o),
-        Phase::Held => done(
-            report(
-                o,
-                None,
-                None,
-                Readiness::Idle {
-                    reason: Reason::Paused,
-                    message: "deletion is waiting: the Inbox is paused (agentsend.io/paused); remove the annotation to let the operator finish deleting".into(),
-                },
-            ),
-            Then::Settle,
-        ),
+        Phase::Held => done(report(o, None, None, held_deletion(&o.inbox)), Then::Settle),
     }
+}
+
+/// Why a deletion is held: the pause comes first; else the other finalizers, named. The
+/// removal of either updates the Inbox, which starts the next pass.
+fn held_deletion(inbox: &Inbox) -> Readiness {
+    if inbox.is_paused() {
+        return Readiness::Idle {
+            reason: Reason::Paused,
+            message: "deletion is waiting: the Inbox is paused (agentsend.io/paused); remove the annotation to let the operator finish deleting".into(),
+        };
+    }
+    Readiness::progressing(
+        Reason::Deleting,
+        format!(
+            "deletion is waiting for the other finalizers to be removed first: {}; the AgentSend inbox and the Secret stay until then",
+            foreign_finalizers(inbox).join(", ")
+        ),
+    )
 }
 
 // ------------------------------------------------------------------------------- apply
@@ -480,12 +549,14 @@ fn with_finalizer(o: &Observed, step: Step) -> Step {
 pub fn writes(step: &Step) -> bool {
     match step {
         Step::ReadCredentials
+        | Step::ReadNamespace
         | Step::Observe { .. }
         | Step::Fetch { .. }
         | Step::ListCandidates { .. }
         | Step::FindBindings { .. }
         | Step::Forget { .. }
         | Step::Register { .. }
+        | Step::RequestRefresh { .. }
         | Step::ReadSecret { .. } => false,
         Step::Progress(report) => report.changed,
         Step::Done(done) => done.report.as_ref().is_some_and(|r| r.changed),
@@ -509,6 +580,9 @@ fn apply(o: &Observed) -> Step {
             message: "paused by the agentsend.io/paused annotation: no AgentSend calls and no Secret writes until it is removed".into(),
         };
         return done(report(o, None, None, paused), Then::Settle);
+    }
+    if let Some(step) = o.needs_namespace() {
+        return step;
     }
     let key = match &o.credentials {
         None => return Step::ReadCredentials,
@@ -543,6 +617,7 @@ fn apply(o: &Observed) -> Step {
         Some(id) => bound(o, key, &id),
         None => match &o.inbox.spec.inbox_id {
             Some(id) => adopt(o, key, id),
+            None if o.observing() => observe_by_address(o, key),
             None => create_or_recover(o, key),
         },
     }
@@ -550,7 +625,9 @@ fn apply(o: &Observed) -> Step {
 
 /// The Inbox is bound to `id`: check immutability, observe, converge.
 fn bound(o: &Observed, key: ApiKey, id: &str) -> Step {
-    let strict = !o.adopted();
+    // Strict identity for inboxes this operator created; an adopted or observed one need
+    // only match the fields the spec sets.
+    let strict = !o.adopted() && !o.observing();
     if !o.bound_now {
         if let Some(m) = decide::inbox_id_changed(&o.inbox.spec, id) {
             return immutable(o, &m);
@@ -592,6 +669,16 @@ fn bound(o: &Observed, key: ApiKey, id: &str) -> Step {
         // Bound through status only (e.g. restored from a backup): pin it.
         return Step::RecordBinding { id: id.to_string() };
     }
+    if !o.bound_now
+        && o.refresh.is_none()
+        && let Some(value) = o.inbox.refresh_wanted()
+    {
+        // Queued, not awaited: the refresh scan wakes this Inbox when it has served it.
+        return Step::RequestRefresh {
+            key,
+            value: value.to_string(),
+        };
+    }
     converge(o, key, remote)
 }
 
@@ -623,6 +710,15 @@ fn vanished(o: &Observed, key: ApiKey, id: &str) -> Step {
             key,
             id: id.to_string(),
         };
+    }
+    if o.observing() {
+        let msg = format!(
+            "the observed inbox {id:?} no longer exists in this AgentSend account; managementPolicy Observe never re-creates it (set Manage to let the operator create a new one)"
+        );
+        return done(
+            report(o, None, None, stalled(Reason::InboxNotFound, msg)),
+            Then::Requeue(o.sync_interval.saturating_mul(5)),
+        );
     }
     if o.adopted() {
         let msg = format!(
@@ -671,6 +767,45 @@ fn adopt(o: &Observed, key: ApiKey, id: &str) -> Step {
     let note = format!(
         "adopted existing AgentSend inbox {} ({})",
         id, remote.address
+    );
+    Step::Bind {
+        key,
+        remote: remote.clone(),
+        event: InboxEvent::new(EventKind::Adopted, note),
+    }
+}
+
+/// Observe-only without `spec.inboxId`: bind the inbox of exactly `spec.address` (one list
+/// scan); nothing is ever created.
+fn observe_by_address(o: &Observed, key: ApiKey) -> Step {
+    let Some(address) = o.inbox.spec.address.as_deref() else {
+        return rejected(
+            o,
+            "managementPolicy Observe needs spec.inboxId or spec.address to find the inbox to observe (nothing is created)".into(),
+        );
+    };
+    let candidates = match listed(o, &key) {
+        Err(step) => return *step,
+        Ok(c) => c,
+    };
+    let Some(remote) = decide::observed_by_address(&o.inbox.spec, candidates) else {
+        let msg = format!(
+            "no inbox with the address {address:?} (and the spec's other identity fields) exists in this AgentSend account; managementPolicy Observe never creates one"
+        );
+        return done(
+            report(o, None, None, stalled(Reason::InboxNotFound, msg)),
+            Then::Requeue(o.sync_interval.saturating_mul(5)),
+        );
+    };
+    let Some(elsewhere) = &o.bound_elsewhere else {
+        return Step::FindBindings { cluster_wide: true };
+    };
+    if let Some(claim) = elsewhere.get(&remote.id) {
+        return claimed_elsewhere(o, &remote.id, claim);
+    }
+    let note = format!(
+        "observing existing AgentSend inbox {} ({}); it is never created, re-created or deleted",
+        remote.id, remote.address
     );
     Step::Bind {
         key,
@@ -1062,7 +1197,15 @@ fn cleanup(o: &Observed) -> Step {
     if let Some(step) = held(o) {
         return step;
     }
-    let policy = o.inbox.spec.deletion_policy;
+    let Some((policy, _)) = o.deletion_policy() else {
+        return Step::ReadNamespace;
+    };
+    // Observe-only: deletion releases, whatever deletionPolicy says.
+    let policy = if o.observing() {
+        DeletionPolicy::Orphan
+    } else {
+        policy
+    };
     // After a failed attempt the status shows that failure: a retry does not flip it back
     // to `Deleting` (one status write per distinct outcome).
     if o.progress != Some(Reason::Deleting) && o.failures == 0 {
@@ -1079,9 +1222,14 @@ fn cleanup(o: &Observed) -> Step {
             if let Some(id) = &bound
                 && !o.announced(EventKind::Orphaned)
             {
+                let why = if o.observing() {
+                    "managementPolicy Observe"
+                } else {
+                    "deletionPolicy Orphan"
+                };
                 return Step::Announce(InboxEvent::new(
                     EventKind::Orphaned,
-                    format!("left AgentSend inbox {id} in place (deletionPolicy Orphan)"),
+                    format!("left AgentSend inbox {id} in place ({why})"),
                 ));
             }
         }
@@ -1401,7 +1549,7 @@ pub fn report(
     readiness: Readiness,
 ) -> Report {
     let current = o.inbox.status.as_ref();
-    let new = status::build_status(StatusInput {
+    let mut new = status::build_status(StatusInput {
         previous: current,
         generation: o.inbox.metadata.generation,
         inbox_id: remote
@@ -1412,6 +1560,18 @@ pub fn report(
         readiness: readiness.clone(),
         now: &o.now,
     });
+    if let Some(value) = refresh_served(o) {
+        new.observed_refresh = Some(value.to_string());
+    }
+    // Which deletion policy applies, once known; else what status said.
+    let (policy, source) = match o.deletion_policy() {
+        Some((p, s)) => (Some(p), Some(s)),
+        None => current.map_or((None, None), |c| {
+            (c.deletion_policy, c.deletion_policy_source)
+        }),
+    };
+    new.deletion_policy = policy;
+    new.deletion_policy_source = source;
     let changed = current != Some(&new);
     let events = if changed {
         transition_events(o.status_at_start.as_ref(), &new, &readiness)
@@ -1426,6 +1586,13 @@ pub fn report(
         events,
         best_effort: false,
     }
+}
+
+/// The `agentsend.io/refresh` value this pass's observation answers: a refresh scan served
+/// it, or the pass bound the inbox (the create's or GET's answer is fresh).
+fn refresh_served(o: &Observed) -> Option<&str> {
+    let served = o.refresh == Some(Refresh::Served) || o.bound_now;
+    served.then(|| o.inbox.refresh_wanted()).flatten()
 }
 
 /// Warning events for entering a not-ready reason the contract names, and for reaching the
@@ -1469,6 +1636,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Step::ReadCredentials => write!(f, "read credentials"),
+            Step::ReadNamespace => write!(f, "read namespace"),
             Step::Observe { id, .. } => write!(f, "observe {id}"),
             Step::Fetch { id, .. } => write!(f, "fetch {id}"),
             Step::ListCandidates { .. } => write!(f, "list candidates"),
@@ -1494,6 +1662,7 @@ impl fmt::Display for Step {
             Step::ClearPending => write!(f, "clear pending"),
             Step::Forget { id, .. } => write!(f, "forget {id}"),
             Step::Register { id, .. } => write!(f, "register {id}"),
+            Step::RequestRefresh { value, .. } => write!(f, "request refresh {value:?}"),
             Step::ReadSecret { name } => write!(f, "read secret {name}"),
             Step::WriteSecret {
                 secret,
@@ -1643,6 +1812,8 @@ mod tests {
         i.metadata.generation = Some(2);
         let mut o = Observed::new(i, Phase::Apply, NOW.into(), Duration::from_secs(60));
         o.random_local = RANDOM.into();
+        // The namespace was read and sets no default (rows about it say otherwise).
+        o.namespace_default = Some(None);
         B(o)
     }
 
@@ -1660,12 +1831,19 @@ mod tests {
         fn paused(self) -> Self {
             self.ann(crd::ANNOTATION_PAUSED, "true")
         }
+        fn finalizers(self, list: &[&str]) -> Self {
+            let list = list.iter().map(|f| f.to_string()).collect();
+            self.with(|o| o.inbox.metadata.finalizers = Some(list))
+        }
         fn deleting(self) -> Self {
             self.with(|o| o.phase = Phase::Cleanup)
                 .progress(Reason::Deleting)
         }
+        fn observe(self) -> Self {
+            self.spec(|s| s.management_policy = crd::ManagementPolicy::Observe)
+        }
         fn orphan(self) -> Self {
-            self.spec(|s| s.deletion_policy = DeletionPolicy::Orphan)
+            self.spec(|s| s.deletion_policy = Some(DeletionPolicy::Orphan))
         }
         fn key(self) -> Self {
             self.with(|o| o.credentials = Some(Credentials::Key(key())))
@@ -1739,6 +1917,9 @@ mod tests {
         }
         fn progress(self, r: Reason) -> Self {
             self.with(|o| o.progress = Some(r))
+        }
+        fn refreshed(self, r: Refresh) -> Self {
+            self.with(|o| o.refresh = Some(r))
         }
         fn registered(self) -> Self {
             self.with(|o| o.registered = true)
@@ -1830,6 +2011,122 @@ mod tests {
                 "paused while deleting: nothing happens, the finalizer stays",
                 obs().paused().with(|o| o.phase = Phase::Held),
                 "done Paused; settle",
+            ),
+            (
+                "deleting while another finalizer remains: wait for it (Deleting names it), the finalizer stays",
+                obs()
+                    .finalizers(&[crd::FINALIZER, "example.com/archive"])
+                    .with(|o| o.phase = Phase::Held),
+                "done Deleting; settle",
+            ),
+            (
+                "paused and another finalizer: the pause is what the user must lift",
+                obs()
+                    .paused()
+                    .finalizers(&[crd::FINALIZER, "example.com/archive"])
+                    .with(|o| o.phase = Phase::Held),
+                "done Paused; settle",
+            ),
+            // ---- observe-only (managementPolicy: Observe): never create, re-create or delete
+            (
+                "observe by address: one list scan for an exact lookup, never a create",
+                obs()
+                    .key()
+                    .observe()
+                    .spec(|s| s.address = Some("support@agentsend.io".into())),
+                "list candidates",
+            ),
+            (
+                "observe by address, found: bind it (Adopted) once no other Inbox holds it",
+                obs()
+                    .key()
+                    .observe()
+                    .spec(|s| s.address = Some("support@agentsend.io".into()))
+                    .candidates(vec![remote("inb_0", "other@agentsend.io"), inb1()])
+                    .elsewhere(&[]),
+                "bind inb_1 (Adopted)",
+            ),
+            (
+                "observe by address, held by another Inbox: Rejected",
+                obs()
+                    .key()
+                    .observe()
+                    .spec(|s| s.address = Some("support@agentsend.io".into()))
+                    .candidates(vec![inb1()])
+                    .elsewhere(&["inb_1"]),
+                "done Rejected +Rejected; requeue 300s; wait for the owner of inb_1",
+            ),
+            (
+                "observe by address, absent: InboxNotFound, nothing created",
+                obs()
+                    .key()
+                    .observe()
+                    .spec(|s| s.address = Some("support@agentsend.io".into()))
+                    .candidates(vec![remote("inb_0", "other@agentsend.io")]),
+                "done InboxNotFound; requeue 300s",
+            ),
+            (
+                "observe a local part: only on the spec's domain (here the shared one)",
+                obs()
+                    .key()
+                    .observe()
+                    .spec(|s| s.address = Some("support".into()))
+                    .candidates(vec![RemoteInbox {
+                        domain_id: Some("dom_1".into()),
+                        ..remote("inb_2", "support@example.com")
+                    }]),
+                "done InboxNotFound; requeue 300s",
+            ),
+            (
+                "observe without inboxId or address: Rejected, nothing to look up",
+                obs().key().observe(),
+                "done Rejected +Rejected; settle",
+            ),
+            (
+                "observe by spec.inboxId: fetched like an adoption",
+                obs().key().observe().adopting("inb_1"),
+                "fetch inb_1",
+            ),
+            (
+                "observed inbox vanished: never re-created, InboxNotFound",
+                obs()
+                    .key()
+                    .observe()
+                    .bound("inb_1")
+                    .gone()
+                    .with(|o| o.forgotten = true),
+                "done InboxNotFound; requeue 300s",
+            ),
+            (
+                "observed inbox with a display name the spec does not set: not a change",
+                obs().observe().converged(RemoteInbox {
+                    display_name: Some("Theirs".into()),
+                    ..inb1()
+                }),
+                "done Ready; settle; reset failures",
+            ),
+            (
+                "deleting an observed Inbox only releases, whatever deletionPolicy says",
+                obs()
+                    .deleting()
+                    .observe()
+                    .bound("inb_1")
+                    .key()
+                    .spec(|s| s.deletion_policy = Some(DeletionPolicy::Delete)),
+                "announce Orphaned",
+            ),
+            // ---- namespace default (agentsend.io/default-deletion-policy)
+            (
+                "no spec.deletionPolicy: the namespace default is read (status shows which applies)",
+                obs().with(|o| o.namespace_default = None),
+                "read namespace",
+            ),
+            (
+                "spec.deletionPolicy set: the namespace is not read",
+                obs()
+                    .with(|o| o.namespace_default = None)
+                    .spec(|s| s.deletion_policy = Some(DeletionPolicy::Delete)),
+                "read credentials",
             ),
             // ---- credentials
             (
@@ -2225,6 +2522,39 @@ mod tests {
                 obs().key().bound("").status(ready_status(&inb1())),
                 "mark pending r4nd0mr4nd0mr4nd@agentsend.io",
             ),
+            // ---- refresh on demand (agentsend.io/refresh)
+            (
+                "a new refresh value: queue a refresh (folded into one account scan), not awaited",
+                obs().converged(inb1()).ann(crd::ANNOTATION_REFRESH, "1"),
+                "request refresh \"1\"",
+            ),
+            (
+                "refresh queued: converge on what is known; the refresh scan wakes the Inbox",
+                obs()
+                    .converged(inb1())
+                    .ann(crd::ANNOTATION_REFRESH, "1")
+                    .refreshed(Refresh::Pending),
+                "done Ready; settle; reset failures",
+            ),
+            (
+                "the value was served already (status.observedRefresh): no request",
+                obs()
+                    .converged(inb1())
+                    .ann(crd::ANNOTATION_REFRESH, "1")
+                    .status(InboxStatus {
+                        observed_refresh: Some("1".into()),
+                        ..ready_status(&inb1())
+                    }),
+                "done Ready; settle; reset failures",
+            ),
+            (
+                "bound in this pass: the create's answer is fresh, no request",
+                obs()
+                    .converged(inb1())
+                    .ann(crd::ANNOTATION_REFRESH, "1")
+                    .with(|o| o.bound_now = true),
+                "done Ready; settle; reset failures",
+            ),
             // ---- converge
             (
                 "bound and observed: register with the counter sync",
@@ -2520,6 +2850,29 @@ mod tests {
             ),
             // ---- delete
             (
+                "deleting without spec.deletionPolicy: read the namespace default first",
+                obs().deleting().with(|o| o.namespace_default = None),
+                "read namespace",
+            ),
+            (
+                "the namespace defaults to Orphan: leave the inbox, announce Orphaned",
+                obs()
+                    .deleting()
+                    .bound("inb_1")
+                    .with(|o| o.namespace_default = Some(Some("Orphan".into()))),
+                "announce Orphaned",
+            ),
+            (
+                "the Inbox's own deletionPolicy wins over the namespace default",
+                obs()
+                    .deleting()
+                    .bound("inb_1")
+                    .key()
+                    .spec(|s| s.deletion_policy = Some(DeletionPolicy::Delete))
+                    .with(|o| o.namespace_default = Some(Some("Orphan".into()))),
+                "delete inbox inb_1",
+            ),
+            (
                 "deleting: report Deleting first",
                 obs().with(|o| o.phase = Phase::Cleanup),
                 "progress Deleting",
@@ -2748,6 +3101,99 @@ mod tests {
         ] {
             assert!(all.contains(k.reason()), "no row publishes {}", k.reason());
         }
+    }
+
+    #[test]
+    fn status_shows_which_deletion_policy_applies() {
+        use DeletionPolicySource::{Default, Namespace, Spec};
+        let shown = |b: B| match plan(&b.0) {
+            Step::Done(Done {
+                report: Some(r), ..
+            }) => (r.status.deletion_policy, r.status.deletion_policy_source),
+            other => panic!("{other}"),
+        };
+        let ns_orphan = |o: &mut Observed| o.namespace_default = Some(Some("Orphan".into()));
+        let cases = [
+            (obs().converged(inb1()), DeletionPolicy::Delete, Default),
+            (
+                obs().converged(inb1()).with(ns_orphan),
+                DeletionPolicy::Orphan,
+                Namespace,
+            ),
+            (
+                obs()
+                    .converged(inb1())
+                    .with(ns_orphan)
+                    .spec(|s| s.deletion_policy = Some(DeletionPolicy::Delete)),
+                DeletionPolicy::Delete,
+                Spec,
+            ),
+        ];
+        for (b, policy, source) in cases {
+            assert_eq!(shown(b), (Some(policy), Some(source)));
+        }
+    }
+
+    #[test]
+    fn a_served_refresh_is_recorded_in_status_once() {
+        let refreshing = || obs().converged(inb1()).ann(crd::ANNOTATION_REFRESH, "7");
+        let observed = |b: B| match plan(&b.0) {
+            Step::Done(Done {
+                report: Some(r), ..
+            }) => r.status.observed_refresh,
+            other => panic!("{other}"),
+        };
+        assert_eq!(
+            observed(refreshing().refreshed(Refresh::Served)).as_deref(),
+            Some("7")
+        );
+        assert_eq!(observed(refreshing().refreshed(Refresh::Pending)), None);
+        let mut i = refreshing().0.inbox;
+        assert_eq!(i.refresh_wanted(), Some("7"));
+        i.status = Some(InboxStatus {
+            observed_refresh: Some("7".into()),
+            ..Default::default()
+        });
+        assert_eq!(i.refresh_wanted(), None, "served");
+        i.annotations_mut()
+            .insert(crd::ANNOTATION_REFRESH.into(), String::new());
+        assert_eq!(i.refresh_wanted(), None, "empty asks for nothing");
+    }
+
+    #[test]
+    fn deletion_waits_for_foreign_finalizers_only_while_ours_is_there() {
+        let deleted = |finalizers: &[&str]| {
+            let mut i = obs().finalizers(finalizers).0.inbox;
+            i.metadata.deletion_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+            );
+            i
+        };
+        let cases: [(&[&str], Option<Phase>, &[&str]); 4] = [
+            (&[crd::FINALIZER], None, &[]),
+            (
+                &["example.com/archive", crd::FINALIZER, "b/c"],
+                Some(Phase::Held),
+                &["example.com/archive", "b/c"],
+            ),
+            // Ours already gone: nothing of ours to hold.
+            (&["example.com/archive"], None, &[]),
+            (&[], None, &[]),
+        ];
+        for (finalizers, phase, foreign) in cases {
+            let i = deleted(finalizers);
+            assert_eq!(Phase::before_finalizer(&i), phase, "{finalizers:?}");
+            assert_eq!(foreign_finalizers(&i), foreign, "{finalizers:?}");
+        }
+        let mut alive = deleted(&[crd::FINALIZER, "example.com/archive"]);
+        alive.metadata.deletion_timestamp = None;
+        assert_eq!(Phase::before_finalizer(&alive), None, "not deleting");
+        let r = held_deletion(&deleted(&[crd::FINALIZER, "example.com/archive"]));
+        assert!(
+            r.message().contains("example.com/archive"),
+            "{}",
+            r.message()
+        );
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
@@ -99,6 +99,55 @@ pub(crate) fn credentials_secrets(
             m.metadata.managed_fields = None;
             m
         })
+}
+
+/// A namespace's metadata alone.
+pub(crate) type NamespaceMeta = PartialObjectMeta<Namespace>;
+
+/// The metadata of the watched namespaces (every namespace, or the one `namespace` names),
+/// trimmed to the `agentsend.io/default-deletion-policy` annotation: the cache the namespace
+/// default is read from, and the changes that re-reconcile a namespace's Inboxes. Not counted
+/// for readiness: without permission to watch, each read is one GET instead.
+pub(crate) fn namespaces(
+    client: &Client,
+    namespace: Option<&str>,
+) -> (
+    Store<NamespaceMeta>,
+    impl Stream<Item = Result<NamespaceMeta, watcher::Error>> + Send + 'static,
+) {
+    let api: Api<NamespaceMeta> = Api::all(client.clone());
+    let mut config = watch_config();
+    if let Some(ns) = namespace {
+        config = config.fields(&format!("metadata.name={ns}"));
+    }
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .backoff(backoff())
+        .modify(|m: &mut NamespaceMeta| {
+            let default = m
+                .metadata
+                .annotations
+                .as_mut()
+                .and_then(|a| a.remove_entry(crd::ANNOTATION_DEFAULT_DELETION_POLICY));
+            m.metadata = ObjectMeta {
+                name: m.metadata.name.take(),
+                resource_version: m.metadata.resource_version.take(),
+                annotations: default.map(|kv| [kv].into()),
+                ..ObjectMeta::default()
+            };
+        })
+        .reflect(writer)
+        .touched_objects();
+    (reader, stream)
+}
+
+/// The Inboxes (among `inboxes`) in the namespace `name`.
+pub fn inboxes_in_namespace(inboxes: &[Arc<Inbox>], name: Option<&str>) -> Vec<ObjectRef<Inbox>> {
+    inboxes
+        .iter()
+        .filter(|i| name.is_some() && i.metadata.namespace.as_deref() == name)
+        .map(|i| ObjectRef::from_obj(&**i))
+        .collect()
 }
 
 /// An Inbox's metadata alone.

@@ -564,6 +564,53 @@ async fn counters_refresh_and_send_limit_is_flagged() {
     env.stop().await;
 }
 
+/// `agentsend.io/refresh` set on 50 Inboxes at once refreshes all their counters within
+/// seconds with one list request (ceil(50/100)), no GET per Inbox: the periodic sync is an
+/// hour away, so only the refresh can have brought the new counters.
+#[tokio::test]
+async fn refresh_on_demand_folds_into_one_scan() {
+    let env = Env::start_with(|s| s.sync_interval = Duration::from_secs(3600)).await;
+    let names = env.create_many("fresh", 50).await;
+    let mut ids = Vec::new();
+    for name in &names {
+        ids.push(status_id(&env.wait_ready(name, Ready::True).await));
+    }
+    for id in &ids {
+        env.sim.update_inbox(id, |r| r.sends_today = Some(42));
+    }
+    env.sim.reset_counters();
+    let api = env.inboxes();
+    let patch = json!({"metadata": {"annotations": {"agentsend.io/refresh": "2026-11-28T10:00"}}});
+    let started = std::time::Instant::now();
+    futures::future::join_all(names.iter().map(|n| {
+        let api = api.clone();
+        let patch = patch.clone();
+        async move {
+            api.patch(n, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .expect("annotate")
+        }
+    }))
+    .await;
+    for name in &names {
+        wait_for(&format!("{name} refreshed"), T, || async {
+            let st = api.get(name).await.ok()?.status?;
+            (st.sends_today == Some(42)
+                && st.observed_refresh.as_deref() == Some("2026-11-28T10:00"))
+            .then_some(())
+        })
+        .await;
+    }
+    println!("50 Inboxes refreshed in {:?}", started.elapsed());
+    assert_eq!(
+        env.sim.request_count(Route::List),
+        1,
+        "ceil(50/100) list requests"
+    );
+    assert_eq!(env.sim.request_count(Route::Get), 0, "no GET per Inbox");
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn vanished_inbox_is_recreated_and_suspension_is_surfaced() {
     let env = Env::start().await;
@@ -753,7 +800,7 @@ async fn deletion_policies() {
     env.create(
         "kept",
         InboxSpec {
-            deletion_policy: DeletionPolicy::Orphan,
+            deletion_policy: Some(DeletionPolicy::Orphan),
             ..Default::default()
         },
     )
@@ -785,6 +832,169 @@ async fn deletion_policies() {
     env.wait_event("Orphaned").await;
     let text = env.metrics.encode();
     assert!(!text.contains("name=\"gone\""), "series removed");
+    env.stop().await;
+}
+
+/// The namespace annotation `agentsend.io/default-deletion-policy: Orphan` applies to the
+/// Inboxes that do not set `spec.deletionPolicy` (their AgentSend inbox outlives them); an
+/// Inbox's own field wins; status shows which applied, and follows the annotation (watched).
+#[tokio::test]
+async fn namespace_default_deletion_policy() {
+    use inbox_operator::crd::DeletionPolicySource;
+    use k8s_openapi::api::core::v1::Namespace;
+    let env = Env::start().await;
+    let defaulted = env.create_ready("defaulted", InboxSpec::default()).await;
+    let explicit = env
+        .create_ready(
+            "explicit",
+            InboxSpec {
+                deletion_policy: Some(DeletionPolicy::Delete),
+                ..Default::default()
+            },
+        )
+        .await;
+    let shown = |i: &Inbox| {
+        let st = i.status.clone().unwrap_or_default();
+        (st.deletion_policy, st.deletion_policy_source)
+    };
+    assert_eq!(
+        shown(&defaulted),
+        (
+            Some(DeletionPolicy::Delete),
+            Some(DeletionPolicySource::Default)
+        )
+    );
+    assert_eq!(
+        shown(&explicit),
+        (
+            Some(DeletionPolicy::Delete),
+            Some(DeletionPolicySource::Spec)
+        )
+    );
+
+    let namespaces: kube::Api<Namespace> = kube::Api::all(env.client.clone());
+    let patch =
+        json!({"metadata": {"annotations": {"agentsend.io/default-deletion-policy": "Orphan"}}});
+    namespaces
+        .patch(
+            env.ns.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let api = env.inboxes();
+    wait_for("the namespace default shown", T, || async {
+        let i = api.get("defaulted").await.ok()?;
+        (shown(&i)
+            == (
+                Some(DeletionPolicy::Orphan),
+                Some(DeletionPolicySource::Namespace),
+            ))
+            .then_some(())
+    })
+    .await;
+    let i = api.get("explicit").await.unwrap();
+    assert_eq!(
+        shown(&i),
+        (
+            Some(DeletionPolicy::Delete),
+            Some(DeletionPolicySource::Spec)
+        ),
+        "the Inbox's own field wins"
+    );
+
+    for name in ["defaulted", "explicit"] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    env.wait_gone("defaulted").await;
+    env.wait_gone("explicit").await;
+    assert!(
+        env.sim.inbox(&status_id(&defaulted)).is_some(),
+        "the namespace default Orphan keeps the AgentSend inbox"
+    );
+    assert!(
+        env.sim.inbox(&status_id(&explicit)).is_none(),
+        "deletionPolicy: Delete on the Inbox deletes it"
+    );
+    env.stop().await;
+}
+
+/// `managementPolicy: Observe` never POSTs or DELETEs, on any path: binding by address (an
+/// exact lookup) and by `spec.inboxId`, a missing inbox (`InboxNotFound`, nothing created),
+/// an out-of-band deletion (not re-created), and the Inbox's deletion, even with
+/// `deletionPolicy: Delete` (only released). The address still reaches the Secret.
+#[tokio::test]
+async fn observe_only_never_creates_or_deletes() {
+    use inbox_operator::crd::ManagementPolicy;
+    let env = Env::start().await;
+    let existing = |address: &str| {
+        env.sim
+            .insert_inbox(
+                ACCOUNT,
+                CreateInbox {
+                    address: Some(address.into()),
+                    ..Default::default()
+                },
+            )
+            .expect("inbox")
+    };
+    let by_address = existing("watched@agentsend.io");
+    let by_id = existing("pinned@agentsend.io");
+    let observe = |f: &dyn Fn(&mut InboxSpec)| {
+        let mut spec = InboxSpec {
+            management_policy: ManagementPolicy::Observe,
+            deletion_policy: Some(DeletionPolicy::Delete),
+            ..Default::default()
+        };
+        f(&mut spec);
+        spec
+    };
+    let i = env
+        .create_ready(
+            "watched",
+            observe(&|s| s.address = Some("watched@agentsend.io".into())),
+        )
+        .await;
+    assert_eq!(status_id(&i), by_address.id);
+    let secret = env.secret("watched").await.expect("Secret");
+    assert_eq!(data(&secret, "address"), "watched@agentsend.io");
+    let i = env
+        .create_ready("pinned", observe(&|s| s.inbox_id = Some(by_id.id.clone())))
+        .await;
+    assert_eq!(status_id(&i), by_id.id);
+    env.create(
+        "missing",
+        observe(&|s| s.address = Some("nobody@agentsend.io".into())),
+    )
+    .await;
+    env.wait_ready("missing", Ready::False(Reason::InboxNotFound))
+        .await;
+
+    // Deleted out of band: reported, never re-created.
+    env.sim.delete_out_of_band(&by_address.id);
+    let i = env
+        .wait_ready("watched", Ready::False(Reason::InboxNotFound))
+        .await;
+    assert_eq!(
+        status_id(&i),
+        by_address.id,
+        "still bound to what it observed"
+    );
+
+    for name in ["watched", "pinned", "missing"] {
+        env.inboxes()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    for name in ["watched", "pinned", "missing"] {
+        env.wait_gone(name).await;
+    }
+    assert!(env.sim.inbox(&by_id.id).is_some(), "deletion only releases");
+    assert!(env.secret("pinned").await.is_none(), "its Secret goes");
+    assert_eq!(env.sim.request_count(Route::Create), 0, "no POST");
+    assert_eq!(env.sim.request_count(Route::Delete), 0, "no DELETE");
     env.stop().await;
 }
 
@@ -924,6 +1134,57 @@ async fn pause_stops_calls_and_holds_deletion() {
         .unwrap();
     env.wait_gone("nap").await;
     assert!(env.sim.inbox(&id).is_none());
+    env.stop().await;
+}
+
+/// Another controller's finalizer (an archiver exporting the mail) holds the AgentSend delete:
+/// `Deleting` names it and nothing is deleted; once it is removed the inbox is deleted.
+#[tokio::test]
+async fn deletion_waits_for_foreign_finalizers() {
+    let env = Env::start().await;
+    let i = env.create_ready("archived", InboxSpec::default()).await;
+    let id = status_id(&i);
+    let archiver = "example.com/archive-mail";
+    let mut finalizers = i.finalizers().to_vec();
+    finalizers.push(archiver.to_string());
+    let patch = json!({"metadata": {"finalizers": finalizers}});
+    env.inboxes()
+        .patch("archived", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    env.inboxes()
+        .delete("archived", &DeleteParams::default())
+        .await
+        .unwrap();
+    let i = env
+        .wait_ready("archived", Ready::False(Reason::Deleting))
+        .await;
+    let message = &ready(&i).unwrap().message;
+    assert!(message.contains(archiver), "{message}");
+    // The condition is written by the pass that decided to wait: nothing was deleted.
+    assert_eq!(env.sim.request_count(Route::Delete), 0);
+    assert!(env.sim.inbox(&id).is_some());
+    assert!(
+        env.secret("archived").await.is_some(),
+        "the Secret stays too"
+    );
+
+    // The archiver is done: its finalizer goes, and so does the inbox.
+    let ours: Vec<String> = i
+        .finalizers()
+        .iter()
+        .filter(|f| *f != archiver)
+        .cloned()
+        .collect();
+    let patch = json!({"metadata": {"finalizers": ours}});
+    env.inboxes()
+        .patch("archived", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    env.wait_gone("archived").await;
+    assert!(env.sim.inbox(&id).is_none());
+    assert_eq!(env.sim.request_count(Route::Delete), 1);
+    assert!(env.secret("archived").await.is_none());
     env.stop().await;
 }
 
@@ -1070,7 +1331,7 @@ async fn deleting_the_namespace_honours_each_deletion_policy() {
         .await
         .unwrap();
     let orphan = InboxSpec {
-        deletion_policy: DeletionPolicy::Orphan,
+        deletion_policy: Some(DeletionPolicy::Orphan),
         ..Default::default()
     };
     let team = team_key_spec();
@@ -1314,7 +1575,7 @@ async fn orphan_delete_and_readopt_at_once() {
     env.create(
         "first",
         InboxSpec {
-            deletion_policy: DeletionPolicy::Orphan,
+            deletion_policy: Some(DeletionPolicy::Orphan),
             ..Default::default()
         },
     )

@@ -355,8 +355,9 @@ async fn server_applies_defaults() {
             &format!("jsonpath={{{path}}}"),
         ])
     };
-    assert_eq!(jsonpath("bare", ".spec.deletionPolicy"), "Delete");
-    assert_eq!(jsonpath("keyed", ".spec.deletionPolicy"), "Delete");
+    // No default for deletionPolicy: unset means the namespace default (else Delete).
+    assert_eq!(jsonpath("bare", ".spec.deletionPolicy"), "");
+    assert_eq!(jsonpath("keyed", ".spec.deletionPolicy"), "");
     assert_eq!(
         jsonpath("keyed", ".spec.credentials.secretRef.key"),
         "apiKey"
@@ -364,10 +365,7 @@ async fn server_applies_defaults() {
     // Stored, not just rendered: the typed view agrees.
     let api: Api<Inbox> = Api::namespaced(client, ns.name());
     let bare = api.get("bare").await.unwrap();
-    assert_eq!(
-        bare.spec.deletion_policy,
-        inbox_operator::crd::DeletionPolicy::Delete
-    );
+    assert_eq!(bare.spec.deletion_policy, None);
     assert_eq!(bare.spec.address, None);
     assert_eq!(bare.status, None);
 }

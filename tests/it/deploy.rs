@@ -133,6 +133,7 @@ async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
             .unwrap_or(false)
     };
     assert!(can_i("watch", "inboxes.agentsend.io"));
+    assert!(can_i("watch", "namespaces"), "namespace defaults");
     assert!(
         !can_i("delete", "inboxes.agentsend.io"),
         "least privilege: no Inbox deletes"

@@ -458,3 +458,115 @@ async fn startup_errors_are_one_clear_line() {
     );
     assert!(!e.contains("panicked"));
 }
+
+/// `inbox-operator import` with its environment (kubeconfig, simulator URL, key) and `args`:
+/// (success, stdout, stderr).
+async fn import(env: &Env, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_inbox-operator"));
+    cmd.arg("import")
+        .args(["--namespace", env.ns.name()])
+        .args(args)
+        .env("KUBECONFIG", &control_plane().kubeconfig)
+        .env("AGENTSEND_API_URL", env.handle.url())
+        .env("AGENTSEND_API_KEY", env.key)
+        .env_remove("AGENTSEND_API_KEY_FILE");
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("run import"))
+        .await
+        .expect("import finished");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `import` prints Inboxes for the account's unclaimed inboxes only (never the key); applied
+/// back with kubectl they become Ready without a single create (zero POSTs). `--domain`
+/// narrows the list; `--observe` makes them observe-only.
+#[tokio::test]
+async fn import_output_applied_back_adopts_without_creating() {
+    let env = Env::start().await;
+    let add = |address: &str, domain: Option<&str>| {
+        env.sim
+            .insert_inbox(
+                crate::ctl::ACCOUNT,
+                inbox_sim::CreateInbox {
+                    address: Some(address.into()),
+                    display_name: None,
+                    domain_id: domain.map(str::to_string),
+                },
+            )
+            .expect("inbox")
+    };
+    let sales = add("sales", Some("dom_example"));
+    let team = add("Support.Team@agentsend.io", None);
+    let claimed = add("claimed@agentsend.io", None);
+    env.create_ready(
+        "already-here",
+        inbox_operator::crd::InboxSpec {
+            inbox_id: Some(claimed.id.clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+
+    let (ok, yaml, err) = import(&env, &[]).await;
+    assert!(ok, "{err}");
+    assert!(
+        !yaml.contains(env.key) && !err.contains(env.key),
+        "never the key"
+    );
+    assert!(
+        yaml.contains(&sales.id) && yaml.contains(&team.id),
+        "{yaml}"
+    );
+    assert!(
+        !yaml.contains(&claimed.id),
+        "claimed inboxes are left out: {yaml}"
+    );
+
+    let (ok, only_custom, err) = import(&env, &["--domain", "example.com"]).await;
+    assert!(ok, "{err}");
+    assert!(only_custom.contains(&sales.id) && !only_custom.contains(&team.id));
+
+    let (ok, observed, err) = import(&env, &["--observe"]).await;
+    assert!(ok, "{err}");
+    assert!(observed.contains("managementPolicy: Observe"), "{observed}");
+
+    env.sim.reset_counters();
+    let mut apply = control_plane().kubectl();
+    apply.args(["apply", "-f", "-"]);
+    let applied = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = apply
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(yaml.as_bytes()).expect("write");
+        }
+        child.wait_with_output().expect("kubectl apply")
+    })
+    .await
+    .unwrap();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    for (name, remote) in [
+        ("sales-example-com", &sales),
+        ("support-team-agentsend-io", &team),
+    ] {
+        let i = env.wait_ready(name, Ready::True).await;
+        assert_eq!(crate::ctl::status_id(&i), remote.id);
+        assert_eq!(
+            i.spec.deletion_policy,
+            Some(inbox_operator::crd::DeletionPolicy::Orphan)
+        );
+    }
+    assert_eq!(env.sim.request_count(Route::Create), 0, "zero POSTs");
+    env.stop().await;
+}

@@ -31,4 +31,7 @@ app.kubernetes.io/instance: {{ include "inbox-operator.fullname" . }}
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get", "list", "watch"]
 {{- end -}}
