@@ -19,8 +19,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller.
     Run(Box<RunArgs>),
-    /// Print the Inbox CustomResourceDefinition as YAML.
-    Crd,
+    /// Print the CustomResourceDefinitions (Inbox, Account, ClusterAccount) as YAML.
+    Crd(CrdArgs),
+}
+
+/// Flags of `inbox-operator crd`.
+#[derive(Args, Debug, Clone)]
+pub struct CrdArgs {
+    /// Write one file per CRD into this directory (as `crds/` holds them) instead of
+    /// printing them as one multi-document YAML.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// Log output format.

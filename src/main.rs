@@ -19,15 +19,32 @@ async fn main() -> std::process::ExitCode {
                 }
             }
         }
-        Command::Crd => match inbox_operator::crd::crd_yaml() {
-            Ok(y) => {
-                print!("{y}");
-                std::process::ExitCode::SUCCESS
-            }
+        Command::Crd(args) => match print_crds(args.dir.as_deref()) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("inbox-operator: cannot render the CRD: {e}");
+                eprintln!("inbox-operator: {e}");
                 std::process::ExitCode::FAILURE
             }
         },
     }
+}
+
+/// Print every CRD (multi-document YAML), or write one file each into `dir`.
+fn print_crds(dir: Option<&std::path::Path>) -> Result<(), String> {
+    let files =
+        inbox_operator::account::crd_files().map_err(|e| format!("cannot render the CRDs: {e}"))?;
+    match dir {
+        Some(dir) => {
+            for (name, yaml) in files {
+                let path = dir.join(name);
+                std::fs::write(&path, yaml)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let docs: Vec<String> = files.into_values().collect();
+            print!("{}", docs.join("---\n"));
+        }
+    }
+    Ok(())
 }

@@ -259,11 +259,13 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         reporter: "inbox-operator".into(),
         instance: Some(identity.clone()),
         gate: gate.clone(),
+        operator_namespace: crate::account::operator_namespace_from_env(),
     };
     info!(
         url = %args.agentsend_url,
         namespaces = ?settings.namespaces,
         selector = ?settings.selector,
+        operator_namespace = %settings.operator_namespace,
         sync_interval_s = settings.sync_interval.as_secs_f64(),
         "starting inbox-operator"
     );

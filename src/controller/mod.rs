@@ -5,13 +5,19 @@
 //! - `execute` runs the steps: every Kubernetes and AgentSend call of a reconcile.
 //! - [`accounts`] holds per-account state: the scan cache (one paginated scan per account per
 //!   interval feeds every Inbox), the create gates and the binding registry.
+//! - [`credentials`] decides which key an Inbox uses and whether its account lets it (pure);
+//!   [`account_watch`] caches the accounts and follows their changes; [`in_use`] keeps the
+//!   credentials-in-use finalizer on key Secrets and accounts.
 //! - [`watches`] sets up the cached watches; this module wires them into one kube-runtime
 //!   Controller per watched scope, plus the counter-sync loop.
 
+pub mod account_watch;
 pub mod accounts;
+pub mod credentials;
 pub mod decide;
 pub mod events;
 mod execute;
+pub mod in_use;
 pub mod plan;
 pub mod status;
 pub mod watches;
@@ -90,6 +96,8 @@ pub struct Settings {
     /// AgentSend and Kubernetes writes happen only while this is open: always without
     /// leader election, while the lease renewal is confirmed with it ([`crate::leader`]).
     pub gate: WriteGate,
+    /// The operator's namespace: where `ClusterAccount` key Secrets live.
+    pub operator_namespace: String,
 }
 
 impl Default for Settings {
@@ -103,6 +111,7 @@ impl Default for Settings {
             reporter: "inbox-operator".into(),
             instance: None,
             gate: WriteGate::open(),
+            operator_namespace: "default".into(),
         }
     }
 }
@@ -148,6 +157,12 @@ pub enum Error {
     /// Backing off from a failed deletion attempt over the same inputs (not a new failure).
     #[error("backing off from the last failed attempt; next attempt in {0:?}")]
     Held(Duration),
+    /// The Account/ClusterAccount caches have not listed yet (check the operator may list
+    /// and watch them: accounts, clusteraccounts).
+    #[error(
+        "the Account and ClusterAccount caches have not listed yet; check the operator's RBAC for accounts and clusteraccounts"
+    )]
+    AccountsNotSynced,
 }
 
 impl Error {
@@ -168,6 +183,7 @@ impl Error {
             Error::Backoff { cause, .. } => cause.metric_label(),
             Error::Held(_) => "held",
             Error::NotLeading => "not_leading",
+            Error::AccountsNotSynced => "accounts_not_synced",
         }
     }
 }
@@ -206,6 +222,8 @@ pub struct Context {
     pub(crate) holds: Mutex<HashMap<ObjectRef<Inbox>, (plan::Hold, std::time::Instant)>>,
     /// Asks the controller to reconcile an Inbox (counter sync, released bindings).
     pub(crate) wake: mpsc::UnboundedSender<ObjectRef<Inbox>>,
+    /// The Account and ClusterAccount caches.
+    pub(crate) accounts: account_watch::AccountCaches,
 }
 
 impl Context {
@@ -216,6 +234,7 @@ impl Context {
         metrics: Arc<Metrics>,
         scopes: &[Scope],
         wake: mpsc::UnboundedSender<ObjectRef<Inbox>>,
+        accounts: account_watch::AccountCaches,
     ) -> Self {
         let reporter = Reporter {
             controller: settings.reporter.clone(),
@@ -238,6 +257,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
             wake,
+            accounts,
             settings,
         }
     }
@@ -506,7 +526,14 @@ pub async fn run(
     // Readiness: every watch cache has completed its first list. Observed on the streams
     // (not with `Store::wait_until_ready`, whose signal wakes only one waiter: the Controller's).
     let namespaces = namespaces(&settings);
-    let synced = CacheSync::new(namespaces.len() * 2, on_ready);
+    // Per scope: Inboxes, managed Secrets, Accounts; plus the ClusterAccounts.
+    let synced = CacheSync::new(namespaces.len() * 3 + 1, on_ready);
+    let (accounts, account_changes) = account_watch::AccountCaches::watch(
+        &client,
+        &namespaces,
+        settings.operator_namespace.clone(),
+        &synced,
+    );
     let scopes: Vec<Scope> = namespaces
         .into_iter()
         .map(|ns| Scope::watch(&client, ns, &settings, &synced))
@@ -519,6 +546,7 @@ pub async fn run(
         metrics.clone(),
         &scopes,
         sync_tx.clone(),
+        accounts,
     );
     if !ctx.sees_whole_cluster() {
         keep_claims_index(&client, &mut ctx, &stop);
@@ -533,6 +561,10 @@ pub async fn run(
     }
     let on_synced = move || metrics.counter_sync_succeeded();
     let background = [
+        tokio::spawn(
+            stop.clone()
+                .run_until_cancelled_owned(account_watch::follow(ctx.clone(), account_changes)),
+        ),
         tokio::spawn(
             stop.clone()
                 .run_until_cancelled_owned(route_triggers(sync_rx, routes)),

@@ -25,10 +25,23 @@ app.kubernetes.io/instance: {{ include "inbox-operator.fullname" . }}
 - apiGroups: ["agentsend.io"]
   resources: ["inboxes/finalizers"]
   verbs: ["update"]
+- apiGroups: ["agentsend.io"]
+  resources: ["accounts"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end -}}
+
+{{/* ClusterAccounts (cluster-scoped) and the namespace labels their namespaceSelector reads. */}}
+{{- define "inbox-operator.clusterAccountRules" -}}
+- apiGroups: ["agentsend.io"]
+  resources: ["clusteraccounts"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
 {{- end -}}
