@@ -192,6 +192,19 @@ def other_values(render):
     check(
         "no binding-check ClusterRole when disabled",
         {"watchNamespaces": ["a"], "bindingCheckClusterRole": False},
+        lambda o: not any(
+            x["kind"].startswith("Cluster") and "binding-check" in x["metadata"]["name"] for x in o
+        ),
+    )
+    check(
+        "namespaced: ClusterAccounts readable, their key Secrets in the release namespace only",
+        {"watchNamespaces": ["a"]},
+        lambda o: any(x["kind"] == "ClusterRole" and x["metadata"]["name"].endswith("-clusteraccounts") for x in o)
+        and any(x["kind"] == "Role" and x["metadata"]["name"].endswith("-account-keys") for x in o),
+    )
+    check(
+        "no cluster-wide access at all with both ClusterRoles disabled",
+        {"watchNamespaces": ["a"], "bindingCheckClusterRole": False, "clusterAccounts": False},
         lambda o: not any(x["kind"].startswith("Cluster") for x in o),
     )
 

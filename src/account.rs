@@ -123,7 +123,7 @@ pub struct ClusterAccountSpec {
     pub allowed_domain_ids: Option<Vec<String>>,
     /// At most this many Inboxes per namespace on this account (omitted: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
+    #[schemars(extend("minimum" = 0))]
     pub max_inboxes_per_namespace: Option<i32>,
 }
 

@@ -209,6 +209,8 @@ pub struct Peer {
     pub account_ref: Option<AccountRef>,
     /// It sets `spec.credentials`.
     pub has_credentials: bool,
+    /// Its `spec.domainId` (one the account refuses never takes a slot).
+    pub domain_id: Option<String>,
 }
 
 impl Peer {
@@ -221,6 +223,7 @@ impl Peer {
             deleting: inbox.metadata.deletion_timestamp.is_some(),
             account_ref: inbox.spec.account_ref.clone(),
             has_credentials: inbox.spec.credentials.is_some(),
+            domain_id: inbox.spec.domain_id.clone(),
         }
     }
 }
@@ -350,7 +353,7 @@ fn rule_refusal(inbox: &Inbox, inputs: &Inputs, account: &AccountInfo) -> Option
     }
     if let Some(allowed) = &account.rules.allowed_domain_ids {
         let domain = inbox.spec.domain_id.as_deref();
-        if !domain.is_some_and(|d| allowed.iter().any(|a| a == d)) {
+        if !domain_allowed(account, domain) {
             let what = match domain {
                 Some(d) => format!("domainId {d:?}"),
                 None => "the shared domain (no domainId)".to_string(),
@@ -364,6 +367,14 @@ fn rule_refusal(inbox: &Inbox, inputs: &Inputs, account: &AccountInfo) -> Option
         }
     }
     quota_refusal(inbox, inputs, account)
+}
+
+/// Whether `account` allows `domain` (`None`: the shared domain).
+fn domain_allowed(account: &AccountInfo, domain: Option<&str>) -> bool {
+    match &account.rules.allowed_domain_ids {
+        Some(allowed) => domain.is_some_and(|d| allowed.iter().any(|a| a == d)),
+        None => true,
+    }
 }
 
 /// Why `account` does not serve namespace `ns`, if it does not.
@@ -422,7 +433,12 @@ fn quota_refusal(inbox: &Inbox, inputs: &Inputs, account: &AccountInfo) -> Optio
         .peers
         .iter()
         .filter(|p| p.seniority != me && uses(p))
-        .filter(|p| p.holds_inbox || (!p.deleting && p.seniority < me))
+        .filter(|p| {
+            p.holds_inbox
+                || (!p.deleting
+                    && p.seniority < me
+                    && domain_allowed(account, p.domain_id.as_deref()))
+        })
         .map(|p| p.name.as_str())
         .collect();
     if ahead.len() < usize::try_from(max).unwrap_or(0) {
@@ -585,6 +601,7 @@ mod tests {
             deleting: false,
             account_ref: r,
             has_credentials: false,
+            domain_id: None,
         }
     }
 
@@ -828,6 +845,22 @@ mod tests {
                     ..Default::default()
                 },
                 r#"refused: ClusterAccount "shared" allows at most 1 Inboxes per namespace (maxInboxesPerNamespace), and namespace "team-a" has 1 (early)"#,
+            ),
+            (
+                "quota: an older Inbox refused its domain takes no slot",
+                by_ref(|s| s.domain_id = Some("dom_ok".into())),
+                Inputs {
+                    referenced: Some(shared(|r| {
+                        r.max_inboxes_per_namespace = Some(1);
+                        r.allowed_domain_ids = Some(vec!["dom_ok".into()]);
+                    })),
+                    peers: vec![Peer {
+                        domain_id: Some("dom_x".into()),
+                        ..older_waiting.clone()
+                    }],
+                    ..Default::default()
+                },
+                "shared",
             ),
             (
                 "quota: a younger waiting Inbox does not",

@@ -147,9 +147,14 @@ async fn crd_is_served_with_short_name_and_category() {
     // kubectl resolves the plural, the short name, the category and the full name.
     for resource in ["inboxes", "inb", "agentsend", "inboxes.agentsend.io"] {
         let out = kubectl_ok(&["get", resource, "-n", ns.name(), "-o", "name"]);
+        // The category also lists ClusterAccounts (cluster-scoped: other tests' too).
+        let namespaced: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.starts_with("clusteraccount."))
+            .collect();
         assert_eq!(
-            out.trim(),
-            "inbox.agentsend.io/first",
+            namespaced,
+            ["inbox.agentsend.io/first"],
             "kubectl get {resource}"
         );
     }
@@ -587,7 +592,17 @@ async fn cel_immutability_rules_are_enforced_by_the_server() {
         ("domainId", "dom_a", "dom_b", false),
         ("inboxId", "ibx_a", "ibx_b", true),
     ];
-    assert_eq!(rules.len(), fields.len(), "a case for every rule");
+    // ...and the one rule that is not a transition rule (accountRef or credentials).
+    assert_eq!(rules.len(), fields.len() + 1, "a case for every rule");
+    let both = json!({
+        "accountRef": {"kind": "ClusterAccount", "name": "shared"},
+        "credentials": {"secretRef": {"name": "key"}},
+    });
+    let (ok, _, err) = kubectl_create(ns.name(), &inbox("cel-both", both));
+    assert!(
+        !ok && err.contains("set accountRef or credentials, not both"),
+        "{err}"
+    );
     let mut n = 0;
     let mut fresh = |spec: Value| {
         n += 1;

@@ -82,16 +82,18 @@ async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
     );
     apply_server_side(&base, None);
     apply_server_side(&kustomize("deploy/namespaced"), None);
+    // As typed CRDs: kustomize writes `minimum: 0.0` as `0`.
+    type Crd = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let rendered = kustomize("crds");
-    let mut crd_dir: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&rendered)
+    let mut crd_dir: Vec<Crd> = serde_yaml::Deserializer::from_str(&rendered)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
-    let mut generated: Vec<serde_json::Value> = inbox_operator::account::crd_files()
+    let mut generated: Vec<Crd> = inbox_operator::account::crd_files()
         .unwrap()
         .values()
         .map(|y| serde_yaml::from_str(y).unwrap())
         .collect();
-    let by_name = |v: &serde_json::Value| v["metadata"]["name"].as_str().unwrap_or("").to_owned();
+    let by_name = |c: &Crd| c.metadata.name.clone();
     crd_dir.sort_by_key(by_name);
     generated.sort_by_key(by_name);
     assert_eq!(
