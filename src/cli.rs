@@ -21,6 +21,30 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions (Inbox, Account, ClusterAccount) as YAML.
     Crd(CrdArgs),
+    /// List the inboxes of an account that no Inbox in the cluster claims (IDs and
+    /// addresses; never the key).
+    Orphans(OrphansArgs),
+}
+
+/// Flags of `inbox-operator orphans`.
+#[derive(Args, Debug, Clone)]
+pub struct OrphansArgs {
+    /// The account's name: a ClusterAccount, or with --namespace an Account.
+    #[arg(long)]
+    pub account: String,
+    /// The namespace of the Account (omitted: a ClusterAccount).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Where ClusterAccount key Secrets live: the operator's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "inbox-operator")]
+    pub operator_namespace: String,
+    /// AgentSend API base URL.
+    #[arg(
+        long,
+        env = "AGENTSEND_API_URL",
+        default_value = "https://api.agentsend.io"
+    )]
+    pub agentsend_url: String,
 }
 
 /// Flags of `inbox-operator crd`.

@@ -23,4 +23,5 @@ pub fn ensure_crypto_provider() {
 pub mod cli;
 pub mod leader;
 pub mod operator;
+pub mod orphans;
 pub mod server;

@@ -1,4 +1,4 @@
-//! The `inbox-operator` binary: `run` and `crd`.
+//! The `inbox-operator` binary: `run`, `crd` and `orphans`.
 #![forbid(unsafe_code)]
 
 use clap::Parser;
@@ -19,6 +19,16 @@ async fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Command::Orphans(args) => match inbox_operator::orphans::run(&args).await {
+            Ok(text) => {
+                print!("{text}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("inbox-operator: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Command::Crd(args) => match print_crds(args.dir.as_deref()) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {

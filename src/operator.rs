@@ -126,7 +126,8 @@ fn default_key(args: &RunArgs) -> Result<DefaultKey, StartupError> {
     Err(StartupError::NoDefaultKey)
 }
 
-async fn kube_client() -> Result<Client, StartupError> {
+/// A Kubernetes client by the standard rules, checked to reach its API server.
+pub(crate) async fn kube_client() -> Result<Client, StartupError> {
     let mut config = Config::infer()
         .await
         .map_err(|e| StartupError::KubeConfig(e.to_string()))?;

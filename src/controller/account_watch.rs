@@ -73,7 +73,7 @@ impl AccountCaches {
             let api = watches::scoped_api::<Account>(client, ns.as_deref());
             let (store, events) = watches::cached(api, watches::watch_config(), synced);
             stores.push(store);
-            let events = events.inspect_ok(own.observer()).touched_objects();
+            let events = changed(events.inspect_ok(own.observer()));
             let changes = watches::without_errors(events, "Accounts").filter_map(|a| async move {
                 let a = a.ok()?;
                 Some(AccountChange::Account {
@@ -85,7 +85,7 @@ impl AccountCaches {
         }
         let api: Api<ClusterAccount> = Api::all(client.clone());
         let (cluster, events) = watches::cached(api, watches::watch_config(), synced);
-        let events = events.inspect_ok(own.observer()).touched_objects();
+        let events = changed(events.inspect_ok(own.observer()));
         let changes =
             watches::without_errors(events, "ClusterAccounts").filter_map(|a| async move {
                 Some(AccountChange::ClusterAccount {
@@ -179,6 +179,58 @@ impl AccountCaches {
         }
         set
     }
+}
+
+/// What of an account its Inboxes depend on: spec (generation), the default annotation,
+/// deletion. Status writes change none of it.
+fn fingerprint<K: kube::Resource>(a: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let m = a.meta();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.generation.hash(&mut h);
+    m.deletion_timestamp.is_some().hash(&mut h);
+    m.annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::account::ANNOTATION_DEFAULT_ACCOUNT))
+        .hash(&mut h);
+    h.finish()
+}
+
+/// The accounts of a watch stream that were deleted or changed in what their Inboxes depend
+/// on ([`fingerprint`]): the account status writes do not wake every Inbox.
+fn changed<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource + Send + 'static,
+{
+    let mut seen: HashMap<(Option<String>, String), u64> = HashMap::new();
+    events.flat_map(move |e| {
+        let out: Vec<Result<K, watcher::Error>> = match e {
+            Err(e) => vec![Err(e)],
+            Ok(watcher::Event::Apply(a) | watcher::Event::InitApply(a)) => {
+                let key = (
+                    a.meta().namespace.clone(),
+                    a.meta().name.clone().unwrap_or_default(),
+                );
+                let print = fingerprint(&a);
+                if seen.insert(key, print) == Some(print) {
+                    vec![]
+                } else {
+                    vec![Ok(a)]
+                }
+            }
+            Ok(watcher::Event::Delete(a)) => {
+                seen.remove(&(
+                    a.meta().namespace.clone(),
+                    a.meta().name.clone().unwrap_or_default(),
+                ));
+                vec![Ok(a)]
+            }
+            Ok(_) => vec![],
+        };
+        futures::stream::iter(out)
+    })
 }
 
 /// The Inboxes (among `inboxes`) an account change may concern: those naming the account,

@@ -505,6 +505,12 @@ pub fn credentials(
     }
 }
 
+/// The API key under `key` in `secret`, if there is a non-empty one.
+pub fn api_key_in(secret: Option<k8s_openapi::api::core::v1::Secret>, key: &str) -> Option<ApiKey> {
+    let bytes = secret?.data?.remove(key)?;
+    ApiKey::new(String::from_utf8_lossy(&bytes.0))
+}
+
 /// The default `ClusterAccount`s among `all`, oldest first (the first one is used).
 pub fn defaults(
     all: &[std::sync::Arc<ClusterAccount>],

@@ -7,10 +7,12 @@
 //!   interval feeds every Inbox), the create gates and the binding registry.
 //! - [`credentials`] decides which key an Inbox uses and whether its account lets it (pure);
 //!   [`account_watch`] caches the accounts and follows their changes; [`in_use`] keeps the
-//!   credentials-in-use finalizer on key Secrets and accounts.
+//!   credentials-in-use finalizer on key Secrets and accounts; [`account_status`] writes the
+//!   accounts' status (key check, bound and unclaimed inboxes) once per interval.
 //! - [`watches`] sets up the cached watches; this module wires them into one kube-runtime
 //!   Controller per watched scope, plus the counter-sync loop.
 
+pub mod account_status;
 pub mod account_watch;
 pub mod accounts;
 pub mod credentials;
@@ -564,6 +566,10 @@ pub async fn run(
         tokio::spawn(
             stop.clone()
                 .run_until_cancelled_owned(account_watch::follow(ctx.clone(), account_changes)),
+        ),
+        tokio::spawn(
+            stop.clone()
+                .run_until_cancelled_owned(account_status::run(ctx.clone())),
         ),
         tokio::spawn(
             stop.clone()

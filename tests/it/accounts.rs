@@ -429,3 +429,97 @@ async fn namespace_deletion_removes_inboxes_first_and_credentials_last_across_a_
     );
     env.stop().await;
 }
+
+/// An Account named `name` on the key Secret `secret` in `ns`.
+async fn account(client: &Client, ns: &str, name: &str, secret: &str) {
+    let a = Account::new(
+        name,
+        AccountSpec {
+            secret_ref: SecretKeyRef {
+                name: secret.into(),
+                key: "apiKey".into(),
+            },
+        },
+    );
+    Api::<Account>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &a)
+        .await
+        .expect("create Account");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclaimed_inboxes_show_in_status_metrics_and_the_orphans_cli() {
+    let env = env_with(&[]).await;
+    let ns = env.ns.name().to_string();
+    let key = "sk_test_leaky_0123456789";
+    env.sim.add_account("acct-leaky", key);
+    key_secret(&env.client, &ns, "leaky-key", key).await;
+    account(&env.client, &ns, "leaky", "leaky-key").await;
+    let spec = InboxSpec {
+        account_ref: Some(AccountRef {
+            kind: AccountKind::Account,
+            name: "leaky".into(),
+        }),
+        ..Default::default()
+    };
+    let claimed = env.create_ready("claimed", spec).await;
+    // Created by hand in AgentSend: no Inbox claims it.
+    let leak = env
+        .sim
+        .insert_inbox(
+            "acct-leaky",
+            inbox_sim::CreateInbox {
+                address: Some("forgotten".into()),
+                ..Default::default()
+            },
+        )
+        .expect("out-of-band inbox");
+
+    let accounts: Api<Account> = Api::namespaced(env.client.clone(), &ns);
+    let status = wait_for("the Account status to count the leak", T, || async {
+        let s = accounts.get("leaky").await.ok()?.status?;
+        (s.unclaimed_inboxes == Some(1) && s.inboxes == Some(1)).then_some(s)
+    })
+    .await;
+    let ready = &status.conditions[0];
+    assert_eq!(
+        (ready.type_.as_str(), ready.status.as_str()),
+        ("Ready", "True")
+    );
+    assert!(status.last_scan_time.is_some());
+    let series = format!(
+        r#"inbox_operator_account_unclaimed_inboxes{{kind="Account",namespace="{ns}",name="leaky"}} 1"#
+    );
+    assert!(
+        env.metrics.encode().contains(&series),
+        "{}",
+        env.metrics.encode()
+    );
+
+    let out = crate::support::operator_command()
+        .args(["orphans", "--account", "leaky", "--namespace", &ns])
+        .env("KUBECONFIG", &crate::support::control_plane().kubeconfig)
+        .env("AGENTSEND_API_URL", env.handle.url())
+        .output()
+        .expect("run inbox-operator orphans");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("{}\t{}", leak.id, leak.address)),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(&crate::ctl::status_id(&claimed)),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(key) && !stderr.contains(key),
+        "never the key"
+    );
+    assert!(
+        !serde_json::to_string(&status).unwrap().contains(key),
+        "no key in the status"
+    );
+    env.stop().await;
+}
