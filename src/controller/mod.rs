@@ -507,6 +507,19 @@ fn keep_claims_index(client: &Client, ctx: &mut Context, stop: &CancellationToke
     tokio::spawn(stop.clone().run_until_cancelled_owned(index));
 }
 
+/// The account tasks (following account changes, writing account status) until `stop`.
+fn spawn_account_tasks(
+    ctx: &Arc<Context>,
+    changes: BoxStream<'static, account_watch::AccountChange>,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<Option<()>> {
+    let tasks = futures::future::join(
+        account_watch::follow(ctx.clone(), changes),
+        account_status::run(ctx.clone()),
+    );
+    tokio::spawn(stop.clone().run_until_cancelled_owned(tasks.map(|_| ())))
+}
+
 /// Run the controller until `shutdown` resolves; in-flight reconciles finish first.
 /// `on_ready` is called once every watch cache has synced.
 pub async fn run(
@@ -563,14 +576,7 @@ pub async fn run(
     }
     let on_synced = move || metrics.counter_sync_succeeded();
     let background = [
-        tokio::spawn(
-            stop.clone()
-                .run_until_cancelled_owned(account_watch::follow(ctx.clone(), account_changes)),
-        ),
-        tokio::spawn(
-            stop.clone()
-                .run_until_cancelled_owned(account_status::run(ctx.clone())),
-        ),
+        spawn_account_tasks(&ctx, account_changes, &stop),
         tokio::spawn(
             stop.clone()
                 .run_until_cancelled_owned(route_triggers(sync_rx, routes)),
