@@ -12,10 +12,9 @@ lint-deploy:     ## hadolint the Dockerfile; helm lint; check the chart renders 
 	hadolint Dockerfile
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" python3 hack/compare-helm-kustomize.py
 
-crd:             ## regenerate the committed CRD (and the Helm chart's copy); tests/it/crd.rs checks it
-	cargo run --quiet --locked -p inbox-operator --bin inbox-operator -- crd > crds/inboxes.agentsend.io.yaml.tmp
-	mv crds/inboxes.agentsend.io.yaml.tmp crds/inboxes.agentsend.io.yaml
-	cp crds/inboxes.agentsend.io.yaml charts/inbox-operator/crds/inboxes.agentsend.io.yaml
+crd:             ## regenerate the committed CRDs (and the Helm chart's copies); tests/it/crd.rs checks them
+	cargo run --quiet --locked -p inbox-operator --bin inbox-operator -- crd --dir crds
+	cp crds/*.agentsend.io.yaml charts/inbox-operator/crds/
 
 assets:          ## build/cache the test control plane (K8S_VERSION=1.37.2|1.33.13; prints the dir)
 	hack/envtest-assets.sh $(K8S_VERSION)

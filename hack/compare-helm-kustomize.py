@@ -6,7 +6,7 @@
 Cases:
   - chart defaults                          == kubectl kustomize deploy/base
   - watchNamespaces=[team-a, team-b]        == kubectl kustomize deploy/namespaced
-  - charts/inbox-operator/crds/ holds a byte-identical copy of crds/inboxes.agentsend.io.yaml
+  - charts/inbox-operator/crds/ holds byte-identical copies of crds/*.agentsend.io.yaml
   - a few non-default values render what they promise (no default key, fullnameOverride,
     metrics port, no binding-check ClusterRole) and replicas > 1 without leaderElect fails
 Both renders use release name and namespace `inbox-operator`. The Namespace object (kustomize
@@ -132,14 +132,21 @@ def compare(name, helm_objs, kustomize_objs):
 
 
 def crd_copy_matches():
-    with open(os.path.join(ROOT, "crds", "inboxes.agentsend.io.yaml"), "rb") as f:
-        want = f.read()
-    with open(os.path.join(CHART, "crds", "inboxes.agentsend.io.yaml"), "rb") as f:
-        got = f.read()
-    if want != got:
-        print("FAIL chart CRD: charts/inbox-operator/crds/ differs from crds/ (run `make crd`)")
-        return False
-    return True
+    ok = True
+    for name in sorted(os.listdir(os.path.join(ROOT, "crds"))):
+        if not name.endswith(".agentsend.io.yaml"):
+            continue
+        with open(os.path.join(ROOT, "crds", name), "rb") as f:
+            want = f.read()
+        try:
+            with open(os.path.join(CHART, "crds", name), "rb") as f:
+                got = f.read()
+        except FileNotFoundError:
+            got = None
+        if want != got:
+            print(f"FAIL chart CRD: charts/inbox-operator/crds/{name} differs from crds/ (run `make crd`)")
+            ok = False
+    return ok
 
 
 def deployment(objs):
@@ -185,6 +192,19 @@ def other_values(render):
     check(
         "no binding-check ClusterRole when disabled",
         {"watchNamespaces": ["a"], "bindingCheckClusterRole": False},
+        lambda o: not any(
+            x["kind"].startswith("Cluster") and "binding-check" in x["metadata"]["name"] for x in o
+        ),
+    )
+    check(
+        "namespaced: ClusterAccounts readable, their key Secrets in the release namespace only",
+        {"watchNamespaces": ["a"]},
+        lambda o: any(x["kind"] == "ClusterRole" and x["metadata"]["name"].endswith("-clusteraccounts") for x in o)
+        and any(x["kind"] == "Role" and x["metadata"]["name"].endswith("-account-keys") for x in o),
+    )
+    check(
+        "no cluster-wide access at all with both ClusterRoles disabled",
+        {"watchNamespaces": ["a"], "bindingCheckClusterRole": False, "clusterAccounts": False},
         lambda o: not any(x["kind"].startswith("Cluster") for x in o),
     )
 

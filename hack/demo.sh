@@ -2,7 +2,7 @@
 # One command from a fresh machine to a working inbox-operator:
 #   - a local control plane (etcd + kube-apiserver, built once and cached),
 #   - the AgentSend SIMULATOR (not the real service) on loopback,
-#   - the CRD, the operator, the examples; waits for Ready and prints the result.
+#   - the CRDs, the operator, the examples; waits for Ready and prints the result.
 #
 # To use a real AgentSend account instead of the simulator:
 #   AGENTSEND_API_KEY=sk_live_... hack/demo.sh
@@ -55,9 +55,10 @@ else
   log "AgentSend SIMULATOR (not the real service) on $API_URL"
 fi
 
-log "installing the CRD"
-kubectl apply --server-side -f "$ROOT/crds/inboxes.agentsend.io.yaml" >/dev/null
-kubectl wait --for condition=established --timeout=60s crd/inboxes.agentsend.io >/dev/null
+log "installing the CRDs"
+kubectl apply --server-side -k "$ROOT/crds" >/dev/null
+kubectl wait --for condition=established --timeout=60s \
+  crd/inboxes.agentsend.io crd/accounts.agentsend.io crd/clusteraccounts.agentsend.io >/dev/null
 
 log "starting the operator (log: $STATE/operator.log)"
 [[ -f "$STATE/operator.pid" ]] && kill "$(cat "$STATE/operator.pid")" 2>/dev/null || true

@@ -19,10 +19,13 @@ pub struct Cli {
 pub enum Command {
     /// Run the controller.
     Run(Box<RunArgs>),
-    /// Print the Inbox CustomResourceDefinition as YAML.
-    Crd,
+    /// Print the CustomResourceDefinitions (Inbox, Account, ClusterAccount) as YAML.
+    Crd(CrdArgs),
     /// Print Inbox YAML adopting every inbox of the account that no Inbox claims yet.
     Import(ImportArgs),
+    /// List the inboxes of an account that no Inbox in the cluster claims (IDs and
+    /// addresses; never the key).
+    Orphans(OrphansArgs),
 }
 
 /// Flags of `inbox-operator import`.
@@ -53,6 +56,36 @@ pub struct ImportArgs {
     /// never a flag value, and never printed.
     #[arg(long, env = "AGENTSEND_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
+}
+
+/// Flags of `inbox-operator orphans`.
+#[derive(Args, Debug, Clone)]
+pub struct OrphansArgs {
+    /// The account's name: a ClusterAccount, or with --namespace an Account.
+    #[arg(long)]
+    pub account: String,
+    /// The namespace of the Account (omitted: a ClusterAccount).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Where ClusterAccount key Secrets live: the operator's namespace.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "inbox-operator")]
+    pub operator_namespace: String,
+    /// AgentSend API base URL.
+    #[arg(
+        long,
+        env = "AGENTSEND_API_URL",
+        default_value = "https://api.agentsend.io"
+    )]
+    pub agentsend_url: String,
+}
+
+/// Flags of `inbox-operator crd`.
+#[derive(Args, Debug, Clone)]
+pub struct CrdArgs {
+    /// Write one file per CRD into this directory (as `crds/` holds them) instead of
+    /// printing them as one multi-document YAML.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }
 
 /// Log output format.

@@ -74,6 +74,9 @@ pub enum Reason {
     CredentialsInvalid,
     /// The API refused the spec, or the inbox to adopt is not this Inbox's to take.
     Rejected,
+    /// The account the Inbox uses refuses it (namespace, domain, quota) or cannot be used
+    /// (missing, or its key Secret is).
+    AccountRefused,
     /// An identity field changed after creation.
     ImmutableFieldChanged,
     /// An interrupted create left several candidate inboxes.
@@ -94,7 +97,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for exhaustive checks.
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::Ready,
         Reason::UpToDate,
         Reason::Creating,
@@ -103,6 +106,7 @@ impl Reason {
         Reason::CredentialsMissing,
         Reason::CredentialsInvalid,
         Reason::Rejected,
+        Reason::AccountRefused,
         Reason::ImmutableFieldChanged,
         Reason::CreationUncertain,
         Reason::Paused,
@@ -124,6 +128,7 @@ impl Reason {
             Reason::CredentialsMissing => "CredentialsMissing",
             Reason::CredentialsInvalid => "CredentialsInvalid",
             Reason::Rejected => "Rejected",
+            Reason::AccountRefused => "AccountRefused",
             Reason::ImmutableFieldChanged => "ImmutableFieldChanged",
             Reason::CreationUncertain => "CreationUncertain",
             Reason::Paused => "Paused",
@@ -263,7 +268,9 @@ pub enum DeletionPolicySource {
     {"rule": "has(self.domainId) == has(oldSelf.domainId) && (!has(self.domainId) || self.domainId == oldSelf.domainId)",
      "message": "domainId is immutable: AgentSend has no update call (delete and recreate the Inbox to change it)"},
     {"rule": "!has(oldSelf.inboxId) || (has(self.inboxId) && self.inboxId == oldSelf.inboxId)",
-     "message": "inboxId is immutable once set"}
+     "message": "inboxId is immutable once set"},
+    {"rule": "!has(self.accountRef) || !has(self.credentials)",
+     "message": "set accountRef or credentials, not both: accountRef names an Account or ClusterAccount, credentials.secretRef a Secret of this namespace"}
 ]))]
 pub struct InboxSpec {
     /// Local part (with `domainId`) or full address. Omitted: a random address on the shared domain.
@@ -300,9 +307,14 @@ pub struct InboxSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretSpec>,
 
-    /// API key for this Inbox, from a Secret in the same namespace.
+    /// API key for this Inbox, from a Secret in the same namespace (the simple form; not
+    /// together with `accountRef`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsSpec>,
+
+    /// The `Account` (in this namespace) or `ClusterAccount` whose API key this Inbox uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_ref: Option<crate::account::AccountRef>,
 }
 
 /// A valid label value: empty, or at most 63 of `[A-Za-z0-9-_.]` with alphanumeric ends
@@ -368,7 +380,7 @@ pub struct CredentialsSpec {
     pub secret_ref: SecretKeyRef,
 }
 
-/// A key in a Secret of the Inbox's namespace.
+/// A key in a Secret (of the Inbox's namespace, the Account's, or the operator's).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
@@ -543,7 +555,7 @@ mod tests {
         let v = serde_json::to_value(crd()).unwrap();
         let spec = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
         let rules = spec["x-kubernetes-validations"].as_array().unwrap();
-        assert_eq!(rules.len(), 4);
+        assert_eq!(rules.len(), 5);
         assert_eq!(
             spec["properties"]["deletionPolicy"]["enum"],
             serde_json::json!(["Delete", "Orphan"])
@@ -589,6 +601,7 @@ mod tests {
             "CredentialsMissing",
             "CredentialsInvalid",
             "Rejected",
+            "AccountRefused",
             "ImmutableFieldChanged",
             "CreationUncertain",
             "Paused",

@@ -1,6 +1,6 @@
 //! inbox-operator: manage AgentSend email inboxes declaratively from Kubernetes.
 //!
-//! Layout: [`crd`] (the public resource), [`agentsend`] (HTTP client for the AgentSend API),
+//! Layout: [`crd`] (the public resource), [`account`] (the account resources), [`agentsend`] (HTTP client for the AgentSend API),
 //! [`controller`] (the reconcile: a pure planner, the executor of
 //! its steps, watches and per-account caches), [`operator`] and [`leader`] (the `run`
 //! command: startup, signals, the lease), [`metrics`] and [`server`] (`/metrics`, health).
@@ -8,6 +8,7 @@
 //! (`inbox-sim`, in `sim/`): the operator contains no simulator.
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod agentsend;
 pub mod controller;
 pub mod crd;
@@ -24,4 +25,5 @@ pub fn ensure_crypto_provider() {
 pub mod cli;
 pub mod leader;
 pub mod operator;
+pub mod orphans;
 pub mod server;

@@ -1,4 +1,4 @@
-//! The `inbox-operator` binary: `run`, `crd` and `import`.
+//! The `inbox-operator` binary: `run`, `crd`, `import` and `orphans`.
 #![forbid(unsafe_code)]
 
 use clap::Parser;
@@ -21,26 +21,49 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Import(args) => {
             inbox_operator::ensure_crypto_provider();
-            match inbox_operator::import::run(&args).await {
-                Ok(yaml) => {
-                    print!("{yaml}");
-                    std::process::ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("inbox-operator import: {e}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
+            printed("import", inbox_operator::import::run(&args).await)
         }
-        Command::Crd => match inbox_operator::crd::crd_yaml() {
-            Ok(y) => {
-                print!("{y}");
-                std::process::ExitCode::SUCCESS
-            }
+        Command::Orphans(args) => printed("orphans", inbox_operator::orphans::run(&args).await),
+        Command::Crd(args) => match print_crds(args.dir.as_deref()) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("inbox-operator: cannot render the CRD: {e}");
+                eprintln!("inbox-operator: {e}");
                 std::process::ExitCode::FAILURE
             }
         },
     }
+}
+
+/// Print a subcommand's output, or its error on stderr.
+fn printed<E: std::fmt::Display>(cmd: &str, result: Result<String, E>) -> std::process::ExitCode {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("inbox-operator {cmd}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Print every CRD (multi-document YAML), or write one file each into `dir`.
+fn print_crds(dir: Option<&std::path::Path>) -> Result<(), String> {
+    let files =
+        inbox_operator::account::crd_files().map_err(|e| format!("cannot render the CRDs: {e}"))?;
+    match dir {
+        Some(dir) => {
+            for (name, yaml) in files {
+                let path = dir.join(name);
+                std::fs::write(&path, yaml)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let docs: Vec<String> = files.into_values().collect();
+            print!("{}", docs.join("---\n"));
+        }
+    }
+    Ok(())
 }

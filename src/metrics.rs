@@ -51,6 +51,17 @@ pub struct InboxLabel {
     pub name: String,
 }
 
+/// Labels of the per-account series (never the key).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AccountLabel {
+    /// `Account` or `ClusterAccount`.
+    pub kind: String,
+    /// The Account's namespace (empty for a ClusterAccount).
+    pub namespace: String,
+    /// The account's name.
+    pub name: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InboxStateLabel {
     namespace: String,
@@ -80,6 +91,7 @@ pub struct Metrics {
     complaints: Family<InboxLabel, Gauge>,
     ready: Family<InboxLabel, Gauge>,
     state: Family<InboxStateLabel, Gauge>,
+    unclaimed: Family<AccountLabel, Gauge>,
     /// (state, ready) per Inbox, to maintain the aggregate gauge.
     per_inbox: Mutex<HashMap<InboxLabel, (String, bool)>>,
 }
@@ -120,6 +132,7 @@ impl Metrics {
             complaints: g(),
             ready: g(),
             state: Family::default(),
+            unclaimed: Family::default(),
             per_inbox: Mutex::new(HashMap::new()),
         };
         m.register_operator_health();
@@ -215,10 +228,27 @@ impl Metrics {
             self.registry.register(name, help, family.clone());
         }
         self.registry.register(
+            "inbox_operator_account_unclaimed_inboxes",
+            "Inboxes in the account (Account or ClusterAccount) that no Inbox in the cluster claims",
+            self.unclaimed.clone(),
+        );
+        self.registry.register(
             "inbox_operator_inbox_state",
             "The inbox's current AgentSend state (1 for the current one)",
             self.state.clone(),
         );
+    }
+
+    /// The unclaimed inboxes of one account (`None`: unknown, the series goes).
+    pub fn set_unclaimed(&self, account: &AccountLabel, n: Option<i64>) {
+        match n {
+            Some(n) => {
+                self.unclaimed.get_or_create(account).set(n);
+            }
+            None => {
+                self.unclaimed.remove(account);
+            }
+        }
     }
 
     /// OpenMetrics text exposition.

@@ -126,7 +126,8 @@ fn default_key(args: &RunArgs) -> Result<DefaultKey, StartupError> {
     Err(StartupError::NoDefaultKey)
 }
 
-async fn kube_client() -> Result<Client, StartupError> {
+/// A Kubernetes client by the standard rules, checked to reach its API server.
+pub(crate) async fn kube_client() -> Result<Client, StartupError> {
     let mut config = Config::infer()
         .await
         .map_err(|e| StartupError::KubeConfig(e.to_string()))?;
@@ -255,11 +256,13 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         reporter: "inbox-operator".into(),
         instance: Some(identity.clone()),
         gate: gate.clone(),
+        operator_namespace: crate::account::operator_namespace_from_env(),
     };
     info!(
         url = %args.agentsend_url,
         namespaces = ?settings.namespaces,
         selector = ?settings.selector,
+        operator_namespace = %settings.operator_namespace,
         sync_interval_s = settings.sync_interval.as_secs_f64(),
         "starting inbox-operator"
     );

@@ -47,6 +47,8 @@ struct Scanned {
     unreported: HashSet<String>,
     /// When the last complete scan started.
     scanned_at: Option<Instant>,
+    /// The same, as wall-clock time (account status: `lastScanTime`).
+    scanned_wall: Option<jiff::Timestamp>,
     /// The last failed scan, shared by callers for a short while so that a revoked key or an
     /// outage costs one request, not one per Inbox.
     failed: Option<(ApiError, Instant)>,
@@ -179,6 +181,7 @@ impl ScanCache {
             }
         }
         let started = Instant::now();
+        let wall = jiff::Timestamp::now();
         let listed = match self.client.list_all(key).await {
             Ok(r) => r,
             Err(e) => {
@@ -220,8 +223,33 @@ impl ScanCache {
             acct.seen.insert(r.id.clone(), (r, started));
         }
         acct.scanned_at = Some(started);
+        acct.scanned_wall = Some(wall);
         acct.failed = None;
         Ok(changed)
+    }
+
+    /// Every inbox of the account as of a scan at most one interval old — scanning now only
+    /// when there is none (the counter sync's scans serve it: no second scan per interval) —
+    /// and when that scan started.
+    pub async fn inventory(
+        &self,
+        key: &ApiKey,
+    ) -> Result<(Vec<RemoteInbox>, jiff::Timestamp), ApiError> {
+        if !self.scan_is_fresh(key) {
+            if let Some(e) = self.recent_failure(key) {
+                return Err(e);
+            }
+            self.scan(key, &[]).await?;
+        }
+        let accounts = lock(&self.accounts);
+        let acct = accounts.get(key);
+        let listed = acct
+            .map(|a| a.seen.values().map(|(r, _)| r.clone()).collect())
+            .unwrap_or_default();
+        let at = acct
+            .and_then(|a| a.scanned_wall)
+            .unwrap_or_else(jiff::Timestamp::now);
+        Ok((listed, at))
     }
 }
 

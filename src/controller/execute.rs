@@ -24,13 +24,14 @@ use serde_json::json;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
 use tracing::{Instrument, field, info, warn};
 
-use super::decide;
 use super::events::InboxEvent;
 use super::plan::{
     self, Claim, Credentials, Done, Failures, Lookup, Marked, Observed, Phase, Report, Step, Then,
 };
 use super::{Context, Error};
-use crate::agentsend::{ApiError, ApiKey};
+use super::{account_watch, credentials, decide, in_use};
+use crate::account;
+use crate::agentsend::ApiError;
 use crate::crd::{self, Inbox, InboxStatus};
 use crate::metrics::Metrics;
 
@@ -232,11 +233,17 @@ impl<'a> Pass<'a> {
         }
         match step {
             Step::ReadCredentials => {
-                o.credentials = Some(self.credentials(&o.inbox).await?);
+                self.credentials(o).await?;
                 o.remembered_key = self.ctx.bindings.key_for(&self.obj);
             }
             Step::ReadNamespace => {
                 o.namespace_default = Some(self.namespace_default().await?);
+            }
+            Step::MarkInUse(target) => {
+                in_use::mark(self.ctx, &target).await?;
+                for (t, marked) in &mut o.in_use {
+                    *marked |= *t == target;
+                }
             }
             Step::Observe { key, id } => {
                 o.remote = Some(match self.ctx.scans.observe(&key, &id).await {
@@ -401,6 +408,8 @@ impl<'a> Pass<'a> {
             self.ctx.bindings.wait_for(id, self.obj.clone());
         }
         if done.release {
+            let used = self.ctx.accounts.may_use(&o.inbox);
+            in_use::release_unused(self.ctx, &used, Some(&self.uid)).await;
             self.ctx.bindings.unregister(&self.obj);
             self.ctx.metrics.forget_inbox(&self.ns, &self.name);
             // Its binding is free at once: an Inbox refused for it looks again now.
@@ -475,35 +484,71 @@ impl<'a> Pass<'a> {
 
     // ------------------------------------------------------------------ inputs
 
-    /// Resolve the API key: the Inbox's own Secret (same namespace only) or the default.
-    async fn credentials(&self, inbox: &Inbox) -> Result<Credentials, Error> {
-        let Some(c) = &inbox.spec.credentials else {
-            return Ok(match self.ctx.settings.default_key.current() {
-                Some(k) => Credentials::Key(k),
-                None => Credentials::Missing(
-                    "no spec.credentials and the operator has no default API key (AGENTSEND_API_KEY or --api-key-file)".into(),
-                ),
-            });
+    /// Resolve the API key ([`credentials::resolve`] over the account caches, the namespace's
+    /// labels when a rule needs them, and the namespace's other Inboxes), read it from its
+    /// Secret, and note which of the objects it comes through carry the in-use finalizer.
+    async fn credentials(&self, o: &mut Observed) -> Result<(), Error> {
+        let cleanup = o.phase == Phase::Cleanup;
+        let accounts = &self.ctx.accounts;
+        accounts.wait_synced().await?;
+        let mut inputs = credentials::Inputs {
+            referenced: accounts.referenced(&o.inbox),
+            defaults: accounts.defaults(),
+            namespace_labels: None,
+            peers: account_watch::peers(self.ctx, &o.inbox),
+            cleanup,
         };
-        let r = &c.secret_ref;
-        let Some(secret) = self.secrets.get_opt(&r.name).await? else {
-            return Ok(Credentials::Missing(format!(
-                "credentials Secret {:?} not found in namespace {:?}",
-                r.name, self.ns
-            )));
+        if credentials::needs_namespace_labels(&inputs) {
+            inputs.namespace_labels = self.namespace_labels().await?;
+        }
+        let source = credentials::resolve(&o.inbox, &inputs);
+        let mut secret_finalized = false;
+        let value = match &source {
+            credentials::Source::Secret {
+                namespace, secret, ..
+            } => {
+                let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), namespace);
+                api.get_opt(&secret.name).await?.map(|s| {
+                    secret_finalized = s
+                        .finalizers()
+                        .iter()
+                        .any(|f| f == account::FINALIZER_CREDENTIALS_IN_USE);
+                    s.data
+                        .as_ref()
+                        .and_then(|d| d.get(&secret.key))
+                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                })
+            }
+            _ => None,
         };
-        let value = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(&r.key))
-            .map(|b| String::from_utf8_lossy(&b.0).into_owned());
-        Ok(match value.and_then(ApiKey::new) {
-            Some(k) => Credentials::Key(k),
-            None => Credentials::Missing(format!(
-                "credentials Secret {:?} has no non-empty key {:?}",
-                r.name, r.key
-            )),
-        })
+        let found = value.is_some();
+        let default = self.ctx.settings.default_key.current();
+        let creds = credentials::credentials(&source, value, default, cleanup);
+        o.in_use = if found && !cleanup && matches!(creds, Credentials::Key(_)) {
+            credentials::in_use(&source, &self.ns)
+                .into_iter()
+                .map(|t| {
+                    let marked = accounts.carries_finalizer(&t).unwrap_or(secret_finalized);
+                    (t, marked)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        o.credentials = Some(creds);
+        Ok(())
+    }
+
+    /// The labels of the Inbox's namespace; `None` when the operator may not read them.
+    async fn namespace_labels(
+        &self,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, Error> {
+        let api: Api<Namespace> = Api::all(self.ctx.client.clone());
+        match api.get_metadata(&self.ns).await {
+            Ok(m) => Ok(Some(m.metadata.labels.unwrap_or_default())),
+            Err(kube::Error::Api(s)) if s.code == 403 => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The namespace's `agentsend.io/default-deletion-policy` annotation: from the namespace

@@ -5,13 +5,21 @@
 //! - `execute` runs the steps: every Kubernetes and AgentSend call of a reconcile.
 //! - [`accounts`] holds per-account state: the scan cache (one paginated scan per account per
 //!   interval feeds every Inbox), the create gates and the binding registry.
+//! - [`credentials`] decides which key an Inbox uses and whether its account lets it (pure);
+//!   [`account_watch`] caches the accounts and follows their changes; [`in_use`] keeps the
+//!   credentials-in-use finalizer on key Secrets and accounts; [`account_status`] writes the
+//!   accounts' status (key check, bound and unclaimed inboxes) once per interval.
 //! - [`watches`] sets up the cached watches; this module wires them into one kube-runtime
 //!   Controller per watched scope, plus the counter-sync loop.
 
+pub mod account_status;
+pub mod account_watch;
 pub mod accounts;
+pub mod credentials;
 pub mod decide;
 pub mod events;
 mod execute;
+pub mod in_use;
 pub mod plan;
 pub mod refresh;
 pub mod status;
@@ -91,6 +99,8 @@ pub struct Settings {
     /// AgentSend and Kubernetes writes happen only while this is open: always without
     /// leader election, while the lease renewal is confirmed with it ([`crate::leader`]).
     pub gate: WriteGate,
+    /// The operator's namespace: where `ClusterAccount` key Secrets live.
+    pub operator_namespace: String,
 }
 
 impl Default for Settings {
@@ -104,6 +114,7 @@ impl Default for Settings {
             reporter: "inbox-operator".into(),
             instance: None,
             gate: WriteGate::open(),
+            operator_namespace: "default".into(),
         }
     }
 }
@@ -149,6 +160,12 @@ pub enum Error {
     /// Backing off from a failed deletion attempt over the same inputs (not a new failure).
     #[error("backing off from the last failed attempt; next attempt in {0:?}")]
     Held(Duration),
+    /// The Account/ClusterAccount caches have not listed yet (check the operator may list
+    /// and watch them: accounts, clusteraccounts).
+    #[error(
+        "the Account and ClusterAccount caches have not listed yet; check the operator's RBAC for accounts and clusteraccounts"
+    )]
+    AccountsNotSynced,
 }
 
 impl Error {
@@ -169,6 +186,7 @@ impl Error {
             Error::Backoff { cause, .. } => cause.metric_label(),
             Error::Held(_) => "held",
             Error::NotLeading => "not_leading",
+            Error::AccountsNotSynced => "accounts_not_synced",
         }
     }
 }
@@ -210,6 +228,8 @@ pub struct Context {
     pub(crate) holds: Mutex<HashMap<ObjectRef<Inbox>, (plan::Hold, std::time::Instant)>>,
     /// Asks the controller to reconcile an Inbox (counter sync, released bindings).
     pub(crate) wake: mpsc::UnboundedSender<ObjectRef<Inbox>>,
+    /// The Account and ClusterAccount caches.
+    pub(crate) accounts: account_watch::AccountCaches,
 }
 
 impl Context {
@@ -220,6 +240,7 @@ impl Context {
         metrics: Arc<Metrics>,
         scopes: &[Scope],
         wake: mpsc::UnboundedSender<ObjectRef<Inbox>>,
+        accounts: account_watch::AccountCaches,
     ) -> Self {
         let reporter = Reporter {
             controller: settings.reporter.clone(),
@@ -247,6 +268,7 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
             wake,
+            accounts,
             settings,
         }
     }
@@ -510,6 +532,19 @@ fn keep_claims_index(client: &Client, ctx: &mut Context, stop: &CancellationToke
     tokio::spawn(stop.clone().run_until_cancelled_owned(index));
 }
 
+/// The account tasks (following account changes, writing account status) until `stop`.
+fn spawn_account_tasks(
+    ctx: &Arc<Context>,
+    changes: BoxStream<'static, account_watch::AccountChange>,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<Option<()>> {
+    let tasks = futures::future::join(
+        account_watch::follow(ctx.clone(), changes),
+        account_status::run(ctx.clone()),
+    );
+    tokio::spawn(stop.clone().run_until_cancelled_owned(tasks.map(|_| ())))
+}
+
 /// Run the controller until `shutdown` resolves; in-flight reconciles finish first.
 /// `on_ready` is called once every watch cache has synced.
 pub async fn run(
@@ -531,7 +566,14 @@ pub async fn run(
     // Readiness: every watch cache has completed its first list. Observed on the streams
     // (not with `Store::wait_until_ready`, whose signal wakes only one waiter: the Controller's).
     let namespaces = namespaces(&settings);
-    let synced = CacheSync::new(namespaces.len() * 2, on_ready);
+    // Per scope: Inboxes, managed Secrets, Accounts; plus the ClusterAccounts.
+    let synced = CacheSync::new(namespaces.len() * 3 + 1, on_ready);
+    let (accounts, account_changes) = account_watch::AccountCaches::watch(
+        &client,
+        &namespaces,
+        settings.operator_namespace.clone(),
+        &synced,
+    );
     let scopes: Vec<Scope> = namespaces
         .into_iter()
         .map(|ns| Scope::watch(&client, ns, &settings, &synced))
@@ -544,6 +586,7 @@ pub async fn run(
         metrics.clone(),
         &scopes,
         sync_tx.clone(),
+        accounts,
     );
     if !ctx.sees_whole_cluster() {
         keep_claims_index(&client, &mut ctx, &stop);
@@ -558,6 +601,7 @@ pub async fn run(
     }
     let on_synced = move || metrics.counter_sync_succeeded();
     let background = [
+        spawn_account_tasks(&ctx, account_changes, &stop),
         tokio::spawn(
             stop.clone()
                 .run_until_cancelled_owned(route_triggers(sync_rx, routes)),

@@ -37,6 +37,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Secret;
 
 use super::Error;
+pub use super::credentials::InUse;
 use super::decide::{self, AddressLookup, FieldMismatch, PendingMark, Recovery, SecretPlan};
 use super::events::{EventKind, InboxEvent};
 use super::refresh::Refresh;
@@ -92,6 +93,8 @@ pub enum Credentials {
     Key(ApiKey),
     /// Not found; the message says where it was looked for.
     Missing(String),
+    /// The account refuses this Inbox (or cannot be used); the message names the rule.
+    Refused(String),
 }
 
 /// What looking up one inbox by ID found.
@@ -153,7 +156,9 @@ impl Hold {
 fn attempt_key(o: &Observed) -> Option<ApiKey> {
     match &o.credentials {
         Some(Credentials::Key(k)) => Some(k.clone()),
-        Some(Credentials::Missing(_)) if o.phase == Phase::Cleanup => o.remembered_key.clone(),
+        Some(Credentials::Missing(_) | Credentials::Refused(_)) if o.phase == Phase::Cleanup => {
+            o.remembered_key.clone()
+        }
         _ => None,
     }
 }
@@ -191,6 +196,9 @@ pub struct Observed {
     pub credentials: Option<Credentials>,
     /// The key this process last used for the Inbox (deletion after the Secret went).
     pub remembered_key: Option<ApiKey>,
+    /// The objects the key comes through (its Secret, its account), each with whether it
+    /// carries the in-use finalizer yet (read with the credentials).
+    pub in_use: Vec<(InUse, bool)>,
     /// The bound inbox (or the one `spec.inboxId` names), once looked up.
     pub remote: Option<Lookup>,
     /// All inboxes of the account, once listed (recovery).
@@ -247,6 +255,7 @@ impl Observed {
             sync_interval,
             credentials: None,
             remembered_key: None,
+            in_use: Vec::new(),
             remote: None,
             candidates: None,
             bound_elsewhere: None,
@@ -386,6 +395,8 @@ pub enum Step {
     ReadCredentials,
     /// Read the namespace's `agentsend.io/default-deletion-policy` annotation.
     ReadNamespace,
+    /// Put the in-use finalizer on an object the key comes through.
+    MarkInUse(InUse),
     /// Observe the bound inbox through the account's scan cache.
     Observe {
         /// The account's API key.
@@ -561,6 +572,7 @@ pub fn writes(step: &Step) -> bool {
         Step::Progress(report) => report.changed,
         Step::Done(done) => done.report.as_ref().is_some_and(|r| r.changed),
         Step::AddFinalizer
+        | Step::MarkInUse(_)
         | Step::MarkPending { .. }
         | Step::Create { .. }
         | Step::Bind { .. }
@@ -602,10 +614,21 @@ fn apply(o: &Observed) -> Step {
                 )
             });
         }
+        Some(Credentials::Refused(msg)) => {
+            // No AgentSend call; looked at again when the account changes, and each interval
+            // (a namespace's labels or another Inbox's deletion may lift the refusal).
+            return done(
+                report(o, None, None, stalled(Reason::AccountRefused, msg)),
+                Then::Requeue(o.sync_interval),
+            );
+        }
         Some(Credentials::Key(k)) => k.clone(),
     };
     if let Some(step) = held(o) {
         return step;
+    }
+    if let Some((target, _)) = o.in_use.iter().find(|(_, marked)| !marked) {
+        return Step::MarkInUse(target.clone());
     }
     if !o.bound_now
         && (o.created.is_some() || o.marked == Some(Marked::Yes))
@@ -1261,8 +1284,8 @@ fn delete_remote(o: &Observed, bound: Option<String>, pending: Option<&str>) -> 
         (Some(Credentials::Key(k)), _) => k.clone(),
         // The Secret may already be gone (its namespace is being deleted): the key this
         // process last used for the Inbox still works.
-        (Some(Credentials::Missing(_)), Some(k)) => k.clone(),
-        (Some(Credentials::Missing(msg)), None) => {
+        (Some(Credentials::Missing(_) | Credentials::Refused(_)), Some(k)) => k.clone(),
+        (Some(Credentials::Missing(msg) | Credentials::Refused(msg)), None) => {
             let m = format!(
                 "cannot delete the AgentSend inbox: {msg}; restore the credentials or set deletionPolicy: Orphan"
             );
@@ -1637,6 +1660,7 @@ impl fmt::Display for Step {
         match self {
             Step::ReadCredentials => write!(f, "read credentials"),
             Step::ReadNamespace => write!(f, "read namespace"),
+            Step::MarkInUse(target) => write!(f, "mark {target} in use"),
             Step::Observe { id, .. } => write!(f, "observe {id}"),
             Step::Fetch { id, .. } => write!(f, "fetch {id}"),
             Step::ListCandidates { .. } => write!(f, "list candidates"),
@@ -1850,6 +1874,18 @@ mod tests {
         }
         fn no_key(self) -> Self {
             self.with(|o| o.credentials = Some(Credentials::Missing("no key".into())))
+        }
+        /// The key comes through Secret ops/shared-key, which carries the finalizer or not.
+        fn in_use(self, marked: bool) -> Self {
+            self.with(|o| {
+                o.in_use = vec![(
+                    InUse::Secret {
+                        namespace: "ops".into(),
+                        name: "shared-key".into(),
+                    },
+                    marked,
+                )]
+            })
         }
         fn remembered(self) -> Self {
             self.with(|o| o.remembered_key = Some(key()))
@@ -2138,6 +2174,40 @@ mod tests {
                 "no API key: CredentialsMissing, retried with backoff (at least the 4th step)",
                 obs().no_key(),
                 "done CredentialsMissing; requeue 4s; count failure",
+            ),
+            (
+                "the account refuses the Inbox: AccountRefused, no AgentSend call, looked at again each interval",
+                obs().with(|o| {
+                    o.credentials = Some(Credentials::Refused("namespace not allowed".into()))
+                }),
+                "done AccountRefused; requeue 60s",
+            ),
+            (
+                "the key Secret does not carry the in-use finalizer: it gets it before any AgentSend call",
+                obs()
+                    .key()
+                    .in_use(false)
+                    .with(|o| o.finalizer_missing = true),
+                "add finalizer",
+            ),
+            (
+                "the Inbox has its finalizer: the key Secret gets its own",
+                obs().key().in_use(false),
+                "mark Secret ops/shared-key in use",
+            ),
+            (
+                "everything the key comes through is marked: on to the create",
+                obs().key().in_use(true),
+                "mark pending r4nd0mr4nd0mr4nd@agentsend.io",
+            ),
+            (
+                "deleting with the account refused: the key last used deletes the inbox",
+                obs()
+                    .deleting()
+                    .bound("inb_1")
+                    .remembered()
+                    .with(|o| o.credentials = Some(Credentials::Refused("gone".into()))),
+                "delete inbox inb_1",
             ),
             // ---- create
             (

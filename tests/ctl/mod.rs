@@ -145,6 +145,17 @@ impl Env {
     ) -> Env {
         let mut env = Env::bare("ctl", ACCOUNT, KEY).await;
         env.sim.add_domain(ACCOUNT, "dom_example", "example.com");
+        env.spawn_controller(tweak_client, tweak);
+        env
+    }
+
+    /// Start an in-process controller (again, after [`Env::halt`]: as a restarted operator)
+    /// with the test settings, tuned.
+    pub fn spawn_controller(
+        &mut self,
+        tweak_client: impl FnOnce(&mut ClientOptions),
+        tweak: impl FnOnce(&mut Settings),
+    ) {
         let mut opts = ClientOptions {
             timeout: Duration::from_secs(2),
             min_backoff: Duration::from_millis(20),
@@ -152,11 +163,11 @@ impl Env {
             ..ClientOptions::default()
         };
         tweak_client(&mut opts);
-        let api = AgentSendClient::new(&env.handle.url(), opts).expect("client");
+        let api = AgentSendClient::new(&self.handle.url(), opts).expect("client");
         let mut settings = Settings {
             sync_interval: Duration::from_secs(2),
             concurrency: 4,
-            namespaces: vec![env.ns.name().to_string()],
+            namespaces: vec![self.ns.name().to_string()],
             default_key: DefaultKey::Fixed(
                 inbox_operator::agentsend::ApiKey::new(KEY).expect("key"),
             ),
@@ -165,17 +176,16 @@ impl Env {
         tweak(&mut settings);
         let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(controller::run(
-            env.client.clone(),
+            self.client.clone(),
             api,
             settings,
-            env.metrics.clone(),
+            self.metrics.clone(),
             async move {
                 let _ = stop_rx.wait_for(|v| *v).await;
             },
             || {},
         ));
-        env.controller = Some(Controller { stop, task });
-        env
+        self.controller = Some(Controller { stop, task });
     }
 
     /// The operator binary, scoped to this namespace (`--namespace`), with the test settings

@@ -13,26 +13,27 @@ use inbox_operator::crd::{Condition, Inbox, InboxSpec, InboxStatus};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-const CRD_PATH: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/crds/inboxes.agentsend.io.yaml"
-);
+const CRD_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
 
-/// No cluster needed. `UPDATE_CRDS=1 cargo test --test it crd::committed_crd` rewrites the file.
+/// No cluster needed. `UPDATE_CRDS=1 cargo test --test it crd::committed_crd` rewrites the files.
 #[test]
-fn committed_crd_matches_generated() {
-    let generated = inbox_operator::crd::crd_yaml().expect("render the CRD");
-    if std::env::var_os("UPDATE_CRDS").is_some_and(|v| v == "1") {
-        std::fs::write(CRD_PATH, &generated).expect("write crds/inboxes.agentsend.io.yaml");
+fn committed_crds_match_generated() {
+    let files = inbox_operator::account::crd_files().expect("render the CRDs");
+    assert_eq!(files.len(), 3, "Inbox, Account, ClusterAccount");
+    for (name, generated) in files {
+        let path = format!("{CRD_DIR}/{name}");
+        if std::env::var_os("UPDATE_CRDS").is_some_and(|v| v == "1") {
+            std::fs::write(&path, &generated).expect("write the CRD");
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "crds/{name} is missing or differs from the generated CRD.\n\
+             Regenerate it with `make crd` (= `cargo run -- crd --dir crds`, plus the Helm \
+             chart's copies) or `UPDATE_CRDS=1 cargo test --test it crd::committed_crd`, and \
+             commit the result."
+        );
     }
-    let committed = std::fs::read_to_string(CRD_PATH).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "crds/inboxes.agentsend.io.yaml is missing or differs from `inbox_operator::crd::crd_yaml()`.\n\
-         Regenerate it with `make crd` (= `cargo run -- crd > crds/inboxes.agentsend.io.yaml`, \
-         plus the Helm chart's copy) or `UPDATE_CRDS=1 cargo test --test it crd::committed_crd`, \
-         and commit the result."
-    );
 }
 
 /// `kubectl create` (a plain POST; `--validate=false` turns off kubectl's own checks, so that
@@ -146,9 +147,14 @@ async fn crd_is_served_with_short_name_and_category() {
     // kubectl resolves the plural, the short name, the category and the full name.
     for resource in ["inboxes", "inb", "agentsend", "inboxes.agentsend.io"] {
         let out = kubectl_ok(&["get", resource, "-n", ns.name(), "-o", "name"]);
+        // The category also lists ClusterAccounts (cluster-scoped: other tests' too).
+        let namespaced: Vec<&str> = out
+            .lines()
+            .filter(|l| !l.starts_with("clusteraccount."))
+            .collect();
         assert_eq!(
-            out.trim(),
-            "inbox.agentsend.io/first",
+            namespaced,
+            ["inbox.agentsend.io/first"],
             "kubectl get {resource}"
         );
     }
@@ -599,7 +605,17 @@ async fn cel_immutability_rules_are_enforced_by_the_server() {
         ("domainId", "dom_a", "dom_b", false),
         ("inboxId", "ibx_a", "ibx_b", true),
     ];
-    assert_eq!(rules.len(), fields.len(), "a case for every rule");
+    // ...and the one rule that is not a transition rule (accountRef or credentials).
+    assert_eq!(rules.len(), fields.len() + 1, "a case for every rule");
+    let both = json!({
+        "accountRef": {"kind": "ClusterAccount", "name": "shared"},
+        "credentials": {"secretRef": {"name": "key"}},
+    });
+    let (ok, _, err) = kubectl_create(ns.name(), &inbox("cel-both", both));
+    assert!(
+        !ok && err.contains("set accountRef or credentials, not both"),
+        "{err}"
+    );
     let mut n = 0;
     let mut fresh = |spec: Value| {
         n += 1;

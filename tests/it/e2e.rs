@@ -74,6 +74,80 @@ async fn api_key_never_appears_in_logs_events_status_or_metrics() {
     assert!(!serde_json::to_string(&i).unwrap().contains(KEY));
     let m = op.metrics().await.expect("metrics");
     assert!(m.contains("inbox_operator_reconciles_total") && !m.contains(KEY));
+    accounts_never_show_their_key(&env, &op).await;
+}
+
+/// The hygiene of the account objects: an Account's key is in none of the logs, events,
+/// Inbox or Account objects and metrics — through a bind, a refusal and a revoked key.
+async fn accounts_never_show_their_key(env: &Env, op: &crate::support::Operator) {
+    use inbox_operator::account::{Account, AccountKind, AccountRef, AccountSpec};
+    use inbox_operator::crd::{InboxSpec, Reason, SecretKeyRef};
+    use kube::api::PostParams;
+    const TEAM_KEY: &str = "sk_live_team_SECRET_9b3e0d41aa";
+    env.sim.add_account("acct-team", TEAM_KEY);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "team-key"},
+        "stringData": {"apiKey": TEAM_KEY},
+    }))
+    .unwrap();
+    env.secrets()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let accounts: Api<Account> = Api::namespaced(env.client.clone(), env.ns.name());
+    let account = Account::new(
+        "team",
+        AccountSpec {
+            secret_ref: SecretKeyRef {
+                name: "team-key".into(),
+                key: "apiKey".into(),
+            },
+        },
+    );
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let via = |name: &str| InboxSpec {
+        account_ref: Some(AccountRef {
+            kind: AccountKind::Account,
+            name: name.into(),
+        }),
+        ..Default::default()
+    };
+    let bound = env.create_ready("via-account", via("team")).await;
+    env.create("refused", via("missing")).await;
+    let refused = env
+        .wait_ready("refused", Ready::False(Reason::AccountRefused))
+        .await;
+    env.sim.revoke_key(TEAM_KEY);
+    let invalid = env
+        .wait_ready("via-account", Ready::False(Reason::CredentialsInvalid))
+        .await;
+
+    let events: Api<Event> = Api::namespaced(env.client.clone(), env.ns.name());
+    let evs = serde_json::to_string(&events.list(&ListParams::default()).await.unwrap().items);
+    let objects = [
+        ("logs", op.logs()),
+        ("events", evs.unwrap()),
+        ("bound Inbox", serde_json::to_string(&bound).unwrap()),
+        ("refused Inbox", serde_json::to_string(&refused).unwrap()),
+        (
+            "CredentialsInvalid Inbox",
+            serde_json::to_string(&invalid).unwrap(),
+        ),
+        (
+            "Account",
+            serde_json::to_string(&accounts.get("team").await.unwrap()).unwrap(),
+        ),
+        ("metrics", op.metrics().await.expect("metrics")),
+    ];
+    for (what, text) in objects {
+        assert!(
+            !text.contains(TEAM_KEY),
+            "the Account's key found in {what}"
+        );
+    }
 }
 
 #[tokio::test]

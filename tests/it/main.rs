@@ -15,6 +15,7 @@ mod ctl;
 #[path = "../support/mod.rs"]
 mod support;
 
+mod accounts;
 mod agentsend;
 mod controller;
 mod crd;

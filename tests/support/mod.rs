@@ -433,10 +433,11 @@ impl ControlPlane {
         let _ = std::fs::remove_file(self.dir.join(format!("{name}.pid")));
     }
 
-    /// Install the CRD from `inbox_operator::crd::crd()` as users do (`kubectl apply
-    /// --server-side`, no flags), then wait until it is Established and `inboxes` is served.
+    /// Install the CRDs (Inbox, Account, ClusterAccount) as users do (`kubectl apply
+    /// --server-side`, no flags), then wait until they are Established and `inboxes` is served.
     fn install_crd(&self) {
-        let crd = serde_json::to_string(&inbox_operator::crd::crd()).expect("serialise the CRD");
+        let files = inbox_operator::account::crd_files().expect("render the CRDs");
+        let crd = files.values().cloned().collect::<Vec<_>>().join("---\n");
         let mut child = self
             .kubectl()
             .args(["apply", "--server-side", "-f", "-"])
@@ -465,6 +466,8 @@ impl ControlPlane {
                 "--for=condition=Established",
                 "--timeout=60s",
                 "crd/inboxes.agentsend.io",
+                "crd/accounts.agentsend.io",
+                "crd/clusteraccounts.agentsend.io",
             ])
             .output()
             .expect("kubectl wait");
@@ -477,7 +480,11 @@ impl ControlPlane {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self
             .kubectl()
-            .args(["get", "inboxes.agentsend.io", "-A"])
+            .args([
+                "get",
+                "inboxes.agentsend.io,accounts.agentsend.io,clusteraccounts.agentsend.io",
+                "-A",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()

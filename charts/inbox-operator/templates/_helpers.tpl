@@ -25,6 +25,12 @@ app.kubernetes.io/instance: {{ include "inbox-operator.fullname" . }}
 - apiGroups: ["agentsend.io"]
   resources: ["inboxes/finalizers"]
   verbs: ["update"]
+- apiGroups: ["agentsend.io"]
+  resources: ["accounts"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["agentsend.io"]
+  resources: ["accounts/status"]
+  verbs: ["patch"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
@@ -34,4 +40,17 @@ app.kubernetes.io/instance: {{ include "inbox-operator.fullname" . }}
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["get", "list", "watch"]
+{{- end -}}
+
+{{/* ClusterAccounts (cluster-scoped) and the namespace labels their namespaceSelector reads. */}}
+{{- define "inbox-operator.clusterAccountRules" -}}
+- apiGroups: ["agentsend.io"]
+  resources: ["clusteraccounts"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["agentsend.io"]
+  resources: ["clusteraccounts/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
 {{- end -}}

@@ -1,0 +1,353 @@
+//! Account status, what a platform operator reads first: for each `Account` and
+//! `ClusterAccount`, once per sync interval, whether its key works (from the account scan the
+//! counter sync already makes: no second scan per interval), how many Inboxes are bound
+//! through it, how many of its inboxes no Inbox in the cluster claims (leaks: manual creation,
+//! old bugs; also a metric), and when the last scan succeeded. Written only when it changed,
+//! and only while this instance may write.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::warn;
+
+use super::Context;
+use super::account_watch::all_inboxes;
+use crate::account::{Account, AccountStatus, ClusterAccount};
+use crate::agentsend::{ApiError, RemoteInbox};
+use crate::crd::{self, Condition, ConditionStatus, Reason, SecretKeyRef};
+use crate::metrics::AccountLabel;
+
+/// What one round found about an account's key.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KeyCheck {
+    /// The scan (at the time given, RFC 3339) listed the account.
+    Works(String),
+    /// No key: the Secret or its key is missing.
+    Missing(String),
+    /// AgentSend refused the key or failed.
+    Failed(ApiError),
+}
+
+/// One round's figures for one account.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Figures {
+    /// The key check.
+    pub key: KeyCheck,
+    /// Inboxes of the account that an Inbox claims.
+    pub inboxes: i64,
+    /// Inboxes of the account no Inbox claims.
+    pub unclaimed: i64,
+}
+
+/// Of the account's inboxes (`listed`), how many an Inbox claims and which none does.
+pub fn tally<'a>(
+    listed: &'a [RemoteInbox],
+    claimed: &HashSet<String>,
+) -> (i64, Vec<&'a RemoteInbox>) {
+    let (bound, unclaimed): (Vec<&RemoteInbox>, Vec<&RemoteInbox>) =
+        listed.iter().partition(|r| claimed.contains(&r.id));
+    (i64::try_from(bound.len()).unwrap_or(i64::MAX), unclaimed)
+}
+
+/// The status `f` renders, keeping the condition's transition time while its status holds
+/// and the last scan time while scans fail.
+pub fn render(
+    prev: Option<&AccountStatus>,
+    f: &Figures,
+    now: &str,
+    generation: Option<i64>,
+) -> AccountStatus {
+    let (status, reason, message) = match &f.key {
+        KeyCheck::Works(_) => (
+            ConditionStatus::True,
+            Reason::Ready,
+            "the key works: the last scan listed the account".to_string(),
+        ),
+        KeyCheck::Missing(m) => (
+            ConditionStatus::False,
+            Reason::CredentialsMissing,
+            m.clone(),
+        ),
+        KeyCheck::Failed(e @ ApiError::Unauthorized { .. }) => (
+            ConditionStatus::False,
+            Reason::CredentialsInvalid,
+            e.to_string(),
+        ),
+        KeyCheck::Failed(e) => (
+            ConditionStatus::False,
+            Reason::ApiUnavailable,
+            e.to_string(),
+        ),
+    };
+    let before = prev.and_then(|p| {
+        p.conditions
+            .iter()
+            .find(|c| c.type_ == crd::condition::READY)
+    });
+    let since = match before {
+        Some(c) if c.status == status.as_str() => c.last_transition_time.clone(),
+        _ => now.to_string(),
+    };
+    let works = matches!(f.key, KeyCheck::Works(_));
+    AccountStatus {
+        conditions: vec![Condition {
+            type_: crd::condition::READY.into(),
+            status: status.as_str().into(),
+            observed_generation: generation,
+            last_transition_time: since,
+            reason: reason.as_str().into(),
+            message,
+        }],
+        inboxes: Some(f.inboxes),
+        unclaimed_inboxes: if works {
+            Some(f.unclaimed)
+        } else {
+            prev.and_then(|p| p.unclaimed_inboxes)
+        },
+        last_scan_time: match &f.key {
+            KeyCheck::Works(at) => Some(at.clone()),
+            _ => prev.and_then(|p| p.last_scan_time.clone()),
+        },
+        request_rate: prev.and_then(|p| p.request_rate),
+        observed_generation: generation,
+    }
+}
+
+/// Every inbox ID an Inbox in the cluster claims (the watch caches and, when they do not
+/// cover the cluster, the cluster-wide claims index).
+pub(crate) fn claimed_ids(ctx: &Context) -> HashSet<String> {
+    let mut ids: HashSet<String> = all_inboxes(ctx)
+        .iter()
+        .filter_map(|i| i.bound_inbox_id())
+        .collect();
+    if let Some((index, _)) = &ctx.claims_index {
+        ids.extend(
+            index
+                .state()
+                .iter()
+                .filter_map(|m| m.annotations().get(crd::ANNOTATION_INBOX_ID).cloned())
+                .filter(|id| !id.is_empty()),
+        );
+    }
+    ids
+}
+
+/// Update every account's status once per sync interval until cancelled.
+pub async fn run(ctx: Arc<Context>) {
+    let mut ticks = tokio::time::interval(
+        ctx.settings
+            .sync_interval
+            .max(std::time::Duration::from_secs(1)),
+    );
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if ctx.accounts.wait_synced().await.is_err() {
+            continue;
+        }
+        let claimed = claimed_ids(&ctx);
+        for store in &ctx.accounts.accounts {
+            for a in store.state() {
+                let ns = a.namespace().unwrap_or_default();
+                let f = figures(&ctx, &ns, &a.spec.secret_ref, &claimed).await;
+                let label = label("Account", &ns, &a.name_any());
+                update(
+                    &ctx,
+                    &*a,
+                    Api::namespaced(ctx.client.clone(), &ns),
+                    &f,
+                    &label,
+                )
+                .await;
+            }
+        }
+        for a in ctx.accounts.cluster.state() {
+            let ns = ctx.accounts.operator_namespace.clone();
+            let f = figures(&ctx, &ns, &a.spec.secret_ref, &claimed).await;
+            let label = label("ClusterAccount", "", &a.name_any());
+            update(&ctx, &*a, Api::all(ctx.client.clone()), &f, &label).await;
+        }
+    }
+}
+
+fn label(kind: &str, namespace: &str, name: &str) -> AccountLabel {
+    AccountLabel {
+        kind: kind.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+    }
+}
+
+/// This round's figures for the account whose key is `secret` in `namespace`.
+async fn figures(
+    ctx: &Context,
+    namespace: &str,
+    secret: &SecretKeyRef,
+    claimed: &HashSet<String>,
+) -> Figures {
+    let missing = |m: String| Figures {
+        key: KeyCheck::Missing(m),
+        inboxes: 0,
+        unclaimed: 0,
+    };
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let found = match api.get_opt(&secret.name).await {
+        Ok(s) => s,
+        Err(e) => return missing(format!("cannot read the key Secret: {e}")),
+    };
+    let Some(key) = super::credentials::api_key_in(found, &secret.key) else {
+        return missing(format!(
+            "the key Secret {:?} in namespace {namespace:?} is missing or has no non-empty key {:?}",
+            secret.name, secret.key
+        ));
+    };
+    match ctx.scans.inventory(&key).await {
+        Ok((listed, at)) => {
+            let (inboxes, unclaimed) = tally(&listed, claimed);
+            Figures {
+                key: KeyCheck::Works(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
+                inboxes,
+                unclaimed: i64::try_from(unclaimed.len()).unwrap_or(i64::MAX),
+            }
+        }
+        Err(e) => Figures {
+            key: KeyCheck::Failed(e),
+            inboxes: 0,
+            unclaimed: 0,
+        },
+    }
+}
+
+/// Write the account's status if it changed (and this instance may write); export the
+/// unclaimed count.
+async fn update<K>(ctx: &Context, account: &K, api: Api<K>, f: &Figures, label: &AccountLabel)
+where
+    K: Resource<DynamicType = ()>
+        + AccountObject
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let works = matches!(f.key, KeyCheck::Works(_));
+    ctx.metrics
+        .set_unclaimed(label, works.then_some(f.unclaimed));
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let prev = account.status();
+    let next = render(prev, f, &now, account.meta().generation);
+    if prev == Some(&next) || ctx.may_write().is_err() {
+        return;
+    }
+    let body = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": next,
+    });
+    let pp = PatchParams::apply(crd::FIELD_MANAGER).force();
+    if let Err(e) = api
+        .patch_status(&account.name_any(), &pp, &Patch::Apply(&body))
+        .await
+    {
+        warn!(error = %e, kind = %label.kind, name = %label.name, "could not write the account status");
+    }
+}
+
+/// The status of either account kind.
+pub trait AccountObject {
+    /// Its status, if any.
+    fn status(&self) -> Option<&AccountStatus>;
+}
+
+impl AccountObject for Account {
+    fn status(&self) -> Option<&AccountStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl AccountObject for ClusterAccount {
+    fn status(&self) -> Option<&AccountStatus> {
+        self.status.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unclaimed_inboxes_are_those_no_inbox_claims() {
+        let listed = [
+            RemoteInbox::fixture("i1", "a@agentsend.io"),
+            RemoteInbox::fixture("i2", "b@agentsend.io"),
+            RemoteInbox::fixture("i3", "c@agentsend.io"),
+        ];
+        let claimed: HashSet<String> = ["i1".to_string(), "elsewhere".to_string()].into();
+        let (bound, unclaimed) = tally(&listed, &claimed);
+        assert_eq!(bound, 1);
+        let ids: Vec<&str> = unclaimed.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["i2", "i3"]);
+    }
+
+    #[test]
+    fn status_table() {
+        let works = Figures {
+            key: KeyCheck::Works("2026-11-28T09:00:00Z".into()),
+            inboxes: 3,
+            unclaimed: 1,
+        };
+        let revoked = Figures {
+            key: KeyCheck::Failed(ApiError::Unauthorized {
+                status: 401,
+                message: "bad key".into(),
+            }),
+            inboxes: 0,
+            unclaimed: 0,
+        };
+        let missing = Figures {
+            key: KeyCheck::Missing("no Secret".into()),
+            inboxes: 0,
+            unclaimed: 0,
+        };
+        let first = render(None, &works, "T1", Some(1));
+        let ready = &first.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "Ready")
+        );
+        assert_eq!(first.inboxes, Some(3));
+        assert_eq!(first.unclaimed_inboxes, Some(1));
+        assert_eq!(
+            first.last_scan_time.as_deref(),
+            Some("2026-11-28T09:00:00Z")
+        );
+        assert_eq!(
+            render(Some(&first), &works, "T2", Some(1)),
+            first,
+            "unchanged: no write"
+        );
+
+        let bad = render(Some(&first), &revoked, "T3", Some(1));
+        let c = &bad.conditions[0];
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "CredentialsInvalid")
+        );
+        assert_eq!(c.last_transition_time, "T3");
+        assert_eq!(
+            bad.last_scan_time, first.last_scan_time,
+            "the last successful scan stays"
+        );
+        assert_eq!(bad.unclaimed_inboxes, Some(1), "the last known count stays");
+        let gone = render(Some(&bad), &missing, "T4", Some(1));
+        let c = &gone.conditions[0];
+        assert_eq!(
+            (c.reason.as_str(), c.last_transition_time.as_str()),
+            ("CredentialsMissing", "T3")
+        );
+    }
+}

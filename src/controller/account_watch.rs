@@ -1,0 +1,395 @@
+//! The account caches — `Account`s (per watched scope) and `ClusterAccount`s (cluster-wide) —
+//! what credentials resolution reads from them, the Inboxes an account change wakes, and one
+//! metadata-only watch *by name* per account key Secret, so that a rotated key reaches the
+//! Inboxes using it without a restart and without watching every Secret.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+
+use super::credentials::{AccountInfo, InUse, Peer};
+use super::watches::{self, CacheSync};
+use super::{Context, Error};
+use crate::account::{Account, AccountKind, ClusterAccount, FINALIZER_CREDENTIALS_IN_USE};
+use crate::crd::Inbox;
+
+/// How long a reconcile waits for the account caches' first list before failing (retried).
+const SYNC_WAIT: Duration = Duration::from_secs(30);
+
+/// An account that changed (or was listed, or deleted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccountChange {
+    /// An `Account`.
+    Account {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A `ClusterAccount`.
+    ClusterAccount {
+        /// Its name.
+        name: String,
+    },
+}
+
+/// The account caches.
+pub struct AccountCaches {
+    /// `Account`s, one cache per watched scope.
+    pub accounts: Vec<Store<Account>>,
+    /// Every `ClusterAccount`.
+    pub cluster: Store<ClusterAccount>,
+    /// Where `ClusterAccount` key Secrets live.
+    pub operator_namespace: String,
+    synced: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AccountCaches {
+    /// Start the account watches (they count towards `synced`); returns the caches and the
+    /// stream of changes, which must be polled for the caches to fill.
+    pub(crate) fn watch(
+        client: &Client,
+        namespaces: &[Option<String>],
+        operator_namespace: String,
+        synced: &Arc<CacheSync>,
+    ) -> (Self, BoxStream<'static, AccountChange>) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let own = CacheSync::new(namespaces.len() + 1, move || {
+            let _ = tx.send(true);
+        });
+        let mut stores = Vec::new();
+        let mut streams = Vec::new();
+        for ns in namespaces {
+            let api = watches::scoped_api::<Account>(client, ns.as_deref());
+            let (store, events) = watches::cached(api, watches::watch_config(), synced);
+            stores.push(store);
+            let events = changed(events.inspect_ok(own.observer()));
+            let changes = watches::without_errors(events, "Accounts").filter_map(|a| async move {
+                let a = a.ok()?;
+                Some(AccountChange::Account {
+                    namespace: a.namespace()?,
+                    name: a.name_any(),
+                })
+            });
+            streams.push(changes.boxed());
+        }
+        let api: Api<ClusterAccount> = Api::all(client.clone());
+        let (cluster, events) = watches::cached(api, watches::watch_config(), synced);
+        let events = changed(events.inspect_ok(own.observer()));
+        let changes =
+            watches::without_errors(events, "ClusterAccounts").filter_map(|a| async move {
+                Some(AccountChange::ClusterAccount {
+                    name: a.ok()?.name_any(),
+                })
+            });
+        streams.push(changes.boxed());
+        let caches = AccountCaches {
+            accounts: stores,
+            cluster,
+            operator_namespace,
+            synced: rx,
+        };
+        (caches, futures::stream::select_all(streams).boxed())
+    }
+
+    /// Wait until every account cache has listed once (a decision on a cache still empty
+    /// could pick the wrong key).
+    pub async fn wait_synced(&self) -> Result<(), Error> {
+        let mut rx = self.synced.clone();
+        match tokio::time::timeout(SYNC_WAIT, rx.wait_for(|ready| *ready)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::AccountsNotSynced),
+        }
+    }
+
+    fn account(&self, namespace: &str, name: &str) -> Option<Arc<Account>> {
+        let r = ObjectRef::new(name).within(namespace);
+        self.accounts.iter().find_map(|s| s.get(&r))
+    }
+
+    fn cluster_account(&self, name: &str) -> Option<Arc<ClusterAccount>> {
+        self.cluster.get(&ObjectRef::new(name))
+    }
+
+    /// The account `inbox`'s `spec.accountRef` names, if it exists.
+    pub fn referenced(&self, inbox: &Inbox) -> Option<AccountInfo> {
+        let r = inbox.spec.account_ref.as_ref()?;
+        let ns = inbox.metadata.namespace.as_deref().unwrap_or_default();
+        match r.kind {
+            AccountKind::Account => self
+                .account(ns, &r.name)
+                .map(|a| AccountInfo::namespaced(&r.name, ns, &a.spec.secret_ref)),
+            AccountKind::ClusterAccount => self
+                .cluster_account(&r.name)
+                .map(|a| AccountInfo::cluster(&r.name, &a.spec, &self.operator_namespace)),
+        }
+    }
+
+    /// The `ClusterAccount`s marked default, oldest first.
+    pub fn defaults(&self) -> Vec<AccountInfo> {
+        super::credentials::defaults(&self.cluster.state(), &self.operator_namespace)
+    }
+
+    /// Whether the account `target` names carries the in-use finalizer (`None`: not an
+    /// account, or not in the cache).
+    pub fn carries_finalizer(&self, target: &InUse) -> Option<bool> {
+        let has = |f: &[String]| f.iter().any(|f| f == FINALIZER_CREDENTIALS_IN_USE);
+        match target {
+            InUse::Account { namespace, name } => {
+                self.account(namespace, name).map(|a| has(a.finalizers()))
+            }
+            InUse::ClusterAccount { name } => {
+                self.cluster_account(name).map(|a| has(a.finalizers()))
+            }
+            InUse::Secret { .. } => None,
+        }
+    }
+
+    /// What `inbox` may use (see [`super::credentials::may_use`]).
+    pub fn may_use(&self, inbox: &Inbox) -> Vec<InUse> {
+        let defaults = self.defaults();
+        super::credentials::may_use(inbox, self.referenced(inbox).as_ref(), defaults.first())
+    }
+
+    /// The key Secrets every account names: (namespace, name).
+    pub fn key_secrets(&self) -> BTreeSet<(String, String)> {
+        let mut set = BTreeSet::new();
+        for store in &self.accounts {
+            for a in store.state() {
+                if let Some(ns) = a.namespace() {
+                    set.insert((ns, a.spec.secret_ref.name.clone()));
+                }
+            }
+        }
+        for a in self.cluster.state() {
+            set.insert((
+                self.operator_namespace.clone(),
+                a.spec.secret_ref.name.clone(),
+            ));
+        }
+        set
+    }
+}
+
+/// What of an account its Inboxes depend on: spec (generation), the default annotation,
+/// deletion. Status writes change none of it.
+fn fingerprint<K: kube::Resource>(a: &K) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let m = a.meta();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    m.generation.hash(&mut h);
+    m.deletion_timestamp.is_some().hash(&mut h);
+    m.annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::account::ANNOTATION_DEFAULT_ACCOUNT))
+        .hash(&mut h);
+    h.finish()
+}
+
+/// The accounts of a watch stream that were deleted or changed in what their Inboxes depend
+/// on ([`fingerprint`]): the account status writes do not wake every Inbox.
+fn changed<K>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource + Send + 'static,
+{
+    let mut seen: HashMap<(Option<String>, String), u64> = HashMap::new();
+    events.flat_map(move |e| {
+        let out: Vec<Result<K, watcher::Error>> = match e {
+            Err(e) => vec![Err(e)],
+            Ok(watcher::Event::Apply(a) | watcher::Event::InitApply(a)) => {
+                let key = (
+                    a.meta().namespace.clone(),
+                    a.meta().name.clone().unwrap_or_default(),
+                );
+                let print = fingerprint(&a);
+                if seen.insert(key, print) == Some(print) {
+                    vec![]
+                } else {
+                    vec![Ok(a)]
+                }
+            }
+            Ok(watcher::Event::Delete(a)) => {
+                seen.remove(&(
+                    a.meta().namespace.clone(),
+                    a.meta().name.clone().unwrap_or_default(),
+                ));
+                vec![Ok(a)]
+            }
+            Ok(_) => vec![],
+        };
+        futures::stream::iter(out)
+    })
+}
+
+/// The Inboxes (among `inboxes`) an account change may concern: those naming the account,
+/// and — a `ClusterAccount` may be (or have been) the default — those naming none.
+pub fn affected(inboxes: &[Arc<Inbox>], change: &AccountChange) -> Vec<ObjectRef<Inbox>> {
+    inboxes
+        .iter()
+        .filter(|i| {
+            let r = i.spec.account_ref.as_ref();
+            match change {
+                AccountChange::Account { namespace, name } => {
+                    i.metadata.namespace.as_deref() == Some(namespace.as_str())
+                        && r.is_some_and(|r| r.kind == AccountKind::Account && &r.name == name)
+                }
+                AccountChange::ClusterAccount { name } => match r {
+                    Some(r) => r.kind == AccountKind::ClusterAccount && &r.name == name,
+                    None => i.spec.credentials.is_none(),
+                },
+            }
+        })
+        .map(|i| ObjectRef::from_obj(&**i))
+        .collect()
+}
+
+/// The other Inboxes of `inbox`'s namespace, as the quota counts them.
+pub fn peers(ctx: &Context, inbox: &Inbox) -> Vec<Peer> {
+    let ns = inbox.metadata.namespace.as_deref();
+    ctx.inbox_stores
+        .iter()
+        .flat_map(|s| s.state())
+        .filter(|i| i.metadata.namespace.as_deref() == ns && i.metadata.uid != inbox.metadata.uid)
+        .map(|i| Peer::of(&i))
+        .collect()
+}
+
+/// Every Inbox in the caches.
+pub fn all_inboxes(ctx: &Context) -> Vec<Arc<Inbox>> {
+    ctx.inbox_stores.iter().flat_map(|s| s.state()).collect()
+}
+
+/// Follow account changes until the stream ends: wake the Inboxes each concerns, and keep one
+/// by-name watch per key Secret the accounts name (a change of such a Secret — a rotated key,
+/// a deletion — wakes the Inboxes that may use it).
+pub async fn follow(ctx: Arc<Context>, mut changes: BoxStream<'static, AccountChange>) {
+    let mut key_watches: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
+    while let Some(change) = changes.next().await {
+        for obj in affected(&all_inboxes(&ctx), &change) {
+            let _ = ctx.wake.unbounded_send(obj);
+        }
+        let wanted = ctx.accounts.key_secrets();
+        key_watches.retain(|k, task| {
+            let keep = wanted.contains(k);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (ns, name) in wanted {
+            if !key_watches.contains_key(&(ns.clone(), name.clone())) {
+                let task = tokio::spawn(watch_key_secret(ctx.clone(), ns.clone(), name.clone()));
+                key_watches.insert((ns, name), task);
+            }
+        }
+    }
+    for task in key_watches.into_values() {
+        task.abort();
+    }
+}
+
+/// Watch one key Secret's metadata by name; wake the Inboxes that may use it on each change,
+/// and release its in-use finalizer once it is being deleted and nobody uses it.
+async fn watch_key_secret(ctx: Arc<Context>, namespace: String, name: String) {
+    let api: Api<PartialObjectMeta<Secret>> = Api::namespaced(ctx.client.clone(), &namespace);
+    let config = watches::watch_config().fields(&format!("metadata.name={name}"));
+    let target = InUse::Secret {
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    let events = watcher(api, config)
+        .backoff(watches::backoff())
+        .touched_objects();
+    let mut events = std::pin::pin!(watches::without_errors(events, "account key Secret"));
+    while let Some(Ok(secret)) = events.next().await {
+        let inboxes = all_inboxes(&ctx);
+        for i in &inboxes {
+            if ctx.accounts.may_use(i).contains(&target) {
+                let _ = ctx.wake.unbounded_send(ObjectRef::from_obj(&**i));
+            }
+        }
+        if secret.metadata.deletion_timestamp.is_some() {
+            super::in_use::release_unused(&ctx, std::slice::from_ref(&target), None).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::AccountRef;
+    use crate::crd::{CredentialsSpec, InboxSpec, SecretKeyRef};
+
+    fn inbox(ns: &str, name: &str, r: Option<(AccountKind, &str)>, creds: bool) -> Arc<Inbox> {
+        let mut i = Inbox::new(
+            name,
+            InboxSpec {
+                account_ref: r.map(|(kind, n)| AccountRef {
+                    kind,
+                    name: n.into(),
+                }),
+                credentials: creds.then(|| CredentialsSpec {
+                    secret_ref: SecretKeyRef {
+                        name: "k".into(),
+                        key: "apiKey".into(),
+                    },
+                }),
+                ..Default::default()
+            },
+        );
+        i.metadata.namespace = Some(ns.into());
+        Arc::new(i)
+    }
+
+    #[test]
+    fn an_account_change_wakes_the_inboxes_it_may_concern() {
+        use AccountKind::*;
+        let all = [
+            inbox("a", "by-account", Some((Account, "acct")), false),
+            inbox("b", "same-name-other-ns", Some((Account, "acct")), false),
+            inbox("a", "by-cluster", Some((ClusterAccount, "shared")), false),
+            inbox("a", "other-cluster", Some((ClusterAccount, "other")), false),
+            inbox("a", "implicit", None, false),
+            inbox("a", "own-secret", None, true),
+        ];
+        let names = |c: AccountChange| -> Vec<String> {
+            affected(&all, &c).into_iter().map(|o| o.name).collect()
+        };
+        for (change, want) in [
+            (
+                AccountChange::Account {
+                    namespace: "a".into(),
+                    name: "acct".into(),
+                },
+                vec!["by-account"],
+            ),
+            (
+                AccountChange::ClusterAccount {
+                    name: "shared".into(),
+                },
+                vec!["by-cluster", "implicit"],
+            ),
+            (
+                AccountChange::Account {
+                    namespace: "c".into(),
+                    name: "acct".into(),
+                },
+                vec![],
+            ),
+        ] {
+            assert_eq!(names(change.clone()), want, "{change:?}");
+        }
+    }
+}

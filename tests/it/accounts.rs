@@ -1,0 +1,525 @@
+//! Accounts as resources on a real API server: an Inbox's key comes from the `Account` or
+//! `ClusterAccount` it names (or the default `ClusterAccount`); a `ClusterAccount`'s rules
+//! (namespaces by name and by label, domains, the per-namespace quota) refuse with
+//! `AccountRefused` and no AgentSend call; a rotated account key is picked up without a
+//! restart; and the key Secret (and account) carry the credentials-in-use finalizer, so that
+//! deleting a namespace deletes its inboxes first and its credentials last — also with an
+//! operator restart in the middle.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use inbox_operator::account::{
+    ANNOTATION_DEFAULT_ACCOUNT, Account, AccountKind, AccountRef, AccountSpec, ClusterAccount,
+    ClusterAccountSpec, FINALIZER_CREDENTIALS_IN_USE,
+};
+use inbox_operator::crd::{Inbox, InboxSpec, Reason, SecretKeyRef};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+
+use crate::ctl::{ACCOUNT, Env, Ready, T, ready};
+use crate::support::{TestNamespace, random_suffix, wait_for};
+
+const SHARED: &str = "acct-shared";
+const SHARED_KEY: &str = "sk_test_shared_key_0123456789";
+
+/// A Secret `name` in `ns` holding `apiKey: key`.
+async fn key_secret(client: &Client, ns: &str, name: &str, key: &str) {
+    let s = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "apiKey".to_string(),
+            ByteString(key.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    Api::<Secret>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &s)
+        .await
+        .expect("create key Secret");
+}
+
+/// A ClusterAccount (unique name from `prefix`) on the key Secret `shared-key`, deleted when
+/// the guard drops.
+struct ClusterAccountGuard {
+    client: Client,
+    name: String,
+}
+
+impl ClusterAccountGuard {
+    async fn new(
+        client: &Client,
+        prefix: &str,
+        default: bool,
+        f: impl FnOnce(&mut ClusterAccountSpec),
+    ) -> Self {
+        let mut spec = ClusterAccountSpec {
+            secret_ref: SecretKeyRef {
+                name: "shared-key".into(),
+                key: "apiKey".into(),
+            },
+            ..Default::default()
+        };
+        f(&mut spec);
+        let name = format!("{prefix}-{}", random_suffix(6));
+        let mut ca = ClusterAccount::new(&name, spec);
+        if default {
+            ca.annotations_mut()
+                .insert(ANNOTATION_DEFAULT_ACCOUNT.into(), "true".into());
+        }
+        Api::<ClusterAccount>::all(client.clone())
+            .create(&PostParams::default(), &ca)
+            .await
+            .expect("create ClusterAccount");
+        ClusterAccountGuard {
+            client: client.clone(),
+            name,
+        }
+    }
+
+    fn reference(&self) -> Option<AccountRef> {
+        Some(AccountRef {
+            kind: AccountKind::ClusterAccount,
+            name: self.name.clone(),
+        })
+    }
+}
+
+impl Drop for ClusterAccountGuard {
+    fn drop(&mut self) {
+        let (client, name) = (self.client.clone(), self.name.clone());
+        tokio::spawn(async move {
+            let _ = Api::<ClusterAccount>::all(client)
+                .delete(&name, &DeleteParams::default())
+                .await;
+        });
+    }
+}
+
+/// An env whose controller watches its namespace and `also`, with its namespace as the
+/// operator's (ClusterAccount key Secrets live there) holding `shared-key`.
+async fn env_with(also: &[&str]) -> Env {
+    let also: Vec<String> = also.iter().map(|s| s.to_string()).collect();
+    let mut env = Env::bare("acct", ACCOUNT, crate::ctl::KEY).await;
+    env.sim.add_account(SHARED, SHARED_KEY);
+    key_secret(&env.client, env.ns.name(), "shared-key", SHARED_KEY).await;
+    let ns = env.ns.name().to_string();
+    env.spawn_controller(
+        |_| {},
+        move |s| {
+            s.namespaces.extend(also);
+            s.operator_namespace = ns;
+        },
+    );
+    env
+}
+
+/// Wait until Inbox `ns/name` is Ready=`want`; returns it.
+async fn wait_in(env: &Env, ns: &str, name: &str, want: Ready) -> Inbox {
+    let (status, reason) = want.status_reason();
+    let api: Api<Inbox> = Api::namespaced(env.client.clone(), ns);
+    wait_for(&format!("{ns}/{name} Ready={status} {reason}"), T, || {
+        let api = api.clone();
+        async move {
+            let i = api.get_opt(name).await.ok().flatten()?;
+            let c = ready(&i)?;
+            (c.status == status && c.reason == reason).then_some(i.clone())
+        }
+    })
+    .await
+}
+
+async fn create_in(env: &Env, ns: &str, name: &str, spec: InboxSpec) {
+    Api::<Inbox>::namespaced(env.client.clone(), ns)
+        .create(&PostParams::default(), &Inbox::new(name, spec))
+        .await
+        .expect("create Inbox");
+}
+
+fn message(i: &Inbox) -> String {
+    ready(i).map(|c| c.message.clone()).unwrap_or_default()
+}
+
+fn account_of(env: &Env, i: &Inbox) -> Option<String> {
+    env.sim.inbox_account(&crate::ctl::status_id(i))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_account_namespaces_by_name_and_by_label() {
+    let client = crate::support::control_plane().client().await;
+    let other = TestNamespace::new(&client, "acct-other").await;
+    let env = env_with(&[other.name()]).await;
+    let tenant = random_suffix(8);
+    let ns_api: Api<Namespace> = Api::all(env.client.clone());
+    let labels = serde_json::json!({ "metadata": { "labels": { "tenant": tenant } } });
+    ns_api
+        .patch(
+            env.ns.name(),
+            &PatchParams::default(),
+            &Patch::Merge(&labels),
+        )
+        .await
+        .unwrap();
+    let by_name = ClusterAccountGuard::new(&client, "by-name", false, |s| {
+        s.namespaces = Some(vec![env.ns.name().to_string()])
+    })
+    .await;
+    let by_label = ClusterAccountGuard::new(&client, "by-label", false, |s| {
+        s.namespace_selector = Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("tenant".to_string(), tenant.clone())])),
+            ..Default::default()
+        })
+    })
+    .await;
+    let (me, them) = (env.ns.name(), other.name());
+    for (ns, name, account) in [
+        (me, "named", &by_name),
+        (me, "labelled", &by_label),
+        (them, "not-named", &by_name),
+        (them, "not-labelled", &by_label),
+    ] {
+        let spec = InboxSpec {
+            account_ref: account.reference(),
+            ..Default::default()
+        };
+        create_in(&env, ns, name, spec).await;
+    }
+    for name in ["named", "labelled"] {
+        let i = wait_in(&env, me, name, Ready::True).await;
+        assert_eq!(account_of(&env, &i).as_deref(), Some(SHARED), "{name}");
+    }
+    let refused = Ready::False(Reason::AccountRefused);
+    let i = wait_in(&env, them, "not-named", refused).await;
+    assert!(
+        message(&i).contains("is not in spec.namespaces"),
+        "{}",
+        message(&i)
+    );
+    assert!(message(&i).contains(&by_name.name), "{}", message(&i));
+    let i = wait_in(&env, them, "not-labelled", refused).await;
+    assert!(
+        message(&i).contains("do not match spec.namespaceSelector"),
+        "{}",
+        message(&i)
+    );
+    assert_eq!(
+        env.sim.inboxes(SHARED).len(),
+        2,
+        "refused Inboxes created nothing"
+    );
+    assert!(
+        env.sim.inboxes(ACCOUNT).is_empty(),
+        "nothing on the default key"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_account_domains_and_per_namespace_quota() {
+    let env = env_with(&[]).await;
+    env.sim.add_domain(SHARED, "dom_shared", "shared.example");
+    env.sim.add_domain(SHARED, "dom_other", "other.example");
+    let ns = env.ns.name().to_string();
+    let ca = ClusterAccountGuard::new(&env.client, "quota", false, |s| {
+        s.namespaces = Some(vec![ns.clone()]);
+        s.allowed_domain_ids = Some(vec!["dom_shared".into()]);
+        s.max_inboxes_per_namespace = Some(1);
+    })
+    .await;
+    let spec = |domain: &str| InboxSpec {
+        account_ref: ca.reference(),
+        domain_id: Some(domain.into()),
+        ..Default::default()
+    };
+    let first = env.create_ready("first", spec("dom_shared")).await;
+    assert_eq!(account_of(&env, &first).as_deref(), Some(SHARED));
+
+    env.create("wrong-domain", spec("dom_other")).await;
+    let refused = env
+        .wait_ready("wrong-domain", Ready::False(Reason::AccountRefused))
+        .await;
+    assert!(
+        message(&refused).contains(r#"does not allow domainId "dom_other""#),
+        "{}",
+        message(&refused)
+    );
+
+    env.create("second", spec("dom_shared")).await;
+    let over = env
+        .wait_ready("second", Ready::False(Reason::AccountRefused))
+        .await;
+    assert!(
+        message(&over).contains("maxInboxesPerNamespace") && message(&over).contains("first"),
+        "{}",
+        message(&over)
+    );
+    assert_eq!(
+        env.sim.inboxes(SHARED).len(),
+        1,
+        "refused Inboxes created nothing"
+    );
+
+    // The slot frees when the first goes: the second gets it without any change of its own.
+    env.inboxes()
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("first").await;
+    let second = env.wait_ready("second", Ready::True).await;
+    assert_eq!(account_of(&env, &second).as_deref(), Some(SHARED));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_cluster_account_serves_the_namespaces_it_allows() {
+    let client = crate::support::control_plane().client().await;
+    let other = TestNamespace::new(&client, "acct-nodefault").await;
+    let env = env_with(&[other.name()]).await;
+    let ns = env.ns.name().to_string();
+    let _default = ClusterAccountGuard::new(&client, "default", true, |s| {
+        s.namespaces = Some(vec![ns.clone()])
+    })
+    .await;
+    let allowed = env.create_ready("implicit", InboxSpec::default()).await;
+    assert_eq!(account_of(&env, &allowed).as_deref(), Some(SHARED));
+    // A namespace the default does not allow falls back to the operator's key.
+    create_in(&env, other.name(), "implicit", InboxSpec::default()).await;
+    let fallback = wait_in(&env, other.name(), "implicit", Ready::True).await;
+    assert_eq!(account_of(&env, &fallback).as_deref(), Some(ACCOUNT));
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_key_rotation_is_picked_up_without_restart() {
+    let env = env_with(&[]).await;
+    let (old, new) = ("sk_test_team_old_0123456789", "sk_test_team_new_0123456789");
+    env.sim.add_account("acct-team", old);
+    env.sim.add_account("acct-team", new);
+    key_secret(&env.client, env.ns.name(), "team-key", old).await;
+    let account = Account::new(
+        "team",
+        AccountSpec {
+            secret_ref: SecretKeyRef {
+                name: "team-key".into(),
+                key: "apiKey".into(),
+            },
+        },
+    );
+    Api::<Account>::namespaced(env.client.clone(), env.ns.name())
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let spec = InboxSpec {
+        account_ref: Some(AccountRef {
+            kind: AccountKind::Account,
+            name: "team".into(),
+        }),
+        ..Default::default()
+    };
+    let i = env.create_ready("rotating", spec).await;
+    assert_eq!(account_of(&env, &i).as_deref(), Some("acct-team"));
+
+    env.sim.revoke_key(old);
+    env.wait_ready("rotating", Ready::False(Reason::CredentialsInvalid))
+        .await;
+    let rotated = serde_json::json!({ "data": { "apiKey": base64(new) } });
+    env.secrets()
+        .patch("team-key", &PatchParams::default(), &Patch::Merge(&rotated))
+        .await
+        .unwrap();
+    // Well within the 300 s a refused key waits before its next try: the Secret's change did it.
+    let back = env.wait_ready("rotating", Ready::True).await;
+    assert_eq!(
+        crate::ctl::status_id(&back),
+        crate::ctl::status_id(&i),
+        "same inbox"
+    );
+    env.stop().await;
+}
+
+fn base64(s: &str) -> String {
+    serde_json::to_value(ByteString(s.as_bytes().to_vec()))
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn finalized(meta: &ObjectMeta) -> bool {
+    meta.finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == FINALIZER_CREDENTIALS_IN_USE)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_deletion_removes_inboxes_first_and_credentials_last_across_a_restart() {
+    let mut env = env_with(&[]).await;
+    let ns = env.ns.name().to_string();
+    let key = "sk_test_doomed_0123456789";
+    env.sim.add_account("acct-doomed", key);
+    key_secret(&env.client, &ns, "doomed-key", key).await;
+    let accounts: Api<Account> = Api::namespaced(env.client.clone(), &ns);
+    let account = Account::new(
+        "doomed",
+        AccountSpec {
+            secret_ref: SecretKeyRef {
+                name: "doomed-key".into(),
+                key: "apiKey".into(),
+            },
+        },
+    );
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let spec = InboxSpec {
+        account_ref: Some(AccountRef {
+            kind: AccountKind::Account,
+            name: "doomed".into(),
+        }),
+        ..Default::default()
+    };
+    let i = env.create_ready("doomed", spec).await;
+    let id = crate::ctl::status_id(&i);
+    let secret = env.secret("doomed-key").await.expect("key Secret");
+    assert!(
+        finalized(&secret.metadata),
+        "the key Secret is marked in use"
+    );
+    assert!(
+        finalized(&accounts.get("doomed").await.unwrap().metadata),
+        "so is the Account"
+    );
+
+    // The operator goes away; the namespace is deleted meanwhile.
+    env.halt().await;
+    Api::<Namespace>::all(env.client.clone())
+        .delete(&ns, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(
+        "the namespace controller to reach the key Secret",
+        T,
+        || async {
+            let s = env.secret("doomed-key").await?;
+            s.metadata.deletion_timestamp.is_some().then_some(())
+        },
+    )
+    .await;
+    assert!(env.sim.inbox(&id).is_some(), "nobody deleted the inbox yet");
+
+    // The restarted operator still finds the key: it deletes the inbox, then lets go.
+    env.spawn_controller(|_| {}, |s| s.operator_namespace = ns.clone());
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    wait_for(
+        "the namespace to be gone",
+        Duration::from_secs(90),
+        || async { matches!(namespaces.get_opt(&ns).await, Ok(None)).then_some(()) },
+    )
+    .await;
+    assert!(
+        env.sim.inbox(&id).is_none(),
+        "the inbox was deleted with the key"
+    );
+    env.stop().await;
+}
+
+/// An Account named `name` on the key Secret `secret` in `ns`.
+async fn account(client: &Client, ns: &str, name: &str, secret: &str) {
+    let a = Account::new(
+        name,
+        AccountSpec {
+            secret_ref: SecretKeyRef {
+                name: secret.into(),
+                key: "apiKey".into(),
+            },
+        },
+    );
+    Api::<Account>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &a)
+        .await
+        .expect("create Account");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclaimed_inboxes_show_in_status_metrics_and_the_orphans_cli() {
+    let env = env_with(&[]).await;
+    let ns = env.ns.name().to_string();
+    let key = "sk_test_leaky_0123456789";
+    env.sim.add_account("acct-leaky", key);
+    key_secret(&env.client, &ns, "leaky-key", key).await;
+    account(&env.client, &ns, "leaky", "leaky-key").await;
+    let spec = InboxSpec {
+        account_ref: Some(AccountRef {
+            kind: AccountKind::Account,
+            name: "leaky".into(),
+        }),
+        ..Default::default()
+    };
+    let claimed = env.create_ready("claimed", spec).await;
+    // Created by hand in AgentSend: no Inbox claims it.
+    let leak = env
+        .sim
+        .insert_inbox(
+            "acct-leaky",
+            inbox_sim::CreateInbox {
+                address: Some("forgotten".into()),
+                ..Default::default()
+            },
+        )
+        .expect("out-of-band inbox");
+
+    let accounts: Api<Account> = Api::namespaced(env.client.clone(), &ns);
+    let status = wait_for("the Account status to count the leak", T, || async {
+        let s = accounts.get("leaky").await.ok()?.status?;
+        (s.unclaimed_inboxes == Some(1) && s.inboxes == Some(1)).then_some(s)
+    })
+    .await;
+    let ready = &status.conditions[0];
+    assert_eq!(
+        (ready.type_.as_str(), ready.status.as_str()),
+        ("Ready", "True")
+    );
+    assert!(status.last_scan_time.is_some());
+    let series = format!(
+        r#"inbox_operator_account_unclaimed_inboxes{{kind="Account",namespace="{ns}",name="leaky"}} 1"#
+    );
+    assert!(
+        env.metrics.encode().contains(&series),
+        "{}",
+        env.metrics.encode()
+    );
+
+    let out = crate::support::operator_command()
+        .args(["orphans", "--account", "leaky", "--namespace", &ns])
+        .env("KUBECONFIG", &crate::support::control_plane().kubeconfig)
+        .env("AGENTSEND_API_URL", env.handle.url())
+        .output()
+        .expect("run inbox-operator orphans");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("{}\t{}", leak.id, leak.address)),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(&crate::ctl::status_id(&claimed)),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains(key) && !stderr.contains(key),
+        "never the key"
+    );
+    assert!(
+        !serde_json::to_string(&status).unwrap().contains(key),
+        "no key in the status"
+    );
+    env.stop().await;
+}
