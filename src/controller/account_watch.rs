@@ -155,6 +155,25 @@ impl AccountCaches {
         }
     }
 
+    /// Whether the account `change` names is being deleted (and still cached).
+    pub fn deleting(&self, change: &AccountChange) -> Option<InUse> {
+        let (target, meta) = match change {
+            AccountChange::Account { namespace, name } => (
+                InUse::Account {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                },
+                self.account(namespace, name).map(|a| a.metadata.clone()),
+            ),
+            AccountChange::ClusterAccount { name } => (
+                InUse::ClusterAccount { name: name.clone() },
+                self.cluster_account(name).map(|a| a.metadata.clone()),
+            ),
+        };
+        meta.filter(|m| m.deletion_timestamp.is_some())
+            .map(|_| target)
+    }
+
     /// What `inbox` may use (see [`super::credentials::may_use`]).
     pub fn may_use(&self, inbox: &Inbox) -> Vec<InUse> {
         let defaults = self.defaults();
@@ -279,6 +298,10 @@ pub async fn follow(ctx: Arc<Context>, mut changes: BoxStream<'static, AccountCh
     while let Some(change) = changes.next().await {
         for obj in affected(&all_inboxes(&ctx), &change) {
             let _ = ctx.wake.unbounded_send(obj);
+        }
+        if let Some(target) = ctx.accounts.deleting(&change) {
+            // Deleted while no Inbox uses it any more (one switched away): let it go.
+            super::in_use::release_unused(&ctx, std::slice::from_ref(&target), None).await;
         }
         let wanted = ctx.accounts.key_secrets();
         key_watches.retain(|k, task| {

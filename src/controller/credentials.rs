@@ -277,15 +277,16 @@ pub enum Source {
     Missing(String),
 }
 
-/// Whether deciding for `inbox` needs its namespace's labels (a `ClusterAccount` that may
-/// apply has a `namespaceSelector`).
+/// Whether deciding for `inbox` needs its namespace's labels (a `ClusterAccount` whose rules
+/// apply has a `namespaceSelector`; the default's namespace rules apply when deleting too:
+/// they say which key the inbox was created with).
 pub fn needs_namespace_labels(inputs: &Inputs) -> bool {
-    !inputs.cleanup
-        && inputs
-            .referenced
-            .iter()
-            .chain(inputs.defaults.first())
-            .any(|a| a.rules.namespace_selector.is_some())
+    inputs
+        .referenced
+        .iter()
+        .filter(|_| !inputs.cleanup)
+        .chain(inputs.defaults.first())
+        .any(|a| a.rules.namespace_selector.is_some())
 }
 
 /// The key source of `inbox`.
@@ -316,7 +317,7 @@ pub fn resolve(inbox: &Inbox, inputs: &Inputs) -> Source {
         };
     }
     match inputs.defaults.first() {
-        Some(default) if inputs.cleanup || namespace_refusal(ns, inputs, default).is_none() => {
+        Some(default) if namespace_refusal(ns, inputs, default).is_none() => {
             use_account(inbox, inputs, default)
         }
         _ => Source::OperatorDefault,
@@ -969,10 +970,20 @@ mod tests {
                 r#"missing: ClusterAccount "shared" not found"#,
             ),
             (
-                "deleting: the default whatever the namespace",
+                "deleting in a namespace the default does not allow: the operator's key (created with it)",
                 plain.clone(),
                 Inputs {
                     defaults: vec![ns_other],
+                    cleanup: true,
+                    ..Default::default()
+                },
+                "default-key",
+            ),
+            (
+                "deleting in a namespace the default allows: the default, its domain rule aside",
+                inbox(|s| s.domain_id = Some("dom_x".into())),
+                Inputs {
+                    defaults: vec![domains.clone()],
                     cleanup: true,
                     ..Default::default()
                 },
@@ -1024,7 +1035,15 @@ mod tests {
             ),
             (
                 Inputs {
-                    defaults: vec![sel],
+                    defaults: vec![sel.clone()],
+                    cleanup: true,
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                Inputs {
+                    referenced: Some(sel),
                     cleanup: true,
                     ..Default::default()
                 },
