@@ -28,13 +28,13 @@ use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Client, Resource};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -391,10 +391,11 @@ impl Scope {
         }
         let inbox_api = watches::scoped_api::<Inbox>(client, ns.as_deref());
         let secret_api = watches::scoped_api::<PartialObjectMeta<Secret>>(client, ns.as_deref());
-        let (inboxes, inbox_events) =
-            watches::cached(watcher(inbox_api, inbox_config), synced, |i: &mut Inbox| {
-                i.meta_mut().managed_fields = None
-            });
+        let (inboxes, inbox_events) = watches::cached(
+            watcher(inbox_api, inbox_config),
+            synced,
+            watches::trim_inbox,
+        );
         let (secrets, secret_events) = watches::owned_secrets(secret_api, synced);
         let references_changed = Arc::new(tokio::sync::Notify::new());
         let notify = references_changed.clone();

@@ -79,6 +79,23 @@ where
     (reader, stream)
 }
 
+/// The annotation `kubectl apply` (client-side) leaves on what it applied: a full copy of the
+/// manifest, never read by the operator.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Trim an Inbox for the cache to what decisions read: without `managedFields` and the
+/// `kubectl apply` copy of the manifest, which together are usually larger than the rest of
+/// the object. Status stays whole: every field of it is the operator's own, compared with the
+/// status a pass renders so that an unchanged Inbox costs no write (unknown fields are
+/// already dropped by the typed status).
+pub(crate) fn trim_inbox(inbox: &mut Inbox) {
+    let meta = inbox.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
 /// The metadata-only watch of the Secrets this operator owns (by label): the cache keeps
 /// their metadata with `managedFields` trimmed to who owns which data key
 /// ([`decide::trim_managed_fields`]) — never Secret data.
@@ -277,6 +294,28 @@ mod tests {
         let mut unbound = ObjectMeta::default();
         trim_to_claim(&mut unbound);
         assert!(unbound.annotations.is_none());
+    }
+
+    #[test]
+    fn the_inbox_cache_drops_managed_fields_and_the_applied_manifest() {
+        let mut i = inbox("ns", "a", Some("key"));
+        let m = Arc::make_mut(&mut i);
+        m.metadata.managed_fields = Some(vec![Default::default()]);
+        m.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_string(), "{...}".to_string()),
+                (crd::ANNOTATION_INBOX_ID.to_string(), "inb_1".to_string()),
+            ]
+            .into(),
+        );
+        let before = m.clone();
+        trim_inbox(m);
+        assert!(m.metadata.managed_fields.is_none());
+        assert_eq!(
+            m.metadata.annotations,
+            Some([(crd::ANNOTATION_INBOX_ID.to_string(), "inb_1".to_string())].into())
+        );
+        assert_eq!((&m.spec, &m.status), (&before.spec, &before.status));
     }
 
     #[test]
