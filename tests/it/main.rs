@@ -22,3 +22,4 @@ mod demo;
 mod deploy;
 mod e2e;
 mod faults;
+mod secure_metrics;
