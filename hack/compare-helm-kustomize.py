@@ -178,6 +178,14 @@ def other_values(render):
         and "--selector=shard=b" in args(o),
     )
     check(
+        "plain metrics: no TokenReview RBAC, port named http",
+        {"metrics": {"secure": False}},
+        lambda o: "--metrics-secure=false" in args(o)
+        and not any("metrics-auth" in x["metadata"]["name"] for x in o)
+        and deployment(o)["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"]
+        == "http",
+    )
+    check(
         "metrics port",
         {"metrics": {"port": 9090}},
         lambda o: "--metrics-addr=0.0.0.0:9090" in args(o),
@@ -185,7 +193,7 @@ def other_values(render):
     check(
         "no binding-check ClusterRole when disabled",
         {"watchNamespaces": ["a"], "bindingCheckClusterRole": False},
-        lambda o: not any(x["kind"].startswith("Cluster") for x in o),
+        lambda o: not any("binding-check" in x["metadata"]["name"] for x in o),
     )
 
     def refused(values):

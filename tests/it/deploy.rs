@@ -376,21 +376,31 @@ async fn helm_install_upgrade_uninstall() {
     assert!(exists("crd", "inboxes.agentsend.io", None), "the CRD stays");
 }
 
+/// The cluster-scoped RBAC objects of `deploy/namespaced`.
+const CLUSTER_WIDE_NAMESPACED: [&str; 3] = [
+    "inbox-operator-binding-check",
+    "inbox-operator-metrics-auth",
+    "inbox-operator-metrics-reader",
+];
+
 /// `deploy/namespaced` as shipped, moved to this test's namespaces: the operator's namespace
-/// `home` (ServiceAccount, Lease Role) and the watched `a` and `b` (Roles). The binding-check
-/// ClusterRole gets a name of its own so that tests running at once do not rebind it.
+/// `home` (ServiceAccount, Lease Role) and the watched `a` and `b` (Roles). Its ClusterRoles
+/// and ClusterRoleBindings get names of their own so that tests running at once do not
+/// rebind them.
 fn namespaced_install(home: &str, a: &str, b: &str) -> String {
-    kustomize("deploy/namespaced")
-        .replace(
-            "inbox-operator-binding-check",
-            &format!("inbox-operator-binding-check-{home}"),
-        )
-        .replace(
-            "namespace: inbox-operator\n",
-            &format!("namespace: {home}\n"),
-        )
-        .replace("namespace: team-a\n", &format!("namespace: {a}\n"))
-        .replace("namespace: team-b\n", &format!("namespace: {b}\n"))
+    let mut yaml = kustomize("deploy/namespaced");
+    for cluster_wide in CLUSTER_WIDE_NAMESPACED {
+        yaml = yaml.replace(
+            &format!("name: {cluster_wide}\n"),
+            &format!("name: {cluster_wide}-{home}\n"),
+        );
+    }
+    yaml.replace(
+        "namespace: inbox-operator\n",
+        &format!("namespace: {home}\n"),
+    )
+    .replace("namespace: team-a\n", &format!("namespace: {a}\n"))
+    .replace("namespace: team-b\n", &format!("namespace: {b}\n"))
 }
 
 /// The namespaced variant under exactly its RBAC (impersonating its ServiceAccount): Inboxes
@@ -429,9 +439,32 @@ async fn namespaced_install_works_and_is_confined_by_rbac() {
             home.name(),
             "--sync-interval",
             "5s",
+            "--metrics-secure",
         ],
         "info",
     );
+
+    // The shipped metrics RBAC: the operator may review tokens, a bound reader may scrape.
+    let scraper = crate::secure_metrics::token_of(home.name(), "scraper");
+    let reader_binding = format!("inbox-operator-metrics-reader-{}", home.name());
+    let bound = cp
+        .kubectl()
+        .args(["create", "clusterrolebinding", &reader_binding])
+        .arg(format!("--clusterrole={reader_binding}"))
+        .arg(format!("--serviceaccount={}:scraper", home.name()))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(bound.success());
+    let port = op.metrics_port();
+    wait_for(
+        "a scrape under the shipped RBAC",
+        Duration::from_secs(60),
+        || async {
+            (crate::secure_metrics::scrape(port, Some(&scraper)).await == 200).then_some(())
+        },
+    )
+    .await;
 
     let secrets = |ns: &str| Api::<Secret>::namespaced(client.clone(), ns);
     let key = Secret {
@@ -517,12 +550,14 @@ async fn namespaced_install_works_and_is_confined_by_rbac() {
     let logs = op.logs();
     assert!(!logs.contains("forbidden"), "a call was forbidden:\n{logs}");
     drop(op);
-    let _ = cp
-        .kubectl()
-        .args(["delete", "clusterrole,clusterrolebinding"])
-        .arg(format!("inbox-operator-binding-check-{}", home.name()))
-        .args(["--ignore-not-found", "--wait=false"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
+    for cluster_wide in CLUSTER_WIDE_NAMESPACED {
+        let _ = cp
+            .kubectl()
+            .args(["delete", "clusterrole,clusterrolebinding"])
+            .arg(format!("{cluster_wide}-{}", home.name()))
+            .args(["--ignore-not-found", "--wait=false"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }

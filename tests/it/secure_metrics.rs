@@ -10,7 +10,7 @@ use crate::support::{control_plane, free_port, http_get, wait_for};
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A token of ServiceAccount `name` in `ns` (created here), from the TokenRequest API.
-fn token_of(ns: &str, name: &str) -> String {
+pub(crate) fn token_of(ns: &str, name: &str) -> String {
     let kubectl = |args: &[&str]| {
         let out = control_plane()
             .kubectl()
@@ -30,7 +30,7 @@ fn token_of(ns: &str, name: &str) -> String {
 }
 
 /// `GET https://127.0.0.1:PORT/metrics` (self-signed certificate) with `token`: the status.
-async fn scrape(port: u16, token: Option<&str>) -> u16 {
+pub(crate) async fn scrape(port: u16, token: Option<&str>) -> u16 {
     let client = reqwest::Client::builder()
         .tls_danger_accept_invalid_certs(true)
         .build()

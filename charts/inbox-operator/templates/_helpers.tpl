@@ -32,3 +32,8 @@ app.kubernetes.io/instance: {{ include "inbox-operator.fullname" . }}
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end -}}
+
+{{/* Name of the metrics port: `https` with --metrics-secure (the default), else `http`. */}}
+{{- define "inbox-operator.metricsPortName" -}}
+{{- if .Values.metrics.secure }}https{{ else }}http{{ end -}}
+{{- end -}}
