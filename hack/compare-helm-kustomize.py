@@ -185,6 +185,14 @@ def other_values(render):
         and "--selector=shard=b" in args(o),
     )
     check(
+        "plain metrics: no TokenReview RBAC, port named http",
+        {"metrics": {"secure": False}},
+        lambda o: "--metrics-secure=false" in args(o)
+        and not any("metrics-auth" in x["metadata"]["name"] for x in o)
+        and deployment(o)["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"]
+        == "http",
+    )
+    check(
         "metrics port",
         {"metrics": {"port": 9090}},
         lambda o: "--metrics-addr=0.0.0.0:9090" in args(o),
@@ -192,9 +200,7 @@ def other_values(render):
     check(
         "no binding-check ClusterRole when disabled",
         {"watchNamespaces": ["a"], "bindingCheckClusterRole": False},
-        lambda o: not any(
-            x["kind"].startswith("Cluster") and "binding-check" in x["metadata"]["name"] for x in o
-        ),
+        lambda o: not any("binding-check" in x["metadata"]["name"] for x in o),
     )
     check(
         "namespaced: ClusterAccounts readable, their key Secrets in the release namespace only",
@@ -203,9 +209,11 @@ def other_values(render):
         and any(x["kind"] == "Role" and x["metadata"]["name"].endswith("-account-keys") for x in o),
     )
     check(
-        "no cluster-wide access at all with both ClusterRoles disabled",
+        "no cluster-wide access but metrics authentication with both ClusterRoles disabled",
         {"watchNamespaces": ["a"], "bindingCheckClusterRole": False, "clusterAccounts": False},
-        lambda o: not any(x["kind"].startswith("Cluster") for x in o),
+        lambda o: not any(
+            x["kind"].startswith("Cluster") and "metrics" not in x["metadata"]["name"] for x in o
+        ),
     )
 
     def refused(values):

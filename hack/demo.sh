@@ -63,7 +63,7 @@ kubectl wait --for condition=established --timeout=60s \
 log "starting the operator (log: $STATE/operator.log)"
 [[ -f "$STATE/operator.pid" ]] && kill "$(cat "$STATE/operator.pid")" 2>/dev/null || true
 METRICS_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()')
-AGENTSEND_API_URL="$API_URL" "$BIN" run --metrics-addr "127.0.0.1:$METRICS_PORT" --sync-interval 10s >"$STATE/operator.log" 2>&1 &
+AGENTSEND_API_URL="$API_URL" "$BIN" run --metrics-addr "127.0.0.1:$METRICS_PORT" --metrics-secure=false --sync-interval 10s >"$STATE/operator.log" 2>&1 &
 echo $! > "$STATE/operator.pid"
 
 log "applying examples"

@@ -216,6 +216,30 @@ pub struct RunArgs {
     )]
     pub metrics_addr: SocketAddr,
 
+    /// Serve /metrics over HTTPS to callers the API server authenticates (TokenReview) and
+    /// authorizes for `get` on the non-resource URL /metrics (SubjectAccessReview).
+    /// `--metrics-secure=false` serves plain HTTP to anyone (local runs).
+    #[arg(
+        long,
+        env = "INBOX_OPERATOR_METRICS_SECURE",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true"
+    )]
+    pub metrics_secure: bool,
+
+    /// Directory with `tls.crt` and `tls.key` (PEM) for the HTTPS metrics endpoint; default: a
+    /// self-signed certificate made at start.
+    #[arg(long, env = "INBOX_OPERATOR_METRICS_CERT_DIR")]
+    pub metrics_cert_dir: Option<std::path::PathBuf>,
+
+    /// Also serve /healthz and /readyz over plain HTTP on this address (for probes when
+    /// /metrics is HTTPS); default: only on the metrics address.
+    #[arg(long, env = "INBOX_OPERATOR_HEALTH_ADDR")]
+    pub health_addr: Option<SocketAddr>,
+
     /// Elect a leader through a coordination.k8s.io Lease; only the leader reconciles.
     #[arg(long, env = "INBOX_OPERATOR_LEADER_ELECT")]
     pub leader_elect: bool,

@@ -34,6 +34,10 @@ pub const MANAGED_BY: &str = "inbox-operator";
 pub const LABEL_INBOX: &str = "agentsend.io/inbox";
 /// Annotation on every Secret the operator writes: the owning Inbox's full name.
 pub const ANNOTATION_INBOX_NAME: &str = "agentsend.io/inbox-name";
+/// Annotation on every Secret the operator writes: a digest of the data it wrote, so that the
+/// operator decides whether the Secret is up to date from its metadata alone (it caches no
+/// Secret data).
+pub const ANNOTATION_DATA_DIGEST: &str = "agentsend.io/data-digest";
 /// Field manager used for every server-side apply.
 pub const FIELD_MANAGER: &str = "inbox-operator";
 /// Default key inside a credentials Secret.

@@ -3,7 +3,8 @@
 //! Layout: [`crd`] (the public resource), [`account`] (the account resources), [`agentsend`] (HTTP client for the AgentSend API),
 //! [`controller`] (the reconcile: a pure planner, the executor of
 //! its steps, watches and per-account caches), [`operator`] and [`leader`] (the `run`
-//! command: startup, signals, the lease), [`metrics`] and [`server`] (`/metrics`, health).
+//! command: startup, signals, the lease), [`metrics`], [`server`] and [`secure_metrics`] (`/metrics` over HTTPS with
+//! TokenReview/SubjectAccessReview, health).
 //! The AgentSend simulator used by tests and the demo is a separate workspace crate
 //! (`inbox-sim`, in `sim/`): the operator contains no simulator.
 #![forbid(unsafe_code)]
@@ -26,4 +27,5 @@ pub mod cli;
 pub mod leader;
 pub mod operator;
 pub mod orphans;
+pub mod secure_metrics;
 pub mod server;

@@ -1,12 +1,14 @@
 //! Prometheus/OpenMetrics metrics: the operator's own health and one series per Inbox for
 //! the mirrored counters (labels `namespace` and `name` only — never the address or ID).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -36,21 +38,6 @@ struct RouteLabel {
     route: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateReadyLabel {
-    state: String,
-    ready: String,
-}
-
-/// Labels of the per-Inbox series.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct InboxLabel {
-    /// Inbox namespace.
-    pub namespace: String,
-    /// Inbox name.
-    pub name: String,
-}
-
 /// Labels of the per-account series (never the key).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AccountLabel {
@@ -60,13 +47,6 @@ pub struct AccountLabel {
     pub namespace: String,
     /// The account's name.
     pub name: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct InboxStateLabel {
-    namespace: String,
-    name: String,
-    state: String,
 }
 
 /// States exported by `inbox_operator_inbox_state`.
@@ -80,20 +60,11 @@ pub struct Metrics {
     errors: Family<ReasonLabel, Counter>,
     api_requests: Family<RouteStatusLabel, Counter>,
     api_latency: Family<RouteLabel, Histogram>,
-    inboxes: Family<StateReadyLabel, Gauge>,
     leader: Gauge,
     last_sync: Gauge<f64, AtomicU64>,
-    sends_today: Family<InboxLabel, Gauge>,
-    daily_limit: Family<InboxLabel, Gauge>,
-    sends_remaining: Family<InboxLabel, Gauge>,
-    total_sent: Family<InboxLabel, Gauge>,
-    bounces: Family<InboxLabel, Gauge>,
-    complaints: Family<InboxLabel, Gauge>,
-    ready: Family<InboxLabel, Gauge>,
-    state: Family<InboxStateLabel, Gauge>,
     unclaimed: Family<AccountLabel, Gauge>,
-    /// (state, ready) per Inbox, to maintain the aggregate gauge.
-    per_inbox: Mutex<HashMap<InboxLabel, (String, bool)>>,
+    /// The per-Inbox series and the `inbox_operator_inboxes` aggregate, encoded at scrape time.
+    per_inbox: Arc<InboxSeries>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -111,7 +82,6 @@ impl Default for Metrics {
 impl Metrics {
     /// Create and register every metric.
     pub fn new() -> Self {
-        let g = Family::<InboxLabel, Gauge>::default;
         let mut m = Metrics {
             registry: Registry::default(),
             reconciles: Family::default(),
@@ -121,22 +91,13 @@ impl Metrics {
             api_latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.005, 2.0, 14))
             }),
-            inboxes: Family::default(),
             leader: Gauge::default(),
             last_sync: Gauge::default(),
-            sends_today: g(),
-            daily_limit: g(),
-            sends_remaining: g(),
-            total_sent: g(),
-            bounces: g(),
-            complaints: g(),
-            ready: g(),
-            state: Family::default(),
             unclaimed: Family::default(),
-            per_inbox: Mutex::new(HashMap::new()),
+            per_inbox: Arc::default(),
         };
         m.register_operator_health();
-        m.register_per_inbox();
+        m.registry.register_collector(Box::new(m.per_inbox.clone()));
         m
     }
 
@@ -169,11 +130,6 @@ impl Metrics {
             self.api_latency.clone(),
         );
         r.register(
-            "inbox_operator_inboxes",
-            "Inboxes by AgentSend state and readiness",
-            self.inboxes.clone(),
-        );
-        r.register(
             "inbox_operator_leader",
             "Whether this instance holds the leader lease (1) or not (0)",
             self.leader.clone(),
@@ -183,59 +139,10 @@ impl Metrics {
             "Unix time of the last successful counter sync of all accounts",
             self.last_sync.clone(),
         );
-    }
-
-    /// One series per Inbox for the mirrored counters (labels `namespace` and `name`).
-    fn register_per_inbox(&mut self) {
-        let gauges = [
-            (
-                "inbox_operator_inbox_sends_today",
-                "Sends used in the current daily window",
-                &self.sends_today,
-            ),
-            (
-                "inbox_operator_inbox_daily_send_limit",
-                "Daily send limit",
-                &self.daily_limit,
-            ),
-            (
-                "inbox_operator_inbox_sends_remaining",
-                "Sends remaining today (never negative)",
-                &self.sends_remaining,
-            ),
-            (
-                "inbox_operator_inbox_total_sent",
-                "Lifetime sends",
-                &self.total_sent,
-            ),
-            (
-                "inbox_operator_inbox_bounces",
-                "Lifetime bounces",
-                &self.bounces,
-            ),
-            (
-                "inbox_operator_inbox_complaints",
-                "Lifetime spam complaints",
-                &self.complaints,
-            ),
-            (
-                "inbox_operator_inbox_ready",
-                "Whether the Inbox is Ready (1) or not (0)",
-                &self.ready,
-            ),
-        ];
-        for (name, help, family) in gauges {
-            self.registry.register(name, help, family.clone());
-        }
-        self.registry.register(
+        r.register(
             "inbox_operator_account_unclaimed_inboxes",
             "Inboxes in the account (Account or ClusterAccount) that no Inbox in the cluster claims",
             self.unclaimed.clone(),
-        );
-        self.registry.register(
-            "inbox_operator_inbox_state",
-            "The inbox's current AgentSend state (1 for the current one)",
-            self.state.clone(),
         );
     }
 
@@ -310,83 +217,148 @@ impl Metrics {
 
     /// Export an Inbox's mirrored counters and readiness.
     pub fn observe_inbox(&self, namespace: &str, name: &str, status: &InboxStatus, ready: bool) {
-        let l = InboxLabel {
-            namespace: namespace.into(),
-            name: name.into(),
+        let sample = InboxSample {
+            counters: [
+                status.sends_today,
+                status.daily_send_limit,
+                status.sends_remaining,
+                status.total_sent,
+                status.bounce_count,
+                status.complaint_count,
+            ],
+            ready,
+            state: state_index(status.state.as_deref()),
         };
-        let set = |f: &Family<InboxLabel, Gauge>, v: Option<i64>| match v {
-            Some(v) => {
-                f.get_or_create(&l).set(v);
-            }
-            None => {
-                f.remove(&l);
-            }
-        };
-        set(&self.sends_today, status.sends_today);
-        set(&self.daily_limit, status.daily_send_limit);
-        set(&self.sends_remaining, status.sends_remaining);
-        set(&self.total_sent, status.total_sent);
-        set(&self.bounces, status.bounce_count);
-        set(&self.complaints, status.complaint_count);
-        self.ready.get_or_create(&l).set(i64::from(ready));
-        let state = status.state.clone().unwrap_or_else(|| "unknown".into());
-        for s in STATES {
-            self.state
-                .get_or_create(&InboxStateLabel {
-                    namespace: l.namespace.clone(),
-                    name: l.name.clone(),
-                    state: s.into(),
-                })
-                .set(i64::from(s == state));
-        }
-        let mut per = self.per_inbox.lock().unwrap_or_else(|p| p.into_inner());
-        per.insert(l, (state, ready));
-        self.refresh_aggregate(&per);
+        let key = (namespace.to_string(), name.to_string());
+        self.per_inbox.write().insert(key, sample);
     }
 
     /// Remove every series of a deleted Inbox.
     pub fn forget_inbox(&self, namespace: &str, name: &str) {
-        let l = InboxLabel {
-            namespace: namespace.into(),
-            name: name.into(),
-        };
-        for f in [
-            &self.sends_today,
-            &self.daily_limit,
-            &self.sends_remaining,
-            &self.total_sent,
-            &self.bounces,
-            &self.complaints,
-            &self.ready,
-        ] {
-            f.remove(&l);
-        }
-        for s in STATES {
-            self.state.remove(&InboxStateLabel {
-                namespace: l.namespace.clone(),
-                name: l.name.clone(),
-                state: s.into(),
-            });
-        }
-        let mut per = self.per_inbox.lock().unwrap_or_else(|p| p.into_inner());
-        per.remove(&l);
-        self.refresh_aggregate(&per);
+        let key = (namespace.to_string(), name.to_string());
+        self.per_inbox.write().remove(&key);
     }
+}
 
-    fn refresh_aggregate(&self, per: &HashMap<InboxLabel, (String, bool)>) {
-        let mut counts: HashMap<StateReadyLabel, i64> = HashMap::new();
-        for (state, ready) in per.values() {
-            *counts
-                .entry(StateReadyLabel {
-                    state: state.clone(),
-                    ready: ready.to_string(),
-                })
-                .or_default() += 1;
+/// The mirrored counters exported per Inbox: metric name, help, in [`InboxSample::counters`]
+/// order.
+const COUNTERS: [(&str, &str); 6] = [
+    (
+        "inbox_operator_inbox_sends_today",
+        "Sends used in the current daily window",
+    ),
+    ("inbox_operator_inbox_daily_send_limit", "Daily send limit"),
+    (
+        "inbox_operator_inbox_sends_remaining",
+        "Sends remaining today (never negative)",
+    ),
+    ("inbox_operator_inbox_total_sent", "Lifetime sends"),
+    ("inbox_operator_inbox_bounces", "Lifetime bounces"),
+    (
+        "inbox_operator_inbox_complaints",
+        "Lifetime spam complaints",
+    ),
+];
+
+/// What is exported for one Inbox: a few words, instead of a registered series (with its own
+/// label set and atomic) per metric and Inbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct InboxSample {
+    /// Values of [`COUNTERS`]; `None`: not known (no series).
+    counters: [Option<i64>; 6],
+    ready: bool,
+    /// Index into [`STATES`]; `STATES.len()` for a state not among them.
+    state: u8,
+}
+
+fn state_index(state: Option<&str>) -> u8 {
+    let i = STATES.iter().position(|s| Some(*s) == state);
+    i.unwrap_or(STATES.len()) as u8
+}
+
+/// One compact map of every Inbox's sample, keyed by (namespace, name), encoded by a custom
+/// collector at scrape time: updates are a map insert, and `inbox_operator_inboxes` is counted
+/// per scrape instead of being recomputed on every update.
+#[derive(Debug, Default)]
+struct InboxSeries {
+    samples: std::sync::RwLock<BTreeMap<(String, String), InboxSample>>,
+}
+
+impl InboxSeries {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<(String, String), InboxSample>> {
+        self.samples.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Encode one gauge family: one series per item that `value` gives a value for.
+fn gauge_family<L: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    (name, help): (&str, &str),
+    series: impl Iterator<Item = (L, i64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in series {
+        family.encode_family(&labels)?.encode_gauge(&value)?;
+    }
+    Ok(())
+}
+
+impl Collector for InboxSeries {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let samples = self.samples.read().unwrap_or_else(|p| p.into_inner());
+        fn label((ns, name): &(String, String)) -> [(&'static str, &str); 2] {
+            [("namespace", ns.as_str()), ("name", name.as_str())]
         }
-        self.inboxes.clear();
-        for (l, n) in counts {
-            self.inboxes.get_or_create(&l).set(n);
+        for (i, meta) in COUNTERS.into_iter().enumerate() {
+            let series = samples
+                .iter()
+                .filter_map(|(k, s)| s.counters[i].map(|v| (label(k), v)));
+            gauge_family(&mut encoder, meta, series)?;
         }
+        let ready = samples.iter().map(|(k, s)| (label(k), i64::from(s.ready)));
+        gauge_family(
+            &mut encoder,
+            (
+                "inbox_operator_inbox_ready",
+                "Whether the Inbox is Ready (1) or not (0)",
+            ),
+            ready,
+        )?;
+        let state = samples.iter().flat_map(|((ns, name), s)| {
+            STATES.iter().enumerate().map(move |(i, st)| {
+                let labels = [
+                    ("namespace", ns.as_str()),
+                    ("name", name.as_str()),
+                    ("state", *st),
+                ];
+                (labels, i64::from(usize::from(s.state) == i))
+            })
+        });
+        gauge_family(
+            &mut encoder,
+            (
+                "inbox_operator_inbox_state",
+                "The inbox's current AgentSend state (1 for the current one)",
+            ),
+            state,
+        )?;
+        let mut counts: BTreeMap<(u8, bool), i64> = BTreeMap::new();
+        for s in samples.values() {
+            *counts.entry((s.state, s.ready)).or_default() += 1;
+        }
+        let aggregate = counts.into_iter().map(|((state, ready), n)| {
+            let state = STATES.get(usize::from(state)).copied().unwrap_or("unknown");
+            let ready = if ready { "true" } else { "false" };
+            ([("state", state), ("ready", ready)], n)
+        });
+        gauge_family(
+            &mut encoder,
+            (
+                "inbox_operator_inboxes",
+                "Inboxes by AgentSend state and readiness",
+            ),
+            aggregate,
+        )
     }
 }
 
@@ -419,6 +391,32 @@ mod tests {
         m.forget_inbox("team", "support");
         let text = m.encode();
         assert!(!text.contains(r#"name="support""#), "{text}");
+    }
+
+    #[test]
+    fn inboxes_are_counted_by_state_and_readiness_at_scrape_time() {
+        let m = Metrics::new();
+        let st = |state: &str| InboxStatus {
+            state: Some(state.into()),
+            ..Default::default()
+        };
+        m.observe_inbox("a", "one", &st("active"), true);
+        m.observe_inbox("a", "two", &st("active"), true);
+        m.observe_inbox("b", "three", &st("suspended"), false);
+        m.observe_inbox("b", "three", &st("active"), false);
+        let text = m.encode();
+        assert!(text.contains(r#"inbox_operator_inboxes{state="active",ready="true"} 2"#));
+        assert!(text.contains(r#"inbox_operator_inboxes{state="active",ready="false"} 1"#));
+        assert!(!text.contains(r#"state="suspended",ready"#), "{text}");
+        // Unknown counters have no series; known ones do.
+        assert!(
+            !text.contains("inbox_operator_inbox_sends_today{"),
+            "{text}"
+        );
+        assert!(text.contains(r#"inbox_operator_inbox_ready{namespace="b",name="three"} 0"#));
+        m.forget_inbox("a", "one");
+        let text = m.encode();
+        assert!(text.contains(r#"inbox_operator_inboxes{state="active",ready="true"} 1"#));
     }
 
     #[test]

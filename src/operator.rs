@@ -1,6 +1,7 @@
 //! `inbox-operator run`: startup checks (key, kubeconfig, CRD, RBAC), the metrics server, the
 //! AgentSend client, signals; then the controller, directly or under [`crate::leader`].
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use kube::api::{Api, ListParams};
@@ -15,6 +16,7 @@ use crate::controller::{self, DefaultKey, Settings};
 use crate::crd::Inbox;
 use crate::leader::{self, Lease, LeaseTiming, WriteGate};
 use crate::metrics::Metrics;
+use crate::secure_metrics;
 use crate::server::{self, Health};
 
 /// Why the operator could not start (or stopped). Each message says what to do.
@@ -67,6 +69,9 @@ pub enum StartupError {
     /// The AgentSend client settings are invalid.
     #[error("invalid AgentSend settings: {0}")]
     AgentSend(String),
+    /// HTTPS for /metrics could not be set up.
+    #[error("{0}")]
+    MetricsTls(#[from] crate::secure_metrics::TlsError),
     /// The metrics address cannot be bound.
     #[error("cannot serve metrics on {addr}: {source}; choose another --metrics-addr")]
     MetricsBind {
@@ -178,22 +183,40 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Serve `/metrics`, `/healthz` and `/readyz` on `--metrics-addr`.
+/// Serve `/metrics`, `/healthz` and `/readyz` on `--metrics-addr` (HTTPS with access checks
+/// unless `--metrics-secure=false`), and the probes on `--health-addr` if set.
 async fn serve_metrics(
     args: &RunArgs,
+    client: &Client,
     metrics: &Arc<Metrics>,
     health: &Arc<Health>,
 ) -> Result<(), StartupError> {
-    server::serve(
-        args.metrics_addr,
-        server::router(metrics.clone(), health.clone()),
-    )
-    .await
-    .map_err(|source| StartupError::MetricsBind {
-        addr: args.metrics_addr.to_string(),
-        source,
-    })?;
-    info!(addr = %args.metrics_addr, "serving /metrics, /healthz, /readyz");
+    let bind_error = |addr: SocketAddr| {
+        move |source| StartupError::MetricsBind {
+            addr: addr.to_string(),
+            source,
+        }
+    };
+    let addr = args.metrics_addr;
+    if args.metrics_secure {
+        let tls = secure_metrics::tls_config(args.metrics_cert_dir.as_deref())?;
+        let auth = secure_metrics::Authorizer::new(client.clone());
+        let app = server::router(metrics.clone(), health.clone(), Some(auth));
+        server::serve_tls(addr, tls, app)
+            .await
+            .map_err(bind_error(addr))?;
+        info!(%addr, "serving /metrics over HTTPS (TokenReview + SubjectAccessReview), /healthz, /readyz");
+    } else {
+        let app = server::router(metrics.clone(), health.clone(), None);
+        server::serve(addr, app).await.map_err(bind_error(addr))?;
+        info!(%addr, "serving /metrics (plain HTTP, unauthenticated), /healthz, /readyz");
+    }
+    if let Some(addr) = args.health_addr {
+        server::serve(addr, server::probes(health.clone()))
+            .await
+            .map_err(bind_error(addr))?;
+        info!(%addr, "serving /healthz, /readyz");
+    }
     Ok(())
 }
 
@@ -244,7 +267,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
     check_crd(&client, &args).await?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
-    serve_metrics(&args, &metrics, &health).await?;
+    serve_metrics(&args, &client, &metrics, &health).await?;
     let api = agentsend_client(&args, &metrics)?;
     let identity = identity(&args);
     let settings = Settings {

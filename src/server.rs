@@ -1,4 +1,6 @@
-//! HTTP endpoints on the metrics address: `/metrics`, `/healthz`, `/readyz`.
+//! HTTP endpoints: `/metrics` on the metrics address (plain, or protected by
+//! [`crate::secure_metrics`]), and the probes `/healthz`, `/readyz` (on the metrics address,
+//! and on the plain-HTTP health address when one is set).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,16 +35,33 @@ impl Health {
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
-    health: Arc<Health>,
 }
 
-/// The router serving the three endpoints.
-pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
+/// The router serving the three endpoints; with `auth`, `/metrics` answers only callers it
+/// allows (the probes stay open).
+pub fn router(
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    auth: Option<crate::secure_metrics::Authorizer>,
+) -> Router {
+    let mut metrics_route = Router::new().route("/metrics", get(metrics_handler));
+    if let Some(auth) = auth {
+        metrics_route = metrics_route.layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::secure_metrics::require_access,
+        ));
+    }
+    metrics_route
+        .with_state(AppState { metrics })
+        .merge(probes(health))
+}
+
+/// The router serving only `/healthz` and `/readyz`.
+pub fn probes(health: Arc<Health>) -> Router {
     Router::new()
-        .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(AppState { metrics, health })
+        .with_state(health)
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
@@ -55,17 +74,31 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
-    if s.health.is_ready() {
+async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    if health.is_ready() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     }
 }
 
-/// Bind `addr` and serve until the process ends.
+/// Bind `addr` and serve plain HTTP until the process ends.
 pub async fn serve(addr: SocketAddr, app: Router) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    }))
+}
+
+/// Bind `addr` and serve HTTPS with `tls` until the process ends.
+pub async fn serve_tls(
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = crate::secure_metrics::TlsListener::bind(addr, tls).await?;
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics server stopped");

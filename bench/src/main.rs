@@ -323,6 +323,7 @@ fn start_operator(args: &Args, kubeconfig: &Path, api_url: &str) -> Result<Proc,
     let child = Command::new(&args.operator)
         .arg("run")
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .arg("--metrics-secure=false")
         .args([
             "--sync-interval",
             &format!("{}s", args.sync_interval.as_secs()),

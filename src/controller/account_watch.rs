@@ -14,7 +14,7 @@ use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::watcher::{self, watcher};
 use kube::{Client, ResourceExt};
 
 use super::credentials::{AccountInfo, InUse, Peer};
@@ -71,7 +71,8 @@ impl AccountCaches {
         let mut streams = Vec::new();
         for ns in namespaces {
             let api = watches::scoped_api::<Account>(client, ns.as_deref());
-            let (store, events) = watches::cached(api, watches::watch_config(), synced);
+            let (store, events) =
+                watches::cached(watcher(api, watches::watch_config()), synced, |_| {});
             stores.push(store);
             let events = changed(events.inspect_ok(own.observer()));
             let changes = watches::without_errors(events, "Accounts").filter_map(|a| async move {
@@ -84,7 +85,8 @@ impl AccountCaches {
             streams.push(changes.boxed());
         }
         let api: Api<ClusterAccount> = Api::all(client.clone());
-        let (cluster, events) = watches::cached(api, watches::watch_config(), synced);
+        let (cluster, events) =
+            watches::cached(watcher(api, watches::watch_config()), synced, |_| {});
         let events = changed(events.inspect_ok(own.observer()));
         let changes =
             watches::without_errors(events, "ClusterAccounts").filter_map(|a| async move {

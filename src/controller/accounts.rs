@@ -119,7 +119,7 @@ impl ScanCache {
             return Err(e);
         }
         if !self.scan_is_fresh(key) {
-            self.scan(key, &[]).await?;
+            self.scan_keeping(key, &[], Some(id)).await?;
             if let Some(hit) = self.fresh(key, id) {
                 return Ok(Some(hit));
             }
@@ -161,7 +161,21 @@ impl ScanCache {
     /// changed or which vanished, in this scan or in an earlier one, and is not yet
     /// [`reported`](Self::reported) — all of them on the first success after a failed scan
     /// (key restored, outage over), since each has a condition to clear.
+    ///
+    /// Only the observations of `watched` are kept (or, when `watched` is empty, of the
+    /// inboxes already known): the cache stays proportional to the bound inboxes, not to the
+    /// account, which other software may fill with many more.
     pub async fn scan(&self, key: &ApiKey, watched: &[String]) -> Result<Vec<String>, ApiError> {
+        self.scan_keeping(key, watched, None).await
+    }
+
+    /// [`scan`](Self::scan), also keeping the observation of `also`.
+    async fn scan_keeping(
+        &self,
+        key: &ApiKey,
+        watched: &[String],
+        also: Option<&str>,
+    ) -> Result<Vec<String>, ApiError> {
         let scan_lock = lock(&self.accounts)
             .entry(key.clone())
             .or_default()
@@ -215,12 +229,19 @@ impl ScanCache {
             // The counter sync passes every bound ID: nothing else needs a report.
             acct.unreported.retain(|id| watched.contains(id.as_str()));
         }
+        // What to keep: the watched inboxes (counter sync), else those already known.
+        let keep: HashSet<String> = if watched.is_empty() {
+            acct.seen.keys().cloned().collect()
+        } else {
+            watched.iter().map(|id| id.to_string()).collect()
+        };
         // Keep observations newer than this scan (made by creates/GETs meanwhile).
-        let ids: HashSet<&str> = by_id.keys().copied().collect();
         acct.seen
-            .retain(|id, (_, at)| *at > started && !ids.contains(id.as_str()));
+            .retain(|id, (_, at)| *at > started && !by_id.contains_key(id.as_str()));
         for r in listed {
-            acct.seen.insert(r.id.clone(), (r, started));
+            if keep.contains(&r.id) || also == Some(r.id.as_str()) {
+                acct.seen.insert(r.id.clone(), (r, started));
+            }
         }
         acct.scanned_at = Some(started);
         acct.scanned_wall = Some(wall);
@@ -276,11 +297,37 @@ pub type Bound = HashMap<String, ObjectRef<Inbox>>;
 /// A bind by this process: (owner UID, owner `namespace/name`, when).
 type RecentBind = (String, String, Instant);
 
+/// The bindings, indexed both ways so that every update and lookup is O(1).
+#[derive(Default)]
+struct Bindings {
+    /// API key → (inbox ID → the Inbox bound to it).
+    accounts: HashMap<ApiKey, Bound>,
+    /// Inbox → (API key, inbox ID): its one binding.
+    by_obj: HashMap<ObjectRef<Inbox>, (ApiKey, String)>,
+}
+
+impl Bindings {
+    /// Remove `obj`'s binding, if any.
+    fn remove(&mut self, obj: &ObjectRef<Inbox>) {
+        let Some((key, id)) = self.by_obj.remove(obj) else {
+            return;
+        };
+        if let Some(bound) = self.accounts.get_mut(&key) {
+            if bound.get(&id) == Some(obj) {
+                bound.remove(&id);
+            }
+            if bound.is_empty() {
+                self.accounts.remove(&key);
+            }
+        }
+    }
+}
+
 /// Which Inbox is bound to which inbox, per account.
 #[derive(Clone, Default)]
 pub struct BindingRegistry {
-    /// API key → (inbox ID → the Inbox bound to it).
-    accounts: Arc<Mutex<HashMap<ApiKey, Bound>>>,
+    /// Who is bound to what (proportional to the bound Inboxes, O(1) per update).
+    bindings: Arc<Mutex<Bindings>>,
     /// Inbox IDs this process bound recently (the watch cache may not show them yet):
     /// ID → (owner UID, owner `namespace/name`, when).
     recently_bound: Arc<Mutex<HashMap<String, RecentBind>>>,
@@ -293,42 +340,39 @@ pub struct BindingRegistry {
 
 impl BindingRegistry {
     /// Record that `obj` is bound to inbox `id` in the account of `key` (moving it away from
-    /// any other key, e.g. after a key rotation).
+    /// any other key or ID, e.g. after a key rotation).
     pub fn register(&self, key: &ApiKey, id: &str, obj: ObjectRef<Inbox>) {
-        let mut accounts = lock(&self.accounts);
-        for (k, bound) in accounts.iter_mut() {
-            if k != key {
-                bound.retain(|_, o| o != &obj);
-            }
+        let mut b = lock(&self.bindings);
+        if b.by_obj.get(&obj).is_some_and(|(k, i)| k == key && i == id) {
+            return;
         }
-        let bound = accounts.entry(key.clone()).or_default();
-        bound.retain(|i, o| o != &obj || i == id);
-        bound.insert(id.to_string(), obj);
-        accounts.retain(|_, b| !b.is_empty());
+        b.remove(&obj);
+        let bound = b.accounts.entry(key.clone()).or_default();
+        if let Some(previous) = bound.insert(id.to_string(), obj.clone())
+            && previous != obj
+        {
+            // The ID changed hands: the previous Inbox is no longer bound to it.
+            b.by_obj.remove(&previous);
+        }
+        b.by_obj.insert(obj, (key.clone(), id.to_string()));
     }
 
     /// Forget `obj` (deleted Inbox).
     pub fn unregister(&self, obj: &ObjectRef<Inbox>) {
-        let mut accounts = lock(&self.accounts);
-        for bound in accounts.values_mut() {
-            bound.retain(|_, o| o != obj);
-        }
-        accounts.retain(|_, b| !b.is_empty());
+        lock(&self.bindings).remove(obj);
     }
 
     /// The API key `obj` was last bound under, if this process saw it. Lets deletion finish
     /// when the credentials Secret is already gone (a namespace being deleted removes it
     /// alongside the Inbox).
     pub fn key_for(&self, obj: &ObjectRef<Inbox>) -> Option<ApiKey> {
-        lock(&self.accounts)
-            .iter()
-            .find(|(_, b)| b.values().any(|o| o == obj))
-            .map(|(k, _)| k.clone())
+        lock(&self.bindings).by_obj.get(obj).map(|(k, _)| k.clone())
     }
 
     /// API keys with bound inboxes, and the bindings in each.
     pub fn snapshot(&self) -> Vec<(ApiKey, Bound)> {
-        lock(&self.accounts)
+        lock(&self.bindings)
+            .accounts
             .iter()
             .map(|(k, b)| (k.clone(), b.clone()))
             .collect()
@@ -553,6 +597,19 @@ mod tests {
     }
 
     #[test]
+    fn an_id_that_changes_hands_leaves_the_previous_inbox_unbound() {
+        let b = BindingRegistry::default();
+        let k = ApiKey::new("k").unwrap();
+        b.register(&k, "i1", obj("x"));
+        b.register(&k, "i1", obj("y"));
+        assert_eq!(b.key_for(&obj("x")), None);
+        assert_eq!(b.key_for(&obj("y")), Some(k.clone()));
+        // Unregistering the previous owner leaves the new binding alone.
+        b.unregister(&obj("x"));
+        assert_eq!(bound_in(&b.snapshot(), &k), vec![obj("y")]);
+    }
+
+    #[test]
     fn recently_bound_excludes_the_owner() {
         let b = BindingRegistry::default();
         b.note_bound("i1", "uid-a", "ns/a");
@@ -580,6 +637,32 @@ mod tests {
         let (a, b) = (ApiKey::new("a").unwrap(), ApiKey::new("b").unwrap());
         assert!(Arc::ptr_eq(&g.of(&a), &g.of(&a)));
         assert!(!Arc::ptr_eq(&g.of(&a), &g.of(&b)));
+    }
+
+    /// An account shared with other software: the cache keeps the bound inboxes only.
+    #[tokio::test]
+    async fn scans_keep_only_the_bound_inboxes() {
+        let sim = inbox_sim::Simulator::new();
+        sim.add_account("acct", "key-a");
+        let handle = sim.spawn().await.unwrap();
+        let client = AgentSendClient::new(&handle.url(), ClientOptions::default()).unwrap();
+        let scans = ScanCache::new(client, Duration::from_secs(60));
+        let key = ApiKey::new("key-a").unwrap();
+        let ids: Vec<String> = (0..5)
+            .map(|_| {
+                let r = sim.insert_inbox("acct", inbox_sim::CreateInbox::default());
+                r.unwrap().id
+            })
+            .collect();
+        let watched = vec![ids[0].clone()];
+        scans.scan(&key, &watched).await.unwrap();
+        let known = |scans: &ScanCache| lock(&scans.accounts)[&key].seen.len();
+        assert_eq!(known(&scans), 1, "only the bound inbox");
+        // A reconcile asking for another one (adoption) gets it from the scan it starts.
+        lock(&scans.accounts).get_mut(&key).unwrap().scanned_at = None;
+        assert!(scans.observe(&key, &ids[1]).await.unwrap().is_some());
+        assert_eq!(known(&scans), 2);
+        assert_eq!(sim.request_count(inbox_sim::Route::Get), 0, "no GET needed");
     }
 
     #[tokio::test]

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    FieldsV1, ManagedFieldsEntry, ObjectMeta, OwnerReference,
+};
 use kube::Resource;
 
 use crate::agentsend::{CreateInbox, RemoteInbox, SHARED_DOMAIN};
@@ -309,6 +311,7 @@ pub fn desired_secret(inbox: &Inbox, remote: &RemoteInbox) -> Option<Secret> {
     if let Some(d) = &remote.domain_id {
         data.insert("domainId".to_string(), ByteString(d.clone().into_bytes()));
     }
+    annotations.insert(crd::ANNOTATION_DATA_DIGEST.into(), data_digest(&data));
     Some(Secret {
         metadata: ObjectMeta {
             name: Some(name),
@@ -325,12 +328,18 @@ pub fn desired_secret(inbox: &Inbox, remote: &RemoteInbox) -> Option<Secret> {
 }
 
 /// Add rendered template values to a desired Secret's data (the default keys stay as they are:
-/// templates cannot name them).
+/// templates cannot name them), and record the digest of the whole data.
 pub fn add_string_data(secret: &mut Secret, values: BTreeMap<String, String>) {
     let data = secret.data.get_or_insert_with(BTreeMap::new);
     for (k, v) in values {
         data.entry(k).or_insert(ByteString(v.into_bytes()));
     }
+    let digest = data_digest(data);
+    secret
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(crd::ANNOTATION_DATA_DIGEST.into(), digest);
 }
 
 /// Controller ownerReference to the Inbox (blocking its foreground deletion).
@@ -341,15 +350,69 @@ pub fn owner_reference(inbox: &Inbox) -> Option<OwnerReference> {
     })
 }
 
-/// Whether `secret` is controlled by the Inbox with `owner_uid`.
-pub fn is_owned_by(secret: &Secret, owner_uid: &str) -> bool {
+/// Whether the Secret with metadata `meta` is controlled by the Inbox with `owner_uid`.
+pub fn is_owned_by(meta: &ObjectMeta, owner_uid: &str) -> bool {
     !owner_uid.is_empty()
-        && secret
-            .metadata
+        && meta
             .owner_references
             .iter()
             .flatten()
             .any(|o| o.uid == owner_uid && o.kind == "Inbox" && o.controller == Some(true))
+}
+
+/// The digest of a Secret's data that [`crd::ANNOTATION_DATA_DIGEST`] records: SHA-256 over
+/// the keys and values in key order, hex-encoded.
+pub fn data_digest(data: &BTreeMap<String, ByteString>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (k, v) in data {
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(k.as_bytes());
+        h.update((v.0.len() as u64).to_be_bytes());
+        h.update(&v.0);
+    }
+    let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Whether the data keys in `keys` still hold what this operator wrote, read from the
+/// Secret's `managedFields` alone: each is owned by this operator's field manager and by no
+/// other. Kubernetes moves a field to whoever changes its value, and drops it from every
+/// manager when it is removed, so an edit or removal of one of our keys shows up here.
+pub fn data_as_written<'a>(meta: &ObjectMeta, mut keys: impl Iterator<Item = &'a str>) -> bool {
+    let entries = meta.managed_fields.as_deref().unwrap_or_default();
+    let owns = |e: &ManagedFieldsEntry, key: &str| {
+        e.fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:data"))
+            .and_then(|d| d.get(format!("f:{key}")))
+            .is_some()
+    };
+    let ours = |e: &ManagedFieldsEntry| e.manager.as_deref() == Some(crd::FIELD_MANAGER);
+    keys.all(|key| {
+        entries.iter().any(|e| ours(e) && owns(e, key))
+            && !entries.iter().any(|e| !ours(e) && owns(e, key))
+    })
+}
+
+/// Trim a managed Secret's cached `managedFields` to what [`data_as_written`] reads: who owns
+/// which key of `data`. Entries that own no data go.
+pub fn trim_managed_fields(meta: &mut ObjectMeta) {
+    let Some(entries) = meta.managed_fields.take() else {
+        return;
+    };
+    let kept: Vec<ManagedFieldsEntry> = entries
+        .into_iter()
+        .filter_map(|e| {
+            let data = e.fields_v1?.0.get("f:data")?.clone();
+            Some(ManagedFieldsEntry {
+                manager: e.manager,
+                fields_v1: Some(FieldsV1(serde_json::json!({ "f:data": data }))),
+                ..ManagedFieldsEntry::default()
+            })
+        })
+        .collect();
+    meta.managed_fields = (!kept.is_empty()).then_some(kept);
 }
 
 /// What to do with the Secret.
@@ -365,8 +428,10 @@ pub enum SecretPlan {
     Conflict,
 }
 
-/// Compare the existing Secret (if any) with the desired one.
-pub fn plan_secret(existing: Option<&Secret>, desired: &Secret, owner_uid: &str) -> SecretPlan {
+/// Compare the existing Secret's metadata (if any) with the desired Secret. Its data is never
+/// read: the digest annotation says what data was last written, its `managedFields` whether
+/// anyone changed our keys since ([`data_as_written`]).
+pub fn plan_secret(existing: Option<&ObjectMeta>, desired: &Secret, owner_uid: &str) -> SecretPlan {
     let Some(s) = existing else {
         return SecretPlan::Create;
     };
@@ -379,16 +444,10 @@ pub fn plan_secret(existing: Option<&Secret>, desired: &Secret, owner_uid: &str)
             .flatten()
             .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
-    let data_ok = desired
-        .data
-        .iter()
-        .flatten()
-        .all(|(k, v)| s.data.as_ref().and_then(|d| d.get(k)) == Some(v));
-    let type_ok = s.type_.as_deref().unwrap_or("Opaque") == "Opaque";
-    if data_ok
-        && type_ok
-        && contains(&s.metadata.labels, &desired.metadata.labels)
-        && contains(&s.metadata.annotations, &desired.metadata.annotations)
+    let keys = desired.data.iter().flatten().map(|(k, _)| k.as_str());
+    if data_as_written(s, keys)
+        && contains(&s.labels, &desired.metadata.labels)
+        && contains(&s.annotations, &desired.metadata.annotations)
     {
         SecretPlan::UpToDate
     } else {
@@ -435,7 +494,7 @@ pub fn deletion_policy(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::crd::SecretSpec;
 
@@ -715,8 +774,11 @@ mod tests {
         assert_eq!(data["inboxId"].0, b"inb_1");
         assert_eq!(data["domainId"].0, b"dom");
         assert_eq!(data.len(), 3);
-        assert!(is_owned_by(&s, "uid-1"));
-        assert!(!is_owned_by(&s, "uid-2"));
+        assert!(is_owned_by(&s.metadata, "uid-1"));
+        assert!(!is_owned_by(&s.metadata, "uid-2"));
+        let digest = &annotations["agentsend.io/data-digest"];
+        assert_eq!(digest, &data_digest(&data));
+        assert!(digest.starts_with("sha256:") && digest.len() == 7 + 64);
     }
 
     #[test]
@@ -737,38 +799,150 @@ mod tests {
         assert_eq!(s.metadata.name.as_deref(), Some(long.as_str()));
     }
 
+    /// `managedFields` that give each of `keys` (and `metadata`) to `manager`.
+    fn owning(manager: &str, keys: &[&str]) -> ManagedFieldsEntry {
+        let data: serde_json::Map<_, _> = keys
+            .iter()
+            .map(|k| (format!("f:{k}"), serde_json::json!({})))
+            .collect();
+        ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some("Update".into()),
+            fields_v1: Some(FieldsV1(serde_json::json!({
+                "f:data": data,
+                "f:metadata": { "f:labels": {} },
+            }))),
+            ..Default::default()
+        }
+    }
+
+    /// The metadata of `secret` as the API server returns it after this operator wrote it.
+    pub(crate) fn as_written(secret: &Secret) -> ObjectMeta {
+        let keys: Vec<&str> = secret
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        ObjectMeta {
+            managed_fields: Some(vec![owning(crd::FIELD_MANAGER, &keys)]),
+            ..secret.metadata.clone()
+        }
+    }
+
     #[test]
     fn secret_plans() {
         let i = inbox();
         let r = remote("inb_1", "x@agentsend.io");
         let want = desired_secret(&i, &r).unwrap();
         assert_eq!(plan_secret(None, &want, "uid-1"), SecretPlan::Create);
-        let with_key = |key: &str, value: &[u8]| {
-            let mut s = want.clone();
-            s.data
-                .get_or_insert_with(BTreeMap::new)
-                .insert(key.into(), ByteString(value.to_vec()));
-            s
+        let written = as_written(&want);
+        let with = |f: &dyn Fn(&mut ObjectMeta)| {
+            let mut m = written.clone();
+            f(&mut m);
+            m
         };
-        let mut foreign = want.clone();
-        foreign.metadata.owner_references = None;
+        let managers = |entries: Vec<ManagedFieldsEntry>| {
+            with(&move |m: &mut ObjectMeta| m.managed_fields = Some(entries.clone()))
+        };
+        let ours = |keys: &[&str]| owning(crd::FIELD_MANAGER, keys);
         let cases = [
-            ("as written", want.clone(), SecretPlan::UpToDate),
-            ("not ours", foreign, SecretPlan::Conflict),
+            ("as written", written.clone(), SecretPlan::UpToDate),
             (
-                "address edited",
-                with_key("address", b"evil@x"),
+                "not ours",
+                with(&|m| m.owner_references = None),
+                SecretPlan::Conflict,
+            ),
+            (
+                "address edited by someone else",
+                managers(vec![
+                    ours(&["inboxId"]),
+                    owning("kubectl-edit", &["address"]),
+                ]),
+                SecretPlan::Update,
+            ),
+            (
+                "address removed",
+                managers(vec![ours(&["inboxId"])]),
                 SecretPlan::Update,
             ),
             (
                 "a key of someone else's added",
-                with_key("note", b"hi"),
+                managers(vec![
+                    ours(&["address", "inboxId"]),
+                    owning("kubectl-edit", &["note"]),
+                ]),
                 SecretPlan::UpToDate,
+            ),
+            (
+                "written for another inbox (digest differs)",
+                with(&|m| {
+                    m.annotations
+                        .get_or_insert_default()
+                        .insert(crd::ANNOTATION_DATA_DIGEST.into(), "sha256:old".into());
+                }),
+                SecretPlan::Update,
+            ),
+            (
+                "written before digests existed",
+                with(&|m| {
+                    m.annotations
+                        .get_or_insert_default()
+                        .remove(crd::ANNOTATION_DATA_DIGEST);
+                }),
+                SecretPlan::Update,
+            ),
+            (
+                "no managedFields: cannot tell, restore",
+                with(&|m| m.managed_fields = None),
+                SecretPlan::Update,
             ),
         ];
         for (case, existing, plan) in cases {
             assert_eq!(plan_secret(Some(&existing), &want, "uid-1"), plan, "{case}");
         }
+    }
+
+    #[test]
+    fn digests_differ_with_any_key_or_value() {
+        let d = |pairs: &[(&str, &str)]| {
+            data_digest(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            )
+        };
+        let base = d(&[("address", "a@x"), ("inboxId", "inb_1")]);
+        assert_eq!(base, d(&[("inboxId", "inb_1"), ("address", "a@x")]));
+        assert_ne!(base, d(&[("address", "b@x"), ("inboxId", "inb_1")]));
+        assert_ne!(base, d(&[("address", "a@x"), ("inboxId", "inb_2")]));
+        // Length prefixes: moving bytes between key and value changes the digest.
+        assert_ne!(d(&[("ab", "c")]), d(&[("a", "bc")]));
+    }
+
+    #[test]
+    fn the_cached_managed_fields_keep_only_data_ownership() {
+        let mut m = ObjectMeta {
+            managed_fields: Some(vec![
+                owning(crd::FIELD_MANAGER, &["address"]),
+                ManagedFieldsEntry {
+                    manager: Some("labeler".into()),
+                    fields_v1: Some(FieldsV1(serde_json::json!({"f:metadata": {}}))),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        };
+        trim_managed_fields(&mut m);
+        let kept = m.managed_fields.clone().unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            kept[0].fields_v1.as_ref().unwrap().0,
+            serde_json::json!({"f:data": {"f:address": {}}})
+        );
+        assert!(data_as_written(&m, ["address"].into_iter()));
+        assert!(!data_as_written(&m, ["inboxId"].into_iter()));
     }
 
     #[test]

@@ -353,11 +353,11 @@ impl<'a> Pass<'a> {
                 create,
                 event,
             } => {
-                self.write_secret(&secret, create).await?;
+                let written = self.write_secret(&secret, create).await?;
                 if let Some(event) = &event {
                     self.publish(event).await;
                 }
-                o.secrets.insert(secret.name_any(), Some(*secret));
+                o.secrets.insert(secret.name_any(), Some(written));
             }
             Step::DeleteSecret { name, uid } => {
                 self.delete_secret(&name, uid).await?;
@@ -661,15 +661,17 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// From the watch cache; one GET when the cache does not have it (a foreign Secret is
-    /// not in the label-filtered cache, and the cache may lag our own writes).
-    async fn get_secret(&self, name: &str) -> Result<Option<Secret>, Error> {
+    /// A Secret's metadata (never its data) from the watch cache; one metadata GET when the
+    /// cache does not have it (a foreign Secret is not in the label-filtered cache, and the
+    /// cache may lag our own writes).
+    async fn get_secret(&self, name: &str) -> Result<Option<ObjectMeta>, Error> {
         if let Some(store) = self.ctx.secret_store(&self.ns)
             && let Some(s) = store.get(&ObjectRef::new(name).within(&self.ns))
         {
-            return Ok(Some((*s).clone()));
+            return Ok(Some(s.metadata.clone()));
         }
-        Ok(self.secrets.get_opt(name).await?)
+        let found = self.secrets.get_metadata_opt(name).await?;
+        Ok(found.map(|m| m.metadata))
     }
 
     // ------------------------------------------------------------------ writes
@@ -754,27 +756,27 @@ impl<'a> Pass<'a> {
     }
 
     /// Create the Secret (a 409 means it appeared meanwhile: fail, re-read next pass) or
-    /// server-side apply our fields onto it.
-    async fn write_secret(&self, secret: &Secret, create: bool) -> Result<(), Error> {
+    /// server-side apply our fields onto it. Returns its metadata as written.
+    async fn write_secret(&self, secret: &Secret, create: bool) -> Result<ObjectMeta, Error> {
         if create {
             let pp = PostParams {
                 field_manager: Some(crd::FIELD_MANAGER.into()),
                 ..Default::default()
             };
-            self.secrets.create(&pp, secret).await?;
-            return Ok(());
+            return Ok(self.secrets.create(&pp, secret).await?.metadata);
         }
         let mut body = serde_json::to_value(secret).map_err(kube::Error::SerdeError)?;
         body["apiVersion"] = json!(Secret::api_version(&()));
         body["kind"] = json!(Secret::kind(&()));
-        self.secrets
+        let written = self
+            .secrets
             .patch(
                 &secret.name_any(),
                 &PatchParams::apply(crd::FIELD_MANAGER).force(),
                 &Patch::Apply(&body),
             )
             .await?;
-        Ok(())
+        Ok(written.metadata)
     }
 
     /// Delete an owned Secret; gone already, or replaced meanwhile (UID precondition), is fine.

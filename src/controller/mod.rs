@@ -20,6 +20,7 @@ pub mod decide;
 pub mod events;
 mod execute;
 pub mod in_use;
+pub mod key_secrets;
 pub mod plan;
 pub mod refresh;
 pub mod status;
@@ -34,7 +35,7 @@ use std::time::Duration;
 use futures::channel::mpsc;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::core::PartialObjectMeta;
@@ -221,7 +222,7 @@ pub struct Context {
     /// Every Inbox's claim cluster-wide, when `inbox_stores` do not cover the cluster, and
     /// whether it has listed yet.
     pub(crate) claims_index: Option<(Store<PartialObjectMeta<Inbox>>, Arc<AtomicBool>)>,
-    pub(crate) secret_stores: HashMap<Option<String>, Store<Secret>>,
+    pub(crate) secret_stores: HashMap<Option<String>, Store<PartialObjectMeta<Secret>>>,
     /// Namespace metadata per watched scope (the default deletion policy).
     pub(crate) namespace_stores: HashMap<Option<String>, Store<watches::NamespaceMeta>>,
     pub(crate) failures: Mutex<HashMap<ObjectRef<Inbox>, u32>>,
@@ -345,7 +346,7 @@ impl Context {
     }
 
     /// The managed-Secret cache for a namespace.
-    pub(crate) fn secret_store(&self, ns: &str) -> Option<&Store<Secret>> {
+    pub(crate) fn secret_store(&self, ns: &str) -> Option<&Store<PartialObjectMeta<Secret>>> {
         self.secret_stores
             .get(&Some(ns.to_string()))
             .or_else(|| self.secret_stores.get(&None))
@@ -404,15 +405,17 @@ struct Scope {
     ns: Option<String>,
     inboxes: Store<Inbox>,
     inbox_events: BoxStream<'static, Result<Inbox, watcher::Error>>,
-    secrets: Store<Secret>,
-    secret_events: BoxStream<'static, Result<Secret, watcher::Error>>,
+    secrets: Store<PartialObjectMeta<Secret>>,
+    secret_events: BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
     namespaces: Store<watches::NamespaceMeta>,
     namespace_events: BoxStream<'static, Result<watches::NamespaceMeta, watcher::Error>>,
+    /// Pinged on every Inbox event: the set of referenced key Secrets may have changed.
+    references_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Scope {
-    /// Start the cached watches of one scope: Inboxes (by `--selector`) and the Secrets this
-    /// operator manages. Lists are consistent reads (not `any_semantic`, served from the API
+    /// Start the cached watches of one scope: Inboxes (by `--selector`) and the metadata of
+    /// the Secrets this operator manages (by label). Lists are consistent reads (not `any_semantic`, served from the API
     /// server's watch cache): after an API server restart a cached list could hand back a
     /// resourceVersion the new watch cache no longer serves, and every relist would then
     /// fail with 410 Gone.
@@ -426,17 +429,24 @@ impl Scope {
         if let Some(sel) = &settings.selector {
             inbox_config = inbox_config.labels(sel);
         }
-        let secret_config = watches::watch_config().labels(&managed_secret_selector());
         let inbox_api = watches::scoped_api::<Inbox>(client, ns.as_deref());
-        let secret_api = watches::scoped_api::<Secret>(client, ns.as_deref());
-        let (inboxes, inbox_events) = watches::cached(inbox_api, inbox_config, synced);
-        let (secrets, secret_events) = watches::cached(secret_api, secret_config, synced);
+        let secret_api = watches::scoped_api::<PartialObjectMeta<Secret>>(client, ns.as_deref());
+        let (inboxes, inbox_events) = watches::cached(
+            watcher(inbox_api, inbox_config),
+            synced,
+            watches::trim_inbox,
+        );
+        let (secrets, secret_events) = watches::owned_secrets(secret_api, synced);
         let (namespaces, namespace_events) = watches::namespaces(client, ns.as_deref());
+        let references_changed = Arc::new(tokio::sync::Notify::new());
+        let notify = references_changed.clone();
+        let inbox_events = inbox_events.inspect_ok(move |_| notify.notify_one());
         Scope {
             namespaces,
             namespace_events: watches::without_errors(namespace_events, "namespaces").boxed(),
             ns,
             inboxes,
+            references_changed,
             inbox_events: watches::without_errors(inbox_events.applied_objects(), "Inboxes")
                 .boxed(),
             secrets,
@@ -461,7 +471,12 @@ impl Scope {
         let users = self.inboxes.clone();
         let in_namespace = self.inboxes.clone();
         let credentials = watches::without_errors(
-            watches::credentials_secrets(client, self.ns.as_deref()),
+            key_secrets::watch_referenced(
+                client.clone(),
+                vec![key_secrets::inbox_references(self.inboxes.clone())],
+                self.references_changed,
+                stop.clone(),
+            ),
             "credentials Secrets",
         );
         let config = ControllerConfig::default()

@@ -35,6 +35,7 @@ use std::fmt;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::Error;
 pub use super::credentials::InUse;
@@ -219,8 +220,9 @@ pub struct Observed {
     pub forgotten: bool,
     /// This pass registered the binding with the counter sync.
     pub registered: bool,
-    /// Secrets read (or written, or deleted) by name; `None` inside: absent.
-    pub secrets: BTreeMap<String, Option<Secret>>,
+    /// The metadata of Secrets read (or written, or deleted) by name; `None` inside: absent.
+    /// Their data is never read: see [`decide::plan_secret`].
+    pub secrets: BTreeMap<String, Option<ObjectMeta>>,
     /// Outcome of this pass's delete call.
     pub deleted: Option<Result<(), ApiError>>,
     /// Events this pass published outside status reports.
@@ -1187,7 +1189,7 @@ fn delete_owned_secret(o: &Observed, name: &str) -> Option<Step> {
         }),
         Some(Some(s)) if decide::is_owned_by(s, uid) => Some(Step::DeleteSecret {
             name: name.to_string(),
-            uid: s.metadata.uid.clone(),
+            uid: s.uid.clone(),
         }),
         Some(_) => None,
     }
@@ -1751,8 +1753,8 @@ mod tests {
     //! and the one thing the planner does next.
 
     use super::*;
+    use crate::controller::decide::tests::as_written;
     use crate::crd::{InboxSpec, SecretSpec};
-    use k8s_openapi::ByteString;
     use kube::ResourceExt;
 
     const NOW: &str = "2026-11-28T10:00:00Z";
@@ -1960,7 +1962,7 @@ mod tests {
         fn registered(self) -> Self {
             self.with(|o| o.registered = true)
         }
-        fn secret(self, name: &str, s: Option<Secret>) -> Self {
+        fn secret(self, name: &str, s: Option<ObjectMeta>) -> Self {
             let name = name.to_string();
             self.with(|o| {
                 o.secrets.insert(name, s);
@@ -1968,7 +1970,7 @@ mod tests {
         }
         /// The Secret as this Inbox writes it for `r`.
         fn secret_for(self, r: &RemoteInbox) -> Self {
-            let s = decide::desired_secret(&self.0.inbox, r);
+            let s = decide::desired_secret(&self.0.inbox, r).map(|s| as_written(&s));
             let name = self.0.inbox.secret_name();
             self.secret(&name, s)
         }
@@ -1983,16 +1985,16 @@ mod tests {
         }
     }
 
-    fn owned_secret(name: &str) -> Secret {
-        let mut s = decide::desired_secret(&obs().0.inbox, &inb1()).unwrap();
-        s.metadata.name = Some(name.into());
-        s.metadata.uid = Some(format!("uid-of-{name}"));
+    fn owned_secret(name: &str) -> ObjectMeta {
+        let mut s = as_written(&decide::desired_secret(&obs().0.inbox, &inb1()).unwrap());
+        s.name = Some(name.into());
+        s.uid = Some(format!("uid-of-{name}"));
         s
     }
 
-    fn foreign_secret(name: &str) -> Secret {
+    fn foreign_secret(name: &str) -> ObjectMeta {
         let mut s = owned_secret(name);
-        s.metadata.owner_references = None;
+        s.owner_references = None;
         s
     }
 
@@ -2667,10 +2669,11 @@ mod tests {
                     .secret(
                         "mail",
                         Some({
+                            // Someone else's edit of `address` moved the field to them.
                             let mut s = owned_secret("mail");
-                            s.data
-                                .get_or_insert_default()
-                                .insert("address".into(), ByteString(b"evil@x".to_vec()));
+                            for e in s.managed_fields.iter_mut().flatten() {
+                                e.manager = Some("kubectl-edit".into());
+                            }
                             s
                         }),
                     ),
@@ -3140,7 +3143,15 @@ mod tests {
             panic!("expected a Secret write, got {}", plan(&b.0));
         };
         assert!(create);
+        let digest = secret.metadata.annotations.clone().unwrap_or_default()
+            [crd::ANNOTATION_DATA_DIGEST]
+            .clone();
         let data = secret.data.unwrap_or_default();
+        assert_eq!(
+            digest,
+            decide::data_digest(&data),
+            "the digest covers the template keys"
+        );
         let keys: Vec<&str> = data.keys().map(String::as_str).collect();
         assert_eq!(keys, ["FROM", "address", "inboxId"]);
         assert_eq!(data["FROM"].0, format!("<{}>", inb1().address).into_bytes());

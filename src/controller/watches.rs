@@ -1,7 +1,7 @@
 //! Watch set-up: one cached, reflected watch per resource and scope (the same pipeline for
-//! Inboxes and managed Secrets), the readiness signal once every cache has listed, the
-//! metadata watch of credentials Secrets, and the mapping from such a Secret to the Inboxes
-//! that use it.
+//! Inboxes and the metadata of managed Secrets), the readiness signal once every cache has
+//! listed, and the mapping from a credentials Secret (watched by [`super::key_secrets`]) to
+//! the Inboxes that use it.
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -17,8 +17,8 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
-use serde::de::DeserializeOwned;
 
+use super::decide;
 use crate::crd::{self, Inbox};
 
 /// How long the API server keeps one watch request open (seconds). Shorter than kube's
@@ -55,50 +55,61 @@ where
     }
 }
 
-/// Watch `api`, keep a cache of what it lists (without `managedFields`, large and never
+/// Cache what the watch `events` lists, each object trimmed by `trim` first (to what decisions
 /// read), and count its first list towards readiness. Returns the cache and the stream of
 /// watch events, which must be polled for the cache to fill.
 pub(crate) fn cached<K>(
-    api: Api<K>,
-    config: watcher::Config,
+    events: impl Stream<Item = WatchResult<K>> + Send + 'static,
     synced: &Arc<CacheSync>,
+    trim: fn(&mut K),
 ) -> (
     Store<K>,
-    impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    impl Stream<Item = WatchResult<K>> + Send + 'static,
 )
 where
-    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K: Resource + Clone + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
     let (reader, writer) = reflector::store::<K>();
-    let stream = watcher(api, config)
+    let stream = events
         .backoff(backoff())
         .inspect_ok(synced.observer())
-        .modify(|o: &mut K| {
-            o.meta_mut().managed_fields = None;
-        })
+        .modify(trim)
         .reflect(writer);
     (reader, stream)
 }
 
-/// Credentials Secrets are the user's (not labelled as ours): their metadata only, so a key
-/// rotation reconciles the Inboxes that use the Secret without caching any key.
-pub(crate) fn credentials_secrets(
-    client: &Client,
-    namespace: Option<&str>,
-) -> impl Stream<Item = Result<PartialObjectMeta<Secret>, watcher::Error>> + Send + 'static {
-    let api: Api<PartialObjectMeta<Secret>> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let not_ours = format!("{}!={}", crd::LABEL_MANAGED_BY, crd::MANAGED_BY);
-    watcher(api, watch_config().labels(&not_ours))
-        .backoff(backoff())
-        .touched_objects()
-        .map_ok(|mut m| {
-            m.metadata.managed_fields = None;
-            m
-        })
+/// The annotation `kubectl apply` (client-side) leaves on what it applied: a full copy of the
+/// manifest, never read by the operator.
+pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Trim an Inbox for the cache to what decisions read: without `managedFields` and the
+/// `kubectl apply` copy of the manifest, which together are usually larger than the rest of
+/// the object. Status stays whole: every field of it is the operator's own, compared with the
+/// status a pass renders so that an unchanged Inbox costs no write (unknown fields are
+/// already dropped by the typed status).
+pub(crate) fn trim_inbox(inbox: &mut Inbox) {
+    let meta = inbox.meta_mut();
+    meta.managed_fields = None;
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(LAST_APPLIED);
+    }
+}
+
+/// The metadata-only watch of the Secrets this operator owns (by label): the cache keeps
+/// their metadata with `managedFields` trimmed to who owns which data key
+/// ([`decide::trim_managed_fields`]) — never Secret data.
+pub(crate) fn owned_secrets(
+    api: Api<PartialObjectMeta<Secret>>,
+    synced: &Arc<CacheSync>,
+) -> (
+    Store<PartialObjectMeta<Secret>>,
+    impl Stream<Item = WatchResult<PartialObjectMeta<Secret>>> + Send + 'static,
+) {
+    let config = watch_config().labels(&super::managed_secret_selector());
+    cached(watcher(api, config), synced, |m| {
+        decide::trim_managed_fields(&mut m.metadata)
+    })
 }
 
 /// A namespace's metadata alone.
@@ -332,6 +343,28 @@ mod tests {
         let mut unbound = ObjectMeta::default();
         trim_to_claim(&mut unbound);
         assert!(unbound.annotations.is_none());
+    }
+
+    #[test]
+    fn the_inbox_cache_drops_managed_fields_and_the_applied_manifest() {
+        let mut i = inbox("ns", "a", Some("key"));
+        let m = Arc::make_mut(&mut i);
+        m.metadata.managed_fields = Some(vec![Default::default()]);
+        m.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_string(), "{...}".to_string()),
+                (crd::ANNOTATION_INBOX_ID.to_string(), "inb_1".to_string()),
+            ]
+            .into(),
+        );
+        let before = m.clone();
+        trim_inbox(m);
+        assert!(m.metadata.managed_fields.is_none());
+        assert_eq!(
+            m.metadata.annotations,
+            Some([(crd::ANNOTATION_INBOX_ID.to_string(), "inb_1".to_string())].into())
+        );
+        assert_eq!((&m.spec, &m.status), (&before.spec, &before.status));
     }
 
     #[test]

@@ -452,10 +452,29 @@ async fn owned_secret_is_restored_and_foreign_secret_untouched() {
         .patch("keep", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .unwrap();
-    wait_for("secret restored", Duration::from_secs(10), || async {
+    let restored = wait_for("secret restored", Duration::from_secs(10), || async {
         env.secret("keep")
             .await
             .filter(|s| data(s, "address") == addr)
+    })
+    .await;
+    // The operator decides from metadata alone: a digest of the data it wrote.
+    let digest = restored.annotations().get("agentsend.io/data-digest");
+    assert!(
+        digest.is_some_and(|d| d.starts_with("sha256:")),
+        "{digest:?}"
+    );
+
+    // A key removed: restored too.
+    let patch = json!({"data": {"inboxId": null}});
+    env.secrets()
+        .patch("keep", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    wait_for("removed key restored", Duration::from_secs(10), || async {
+        env.secret("keep")
+            .await
+            .filter(|s| s.data.as_ref().is_some_and(|d| d.contains_key("inboxId")))
     })
     .await;
 

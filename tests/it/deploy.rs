@@ -8,9 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{Operator, TestNamespace, control_plane, wait_for};
-use inbox_operator::crd::{Inbox, InboxSpec};
+use inbox_operator::crd::{CredentialsSpec, Inbox, InboxSpec, SecretKeyRef};
 use inbox_sim::Simulator;
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -384,4 +385,190 @@ async fn helm_install_upgrade_uninstall() {
     .await;
     // Helm never deletes a chart's CRDs (that would delete every Inbox, and with them the mail).
     assert!(exists("crd", "inboxes.agentsend.io", None), "the CRD stays");
+}
+
+/// The cluster-scoped RBAC objects of `deploy/namespaced`.
+const CLUSTER_WIDE_NAMESPACED: [&str; 3] = [
+    "inbox-operator-binding-check",
+    "inbox-operator-metrics-auth",
+    "inbox-operator-metrics-reader",
+];
+
+/// `deploy/namespaced` as shipped, moved to this test's namespaces: the operator's namespace
+/// `home` (ServiceAccount, Lease Role) and the watched `a` and `b` (Roles). Its ClusterRoles
+/// and ClusterRoleBindings get names of their own so that tests running at once do not
+/// rebind them.
+fn namespaced_install(home: &str, a: &str, b: &str) -> String {
+    let mut yaml = kustomize("deploy/namespaced");
+    for cluster_wide in CLUSTER_WIDE_NAMESPACED {
+        yaml = yaml.replace(
+            &format!("name: {cluster_wide}\n"),
+            &format!("name: {cluster_wide}-{home}\n"),
+        );
+    }
+    yaml.replace(
+        "namespace: inbox-operator\n",
+        &format!("namespace: {home}\n"),
+    )
+    .replace("namespace: team-a\n", &format!("namespace: {a}\n"))
+    .replace("namespace: team-b\n", &format!("namespace: {b}\n"))
+}
+
+/// The namespaced variant under exactly its RBAC (impersonating its ServiceAccount): Inboxes
+/// in both watched namespaces become Ready — one with the default key, one with a key Secret
+/// of its namespace (watched by name) — while a Secret in any other namespace is forbidden.
+#[tokio::test]
+async fn namespaced_install_works_and_is_confined_by_rbac() {
+    let _dump = crate::support::on_failure_dump_logs();
+    let cp = control_plane();
+    let client = cp.client().await;
+    let home = TestNamespace::new(&client, "nsop").await;
+    let a = TestNamespace::new(&client, "nsop-a").await;
+    let b = TestNamespace::new(&client, "nsop-b").await;
+    let outside = TestNamespace::new(&client, "nsop-out").await;
+    apply_server_side(&namespaced_install(home.name(), a.name(), b.name()), None);
+
+    let sa = format!("system:serviceaccount:{}:inbox-operator", home.name());
+    let groups = format!("system:serviceaccounts:{}", home.name());
+    let kubeconfig = cp.kubeconfig_as(
+        &sa,
+        &["system:serviceaccounts", &groups, "system:authenticated"],
+    );
+    let sim = Simulator::new();
+    sim.add_account("acct", "default-key");
+    sim.add_account("team", "team-key");
+    let handle = sim.spawn().await.unwrap();
+    let watched = format!("--namespace={},{}", a.name(), b.name());
+    let op = Operator::start(
+        &kubeconfig,
+        &handle.url(),
+        "default-key",
+        &[
+            &watched,
+            "--leader-elect",
+            "--lease-namespace",
+            home.name(),
+            "--sync-interval",
+            "5s",
+            "--metrics-secure",
+        ],
+        "info",
+    );
+
+    // The shipped metrics RBAC: the operator may review tokens, a bound reader may scrape.
+    let scraper = crate::secure_metrics::token_of(home.name(), "scraper");
+    let reader_binding = format!("inbox-operator-metrics-reader-{}", home.name());
+    let bound = cp
+        .kubectl()
+        .args(["create", "clusterrolebinding", &reader_binding])
+        .arg(format!("--clusterrole={reader_binding}"))
+        .arg(format!("--serviceaccount={}:scraper", home.name()))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(bound.success());
+    let port = op.metrics_port();
+    wait_for(
+        "a scrape under the shipped RBAC",
+        Duration::from_secs(60),
+        || async {
+            (crate::secure_metrics::scrape(port, Some(&scraper)).await == 200).then_some(())
+        },
+    )
+    .await;
+
+    let secrets = |ns: &str| Api::<Secret>::namespaced(client.clone(), ns);
+    let key = Secret {
+        metadata: ObjectMeta {
+            name: Some("team-key".into()),
+            ..Default::default()
+        },
+        string_data: Some([("apiKey".to_string(), "team-key".to_string())].into()),
+        ..Default::default()
+    };
+    secrets(b.name())
+        .create(&PostParams::default(), &key)
+        .await
+        .unwrap();
+    let with_key = InboxSpec {
+        credentials: Some(CredentialsSpec {
+            secret_ref: SecretKeyRef {
+                name: "team-key".into(),
+                key: "apiKey".into(),
+            },
+        }),
+        ..Default::default()
+    };
+    let inboxes = |ns: &str| Api::<Inbox>::namespaced(client.clone(), ns);
+    for (ns, spec) in [(a.name(), InboxSpec::default()), (b.name(), with_key)] {
+        inboxes(ns)
+            .create(&PostParams::default(), &Inbox::new("bot", spec))
+            .await
+            .unwrap();
+    }
+    for ns in [a.name(), b.name()] {
+        wait_for(
+            "Ready under namespaced RBAC",
+            Duration::from_secs(60),
+            || async {
+                let i = inboxes(ns).get("bot").await.ok()?;
+                let ready = i.status.as_ref()?.conditions.iter();
+                ready
+                    .clone()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    assert_eq!(sim.inboxes("team").len(), 1, "the key Secret's account");
+
+    // Forbidden outside the watched namespaces, by RBAC — not merely unused.
+    secrets(outside.name())
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: ObjectMeta {
+                    name: Some("not-yours".into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let as_operator = crate::support::client_from(&kubeconfig).await;
+    let denied = |r: Result<_, kube::Error>| matches!(r, Err(kube::Error::Api(s)) if s.code == 403);
+    let theirs: Api<Secret> = Api::namespaced(as_operator.clone(), outside.name());
+    assert!(denied(theirs.get("not-yours").await.map(|_| ())));
+    let everywhere: Api<Secret> = Api::all(as_operator.clone());
+    assert!(denied(
+        everywhere.list(&Default::default()).await.map(|_| ())
+    ));
+
+    for ns in [a.name(), b.name()] {
+        inboxes(ns)
+            .delete("bot", &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_for(
+            "deleted under namespaced RBAC",
+            Duration::from_secs(60),
+            || async { matches!(inboxes(ns).get_opt("bot").await, Ok(None)).then_some(()) },
+        )
+        .await;
+    }
+    let logs = op.logs();
+    assert!(!logs.contains("forbidden"), "a call was forbidden:\n{logs}");
+    drop(op);
+    for cluster_wide in CLUSTER_WIDE_NAMESPACED {
+        let _ = cp
+            .kubectl()
+            .args(["delete", "clusterrole,clusterrolebinding"])
+            .arg(format!("{cluster_wide}-{}", home.name()))
+            .args(["--ignore-not-found", "--wait=false"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }

@@ -23,3 +23,4 @@ mod demo;
 mod deploy;
 mod e2e;
 mod faults;
+mod secure_metrics;

@@ -770,16 +770,21 @@ pub struct Operator {
 }
 
 impl Operator {
-    /// `inbox-operator run --metrics-addr 127.0.0.1:FREE ARGS` with `KUBECONFIG`,
+    /// `inbox-operator run --metrics-addr 127.0.0.1:FREE ARGS` (plus `--metrics-secure=false`
+    /// unless ARGS set `--metrics-secure`) with `KUBECONFIG`,
     /// `AGENTSEND_API_URL`, `AGENTSEND_API_KEY` and `RUST_LOG` set.
     pub fn start(kubeconfig: &Path, api_url: &str, key: &str, args: &[&str], log: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let log_path = dir.path().join("operator.log");
         let port = free_port();
         let file = std::fs::File::create(&log_path).expect("log file");
+        // Plain HTTP unless the test asks otherwise: tests read /metrics without a token.
+        let plain = (!args.iter().any(|a| a.starts_with("--metrics-secure")))
+            .then_some("--metrics-secure=false");
         let child = operator_command()
             .arg("run")
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(plain)
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("AGENTSEND_API_URL", api_url)

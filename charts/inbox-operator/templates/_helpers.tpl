@@ -54,3 +54,8 @@ app.kubernetes.io/instance: {{ include "inbox-operator.fullname" . }}
   resources: ["namespaces"]
   verbs: ["get"]
 {{- end -}}
+
+{{/* Name of the metrics port: `https` with --metrics-secure (the default), else `http`. */}}
+{{- define "inbox-operator.metricsPortName" -}}
+{{- if .Values.metrics.secure }}https{{ else }}http{{ end -}}
+{{- end -}}

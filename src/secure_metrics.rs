@@ -1,0 +1,375 @@
+//! Protected `/metrics` (`--metrics-secure`, the default): served over HTTPS, each caller
+//! authenticated with a TokenReview of its bearer token and authorized with a
+//! SubjectAccessReview for `get` on the non-resource URL `/metrics` — what kubebuilder
+//! scaffolds as secure metrics. The certificate comes from `--metrics-cert-dir` (`tls.crt`,
+//! `tls.key`) or is self-signed at start.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
+use k8s_openapi::api::authorization::v1::{
+    NonResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+};
+use kube::api::{Api, PostParams};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// Why HTTPS for `/metrics` could not be set up. Each message says what to do.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// The certificate or key file in `--metrics-cert-dir` is missing or not PEM.
+    #[error(
+        "cannot read {path}: {reason}; --metrics-cert-dir must hold tls.crt and tls.key (PEM), or leave it unset for a self-signed certificate"
+    )]
+    CertFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The self-signed certificate could not be generated.
+    #[error("cannot generate a self-signed certificate: {0}")]
+    SelfSigned(#[from] rcgen::Error),
+    /// rustls refused the certificate and key (for example, a key that does not match).
+    #[error("the metrics certificate and key do not form a usable pair: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The TLS settings of the metrics endpoint: the certificate in `cert_dir`, or a new
+/// self-signed one (for `localhost` and the host name).
+pub fn tls_config(cert_dir: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let (chain, key) = match cert_dir {
+        Some(dir) => read_pair(dir)?,
+        None => self_signed()?,
+    };
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    Ok(Arc::new(config))
+}
+
+fn read_pair(
+    dir: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let crt = dir.join("tls.crt");
+    let key = dir.join("tls.key");
+    let bad = |path: &Path, e: &dyn std::fmt::Display| TlsError::CertFile {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let chain = CertificateDer::pem_file_iter(&crt)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(&crt, &e))?;
+    if chain.is_empty() {
+        return Err(bad(&crt, &"no certificate in it"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key).map_err(|e| bad(&key, &e))?;
+    Ok((chain, key))
+}
+
+fn self_signed() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+    let mut names = vec!["localhost".to_string()];
+    if let Ok(host) = std::env::var("HOSTNAME") {
+        names.push(host);
+    }
+    let certified = rcgen::generate_simple_self_signed(names)?;
+    let key = PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+    Ok((vec![certified.cert.der().clone()], key))
+}
+
+/// A TCP listener whose connections are TLS: handshakes run in their own tasks (bounded by a
+/// timeout), so a slow client never holds up the others.
+pub struct TlsListener {
+    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    /// How long a client may take to complete the TLS handshake.
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Bind `addr` and accept TLS connections with `config`.
+    pub async fn bind(
+        addr: SocketAddr,
+        config: Arc<rustls::ServerConfig>,
+    ) -> std::io::Result<TlsListener> {
+        let tcp = TcpListener::bind(addr).await?;
+        let local = tcp.local_addr()?;
+        let acceptor = TlsAcceptor::from(config);
+        let (tx, accepted) = mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "metrics: accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout(Self::HANDSHAKE_TIMEOUT, handshake).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "metrics: TLS handshake failed"),
+                        Err(_) => tracing::debug!("metrics: TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener { accepted, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(c) => c,
+            // The accept loop never ends on its own; if it did, serve nothing more.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+/// The outcome of checking one caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Authenticated and allowed to `get /metrics`.
+    Allowed,
+    /// No bearer token, or the API server does not accept it: 401.
+    Unauthenticated,
+    /// Authenticated, but not allowed to `get /metrics`: 403.
+    Forbidden,
+    /// The API server could not be asked: 503 (the scrape is retried).
+    Unavailable,
+}
+
+impl Verdict {
+    /// The HTTP status answered for this verdict (only [`Verdict::Allowed`] reaches /metrics).
+    pub fn status(self) -> StatusCode {
+        match self {
+            Verdict::Allowed => StatusCode::OK,
+            Verdict::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Verdict::Forbidden => StatusCode::FORBIDDEN,
+            Verdict::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// The bearer token of a request, if it carries one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// Checks callers of `/metrics` against the API server, remembering each token's verdict
+/// for [`Authorizer::TTL`] so a scrape every few seconds costs no more than two reviews per
+/// TTL. Tokens are kept only as SHA-256 digests.
+#[derive(Clone)]
+pub struct Authorizer {
+    client: kube::Client,
+    verdicts: Arc<Mutex<Verdicts>>,
+}
+
+/// Recent verdicts by SHA-256 of the token, with when each was reached.
+type Verdicts = HashMap<[u8; 32], (Verdict, Instant)>;
+
+impl Authorizer {
+    /// How long a verdict is reused.
+    pub const TTL: Duration = Duration::from_secs(10);
+    /// Most verdicts remembered (older ones are dropped first when full).
+    const CAPACITY: usize = 1024;
+
+    /// An authorizer asking the API server behind `client`.
+    pub fn new(client: kube::Client) -> Self {
+        Authorizer {
+            client,
+            verdicts: Arc::default(),
+        }
+    }
+
+    /// The verdict on a caller presenting `token` (none: unauthenticated).
+    pub async fn check(&self, token: Option<&str>) -> Verdict {
+        let Some(token) = token else {
+            return Verdict::Unauthenticated;
+        };
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = Instant::now();
+        {
+            let mut cache = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+            cache.retain(|_, (_, at)| now.duration_since(*at) < Self::TTL);
+            if let Some((v, _)) = cache.get(&digest) {
+                return *v;
+            }
+        }
+        let verdict = self.review(token).await;
+        if verdict != Verdict::Unavailable {
+            let mut cache = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() < Self::CAPACITY {
+                cache.insert(digest, (verdict, now));
+            }
+        }
+        verdict
+    }
+
+    /// A TokenReview, then a SubjectAccessReview for the user it names.
+    async fn review(&self, token: &str) -> Verdict {
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_string()),
+                audiences: None,
+            },
+            ..Default::default()
+        };
+        let reviews: Api<TokenReview> = Api::all(self.client.clone());
+        let status = match reviews.create(&PostParams::default(), &review).await {
+            Ok(r) => r.status.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: TokenReview failed");
+                return Verdict::Unavailable;
+            }
+        };
+        let user = match (status.authenticated, status.user) {
+            (Some(true), Some(user)) => user,
+            _ => return Verdict::Unauthenticated,
+        };
+        let access: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        match access
+            .create(&PostParams::default(), &metrics_access(user))
+            .await
+        {
+            Ok(r) if r.status.as_ref().is_some_and(|s| s.allowed) => Verdict::Allowed,
+            Ok(_) => Verdict::Forbidden,
+            Err(e) => {
+                tracing::warn!(error = %e, "metrics: SubjectAccessReview failed");
+                Verdict::Unavailable
+            }
+        }
+    }
+}
+
+/// The SubjectAccessReview asking whether `user` may `get` the non-resource URL `/metrics`.
+pub fn metrics_access(user: UserInfo) -> SubjectAccessReview {
+    SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: user.username,
+            groups: user.groups,
+            uid: user.uid,
+            extra: user.extra,
+            non_resource_attributes: Some(NonResourceAttributes {
+                path: Some("/metrics".into()),
+                verb: Some("get".into()),
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// axum middleware: only [`Verdict::Allowed`] callers reach the handler.
+pub async fn require_access(
+    State(auth): State<Authorizer>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match auth.check(bearer(request.headers())).await {
+        Verdict::Allowed => next.run(request).await,
+        denied => (denied.status(), format!("{denied:?}\n")).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_authorization_header() {
+        let cases = [
+            (Some("Bearer abc.def"), Some("abc.def")),
+            (Some("bearer abc"), Some("abc")),
+            (Some("Bearer "), None),
+            (Some("Basic dXNlcjpwdw=="), None),
+            (Some("abc"), None),
+            (None, None),
+        ];
+        for (value, want) in cases {
+            let mut h = HeaderMap::new();
+            if let Some(v) = value {
+                h.insert(header::AUTHORIZATION, v.parse().unwrap());
+            }
+            assert_eq!(bearer(&h), want, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn verdicts_map_to_http_statuses() {
+        let cases = [
+            (Verdict::Allowed, 200),
+            (Verdict::Unauthenticated, 401),
+            (Verdict::Forbidden, 403),
+            (Verdict::Unavailable, 503),
+        ];
+        for (v, code) in cases {
+            assert_eq!(v.status().as_u16(), code, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn the_access_review_asks_for_get_on_the_metrics_url_as_the_caller() {
+        let sar = metrics_access(UserInfo {
+            username: Some("system:serviceaccount:mon:prometheus".into()),
+            groups: Some(vec!["system:serviceaccounts".into()]),
+            uid: Some("u1".into()),
+            extra: None,
+        });
+        let attrs = sar.spec.non_resource_attributes.clone().unwrap();
+        assert_eq!(
+            (attrs.path.as_deref(), attrs.verb.as_deref()),
+            (Some("/metrics"), Some("get"))
+        );
+        assert_eq!(
+            sar.spec.user.as_deref(),
+            Some("system:serviceaccount:mon:prometheus")
+        );
+        assert_eq!(sar.spec.uid.as_deref(), Some("u1"));
+        assert!(sar.spec.resource_attributes.is_none());
+    }
+
+    #[test]
+    fn a_self_signed_certificate_is_made_when_no_cert_dir_is_given() {
+        crate::ensure_crypto_provider();
+        assert!(tls_config(None).is_ok());
+        let missing = tls_config(Some(Path::new("/nonexistent-cert-dir")));
+        let msg = missing.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            msg.contains("tls.crt") && msg.contains("--metrics-cert-dir"),
+            "{msg}"
+        );
+    }
+}
