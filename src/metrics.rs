@@ -36,6 +36,12 @@ struct RouteLabel {
     route: String,
 }
 
+/// An AgentSend account, named by its key's fingerprint (never the key).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountLabel {
+    account: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateReadyLabel {
     state: String,
@@ -69,6 +75,8 @@ pub struct Metrics {
     errors: Family<ReasonLabel, Counter>,
     api_requests: Family<RouteStatusLabel, Counter>,
     api_latency: Family<RouteLabel, Histogram>,
+    account_rate: Family<AccountLabel, Gauge<f64, AtomicU64>>,
+    account_throttled: Family<AccountLabel, Counter>,
     inboxes: Family<StateReadyLabel, Gauge>,
     leader: Gauge,
     last_sync: Gauge<f64, AtomicU64>,
@@ -109,6 +117,8 @@ impl Metrics {
             api_latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.005, 2.0, 14))
             }),
+            account_rate: Family::default(),
+            account_throttled: Family::default(),
             inboxes: Family::default(),
             leader: Gauge::default(),
             last_sync: Gauge::default(),
@@ -154,6 +164,16 @@ impl Metrics {
             "inbox_operator_agentsend_request_duration_seconds",
             "AgentSend request latency by route",
             self.api_latency.clone(),
+        );
+        r.register(
+            "inbox_operator_agentsend_account_rate_limit",
+            "Adaptive AgentSend request budget per account (requests/s; +Inf until its first 429); account = key fingerprint",
+            self.account_rate.clone(),
+        );
+        r.register(
+            "inbox_operator_agentsend_rate_limited",
+            "AgentSend 429 answers per account; account = key fingerprint",
+            self.account_throttled.clone(),
         );
         r.register(
             "inbox_operator_inboxes",
@@ -250,7 +270,21 @@ impl Metrics {
             .inc();
     }
 
-    /// One AgentSend HTTP exchange.
+    /// An AgentSend answer for `account` (a key fingerprint): its adaptive rate now
+    /// (`None`: unlimited) and whether the answer was a 429.
+    pub fn api_account(&self, account: &str, rate: Option<f64>, throttled: bool) {
+        let label = AccountLabel {
+            account: account.into(),
+        };
+        self.account_rate
+            .get_or_create(&label)
+            .set(rate.unwrap_or(f64::INFINITY));
+        if throttled {
+            self.account_throttled.get_or_create(&label).inc();
+        }
+    }
+
+    /// One AgentSend exchange: route, status label, latency.
     pub fn api_request(&self, route: &str, status: &str, took: Duration) {
         self.api_requests
             .get_or_create(&RouteStatusLabel {

@@ -34,8 +34,6 @@ fn fast() -> ClientOptions {
     ClientOptions {
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
-        requests_per_second: 10_000,
-        burst: 10_000,
         ..Default::default()
     }
 }
