@@ -182,8 +182,21 @@ fn label<'l>(line: &'l str, name: &str) -> Option<&'l str> {
     Some(&line[start..start + len])
 }
 
-/// Writes by resource, from the apiserver's /metrics.
+/// Writes by resource, from the apiserver's /metrics (a few tries: a busy machine drops a
+/// connection now and then).
 async fn apiserver_writes(client: &Client) -> Result<Writes, String> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        match scrape_writes(client).await {
+            Ok(w) => return Ok(w),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(format!("apiserver /metrics: {last}"))
+}
+
+async fn scrape_writes(client: &Client) -> Result<Writes, String> {
     let req = http::Request::get("/metrics")
         .body(Vec::new())
         .map_err(|e| e.to_string())?;
@@ -378,16 +391,33 @@ async fn create_secrets(client: &Client, ns: &str, n: usize) -> Result<f64, Stri
                     ),
                     ..Default::default()
                 };
-                api.create(&PostParams::default(), &secret)
-                    .await
-                    .map(|_| ())
+                create_retrying(&api, &secret).await
             }
         })
         .buffer_unordered(CREATE_CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("create Secrets: {e}"))?;
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// Create `obj`, trying again after a dropped connection (a busy machine drops one now and
+/// then); "already exists" after such a retry means the first try made it.
+async fn create_retrying<K>(api: &Api<K>, obj: &K) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match api.create(&PostParams::default(), obj).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && tries > 1 => return Ok(()),
+            Err(e @ kube::Error::Api(_)) => return Err(e),
+            Err(_) if tries < 5 => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn start_operator(args: &Args, kubeconfig: &Path, api_url: &str) -> Result<Proc, String> {
@@ -426,13 +456,13 @@ async fn create_inboxes_until_ready(
             let api = api.clone();
             async move {
                 let inbox = Inbox::new(&format!("inbox-{i:05}"), InboxSpec::default());
-                api.create(&PostParams::default(), &inbox).await.map(|_| ())
+                create_retrying(&api, &inbox).await
             }
         })
         .buffer_unordered(CREATE_CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("create Inboxes: {e}"))?;
     loop {
         // Poll gently (a full list of 10,000 Inboxes is heavy) and ride out a slow answer.
         if let Ok((_, ready)) = count_ready(api).await
@@ -470,7 +500,7 @@ async fn delete_all(api: &Api<Inbox>, timeout: Duration) -> Result<f64, String> 
     let started = Instant::now();
     api.delete_collection(&DeleteParams::default(), &ListParams::default())
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("delete collection: {e}"))?;
     loop {
         if let Ok((0, _)) = count_ready(api).await {
             return Ok(started.elapsed().as_secs_f64());
