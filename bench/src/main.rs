@@ -498,9 +498,19 @@ async fn at_rest(
 /// Delete every Inbox at once; seconds until none is left.
 async fn delete_all(api: &Api<Inbox>, timeout: Duration) -> Result<f64, String> {
     let started = Instant::now();
-    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+    // Idempotent, so tried again after a dropped connection (a pooled connection may have
+    // gone stale during the idle at-rest phase).
+    let mut tries = 0;
+    while let Err(e) = api
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await
-        .map_err(|e| format!("delete collection: {e}"))?;
+    {
+        tries += 1;
+        if tries >= 5 {
+            return Err(format!("delete collection: {e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     loop {
         if let Ok((0, _)) = count_ready(api).await {
             return Ok(started.elapsed().as_secs_f64());
