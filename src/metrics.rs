@@ -167,7 +167,7 @@ impl Metrics {
         );
         r.register(
             "inbox_operator_agentsend_account_rate_limit",
-            "Adaptive AgentSend request budget per account (requests/s; +Inf until its first 429); account = key fingerprint",
+            "Adaptive AgentSend request budget per account (requests/s; no series until its first 429); account = key fingerprint",
             self.account_rate.clone(),
         );
         r.register(
@@ -276,9 +276,10 @@ impl Metrics {
         let label = AccountLabel {
             account: account.into(),
         };
-        self.account_rate
-            .get_or_create(&label)
-            .set(rate.unwrap_or(f64::INFINITY));
+        // No series while the account is unlimited (before its first 429).
+        if let Some(rate) = rate {
+            self.account_rate.get_or_create(&label).set(rate);
+        }
         if throttled {
             self.account_throttled.get_or_create(&label).inc();
         }
@@ -397,6 +398,23 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_budget_series_appear_at_the_first_429() {
+        let m = Metrics::new();
+        m.api_account("0a1b2c3d", None, false);
+        assert!(!m.encode().contains("account_rate_limit{"));
+        m.api_account("0a1b2c3d", Some(42.5), true);
+        let text = m.encode();
+        assert!(
+            text.contains("inbox_operator_agentsend_account_rate_limit{account=\"0a1b2c3d\"} 42.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("inbox_operator_agentsend_rate_limited_total{account=\"0a1b2c3d\"} 1"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn per_inbox_series_come_and_go() {
