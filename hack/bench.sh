@@ -2,10 +2,12 @@
 # Run the benchmark (not a test). Figures go into BENCHMARKS.md.
 #   hack/bench.sh                      # N = 100, 1000
 #   hack/bench.sh --inboxes 100,1000,10000 --latency 20ms
+#   hack/bench.sh --inboxes 1000 --sim-rate-limit 100   # the simulator limits each account
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The control plane (and its kubectl, first on PATH) of Kubernetes $K8S_VERSION (default 1.37.2).
 ASSETS="$(hack/envtest-assets.sh "${K8S_VERSION:-1.37.2}")"
 export PATH="$ASSETS:$PATH" K8S_VERSION="${K8S_VERSION:-1.37.2}"
 cargo build --release -p inbox-operator --bin inbox-operator -p inbox-bench --bin inbox-bench
+export INBOX_BENCH_OPERATOR="${INBOX_BENCH_OPERATOR:-${CARGO_TARGET_DIR:-target}/release/inbox-operator}"
 exec "${CARGO_TARGET_DIR:-target}/release/inbox-bench" "$@"

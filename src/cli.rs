@@ -275,11 +275,13 @@ pub struct RunArgs {
     )]
     pub log_format: LogFormat,
 
-    /// Sustained AgentSend requests per second (all accounts together); at least 1.
-    #[arg(long, env = "INBOX_OPERATOR_AGENTSEND_RATE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
-    pub agentsend_rate: u32,
+    /// Optional hard ceiling of AgentSend requests per second (all accounts together); at
+    /// least 1. Unset: each account's adaptive budget (unlimited until a 429, then AIMD) and
+    /// `--agentsend-concurrency` bound the rate.
+    #[arg(long, env = "INBOX_OPERATOR_AGENTSEND_RATE", value_parser = clap::value_parser!(u32).range(1..))]
+    pub agentsend_rate: Option<u32>,
 
-    /// Burst of AgentSend requests allowed above the sustained rate.
+    /// Burst of AgentSend requests allowed above `--agentsend-rate` (when set).
     #[arg(long, env = "INBOX_OPERATOR_AGENTSEND_BURST", default_value_t = 100)]
     pub agentsend_burst: u32,
 
@@ -428,6 +430,20 @@ mod tests {
             assert!(e.contains(flag), "{flag}: {e}");
         }
         assert!(run_err(&["--agentsend-concurrency", "10001"]).contains("10001"));
+    }
+
+    #[test]
+    fn agentsend_rate_is_an_optional_ceiling() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["inbox-operator", "run"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Run(a)) => a.agentsend_rate,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(parse(&[]), None);
+        assert_eq!(parse(&["--agentsend-rate", "200"]), Some(200));
     }
 
     #[test]

@@ -38,6 +38,12 @@ struct RouteLabel {
     route: String,
 }
 
+/// An AgentSend account, named by its key's fingerprint (never the key).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyAccountLabel {
+    account: String,
+}
+
 /// Labels of the per-account series (never the key).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AccountLabel {
@@ -60,6 +66,8 @@ pub struct Metrics {
     errors: Family<ReasonLabel, Counter>,
     api_requests: Family<RouteStatusLabel, Counter>,
     api_latency: Family<RouteLabel, Histogram>,
+    account_rate: Family<KeyAccountLabel, Gauge<f64, AtomicU64>>,
+    account_throttled: Family<KeyAccountLabel, Counter>,
     leader: Gauge,
     last_sync: Gauge<f64, AtomicU64>,
     unclaimed: Family<AccountLabel, Gauge>,
@@ -91,6 +99,8 @@ impl Metrics {
             api_latency: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.005, 2.0, 14))
             }),
+            account_rate: Family::default(),
+            account_throttled: Family::default(),
             leader: Gauge::default(),
             last_sync: Gauge::default(),
             unclaimed: Family::default(),
@@ -128,6 +138,16 @@ impl Metrics {
             "inbox_operator_agentsend_request_duration_seconds",
             "AgentSend request latency by route",
             self.api_latency.clone(),
+        );
+        r.register(
+            "inbox_operator_agentsend_account_rate_limit",
+            "Adaptive AgentSend request budget per account (requests/s; no series until its first 429); account = key fingerprint",
+            self.account_rate.clone(),
+        );
+        r.register(
+            "inbox_operator_agentsend_rate_limited",
+            "AgentSend 429 answers per account; account = key fingerprint",
+            self.account_throttled.clone(),
         );
         r.register(
             "inbox_operator_leader",
@@ -187,7 +207,22 @@ impl Metrics {
             .inc();
     }
 
-    /// One AgentSend HTTP exchange.
+    /// An AgentSend answer for `account` (a key fingerprint): its adaptive rate now
+    /// (`None`: unlimited) and whether the answer was a 429.
+    pub fn api_account(&self, account: &str, rate: Option<f64>, throttled: bool) {
+        let label = KeyAccountLabel {
+            account: account.into(),
+        };
+        // No series while the account is unlimited (before its first 429).
+        if let Some(rate) = rate {
+            self.account_rate.get_or_create(&label).set(rate);
+        }
+        if throttled {
+            self.account_throttled.get_or_create(&label).inc();
+        }
+    }
+
+    /// One AgentSend exchange: route, status label, latency.
     pub fn api_request(&self, route: &str, status: &str, took: Duration) {
         self.api_requests
             .get_or_create(&RouteStatusLabel {
@@ -365,6 +400,23 @@ impl Collector for InboxSeries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn account_budget_series_appear_at_the_first_429() {
+        let m = Metrics::new();
+        m.api_account("0a1b2c3d", None, false);
+        assert!(!m.encode().contains("account_rate_limit{"));
+        m.api_account("0a1b2c3d", Some(42.5), true);
+        let text = m.encode();
+        assert!(
+            text.contains("inbox_operator_agentsend_account_rate_limit{account=\"0a1b2c3d\"} 42.5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("inbox_operator_agentsend_rate_limited_total{account=\"0a1b2c3d\"} 1"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn per_inbox_series_come_and_go() {

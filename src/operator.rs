@@ -10,7 +10,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::agentsend::{AgentSendClient, ApiKey, ClientOptions, RequestObserver};
+use crate::agentsend::{AccountObserver, AgentSendClient, ApiKey, ClientOptions, RequestObserver};
 use crate::cli::{LogFormat, RunArgs};
 use crate::controller::{self, DefaultKey, Settings};
 use crate::crd::Inbox;
@@ -220,7 +220,7 @@ async fn serve_metrics(
     Ok(())
 }
 
-/// The AgentSend client, reporting every request to the metrics.
+/// The AgentSend client, reporting every request and each account's budget to the metrics.
 fn agentsend_client(
     args: &RunArgs,
     metrics: &Arc<Metrics>,
@@ -229,6 +229,10 @@ fn agentsend_client(
     let observer: RequestObserver = Arc::new(move |route, status, took| {
         observer_metrics.api_request(route, status, took);
     });
+    let account_metrics = metrics.clone();
+    let account_observer: AccountObserver = Arc::new(move |account, rate, throttled| {
+        account_metrics.api_account(account, rate, throttled);
+    });
     let opts = ClientOptions {
         timeout: args.agentsend_timeout,
         requests_per_second: args.agentsend_rate,
@@ -236,8 +240,13 @@ fn agentsend_client(
         max_concurrency: usize::from(args.agentsend_concurrency),
         ..ClientOptions::default()
     };
-    AgentSendClient::with_observer(&args.agentsend_url, opts, Some(observer))
-        .map_err(|e| StartupError::AgentSend(e.to_string()))
+    AgentSendClient::with_observers(
+        &args.agentsend_url,
+        opts,
+        Some(observer),
+        Some(account_observer),
+    )
+    .map_err(|e| StartupError::AgentSend(e.to_string()))
 }
 
 /// This instance's name: for the lease and on events.

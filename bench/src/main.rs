@@ -1,9 +1,12 @@
 //! Benchmark (not a test): N Inboxes applied at once against a real local control plane and the
-//! AgentSend simulator with latency. Reports, right before, the time to create N plain Secrets
-//! on the same control plane with the same client concurrency (the baseline every time is also
-//! given as a ratio of: absolute seconds on a shared machine are noise), then time to Ready, AgentSend requests per created
-//! inbox, requests and Kubernetes writes per sync interval at rest, operator peak RSS and CPU,
-//! and time to delete everything.
+//! AgentSend simulator with latency (optionally with a server-side rate limit per account).
+//! Reports, right before, the time to create N plain Secrets on the same control plane with the
+//! same client concurrency (the baseline every time is also given as a ratio of: absolute
+//! seconds on a shared machine are noise), then time to Ready, AgentSend requests and 429s per
+//! created inbox, the operator's Kubernetes writes to Inboxes and Secrets and its events per
+//! Inbox (from the apiserver's `apiserver_request_total` by verb and resource), requests and
+//! Kubernetes writes per sync interval at rest, operator peak RSS and CPU per Inbox, and the
+//! time (and writes) to delete everything.
 //!
 //! Usage: `cargo run --release -p inbox-bench -- --inboxes 100,1000,10000`
 //! (see `hack/bench.sh`; figures go into BENCHMARKS.md).
@@ -34,8 +37,16 @@ struct Args {
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     sync_interval: Duration,
     /// Operator binary (build it with --release first).
-    #[arg(long, default_value = "target/release/inbox-operator")]
+    #[arg(
+        long,
+        env = "INBOX_BENCH_OPERATOR",
+        default_value = "target/release/inbox-operator"
+    )]
     operator: PathBuf,
+    /// Simulator rate limit: requests per second per account (a token bucket with one
+    /// second's burst; 429 with Retry-After beyond it). 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    sim_rate_limit: f64,
     /// Extra flags for `inbox-operator run`.
     #[arg(long, allow_hyphen_values = true)]
     operator_args: Vec<String>,
@@ -129,32 +140,86 @@ fn proc_usage(pid: u32) -> (f64, f64) {
     (hwm_kb / 1024.0, (ticks(11) + ticks(12)) / hz)
 }
 
-/// Sum of apiserver_request_total for mutating verbs, from the apiserver's /metrics.
-async fn apiserver_writes(client: &Client) -> Result<f64, String> {
+/// Mutating verbs of `apiserver_request_total`.
+const WRITE_VERBS: [&str; 6] = [
+    "POST",
+    "PUT",
+    "PATCH",
+    "DELETE",
+    "DELETECOLLECTION",
+    "APPLY",
+];
+
+/// Kubernetes writes so far, from the apiserver's `apiserver_request_total` (mutating verbs).
+#[derive(Clone, Copy, Debug, Default)]
+struct Writes {
+    /// To every resource.
+    all: f64,
+    /// To Inboxes (any subresource) and Secrets.
+    inboxes_secrets: f64,
+    /// To Events (core and events.k8s.io).
+    events: f64,
+}
+
+impl std::ops::Sub for Writes {
+    type Output = Writes;
+    fn sub(self, o: Writes) -> Writes {
+        Writes {
+            all: self.all - o.all,
+            inboxes_secrets: self.inboxes_secrets - o.inboxes_secrets,
+            events: self.events - o.events,
+        }
+    }
+}
+
+/// The value of label `name` in one exposition line.
+fn label<'l>(line: &'l str, name: &str) -> Option<&'l str> {
+    // `,resource=` must not match inside `,subresource=`.
+    let start = [format!("{{{name}=\""), format!(",{name}=\"")]
+        .iter()
+        .find_map(|p| line.find(p.as_str()).map(|i| i + p.len()))?;
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+/// Writes by resource, from the apiserver's /metrics (a few tries: a busy machine drops a
+/// connection now and then).
+async fn apiserver_writes(client: &Client) -> Result<Writes, String> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        match scrape_writes(client).await {
+            Ok(w) => return Ok(w),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Err(format!("apiserver /metrics: {last}"))
+}
+
+async fn scrape_writes(client: &Client) -> Result<Writes, String> {
     let req = http::Request::get("/metrics")
         .body(Vec::new())
         .map_err(|e| e.to_string())?;
     let text = client.request_text(req).await.map_err(|e| e.to_string())?;
-    let mut sum = 0.0;
+    let mut w = Writes::default();
     for line in text.lines() {
         if !line.starts_with("apiserver_request_total{") {
             continue;
         }
-        let mutating = [
-            "\"POST\"",
-            "\"PUT\"",
-            "\"PATCH\"",
-            "\"DELETE\"",
-            "\"DELETECOLLECTION\"",
-            "\"APPLY\"",
-        ]
-        .iter()
-        .any(|v| line.contains(&format!("verb={v}")));
-        if mutating && let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) {
-            sum += v;
+        if !label(line, "verb").is_some_and(|v| WRITE_VERBS.contains(&v)) {
+            continue;
+        }
+        let Some(v) = line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        w.all += v;
+        match label(line, "resource") {
+            Some("inboxes" | "secrets") => w.inboxes_secrets += v,
+            Some("events") => w.events += v,
+            _ => {}
         }
     }
-    Ok(sum)
+    Ok(w)
 }
 
 async fn count_ready(api: &Api<Inbox>) -> Result<(usize, usize), String> {
@@ -184,6 +249,13 @@ struct Row {
     baseline_s: f64,
     ready_s: f64,
     req_per_create: f64,
+    /// 429 answers, % of the requests while creating.
+    limited_pct: f64,
+    /// The operator's writes to Inboxes and Secrets while creating (the tool's own N creates
+    /// not counted).
+    create_writes: Writes,
+    /// The operator's writes while deleting (the tool's one delete-collection not counted).
+    delete_writes: Writes,
     rest_api: f64,
     rest_writes: f64,
     rss_mib: f64,
@@ -208,6 +280,7 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     let sim = Simulator::new();
     sim.add_account("bench", "bench-key");
     sim.set_latency(args.latency);
+    sim.set_account_rate_limit(inbox_sim::RateLimit::per_second(args.sim_rate_limit));
     let handle = sim.spawn().await.map_err(|e| e.to_string())?;
     let op = start_operator(args, &cluster.kubeconfig, &handle.url())?;
     let pid = op.0.id();
@@ -215,14 +288,26 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let api: Api<Inbox> = Api::namespaced(client.clone(), "bench");
+    let before = apiserver_writes(&client).await?;
     let ready_s = create_inboxes_until_ready(&api, n, args.timeout).await?;
+    let mut create_writes = apiserver_writes(&client).await? - before;
+    // The tool's own creates of the N Inboxes are not the operator's.
+    create_writes.inboxes_secrets -= n as f64;
+    create_writes.all -= n as f64;
     let created = sim.inbox_count();
     if created != n {
         return Err(format!("{created} AgentSend inboxes for {n} Inboxes"));
     }
-    let req_per_create = sim.total_requests() as f64 / n as f64;
+    let requests = sim.total_requests();
+    let req_per_create = requests as f64 / n as f64;
+    let limited = sim.requests().iter().filter(|r| r.status == 429).count();
+    let limited_pct = 100.0 * limited as f64 / (requests.max(1)) as f64;
     let (rest_api, rest_writes) = at_rest(args.sync_interval, &sim, &client).await?;
+    let before = apiserver_writes(&client).await?;
     let delete_s = delete_all(&api, args.timeout).await?;
+    let mut delete_writes = apiserver_writes(&client).await? - before;
+    delete_writes.inboxes_secrets -= 1.0;
+    delete_writes.all -= 1.0;
     if sim.inbox_count() != 0 {
         return Err(format!(
             "{} AgentSend inboxes left after deletion",
@@ -237,6 +322,9 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
         baseline_s,
         ready_s,
         req_per_create,
+        limited_pct,
+        create_writes,
+        delete_writes,
         rest_api,
         rest_writes,
         rss_mib,
@@ -303,16 +391,33 @@ async fn create_secrets(client: &Client, ns: &str, n: usize) -> Result<f64, Stri
                     ),
                     ..Default::default()
                 };
-                api.create(&PostParams::default(), &secret)
-                    .await
-                    .map(|_| ())
+                create_retrying(&api, &secret).await
             }
         })
         .buffer_unordered(CREATE_CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("create Secrets: {e}"))?;
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// Create `obj`, trying again after a dropped connection (a busy machine drops one now and
+/// then); "already exists" after such a retry means the first try made it.
+async fn create_retrying<K>(api: &Api<K>, obj: &K) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match api.create(&PostParams::default(), obj).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 && tries > 1 => return Ok(()),
+            Err(e @ kube::Error::Api(_)) => return Err(e),
+            Err(_) if tries < 5 => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn start_operator(args: &Args, kubeconfig: &Path, api_url: &str) -> Result<Proc, String> {
@@ -352,13 +457,13 @@ async fn create_inboxes_until_ready(
             let api = api.clone();
             async move {
                 let inbox = Inbox::new(&format!("inbox-{i:05}"), InboxSpec::default());
-                api.create(&PostParams::default(), &inbox).await.map(|_| ())
+                create_retrying(&api, &inbox).await
             }
         })
         .buffer_unordered(CREATE_CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("create Inboxes: {e}"))?;
     loop {
         // Poll gently (a full list of 10,000 Inboxes is heavy) and ride out a slow answer.
         if let Ok((_, ready)) = count_ready(api).await
@@ -386,16 +491,27 @@ async fn at_rest(
     let writes_before = apiserver_writes(client).await?;
     tokio::time::sleep(interval * REST_INTERVALS).await;
     let rest_api = (sim.total_requests() - api_before) as f64 / f64::from(REST_INTERVALS);
-    let rest_writes = (apiserver_writes(client).await? - writes_before) / f64::from(REST_INTERVALS);
+    let rest_writes =
+        (apiserver_writes(client).await? - writes_before).all / f64::from(REST_INTERVALS);
     Ok((rest_api, rest_writes))
 }
 
 /// Delete every Inbox at once; seconds until none is left.
 async fn delete_all(api: &Api<Inbox>, timeout: Duration) -> Result<f64, String> {
     let started = Instant::now();
-    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+    // Idempotent, so tried again after a dropped connection (a pooled connection may have
+    // gone stale during the idle at-rest phase).
+    let mut tries = 0;
+    while let Err(e) = api
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await
-        .map_err(|e| e.to_string())?;
+    {
+        tries += 1;
+        if tries >= 5 {
+            return Err(format!("delete collection: {e}"));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     loop {
         if let Ok((0, _)) = count_ready(api).await {
             return Ok(started.elapsed().as_secs_f64());
@@ -440,31 +556,78 @@ async fn main() -> std::process::ExitCode {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_default();
+    let limit = if args.sim_rate_limit > 0.0 {
+        format!("{} requests/s per account", args.sim_rate_limit)
+    } else {
+        "none".to_string()
+    };
     println!(
-        "machine: {cpus} CPUs ({model}); simulator latency {:?}; sync interval {:?}",
-        args.latency, args.sync_interval
+        "machine: {cpus} CPUs ({model}); simulator latency {:?}, rate limit {limit}; sync interval {:?}; operator flags {:?}",
+        args.latency, args.sync_interval, args.operator_args
     );
     println!();
+    print_times(&rows);
+    println!();
+    print_costs(&rows);
+    std::process::ExitCode::SUCCESS
+}
+
+/// Times, and times as ratios to the N-Secret baseline.
+fn print_times(rows: &[Row]) {
     println!(
-        "| Inboxes | N Secrets (s) | all Ready (s) | ÷ Secrets | AgentSend req / created inbox | AgentSend req / interval at rest | Kubernetes writes / interval at rest | operator peak RSS (MiB) | operator CPU (s) | all deleted (s) | ÷ Secrets |"
+        "| Inboxes | N Secrets (s) | all Ready (s) | Ready ÷ Secrets | all deleted (s) | deleted ÷ Secrets |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for r in &rows {
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let ratio = |s: f64| s / r.baseline_s.max(0.001);
         println!(
-            "| {} | {:.1} | {:.1} | {:.1}× | {:.3} | {:.1} (target ≤ {}) | {:.1} | {:.1} | {:.1} | {:.1} | {:.1}× |",
+            "| {} | {:.1} | {:.1} | {:.1}× | {:.1} | {:.1}× |",
             r.n,
             r.baseline_s,
             r.ready_s,
-            r.ready_s / r.baseline_s.max(0.001),
-            r.req_per_create,
-            r.rest_api,
-            r.n.div_ceil(100) + 1,
-            r.rest_writes,
-            r.rss_mib,
-            r.cpu_s,
+            ratio(r.ready_s),
             r.delete_s,
-            r.delete_s / r.baseline_s.max(0.001)
+            ratio(r.delete_s)
         );
     }
-    std::process::ExitCode::SUCCESS
+}
+
+/// Costs per Inbox and at rest.
+fn print_costs(rows: &[Row]) {
+    println!(
+        "| Inboxes | AgentSend req / created inbox | 429s (% of req) | K8s writes to Inboxes+Secrets / created Inbox | events / created Inbox | writes to Inboxes+Secrets / deleted Inbox | events / deleted Inbox | AgentSend req / interval at rest | K8s writes / interval at rest | peak RSS (MiB) | CPU / Inbox (ms) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in rows {
+        let n = r.n as f64;
+        println!(
+            "| {} | {:.3} | {:.1} % | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} (target ≤ {}) | {:.1} | {:.1} | {:.2} |",
+            r.n,
+            r.req_per_create,
+            r.limited_pct,
+            r.create_writes.inboxes_secrets / n,
+            r.create_writes.events / n,
+            r.delete_writes.inboxes_secrets / n,
+            r.delete_writes.events / n,
+            r.rest_api,
+            r.n.div_ceil(100),
+            r.rest_writes,
+            r.rss_mib,
+            1000.0 * r.cpu_s / n
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_read_from_exposition_lines() {
+        let line = r#"apiserver_request_total{code="201",component="apiserver",dry_run="",group="agentsend.io",subresource="status",resource="inboxes",scope="resource",verb="PATCH",version="v1alpha1"} 42"#;
+        assert_eq!(label(line, "verb"), Some("PATCH"));
+        assert_eq!(label(line, "resource"), Some("inboxes"));
+        assert_eq!(label(line, "subresource"), Some("status"));
+        assert_eq!(label(line, "missing"), None);
+    }
 }

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::state::{SimError, SimState};
 use super::{Malformed, RequestRecord, Route, Simulator};
+use crate::bucket::{Bucket, retry_after_seconds};
 use crate::types::{CreateInbox, RemoteInbox};
 
 /// Default and largest page size of `GET /inboxes`.
@@ -125,6 +126,18 @@ fn rate_limit_answer(st: &mut SimState, account: &str) -> Option<Response> {
     Some(too_many_requests(&value))
 }
 
+/// The 429 `account` gets now if the per-account rate limit is on and its bucket is empty.
+fn bucket_answer(st: &mut SimState, account: &str) -> Option<Response> {
+    let limit = st.account_limit?;
+    let now = Instant::now();
+    let bucket = st
+        .buckets
+        .entry(account.to_string())
+        .or_insert_with(|| Bucket::full(limit, now));
+    let wait = bucket.take(limit, now).err()?;
+    Some(too_many_requests(&retry_after_seconds(wait).to_string()))
+}
+
 fn injected(status: u16) -> Response {
     error_response(
         status,
@@ -148,6 +161,7 @@ impl Simulator {
 
         if let Some(e) = &entry
             && let Some(resp) = rate_limit_answer(&mut st, &e.account)
+                .or_else(|| bucket_answer(&mut st, &e.account))
         {
             return Err(resp);
         }

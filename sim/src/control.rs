@@ -81,6 +81,13 @@ struct RateLimit {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
+struct AccountRateLimit {
+    per_second: f64,
+    burst: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct RawRetryAfter {
     account: String,
     values: Vec<String>,
@@ -106,6 +113,7 @@ struct FaultsBody {
     retry_after: Option<RawRetryAfter>,
     malformed: Option<MalformedBody>,
     default_daily_limit: Option<i64>,
+    account_rate_limit: Option<AccountRateLimit>,
 }
 
 #[derive(Deserialize)]
@@ -320,6 +328,18 @@ async fn set_faults(
     {
         return bad("errorRate must be between 0 and 1");
     }
+    let account_limit = match &f.account_rate_limit {
+        Some(l) if l.per_second == 0.0 => Some(None),
+        Some(l) => {
+            match crate::bucket::RateLimit::new(l.per_second, l.burst.unwrap_or(l.per_second)) {
+                Some(limit) => Some(Some(limit)),
+                None => {
+                    return bad("accountRateLimit.perSecond must be a positive number (0: off)");
+                }
+            }
+        }
+        None => None,
+    };
 
     if let Some(ms) = f.latency_ms {
         sim.set_latency(Duration::from_millis(ms));
@@ -349,6 +369,9 @@ async fn set_faults(
     }
     if let Some(l) = f.default_daily_limit {
         sim.set_default_daily_limit(l);
+    }
+    if let Some(limit) = account_limit {
+        sim.set_account_rate_limit(limit);
     }
     StatusCode::NO_CONTENT.into_response()
 }

@@ -18,6 +18,11 @@
 //! Every request on an `/inboxes` route goes through, in order: count → latency → rate limit →
 //! injected errors → auth → handler, and is logged with its outcome whatever it is.
 //!
+//! The rate limit is either an injected window (`rate_limit_for`, ...) or, when switched on
+//! ([`Simulator::set_account_rate_limit`], `inbox-sim --rate-limit`, the control field
+//! `accountRateLimit`), a token bucket per account as a rate-limited API enforces it: a request
+//! that finds no token gets 429 with `Retry-After` in whole seconds (rounded up). Off by default.
+//!
 //! ## Control endpoints (no auth; not counted in the stats)
 //!
 //! | endpoint | body / answer |
@@ -29,7 +34,7 @@
 //! | `GET /_simulator/inboxes?account=` | the account's inboxes, newest first |
 //! | `PATCH /_simulator/inboxes/{id}` | any of `status`, `sendsToday`, `dailySendLimit`, `totalSent`, `bounceCount`, `complaintCount` → the inbox |
 //! | `DELETE /_simulator/inboxes/{id}` | out-of-band delete |
-//! | `POST /_simulator/faults` | any of `latencyMs`, `errorRate`, `errorStatus`, `dropNextCreates`, `lateCommits: {count, delayMs}`, `failNext: {route, n, status}`, `rateLimit: {account, ms, httpDate}`, `retryAfter: {account, values}` (429s with these raw `Retry-After` values, one per request), `malformed: {route, kind}` (kind null to stop), `defaultDailyLimit` |
+//! | `POST /_simulator/faults` | any of `accountRateLimit: {perSecond, burst?}` (a token bucket per account; burst defaults to one second's worth; `perSecond: 0` turns it off), `latencyMs`, `errorRate`, `errorStatus`, `dropNextCreates`, `lateCommits: {count, delayMs}`, `failNext: {route, n, status}`, `rateLimit: {account, ms, httpDate}`, `retryAfter: {account, values}` (429s with these raw `Retry-After` values, one per request), `malformed: {route, kind}` (kind null to stop), `defaultDailyLimit` |
 //! | `DELETE /_simulator/faults` | clear every fault |
 //! | `GET /_simulator/stats` | `{"requests":{"create":n,"get":n,"list":n,"delete":n},"total":n,"inboxes":n}` |
 //! | `POST` or `DELETE /_simulator/reset-counters` | zero the request counters |
@@ -37,6 +42,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod bucket;
 mod control;
 mod state;
 mod types;
@@ -51,6 +57,7 @@ use axum::response::Response;
 use axum::routing::get;
 use tokio::sync::oneshot;
 
+pub use bucket::RateLimit;
 pub use types::{CreateInbox, InboxState, RemoteInbox};
 
 pub use state::{
@@ -372,9 +379,20 @@ impl Simulator {
         };
     }
 
+    /// A server-side request-rate limit per account (every key of an account shares one token
+    /// bucket), or none. Requests beyond it get 429 with `Retry-After`. Changing it refills
+    /// every bucket.
+    pub fn set_account_rate_limit(&self, limit: Option<RateLimit>) {
+        let mut st = self.lock();
+        st.account_limit = limit;
+        st.buckets.clear();
+    }
+
     /// Stop every injected fault (latency, errors, rate limits, dropped and malformed answers).
     pub fn clear_faults(&self) {
         let mut st = self.lock();
+        st.account_limit = None;
+        st.buckets.clear();
         st.latency = Duration::ZERO;
         st.error_rate = 0.0;
         st.fail_next.clear();
@@ -453,10 +471,13 @@ impl Simulator {
 /// `inbox-sim`: serve a simulator on `addr` until Ctrl-C or SIGTERM. Each key
 /// gets its own account (`acct-1`, `acct-2`, ...), each with the demo domain `dom_example` →
 /// `example.com`; `latency` is added to every API request.
+/// `rate_limit`, if any, is the per-account request-rate limit
+/// ([`Simulator::set_account_rate_limit`]).
 pub async fn run_standalone(
     addr: SocketAddr,
     api_keys: Vec<String>,
     latency: Duration,
+    rate_limit: Option<RateLimit>,
 ) -> std::io::Result<()> {
     let sim = Simulator::new();
     for (i, k) in api_keys.iter().enumerate() {
@@ -465,6 +486,7 @@ pub async fn run_standalone(
         sim.add_domain(&account, "dom_example", "example.com");
     }
     sim.set_latency(latency);
+    sim.set_account_rate_limit(rate_limit);
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     eprintln!("==================================================================");
@@ -476,6 +498,13 @@ pub async fn run_standalone(
     );
     eprintln!(" Domain:   dom_example -> example.com on every account");
     eprintln!(" Latency:  {} ms per API request", latency.as_millis());
+    match rate_limit {
+        Some(l) => eprintln!(
+            " Limit:    {} requests/s per account (burst {}), then 429",
+            l.per_second, l.burst
+        ),
+        None => eprintln!(" Limit:    none"),
+    }
     eprintln!(" Control:  http://{local}/_simulator/ (no auth)");
     eprintln!("==================================================================");
     axum::serve(listener, sim.router())

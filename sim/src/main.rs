@@ -28,6 +28,20 @@ struct Args {
     /// Latency added to every API request; at most 1m.
     #[arg(long, default_value = "0ms", value_parser = latency)]
     latency: Duration,
+    /// Requests per second each account may make (a token bucket with one second's burst);
+    /// beyond it, 429 with Retry-After. 0: no limit.
+    #[arg(long, env = "INBOX_SIM_RATE_LIMIT", default_value_t = 0.0, value_parser = rate_limit)]
+    rate_limit: f64,
+}
+
+/// Parse `--rate-limit`: a non-negative number of requests per second.
+fn rate_limit(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of requests per second (examples: 0, 100, 0.5)"
+        )),
+    }
 }
 
 /// Parse `--latency`: a duration of at most [`MAX_LATENCY`].
@@ -47,7 +61,14 @@ fn latency(s: &str) -> Result<Duration, String> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    match inbox_sim::run_standalone(args.listen, args.api_keys, args.latency).await {
+    match inbox_sim::run_standalone(
+        args.listen,
+        args.api_keys,
+        args.latency,
+        inbox_sim::RateLimit::per_second(args.rate_limit),
+    )
+    .await
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("inbox-sim: {e}");
@@ -66,5 +87,21 @@ mod tests {
         assert!(e.to_string().contains("too long"), "{e}");
         let a = Args::try_parse_from(["inbox-sim", "--latency", "1m"]).unwrap();
         assert_eq!(a.latency, MAX_LATENCY);
+    }
+
+    #[test]
+    fn rate_limit_is_off_by_default_and_validated() {
+        let a = Args::try_parse_from(["inbox-sim"]).unwrap();
+        assert_eq!(inbox_sim::RateLimit::per_second(a.rate_limit), None);
+        let a = Args::try_parse_from(["inbox-sim", "--rate-limit", "100"]).unwrap();
+        assert_eq!(
+            inbox_sim::RateLimit::per_second(a.rate_limit).map(|l| l.per_second),
+            Some(100.0)
+        );
+        for bad in ["-1", "fast", "inf"] {
+            let flag = format!("--rate-limit={bad}");
+            let e = Args::try_parse_from(["inbox-sim", flag.as_str()]).unwrap_err();
+            assert!(e.to_string().contains("requests per second"), "{bad}: {e}");
+        }
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use super::{Malformed, RequestRecord, Route};
+use crate::bucket::{Bucket, RateLimit};
 use crate::types::{CreateInbox, InboxState, RemoteInbox};
 
 pub use crate::types::SHARED_DOMAIN;
@@ -90,6 +91,10 @@ pub(super) struct SimState {
     /// Late creates whose commit has been attempted (succeeded or refused).
     pub late_commits_settled: usize,
     pub malformed: HashMap<Route, Malformed>,
+    /// The server-side request-rate limit of every account, if on.
+    pub account_limit: Option<RateLimit>,
+    /// Account → its token bucket (while `account_limit` is on).
+    pub buckets: HashMap<String, Bucket>,
     // Observation.
     pub counts: HashMap<Route, u64>,
     pub records: Vec<RequestRecord>,
@@ -117,6 +122,8 @@ impl Default for SimState {
             late_commits: (0, Duration::ZERO),
             late_commits_settled: 0,
             malformed: HashMap::new(),
+            account_limit: None,
+            buckets: HashMap::new(),
             counts: HashMap::new(),
             records: Vec::new(),
         }

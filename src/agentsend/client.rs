@@ -3,9 +3,12 @@
 //! - Idempotent calls (get, list, delete) are retried on transient failures with exponential
 //!   backoff and jitter. `create` is never retried: the API has no idempotency key, so a lost
 //!   response must be recovered by listing, which is the caller's job.
-//! - A 429 closes the account (API key) for its `Retry-After`: until then calls for that key
-//!   fail fast with [`ApiError::RateLimited`] without sending anything.
-//! - A shared request budget (rate and concurrency) keeps bulk work from causing 429 storms.
+//! - Each account (API key) has an adaptive budget ([`Aimd`]): unlimited at first (only
+//!   `max_concurrency` bounds it), cut on a 429, raised additively while requests succeed.
+//! - A 429 also pauses the account for its `Retry-After`: a call that would wait longer than
+//!   `max_queue_wait` fails fast with [`ApiError::RateLimited`] without sending anything; a
+//!   shorter pause is waited out.
+//! - `requests_per_second`, if set, is a hard ceiling over all accounts.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -19,6 +22,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use super::error::{ApiError, MAX_RETRY_AFTER, parse_retry_after, truncate};
+use super::limiter::{Aimd, AimdConfig};
 use super::types::{ApiKey, CreateInbox, InboxPage, RemoteInbox};
 
 /// Largest response body read; anything bigger is an invalid response.
@@ -31,6 +35,10 @@ pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Called after every HTTP exchange: route label, status label (`"201"`, `"error"`), latency.
 pub type RequestObserver = Arc<dyn Fn(&'static str, &str, Duration) + Send + Sync>;
 
+/// Called after every answer with the account's key fingerprint ([`ApiKey::fingerprint`]),
+/// its adaptive rate (`None`: unlimited) and whether the answer was a 429.
+pub type AccountObserver = Arc<dyn Fn(&str, Option<f64>, bool) + Send + Sync>;
+
 /// Tuning of the client. Defaults are documented in the README.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -42,14 +50,19 @@ pub struct ClientOptions {
     pub min_backoff: Duration,
     /// Backoff cap.
     pub max_backoff: Duration,
-    /// Sustained requests per second across all accounts.
-    pub requests_per_second: u32,
-    /// Burst allowed above the sustained rate.
+    /// Hard ceiling of requests per second across all accounts; `None`: only the adaptive
+    /// per-account budget and `max_concurrency` bound it.
+    pub requests_per_second: Option<u32>,
+    /// Burst allowed above the ceiling.
     pub burst: u32,
     /// Requests in flight at once.
     pub max_concurrency: usize,
     /// Longest `Retry-After` honoured (never more than [`MAX_RETRY_AFTER`], the default).
     pub max_retry_after: Duration,
+    /// A call for a paused account waits this long at most; beyond, it fails fast.
+    pub max_queue_wait: Duration,
+    /// The adaptive per-account budget (its ceiling is taken from `requests_per_second`).
+    pub adaptive: AimdConfig,
 }
 
 impl Default for ClientOptions {
@@ -59,10 +72,12 @@ impl Default for ClientOptions {
             max_retries: 3,
             min_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(5),
-            requests_per_second: 50,
+            requests_per_second: None,
             burst: 100,
             max_concurrency: 32,
             max_retry_after: MAX_RETRY_AFTER,
+            max_queue_wait: Duration::from_secs(1),
+            adaptive: AimdConfig::default(),
         }
     }
 }
@@ -77,10 +92,17 @@ struct Inner {
     http: reqwest::Client,
     base: String,
     opts: ClientOptions,
-    limiter: DefaultDirectRateLimiter,
+    ceiling: Option<DefaultDirectRateLimiter>,
     in_flight: Semaphore,
-    closed_until: Mutex<HashMap<ApiKey, Instant>>,
+    accounts: Mutex<HashMap<ApiKey, Account>>,
     observer: Option<RequestObserver>,
+    account_observer: Option<AccountObserver>,
+}
+
+/// The budget of one account, with the fingerprint its metrics are labelled with.
+struct Account {
+    aimd: Aimd,
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for AgentSendClient {
@@ -136,6 +158,17 @@ impl AgentSendClient {
         opts: ClientOptions,
         observer: Option<RequestObserver>,
     ) -> Result<Self, ApiError> {
+        Self::with_observers(base_url, opts, observer, None)
+    }
+
+    /// Like [`AgentSendClient::with_observer`], also reporting each account's adaptive rate
+    /// and 429s to `account_observer`.
+    pub fn with_observers(
+        base_url: &str,
+        opts: ClientOptions,
+        observer: Option<RequestObserver>,
+        account_observer: Option<AccountObserver>,
+    ) -> Result<Self, ApiError> {
         let base = base_url.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ApiError::Config {
@@ -154,19 +187,22 @@ impl AgentSendClient {
             .map_err(|e| ApiError::Config {
                 message: format!("cannot build HTTP client: {e}"),
             })?;
-        let rate = NonZeroU32::new(opts.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(opts.burst.max(1)).unwrap_or(NonZeroU32::MIN);
-        let limiter = RateLimiter::direct(Quota::per_second(rate).allow_burst(burst));
+        let ceiling = opts
+            .requests_per_second
+            .and_then(NonZeroU32::new)
+            .map(|rate| RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)));
         let in_flight = Semaphore::new(opts.max_concurrency.max(1));
         Ok(AgentSendClient {
             inner: Arc::new(Inner {
                 http,
                 base,
                 opts,
-                limiter,
+                ceiling,
                 in_flight,
-                closed_until: Mutex::new(HashMap::new()),
+                accounts: Mutex::new(HashMap::new()),
                 observer,
+                account_observer,
             }),
         })
     }
@@ -286,7 +322,7 @@ impl AgentSendClient {
         })
     }
 
-    /// One HTTP exchange under the budget and the account's 429 gate.
+    /// One HTTP exchange under the account's budget, the concurrency bound and the ceiling.
     async fn send(&self, key: &ApiKey, call: Call<'_>) -> Result<Vec<u8>, ApiError> {
         let Call {
             route,
@@ -295,7 +331,7 @@ impl AgentSendClient {
             query,
             body,
         } = call;
-        self.check_gate(key)?;
+        self.admit(key).await?;
         let _permit = self
             .inner
             .in_flight
@@ -304,9 +340,11 @@ impl AgentSendClient {
             .map_err(|_| ApiError::Config {
                 message: "client shut down".into(),
             })?;
-        self.inner.limiter.until_ready().await;
-        // The gate may have closed while this call waited for the budget.
-        self.check_gate(key)?;
+        if let Some(ceiling) = &self.inner.ceiling {
+            ceiling.until_ready().await;
+        }
+        // A 429 may have paused the account while this call waited for a permit.
+        self.wait_out_pause(key).await?;
 
         let url = format!("{}{}", self.inner.base, path);
         let mut req = self
@@ -332,14 +370,100 @@ impl AgentSendClient {
         }
         let (status, retry_after, bytes) = result?;
         if status.is_success() {
+            self.answered(key, started, None);
             return Ok(bytes);
         }
         let retry_after = retry_after.map(|d| d.min(self.inner.opts.max_retry_after));
         let err = ApiError::from_status(status.as_u16(), retry_after, &bytes);
-        if let ApiError::RateLimited { retry_after, .. } = &err {
-            self.close_gate(key, retry_after.unwrap_or(DEFAULT_RETRY_AFTER));
+        match &err {
+            ApiError::RateLimited { retry_after, .. } => {
+                self.answered(
+                    key,
+                    started,
+                    Some(retry_after.unwrap_or(DEFAULT_RETRY_AFTER)),
+                );
+            }
+            // A server error says nothing about the account's limit.
+            ApiError::Transient { .. } => {}
+            _ => self.answered(key, started, None),
         }
         Err(err)
+    }
+
+    /// The account's budget, created on first use.
+    fn account<T>(&self, key: &ApiKey, f: impl FnOnce(&mut Account) -> T) -> T {
+        let mut accounts = self
+            .inner
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let account = accounts.entry(key.clone()).or_insert_with(|| Account {
+            aimd: Aimd::new(
+                AimdConfig {
+                    ceiling: self.inner.opts.requests_per_second.map(f64::from),
+                    ..self.inner.opts.adaptive
+                },
+                Instant::now(),
+            ),
+            fingerprint: key.fingerprint(),
+        });
+        f(account)
+    }
+
+    /// Wait for the account's budget: its pace, and a pause no longer than `max_queue_wait`
+    /// (a longer one fails fast, without sending).
+    async fn admit(&self, key: &ApiKey) -> Result<(), ApiError> {
+        for _ in 0..3 {
+            let wait = self.account(key, |a| {
+                let now = Instant::now();
+                match a.aimd.paused_for(now) {
+                    Some(left) if left > self.inner.opts.max_queue_wait => Err(paused(left)),
+                    _ => Ok(a.aimd.reserve(now)),
+                }
+            })?;
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            if self.rate_limited_for(key).is_none() {
+                return Ok(());
+            }
+        }
+        match self.rate_limited_for(key) {
+            Some(left) => Err(paused(left)),
+            None => Ok(()),
+        }
+    }
+
+    /// Wait out a pause of the account no longer than `max_queue_wait`; fail on a longer one.
+    async fn wait_out_pause(&self, key: &ApiKey) -> Result<(), ApiError> {
+        match self.rate_limited_for(key) {
+            None => Ok(()),
+            Some(left) if left > self.inner.opts.max_queue_wait => Err(paused(left)),
+            Some(left) => {
+                tokio::time::sleep(left).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// Feed an answer to a request sent at `sent_at` to the account's budget: a 429 (with the
+    /// pause it asks for) or an answer that shows the account is within its limit.
+    fn answered(&self, key: &ApiKey, sent_at: Instant, throttled: Option<Duration>) {
+        let (fingerprint, rate) = self.account(key, |a| {
+            match throttled {
+                Some(pause) => {
+                    let pause = pause
+                        .min(self.inner.opts.max_retry_after)
+                        .min(MAX_RETRY_AFTER);
+                    a.aimd.on_throttled(sent_at, Instant::now(), pause);
+                }
+                None => a.aimd.on_success(),
+            }
+            (a.fingerprint.clone(), a.aimd.rate())
+        });
+        if let Some(obs) = &self.inner.account_observer {
+            obs(&fingerprint, rate, throttled.is_some());
+        }
     }
 
     async fn exchange(
@@ -365,52 +489,22 @@ impl AgentSendClient {
         Ok((status, retry_after, bytes))
     }
 
-    fn check_gate(&self, key: &ApiKey) -> Result<(), ApiError> {
-        let mut gates = self
-            .inner
-            .closed_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(until) = gates.get(key).copied() {
-            let now = Instant::now();
-            if until > now {
-                return Err(ApiError::RateLimited {
-                    retry_after: Some(until - now),
-                    message: "waiting for Retry-After before calling this account again".into(),
-                });
-            }
-            gates.remove(key);
-        }
-        Ok(())
-    }
-
-    fn close_gate(&self, key: &ApiKey, for_: Duration) {
-        let now = Instant::now();
-        let for_ = for_
-            .min(self.inner.opts.max_retry_after)
-            .min(MAX_RETRY_AFTER);
-        let until = now.checked_add(for_).unwrap_or(now);
-        let mut gates = self
-            .inner
-            .closed_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let e = gates.entry(key.clone()).or_insert(until);
-        if *e < until {
-            *e = until;
-        }
-    }
-
     /// How long calls for this account are held back by a 429, if at all.
     pub fn rate_limited_for(&self, key: &ApiKey) -> Option<Duration> {
-        let gates = self
-            .inner
-            .closed_until
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        gates
-            .get(key)
-            .and_then(|u| u.checked_duration_since(Instant::now()))
+        self.account(key, |a| a.aimd.paused_for(Instant::now()))
+    }
+
+    /// The account's adaptive rate in requests/s (`None`: unlimited so far).
+    pub fn account_rate(&self, key: &ApiKey) -> Option<f64> {
+        self.account(key, |a| a.aimd.rate())
+    }
+}
+
+/// The error of a call held back by a pause of `left`.
+fn paused(left: Duration) -> ApiError {
+    ApiError::RateLimited {
+        retry_after: Some(left),
+        message: "waiting for Retry-After before calling this account again".into(),
     }
 }
 
@@ -505,7 +599,7 @@ mod tests {
         // Port 9 (discard) on loopback: nothing is sent because the gate answers first.
         let c = AgentSendClient::new("http://127.0.0.1:9", ClientOptions::default()).unwrap();
         let k = ApiKey::new("k").unwrap();
-        c.close_gate(&k, Duration::from_secs(30));
+        c.answered(&k, Instant::now(), Some(Duration::from_secs(30)));
         let e = c.get_inbox(&k, "x").await.unwrap_err();
         match e {
             ApiError::RateLimited {

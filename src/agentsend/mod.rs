@@ -2,16 +2,18 @@
 
 mod client;
 mod error;
+mod limiter;
 mod types;
 
 #[cfg(test)]
 mod proptests;
 
 pub use client::{
-    AgentSendClient, ClientOptions, DEFAULT_RETRY_AFTER, MAX_BODY_BYTES, MAX_PAGES, PAGE_SIZE,
-    RequestObserver, next_page,
+    AccountObserver, AgentSendClient, ClientOptions, DEFAULT_RETRY_AFTER, MAX_BODY_BYTES,
+    MAX_PAGES, PAGE_SIZE, RequestObserver, next_page,
 };
 pub use error::{
     ApiError, MAX_MESSAGE_LEN, MAX_RETRY_AFTER, error_message, parse_retry_after, truncate,
 };
+pub use limiter::{Aimd, AimdConfig};
 pub use types::{ApiKey, CreateInbox, InboxPage, InboxState, RemoteInbox, SHARED_DOMAIN};

@@ -24,6 +24,17 @@ impl ApiKey {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// A short, non-reversible name of the key for metric labels: the first 8 hex characters
+    /// of its SHA-256 (the key cannot be recovered from it, and keys differ in it in practice).
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(self.0.as_bytes())
+            .iter()
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 impl fmt::Debug for ApiKey {
@@ -180,6 +191,17 @@ mod tests {
         assert_eq!(k.expose(), "sk_live_secret");
         assert!(!format!("{k:?} {k}").contains("secret"));
         assert!(ApiKey::new("  \n").is_none());
+    }
+
+    #[test]
+    fn fingerprints_are_short_stable_and_hide_the_key() {
+        let k = ApiKey::new("sk_live_secret").unwrap();
+        let f = k.fingerprint();
+        assert_eq!(f.len(), 8);
+        assert!(f.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(f, ApiKey::new(" sk_live_secret\n").unwrap().fingerprint());
+        assert_ne!(f, ApiKey::new("sk_live_other").unwrap().fingerprint());
+        assert!(!"sk_live_secret".contains(&f));
     }
 
     #[test]

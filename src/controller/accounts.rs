@@ -277,6 +277,14 @@ impl ScanCache {
 // ------------------------------------------------------------------------- gates
 
 /// One create/recovery lock per account.
+///
+/// Still needed with operator-chosen addresses: two Inboxes may name the same `spec.address`.
+/// Without the gate, the second one's recovery (after its 409) could list the account between
+/// the first one's create committing and its binding being noted, see the inbox as created
+/// after its own mark ("ours"), find no other owner yet, and bind it too. Holding the gate
+/// shared from the create until the binding is noted makes that listing wait. A legacy
+/// recovery (an address AgentSend chose) likewise never mistakes an unrecorded create for its
+/// own. Creates never wait for each other, so it costs nothing on the happy path.
 #[derive(Clone, Default)]
 pub struct CreateGates {
     gates: Arc<Mutex<HashMap<ApiKey, Arc<tokio::sync::RwLock<()>>>>>,

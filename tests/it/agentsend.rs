@@ -34,8 +34,6 @@ fn fast() -> ClientOptions {
     ClientOptions {
         min_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(50),
-        requests_per_second: 10_000,
-        burst: 10_000,
         ..Default::default()
     }
 }
@@ -1280,6 +1278,79 @@ async fn ten_thousand_inboxes_list_in_a_hundred_pages() {
     assert!(started.elapsed() < Duration::from_secs(60));
 }
 
+/// The simulator's server-side limit (switched on over the control API, as the bench and the
+/// standalone `inbox-sim --rate-limit` do): one token bucket per account, shared by its keys;
+/// beyond it 429 with a whole-second `Retry-After`; other accounts are unaffected; off again
+/// with `perSecond: 0`.
+#[tokio::test]
+async fn simulator_limits_each_account_with_a_token_bucket() {
+    let env = env().await;
+    env.sim.add_account(ACCT, KEY_ROTATED);
+    let http = raw_client();
+    let url = env.handle.url();
+    let faults = |body: Value| {
+        let http = http.clone();
+        let url = format!("{url}/_simulator/faults");
+        async move { http.post(url).json(&body).send().await.unwrap().status() }
+    };
+    let list = |k: &'static str| {
+        let http = http.clone();
+        let url = format!("{url}/inboxes");
+        async move { http.get(url).header("x-api-key", k).send().await.unwrap() }
+    };
+    // A slow refill (one token a minute) so the test does not depend on timing.
+    let slow = json!({"accountRateLimit": {"perSecond": 0.0166, "burst": 3}});
+    assert_eq!(faults(slow).await, 204);
+    let mut statuses = Vec::new();
+    for k in [KEY, KEY_ROTATED, KEY, KEY_ROTATED] {
+        statuses.push(list(k).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 200, 200, 429], "both keys share one bucket");
+    let r = list(KEY).await;
+    assert_eq!(r.status(), 429);
+    let ra: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=61).contains(&ra), "Retry-After {ra}");
+    // The operator's client reads it as a rate limit with that Retry-After.
+    let e = env.client.list_inboxes(&env.key, 1, 0).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApiError::RateLimited {
+                retry_after: Some(_),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(
+        list(KEY_B).await.status(),
+        200,
+        "another account has its own bucket"
+    );
+
+    let bad = json!({"accountRateLimit": {"perSecond": -1}});
+    assert_eq!(faults(bad).await, 400);
+    assert_eq!(
+        faults(json!({"accountRateLimit": {"perSecond": 0}})).await,
+        204
+    );
+    assert_eq!(list(KEY).await.status(), 200, "off again");
+    env.sim
+        .set_account_rate_limit(inbox_sim::RateLimit::new(0.0166, 1.0));
+    assert_eq!(list(KEY).await.status(), 200);
+    assert_eq!(list(KEY).await.status(), 429);
+    env.sim.clear_faults();
+    assert_eq!(
+        list(KEY).await.status(),
+        200,
+        "cleared with the other faults"
+    );
+}
+
 // ---------------------------------------------------------------- control over HTTP
 
 /// The simulator's control endpoints over raw HTTP, as the demo and out-of-process tests use them.
@@ -1499,6 +1570,7 @@ async fn standalone_server_registers_one_account_per_key() {
         addr,
         vec![KEY.to_string(), KEY_B.to_string()],
         Duration::from_millis(1),
+        None,
     ));
     let url = format!("http://{addr}");
     let http = raw_client();

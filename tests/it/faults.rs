@@ -49,6 +49,36 @@ async fn rate_limit_bursts_are_respected() {
     env.stop().await;
 }
 
+/// A server that limits the account (a token bucket, 429 with `Retry-After` beyond it, as the
+/// simulator's `--rate-limit` does): the adaptive budget backs off instead of storming, every
+/// Inbox becomes Ready with exactly one AgentSend inbox, and most requests get through.
+#[tokio::test]
+async fn adaptive_budget_under_a_server_rate_limit() {
+    const INBOXES: usize = 24;
+    let env = Env::start().await;
+    env.sim
+        .set_account_rate_limit(inbox_sim::RateLimit::new(8.0, 8.0));
+    let names = env.create_many("limited", INBOXES).await;
+    env.assert_converged(&names).await;
+    assert_eq!(
+        env.sim.inboxes(ACCOUNT).len(),
+        INBOXES,
+        "one inbox per Inbox"
+    );
+    let reqs = env.sim.requests();
+    let limited = reqs.iter().filter(|r| r.status == 429).count();
+    // Without backing off, every worker would meet 429s at every pass; here at most the
+    // requests in flight when a pause starts do (bounded by the bucket, not by time).
+    assert!(
+        limited * 2 < reqs.len(),
+        "{limited} of {} requests answered 429",
+        reqs.len()
+    );
+    env.sim.set_account_rate_limit(None);
+    env.delete_all_and_check(&names).await;
+    env.stop().await;
+}
+
 /// Hostile `Retry-After` values (beyond u64, beyond f64, negative, garbage, dates in year 9999
 /// and in 1970) never crash the operator: each is clamped (here to the test client's 1 s cap;
 /// in production to `MAX_RETRY_AFTER`) or ignored, and the Inboxes become Ready afterwards.
