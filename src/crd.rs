@@ -366,10 +366,6 @@ pub struct SecretSpec {
         "x-kubernetes-validations" = [{"rule": TEMPLATE_KEYS_RULE, "message": TEMPLATE_KEYS_MESSAGE}]
     ))]
     pub template: Option<BTreeMap<String, String>>,
-    /// Keep this Secret (without its owner reference) when the Inbox is deleted with
-    /// `deletionPolicy: Orphan`, so applications keep reading the address.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub retain_on_orphan: bool,
 }
 
 /// CEL: template keys are data keys and do not replace the default keys.

@@ -54,6 +54,12 @@ struct Scanned {
     failed: Option<(ApiError, Instant)>,
     /// Serialises scans of this account (single flight).
     scan_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Whether an Account's status asks for the whole inventory: only then do scans keep
+    /// the inboxes no Inbox here is bound to (in `unbound`), so that an account nobody
+    /// inspects costs memory in proportion to its bound inboxes only.
+    inventory_wanted: bool,
+    /// With `inventory_wanted`: the inboxes of the last scan not kept in `seen`.
+    unbound: Vec<RemoteInbox>,
 }
 
 /// Observations of inboxes per account, from scans, creates and GETs.
@@ -238,9 +244,12 @@ impl ScanCache {
         // Keep observations newer than this scan (made by creates/GETs meanwhile).
         acct.seen
             .retain(|id, (_, at)| *at > started && !by_id.contains_key(id.as_str()));
+        acct.unbound.clear();
         for r in listed {
             if keep.contains(&r.id) || also == Some(r.id.as_str()) {
                 acct.seen.insert(r.id.clone(), (r, started));
+            } else if acct.inventory_wanted {
+                acct.unbound.push(r);
             }
         }
         acct.scanned_at = Some(started);
@@ -256,7 +265,12 @@ impl ScanCache {
         &self,
         key: &ApiKey,
     ) -> Result<(Vec<RemoteInbox>, jiff::Timestamp), ApiError> {
-        if !self.scan_is_fresh(key) {
+        let first_ask = {
+            let mut accounts = lock(&self.accounts);
+            let acct = accounts.entry(key.clone()).or_default();
+            !std::mem::replace(&mut acct.inventory_wanted, true)
+        };
+        if first_ask || !self.scan_is_fresh(key) {
             if let Some(e) = self.recent_failure(key) {
                 return Err(e);
             }
@@ -265,7 +279,10 @@ impl ScanCache {
         let accounts = lock(&self.accounts);
         let acct = accounts.get(key);
         let listed = acct
-            .map(|a| a.seen.values().map(|(r, _)| r.clone()).collect())
+            .map(|a| {
+                let bound = a.seen.values().map(|(r, _)| r);
+                bound.chain(&a.unbound).cloned().collect()
+            })
             .unwrap_or_default();
         let at = acct
             .and_then(|a| a.scanned_wall)

@@ -236,9 +236,6 @@ impl<'a> Pass<'a> {
                 self.credentials(o).await?;
                 o.remembered_key = self.ctx.bindings.key_for(&self.obj);
             }
-            Step::ReadNamespace => {
-                o.namespace_default = Some(self.namespace_default().await?);
-            }
             Step::MarkInUse(target) => {
                 in_use::mark(self.ctx, &target).await?;
                 for (t, marked) in &mut o.in_use {
@@ -308,6 +305,9 @@ impl<'a> Pass<'a> {
     /// The steps that write annotations, Secrets and registries, or delete.
     async fn bookkeeping(&self, o: &mut Observed, step: Step) -> Result<(), Error> {
         match step {
+            Step::ReadNamespace => {
+                o.namespace_default = Some(self.namespace_default().await?);
+            }
             Step::RecordBinding { id } => self.record_binding(o, &id).await?,
             Step::AddFinalizer => {
                 // On the version read (a conflict retries the pass on fresh data).

@@ -560,6 +560,21 @@ fn spawn_account_tasks(
     tokio::spawn(stop.clone().run_until_cancelled_owned(tasks.map(|_| ())))
 }
 
+/// A token cancelled when `shutdown` resolves (in-flight reconciles then finish).
+fn cancelled_on(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let stopper = stop.clone();
+    tokio::spawn(async move {
+        if stopper.run_until_cancelled(shutdown).await.is_some() {
+            tracing::info!("shutdown requested: finishing in-flight reconciles");
+            stopper.cancel();
+        }
+    });
+    stop
+}
+
 /// Run the controller until `shutdown` resolves; in-flight reconciles finish first.
 /// `on_ready` is called once every watch cache has synced.
 pub async fn run(
@@ -570,14 +585,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce() + Send + 'static,
 ) {
-    let stop = CancellationToken::new();
-    let stopper = stop.clone();
-    tokio::spawn(async move {
-        if stopper.run_until_cancelled(shutdown).await.is_some() {
-            tracing::info!("shutdown requested: finishing in-flight reconciles");
-            stopper.cancel();
-        }
-    });
+    let stop = cancelled_on(shutdown);
     // Readiness: every watch cache has completed its first list. Observed on the streams
     // (not with `Store::wait_until_ready`, whose signal wakes only one waiter: the Controller's).
     let namespaces = namespaces(&settings);

@@ -1095,29 +1095,9 @@ fn converge(o: &Observed, key: ApiKey, remote: &RemoteInbox) -> Step {
             id: remote.id.clone(),
         };
     }
-    let spec_secret = o.inbox.spec.secret.as_ref();
-    if let Err(e) = crate::meta::check_secret_metadata(
-        spec_secret.and_then(|s| s.labels.as_ref()),
-        spec_secret.and_then(|s| s.annotations.as_ref()),
-    ) {
-        let msg = format!("{e}; Kubernetes would refuse the Secret, so it is not written");
-        return done(
-            report(o, Some(remote), None, stalled(Reason::Rejected, msg)),
-            Then::Settle,
-        );
-    }
-    let templated = match spec_secret.and_then(|s| s.template.as_ref()) {
-        None => Default::default(),
-        Some(t) => match template::render(t, &template::Fields::of(remote)) {
-            Ok(values) => values,
-            Err(e) => {
-                let msg = format!("spec.secret.template: {e}; the Secret is left as it was");
-                return done(
-                    report(o, Some(remote), None, stalled(Reason::Rejected, msg)),
-                    Then::Settle,
-                );
-            }
-        },
+    let templated = match checked_secret_spec(o, remote) {
+        Ok(values) => values,
+        Err(step) => return *step,
     };
     let name = o.inbox.secret_name();
     let existing = match o.secrets.get(&name) {
@@ -1171,6 +1151,38 @@ fn converge(o: &Observed, key: ApiKey, remote: &RemoteInbox) -> Step {
         secret: Box::new(desired),
         create,
         event: (!quiet).then(|| InboxEvent::new(EventKind::SecretWritten, note)),
+    }
+}
+
+/// Check what the spec adds to the Secret before anything is written: labels and annotations
+/// Kubernetes would refuse, and `spec.secret.template` (rendered here). `Ok`: the rendered
+/// template keys; `Err`: the `Rejected` report that ends the pass.
+fn checked_secret_spec(
+    o: &Observed,
+    remote: &RemoteInbox,
+) -> Result<BTreeMap<String, String>, Box<Step>> {
+    let rejected = |msg: String| {
+        Box::new(done(
+            report(o, Some(remote), None, stalled(Reason::Rejected, msg)),
+            Then::Settle,
+        ))
+    };
+    let spec_secret = o.inbox.spec.secret.as_ref();
+    if let Err(e) = crate::meta::check_secret_metadata(
+        spec_secret.and_then(|s| s.labels.as_ref()),
+        spec_secret.and_then(|s| s.annotations.as_ref()),
+    ) {
+        return Err(rejected(format!(
+            "{e}; Kubernetes would refuse the Secret, so it is not written"
+        )));
+    }
+    match spec_secret.and_then(|s| s.template.as_ref()) {
+        None => Ok(BTreeMap::new()),
+        Some(t) => template::render(t, &template::Fields::of(remote)).map_err(|e| {
+            rejected(format!(
+                "spec.secret.template: {e}; the Secret is left as it was"
+            ))
+        }),
     }
 }
 

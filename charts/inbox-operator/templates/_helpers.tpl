@@ -42,7 +42,7 @@ app.kubernetes.io/instance: {{ include "inbox-operator.fullname" . }}
   verbs: ["get", "list", "watch"]
 {{- end -}}
 
-{{/* ClusterAccounts (cluster-scoped) and the namespace labels their namespaceSelector reads. */}}
+{{/* ClusterAccounts (cluster-scoped). */}}
 {{- define "inbox-operator.clusterAccountRules" -}}
 - apiGroups: ["agentsend.io"]
   resources: ["clusteraccounts"]
@@ -50,9 +50,6 @@ app.kubernetes.io/instance: {{ include "inbox-operator.fullname" . }}
 - apiGroups: ["agentsend.io"]
   resources: ["clusteraccounts/status"]
   verbs: ["patch"]
-- apiGroups: [""]
-  resources: ["namespaces"]
-  verbs: ["get"]
 {{- end -}}
 
 {{/* Name of the metrics port: `https` with --metrics-secure (the default), else `http`. */}}
