@@ -388,8 +388,9 @@ async fn helm_install_upgrade_uninstall() {
 }
 
 /// The cluster-scoped RBAC objects of `deploy/namespaced`.
-const CLUSTER_WIDE_NAMESPACED: [&str; 3] = [
+const CLUSTER_WIDE_NAMESPACED: [&str; 4] = [
     "inbox-operator-binding-check",
+    "inbox-operator-clusteraccounts",
     "inbox-operator-metrics-auth",
     "inbox-operator-metrics-reader",
 ];
