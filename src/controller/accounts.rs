@@ -62,6 +62,34 @@ struct Scanned {
     unbound: Vec<RemoteInbox>,
 }
 
+impl Scanned {
+    /// Mark the known inboxes whose observation differs in the listing `by_id` (or which
+    /// vanished) as unreported; return the `watched` IDs a reconcile should look at: those
+    /// changed, unreported, missing or not yet known — all of them after a failed scan.
+    fn note_changes(
+        &mut self,
+        by_id: &HashMap<&str, &RemoteInbox>,
+        watched: &[String],
+    ) -> Vec<String> {
+        for (id, (before, _)) in &self.seen {
+            if by_id.get(id.as_str()) != Some(&before) {
+                self.unreported.insert(id.clone());
+            }
+        }
+        let recovered = self.failed.is_some();
+        watched
+            .iter()
+            .filter(|id| {
+                recovered
+                    || self.unreported.contains(id.as_str())
+                    || !by_id.contains_key(id.as_str())
+                    || !self.seen.contains_key(id.as_str())
+            })
+            .cloned()
+            .collect()
+    }
+}
+
 /// Observations of inboxes per account, from scans, creates and GETs.
 #[derive(Clone)]
 pub struct ScanCache {
@@ -212,24 +240,9 @@ impl ScanCache {
         };
         let mut accounts = lock(&self.accounts);
         let acct = accounts.entry(key.clone()).or_default();
-        let recovered = acct.failed.is_some();
         let by_id: HashMap<&str, &RemoteInbox> =
             listed.iter().map(|r| (r.id.as_str(), r)).collect();
-        for (id, (before, _)) in &acct.seen {
-            if by_id.get(id.as_str()) != Some(&before) {
-                acct.unreported.insert(id.clone());
-            }
-        }
-        let changed = watched
-            .iter()
-            .filter(|id| {
-                recovered
-                    || acct.unreported.contains(id.as_str())
-                    || !by_id.contains_key(id.as_str())
-                    || !acct.seen.contains_key(id.as_str())
-            })
-            .cloned()
-            .collect();
+        let changed = acct.note_changes(&by_id, watched);
         let watched: HashSet<&str> = watched.iter().map(String::as_str).collect();
         if !watched.is_empty() {
             // The counter sync passes every bound ID: nothing else needs a report.

@@ -176,26 +176,13 @@ mod tests {
 
     #[test]
     fn inboxes_reference_their_credentials_secret_in_their_namespace() {
-        use crate::crd::{CredentialsSpec, InboxSpec, SecretKeyRef};
         let (reader, mut writer) = kube::runtime::reflector::store::<Inbox>();
         for (ns, name, creds) in [
             ("a", "one", Some("key")),
             ("a", "two", None),
             ("b", "three", Some("key")),
         ] {
-            let mut i = Inbox::new(
-                name,
-                InboxSpec {
-                    credentials: creds.map(|c| CredentialsSpec {
-                        secret_ref: SecretKeyRef {
-                            name: c.into(),
-                            key: "apiKey".into(),
-                        },
-                    }),
-                    ..Default::default()
-                },
-            );
-            i.metadata.namespace = Some(ns.into());
+            let i = (*crate::controller::watches::tests::inbox(ns, name, creds)).clone();
             writer.apply_watcher_event(&watcher::Event::Apply(i));
         }
         let refs = inbox_references(reader)();

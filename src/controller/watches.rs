@@ -310,7 +310,7 @@ impl CacheSync {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::crd::{CredentialsSpec, InboxSpec, SecretKeyRef};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -389,7 +389,9 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
-    fn inbox(ns: &str, name: &str, creds: Option<&str>) -> Arc<Inbox> {
+    /// An Inbox in `ns` using the credentials Secret `creds` (if any); shared by the
+    /// key-Secret watch tests.
+    pub(crate) fn inbox(ns: &str, name: &str, creds: Option<&str>) -> Arc<Inbox> {
         let mut i = Inbox::new(
             name,
             InboxSpec {
