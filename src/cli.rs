@@ -28,6 +28,18 @@ pub enum Command {
     Orphans(OrphansArgs),
 }
 
+/// The AgentSend endpoint, shared by every subcommand that calls the API.
+#[derive(Args, Debug, Clone)]
+pub struct EndpointArgs {
+    /// AgentSend API base URL.
+    #[arg(
+        long,
+        env = "AGENTSEND_API_URL",
+        default_value = "https://api.agentsend.io"
+    )]
+    pub agentsend_url: String,
+}
+
 /// Flags of `inbox-operator import`.
 #[derive(Args, Debug, Clone)]
 pub struct ImportArgs {
@@ -44,13 +56,9 @@ pub struct ImportArgs {
     #[arg(long)]
     pub observe: bool,
 
-    /// AgentSend API base URL.
-    #[arg(
-        long,
-        env = "AGENTSEND_API_URL",
-        default_value = "https://api.agentsend.io"
-    )]
-    pub agentsend_url: String,
+    /// Where the AgentSend API is.
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
 
     /// File holding the account's API key; alternatively set AGENTSEND_API_KEY. The key is
     /// never a flag value, and never printed.
@@ -70,13 +78,9 @@ pub struct OrphansArgs {
     /// Where ClusterAccount key Secrets live: the operator's namespace.
     #[arg(long, env = "POD_NAMESPACE", default_value = "inbox-operator")]
     pub operator_namespace: String,
-    /// AgentSend API base URL.
-    #[arg(
-        long,
-        env = "AGENTSEND_API_URL",
-        default_value = "https://api.agentsend.io"
-    )]
-    pub agentsend_url: String,
+    /// Where the AgentSend API is.
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
 }
 
 /// Flags of `inbox-operator crd`.
@@ -174,13 +178,9 @@ fn agentsend_timeout(s: &str) -> Result<Duration, DurationFlagError> {
 /// Flags of `inbox-operator run`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// AgentSend API base URL.
-    #[arg(
-        long,
-        env = "AGENTSEND_API_URL",
-        default_value = "https://api.agentsend.io"
-    )]
-    pub agentsend_url: String,
+    /// Where the AgentSend API is.
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
 
     /// File holding the default API key (e.g. a mounted Secret); re-read on use, so rotation
     /// needs no restart. Alternatively set AGENTSEND_API_KEY. The key is never a flag value.
@@ -325,7 +325,7 @@ mod tests {
         assert_eq!(a.namespace, ["a", "b"]);
         assert_eq!(a.selector.as_deref(), Some("shard=1"));
         assert_eq!(a.log_format, LogFormat::Json);
-        assert_eq!(a.agentsend_url, "https://api.agentsend.io");
+        assert_eq!(a.endpoint.agentsend_url, "https://api.agentsend.io");
     }
 
     #[test]

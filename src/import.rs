@@ -52,7 +52,7 @@ pub enum ImportError {
 pub async fn run(args: &ImportArgs) -> Result<String, ImportError> {
     let key = api_key(args)?;
     let (claimed, taken) = cluster_claims(&args.namespace).await?;
-    let api = AgentSendClient::new(&args.agentsend_url, ClientOptions::default())
+    let api = AgentSendClient::new(&args.endpoint.agentsend_url, ClientOptions::default())
         .map_err(|e| ImportError::AgentSend(e.to_string()))?;
     let account = api
         .list_all(&key)

@@ -241,7 +241,7 @@ fn agentsend_client(
         ..ClientOptions::default()
     };
     AgentSendClient::with_observers(
-        &args.agentsend_url,
+        &args.endpoint.agentsend_url,
         opts,
         Some(observer),
         Some(account_observer),
@@ -291,7 +291,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         operator_namespace: crate::account::operator_namespace_from_env(),
     };
     info!(
-        url = %args.agentsend_url,
+        url = %args.endpoint.agentsend_url,
         namespaces = ?settings.namespaces,
         selector = ?settings.selector,
         operator_namespace = %settings.operator_namespace,

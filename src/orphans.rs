@@ -49,7 +49,7 @@ pub async fn run(args: &OrphansArgs) -> Result<String, OrphansError> {
     let client = crate::operator::kube_client().await?;
     let (secret_ns, secret) = account_key_ref(&client, args).await?;
     let key = read_key(&client, &secret_ns, &secret).await?;
-    let api = AgentSendClient::new(&args.agentsend_url, ClientOptions::default())?;
+    let api = AgentSendClient::new(&args.endpoint.agentsend_url, ClientOptions::default())?;
     let listed = api.list_all(&key).await?;
     let inboxes: Api<Inbox> = Api::all(client);
     let claimed: HashSet<String> = inboxes
