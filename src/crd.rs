@@ -371,6 +371,12 @@ pub struct SecretSpec {
         "x-kubernetes-validations" = [{"rule": TEMPLATE_KEYS_RULE, "message": TEMPLATE_KEYS_MESSAGE}]
     ))]
     pub template: Option<BTreeMap<String, String>>,
+    /// Keep the Secret when the Inbox is deleted with `deletionPolicy: Orphan` (explicit or
+    /// the namespace default): the operator removes its ownerReference and managed labels
+    /// first, so the garbage collector leaves it and apps keep their address. No effect with
+    /// `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_on_orphan: Option<bool>,
 }
 
 /// Where the address is published for apps that read ConfigMaps: the same default keys as
@@ -408,6 +414,10 @@ pub struct ConfigMapSpec {
         "x-kubernetes-validations" = [{"rule": TEMPLATE_KEYS_RULE, "message": TEMPLATE_KEYS_MESSAGE}]
     ))]
     pub template: Option<BTreeMap<String, String>>,
+    /// Keep the ConfigMap when the Inbox is deleted with `deletionPolicy: Orphan`, as
+    /// `spec.secret.retainOnOrphan`. No effect with `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_on_orphan: Option<bool>,
 }
 
 /// CEL: template keys are data keys and do not replace the default keys.
@@ -539,6 +549,18 @@ impl Inbox {
     pub fn config_map_name(&self) -> Option<String> {
         let spec = self.spec.config_map.as_ref()?;
         spec.name.clone().or_else(|| self.metadata.name.clone())
+    }
+
+    /// Whether the Secret outlives this Inbox when it is deleted with `deletionPolicy: Orphan`.
+    pub fn retains_secret(&self) -> bool {
+        let spec = self.spec.secret.as_ref();
+        spec.and_then(|s| s.retain_on_orphan).unwrap_or(false)
+    }
+
+    /// Whether the ConfigMap outlives this Inbox when it is deleted with `Orphan`.
+    pub fn retains_config_map(&self) -> bool {
+        let spec = self.spec.config_map.as_ref();
+        spec.and_then(|c| c.retain_on_orphan).unwrap_or(false)
     }
 
     /// The refresh the user asks for: the `agentsend.io/refresh` value, when set, non-empty

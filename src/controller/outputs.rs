@@ -110,6 +110,43 @@ pub fn unwanted<'a>(
         })
 }
 
+/// Which output of the Inbox a step is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputKind {
+    /// The Secret (`spec.secret`).
+    Secret,
+    /// The ConfigMap (`spec.configMap`).
+    ConfigMap,
+}
+
+impl std::fmt::Display for OutputKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OutputKind::Secret => "secret",
+            OutputKind::ConfigMap => "configmap",
+        })
+    }
+}
+
+/// The merge patch that lets an output outlive its Inbox (`retainOnOrphan`): without this
+/// Inbox's ownerReference (the garbage collector then keeps it; other owners' references
+/// stay), without the operator's labels and data digest (it is no longer "managed": no
+/// watch sees it, no Inbox restores it). The UID makes it apply to this object only.
+pub fn release_patch(meta: &ObjectMeta, owner_uid: &str) -> serde_json::Value {
+    let others: Vec<_> = meta
+        .owner_references
+        .iter()
+        .flatten()
+        .filter(|o| o.uid != owner_uid)
+        .collect();
+    serde_json::json!({ "metadata": {
+        "uid": meta.uid,
+        "ownerReferences": if others.is_empty() { None } else { Some(others) },
+        "labels": { crd::LABEL_MANAGED_BY: null, crd::LABEL_INBOX: null },
+        "annotations": { crd::ANNOTATION_DATA_DIGEST: null },
+    }})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +261,32 @@ mod tests {
         for (case, existing, plan) in cases {
             assert_eq!(plan_config_map(existing, &want, "uid-1"), plan, "{case}");
         }
+    }
+
+    #[test]
+    fn release_drops_only_our_reference_and_the_managed_marks() {
+        let i = inbox(ConfigMapSpec::default());
+        let c = desired_config_map(&i, checked_data(&i, &remote()).unwrap().unwrap()).unwrap();
+        let mut meta = c.metadata.clone();
+        meta.uid = Some("cm-1".into());
+        let patch = release_patch(&meta, "uid-1");
+        assert_eq!(patch["metadata"]["uid"], "cm-1");
+        assert!(patch["metadata"]["ownerReferences"].is_null());
+        assert!(patch["metadata"]["labels"]["app.kubernetes.io/managed-by"].is_null());
+        assert!(patch["metadata"]["labels"]["agentsend.io/inbox"].is_null());
+        assert!(patch["metadata"]["annotations"]["agentsend.io/data-digest"].is_null());
+        let other = k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            uid: "app-1".into(),
+            kind: "Deployment".into(),
+            name: "app".into(),
+            api_version: "apps/v1".into(),
+            ..Default::default()
+        };
+        meta.owner_references.get_or_insert_default().push(other);
+        let patch = release_patch(&meta, "uid-1");
+        let kept = patch["metadata"]["ownerReferences"].as_array().unwrap();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0]["uid"], "app-1");
     }
 
     #[test]

@@ -517,6 +517,16 @@ pub enum Step {
         /// Published after the write.
         event: Option<InboxEvent>,
     },
+    /// Let an owned output outlive the Inbox (`retainOnOrphan`): merge-patch away this
+    /// Inbox's ownerReference and the operator's labels ([`outputs::release_patch`]).
+    Release {
+        /// The Secret or the ConfigMap.
+        kind: outputs::OutputKind,
+        /// Its name.
+        name: String,
+        /// The merge patch.
+        patch: serde_json::Value,
+    },
     /// Delete an owned ConfigMap (precondition: its UID).
     DeleteConfigMap {
         /// The ConfigMap's name.
@@ -612,6 +622,7 @@ pub fn writes(step: &Step) -> bool {
         | Step::DeleteSecret { .. }
         | Step::WriteConfigMap { .. }
         | Step::DeleteConfigMap { .. }
+        | Step::Release { .. }
         | Step::DeleteInbox { .. }
         | Step::Announce(_) => true,
     }
@@ -1400,7 +1411,7 @@ fn cleanup(o: &Observed) -> Step {
                 };
                 return Step::Announce(InboxEvent::new(
                     EventKind::Orphaned,
-                    format!("left AgentSend inbox {id} in place ({why})"),
+                    format!("left AgentSend inbox {id} in place ({why}){}", retained(o)),
                 ));
             }
         }
@@ -1412,13 +1423,20 @@ fn cleanup(o: &Observed) -> Step {
         DeletionPolicy::Delete => {}
     }
     let current = o.inbox.secret_name();
+    let orphan = policy == DeletionPolicy::Orphan;
+    if orphan
+        && o.inbox.retains_secret()
+        && let Some(step) = retain_secret(o, &current)
+    {
+        return step;
+    }
     if let Some(step) = delete_owned_secret(o, &current) {
         return step;
     }
     if let Some(step) = renamed_secret_cleanup(o, &current) {
         return step;
     }
-    if let Some(step) = cleanup_config_maps(o) {
+    if let Some(step) = cleanup_config_maps(o, orphan && o.inbox.retains_config_map()) {
         return step;
     }
     Step::Done(Done {
@@ -1428,8 +1446,9 @@ fn cleanup(o: &Observed) -> Step {
     })
 }
 
-/// Deleting: the ConfigMaps this Inbox owns go with it; `None` once none is left.
-fn cleanup_config_maps(o: &Observed) -> Option<Step> {
+/// Deleting: the ConfigMaps this Inbox owns go with it — but the wanted one is released
+/// instead when `retain` (`retainOnOrphan` with `Orphan`); `None` once none is left.
+fn cleanup_config_maps(o: &Observed, retain: bool) -> Option<Step> {
     let names = config_map_names(o);
     if names.is_empty() {
         return None;
@@ -1437,12 +1456,60 @@ fn cleanup_config_maps(o: &Observed) -> Option<Step> {
     let Some(known) = &o.config_maps else {
         return Some(Step::ReadConfigMaps { names });
     };
-    let uid = o.inbox.metadata.uid.as_deref().unwrap_or_default();
-    let (name, uid) = outputs::unwanted(known, None, uid).next()?;
+    let owner = o.inbox.metadata.uid.as_deref().unwrap_or_default();
+    let wanted = o.inbox.config_map_name();
+    if retain
+        && let Some(name) = wanted
+        && let Some(meta) = known.get(&name).and_then(Option::as_ref)
+        && decide::is_owned_by(meta, owner)
+    {
+        return Some(Step::Release {
+            kind: outputs::OutputKind::ConfigMap,
+            patch: outputs::release_patch(meta, owner),
+            name,
+        });
+    }
+    let (name, uid) = outputs::unwanted(known, None, owner).next()?;
     Some(Step::DeleteConfigMap {
         name: name.to_string(),
         uid: uid.cloned(),
     })
+}
+
+/// What the Orphaned event adds about the outputs `retainOnOrphan` keeps.
+fn retained(o: &Observed) -> String {
+    let secret = o
+        .inbox
+        .retains_secret()
+        .then(|| format!("Secret {}", o.inbox.secret_name()));
+    let config_map = o
+        .inbox
+        .config_map_name()
+        .filter(|_| o.inbox.retains_config_map())
+        .map(|n| format!("ConfigMap {n}"));
+    let kept: Vec<String> = secret.into_iter().chain(config_map).collect();
+    if kept.is_empty() {
+        String::new()
+    } else {
+        format!("; kept {} (retainOnOrphan)", kept.join(" and "))
+    }
+}
+
+/// Deleting with `Orphan` and `spec.secret.retainOnOrphan`: read the Secret, then release it
+/// if this Inbox owns it; `None` once it is not (or no longer) ours.
+fn retain_secret(o: &Observed, name: &str) -> Option<Step> {
+    let owner = o.inbox.metadata.uid.as_deref().unwrap_or_default();
+    match o.secrets.get(name) {
+        None => Some(Step::ReadSecret {
+            name: name.to_string(),
+        }),
+        Some(Some(meta)) if decide::is_owned_by(meta, owner) => Some(Step::Release {
+            kind: outputs::OutputKind::Secret,
+            name: name.to_string(),
+            patch: outputs::release_patch(meta, owner),
+        }),
+        Some(_) => None,
+    }
 }
 
 /// Delete the bound inbox, or the one an interrupted create made; `None` once done.
@@ -1888,6 +1955,7 @@ impl fmt::Display for Step {
                 Ok(())
             }
             Step::DeleteConfigMap { name, .. } => write!(f, "delete configmap {name}"),
+            Step::Release { kind, name, .. } => write!(f, "release {kind} {name}"),
             Step::AddFinalizer => write!(f, "add finalizer"),
             Step::DeleteInbox { id, .. } => write!(f, "delete inbox {id}"),
             Step::Announce(e) => write!(f, "announce {}", e.kind.reason()),
@@ -2355,6 +2423,83 @@ mod tests {
                 "deleting: the owned ConfigMap goes with the Secret",
                 obs()
                     .config_map(None)
+                    .deleting()
+                    .secret("mail", None)
+                    .config_maps(&[("mail", Some(ours.clone()))]),
+                "delete configmap mail",
+            ),
+            (
+                "Orphan + secret.retainOnOrphan: the owned Secret is released, not deleted",
+                obs()
+                    .orphan()
+                    .spec(|s| s.secret.get_or_insert_default().retain_on_orphan = Some(true))
+                    .deleting()
+                    .secret("mail", Some(owned_secret("mail"))),
+                "release secret mail",
+            ),
+            (
+                "Orphan + secret.retainOnOrphan, released: nothing more to do",
+                obs()
+                    .orphan()
+                    .spec(|s| s.secret.get_or_insert_default().retain_on_orphan = Some(true))
+                    .deleting()
+                    .secret("mail", Some(foreign_secret("mail"))),
+                "done; settle; reset failures; release",
+            ),
+            (
+                "the namespace default Orphan + retainOnOrphan: released too",
+                obs()
+                    .with(|o| o.namespace_default = Some(Some("Orphan".into())))
+                    .spec(|s| s.secret.get_or_insert_default().retain_on_orphan = Some(true))
+                    .deleting()
+                    .secret("mail", Some(owned_secret("mail"))),
+                "release secret mail",
+            ),
+            (
+                "Delete + secret.retainOnOrphan: no effect, the Secret is deleted",
+                obs()
+                    .spec(|s| s.secret.get_or_insert_default().retain_on_orphan = Some(true))
+                    .deleting()
+                    .secret("mail", Some(owned_secret("mail"))),
+                "delete secret mail",
+            ),
+            (
+                "Orphan + configMap.retainOnOrphan: the owned ConfigMap is released",
+                obs()
+                    .orphan()
+                    .config_map(None)
+                    .spec(|s| s.config_map.get_or_insert_default().retain_on_orphan = Some(true))
+                    .deleting()
+                    .secret("mail", None)
+                    .config_maps(&[("mail", Some(ours.clone()))]),
+                "release configmap mail",
+            ),
+            (
+                "Orphan without configMap.retainOnOrphan: the ConfigMap is deleted",
+                obs()
+                    .orphan()
+                    .config_map(None)
+                    .deleting()
+                    .secret("mail", None)
+                    .config_maps(&[("mail", Some(ours.clone()))]),
+                "delete configmap mail",
+            ),
+            (
+                "observe-only + configMap.retainOnOrphan: released (deletion only releases)",
+                obs()
+                    .observe()
+                    .config_map(None)
+                    .spec(|s| s.config_map.get_or_insert_default().retain_on_orphan = Some(true))
+                    .deleting()
+                    .secret("mail", None)
+                    .config_maps(&[("mail", Some(ours.clone()))]),
+                "release configmap mail",
+            ),
+            (
+                "Delete + configMap.retainOnOrphan: no effect, deleted",
+                obs()
+                    .config_map(None)
+                    .spec(|s| s.config_map.get_or_insert_default().retain_on_orphan = Some(true))
                     .deleting()
                     .secret("mail", None)
                     .config_maps(&[("mail", Some(ours.clone()))]),

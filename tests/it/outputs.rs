@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use inbox_operator::crd::{ConfigMapSpec, InboxSpec, Reason};
+use inbox_operator::crd::{ConfigMapSpec, DeletionPolicy, InboxSpec, Reason, SecretSpec};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -158,5 +158,118 @@ async fn a_foreign_config_map_is_a_conflict_and_left_untouched() {
     assert_eq!(value(&c, "address").as_deref(), Some("mine@example.com"));
     assert!(c.owner_references().is_empty());
     assert!(c.labels().is_empty());
+    env.stop().await;
+}
+
+/// `retainOnOrphan` with `deletionPolicy: Orphan`: the Secret and the ConfigMap outlive the
+/// Inbox, released (no ownerReference, no managed labels) so the garbage collector — which the
+/// test control plane runs — keeps them. With `Delete`, retain has no effect: both go.
+#[tokio::test]
+async fn retain_on_orphan_keeps_the_secret_and_config_map() {
+    let env = Env::start().await;
+    let spec = |policy| InboxSpec {
+        deletion_policy: Some(policy),
+        secret: Some(SecretSpec {
+            retain_on_orphan: Some(true),
+            ..Default::default()
+        }),
+        config_map: Some(ConfigMapSpec {
+            retain_on_orphan: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let kept = env.create_ready("kept", spec(DeletionPolicy::Orphan)).await;
+    let dropped = env
+        .create_ready("dropped", spec(DeletionPolicy::Delete))
+        .await;
+    let address = kept.status.clone().unwrap().address.unwrap();
+    assert!(config_map(&env, "kept").await.is_some());
+    assert!(config_map(&env, "dropped").await.is_some());
+
+    for name in ["kept", "dropped"] {
+        env.inboxes()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    env.wait_gone("kept").await;
+    env.wait_gone("dropped").await;
+
+    // Released before the finalizer went: nothing refers to the deleted Inbox, so the
+    // garbage collector has nothing to collect.
+    let s = env.secret("kept").await.expect("retained Secret");
+    assert_eq!(crate::ctl::data(&s, "address"), address);
+    assert!(
+        s.owner_references().is_empty(),
+        "{:?}",
+        s.owner_references()
+    );
+    assert!(!s.labels().contains_key("app.kubernetes.io/managed-by"));
+    let c = config_map(&env, "kept").await.expect("retained ConfigMap");
+    assert_eq!(value(&c, "address").as_deref(), Some(address.as_str()));
+    assert!(
+        c.owner_references().is_empty(),
+        "{:?}",
+        c.owner_references()
+    );
+    assert!(!c.labels().contains_key("app.kubernetes.io/managed-by"));
+    let orphaned = env.wait_event("Orphaned").await;
+    let note = orphaned.note.unwrap_or_default();
+    assert!(
+        note.contains("kept Secret kept and ConfigMap kept"),
+        "{note}"
+    );
+    assert!(
+        env.sim.inbox(&crate::ctl::status_id(&kept)).is_some(),
+        "Orphan leaves the AgentSend inbox"
+    );
+
+    // Delete: retain has no effect.
+    assert!(env.secret("dropped").await.is_none());
+    assert!(config_map(&env, "dropped").await.is_none());
+    assert!(env.sim.inbox(&crate::ctl::status_id(&dropped)).is_none());
+    env.stop().await;
+}
+
+/// An Orphan Inbox without `retainOnOrphan` takes its Secret and ConfigMap with it; with the
+/// operator halted (finalizer removed by hand), the garbage collector does the same.
+#[tokio::test]
+async fn without_retain_the_outputs_go_with_the_inbox() {
+    let env = Env::start().await;
+    let spec = InboxSpec {
+        deletion_policy: Some(DeletionPolicy::Orphan),
+        config_map: Some(ConfigMapSpec::default()),
+        ..Default::default()
+    };
+    env.create_ready("plain", spec.clone()).await;
+    env.create_ready("collected", spec).await;
+    env.inboxes()
+        .delete("plain", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("plain").await;
+    assert!(env.secret("plain").await.is_none());
+    assert!(config_map(&env, "plain").await.is_none());
+
+    env.halt().await;
+    let patch = json!({"metadata": {"finalizers": null}});
+    env.inboxes()
+        .patch("collected", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    env.inboxes()
+        .delete("collected", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("collected").await;
+    wait_for("the ConfigMap to be collected", T, || async {
+        config_map(&env, "collected").await.is_none().then_some(())
+    })
+    .await;
+    wait_for("the Secret to be collected", T, || async {
+        env.secret("collected").await.is_none().then_some(())
+    })
+    .await;
     env.stop().await;
 }

@@ -14,6 +14,7 @@ use serde_json::json;
 
 use super::Pass;
 use crate::controller::Error;
+use crate::controller::outputs::OutputKind;
 use crate::controller::plan::{Observed, Step};
 use crate::crd;
 
@@ -45,6 +46,22 @@ impl Pass<'_> {
             Step::DeleteConfigMap { name, uid } => {
                 delete_owned(&api, &name, uid).await?;
                 o.config_maps.get_or_insert_default().insert(name, None);
+            }
+            Step::Release {
+                kind: OutputKind::ConfigMap,
+                name,
+                patch,
+            } => {
+                let released = release(&api, &name, &patch).await?;
+                o.config_maps.get_or_insert_default().insert(name, released);
+            }
+            Step::Release {
+                kind: OutputKind::Secret,
+                name,
+                patch,
+            } => {
+                let released = release(&self.secrets, &name, &patch).await?;
+                o.secrets.insert(name, released);
             }
             other => return Err(Error::Internal(format!("step {other} reached output_step"))),
         }
@@ -96,6 +113,27 @@ where
         )
         .await?;
     Ok(written.meta().clone())
+}
+
+/// Apply the release patch ([`crate::controller::outputs::release_patch`]) to `name`; its
+/// metadata after, `None` when it is gone (or was replaced: the UID no longer matches).
+async fn release<K>(
+    api: &Api<K>,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<Option<ObjectMeta>, Error>
+where
+    K: Resource<Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned,
+{
+    let pp = PatchParams {
+        field_manager: Some(crd::FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    match api.patch(name, &pp, &Patch::Merge(patch)).await {
+        Ok(released) => Ok(Some(released.meta().clone())),
+        Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Delete an owned object; gone already, or replaced meanwhile (UID precondition), is fine.
