@@ -139,12 +139,15 @@ pub fn release_patch(meta: &ObjectMeta, owner_uid: &str) -> serde_json::Value {
         .flatten()
         .filter(|o| o.uid != owner_uid)
         .collect();
-    serde_json::json!({ "metadata": {
-        "uid": meta.uid,
+    let mut patch = serde_json::json!({ "metadata": {
         "ownerReferences": if others.is_empty() { None } else { Some(others) },
         "labels": { crd::LABEL_MANAGED_BY: null, crd::LABEL_INBOX: null },
         "annotations": { crd::ANNOTATION_DATA_DIGEST: null },
-    }})
+    }});
+    if let Some(uid) = &meta.uid {
+        patch["metadata"]["uid"] = serde_json::json!(uid);
+    }
+    patch
 }
 
 #[cfg(test)]
@@ -271,6 +274,15 @@ mod tests {
         meta.uid = Some("cm-1".into());
         let patch = release_patch(&meta, "uid-1");
         assert_eq!(patch["metadata"]["uid"], "cm-1");
+        let no_uid = ObjectMeta {
+            uid: None,
+            ..meta.clone()
+        };
+        assert!(
+            release_patch(&no_uid, "uid-1")["metadata"]
+                .get("uid")
+                .is_none()
+        );
         assert!(patch["metadata"]["ownerReferences"].is_null());
         assert!(patch["metadata"]["labels"]["app.kubernetes.io/managed-by"].is_null());
         assert!(patch["metadata"]["labels"]["agentsend.io/inbox"].is_null());
