@@ -311,6 +311,11 @@ pub struct InboxSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<SecretSpec>,
 
+    /// A ConfigMap that also receives the address (an address is not a secret; many apps
+    /// read ConfigMaps). Same ownership, conflict and restore rules as the Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapSpec>,
+
     /// API key for this Inbox, from a Secret in the same namespace (the simple form; not
     /// together with `accountRef`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -366,6 +371,53 @@ pub struct SecretSpec {
         "x-kubernetes-validations" = [{"rule": TEMPLATE_KEYS_RULE, "message": TEMPLATE_KEYS_MESSAGE}]
     ))]
     pub template: Option<BTreeMap<String, String>>,
+    /// Keep the Secret when the Inbox is deleted with `deletionPolicy: Orphan` (explicit or
+    /// the namespace default): the operator removes its ownerReference and managed labels
+    /// first, so the garbage collector leaves it and apps keep their address. No effect with
+    /// `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_on_orphan: Option<bool>,
+}
+
+/// Where the address is published for apps that read ConfigMaps: the same default keys as
+/// the Secret (`address`, `inboxId`, `domainId`) plus the template's keys.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConfigMapSpec {
+    /// ConfigMap name; defaults to the Inbox's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: Option<String>,
+    /// Extra labels for the ConfigMap (keys: qualified names; values: valid label values).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend(
+        "maxProperties" = 100,
+        "additionalProperties" = {"type": "string", "maxLength": 63, "pattern": LABEL_VALUE_PATTERN},
+        "x-kubernetes-validations" = [{"rule": QUALIFIED_KEYS_RULE, "message": QUALIFIED_KEYS_MESSAGE}]
+    ))]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Extra annotations for the ConfigMap (keys: qualified names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend(
+        "maxProperties" = 100,
+        "x-kubernetes-validations" = [{"rule": QUALIFIED_KEYS_RULE, "message": QUALIFIED_KEYS_MESSAGE}]
+    ))]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// Extra keys rendered from the inbox's fields, as `spec.secret.template`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend(
+        "maxProperties" = 32,
+        "additionalProperties" = {"type": "string", "maxLength": 4096},
+        "x-kubernetes-validations" = [{"rule": TEMPLATE_KEYS_RULE, "message": TEMPLATE_KEYS_MESSAGE}]
+    ))]
+    pub template: Option<BTreeMap<String, String>>,
+    /// Keep the ConfigMap when the Inbox is deleted with `deletionPolicy: Orphan`, as
+    /// `spec.secret.retainOnOrphan`. No effect with `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retain_on_orphan: Option<bool>,
 }
 
 /// CEL: template keys are data keys and do not replace the default keys.
@@ -432,6 +484,9 @@ pub struct InboxStatus {
     pub created_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
+    /// The ConfigMap holding the address (`spec.configMap`), once written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The deletion policy that applies (the spec's, the namespace default, or `Delete`).
@@ -488,6 +543,24 @@ impl Inbox {
             .as_ref()
             .and_then(|s| s.name.clone())
             .unwrap_or_else(|| self.metadata.name.clone().unwrap_or_default())
+    }
+
+    /// Name of the ConfigMap that receives the address, when `spec.configMap` asks for one.
+    pub fn config_map_name(&self) -> Option<String> {
+        let spec = self.spec.config_map.as_ref()?;
+        spec.name.clone().or_else(|| self.metadata.name.clone())
+    }
+
+    /// Whether the Secret outlives this Inbox when it is deleted with `deletionPolicy: Orphan`.
+    pub fn retains_secret(&self) -> bool {
+        let spec = self.spec.secret.as_ref();
+        spec.and_then(|s| s.retain_on_orphan).unwrap_or(false)
+    }
+
+    /// Whether the ConfigMap outlives this Inbox when it is deleted with `Orphan`.
+    pub fn retains_config_map(&self) -> bool {
+        let spec = self.spec.config_map.as_ref();
+        spec.and_then(|c| c.retain_on_orphan).unwrap_or(false)
     }
 
     /// The refresh the user asks for: the `agentsend.io/refresh` value, when set, non-empty

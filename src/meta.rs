@@ -127,9 +127,23 @@ pub fn check_secret_metadata(
     labels: Option<&BTreeMap<String, String>>,
     annotations: Option<&BTreeMap<String, String>>,
 ) -> Result<(), MetaError> {
+    check_metadata(
+        ("spec.secret.labels", "spec.secret.annotations"),
+        labels,
+        annotations,
+    )
+}
+
+/// The first reason Kubernetes would refuse these labels and annotations, if any; errors
+/// name the spec fields in `fields` (labels, annotations).
+pub fn check_metadata(
+    fields: (&'static str, &'static str),
+    labels: Option<&BTreeMap<String, String>>,
+    annotations: Option<&BTreeMap<String, String>>,
+) -> Result<(), MetaError> {
     let short = |s: &str| crate::agentsend::truncate(s, 80);
     for (k, v) in labels.into_iter().flatten() {
-        let field = "spec.secret.labels";
+        let field = fields.0;
         if !is_qualified_name(k) {
             return Err(MetaError::InvalidKey {
                 field,
@@ -153,7 +167,7 @@ pub fn check_secret_metadata(
     }
     for k in annotations.into_iter().flatten().map(|(k, _)| k) {
         if !is_qualified_name(k) {
-            let field = "spec.secret.annotations";
+            let field = fields.1;
             return Err(MetaError::InvalidKey {
                 field,
                 key: short(k),

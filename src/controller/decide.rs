@@ -278,51 +278,66 @@ pub fn recover_legacy(
 /// The Secret this Inbox should own for `remote`; `None` when the Inbox has no name or UID
 /// (never true for an object read from the API server).
 pub fn desired_secret(inbox: &Inbox, remote: &RemoteInbox) -> Option<Secret> {
+    let spec = inbox.spec.secret.as_ref();
+    let mut metadata = owned_metadata(
+        inbox,
+        inbox.secret_name(),
+        spec.and_then(|s| s.labels.clone()),
+        spec.and_then(|s| s.annotations.clone()),
+    )?;
+    let data: BTreeMap<String, ByteString> = default_data(remote)
+        .into_iter()
+        .map(|(k, v)| (k, ByteString(v.into_bytes())))
+        .collect();
+    metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(crd::ANNOTATION_DATA_DIGEST.into(), data_digest(&data));
+    Some(Secret {
+        metadata,
+        type_: Some("Opaque".to_string()),
+        data: Some(data),
+        ..Default::default()
+    })
+}
+
+/// The default keys every output of the Inbox holds: `address`, `inboxId`, and `domainId`
+/// when the inbox has one.
+pub fn default_data(remote: &RemoteInbox) -> BTreeMap<String, String> {
+    let mut data = BTreeMap::new();
+    data.insert("address".to_string(), remote.address.clone());
+    data.insert("inboxId".to_string(), remote.id.clone());
+    if let Some(d) = &remote.domain_id {
+        data.insert("domainId".to_string(), d.clone());
+    }
+    data
+}
+
+/// The metadata of an object (Secret, ConfigMap) named `name` that this Inbox owns: the
+/// spec's `labels` and `annotations`, the operator's label, the Inbox's label and name
+/// annotation, and the controller ownerReference. `None` when the Inbox has no name or UID.
+pub fn owned_metadata(
+    inbox: &Inbox,
+    name: String,
+    labels: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
+) -> Option<ObjectMeta> {
     let owner = owner_reference(inbox)?;
-    let name = inbox.secret_name();
     let inbox_name = inbox.metadata.name.clone()?;
-    let mut labels = inbox
-        .spec
-        .secret
-        .as_ref()
-        .and_then(|s| s.labels.clone())
-        .unwrap_or_default();
+    let mut labels = labels.unwrap_or_default();
     labels.insert(crd::LABEL_MANAGED_BY.into(), crd::MANAGED_BY.into());
     labels.insert(
         crd::LABEL_INBOX.into(),
         crate::meta::label_value_for_name(&inbox_name),
     );
-    let mut annotations = inbox
-        .spec
-        .secret
-        .as_ref()
-        .and_then(|s| s.annotations.clone())
-        .unwrap_or_default();
-    annotations.insert(crd::ANNOTATION_INBOX_NAME.into(), inbox_name.clone());
-    let mut data = BTreeMap::new();
-    data.insert(
-        "address".to_string(),
-        ByteString(remote.address.clone().into_bytes()),
-    );
-    data.insert(
-        "inboxId".to_string(),
-        ByteString(remote.id.clone().into_bytes()),
-    );
-    if let Some(d) = &remote.domain_id {
-        data.insert("domainId".to_string(), ByteString(d.clone().into_bytes()));
-    }
-    annotations.insert(crd::ANNOTATION_DATA_DIGEST.into(), data_digest(&data));
-    Some(Secret {
-        metadata: ObjectMeta {
-            name: Some(name),
-            namespace: inbox.metadata.namespace.clone(),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            owner_references: Some(vec![owner]),
-            ..Default::default()
-        },
-        type_: Some("Opaque".to_string()),
-        data: Some(data),
+    let mut annotations = annotations.unwrap_or_default();
+    annotations.insert(crd::ANNOTATION_INBOX_NAME.into(), inbox_name);
+    Some(ObjectMeta {
+        name: Some(name),
+        namespace: inbox.metadata.namespace.clone(),
+        labels: Some(labels),
+        annotations: Some(annotations),
+        owner_references: Some(vec![owner]),
         ..Default::default()
     })
 }
@@ -432,6 +447,18 @@ pub enum SecretPlan {
 /// read: the digest annotation says what data was last written, its `managedFields` whether
 /// anyone changed our keys since ([`data_as_written`]).
 pub fn plan_secret(existing: Option<&ObjectMeta>, desired: &Secret, owner_uid: &str) -> SecretPlan {
+    let keys = desired.data.iter().flatten().map(|(k, _)| k.as_str());
+    plan_owned(existing, &desired.metadata, keys, owner_uid)
+}
+
+/// [`plan_secret`] for any object this Inbox owns whose `data` holds the data `keys`
+/// (a Secret, a ConfigMap): create, conflict, up to date or update, from metadata alone.
+pub fn plan_owned<'a>(
+    existing: Option<&ObjectMeta>,
+    desired: &ObjectMeta,
+    keys: impl Iterator<Item = &'a str>,
+    owner_uid: &str,
+) -> SecretPlan {
     let Some(s) = existing else {
         return SecretPlan::Create;
     };
@@ -444,10 +471,9 @@ pub fn plan_secret(existing: Option<&ObjectMeta>, desired: &Secret, owner_uid: &
             .flatten()
             .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
     };
-    let keys = desired.data.iter().flatten().map(|(k, _)| k.as_str());
     if data_as_written(s, keys)
-        && contains(&s.labels, &desired.metadata.labels)
-        && contains(&s.annotations, &desired.metadata.annotations)
+        && contains(&s.labels, &desired.labels)
+        && contains(&s.annotations, &desired.annotations)
     {
         SecretPlan::UpToDate
     } else {
@@ -800,7 +826,7 @@ pub(crate) mod tests {
     }
 
     /// `managedFields` that give each of `keys` (and `metadata`) to `manager`.
-    fn owning(manager: &str, keys: &[&str]) -> ManagedFieldsEntry {
+    pub(crate) fn owning(manager: &str, keys: &[&str]) -> ManagedFieldsEntry {
         let data: serde_json::Map<_, _> = keys
             .iter()
             .map(|k| (format!("f:{k}"), serde_json::json!({})))

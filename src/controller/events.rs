@@ -16,6 +16,8 @@ pub enum EventKind {
     Orphaned,
     /// Normal: the Secret was written or restored.
     SecretWritten,
+    /// Normal: the ConfigMap (`spec.configMap`) was written or restored.
+    ConfigMapWritten,
     /// Warning: the inbox vanished in AgentSend and was created again.
     Recreated,
     /// Warning: a Secret of that name is not this Inbox's.
@@ -41,6 +43,7 @@ impl EventKind {
             EventKind::Deleted => "Deleted",
             EventKind::Orphaned => "Orphaned",
             EventKind::SecretWritten => "SecretWritten",
+            EventKind::ConfigMapWritten => "ConfigMapWritten",
             EventKind::Recreated => "Recreated",
             EventKind::SecretConflict => "SecretConflict",
             EventKind::Rejected => "Rejected",
@@ -58,7 +61,8 @@ impl EventKind {
             | EventKind::Adopted
             | EventKind::Deleted
             | EventKind::Orphaned
-            | EventKind::SecretWritten => EventType::Normal,
+            | EventKind::SecretWritten
+            | EventKind::ConfigMapWritten => EventType::Normal,
             EventKind::Recreated
             | EventKind::SecretConflict
             | EventKind::Rejected

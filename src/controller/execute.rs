@@ -13,9 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{
-    Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions,
-};
+use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -38,6 +36,8 @@ use crate::metrics::Metrics;
 /// A planner that has not finished after this many steps has a bug; the pass fails instead
 /// of spinning.
 const MAX_STEPS: usize = 64;
+
+mod config_maps;
 
 /// How a pass that did not fail ended.
 struct Passed {
@@ -373,7 +373,7 @@ impl<'a> Pass<'a> {
                 self.publish(&event).await;
                 o.announced.push(event.kind);
             }
-            other => return Err(Error::Internal(format!("step {other} reached bookkeeping"))),
+            other => return self.output_step(o, other).await,
         }
         Ok(())
     }
@@ -758,41 +758,12 @@ impl<'a> Pass<'a> {
     /// Create the Secret (a 409 means it appeared meanwhile: fail, re-read next pass) or
     /// server-side apply our fields onto it. Returns its metadata as written.
     async fn write_secret(&self, secret: &Secret, create: bool) -> Result<ObjectMeta, Error> {
-        if create {
-            let pp = PostParams {
-                field_manager: Some(crd::FIELD_MANAGER.into()),
-                ..Default::default()
-            };
-            return Ok(self.secrets.create(&pp, secret).await?.metadata);
-        }
-        let mut body = serde_json::to_value(secret).map_err(kube::Error::SerdeError)?;
-        body["apiVersion"] = json!(Secret::api_version(&()));
-        body["kind"] = json!(Secret::kind(&()));
-        let written = self
-            .secrets
-            .patch(
-                &secret.name_any(),
-                &PatchParams::apply(crd::FIELD_MANAGER).force(),
-                &Patch::Apply(&body),
-            )
-            .await?;
-        Ok(written.metadata)
+        config_maps::write_owned(&self.secrets, secret, create).await
     }
 
     /// Delete an owned Secret; gone already, or replaced meanwhile (UID precondition), is fine.
     async fn delete_secret(&self, name: &str, uid: Option<String>) -> Result<(), Error> {
-        let dp = DeleteParams {
-            preconditions: uid.map(|u| Preconditions {
-                uid: Some(u),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        match self.secrets.delete(name, &dp).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        config_maps::delete_owned(&self.secrets, name, uid).await
     }
 }
 

@@ -21,6 +21,7 @@ pub mod events;
 mod execute;
 pub mod in_use;
 pub mod key_secrets;
+pub mod outputs;
 pub mod plan;
 pub mod refresh;
 pub mod status;
@@ -36,7 +37,7 @@ use futures::channel::mpsc;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Client;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
@@ -223,6 +224,8 @@ pub struct Context {
     /// whether it has listed yet.
     pub(crate) claims_index: Option<(Store<PartialObjectMeta<Inbox>>, Arc<AtomicBool>)>,
     pub(crate) secret_stores: HashMap<Option<String>, Store<PartialObjectMeta<Secret>>>,
+    /// The metadata of the ConfigMaps this operator owns, per watched scope.
+    pub(crate) config_map_stores: HashMap<Option<String>, Store<PartialObjectMeta<ConfigMap>>>,
     /// Namespace metadata per watched scope (the default deletion policy).
     pub(crate) namespace_stores: HashMap<Option<String>, Store<watches::NamespaceMeta>>,
     pub(crate) failures: Mutex<HashMap<ObjectRef<Inbox>, u32>>,
@@ -261,6 +264,10 @@ impl Context {
             secret_stores: scopes
                 .iter()
                 .map(|s| (s.ns.clone(), s.secrets.clone()))
+                .collect(),
+            config_map_stores: scopes
+                .iter()
+                .map(|s| (s.ns.clone(), s.config_maps.clone()))
                 .collect(),
             namespace_stores: scopes
                 .iter()
@@ -345,6 +352,16 @@ impl Context {
             .or_else(|| self.namespace_stores.get(&None))
     }
 
+    /// The managed-ConfigMap cache for a namespace.
+    pub(crate) fn config_map_store(
+        &self,
+        ns: &str,
+    ) -> Option<&Store<PartialObjectMeta<ConfigMap>>> {
+        self.config_map_stores
+            .get(&Some(ns.to_string()))
+            .or_else(|| self.config_map_stores.get(&None))
+    }
+
     /// The managed-Secret cache for a namespace.
     pub(crate) fn secret_store(&self, ns: &str) -> Option<&Store<PartialObjectMeta<Secret>>> {
         self.secret_stores
@@ -407,6 +424,8 @@ struct Scope {
     inbox_events: BoxStream<'static, Result<Inbox, watcher::Error>>,
     secrets: Store<PartialObjectMeta<Secret>>,
     secret_events: BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
+    config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    config_map_events: BoxStream<'static, Result<PartialObjectMeta<ConfigMap>, watcher::Error>>,
     namespaces: Store<watches::NamespaceMeta>,
     namespace_events: BoxStream<'static, Result<watches::NamespaceMeta, watcher::Error>>,
     /// Pinged on every Inbox event: the set of referenced key Secrets may have changed.
@@ -437,6 +456,10 @@ impl Scope {
             watches::trim_inbox,
         );
         let (secrets, secret_events) = watches::owned_secrets(secret_api, synced);
+        let (config_maps, config_map_events) = watches::owned_metadata(
+            watches::scoped_api::<PartialObjectMeta<ConfigMap>>(client, ns.as_deref()),
+            synced,
+        );
         let (namespaces, namespace_events) = watches::namespaces(client, ns.as_deref());
         let references_changed = Arc::new(tokio::sync::Notify::new());
         let notify = references_changed.clone();
@@ -453,6 +476,12 @@ impl Scope {
             secret_events: watches::without_errors(
                 secret_events.touched_objects(),
                 "managed Secrets",
+            )
+            .boxed(),
+            config_maps,
+            config_map_events: watches::without_errors(
+                config_map_events.touched_objects(),
+                "managed ConfigMaps",
             )
             .boxed(),
         }
@@ -484,6 +513,7 @@ impl Scope {
             .debounce(Duration::from_millis(200));
         Controller::for_stream(self.inbox_events, self.inboxes)
             .owns_stream(self.secret_events)
+            .owns_stream(self.config_map_events)
             .watches_stream(credentials, move |meta: PartialObjectMeta<Secret>| {
                 let m = &meta.metadata;
                 watches::inboxes_using_credentials(
@@ -589,8 +619,8 @@ pub async fn run(
     // Readiness: every watch cache has completed its first list. Observed on the streams
     // (not with `Store::wait_until_ready`, whose signal wakes only one waiter: the Controller's).
     let namespaces = namespaces(&settings);
-    // Per scope: Inboxes, managed Secrets, Accounts; plus the ClusterAccounts.
-    let synced = CacheSync::new(namespaces.len() * 3 + 1, on_ready);
+    // Per scope: Inboxes, managed Secrets and ConfigMaps, Accounts; plus the ClusterAccounts.
+    let synced = CacheSync::new(namespaces.len() * 4 + 1, on_ready);
     let (accounts, account_changes) = account_watch::AccountCaches::watch(
         &client,
         &namespaces,

@@ -34,13 +34,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::Error;
 pub use super::credentials::InUse;
 use super::decide::{self, AddressLookup, FieldMismatch, PendingMark, Recovery, SecretPlan};
 use super::events::{EventKind, InboxEvent};
+use super::outputs;
 use super::refresh::Refresh;
 use super::status::{self, Readiness, StatusInput};
 use crate::agentsend::{
@@ -223,6 +224,9 @@ pub struct Observed {
     /// The metadata of Secrets read (or written, or deleted) by name; `None` inside: absent.
     /// Their data is never read: see [`decide::plan_secret`].
     pub secrets: BTreeMap<String, Option<ObjectMeta>>,
+    /// The metadata of the ConfigMaps read (or written, or deleted) by name, as `secrets`;
+    /// `None` until read (only when `spec.configMap` or `status.configMapName` names one).
+    pub config_maps: Option<BTreeMap<String, Option<ObjectMeta>>>,
     /// Outcome of this pass's delete call.
     pub deleted: Option<Result<(), ApiError>>,
     /// Events this pass published outside status reports.
@@ -269,6 +273,7 @@ impl Observed {
             forgotten: false,
             registered: false,
             secrets: BTreeMap::new(),
+            config_maps: None,
             deleted: None,
             announced: Vec::new(),
             progress: None,
@@ -497,6 +502,38 @@ pub enum Step {
         /// adopted the inbox: that pass's `Created`/`Adopted` says it all).
         event: Option<InboxEvent>,
     },
+    /// Read the metadata of these ConfigMaps of the Inbox's namespace (the wanted one, the
+    /// one status records).
+    ReadConfigMaps {
+        /// Their names.
+        names: Vec<String>,
+    },
+    /// Create (or server-side apply) the ConfigMap, then publish `event` if any.
+    WriteConfigMap {
+        /// The desired ConfigMap.
+        config_map: Box<ConfigMap>,
+        /// Create it (absent) rather than apply over it (ours, drifted).
+        create: bool,
+        /// Published after the write.
+        event: Option<InboxEvent>,
+    },
+    /// Let an owned output outlive the Inbox (`retainOnOrphan`): merge-patch away this
+    /// Inbox's ownerReference and the operator's labels ([`outputs::release_patch`]).
+    Release {
+        /// The Secret or the ConfigMap.
+        kind: outputs::OutputKind,
+        /// Its name.
+        name: String,
+        /// The merge patch.
+        patch: serde_json::Value,
+    },
+    /// Delete an owned ConfigMap (precondition: its UID).
+    DeleteConfigMap {
+        /// The ConfigMap's name.
+        name: String,
+        /// Its UID, as a delete precondition.
+        uid: Option<String>,
+    },
     /// Add the finalizer (it is missing and this pass is about to write something other
     /// than the pending mark, which carries it).
     AddFinalizer,
@@ -570,7 +607,8 @@ pub fn writes(step: &Step) -> bool {
         | Step::Forget { .. }
         | Step::Register { .. }
         | Step::RequestRefresh { .. }
-        | Step::ReadSecret { .. } => false,
+        | Step::ReadSecret { .. }
+        | Step::ReadConfigMaps { .. } => false,
         Step::Progress(report) => report.changed,
         Step::Done(done) => done.report.as_ref().is_some_and(|r| r.changed),
         Step::AddFinalizer
@@ -582,6 +620,9 @@ pub fn writes(step: &Step) -> bool {
         | Step::ClearPending
         | Step::WriteSecret { .. }
         | Step::DeleteSecret { .. }
+        | Step::WriteConfigMap { .. }
+        | Step::DeleteConfigMap { .. }
+        | Step::Release { .. }
         | Step::DeleteInbox { .. }
         | Step::Announce(_) => true,
     }
@@ -1099,6 +1140,10 @@ fn converge(o: &Observed, key: ApiKey, remote: &RemoteInbox) -> Step {
         Ok(values) => values,
         Err(step) => return *step,
     };
+    let config_map_data = match outputs::checked_data(&o.inbox, remote) {
+        Ok(data) => data,
+        Err(e) => return rejected_with(o, remote, e.to_string()),
+    };
     let name = o.inbox.secret_name();
     let existing = match o.secrets.get(&name) {
         None => return Step::ReadSecret { name },
@@ -1116,23 +1161,13 @@ fn converge(o: &Observed, key: ApiKey, remote: &RemoteInbox) -> Step {
             let msg = format!(
                 "Secret {name:?} exists and is not owned by this Inbox; it is left untouched: delete it or set spec.secret.name"
             );
-            // The foreign Secret is not watched: look again now and then.
-            let again = Duration::from_secs(30).mul_f64(1.0 + o.jitter * 0.2);
-            return Step::Done(Done {
-                failures: Failures::Reset,
-                ..finish(
-                    Some(report(
-                        o,
-                        Some(remote),
-                        None,
-                        stalled(Reason::SecretConflict, msg),
-                    )),
-                    Then::Requeue(again),
-                )
-            });
+            return conflict(o, remote, msg);
         }
         SecretPlan::UpToDate => {
             if let Some(step) = renamed_secret_cleanup(o, &name) {
+                return step;
+            }
+            if let Some(step) = converge_config_map(o, remote, config_map_data) {
                 return step;
             }
             let readiness = readiness_of(remote);
@@ -1151,6 +1186,116 @@ fn converge(o: &Observed, key: ApiKey, remote: &RemoteInbox) -> Step {
         secret: Box::new(desired),
         create,
         event: (!quiet).then(|| InboxEvent::new(EventKind::SecretWritten, note)),
+    }
+}
+
+/// A Secret or ConfigMap of the wanted name is someone else's: `SecretConflict`, nothing
+/// written. The foreign object is not watched: look again now and then.
+fn conflict(o: &Observed, remote: &RemoteInbox, msg: String) -> Step {
+    let again = Duration::from_secs(30).mul_f64(1.0 + o.jitter * 0.2);
+    Step::Done(Done {
+        failures: Failures::Reset,
+        ..finish(
+            Some(report(
+                o,
+                Some(remote),
+                None,
+                stalled(Reason::SecretConflict, msg),
+            )),
+            Then::Requeue(again),
+        )
+    })
+}
+
+/// `Rejected` with the observed inbox mirrored; nothing written but status.
+fn rejected_with(o: &Observed, remote: &RemoteInbox, msg: String) -> Step {
+    done(
+        report(o, Some(remote), None, stalled(Reason::Rejected, msg)),
+        Then::Settle,
+    )
+}
+
+// -------------------------------------------------------------------------- ConfigMap
+
+/// The ConfigMaps a pass must know about: the one `spec.configMap` wants and the one status
+/// records (if it differs); empty when neither names one.
+fn config_map_names(o: &Observed) -> Vec<String> {
+    let recorded = o
+        .status_at_start
+        .as_ref()
+        .and_then(|s| s.config_map_name.clone());
+    let mut names: Vec<String> = o
+        .inbox
+        .config_map_name()
+        .into_iter()
+        .chain(recorded)
+        .collect();
+    names.dedup();
+    names
+}
+
+/// After the Secret is in place: write or restore the ConfigMap `data` belongs in (a foreign
+/// one is a `SecretConflict`), and delete the one this Inbox owned under a former name or
+/// before `spec.configMap` was removed. `None` once nothing is left to do.
+fn converge_config_map(
+    o: &Observed,
+    remote: &RemoteInbox,
+    data: Option<BTreeMap<String, String>>,
+) -> Option<Step> {
+    let names = config_map_names(o);
+    if names.is_empty() {
+        return None;
+    }
+    let Some(known) = &o.config_maps else {
+        return Some(Step::ReadConfigMaps { names });
+    };
+    let uid = o.inbox.metadata.uid.as_deref().unwrap_or_default();
+    let wanted = o.inbox.config_map_name();
+    if let (Some(name), Some(data)) = (&wanted, data) {
+        let Some(desired) = outputs::desired_config_map(&o.inbox, data) else {
+            return Some(done_quietly(Then::Fail(Failure::InvalidObject)));
+        };
+        let existing = known.get(name).and_then(Option::as_ref);
+        let note = match outputs::plan_config_map(existing, &desired, uid) {
+            SecretPlan::UpToDate => None,
+            SecretPlan::Create => Some(format!("wrote the address to ConfigMap {name}")),
+            SecretPlan::Update => Some(format!("restored the address in ConfigMap {name}")),
+            SecretPlan::Conflict => {
+                let msg = format!(
+                    "ConfigMap {name:?} exists and is not owned by this Inbox; it is left untouched: delete it or set spec.configMap.name"
+                );
+                return Some(conflict(o, remote, msg));
+            }
+        };
+        if let Some(note) = note {
+            return Some(Step::WriteConfigMap {
+                create: existing.is_none(),
+                config_map: Box::new(desired),
+                event: Some(InboxEvent::new(EventKind::ConfigMapWritten, note)),
+            });
+        }
+    }
+    let (name, uid) = outputs::unwanted(known, wanted.as_deref(), uid).next()?;
+    Some(Step::DeleteConfigMap {
+        name: name.to_string(),
+        uid: uid.cloned(),
+    })
+}
+
+/// What `status.configMapName` says after this pass: the wanted ConfigMap once this Inbox
+/// owns it, nothing once no owned one is left; `None` (keep it) while that is not known.
+fn config_map_in_place(o: &Observed) -> Option<Option<String>> {
+    let known = o.config_maps.as_ref()?;
+    let uid = o.inbox.metadata.uid.as_deref().unwrap_or_default();
+    match o.inbox.config_map_name() {
+        Some(name) => {
+            let meta = known.get(&name)?.as_ref()?;
+            decide::is_owned_by(meta, uid).then_some(Some(name))
+        }
+        None => outputs::unwanted(known, None, uid)
+            .next()
+            .is_none()
+            .then_some(None),
     }
 }
 
@@ -1266,7 +1411,7 @@ fn cleanup(o: &Observed) -> Step {
                 };
                 return Step::Announce(InboxEvent::new(
                     EventKind::Orphaned,
-                    format!("left AgentSend inbox {id} in place ({why})"),
+                    format!("left AgentSend inbox {id} in place ({why}){}", retained(o)),
                 ));
             }
         }
@@ -1278,10 +1423,20 @@ fn cleanup(o: &Observed) -> Step {
         DeletionPolicy::Delete => {}
     }
     let current = o.inbox.secret_name();
+    let orphan = policy == DeletionPolicy::Orphan;
+    if orphan
+        && o.inbox.retains_secret()
+        && let Some(step) = retain_secret(o, &current)
+    {
+        return step;
+    }
     if let Some(step) = delete_owned_secret(o, &current) {
         return step;
     }
     if let Some(step) = renamed_secret_cleanup(o, &current) {
+        return step;
+    }
+    if let Some(step) = cleanup_config_maps(o, orphan && o.inbox.retains_config_map()) {
         return step;
     }
     Step::Done(Done {
@@ -1289,6 +1444,72 @@ fn cleanup(o: &Observed) -> Step {
         failures: Failures::Reset,
         ..finish(None, Then::Settle)
     })
+}
+
+/// Deleting: the ConfigMaps this Inbox owns go with it — but the wanted one is released
+/// instead when `retain` (`retainOnOrphan` with `Orphan`); `None` once none is left.
+fn cleanup_config_maps(o: &Observed, retain: bool) -> Option<Step> {
+    let names = config_map_names(o);
+    if names.is_empty() {
+        return None;
+    }
+    let Some(known) = &o.config_maps else {
+        return Some(Step::ReadConfigMaps { names });
+    };
+    let owner = o.inbox.metadata.uid.as_deref().unwrap_or_default();
+    let wanted = o.inbox.config_map_name();
+    if retain
+        && let Some(name) = wanted
+        && let Some(meta) = known.get(&name).and_then(Option::as_ref)
+        && decide::is_owned_by(meta, owner)
+    {
+        return Some(Step::Release {
+            kind: outputs::OutputKind::ConfigMap,
+            patch: outputs::release_patch(meta, owner),
+            name,
+        });
+    }
+    let (name, uid) = outputs::unwanted(known, None, owner).next()?;
+    Some(Step::DeleteConfigMap {
+        name: name.to_string(),
+        uid: uid.cloned(),
+    })
+}
+
+/// What the Orphaned event adds about the outputs `retainOnOrphan` keeps.
+fn retained(o: &Observed) -> String {
+    let secret = o
+        .inbox
+        .retains_secret()
+        .then(|| format!("Secret {}", o.inbox.secret_name()));
+    let config_map = o
+        .inbox
+        .config_map_name()
+        .filter(|_| o.inbox.retains_config_map())
+        .map(|n| format!("ConfigMap {n}"));
+    let kept: Vec<String> = secret.into_iter().chain(config_map).collect();
+    if kept.is_empty() {
+        String::new()
+    } else {
+        format!("; kept {} (retainOnOrphan)", kept.join(" and "))
+    }
+}
+
+/// Deleting with `Orphan` and `spec.secret.retainOnOrphan`: read the Secret, then release it
+/// if this Inbox owns it; `None` once it is not (or no longer) ours.
+fn retain_secret(o: &Observed, name: &str) -> Option<Step> {
+    let owner = o.inbox.metadata.uid.as_deref().unwrap_or_default();
+    match o.secrets.get(name) {
+        None => Some(Step::ReadSecret {
+            name: name.to_string(),
+        }),
+        Some(Some(meta)) if decide::is_owned_by(meta, owner) => Some(Step::Release {
+            kind: outputs::OutputKind::Secret,
+            name: name.to_string(),
+            patch: outputs::release_patch(meta, owner),
+        }),
+        Some(_) => None,
+    }
 }
 
 /// Delete the bound inbox, or the one an interrupted create made; `None` once done.
@@ -1600,6 +1821,9 @@ pub fn report(
     if let Some(value) = refresh_served(o) {
         new.observed_refresh = Some(value.to_string());
     }
+    if let Some(name) = config_map_in_place(o) {
+        new.config_map_name = name;
+    }
     // Which deletion policy applies, once known; else what status said.
     let (policy, source) = match o.deletion_policy() {
         Some((p, s)) => (Some(p), Some(s)),
@@ -1716,6 +1940,22 @@ impl fmt::Display for Step {
                 Ok(())
             }
             Step::DeleteSecret { name, .. } => write!(f, "delete secret {name}"),
+            Step::ReadConfigMaps { names } => write!(f, "read configmaps {}", names.join(",")),
+            Step::WriteConfigMap {
+                config_map,
+                create,
+                event,
+            } => {
+                let verb = if *create { "create" } else { "update" };
+                let name = config_map.metadata.name.as_deref().unwrap_or_default();
+                write!(f, "{verb} configmap {name}")?;
+                if event.is_none() {
+                    write!(f, " quietly")?;
+                }
+                Ok(())
+            }
+            Step::DeleteConfigMap { name, .. } => write!(f, "delete configmap {name}"),
+            Step::Release { kind, name, .. } => write!(f, "release {kind} {name}"),
             Step::AddFinalizer => write!(f, "add finalizer"),
             Step::DeleteInbox { id, .. } => write!(f, "delete inbox {id}"),
             Step::Announce(e) => write!(f, "announce {}", e.kind.reason()),
@@ -2038,6 +2278,266 @@ mod tests {
 
     fn with_status(r: RemoteInbox, state: InboxState) -> RemoteInbox {
         RemoteInbox { status: state, ..r }
+    }
+
+    /// The ConfigMap `spec.configMap` asks for, as this Inbox writes it for `r`.
+    fn written_config_map(b: &B, r: &RemoteInbox) -> ObjectMeta {
+        let data = outputs::checked_data(&b.0.inbox, r).unwrap().unwrap();
+        let c = outputs::desired_config_map(&b.0.inbox, data).unwrap();
+        let keys: Vec<&str> = c.data.iter().flatten().map(|(k, _)| k.as_str()).collect();
+        ObjectMeta {
+            uid: Some(format!("uid-of-{}", c.metadata.name.clone().unwrap())),
+            managed_fields: Some(vec![crate::controller::decide::tests::owning(
+                crd::FIELD_MANAGER,
+                &keys,
+            )]),
+            ..c.metadata
+        }
+    }
+
+    impl B {
+        fn config_map(self, name: Option<&str>) -> Self {
+            let name = name.map(str::to_string);
+            self.spec(|s| {
+                s.config_map = Some(crd::ConfigMapSpec {
+                    name,
+                    ..Default::default()
+                })
+            })
+        }
+        /// `status.configMapName` records `name`.
+        fn recorded_config_map(self, name: &str) -> Self {
+            let name = name.to_string();
+            self.with(|o| {
+                for s in [&mut o.inbox.status, &mut o.status_at_start] {
+                    s.get_or_insert_default().config_map_name = Some(name.clone());
+                }
+            })
+        }
+        fn config_maps(self, known: &[(&str, Option<ObjectMeta>)]) -> Self {
+            let known = known
+                .iter()
+                .map(|(n, m)| (n.to_string(), m.clone()))
+                .collect();
+            self.with(|o| o.config_maps = Some(known))
+        }
+    }
+
+    /// The ConfigMap output (`spec.configMap`): the Secret's rules, one rule per row.
+    fn output_rows() -> Vec<(&'static str, B, &'static str)> {
+        let with_cm = || obs().config_map(None).converged(inb1());
+        let ours = written_config_map(&with_cm(), &inb1());
+        let foreign = ObjectMeta {
+            owner_references: None,
+            ..ours.clone()
+        };
+        let edited = ObjectMeta {
+            managed_fields: Some(vec![crate::controller::decide::tests::owning(
+                "kubectl-edit",
+                &["address"],
+            )]),
+            ..ours.clone()
+        };
+        let renamed = ObjectMeta {
+            name: Some("old".into()),
+            ..ours.clone()
+        };
+        vec![
+            (
+                "configMap wanted, Secret in place: read the ConfigMap's metadata",
+                with_cm(),
+                "read configmaps mail",
+            ),
+            (
+                "configMap absent: create it",
+                with_cm().config_maps(&[("mail", None)]),
+                "create configmap mail",
+            ),
+            (
+                "configMap ours and as written: Ready, and status records it",
+                with_cm().config_maps(&[("mail", Some(ours.clone()))]),
+                "done Ready; settle; reset failures",
+            ),
+            (
+                "configMap edited by someone else: restored",
+                with_cm().config_maps(&[("mail", Some(edited))]),
+                "update configmap mail",
+            ),
+            (
+                "a ConfigMap of that name this Inbox does not own: SecretConflict, never touched",
+                with_cm().config_maps(&[("mail", Some(foreign))]),
+                "done SecretConflict +SecretConflict; requeue 30s; reset failures",
+            ),
+            (
+                "configMap template that does not render: Rejected, nothing written",
+                with_cm().spec(|s| {
+                    s.config_map.get_or_insert_default().template =
+                        Some([("FROM".into(), "{{ nope }}".into())].into());
+                }),
+                "done Rejected +Rejected; settle",
+            ),
+            (
+                "configMap renamed: both names read",
+                obs()
+                    .config_map(Some("new"))
+                    .converged(inb1())
+                    .recorded_config_map("old"),
+                "read configmaps new,old",
+            ),
+            (
+                "configMap renamed, the new one written: the old one goes",
+                obs()
+                    .config_map(Some("mail"))
+                    .converged(inb1())
+                    .recorded_config_map("old")
+                    .config_maps(&[("mail", Some(ours.clone())), ("old", Some(renamed.clone()))]),
+                "delete configmap old",
+            ),
+            (
+                "spec.configMap removed: the recorded one goes",
+                obs()
+                    .converged(inb1())
+                    .recorded_config_map("old")
+                    .config_maps(&[("old", Some(renamed.clone()))]),
+                "delete configmap old",
+            ),
+            (
+                "spec.configMap removed, the recorded one gone: Ready",
+                obs()
+                    .converged(inb1())
+                    .recorded_config_map("old")
+                    .config_maps(&[("old", None)]),
+                "done Ready; settle; reset failures",
+            ),
+            (
+                "no configMap wanted or recorded: no ConfigMap read",
+                obs().converged(inb1()),
+                "done Ready; settle; reset failures",
+            ),
+            (
+                "deleting with a configMap: read it",
+                obs().config_map(None).deleting().secret("mail", None),
+                "read configmaps mail",
+            ),
+            (
+                "deleting: the owned ConfigMap goes with the Secret",
+                obs()
+                    .config_map(None)
+                    .deleting()
+                    .secret("mail", None)
+                    .config_maps(&[("mail", Some(ours.clone()))]),
+                "delete configmap mail",
+            ),
+            (
+                "Orphan + secret.retainOnOrphan: the owned Secret is released, not deleted",
+                obs()
+                    .orphan()
+                    .spec(|s| s.secret.get_or_insert_default().retain_on_orphan = Some(true))
+                    .deleting()
+                    .secret("mail", Some(owned_secret("mail"))),
+                "release secret mail",
+            ),
+            (
+                "Orphan + secret.retainOnOrphan, released: nothing more to do",
+                obs()
+                    .orphan()
+                    .spec(|s| s.secret.get_or_insert_default().retain_on_orphan = Some(true))
+                    .deleting()
+                    .secret("mail", Some(foreign_secret("mail"))),
+                "done; settle; reset failures; release",
+            ),
+            (
+                "the namespace default Orphan + retainOnOrphan: released too",
+                obs()
+                    .with(|o| o.namespace_default = Some(Some("Orphan".into())))
+                    .spec(|s| s.secret.get_or_insert_default().retain_on_orphan = Some(true))
+                    .deleting()
+                    .secret("mail", Some(owned_secret("mail"))),
+                "release secret mail",
+            ),
+            (
+                "Delete + secret.retainOnOrphan: no effect, the Secret is deleted",
+                obs()
+                    .spec(|s| s.secret.get_or_insert_default().retain_on_orphan = Some(true))
+                    .deleting()
+                    .secret("mail", Some(owned_secret("mail"))),
+                "delete secret mail",
+            ),
+            (
+                "Orphan + configMap.retainOnOrphan: the owned ConfigMap is released",
+                obs()
+                    .orphan()
+                    .config_map(None)
+                    .spec(|s| s.config_map.get_or_insert_default().retain_on_orphan = Some(true))
+                    .deleting()
+                    .secret("mail", None)
+                    .config_maps(&[("mail", Some(ours.clone()))]),
+                "release configmap mail",
+            ),
+            (
+                "Orphan without configMap.retainOnOrphan: the ConfigMap is deleted",
+                obs()
+                    .orphan()
+                    .config_map(None)
+                    .deleting()
+                    .secret("mail", None)
+                    .config_maps(&[("mail", Some(ours.clone()))]),
+                "delete configmap mail",
+            ),
+            (
+                "observe-only + configMap.retainOnOrphan: released (deletion only releases)",
+                obs()
+                    .observe()
+                    .config_map(None)
+                    .spec(|s| s.config_map.get_or_insert_default().retain_on_orphan = Some(true))
+                    .deleting()
+                    .secret("mail", None)
+                    .config_maps(&[("mail", Some(ours.clone()))]),
+                "release configmap mail",
+            ),
+            (
+                "Delete + configMap.retainOnOrphan: no effect, deleted",
+                obs()
+                    .config_map(None)
+                    .spec(|s| s.config_map.get_or_insert_default().retain_on_orphan = Some(true))
+                    .deleting()
+                    .secret("mail", None)
+                    .config_maps(&[("mail", Some(ours.clone()))]),
+                "delete configmap mail",
+            ),
+            (
+                "deleting: a foreign ConfigMap of that name is left alone",
+                obs()
+                    .config_map(None)
+                    .deleting()
+                    .secret("mail", None)
+                    .config_maps(&[(
+                        "mail",
+                        Some(ObjectMeta {
+                            owner_references: None,
+                            ..ours
+                        }),
+                    )]),
+                "done; settle; reset failures; release",
+            ),
+        ]
+    }
+
+    #[test]
+    fn status_records_the_config_map_once_in_place_and_forgets_it_once_gone() {
+        let name_in = |b: B| match plan(&b.0) {
+            Step::Done(d) => d.report.and_then(|r| r.status.config_map_name),
+            other => panic!("{other}"),
+        };
+        let b = obs().config_map(None).converged(inb1());
+        let ours = written_config_map(&b, &inb1());
+        let b = b.config_maps(&[("mail", Some(ours))]);
+        assert_eq!(name_in(b).as_deref(), Some("mail"));
+        let removed = obs()
+            .converged(inb1())
+            .recorded_config_map("old")
+            .config_maps(&[("old", None)]);
+        assert_eq!(name_in(removed), None);
     }
 
     /// The lifecycle, one rule per row: (rule, observed so far, next step).
@@ -3123,7 +3623,8 @@ mod tests {
     #[test]
     fn lifecycle() {
         let mut wrong = Vec::new();
-        let rows = table();
+        let mut rows = table();
+        rows.extend(output_rows());
         println!("{} lifecycle rules", rows.len());
         for (rule, b, want) in rows {
             let got = plan(&b.0).to_string();

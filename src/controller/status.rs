@@ -103,6 +103,7 @@ pub fn build_status(input: StatusInput<'_>) -> InboxStatus {
         // Unbound: nothing to mirror.
         None => InboxStatus {
             secret_name: prev.secret_name.clone(),
+            config_map_name: prev.config_map_name.clone(),
             ..Default::default()
         },
     };

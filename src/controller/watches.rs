@@ -106,6 +106,22 @@ pub(crate) fn owned_secrets(
     Store<PartialObjectMeta<Secret>>,
     impl Stream<Item = WatchResult<PartialObjectMeta<Secret>>> + Send + 'static,
 ) {
+    owned_metadata(api, synced)
+}
+
+/// The metadata-only watch of the objects of kind `K` this operator owns (by label), cached
+/// with `managedFields` trimmed to who owns which data key: the Secrets, the ConfigMaps
+/// (`spec.configMap`). Never their data.
+pub(crate) fn owned_metadata<K>(
+    api: Api<PartialObjectMeta<K>>,
+    synced: &Arc<CacheSync>,
+) -> (
+    Store<PartialObjectMeta<K>>,
+    impl Stream<Item = WatchResult<PartialObjectMeta<K>>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+{
     let config = watch_config().labels(&super::managed_secret_selector());
     cached(watcher(api, config), synced, |m| {
         decide::trim_managed_fields(&mut m.metadata)

@@ -23,4 +23,5 @@ mod demo;
 mod deploy;
 mod e2e;
 mod faults;
+mod outputs;
 mod secure_metrics;
