@@ -144,9 +144,13 @@ pub struct AccountStatus {
     /// RFC 3339 time of the last successful scan of the account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scan_time: Option<String>,
-    /// AgentSend requests per second observed for this account.
+    /// AgentSend requests per second sent with this account's key over the last sync
+    /// interval (two significant digits, never finer than 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_rate: Option<f64>,
+    /// AgentSend answers that were 429 (rate limited) over the last sync interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limited_requests: Option<i64>,
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

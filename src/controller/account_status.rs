@@ -2,7 +2,8 @@
 //! `ClusterAccount`, once per sync interval, whether its key works (from the account scan the
 //! counter sync already makes: no second scan per interval), how many Inboxes are bound
 //! through it, how many of its inboxes no Inbox in the cluster claims (leaks: manual creation,
-//! old bugs; also a metric), and when the last scan succeeded. Written only when it changed,
+//! old bugs; also a metric), when the last scan succeeded, and its request rate and 429s over
+//! the interval ([`super::account_traffic`]). Written only when it changed,
 //! and only while this instance may write.
 
 use std::collections::HashSet;
@@ -15,6 +16,7 @@ use serde_json::json;
 use tracing::warn;
 
 use super::Context;
+use super::account_traffic::{Meter, Window};
 use super::account_watch::all_inboxes;
 use crate::account::{Account, AccountStatus, ClusterAccount};
 use crate::agentsend::{ApiError, RemoteInbox};
@@ -41,6 +43,8 @@ pub struct Figures {
     pub inboxes: i64,
     /// Inboxes of the account no Inbox claims.
     pub unclaimed: i64,
+    /// Requests and 429s since the last round.
+    pub traffic: Window,
 }
 
 /// Of the account's inboxes (`listed`), how many an Inbox claims and which none does.
@@ -112,7 +116,8 @@ pub fn render(
             KeyCheck::Works(at) => Some(at.clone()),
             _ => prev.and_then(|p| p.last_scan_time.clone()),
         },
-        request_rate: prev.and_then(|p| p.request_rate),
+        request_rate: Some(f.traffic.rate),
+        rate_limited_requests: Some(f.traffic.rate_limited),
         observed_generation: generation,
     }
 }
@@ -144,16 +149,18 @@ pub async fn run(ctx: Arc<Context>) {
             .max(std::time::Duration::from_secs(1)),
     );
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut meter = Meter::default();
     loop {
         ticks.tick().await;
         if ctx.accounts.wait_synced().await.is_err() {
             continue;
         }
+        meter.start_round();
         let claimed = claimed_ids(&ctx);
         for store in &ctx.accounts.accounts {
             for a in store.state() {
                 let ns = a.namespace().unwrap_or_default();
-                let f = figures(&ctx, &ns, &a.spec.secret_ref, &claimed).await;
+                let f = figures(&ctx, &ns, &a.spec.secret_ref, &claimed, &mut meter).await;
                 let label = label("Account", &ns, &a.name_any());
                 update(
                     &ctx,
@@ -167,7 +174,7 @@ pub async fn run(ctx: Arc<Context>) {
         }
         for a in ctx.accounts.cluster.state() {
             let ns = ctx.accounts.operator_namespace.clone();
-            let f = figures(&ctx, &ns, &a.spec.secret_ref, &claimed).await;
+            let f = figures(&ctx, &ns, &a.spec.secret_ref, &claimed, &mut meter).await;
             let label = label("ClusterAccount", "", &a.name_any());
             update(&ctx, &*a, Api::all(ctx.client.clone()), &f, &label).await;
         }
@@ -188,11 +195,13 @@ async fn figures(
     namespace: &str,
     secret: &SecretKeyRef,
     claimed: &HashSet<String>,
+    meter: &mut Meter,
 ) -> Figures {
     let missing = |m: String| Figures {
         key: KeyCheck::Missing(m),
         inboxes: 0,
         unclaimed: 0,
+        traffic: Window::default(),
     };
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let found = match api.get_opt(&secret.name).await {
@@ -205,19 +214,27 @@ async fn figures(
             secret.name, secret.key
         ));
     };
-    match ctx.scans.inventory(&key).await {
+    let scanned = ctx.scans.inventory(&key).await;
+    let traffic = meter.read(
+        &key.fingerprint(),
+        ctx.api.traffic(&key),
+        std::time::Instant::now(),
+    );
+    match scanned {
         Ok((listed, at)) => {
             let (inboxes, unclaimed) = tally(&listed, claimed);
             Figures {
                 key: KeyCheck::Works(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
                 inboxes,
                 unclaimed: i64::try_from(unclaimed.len()).unwrap_or(i64::MAX),
+                traffic,
             }
         }
         Err(e) => Figures {
             key: KeyCheck::Failed(e),
             inboxes: 0,
             unclaimed: 0,
+            traffic,
         },
     }
 }
@@ -299,6 +316,10 @@ mod tests {
             key: KeyCheck::Works("2026-11-28T09:00:00Z".into()),
             inboxes: 3,
             unclaimed: 1,
+            traffic: Window {
+                rate: 2.5,
+                rate_limited: 4,
+            },
         };
         let revoked = Figures {
             key: KeyCheck::Failed(ApiError::Unauthorized {
@@ -307,11 +328,13 @@ mod tests {
             }),
             inboxes: 0,
             unclaimed: 0,
+            traffic: Window::default(),
         };
         let missing = Figures {
             key: KeyCheck::Missing("no Secret".into()),
             inboxes: 0,
             unclaimed: 0,
+            traffic: Window::default(),
         };
         let first = render(None, &works, "T1", Some(1));
         let ready = &first.conditions[0];
@@ -324,6 +347,10 @@ mod tests {
         assert_eq!(
             first.last_scan_time.as_deref(),
             Some("2026-11-28T09:00:00Z")
+        );
+        assert_eq!(
+            (first.request_rate, first.rate_limited_requests),
+            (Some(2.5), Some(4))
         );
         assert_eq!(
             render(Some(&first), &works, "T2", Some(1)),

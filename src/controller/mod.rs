@@ -8,11 +8,13 @@
 //! - [`credentials`] decides which key an Inbox uses and whether its account lets it (pure);
 //!   [`account_watch`] caches the accounts and follows their changes; [`in_use`] keeps the
 //!   credentials-in-use finalizer on key Secrets and accounts; [`account_status`] writes the
-//!   accounts' status (key check, bound and unclaimed inboxes) once per interval.
+//!   accounts' status (key check, bound and unclaimed inboxes, and from [`account_traffic`]
+//!   the request rate and 429s) once per interval.
 //! - [`watches`] sets up the cached watches; this module wires them into one kube-runtime
 //!   Controller per watched scope, plus the counter-sync loop.
 
 pub mod account_status;
+pub mod account_traffic;
 pub mod account_watch;
 pub mod accounts;
 pub mod credentials;

@@ -526,3 +526,67 @@ async fn unclaimed_inboxes_show_in_status_metrics_and_the_orphans_cli() {
     );
     env.stop().await;
 }
+
+/// An account's status shows the requests per second sent with its key over the last sync
+/// interval, and how many of them AgentSend answered 429 while its rate limit bit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_status_shows_the_request_rate_and_429s() {
+    let env = env_with(&[]).await;
+    let ns = env.ns.name().to_string();
+    let key = "sk_test_busy_0123456789";
+    env.sim.add_account("acct-busy", key);
+    key_secret(&env.client, &ns, "busy-key", key).await;
+    account(&env.client, &ns, "busy", "busy-key").await;
+    let spec = InboxSpec {
+        account_ref: Some(AccountRef {
+            kind: AccountKind::Account,
+            name: "busy".into(),
+        }),
+        ..Default::default()
+    };
+    env.create_ready("busy-0", spec.clone()).await;
+    let accounts: Api<Account> = Api::namespaced(env.client.clone(), &ns);
+    let status = wait_for("a request rate in the Account status", T, || async {
+        let s = accounts.get("busy").await.ok()?.status?;
+        s.request_rate.is_some_and(|r| r > 0.0).then_some(s)
+    })
+    .await;
+    assert_eq!(status.rate_limited_requests, Some(0), "no 429 yet");
+
+    // AgentSend now allows half a request per second: creating a few Inboxes at once meets
+    // 429s. Every status write is seen through a watch, so a count that holds one interval
+    // is not missed.
+    env.sim
+        .set_account_rate_limit(inbox_sim::RateLimit::new(0.5, 1.0));
+    let names: Vec<String> = (1..=4).map(|i| format!("busy-{i}")).collect();
+    for n in &names {
+        env.create(n, spec.clone()).await;
+    }
+    let limited =
+        kube::runtime::wait::await_condition(accounts.clone(), "busy", |a: Option<&Account>| {
+            a.and_then(|a| a.status.as_ref())
+                .and_then(|s| s.rate_limited_requests)
+                .is_some_and(|n| n > 0)
+        });
+    let seen = tokio::time::timeout(T, limited)
+        .await
+        .expect("a 429 count in the Account status in time")
+        .expect("watch the Account")
+        .and_then(|a| a.status)
+        .and_then(|s| s.rate_limited_requests);
+    let sent_429 = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.status == 429)
+        .count();
+    assert!(
+        seen.is_some_and(|n| n > 0 && usize::try_from(n).is_ok_and(|n| n <= sent_429)),
+        "{seen:?} of {sent_429} 429s"
+    );
+    env.sim.set_account_rate_limit(None);
+    for n in &names {
+        env.wait_ready(n, Ready::True).await;
+    }
+    env.stop().await;
+}
