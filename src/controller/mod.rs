@@ -411,13 +411,12 @@ struct Scope {
     secret_events: BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
     namespaces: Store<watches::NamespaceMeta>,
     namespace_events: BoxStream<'static, Result<watches::NamespaceMeta, watcher::Error>>,
-    /// Pinged on every Inbox event: the set of referenced key Secrets may have changed.
-    references_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Scope {
-    /// Start the cached watches of one scope: Inboxes (by `--selector`) and the metadata of
-    /// the Secrets this operator manages (by label). Lists are consistent reads (not `any_semantic`, served from the API
+    /// Start the cached watches of one scope: Inboxes (by `--selector`; each event pings
+    /// `references_changed`, as the key Secrets they name may have changed) and the metadata
+    /// of the Secrets this operator manages (by label). Lists are consistent reads (not `any_semantic`, served from the API
     /// server's watch cache): after an API server restart a cached list could hand back a
     /// resourceVersion the new watch cache no longer serves, and every relist would then
     /// fail with 410 Gone.
@@ -426,6 +425,7 @@ impl Scope {
         ns: Option<String>,
         settings: &Settings,
         synced: &Arc<CacheSync>,
+        references_changed: Arc<tokio::sync::Notify>,
     ) -> Scope {
         let mut inbox_config = watches::watch_config();
         if let Some(sel) = &settings.selector {
@@ -440,15 +440,12 @@ impl Scope {
         );
         let (secrets, secret_events) = watches::owned_secrets(secret_api, synced);
         let (namespaces, namespace_events) = watches::namespaces(client, ns.as_deref());
-        let references_changed = Arc::new(tokio::sync::Notify::new());
-        let notify = references_changed.clone();
-        let inbox_events = inbox_events.inspect_ok(move |_| notify.notify_one());
+        let inbox_events = inbox_events.inspect_ok(move |_| references_changed.notify_one());
         Scope {
             namespaces,
             namespace_events: watches::without_errors(namespace_events, "namespaces").boxed(),
             ns,
             inboxes,
-            references_changed,
             inbox_events: watches::without_errors(inbox_events.applied_objects(), "Inboxes")
                 .boxed(),
             secrets,
@@ -461,39 +458,21 @@ impl Scope {
     }
 
     /// The kube-runtime Controller of this scope: reconciles on Inbox changes, on changes of
-    /// the Secrets they own, on credentials-Secret changes and on counter-sync `triggers`,
-    /// until `stop` is cancelled (in-flight reconciles finish first).
+    /// the Secrets they own, on namespace changes and on `triggers` (counter sync, key
+    /// Secret and account changes), until `stop` is cancelled (in-flight reconciles finish
+    /// first).
     fn controller(
         self,
-        client: &Client,
         ctx: Arc<Context>,
         triggers: mpsc::UnboundedReceiver<ObjectRef<Inbox>>,
         stop: CancellationToken,
     ) -> BoxFuture<'static, ()> {
-        let users = self.inboxes.clone();
         let in_namespace = self.inboxes.clone();
-        let credentials = watches::without_errors(
-            key_secrets::watch_referenced(
-                client.clone(),
-                vec![key_secrets::inbox_references(self.inboxes.clone())],
-                self.references_changed,
-                stop.clone(),
-            ),
-            "credentials Secrets",
-        );
         let config = ControllerConfig::default()
             .concurrency(ctx.settings.concurrency)
             .debounce(Duration::from_millis(200));
         Controller::for_stream(self.inbox_events, self.inboxes)
             .owns_stream(self.secret_events)
-            .watches_stream(credentials, move |meta: PartialObjectMeta<Secret>| {
-                let m = &meta.metadata;
-                watches::inboxes_using_credentials(
-                    &users.state(),
-                    m.namespace.as_deref(),
-                    m.name.as_deref(),
-                )
-            })
             .watches_stream(self.namespace_events, move |m: watches::NamespaceMeta| {
                 watches::inboxes_in_namespace(&in_namespace.state(), m.metadata.name.as_deref())
             })
@@ -549,14 +528,31 @@ fn keep_claims_index(client: &Client, ctx: &mut Context, stop: &CancellationToke
     tokio::spawn(stop.clone().run_until_cancelled_owned(index));
 }
 
-/// The account tasks (following account changes, writing account status) until `stop`.
+/// The account and key Secret tasks until `stop`: following account changes, the one watch
+/// set of key Secrets (those Inboxes' credentials and accounts name; re-evaluated whenever
+/// `references_changed` is pinged; followed once `synced`), and writing account status.
 fn spawn_account_tasks(
     ctx: &Arc<Context>,
     changes: BoxStream<'static, account_watch::AccountChange>,
+    references_changed: Arc<tokio::sync::Notify>,
+    synced: tokio::sync::watch::Receiver<bool>,
     stop: &CancellationToken,
 ) -> tokio::task::JoinHandle<Option<()>> {
-    let tasks = futures::future::join(
-        account_watch::follow(ctx.clone(), changes),
+    let mut sources: Vec<key_secrets::ReferenceSource> = ctx
+        .inbox_stores
+        .iter()
+        .map(|s| key_secrets::inbox_references(s.clone()))
+        .collect();
+    sources.push(ctx.accounts.references());
+    let secrets = key_secrets::watch_referenced(
+        ctx.client.clone(),
+        sources,
+        references_changed.clone(),
+        stop.clone(),
+    );
+    let tasks = futures::future::join3(
+        account_watch::follow(ctx.clone(), changes, references_changed),
+        key_secrets::follow(ctx.clone(), secrets, synced),
         account_status::run(ctx.clone()),
     );
     tokio::spawn(stop.clone().run_until_cancelled_owned(tasks.map(|_| ())))
@@ -592,16 +588,21 @@ pub async fn run(
     // (not with `Store::wait_until_ready`, whose signal wakes only one waiter: the Controller's).
     let namespaces = namespaces(&settings);
     // Per scope: Inboxes, managed Secrets, Accounts; plus the ClusterAccounts.
-    let synced = CacheSync::new(namespaces.len() * 3 + 1, on_ready);
+    let (caches_ready, synced_rx) = tokio::sync::watch::channel(false);
+    let synced = CacheSync::new(namespaces.len() * 3 + 1, move || {
+        let _ = caches_ready.send(true);
+        on_ready();
+    });
     let (accounts, account_changes) = account_watch::AccountCaches::watch(
         &client,
         &namespaces,
         settings.operator_namespace.clone(),
         &synced,
     );
+    let references_changed = Arc::new(tokio::sync::Notify::new());
     let scopes: Vec<Scope> = namespaces
         .into_iter()
-        .map(|ns| Scope::watch(&client, ns, &settings, &synced))
+        .map(|ns| Scope::watch(&client, ns, &settings, &synced, references_changed.clone()))
         .collect();
     let (sync_tx, sync_rx) = mpsc::unbounded();
     let mut ctx = Context::new(
@@ -622,11 +623,11 @@ pub async fn run(
     for scope in scopes {
         let (tx, rx) = mpsc::unbounded();
         routes.push((scope.ns.clone(), tx));
-        controllers.push(scope.controller(&client, ctx.clone(), rx, stop.clone()));
+        controllers.push(scope.controller(ctx.clone(), rx, stop.clone()));
     }
     let on_synced = move || metrics.counter_sync_succeeded();
     let background = [
-        spawn_account_tasks(&ctx, account_changes, &stop),
+        spawn_account_tasks(&ctx, account_changes, references_changed, synced_rx, &stop),
         tokio::spawn(
             stop.clone()
                 .run_until_cancelled_owned(route_triggers(sync_rx, routes)),

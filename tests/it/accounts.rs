@@ -297,29 +297,44 @@ async fn the_default_cluster_account_serves_the_namespaces_it_allows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_key_rotation_is_picked_up_without_restart() {
+    key_rotation_is_picked_up_without_restart(AccountKind::Account).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_account_key_rotation_is_picked_up_without_restart() {
+    key_rotation_is_picked_up_without_restart(AccountKind::ClusterAccount).await;
+}
+
+/// An Inbox on an account of `kind` whose key is revoked turns `CredentialsInvalid`, and
+/// becomes Ready on the same inbox as soon as the key Secret holds a working key.
+async fn key_rotation_is_picked_up_without_restart(kind: AccountKind) {
     let env = env_with(&[]).await;
+    let ns = env.ns.name().to_string();
     let (old, new) = ("sk_test_team_old_0123456789", "sk_test_team_new_0123456789");
     env.sim.add_account("acct-team", old);
     env.sim.add_account("acct-team", new);
-    key_secret(&env.client, env.ns.name(), "team-key", old).await;
-    let account = Account::new(
-        "team",
-        AccountSpec {
-            secret_ref: SecretKeyRef {
-                name: "team-key".into(),
-                key: "apiKey".into(),
-            },
-        },
-    );
-    Api::<Account>::namespaced(env.client.clone(), env.ns.name())
-        .create(&PostParams::default(), &account)
-        .await
-        .unwrap();
+    // A ClusterAccount's key Secret lives in the operator's namespace: here the same one.
+    key_secret(&env.client, &ns, "team-key", old).await;
+    let _cluster;
+    let account_ref = match kind {
+        AccountKind::Account => {
+            account(&env.client, &ns, "team", "team-key").await;
+            Some(AccountRef {
+                kind,
+                name: "team".into(),
+            })
+        }
+        AccountKind::ClusterAccount => {
+            _cluster = ClusterAccountGuard::new(&env.client, "rotating", false, |s| {
+                s.secret_ref.name = "team-key".into();
+                s.namespaces = Some(vec![ns.clone()]);
+            })
+            .await;
+            _cluster.reference()
+        }
+    };
     let spec = InboxSpec {
-        account_ref: Some(AccountRef {
-            kind: AccountKind::Account,
-            name: "team".into(),
-        }),
+        account_ref,
         ..Default::default()
     };
     let i = env.create_ready("rotating", spec).await;
