@@ -273,6 +273,24 @@ pub fn affected(inboxes: &[Arc<Inbox>], change: &AccountChange) -> Vec<ObjectRef
         .collect()
 }
 
+/// The Inboxes (among `inboxes`) a deleted Inbox `gone` may have freed a quota slot for:
+/// the others of its namespace that an account refuses now (`AccountRefused`).
+pub fn freed_slot_waiters(inboxes: &[Arc<Inbox>], gone: &Inbox) -> Vec<ObjectRef<Inbox>> {
+    let refused = |i: &Inbox| {
+        super::status::find(i.status.as_ref(), crate::crd::condition::READY)
+            .is_some_and(|c| c.reason == crate::crd::Reason::AccountRefused.as_str())
+    };
+    inboxes
+        .iter()
+        .filter(|i| {
+            i.metadata.namespace == gone.metadata.namespace
+                && i.metadata.uid != gone.metadata.uid
+                && refused(i)
+        })
+        .map(|i| ObjectRef::from_obj(&**i))
+        .collect()
+}
+
 /// The other Inboxes of `inbox`'s namespace, as the quota counts them.
 pub fn peers(ctx: &Context, inbox: &Inbox) -> Vec<Peer> {
     let ns = inbox.metadata.namespace.as_deref();
@@ -334,6 +352,38 @@ mod tests {
         );
         i.metadata.namespace = Some(ns.into());
         Arc::new(i)
+    }
+
+    #[test]
+    fn a_deleted_inbox_wakes_the_refused_inboxes_of_its_namespace() {
+        let with_ready = |ns: &str, name: &str, reason: Option<&str>| {
+            let mut i = (*inbox(ns, name, None, false)).clone();
+            i.metadata.uid = Some(format!("uid-{ns}-{name}"));
+            i.status = reason.map(|r| crate::crd::InboxStatus {
+                conditions: vec![crate::crd::Condition {
+                    type_: "Ready".into(),
+                    status: "False".into(),
+                    reason: r.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            Arc::new(i)
+        };
+        let all = [
+            with_ready("a", "over-quota", Some("AccountRefused")),
+            with_ready("a", "ready", None),
+            with_ready("a", "failing", Some("ApiUnavailable")),
+            with_ready("b", "other-namespace", Some("AccountRefused")),
+        ];
+        let gone = with_ready("a", "gone", None);
+        let woken: Vec<String> = freed_slot_waiters(&all, &gone)
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(woken, ["over-quota"]);
+        let itself = with_ready("a", "over-quota", Some("AccountRefused"));
+        assert!(freed_slot_waiters(&all, &itself).is_empty(), "not itself");
     }
 
     #[test]

@@ -407,6 +407,8 @@ struct Scope {
     ns: Option<String>,
     inboxes: Store<Inbox>,
     inbox_events: BoxStream<'static, Result<Inbox, watcher::Error>>,
+    /// The Inboxes deleted: each may free a quota slot for a refused one.
+    deleted_inboxes: BoxStream<'static, Result<Inbox, watcher::Error>>,
     secrets: Store<PartialObjectMeta<Secret>>,
     secret_events: BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
     namespaces: Store<watches::NamespaceMeta>,
@@ -440,12 +442,19 @@ impl Scope {
         );
         let (secrets, secret_events) = watches::owned_secrets(secret_api, synced);
         let (namespaces, namespace_events) = watches::namespaces(client, ns.as_deref());
-        let inbox_events = inbox_events.inspect_ok(move |_| references_changed.notify_one());
+        let (deleted, deleted_inboxes) = mpsc::unbounded();
+        let inbox_events = inbox_events.inspect_ok(move |e| {
+            references_changed.notify_one();
+            if let watcher::Event::Delete(i) = e {
+                let _ = deleted.unbounded_send(Ok(i.clone()));
+            }
+        });
         Scope {
             namespaces,
             namespace_events: watches::without_errors(namespace_events, "namespaces").boxed(),
             ns,
             inboxes,
+            deleted_inboxes: deleted_inboxes.boxed(),
             inbox_events: watches::without_errors(inbox_events.applied_objects(), "Inboxes")
                 .boxed(),
             secrets,
@@ -458,9 +467,10 @@ impl Scope {
     }
 
     /// The kube-runtime Controller of this scope: reconciles on Inbox changes, on changes of
-    /// the Secrets they own, on namespace changes and on `triggers` (counter sync, key
-    /// Secret and account changes), until `stop` is cancelled (in-flight reconciles finish
-    /// first).
+    /// the Secrets they own, on namespace changes (labels an account's namespace selector
+    /// reads), on a deleted Inbox (the refused Inboxes of its namespace: a quota slot may be
+    /// free) and on `triggers` (counter sync, key Secret and account changes), until `stop` is
+    /// cancelled (in-flight reconciles finish first).
     fn controller(
         self,
         ctx: Arc<Context>,
@@ -468,11 +478,15 @@ impl Scope {
         stop: CancellationToken,
     ) -> BoxFuture<'static, ()> {
         let in_namespace = self.inboxes.clone();
+        let waiting = self.inboxes.clone();
         let config = ControllerConfig::default()
             .concurrency(ctx.settings.concurrency)
             .debounce(Duration::from_millis(200));
         Controller::for_stream(self.inbox_events, self.inboxes)
             .owns_stream(self.secret_events)
+            .watches_stream(self.deleted_inboxes, move |gone: Inbox| {
+                account_watch::freed_slot_waiters(&waiting.state(), &gone)
+            })
             .watches_stream(self.namespace_events, move |m: watches::NamespaceMeta| {
                 watches::inboxes_in_namespace(&in_namespace.state(), m.metadata.name.as_deref())
             })

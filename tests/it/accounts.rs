@@ -105,6 +105,16 @@ impl Drop for ClusterAccountGuard {
 /// An env whose controller watches its namespace and `also`, with its namespace as the
 /// operator's (ClusterAccount key Secrets live there) holding `shared-key`.
 async fn env_with(also: &[&str]) -> Env {
+    env_syncing(also, None).await
+}
+
+/// [`env_with`] with a sync interval of an hour: within a test, only a trigger (a watch)
+/// can explain a refused Inbox becoming Ready.
+async fn env_without_sync(also: &[&str]) -> Env {
+    env_syncing(also, Some(Duration::from_secs(3600))).await
+}
+
+async fn env_syncing(also: &[&str], sync_interval: Option<Duration>) -> Env {
     let also: Vec<String> = also.iter().map(|s| s.to_string()).collect();
     let mut env = Env::bare("acct", ACCOUNT, crate::ctl::KEY).await;
     env.sim.add_account(SHARED, SHARED_KEY);
@@ -115,6 +125,9 @@ async fn env_with(also: &[&str]) -> Env {
         move |s| {
             s.namespaces.extend(also);
             s.operator_namespace = ns;
+            if let Some(every) = sync_interval {
+                s.sync_interval = every;
+            }
         },
     );
     env
@@ -220,9 +233,60 @@ async fn cluster_account_namespaces_by_name_and_by_label() {
     env.stop().await;
 }
 
+/// A namespace's labels are re-read when they change: labelled to match a ClusterAccount's
+/// selector, its refused Inbox becomes Ready; unlabelled, it is refused again — each at once
+/// (no sync interval passes in this test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_label_change_is_seen_at_once() {
+    let client = crate::support::control_plane().client().await;
+    let tenant_ns = TestNamespace::new(&client, "acct-relabel").await;
+    let env = env_without_sync(&[tenant_ns.name()]).await;
+    let tenant = random_suffix(8);
+    let ca = ClusterAccountGuard::new(&client, "relabel", false, |s| {
+        s.namespace_selector = Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("tenant".to_string(), tenant.clone())])),
+            ..Default::default()
+        })
+    })
+    .await;
+    let ns = tenant_ns.name();
+    let spec = InboxSpec {
+        account_ref: ca.reference(),
+        ..Default::default()
+    };
+    create_in(&env, ns, "waiting", spec).await;
+    let refused = Ready::False(Reason::AccountRefused);
+    wait_in(&env, ns, "waiting", refused).await;
+
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    let label = |v: Option<&str>| serde_json::json!({ "metadata": { "labels": { "tenant": v } } });
+    ns_api
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(&label(Some(&tenant))),
+        )
+        .await
+        .unwrap();
+    let i = wait_in(&env, ns, "waiting", Ready::True).await;
+    assert_eq!(account_of(&env, &i).as_deref(), Some(SHARED));
+
+    ns_api
+        .patch(ns, &PatchParams::default(), &Patch::Merge(&label(None)))
+        .await
+        .unwrap();
+    let i = wait_in(&env, ns, "waiting", refused).await;
+    assert!(
+        message(&i).contains("do not match spec.namespaceSelector"),
+        "{}",
+        message(&i)
+    );
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_account_domains_and_per_namespace_quota() {
-    let env = env_with(&[]).await;
+    let env = env_without_sync(&[]).await;
     env.sim.add_domain(SHARED, "dom_shared", "shared.example");
     env.sim.add_domain(SHARED, "dom_other", "other.example");
     let ns = env.ns.name().to_string();
@@ -265,7 +329,8 @@ async fn cluster_account_domains_and_per_namespace_quota() {
         "refused Inboxes created nothing"
     );
 
-    // The slot frees when the first goes: the second gets it without any change of its own.
+    // The slot frees when the first goes: the second gets it without any change of its own,
+    // at once (no sync interval passes in this test: the deletion wakes it).
     env.inboxes()
         .delete("first", &DeleteParams::default())
         .await
