@@ -208,6 +208,17 @@ pub struct RunArgs {
     #[arg(long, env = "INBOX_OPERATOR_SELECTOR")]
     pub selector: Option<String>,
 
+    /// Which account status this instance writes: `all` (Accounts of the watched namespaces
+    /// and every ClusterAccount), `accounts` (only Accounts), `none`. With several shards or
+    /// installs on one cluster, exactly one should write ClusterAccount status.
+    #[arg(
+        long,
+        env = "INBOX_OPERATOR_ACCOUNT_STATUS",
+        value_enum,
+        default_value_t = crate::controller::account_status::StatusWriter::All
+    )]
+    pub account_status: crate::controller::account_status::StatusWriter,
+
     /// Address of /metrics, /healthz and /readyz.
     #[arg(
         long,
@@ -316,12 +327,18 @@ mod tests {
             "shard=1",
             "--log-format",
             "json",
+            "--account-status",
+            "none",
         ])
         .unwrap();
         let Command::Run(a) = cli.command else {
             panic!("not run")
         };
         assert_eq!(a.sync_interval, Duration::from_secs(30));
+        assert_eq!(
+            a.account_status,
+            crate::controller::account_status::StatusWriter::None
+        );
         assert_eq!(a.namespace, ["a", "b"]);
         assert_eq!(a.selector.as_deref(), Some("shard=1"));
         assert_eq!(a.log_format, LogFormat::Json);

@@ -18,10 +18,40 @@ use tracing::warn;
 use super::Context;
 use super::account_traffic::{Meter, Window};
 use super::account_watch::all_inboxes;
-use crate::account::{Account, AccountStatus, ClusterAccount};
+use crate::account::{Account, AccountKind, AccountStatus, ClusterAccount};
 use crate::agentsend::{ApiError, RemoteInbox};
 use crate::crd::{self, Condition, ConditionStatus, Reason, SecretKeyRef};
 use crate::metrics::AccountLabel;
+
+/// Which account status this instance writes (`--account-status`). With several operator
+/// instances on one cluster — `--selector` shards, or namespaced installs — one writes every
+/// account's status and the others write none (shards) or only their namespaces' `Account`s
+/// (namespaced installs): two writers would fight over the figures, which differ per
+/// instance (each counts its own requests). Within one instance, leader election already
+/// leaves the writing to the Lease holder.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StatusWriter {
+    /// `Account`s of the watched namespaces and every `ClusterAccount`.
+    #[default]
+    All,
+    /// Only `Account`s of the watched namespaces.
+    Accounts,
+    /// None (another instance writes them).
+    None,
+}
+
+impl StatusWriter {
+    /// Whether this instance keeps the status of accounts of `kind`.
+    pub fn writes(self, kind: AccountKind) -> bool {
+        match (self, kind) {
+            (StatusWriter::All, _) => true,
+            (StatusWriter::Accounts, AccountKind::Account) => true,
+            (StatusWriter::Accounts, AccountKind::ClusterAccount) | (StatusWriter::None, _) => {
+                false
+            }
+        }
+    }
+}
 
 /// What one round found about an account's key.
 #[derive(Clone, Debug, PartialEq)]
@@ -141,8 +171,13 @@ pub(crate) fn claimed_ids(ctx: &Context) -> HashSet<String> {
     ids
 }
 
-/// Update every account's status once per sync interval until cancelled.
+/// Update the status of every account this instance writes ([`StatusWriter`]) once per sync
+/// interval until cancelled: the `ClusterAccount`s first, then the `Account`s.
 pub async fn run(ctx: Arc<Context>) {
+    let writer = ctx.settings.account_status;
+    if !writer.writes(AccountKind::Account) && !writer.writes(AccountKind::ClusterAccount) {
+        return;
+    }
     let mut ticks = tokio::time::interval(
         ctx.settings
             .sync_interval
@@ -157,26 +192,23 @@ pub async fn run(ctx: Arc<Context>) {
         }
         meter.start_round();
         let claimed = claimed_ids(&ctx);
-        for store in &ctx.accounts.accounts {
-            for a in store.state() {
-                let ns = a.namespace().unwrap_or_default();
+        if writer.writes(AccountKind::ClusterAccount) {
+            for a in ctx.accounts.cluster.state() {
+                let ns = ctx.accounts.operator_namespace.clone();
                 let f = figures(&ctx, &ns, &a.spec.secret_ref, &claimed, &mut meter).await;
-                let label = label("Account", &ns, &a.name_any());
-                update(
-                    &ctx,
-                    &*a,
-                    Api::namespaced(ctx.client.clone(), &ns),
-                    &f,
-                    &label,
-                )
-                .await;
+                let label = label("ClusterAccount", "", &a.name_any());
+                update(&ctx, &*a, Api::all(ctx.client.clone()), &f, &label).await;
             }
         }
-        for a in ctx.accounts.cluster.state() {
-            let ns = ctx.accounts.operator_namespace.clone();
+        if !writer.writes(AccountKind::Account) {
+            continue;
+        }
+        for a in ctx.accounts.accounts.iter().flat_map(|s| s.state()) {
+            let ns = a.namespace().unwrap_or_default();
             let f = figures(&ctx, &ns, &a.spec.secret_ref, &claimed, &mut meter).await;
-            let label = label("ClusterAccount", "", &a.name_any());
-            update(&ctx, &*a, Api::all(ctx.client.clone()), &f, &label).await;
+            let label = label("Account", &ns, &a.name_any());
+            let api = Api::namespaced(ctx.client.clone(), &ns);
+            update(&ctx, &*a, api, &f, &label).await;
         }
     }
 }
@@ -308,6 +340,22 @@ mod tests {
         assert_eq!(bound, 1);
         let ids: Vec<&str> = unclaimed.iter().map(|r| r.id.as_str()).collect();
         assert_eq!(ids, ["i2", "i3"]);
+    }
+
+    #[test]
+    fn which_account_status_an_instance_writes() {
+        use AccountKind::{Account, ClusterAccount};
+        for (writer, account, cluster) in [
+            (StatusWriter::All, true, true),
+            (StatusWriter::Accounts, true, false),
+            (StatusWriter::None, false, false),
+        ] {
+            assert_eq!(
+                (writer.writes(Account), writer.writes(ClusterAccount)),
+                (account, cluster),
+                "{writer:?}"
+            );
+        }
     }
 
     #[test]

@@ -104,6 +104,8 @@ pub struct Settings {
     pub gate: WriteGate,
     /// The operator's namespace: where `ClusterAccount` key Secrets live.
     pub operator_namespace: String,
+    /// Which account status this instance writes (`--account-status`).
+    pub account_status: account_status::StatusWriter,
 }
 
 impl Default for Settings {
@@ -118,6 +120,7 @@ impl Default for Settings {
             instance: None,
             gate: WriteGate::open(),
             operator_namespace: "default".into(),
+            account_status: account_status::StatusWriter::All,
         }
     }
 }

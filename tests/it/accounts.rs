@@ -13,6 +13,8 @@ use inbox_operator::account::{
     ANNOTATION_DEFAULT_ACCOUNT, Account, AccountKind, AccountRef, AccountSpec, ClusterAccount,
     ClusterAccountSpec, FINALIZER_CREDENTIALS_IN_USE,
 };
+use inbox_operator::controller::Settings;
+use inbox_operator::controller::account_status::StatusWriter;
 use inbox_operator::crd::{Inbox, InboxSpec, Reason, SecretKeyRef};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -105,16 +107,17 @@ impl Drop for ClusterAccountGuard {
 /// An env whose controller watches its namespace and `also`, with its namespace as the
 /// operator's (ClusterAccount key Secrets live there) holding `shared-key`.
 async fn env_with(also: &[&str]) -> Env {
-    env_syncing(also, None).await
+    env_tuned(also, |_| {}).await
 }
 
 /// [`env_with`] with a sync interval of an hour: within a test, only a trigger (a watch)
 /// can explain a refused Inbox becoming Ready.
 async fn env_without_sync(also: &[&str]) -> Env {
-    env_syncing(also, Some(Duration::from_secs(3600))).await
+    env_tuned(also, |s| s.sync_interval = Duration::from_secs(3600)).await
 }
 
-async fn env_syncing(also: &[&str], sync_interval: Option<Duration>) -> Env {
+/// [`env_with`], its settings then changed by `tweak`.
+async fn env_tuned(also: &[&str], tweak: impl FnOnce(&mut Settings)) -> Env {
     let also: Vec<String> = also.iter().map(|s| s.to_string()).collect();
     let mut env = Env::bare("acct", ACCOUNT, crate::ctl::KEY).await;
     env.sim.add_account(SHARED, SHARED_KEY);
@@ -125,9 +128,7 @@ async fn env_syncing(also: &[&str], sync_interval: Option<Duration>) -> Env {
         move |s| {
             s.namespaces.extend(also);
             s.operator_namespace = ns;
-            if let Some(every) = sync_interval {
-                s.sync_interval = every;
-            }
+            tweak(s);
         },
     );
     env
@@ -668,5 +669,46 @@ async fn account_status_shows_the_request_rate_and_429s() {
     for n in &names {
         env.wait_ready(n, Ready::True).await;
     }
+    env.stop().await;
+}
+
+/// With `--account-status=accounts` (a shard or install that leaves ClusterAccounts to
+/// another), an instance writes its Accounts' status and no ClusterAccount's; the same
+/// cluster with the default (`all`) writes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_chosen_instance_writes_cluster_account_status() {
+    let mut env = env_tuned(&[], |s| s.account_status = StatusWriter::Accounts).await;
+    let ns = env.ns.name().to_string();
+    let ca = ClusterAccountGuard::new(&env.client, "written", false, |s| {
+        s.namespaces = Some(vec![ns.clone()]);
+    })
+    .await;
+    let on_cluster = InboxSpec {
+        account_ref: ca.reference(),
+        ..Default::default()
+    };
+    env.create_ready("on-cluster", on_cluster).await;
+    // Created once the ClusterAccount is in the operator's cache (an Inbox resolved it):
+    // every round that writes the Account has passed the ClusterAccounts, which come first.
+    let key = "sk_test_own_0123456789";
+    env.sim.add_account("acct-own", key);
+    key_secret(&env.client, &ns, "own-key", key).await;
+    account(&env.client, &ns, "own", "own-key").await;
+    let accounts: Api<Account> = Api::namespaced(env.client.clone(), &ns);
+    wait_for("the Account status", T, || async {
+        accounts.get("own").await.ok()?.status
+    })
+    .await;
+    let clusters: Api<ClusterAccount> = Api::all(env.client.clone());
+    let unwritten = clusters.get(&ca.name).await.expect("ClusterAccount");
+    assert_eq!(unwritten.status, None, "another instance writes it");
+
+    env.halt().await;
+    env.spawn_controller(|_| {}, |s| s.operator_namespace = ns.clone());
+    wait_for("the ClusterAccount status", T, || async {
+        let s = clusters.get(&ca.name).await.ok()?.status?;
+        (s.inboxes == Some(1)).then_some(())
+    })
+    .await;
     env.stop().await;
 }
