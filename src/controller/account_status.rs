@@ -184,7 +184,7 @@ pub async fn run(ctx: Arc<Context>) {
             .max(std::time::Duration::from_secs(1)),
     );
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut meter = Meter::default();
+    let mut meter = Meter::new(ctx.settings.sync_interval);
     loop {
         ticks.tick().await;
         if ctx.accounts.wait_synced().await.is_err() {

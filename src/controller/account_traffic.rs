@@ -5,7 +5,7 @@
 //! interval.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::agentsend::Traffic;
 
@@ -29,9 +29,11 @@ pub struct Window {
     pub rate_limited: i64,
 }
 
-/// The traffic between `prev` and `now` (counts that went down, as after the client forgot
-/// the account, count from zero).
-pub fn window(prev: &Sample, now: &Sample) -> Window {
+/// The traffic between `prev` and `now`, the rate over at least `min_span` (the sync
+/// interval: a first reading soon after the client's first call must not turn two requests
+/// in a few milliseconds into hundreds per second). Counts that went down, as after the
+/// client forgot the account, count from zero.
+pub fn window(prev: &Sample, now: &Sample, min_span: Duration) -> Window {
     let (requests, limited) = if now.requests < prev.requests {
         (now.requests, now.rate_limited)
     } else {
@@ -40,7 +42,11 @@ pub fn window(prev: &Sample, now: &Sample) -> Window {
             now.rate_limited.saturating_sub(prev.rate_limited),
         )
     };
-    let secs = now.at.saturating_duration_since(prev.at).as_secs_f64();
+    let secs = now
+        .at
+        .saturating_duration_since(prev.at)
+        .max(min_span)
+        .as_secs_f64();
     let rate = if secs > 0.0 {
         requests as f64 / secs
     } else {
@@ -71,11 +77,20 @@ pub fn round_rate(rate: f64) -> f64 {
 /// The last sample of every account key (by fingerprint), to difference the next one with.
 #[derive(Debug, Default)]
 pub struct Meter {
+    min_span: Duration,
     last: HashMap<String, Sample>,
     this_round: HashMap<String, Window>,
 }
 
 impl Meter {
+    /// A meter whose rates are over at least `min_span` (the sync interval).
+    pub fn new(min_span: Duration) -> Meter {
+        Meter {
+            min_span,
+            ..Meter::default()
+        }
+    }
+
     /// Start a round: keys not read in the previous one are forgotten.
     pub fn start_round(&mut self) {
         let seen = std::mem::take(&mut self.this_round);
@@ -103,7 +118,7 @@ impl Meter {
                     rate_limited: 0,
                 };
                 let prev = self.last.insert(fingerprint.to_string(), sample);
-                window(&prev.unwrap_or(start), &sample)
+                window(&prev.unwrap_or(start), &sample, self.min_span)
             }
         };
         self.this_round.insert(fingerprint.to_string(), w);
@@ -114,7 +129,6 @@ impl Meter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn rates_are_rounded_to_two_significant_digits_and_tenths() {
@@ -150,10 +164,10 @@ mod tests {
             (at(0, 0, 0), at(10, 50, 3), 5.0, 3),
             (at(0, 50, 3), at(60, 51, 3), 0.0, 0), // idle: one scan a minute
             (at(0, 50, 3), at(2, 51, 3), 0.5, 0),
-            (at(0, 50, 3), at(0, 80, 3), 0.0, 0), // no time passed
+            (at(0, 50, 3), at(0, 80, 3), 15.0, 0), // no time passed: over the 2 s minimum
             (at(0, 50, 3), at(10, 20, 1), 2.0, 1), // counts restarted
         ] {
-            let w = window(&prev, &now);
+            let w = window(&prev, &now, Duration::from_secs(2));
             assert_eq!(
                 (w.rate, w.rate_limited),
                 (rate, limited),
@@ -170,8 +184,10 @@ mod tests {
             requests,
             rate_limited,
         };
-        let mut m = Meter::default();
+        let mut m = Meter::new(Duration::from_secs(2));
         m.start_round();
+        let early = m.read("k0", Some(traffic(2, 0)), t0 + Duration::from_millis(5));
+        assert_eq!(early.rate, 1.0, "2 requests 5 ms after the first: over 2 s");
         let first = m.read("k1", Some(traffic(20, 2)), t0 + Duration::from_secs(10));
         assert_eq!(
             (first.rate, first.rate_limited),

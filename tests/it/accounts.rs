@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use inbox_operator::account::{
-    ANNOTATION_DEFAULT_ACCOUNT, Account, AccountKind, AccountRef, AccountSpec, ClusterAccount,
-    ClusterAccountSpec, FINALIZER_CREDENTIALS_IN_USE,
+    ANNOTATION_DEFAULT_ACCOUNT, Account, AccountKind, AccountRef, AccountSpec, AccountStatus,
+    ClusterAccount, ClusterAccountSpec, FINALIZER_CREDENTIALS_IN_USE,
 };
 use inbox_operator::controller::Settings;
 use inbox_operator::controller::account_status::StatusWriter;
@@ -674,12 +674,22 @@ async fn account_status_shows_the_request_rate_and_429s() {
 
 /// With `--account-status=accounts` (a shard or install that leaves ClusterAccounts to
 /// another), an instance writes its Accounts' status and no ClusterAccount's; the same
-/// cluster with the default (`all`) writes both.
+/// cluster with the default (`all`) writes both. (The other tests' operators on this API
+/// server write every ClusterAccount's status too, as a second install would: the key Secret
+/// here has a name of its own, so none of them can find it, and only this test's operator
+/// can report the account `Ready`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_chosen_instance_writes_cluster_account_status() {
     let mut env = env_tuned(&[], |s| s.account_status = StatusWriter::Accounts).await;
     let ns = env.ns.name().to_string();
+    let (secret, key) = (
+        format!("solo-key-{}", random_suffix(6)),
+        format!("sk_test_solo_{}", random_suffix(12)),
+    );
+    env.sim.add_account("acct-solo", &key);
+    key_secret(&env.client, &ns, &secret, &key).await;
     let ca = ClusterAccountGuard::new(&env.client, "written", false, |s| {
+        s.secret_ref.name = secret.clone();
         s.namespaces = Some(vec![ns.clone()]);
     })
     .await;
@@ -690,9 +700,9 @@ async fn only_the_chosen_instance_writes_cluster_account_status() {
     env.create_ready("on-cluster", on_cluster).await;
     // Created once the ClusterAccount is in the operator's cache (an Inbox resolved it):
     // every round that writes the Account has passed the ClusterAccounts, which come first.
-    let key = "sk_test_own_0123456789";
-    env.sim.add_account("acct-own", key);
-    key_secret(&env.client, &ns, "own-key", key).await;
+    let own_key = "sk_test_own_0123456789";
+    env.sim.add_account("acct-own", own_key);
+    key_secret(&env.client, &ns, "own-key", own_key).await;
     account(&env.client, &ns, "own", "own-key").await;
     let accounts: Api<Account> = Api::namespaced(env.client.clone(), &ns);
     wait_for("the Account status", T, || async {
@@ -700,14 +710,19 @@ async fn only_the_chosen_instance_writes_cluster_account_status() {
     })
     .await;
     let clusters: Api<ClusterAccount> = Api::all(env.client.clone());
+    let ready = |s: &AccountStatus| s.conditions.iter().any(|c| c.status == "True");
     let unwritten = clusters.get(&ca.name).await.expect("ClusterAccount");
-    assert_eq!(unwritten.status, None, "another instance writes it");
+    assert!(
+        !unwritten.status.as_ref().is_some_and(ready),
+        "this instance wrote it: {:?}",
+        unwritten.status
+    );
 
     env.halt().await;
     env.spawn_controller(|_| {}, |s| s.operator_namespace = ns.clone());
     wait_for("the ClusterAccount status", T, || async {
         let s = clusters.get(&ca.name).await.ok()?.status?;
-        (s.inboxes == Some(1)).then_some(())
+        (ready(&s) && s.inboxes == Some(1)).then_some(())
     })
     .await;
     env.stop().await;
