@@ -181,11 +181,11 @@ pub fn operator_namespace(
         .to_string()
 }
 
-/// [`operator_namespace`] from the environment and the service-account file.
-pub fn operator_namespace_from_env() -> String {
-    let pod = std::env::var("POD_NAMESPACE").ok();
+/// [`operator_namespace`] from `given` (`--operator-namespace`, or `POD_NAMESPACE`), else the
+/// service-account file.
+pub fn operator_namespace_or(given: Option<&str>) -> String {
     let sa = std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE).ok();
-    operator_namespace(pod.as_deref(), sa.as_deref())
+    operator_namespace(given, sa.as_deref())
 }
 
 /// Every CRD of the operator rendered as YAML, keyed by its committed file name

@@ -267,6 +267,11 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
 
+    /// The operator's namespace, where ClusterAccount key Secrets live; default: the pod's
+    /// namespace, else the in-cluster service-account namespace, else `default`.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub operator_namespace: Option<String>,
+
     /// How long a leader's Lease stays valid without renewal (whole seconds, 4s–1h).
     /// The leader renews after half of it and stops writing three quarters of it after its
     /// last confirmed renewal, before another instance may take over.

@@ -288,7 +288,9 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         reporter: "inbox-operator".into(),
         instance: Some(identity.clone()),
         gate: gate.clone(),
-        operator_namespace: crate::account::operator_namespace_from_env(),
+        operator_namespace: crate::account::operator_namespace_or(
+            args.operator_namespace.as_deref(),
+        ),
         account_status: args.account_status,
     };
     info!(
