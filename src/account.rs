@@ -144,9 +144,13 @@ pub struct AccountStatus {
     /// RFC 3339 time of the last successful scan of the account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scan_time: Option<String>,
-    /// AgentSend requests per second observed for this account.
+    /// AgentSend requests per second sent with this account's key over the last sync
+    /// interval (two significant digits, never finer than 0.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_rate: Option<f64>,
+    /// AgentSend answers that were 429 (rate limited) over the last sync interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limited_requests: Option<i64>,
     /// The generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -177,11 +181,11 @@ pub fn operator_namespace(
         .to_string()
 }
 
-/// [`operator_namespace`] from the environment and the service-account file.
-pub fn operator_namespace_from_env() -> String {
-    let pod = std::env::var("POD_NAMESPACE").ok();
+/// [`operator_namespace`] from `given` (`--operator-namespace`, or `POD_NAMESPACE`), else the
+/// service-account file.
+pub fn operator_namespace_or(given: Option<&str>) -> String {
     let sa = std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE).ok();
-    operator_namespace(pod.as_deref(), sa.as_deref())
+    operator_namespace(given, sa.as_deref())
 }
 
 /// Every CRD of the operator rendered as YAML, keyed by its committed file name

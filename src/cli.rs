@@ -208,6 +208,17 @@ pub struct RunArgs {
     #[arg(long, env = "INBOX_OPERATOR_SELECTOR")]
     pub selector: Option<String>,
 
+    /// Which account status this instance writes: `all` (Accounts of the watched namespaces
+    /// and every ClusterAccount), `accounts` (only Accounts), `none`. With several shards or
+    /// installs on one cluster, exactly one should write ClusterAccount status.
+    #[arg(
+        long,
+        env = "INBOX_OPERATOR_ACCOUNT_STATUS",
+        value_enum,
+        default_value_t = crate::controller::account_status::StatusWriter::All
+    )]
+    pub account_status: crate::controller::account_status::StatusWriter,
+
     /// Address of /metrics, /healthz and /readyz.
     #[arg(
         long,
@@ -255,6 +266,11 @@ pub struct RunArgs {
     /// Namespace of the Lease (default: the pod's namespace from POD_NAMESPACE, else `default`).
     #[arg(long, env = "POD_NAMESPACE")]
     pub lease_namespace: Option<String>,
+
+    /// The operator's namespace, where ClusterAccount key Secrets live; default: the pod's
+    /// namespace, else the in-cluster service-account namespace, else `default`.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub operator_namespace: Option<String>,
 
     /// How long a leader's Lease stays valid without renewal (whole seconds, 4s–1h).
     /// The leader renews after half of it and stops writing three quarters of it after its
@@ -316,12 +332,18 @@ mod tests {
             "shard=1",
             "--log-format",
             "json",
+            "--account-status",
+            "none",
         ])
         .unwrap();
         let Command::Run(a) = cli.command else {
             panic!("not run")
         };
         assert_eq!(a.sync_interval, Duration::from_secs(30));
+        assert_eq!(
+            a.account_status,
+            crate::controller::account_status::StatusWriter::None
+        );
         assert_eq!(a.namespace, ["a", "b"]);
         assert_eq!(a.selector.as_deref(), Some("shard=1"));
         assert_eq!(a.log_format, LogFormat::Json);

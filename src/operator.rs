@@ -288,12 +288,16 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         reporter: "inbox-operator".into(),
         instance: Some(identity.clone()),
         gate: gate.clone(),
-        operator_namespace: crate::account::operator_namespace_from_env(),
+        operator_namespace: crate::account::operator_namespace_or(
+            args.operator_namespace.as_deref(),
+        ),
+        account_status: args.account_status,
     };
     info!(
         url = %args.endpoint.agentsend_url,
         namespaces = ?settings.namespaces,
         selector = ?settings.selector,
+        account_status = ?settings.account_status,
         operator_namespace = %settings.operator_namespace,
         sync_interval_s = settings.sync_interval.as_secs_f64(),
         "starting inbox-operator"

@@ -103,6 +103,19 @@ struct Inner {
 struct Account {
     aimd: Aimd,
     fingerprint: String,
+    traffic: Traffic,
+}
+
+/// What the client sent for one account since it first called it (for the account status's
+/// request rate and 429s).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Traffic {
+    /// When the client first called the account.
+    pub since: Instant,
+    /// Requests sent.
+    pub requests: u64,
+    /// Answers that were 429s.
+    pub rate_limited: u64,
 }
 
 impl std::fmt::Debug for AgentSendClient {
@@ -359,6 +372,7 @@ impl AgentSendClient {
         if let Some(b) = body {
             req = req.header("content-type", "application/json").body(b);
         }
+        self.account(key, |a| a.traffic.requests += 1);
         let started = Instant::now();
         let result = self.exchange(req).await;
         let status_label = match &result {
@@ -406,6 +420,11 @@ impl AgentSendClient {
                 Instant::now(),
             ),
             fingerprint: key.fingerprint(),
+            traffic: Traffic {
+                since: Instant::now(),
+                requests: 0,
+                rate_limited: 0,
+            },
         });
         f(account)
     }
@@ -456,6 +475,7 @@ impl AgentSendClient {
                         .min(self.inner.opts.max_retry_after)
                         .min(MAX_RETRY_AFTER);
                     a.aimd.on_throttled(sent_at, Instant::now(), pause);
+                    a.traffic.rate_limited += 1;
                 }
                 None => a.aimd.on_success(),
             }
@@ -492,6 +512,16 @@ impl AgentSendClient {
     /// How long calls for this account are held back by a 429, if at all.
     pub fn rate_limited_for(&self, key: &ApiKey) -> Option<Duration> {
         self.account(key, |a| a.aimd.paused_for(Instant::now()))
+    }
+
+    /// What the client sent for the account so far; `None` if it never called it.
+    pub fn traffic(&self, key: &ApiKey) -> Option<Traffic> {
+        let accounts = self
+            .inner
+            .accounts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        accounts.get(key).map(|a| a.traffic)
     }
 
     /// The account's adaptive rate in requests/s (`None`: unlimited so far).

@@ -2,7 +2,8 @@
 //! `ClusterAccount`, once per sync interval, whether its key works (from the account scan the
 //! counter sync already makes: no second scan per interval), how many Inboxes are bound
 //! through it, how many of its inboxes no Inbox in the cluster claims (leaks: manual creation,
-//! old bugs; also a metric), and when the last scan succeeded. Written only when it changed,
+//! old bugs; also a metric), when the last scan succeeded, and its request rate and 429s over
+//! the interval ([`super::account_traffic`]). Written only when it changed,
 //! and only while this instance may write.
 
 use std::collections::HashSet;
@@ -15,11 +16,42 @@ use serde_json::json;
 use tracing::warn;
 
 use super::Context;
+use super::account_traffic::{Meter, Window};
 use super::account_watch::all_inboxes;
-use crate::account::{Account, AccountStatus, ClusterAccount};
+use crate::account::{Account, AccountKind, AccountStatus, ClusterAccount};
 use crate::agentsend::{ApiError, RemoteInbox};
 use crate::crd::{self, Condition, ConditionStatus, Reason, SecretKeyRef};
 use crate::metrics::AccountLabel;
+
+/// Which account status this instance writes (`--account-status`). With several operator
+/// instances on one cluster — `--selector` shards, or namespaced installs — one writes every
+/// account's status and the others write none (shards) or only their namespaces' `Account`s
+/// (namespaced installs): two writers would fight over the figures, which differ per
+/// instance (each counts its own requests). Within one instance, leader election already
+/// leaves the writing to the Lease holder.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StatusWriter {
+    /// `Account`s of the watched namespaces and every `ClusterAccount`.
+    #[default]
+    All,
+    /// Only `Account`s of the watched namespaces.
+    Accounts,
+    /// None (another instance writes them).
+    None,
+}
+
+impl StatusWriter {
+    /// Whether this instance keeps the status of accounts of `kind`.
+    pub fn writes(self, kind: AccountKind) -> bool {
+        match (self, kind) {
+            (StatusWriter::All, _) => true,
+            (StatusWriter::Accounts, AccountKind::Account) => true,
+            (StatusWriter::Accounts, AccountKind::ClusterAccount) | (StatusWriter::None, _) => {
+                false
+            }
+        }
+    }
+}
 
 /// What one round found about an account's key.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +73,8 @@ pub struct Figures {
     pub inboxes: i64,
     /// Inboxes of the account no Inbox claims.
     pub unclaimed: i64,
+    /// Requests and 429s since the last round.
+    pub traffic: Window,
 }
 
 /// Of the account's inboxes (`listed`), how many an Inbox claims and which none does.
@@ -112,7 +146,8 @@ pub fn render(
             KeyCheck::Works(at) => Some(at.clone()),
             _ => prev.and_then(|p| p.last_scan_time.clone()),
         },
-        request_rate: prev.and_then(|p| p.request_rate),
+        request_rate: Some(f.traffic.rate),
+        rate_limited_requests: Some(f.traffic.rate_limited),
         observed_generation: generation,
     }
 }
@@ -136,40 +171,44 @@ pub(crate) fn claimed_ids(ctx: &Context) -> HashSet<String> {
     ids
 }
 
-/// Update every account's status once per sync interval until cancelled.
+/// Update the status of every account this instance writes ([`StatusWriter`]) once per sync
+/// interval until cancelled: the `ClusterAccount`s first, then the `Account`s.
 pub async fn run(ctx: Arc<Context>) {
+    let writer = ctx.settings.account_status;
+    if !writer.writes(AccountKind::Account) && !writer.writes(AccountKind::ClusterAccount) {
+        return;
+    }
     let mut ticks = tokio::time::interval(
         ctx.settings
             .sync_interval
             .max(std::time::Duration::from_secs(1)),
     );
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut meter = Meter::new(ctx.settings.sync_interval);
     loop {
         ticks.tick().await;
         if ctx.accounts.wait_synced().await.is_err() {
             continue;
         }
+        meter.start_round();
         let claimed = claimed_ids(&ctx);
-        for store in &ctx.accounts.accounts {
-            for a in store.state() {
-                let ns = a.namespace().unwrap_or_default();
-                let f = figures(&ctx, &ns, &a.spec.secret_ref, &claimed).await;
-                let label = label("Account", &ns, &a.name_any());
-                update(
-                    &ctx,
-                    &*a,
-                    Api::namespaced(ctx.client.clone(), &ns),
-                    &f,
-                    &label,
-                )
-                .await;
+        if writer.writes(AccountKind::ClusterAccount) {
+            for a in ctx.accounts.cluster.state() {
+                let ns = ctx.accounts.operator_namespace.clone();
+                let f = figures(&ctx, &ns, &a.spec.secret_ref, &claimed, &mut meter).await;
+                let label = label("ClusterAccount", "", &a.name_any());
+                update(&ctx, &*a, Api::all(ctx.client.clone()), &f, &label).await;
             }
         }
-        for a in ctx.accounts.cluster.state() {
-            let ns = ctx.accounts.operator_namespace.clone();
-            let f = figures(&ctx, &ns, &a.spec.secret_ref, &claimed).await;
-            let label = label("ClusterAccount", "", &a.name_any());
-            update(&ctx, &*a, Api::all(ctx.client.clone()), &f, &label).await;
+        if !writer.writes(AccountKind::Account) {
+            continue;
+        }
+        for a in ctx.accounts.accounts.iter().flat_map(|s| s.state()) {
+            let ns = a.namespace().unwrap_or_default();
+            let f = figures(&ctx, &ns, &a.spec.secret_ref, &claimed, &mut meter).await;
+            let label = label("Account", &ns, &a.name_any());
+            let api = Api::namespaced(ctx.client.clone(), &ns);
+            update(&ctx, &*a, api, &f, &label).await;
         }
     }
 }
@@ -188,11 +227,13 @@ async fn figures(
     namespace: &str,
     secret: &SecretKeyRef,
     claimed: &HashSet<String>,
+    meter: &mut Meter,
 ) -> Figures {
     let missing = |m: String| Figures {
         key: KeyCheck::Missing(m),
         inboxes: 0,
         unclaimed: 0,
+        traffic: Window::default(),
     };
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
     let found = match api.get_opt(&secret.name).await {
@@ -205,19 +246,27 @@ async fn figures(
             secret.name, secret.key
         ));
     };
-    match ctx.scans.inventory(&key).await {
+    let scanned = ctx.scans.inventory(&key).await;
+    let traffic = meter.read(
+        &key.fingerprint(),
+        ctx.api.traffic(&key),
+        std::time::Instant::now(),
+    );
+    match scanned {
         Ok((listed, at)) => {
             let (inboxes, unclaimed) = tally(&listed, claimed);
             Figures {
                 key: KeyCheck::Works(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()),
                 inboxes,
                 unclaimed: i64::try_from(unclaimed.len()).unwrap_or(i64::MAX),
+                traffic,
             }
         }
         Err(e) => Figures {
             key: KeyCheck::Failed(e),
             inboxes: 0,
             unclaimed: 0,
+            traffic,
         },
     }
 }
@@ -294,11 +343,31 @@ mod tests {
     }
 
     #[test]
+    fn which_account_status_an_instance_writes() {
+        use AccountKind::{Account, ClusterAccount};
+        for (writer, account, cluster) in [
+            (StatusWriter::All, true, true),
+            (StatusWriter::Accounts, true, false),
+            (StatusWriter::None, false, false),
+        ] {
+            assert_eq!(
+                (writer.writes(Account), writer.writes(ClusterAccount)),
+                (account, cluster),
+                "{writer:?}"
+            );
+        }
+    }
+
+    #[test]
     fn status_table() {
         let works = Figures {
             key: KeyCheck::Works("2026-11-28T09:00:00Z".into()),
             inboxes: 3,
             unclaimed: 1,
+            traffic: Window {
+                rate: 2.5,
+                rate_limited: 4,
+            },
         };
         let revoked = Figures {
             key: KeyCheck::Failed(ApiError::Unauthorized {
@@ -307,11 +376,13 @@ mod tests {
             }),
             inboxes: 0,
             unclaimed: 0,
+            traffic: Window::default(),
         };
         let missing = Figures {
             key: KeyCheck::Missing("no Secret".into()),
             inboxes: 0,
             unclaimed: 0,
+            traffic: Window::default(),
         };
         let first = render(None, &works, "T1", Some(1));
         let ready = &first.conditions[0];
@@ -324,6 +395,10 @@ mod tests {
         assert_eq!(
             first.last_scan_time.as_deref(),
             Some("2026-11-28T09:00:00Z")
+        );
+        assert_eq!(
+            (first.request_rate, first.rate_limited_requests),
+            (Some(2.5), Some(4))
         );
         assert_eq!(
             render(Some(&first), &works, "T2", Some(1)),

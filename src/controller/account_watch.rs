@@ -1,23 +1,21 @@
 //! The account caches — `Account`s (per watched scope) and `ClusterAccount`s (cluster-wide) —
-//! what credentials resolution reads from them, the Inboxes an account change wakes, and one
-//! metadata-only watch *by name* per account key Secret, so that a rotated key reaches the
-//! Inboxes using it without a restart and without watching every Secret.
+//! what credentials resolution reads from them, the Inboxes an account change wakes, and the
+//! key Secrets the accounts name (watched by name with the Inboxes' credentials Secrets, in
+//! [`super::key_secrets`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, ResourceExt};
 
 use super::credentials::{AccountInfo, InUse, Peer};
+use super::key_secrets::ReferenceSource;
 use super::watches::{self, CacheSync};
 use super::{Context, Error};
 use crate::account::{Account, AccountKind, ClusterAccount, FINALIZER_CREDENTIALS_IN_USE};
@@ -182,23 +180,22 @@ impl AccountCaches {
         super::credentials::may_use(inbox, self.referenced(inbox).as_ref(), defaults.first())
     }
 
-    /// The key Secrets every account names: (namespace, name).
-    pub fn key_secrets(&self) -> BTreeSet<(String, String)> {
-        let mut set = BTreeSet::new();
-        for store in &self.accounts {
-            for a in store.state() {
-                if let Some(ns) = a.namespace() {
-                    set.insert((ns, a.spec.secret_ref.name.clone()));
-                }
-            }
-        }
-        for a in self.cluster.state() {
-            set.insert((
-                self.operator_namespace.clone(),
-                a.spec.secret_ref.name.clone(),
-            ));
-        }
-        set
+    /// The key Secrets the accounts name now, `(namespace, name)`, as a source of the key
+    /// Secret watch set.
+    pub fn references(&self) -> ReferenceSource {
+        let (accounts, cluster) = (self.accounts.clone(), self.cluster.clone());
+        let operator_namespace = self.operator_namespace.clone();
+        Arc::new(move || {
+            let namespaced = accounts
+                .iter()
+                .flat_map(|s| s.state())
+                .filter_map(|a| Some((a.namespace()?, a.spec.secret_ref.name.clone())));
+            let shared = cluster
+                .state()
+                .into_iter()
+                .map(|a| (operator_namespace.clone(), a.spec.secret_ref.name.clone()));
+            namespaced.chain(shared).collect()
+        })
     }
 }
 
@@ -276,6 +273,24 @@ pub fn affected(inboxes: &[Arc<Inbox>], change: &AccountChange) -> Vec<ObjectRef
         .collect()
 }
 
+/// The Inboxes (among `inboxes`) a deleted Inbox `gone` may have freed a quota slot for:
+/// the others of its namespace that an account refuses now (`AccountRefused`).
+pub fn freed_slot_waiters(inboxes: &[Arc<Inbox>], gone: &Inbox) -> Vec<ObjectRef<Inbox>> {
+    let refused = |i: &Inbox| {
+        super::status::find(i.status.as_ref(), crate::crd::condition::READY)
+            .is_some_and(|c| c.reason == crate::crd::Reason::AccountRefused.as_str())
+    };
+    inboxes
+        .iter()
+        .filter(|i| {
+            i.metadata.namespace == gone.metadata.namespace
+                && i.metadata.uid != gone.metadata.uid
+                && refused(i)
+        })
+        .map(|i| ObjectRef::from_obj(&**i))
+        .collect()
+}
+
 /// The other Inboxes of `inbox`'s namespace, as the quota counts them.
 pub fn peers(ctx: &Context, inbox: &Inbox) -> Vec<Peer> {
     let ns = inbox.metadata.namespace.as_deref();
@@ -292,60 +307,21 @@ pub fn all_inboxes(ctx: &Context) -> Vec<Arc<Inbox>> {
     ctx.inbox_stores.iter().flat_map(|s| s.state()).collect()
 }
 
-/// Follow account changes until the stream ends: wake the Inboxes each concerns, and keep one
-/// by-name watch per key Secret the accounts name (a change of such a Secret — a rotated key,
-/// a deletion — wakes the Inboxes that may use it).
-pub async fn follow(ctx: Arc<Context>, mut changes: BoxStream<'static, AccountChange>) {
-    let mut key_watches: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
+/// Follow account changes until the stream ends: wake the Inboxes each concerns, ping
+/// `references_changed` (the key Secrets the accounts name may have changed), and let an
+/// account being deleted go once no Inbox uses it.
+pub async fn follow(
+    ctx: Arc<Context>,
+    mut changes: BoxStream<'static, AccountChange>,
+    references_changed: Arc<tokio::sync::Notify>,
+) {
     while let Some(change) = changes.next().await {
         for obj in affected(&all_inboxes(&ctx), &change) {
             let _ = ctx.wake.unbounded_send(obj);
         }
+        references_changed.notify_one();
         if let Some(target) = ctx.accounts.deleting(&change) {
             // Deleted while no Inbox uses it any more (one switched away): let it go.
-            super::in_use::release_unused(&ctx, std::slice::from_ref(&target), None).await;
-        }
-        let wanted = ctx.accounts.key_secrets();
-        key_watches.retain(|k, task| {
-            let keep = wanted.contains(k);
-            if !keep {
-                task.abort();
-            }
-            keep
-        });
-        for (ns, name) in wanted {
-            if !key_watches.contains_key(&(ns.clone(), name.clone())) {
-                let task = tokio::spawn(watch_key_secret(ctx.clone(), ns.clone(), name.clone()));
-                key_watches.insert((ns, name), task);
-            }
-        }
-    }
-    for task in key_watches.into_values() {
-        task.abort();
-    }
-}
-
-/// Watch one key Secret's metadata by name; wake the Inboxes that may use it on each change,
-/// and release its in-use finalizer once it is being deleted and nobody uses it.
-async fn watch_key_secret(ctx: Arc<Context>, namespace: String, name: String) {
-    let api: Api<PartialObjectMeta<Secret>> = Api::namespaced(ctx.client.clone(), &namespace);
-    let config = watches::watch_config().fields(&format!("metadata.name={name}"));
-    let target = InUse::Secret {
-        namespace: namespace.clone(),
-        name: name.clone(),
-    };
-    let events = watcher(api, config)
-        .backoff(watches::backoff())
-        .touched_objects();
-    let mut events = std::pin::pin!(watches::without_errors(events, "account key Secret"));
-    while let Some(Ok(secret)) = events.next().await {
-        let inboxes = all_inboxes(&ctx);
-        for i in &inboxes {
-            if ctx.accounts.may_use(i).contains(&target) {
-                let _ = ctx.wake.unbounded_send(ObjectRef::from_obj(&**i));
-            }
-        }
-        if secret.metadata.deletion_timestamp.is_some() {
             super::in_use::release_unused(&ctx, std::slice::from_ref(&target), None).await;
         }
     }
@@ -376,6 +352,38 @@ mod tests {
         );
         i.metadata.namespace = Some(ns.into());
         Arc::new(i)
+    }
+
+    #[test]
+    fn a_deleted_inbox_wakes_the_refused_inboxes_of_its_namespace() {
+        let with_ready = |ns: &str, name: &str, reason: Option<&str>| {
+            let mut i = (*inbox(ns, name, None, false)).clone();
+            i.metadata.uid = Some(format!("uid-{ns}-{name}"));
+            i.status = reason.map(|r| crate::crd::InboxStatus {
+                conditions: vec![crate::crd::Condition {
+                    type_: "Ready".into(),
+                    status: "False".into(),
+                    reason: r.into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            });
+            Arc::new(i)
+        };
+        let all = [
+            with_ready("a", "over-quota", Some("AccountRefused")),
+            with_ready("a", "ready", None),
+            with_ready("a", "failing", Some("ApiUnavailable")),
+            with_ready("b", "other-namespace", Some("AccountRefused")),
+        ];
+        let gone = with_ready("a", "gone", None);
+        let woken: Vec<String> = freed_slot_waiters(&all, &gone)
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(woken, ["over-quota"]);
+        let itself = with_ready("a", "over-quota", Some("AccountRefused"));
+        assert!(freed_slot_waiters(&all, &itself).is_empty(), "not itself");
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! Watches of the key Secrets that are referenced (today by Inboxes' `spec.credentials`):
-//! one metadata-only watch per referenced Secret, selected by name, started and stopped as the
-//! set of references changes. So a rotated key reconciles its users promptly, while the
-//! operator lists and watches no other Secret of the user's and caches no key.
+//! The one watch set of key Secrets — those Inboxes name in `spec.credentials` and those
+//! `Account`s and `ClusterAccount`s name in `spec.secretRef`: one metadata-only watch per
+//! referenced Secret, selected by name, started and stopped as the set of references changes.
+//! So a rotated key reconciles its users promptly, and a key Secret being deleted loses its
+//! in-use finalizer once nobody uses it, while the operator lists and watches no other Secret
+//! of the user's and caches no Secret data.
 //!
 //! Where references come from is pluggable: a [`ReferenceSource`] is any function yielding
-//! the `(namespace, name)` pairs to watch (an Account store can be one), and whoever feeds it
-//! pings the shared [`Notify`] when its answer may have changed.
+//! the `(namespace, name)` pairs to watch (the Inbox caches, the account caches), and whoever
+//! feeds it pings the shared [`Notify`] when its answer may have changed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -15,12 +17,15 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::Context;
+use super::account_watch::all_inboxes;
+use super::credentials::InUse;
 use super::watches;
 use crate::crd::Inbox;
 
@@ -110,6 +115,50 @@ fn one(client: &Client, (ns, name): &SecretRef) -> impl Stream<Item = Item> + Se
         })
 }
 
+/// The Inboxes (among `inboxes`) that may use the key Secret `target`, by what `may_use`
+/// says each one may use (its credentials Secret, its account and the account's key Secret).
+pub fn users_of(
+    inboxes: &[Arc<Inbox>],
+    target: &InUse,
+    may_use: impl Fn(&Inbox) -> Vec<InUse>,
+) -> Vec<ObjectRef<Inbox>> {
+    inboxes
+        .iter()
+        .filter(|i| may_use(i).contains(target))
+        .map(|i| ObjectRef::from_obj(&**i))
+        .collect()
+}
+
+/// Follow the key Secrets `secrets` (from [`watch_referenced`]) until the stream ends: on
+/// each change (a rotated key, a deletion) wake the Inboxes that may use the Secret, and
+/// release its in-use finalizer once it is being deleted and nobody uses it. Starts once
+/// every watch cache has listed (`synced`): before, a key Secret being deleted (a namespace
+/// deleted while the operator was away) would look unused and lose its finalizer too early.
+pub async fn follow(
+    ctx: Arc<Context>,
+    secrets: impl Stream<Item = Item> + Send + 'static,
+    mut synced: tokio::sync::watch::Receiver<bool>,
+) {
+    if synced.wait_for(|ready| *ready).await.is_err() {
+        return;
+    }
+    let mut secrets = std::pin::pin!(watches::without_errors(secrets, "key Secrets"));
+    while let Some(secret) = secrets.next().await {
+        let Ok(secret) = secret else { continue };
+        let m = &secret.metadata;
+        let (Some(namespace), Some(name)) = (m.namespace.clone(), m.name.clone()) else {
+            continue;
+        };
+        let target = InUse::Secret { namespace, name };
+        for obj in users_of(&all_inboxes(&ctx), &target, |i| ctx.accounts.may_use(i)) {
+            let _ = ctx.wake.unbounded_send(obj);
+        }
+        if m.deletion_timestamp.is_some() {
+            super::in_use::release_unused(&ctx, std::slice::from_ref(&target), None).await;
+        }
+    }
+}
+
 /// Send every item of `stream` to `tx` until the receiver goes.
 async fn forward(stream: impl Stream<Item = Item>, tx: mpsc::UnboundedSender<Item>) {
     let mut stream = std::pin::pin!(stream);
@@ -171,6 +220,55 @@ mod tests {
             let wanted: BTreeSet<_> = wanted.into_iter().collect();
             let running: BTreeSet<_> = running.into_iter().collect();
             assert_eq!(diff(&running, &wanted), (start, stop), "{case}");
+        }
+    }
+
+    #[test]
+    fn a_key_secret_wakes_the_inboxes_that_may_use_it() {
+        use crate::account::{AccountKind, AccountRef};
+        use crate::controller::credentials::{AccountInfo, may_use};
+        use crate::crd::SecretKeyRef;
+        let fixture = crate::controller::watches::tests::inbox;
+        let mut by_account = (*fixture("a", "by-account", None)).clone();
+        by_account.spec.account_ref = Some(AccountRef {
+            kind: AccountKind::Account,
+            name: "team".into(),
+        });
+        let all = [
+            fixture("a", "one", Some("key")),
+            fixture("a", "two", Some("other")),
+            fixture("a", "implicit", None),
+            fixture("b", "four", Some("key")),
+            Arc::new(by_account),
+        ];
+        let team = AccountInfo::namespaced(
+            "team",
+            "a",
+            &SecretKeyRef {
+                name: "team-key".into(),
+                key: "apiKey".into(),
+            },
+        );
+        let uses = |i: &Inbox| {
+            let referenced = i.spec.account_ref.as_ref().map(|_| team.clone());
+            may_use(i, referenced.as_ref(), None)
+        };
+        let secret = |ns: &str, name: &str| InUse::Secret {
+            namespace: ns.into(),
+            name: name.into(),
+        };
+        for (target, want) in [
+            (secret("a", "key"), vec!["one"]),
+            (secret("b", "key"), vec!["four"]),
+            (secret("c", "key"), vec![]),
+            (secret("a", "team-key"), vec!["by-account"]),
+            (secret("b", "team-key"), vec![]),
+        ] {
+            let got: Vec<String> = users_of(&all, &target, uses)
+                .into_iter()
+                .map(|o| o.name)
+                .collect();
+            assert_eq!(got, want, "{target}");
         }
     }
 

@@ -8,11 +8,13 @@
 //! - [`credentials`] decides which key an Inbox uses and whether its account lets it (pure);
 //!   [`account_watch`] caches the accounts and follows their changes; [`in_use`] keeps the
 //!   credentials-in-use finalizer on key Secrets and accounts; [`account_status`] writes the
-//!   accounts' status (key check, bound and unclaimed inboxes) once per interval.
+//!   accounts' status (key check, bound and unclaimed inboxes, and from [`account_traffic`]
+//!   the request rate and 429s) once per interval.
 //! - [`watches`] sets up the cached watches; this module wires them into one kube-runtime
 //!   Controller per watched scope, plus the counter-sync loop.
 
 pub mod account_status;
+pub mod account_traffic;
 pub mod account_watch;
 pub mod accounts;
 pub mod credentials;
@@ -103,6 +105,8 @@ pub struct Settings {
     pub gate: WriteGate,
     /// The operator's namespace: where `ClusterAccount` key Secrets live.
     pub operator_namespace: String,
+    /// Which account status this instance writes (`--account-status`).
+    pub account_status: account_status::StatusWriter,
 }
 
 impl Default for Settings {
@@ -117,6 +121,7 @@ impl Default for Settings {
             instance: None,
             gate: WriteGate::open(),
             operator_namespace: "default".into(),
+            account_status: account_status::StatusWriter::All,
         }
     }
 }
@@ -422,19 +427,20 @@ struct Scope {
     ns: Option<String>,
     inboxes: Store<Inbox>,
     inbox_events: BoxStream<'static, Result<Inbox, watcher::Error>>,
+    /// The Inboxes deleted: each may free a quota slot for a refused one.
+    deleted_inboxes: BoxStream<'static, Result<Inbox, watcher::Error>>,
     secrets: Store<PartialObjectMeta<Secret>>,
     secret_events: BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
     config_maps: Store<PartialObjectMeta<ConfigMap>>,
     config_map_events: BoxStream<'static, Result<PartialObjectMeta<ConfigMap>, watcher::Error>>,
     namespaces: Store<watches::NamespaceMeta>,
     namespace_events: BoxStream<'static, Result<watches::NamespaceMeta, watcher::Error>>,
-    /// Pinged on every Inbox event: the set of referenced key Secrets may have changed.
-    references_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Scope {
-    /// Start the cached watches of one scope: Inboxes (by `--selector`) and the metadata of
-    /// the Secrets this operator manages (by label). Lists are consistent reads (not `any_semantic`, served from the API
+    /// Start the cached watches of one scope: Inboxes (by `--selector`; each event pings
+    /// `references_changed`, as the key Secrets they name may have changed) and the metadata
+    /// of the Secrets this operator manages (by label). Lists are consistent reads (not `any_semantic`, served from the API
     /// server's watch cache): after an API server restart a cached list could hand back a
     /// resourceVersion the new watch cache no longer serves, and every relist would then
     /// fail with 410 Gone.
@@ -443,6 +449,7 @@ impl Scope {
         ns: Option<String>,
         settings: &Settings,
         synced: &Arc<CacheSync>,
+        references_changed: Arc<tokio::sync::Notify>,
     ) -> Scope {
         let mut inbox_config = watches::watch_config();
         if let Some(sel) = &settings.selector {
@@ -461,15 +468,19 @@ impl Scope {
             synced,
         );
         let (namespaces, namespace_events) = watches::namespaces(client, ns.as_deref());
-        let references_changed = Arc::new(tokio::sync::Notify::new());
-        let notify = references_changed.clone();
-        let inbox_events = inbox_events.inspect_ok(move |_| notify.notify_one());
+        let (deleted, deleted_inboxes) = mpsc::unbounded();
+        let inbox_events = inbox_events.inspect_ok(move |e| {
+            references_changed.notify_one();
+            if let watcher::Event::Delete(i) = e {
+                let _ = deleted.unbounded_send(Ok(i.clone()));
+            }
+        });
         Scope {
             namespaces,
             namespace_events: watches::without_errors(namespace_events, "namespaces").boxed(),
             ns,
             inboxes,
-            references_changed,
+            deleted_inboxes: deleted_inboxes.boxed(),
             inbox_events: watches::without_errors(inbox_events.applied_objects(), "Inboxes")
                 .boxed(),
             secrets,
@@ -488,39 +499,26 @@ impl Scope {
     }
 
     /// The kube-runtime Controller of this scope: reconciles on Inbox changes, on changes of
-    /// the Secrets they own, on credentials-Secret changes and on counter-sync `triggers`,
-    /// until `stop` is cancelled (in-flight reconciles finish first).
+    /// the Secrets they own, on namespace changes (labels an account's namespace selector
+    /// reads), on a deleted Inbox (the refused Inboxes of its namespace: a quota slot may be
+    /// free) and on `triggers` (counter sync, key Secret and account changes), until `stop` is
+    /// cancelled (in-flight reconciles finish first).
     fn controller(
         self,
-        client: &Client,
         ctx: Arc<Context>,
         triggers: mpsc::UnboundedReceiver<ObjectRef<Inbox>>,
         stop: CancellationToken,
     ) -> BoxFuture<'static, ()> {
-        let users = self.inboxes.clone();
         let in_namespace = self.inboxes.clone();
-        let credentials = watches::without_errors(
-            key_secrets::watch_referenced(
-                client.clone(),
-                vec![key_secrets::inbox_references(self.inboxes.clone())],
-                self.references_changed,
-                stop.clone(),
-            ),
-            "credentials Secrets",
-        );
+        let waiting = self.inboxes.clone();
         let config = ControllerConfig::default()
             .concurrency(ctx.settings.concurrency)
             .debounce(Duration::from_millis(200));
         Controller::for_stream(self.inbox_events, self.inboxes)
             .owns_stream(self.secret_events)
             .owns_stream(self.config_map_events)
-            .watches_stream(credentials, move |meta: PartialObjectMeta<Secret>| {
-                let m = &meta.metadata;
-                watches::inboxes_using_credentials(
-                    &users.state(),
-                    m.namespace.as_deref(),
-                    m.name.as_deref(),
-                )
+            .watches_stream(self.deleted_inboxes, move |gone: Inbox| {
+                account_watch::freed_slot_waiters(&waiting.state(), &gone)
             })
             .watches_stream(self.namespace_events, move |m: watches::NamespaceMeta| {
                 watches::inboxes_in_namespace(&in_namespace.state(), m.metadata.name.as_deref())
@@ -577,14 +575,31 @@ fn keep_claims_index(client: &Client, ctx: &mut Context, stop: &CancellationToke
     tokio::spawn(stop.clone().run_until_cancelled_owned(index));
 }
 
-/// The account tasks (following account changes, writing account status) until `stop`.
+/// The account and key Secret tasks until `stop`: following account changes, the one watch
+/// set of key Secrets (those Inboxes' credentials and accounts name; re-evaluated whenever
+/// `references_changed` is pinged; followed once `synced`), and writing account status.
 fn spawn_account_tasks(
     ctx: &Arc<Context>,
     changes: BoxStream<'static, account_watch::AccountChange>,
+    references_changed: Arc<tokio::sync::Notify>,
+    synced: tokio::sync::watch::Receiver<bool>,
     stop: &CancellationToken,
 ) -> tokio::task::JoinHandle<Option<()>> {
-    let tasks = futures::future::join(
-        account_watch::follow(ctx.clone(), changes),
+    let mut sources: Vec<key_secrets::ReferenceSource> = ctx
+        .inbox_stores
+        .iter()
+        .map(|s| key_secrets::inbox_references(s.clone()))
+        .collect();
+    sources.push(ctx.accounts.references());
+    let secrets = key_secrets::watch_referenced(
+        ctx.client.clone(),
+        sources,
+        references_changed.clone(),
+        stop.clone(),
+    );
+    let tasks = futures::future::join3(
+        account_watch::follow(ctx.clone(), changes, references_changed),
+        key_secrets::follow(ctx.clone(), secrets, synced),
         account_status::run(ctx.clone()),
     );
     tokio::spawn(stop.clone().run_until_cancelled_owned(tasks.map(|_| ())))
@@ -620,16 +635,21 @@ pub async fn run(
     // (not with `Store::wait_until_ready`, whose signal wakes only one waiter: the Controller's).
     let namespaces = namespaces(&settings);
     // Per scope: Inboxes, managed Secrets and ConfigMaps, Accounts; plus the ClusterAccounts.
-    let synced = CacheSync::new(namespaces.len() * 4 + 1, on_ready);
+    let (caches_ready, synced_rx) = tokio::sync::watch::channel(false);
+    let synced = CacheSync::new(namespaces.len() * 4 + 1, move || {
+        let _ = caches_ready.send(true);
+        on_ready();
+    });
     let (accounts, account_changes) = account_watch::AccountCaches::watch(
         &client,
         &namespaces,
         settings.operator_namespace.clone(),
         &synced,
     );
+    let references_changed = Arc::new(tokio::sync::Notify::new());
     let scopes: Vec<Scope> = namespaces
         .into_iter()
-        .map(|ns| Scope::watch(&client, ns, &settings, &synced))
+        .map(|ns| Scope::watch(&client, ns, &settings, &synced, references_changed.clone()))
         .collect();
     let (sync_tx, sync_rx) = mpsc::unbounded();
     let mut ctx = Context::new(
@@ -650,11 +670,11 @@ pub async fn run(
     for scope in scopes {
         let (tx, rx) = mpsc::unbounded();
         routes.push((scope.ns.clone(), tx));
-        controllers.push(scope.controller(&client, ctx.clone(), rx, stop.clone()));
+        controllers.push(scope.controller(ctx.clone(), rx, stop.clone()));
     }
     let on_synced = move || metrics.counter_sync_succeeded();
     let background = [
-        spawn_account_tasks(&ctx, account_changes, &stop),
+        spawn_account_tasks(&ctx, account_changes, references_changed, synced_rx, &stop),
         tokio::spawn(
             stop.clone()
                 .run_until_cancelled_owned(route_triggers(sync_rx, routes)),

@@ -1,7 +1,6 @@
 //! Watch set-up: one cached, reflected watch per resource and scope (the same pipeline for
 //! Inboxes and the metadata of managed Secrets), the readiness signal once every cache has
-//! listed, and the mapping from a credentials Secret (watched by [`super::key_secrets`]) to
-//! the Inboxes that use it.
+//! listed.
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -226,28 +225,6 @@ fn trim_to_claim(meta: &mut ObjectMeta) {
     };
 }
 
-/// The Inboxes (among `inboxes`) whose `spec.credentials` names the Secret `name` in
-/// `namespace` — credentials are only ever read from the Inbox's own namespace.
-pub fn inboxes_using_credentials(
-    inboxes: &[Arc<Inbox>],
-    namespace: Option<&str>,
-    name: Option<&str>,
-) -> Vec<ObjectRef<Inbox>> {
-    inboxes
-        .iter()
-        .filter(|i| {
-            i.metadata.namespace.as_deref() == namespace
-                && i.spec
-                    .credentials
-                    .as_ref()
-                    .map(|c| c.secret_ref.name.as_str())
-                    == name
-                && name.is_some()
-        })
-        .map(|i| ObjectRef::from_obj(&**i))
-        .collect()
-}
-
 /// Keep a watch stream's errors from the Controller (they are logged here). Each watch backs
 /// off on its own ([`backoff`]); kube's Controller, given an error by any of its input
 /// streams, backs off *all* of them — counter-sync wake-ups included — for up to a minute,
@@ -422,26 +399,5 @@ pub(crate) mod tests {
         );
         i.metadata.namespace = Some(ns.into());
         Arc::new(i)
-    }
-
-    #[test]
-    fn a_credentials_secret_maps_to_the_inboxes_of_its_namespace_that_use_it() {
-        let all = [
-            inbox("a", "one", Some("key")),
-            inbox("a", "two", Some("other")),
-            inbox("a", "three", None),
-            inbox("b", "four", Some("key")),
-        ];
-        let names = |v: Vec<ObjectRef<Inbox>>| v.into_iter().map(|o| o.name).collect::<Vec<_>>();
-        assert_eq!(
-            names(inboxes_using_credentials(&all, Some("a"), Some("key"))),
-            ["one"]
-        );
-        assert_eq!(
-            names(inboxes_using_credentials(&all, Some("b"), Some("key"))),
-            ["four"]
-        );
-        assert!(inboxes_using_credentials(&all, Some("c"), Some("key")).is_empty());
-        assert!(inboxes_using_credentials(&all, Some("a"), None).is_empty());
     }
 }

@@ -10,9 +10,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use inbox_operator::account::{
-    ANNOTATION_DEFAULT_ACCOUNT, Account, AccountKind, AccountRef, AccountSpec, ClusterAccount,
-    ClusterAccountSpec, FINALIZER_CREDENTIALS_IN_USE,
+    ANNOTATION_DEFAULT_ACCOUNT, Account, AccountKind, AccountRef, AccountSpec, AccountStatus,
+    ClusterAccount, ClusterAccountSpec, FINALIZER_CREDENTIALS_IN_USE,
 };
+use inbox_operator::controller::Settings;
+use inbox_operator::controller::account_status::StatusWriter;
 use inbox_operator::crd::{Inbox, InboxSpec, Reason, SecretKeyRef};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -105,6 +107,17 @@ impl Drop for ClusterAccountGuard {
 /// An env whose controller watches its namespace and `also`, with its namespace as the
 /// operator's (ClusterAccount key Secrets live there) holding `shared-key`.
 async fn env_with(also: &[&str]) -> Env {
+    env_tuned(also, |_| {}).await
+}
+
+/// [`env_with`] with a sync interval of an hour: within a test, only a trigger (a watch)
+/// can explain a refused Inbox becoming Ready.
+async fn env_without_sync(also: &[&str]) -> Env {
+    env_tuned(also, |s| s.sync_interval = Duration::from_secs(3600)).await
+}
+
+/// [`env_with`], its settings then changed by `tweak`.
+async fn env_tuned(also: &[&str], tweak: impl FnOnce(&mut Settings)) -> Env {
     let also: Vec<String> = also.iter().map(|s| s.to_string()).collect();
     let mut env = Env::bare("acct", ACCOUNT, crate::ctl::KEY).await;
     env.sim.add_account(SHARED, SHARED_KEY);
@@ -115,6 +128,7 @@ async fn env_with(also: &[&str]) -> Env {
         move |s| {
             s.namespaces.extend(also);
             s.operator_namespace = ns;
+            tweak(s);
         },
     );
     env
@@ -220,9 +234,60 @@ async fn cluster_account_namespaces_by_name_and_by_label() {
     env.stop().await;
 }
 
+/// A namespace's labels are re-read when they change: labelled to match a ClusterAccount's
+/// selector, its refused Inbox becomes Ready; unlabelled, it is refused again — each at once
+/// (no sync interval passes in this test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_label_change_is_seen_at_once() {
+    let client = crate::support::control_plane().client().await;
+    let tenant_ns = TestNamespace::new(&client, "acct-relabel").await;
+    let env = env_without_sync(&[tenant_ns.name()]).await;
+    let tenant = random_suffix(8);
+    let ca = ClusterAccountGuard::new(&client, "relabel", false, |s| {
+        s.namespace_selector = Some(LabelSelector {
+            match_labels: Some(BTreeMap::from([("tenant".to_string(), tenant.clone())])),
+            ..Default::default()
+        })
+    })
+    .await;
+    let ns = tenant_ns.name();
+    let spec = InboxSpec {
+        account_ref: ca.reference(),
+        ..Default::default()
+    };
+    create_in(&env, ns, "waiting", spec).await;
+    let refused = Ready::False(Reason::AccountRefused);
+    wait_in(&env, ns, "waiting", refused).await;
+
+    let ns_api: Api<Namespace> = Api::all(client.clone());
+    let label = |v: Option<&str>| serde_json::json!({ "metadata": { "labels": { "tenant": v } } });
+    ns_api
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(&label(Some(&tenant))),
+        )
+        .await
+        .unwrap();
+    let i = wait_in(&env, ns, "waiting", Ready::True).await;
+    assert_eq!(account_of(&env, &i).as_deref(), Some(SHARED));
+
+    ns_api
+        .patch(ns, &PatchParams::default(), &Patch::Merge(&label(None)))
+        .await
+        .unwrap();
+    let i = wait_in(&env, ns, "waiting", refused).await;
+    assert!(
+        message(&i).contains("do not match spec.namespaceSelector"),
+        "{}",
+        message(&i)
+    );
+    env.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_account_domains_and_per_namespace_quota() {
-    let env = env_with(&[]).await;
+    let env = env_without_sync(&[]).await;
     env.sim.add_domain(SHARED, "dom_shared", "shared.example");
     env.sim.add_domain(SHARED, "dom_other", "other.example");
     let ns = env.ns.name().to_string();
@@ -265,7 +330,8 @@ async fn cluster_account_domains_and_per_namespace_quota() {
         "refused Inboxes created nothing"
     );
 
-    // The slot frees when the first goes: the second gets it without any change of its own.
+    // The slot frees when the first goes: the second gets it without any change of its own,
+    // at once (no sync interval passes in this test: the deletion wakes it).
     env.inboxes()
         .delete("first", &DeleteParams::default())
         .await
@@ -297,29 +363,44 @@ async fn the_default_cluster_account_serves_the_namespaces_it_allows() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_account_key_rotation_is_picked_up_without_restart() {
+    key_rotation_is_picked_up_without_restart(AccountKind::Account).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_account_key_rotation_is_picked_up_without_restart() {
+    key_rotation_is_picked_up_without_restart(AccountKind::ClusterAccount).await;
+}
+
+/// An Inbox on an account of `kind` whose key is revoked turns `CredentialsInvalid`, and
+/// becomes Ready on the same inbox as soon as the key Secret holds a working key.
+async fn key_rotation_is_picked_up_without_restart(kind: AccountKind) {
     let env = env_with(&[]).await;
+    let ns = env.ns.name().to_string();
     let (old, new) = ("sk_test_team_old_0123456789", "sk_test_team_new_0123456789");
     env.sim.add_account("acct-team", old);
     env.sim.add_account("acct-team", new);
-    key_secret(&env.client, env.ns.name(), "team-key", old).await;
-    let account = Account::new(
-        "team",
-        AccountSpec {
-            secret_ref: SecretKeyRef {
-                name: "team-key".into(),
-                key: "apiKey".into(),
-            },
-        },
-    );
-    Api::<Account>::namespaced(env.client.clone(), env.ns.name())
-        .create(&PostParams::default(), &account)
-        .await
-        .unwrap();
+    // A ClusterAccount's key Secret lives in the operator's namespace: here the same one.
+    key_secret(&env.client, &ns, "team-key", old).await;
+    let _cluster;
+    let account_ref = match kind {
+        AccountKind::Account => {
+            account(&env.client, &ns, "team", "team-key").await;
+            Some(AccountRef {
+                kind,
+                name: "team".into(),
+            })
+        }
+        AccountKind::ClusterAccount => {
+            _cluster = ClusterAccountGuard::new(&env.client, "rotating", false, |s| {
+                s.secret_ref.name = "team-key".into();
+                s.namespaces = Some(vec![ns.clone()]);
+            })
+            .await;
+            _cluster.reference()
+        }
+    };
     let spec = InboxSpec {
-        account_ref: Some(AccountRef {
-            kind: AccountKind::Account,
-            name: "team".into(),
-        }),
+        account_ref,
         ..Default::default()
     };
     let i = env.create_ready("rotating", spec).await;
@@ -524,5 +605,125 @@ async fn unclaimed_inboxes_show_in_status_metrics_and_the_orphans_cli() {
         !serde_json::to_string(&status).unwrap().contains(key),
         "no key in the status"
     );
+    env.stop().await;
+}
+
+/// An account's status shows the requests per second sent with its key over the last sync
+/// interval, and how many of them AgentSend answered 429 while its rate limit bit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_status_shows_the_request_rate_and_429s() {
+    let env = env_with(&[]).await;
+    let ns = env.ns.name().to_string();
+    let key = "sk_test_busy_0123456789";
+    env.sim.add_account("acct-busy", key);
+    key_secret(&env.client, &ns, "busy-key", key).await;
+    account(&env.client, &ns, "busy", "busy-key").await;
+    let spec = InboxSpec {
+        account_ref: Some(AccountRef {
+            kind: AccountKind::Account,
+            name: "busy".into(),
+        }),
+        ..Default::default()
+    };
+    env.create_ready("busy-0", spec.clone()).await;
+    let accounts: Api<Account> = Api::namespaced(env.client.clone(), &ns);
+    let status = wait_for("a request rate in the Account status", T, || async {
+        let s = accounts.get("busy").await.ok()?.status?;
+        s.request_rate.is_some_and(|r| r > 0.0).then_some(s)
+    })
+    .await;
+    assert_eq!(status.rate_limited_requests, Some(0), "no 429 yet");
+
+    // AgentSend now allows half a request per second: creating a few Inboxes at once meets
+    // 429s. Every status write is seen through a watch, so a count that holds one interval
+    // is not missed.
+    env.sim
+        .set_account_rate_limit(inbox_sim::RateLimit::new(0.5, 1.0));
+    let names: Vec<String> = (1..=4).map(|i| format!("busy-{i}")).collect();
+    for n in &names {
+        env.create(n, spec.clone()).await;
+    }
+    let limited =
+        kube::runtime::wait::await_condition(accounts.clone(), "busy", |a: Option<&Account>| {
+            a.and_then(|a| a.status.as_ref())
+                .and_then(|s| s.rate_limited_requests)
+                .is_some_and(|n| n > 0)
+        });
+    let seen = tokio::time::timeout(T, limited)
+        .await
+        .expect("a 429 count in the Account status in time")
+        .expect("watch the Account")
+        .and_then(|a| a.status)
+        .and_then(|s| s.rate_limited_requests);
+    let sent_429 = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.status == 429)
+        .count();
+    assert!(
+        seen.is_some_and(|n| n > 0 && usize::try_from(n).is_ok_and(|n| n <= sent_429)),
+        "{seen:?} of {sent_429} 429s"
+    );
+    env.sim.set_account_rate_limit(None);
+    for n in &names {
+        env.wait_ready(n, Ready::True).await;
+    }
+    env.stop().await;
+}
+
+/// With `--account-status=accounts` (a shard or install that leaves ClusterAccounts to
+/// another), an instance writes its Accounts' status and no ClusterAccount's; the same
+/// cluster with the default (`all`) writes both. (The other tests' operators on this API
+/// server write every ClusterAccount's status too, as a second install would: the key Secret
+/// here has a name of its own, so none of them can find it, and only this test's operator
+/// can report the account `Ready`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_chosen_instance_writes_cluster_account_status() {
+    let mut env = env_tuned(&[], |s| s.account_status = StatusWriter::Accounts).await;
+    let ns = env.ns.name().to_string();
+    let (secret, key) = (
+        format!("solo-key-{}", random_suffix(6)),
+        format!("sk_test_solo_{}", random_suffix(12)),
+    );
+    env.sim.add_account("acct-solo", &key);
+    key_secret(&env.client, &ns, &secret, &key).await;
+    let ca = ClusterAccountGuard::new(&env.client, "written", false, |s| {
+        s.secret_ref.name = secret.clone();
+        s.namespaces = Some(vec![ns.clone()]);
+    })
+    .await;
+    let on_cluster = InboxSpec {
+        account_ref: ca.reference(),
+        ..Default::default()
+    };
+    env.create_ready("on-cluster", on_cluster).await;
+    // Created once the ClusterAccount is in the operator's cache (an Inbox resolved it):
+    // every round that writes the Account has passed the ClusterAccounts, which come first.
+    let own_key = "sk_test_own_0123456789";
+    env.sim.add_account("acct-own", own_key);
+    key_secret(&env.client, &ns, "own-key", own_key).await;
+    account(&env.client, &ns, "own", "own-key").await;
+    let accounts: Api<Account> = Api::namespaced(env.client.clone(), &ns);
+    wait_for("the Account status", T, || async {
+        accounts.get("own").await.ok()?.status
+    })
+    .await;
+    let clusters: Api<ClusterAccount> = Api::all(env.client.clone());
+    let ready = |s: &AccountStatus| s.conditions.iter().any(|c| c.status == "True");
+    let unwritten = clusters.get(&ca.name).await.expect("ClusterAccount");
+    assert!(
+        !unwritten.status.as_ref().is_some_and(ready),
+        "this instance wrote it: {:?}",
+        unwritten.status
+    );
+
+    env.halt().await;
+    env.spawn_controller(|_| {}, |s| s.operator_namespace = ns.clone());
+    wait_for("the ClusterAccount status", T, || async {
+        let s = clusters.get(&ca.name).await.ok()?.status?;
+        (ready(&s) && s.inboxes == Some(1)).then_some(())
+    })
+    .await;
     env.stop().await;
 }

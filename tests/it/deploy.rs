@@ -449,6 +449,10 @@ async fn namespaced_install_works_and_is_confined_by_rbac() {
             "--leader-elect",
             "--lease-namespace",
             home.name(),
+            // As POD_NAMESPACE in the pod: ClusterAccount key Secrets are looked for (and
+            // watched by name) where the install's Role allows it.
+            "--operator-namespace",
+            home.name(),
             "--sync-interval",
             "5s",
             "--metrics-secure",
