@@ -459,24 +459,37 @@ impl ControlPlane {
             String::from_utf8_lossy(&out.stderr),
             self.apiserver_log_tail(30)
         );
-        let out = self
-            .kubectl()
-            .args([
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/inboxes.agentsend.io",
-                "crd/accounts.agentsend.io",
-                "crd/clusteraccounts.agentsend.io",
-            ])
-            .output()
-            .expect("kubectl wait");
-        assert!(
-            out.status.success(),
-            "CRD not Established: {}\n--- kube-apiserver log tail ---\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.apiserver_log_tail(30)
-        );
+        // `kubectl wait` gives up at the first error the just-started apiserver returns (a
+        // transient 503 while it installs the CRDs' handlers), so it is retried to a deadline.
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let out = self
+                .kubectl()
+                .args([
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=30s",
+                    "crd/inboxes.agentsend.io",
+                    "crd/accounts.agentsend.io",
+                    "crd/clusteraccounts.agentsend.io",
+                ])
+                .output()
+                .expect("kubectl wait");
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "CRD not Established: {}\n--- kube-apiserver log tail ---\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.apiserver_log_tail(30)
+            );
+            eprintln!(
+                "test: kubectl wait for the CRDs: {} (retrying)",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self
             .kubectl()
