@@ -15,6 +15,7 @@
 pub mod account_status;
 pub mod account_watch;
 pub mod accounts;
+pub mod claims;
 pub mod credentials;
 pub mod decide;
 pub mod events;
@@ -25,6 +26,7 @@ pub mod plan;
 pub mod refresh;
 pub mod status;
 pub mod watches;
+pub mod written;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -219,6 +221,10 @@ pub struct Context {
     pub(crate) recorder: EventRecorder,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) inbox_stores: Vec<Store<Inbox>>,
+    /// Who names which inbox ID, per Inbox cache (fed by the same watch events).
+    pub(crate) inbox_claims: Vec<claims::ClaimIndex>,
+    /// The same for the cluster-wide claims index, when there is one.
+    pub(crate) cluster_claims: claims::ClaimIndex,
     /// Every Inbox's claim cluster-wide, when `inbox_stores` do not cover the cluster, and
     /// whether it has listed yet.
     pub(crate) claims_index: Option<(Store<PartialObjectMeta<Inbox>>, Arc<AtomicBool>)>,
@@ -227,6 +233,8 @@ pub struct Context {
     pub(crate) namespace_stores: HashMap<Option<String>, Store<watches::NamespaceMeta>>,
     pub(crate) failures: Mutex<HashMap<ObjectRef<Inbox>, u32>>,
     pub(crate) holds: Mutex<HashMap<ObjectRef<Inbox>, (plan::Hold, std::time::Instant)>>,
+    /// This process's last write to each Inbox, until the cache shows it.
+    pub(crate) last_writes: written::LastWrites,
     /// Asks the controller to reconcile an Inbox (counter sync, released bindings).
     pub(crate) wake: mpsc::UnboundedSender<ObjectRef<Inbox>>,
     /// The Account and ClusterAccount caches.
@@ -257,6 +265,8 @@ impl Context {
             api,
             metrics,
             inbox_stores: scopes.iter().map(|s| s.inboxes.clone()).collect(),
+            inbox_claims: scopes.iter().map(|s| s.claims.clone()).collect(),
+            cluster_claims: claims::ClaimIndex::default(),
             claims_index: None,
             secret_stores: scopes
                 .iter()
@@ -268,6 +278,7 @@ impl Context {
                 .collect(),
             failures: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
+            last_writes: written::LastWrites::default(),
             wake,
             accounts,
             settings,
@@ -404,6 +415,8 @@ impl EventRecorder {
 struct Scope {
     ns: Option<String>,
     inboxes: Store<Inbox>,
+    /// The claims of the Inboxes in `inboxes`, by inbox ID.
+    claims: claims::ClaimIndex,
     inbox_events: BoxStream<'static, Result<Inbox, watcher::Error>>,
     secrets: Store<PartialObjectMeta<Secret>>,
     secret_events: BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
@@ -440,12 +453,18 @@ impl Scope {
         let (namespaces, namespace_events) = watches::namespaces(client, ns.as_deref());
         let references_changed = Arc::new(tokio::sync::Notify::new());
         let notify = references_changed.clone();
-        let inbox_events = inbox_events.inspect_ok(move |_| notify.notify_one());
+        let claims = claims::ClaimIndex::default();
+        let index = claims.clone();
+        let inbox_events = inbox_events.inspect_ok(move |e| {
+            index.apply(e, Inbox::bound_inbox_id);
+            notify.notify_one();
+        });
         Scope {
             namespaces,
             namespace_events: watches::without_errors(namespace_events, "namespaces").boxed(),
             ns,
             inboxes,
+            claims,
             references_changed,
             inbox_events: watches::without_errors(inbox_events.applied_objects(), "Inboxes")
                 .boxed(),
@@ -539,6 +558,8 @@ fn keep_claims_index(client: &Client, ctx: &mut Context, stop: &CancellationToke
     let listed = Arc::new(AtomicBool::new(false));
     let (store, events) = watches::claims_index(client, listed.clone());
     ctx.claims_index = Some((store, listed));
+    let claims = ctx.cluster_claims.clone();
+    let events = events.inspect_ok(move |e| claims.apply(e, claims::annotated_id));
     let index = events.for_each(|e| async move {
         if let Err(e) = e {
             tracing::debug!(error = %e, "cluster-wide Inbox index");
