@@ -23,6 +23,7 @@ mod execute;
 pub mod in_use;
 pub mod key_secrets;
 pub mod plan;
+pub mod references;
 pub mod refresh;
 pub mod status;
 pub mod watches;
@@ -422,7 +423,7 @@ struct Scope {
     secret_events: BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
     namespaces: Store<watches::NamespaceMeta>,
     namespace_events: BoxStream<'static, Result<watches::NamespaceMeta, watcher::Error>>,
-    /// Pinged on every Inbox event: the set of referenced key Secrets may have changed.
+    /// Pinged on the Inbox events that may change the set of referenced key Secrets.
     references_changed: Arc<tokio::sync::Notify>,
 }
 
@@ -455,9 +456,12 @@ impl Scope {
         let notify = references_changed.clone();
         let claims = claims::ClaimIndex::default();
         let index = claims.clone();
+        let mut references = references::ReferenceTracker::default();
         let inbox_events = inbox_events.inspect_ok(move |e| {
             index.apply(e, Inbox::bound_inbox_id);
-            notify.notify_one();
+            if references.changed_by(e) {
+                notify.notify_one();
+            }
         });
         Scope {
             namespaces,
