@@ -93,7 +93,7 @@ async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
     let pass = Pass::new(ctx, &inbox)?;
     if ctx
         .last_writes
-        .behind(&pass.obj, inbox.metadata.resource_version.as_deref())
+        .behind(&pass.uid, inbox.metadata.resource_version.as_deref())
     {
         tracing::debug!("the cache has not caught up with this operator's last write yet");
         return Ok(Passed {
@@ -106,7 +106,7 @@ async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
     let outcome = run_phase(&pass, inbox).await;
     let last = *pass.last_write.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(w) = last {
-        ctx.last_writes.note(&pass.obj, w);
+        ctx.last_writes.note(&pass.uid, w);
     }
     let action = outcome?;
     let failed = *pass.failed.lock().unwrap_or_else(|p| p.into_inner());

@@ -12,10 +12,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kube::runtime::reflector::ObjectRef;
-
-use crate::crd::Inbox;
-
 /// How long a noted write makes older views wait for the watch.
 pub const TTL: Duration = Duration::from_secs(60);
 
@@ -52,7 +48,8 @@ pub fn behind(cached: Option<&str>, last: Write) -> bool {
     }
 }
 
-/// The last write per Inbox, for [`TTL`].
+/// The last write per Inbox (by UID: an Inbox deleted and created again under the same name
+/// is another object), for [`TTL`].
 #[derive(Default)]
 pub struct LastWrites {
     entries: Mutex<Entries>,
@@ -60,48 +57,49 @@ pub struct LastWrites {
 
 #[derive(Default)]
 struct Entries {
-    map: HashMap<ObjectRef<Inbox>, (Write, Instant)>,
+    map: HashMap<String, (Write, Instant)>,
     /// Sweep expired notes (of Inboxes whose catching-up view never came: deleted ones)
     /// when `map` reaches this size: O(1) amortised per note.
     sweep_at: usize,
 }
 
 impl LastWrites {
-    /// Note this process's write to `obj` (a later one replaces an earlier one).
-    pub fn note(&self, obj: &ObjectRef<Inbox>, write: Write) {
+    /// Note this process's write to the Inbox with UID `uid` (a later one replaces an
+    /// earlier one).
+    pub fn note(&self, uid: &str, write: Write) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.map.len() >= entries.sweep_at {
             entries.map.retain(|_, (_, at)| at.elapsed() < TTL);
             entries.sweep_at = (entries.map.len() * 2).max(1024);
         }
-        let keep = match (entries.map.get(obj), write) {
+        let keep = match (entries.map.get(uid), write) {
             (Some((Write::Finalized, _)), _) => false,
             (Some((Write::Version(old), _)), Write::Version(new)) => new > *old,
             _ => true,
         };
         if keep {
-            entries.map.insert(obj.clone(), (write, Instant::now()));
+            entries.map.insert(uid.to_string(), (write, Instant::now()));
         }
     }
 
-    /// Whether the cached view of `obj` at `cached` predates the last write noted; a view
-    /// that has caught up clears the note.
-    pub fn behind(&self, obj: &ObjectRef<Inbox>, cached: Option<&str>) -> bool {
+    /// Whether the cached view of the Inbox with UID `uid` at `cached` predates the last
+    /// write noted; a view that has caught up clears the note.
+    pub fn behind(&self, uid: &str, cached: Option<&str>) -> bool {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((last, at)) = entries.map.get(obj).copied() else {
+        let Some((last, at)) = entries.map.get(uid).copied() else {
             return false;
         };
         if at.elapsed() < TTL && behind(cached, last) {
             return true;
         }
-        entries.map.remove(obj);
+        entries.map.remove(uid);
         false
     }
 
-    /// Forget `obj` (its deletion is complete, or it was never written).
-    pub fn forget(&self, obj: &ObjectRef<Inbox>) {
+    /// Forget the Inbox with UID `uid`.
+    pub fn forget(&self, uid: &str) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries.map.remove(obj);
+        entries.map.remove(uid);
     }
 
     /// How many Inboxes have a note.
@@ -147,21 +145,25 @@ mod tests {
     #[test]
     fn a_view_that_caught_up_clears_the_note() {
         let w = LastWrites::default();
-        let a = ObjectRef::new("a").within("ns");
-        assert!(!w.behind(&a, Some("1")), "nothing written");
-        w.note(&a, Write::Version(10));
-        w.note(&a, Write::Version(8));
+        let a = "uid-a";
+        assert!(!w.behind(a, Some("1")), "nothing written");
+        w.note(a, Write::Version(10));
+        w.note(a, Write::Version(8));
         assert!(
-            w.behind(&a, Some("9")),
+            w.behind(a, Some("9")),
             "an older note never replaces a newer one"
         );
-        assert!(!w.behind(&a, Some("10")));
+        assert!(!w.behind(a, Some("10")));
         assert!(w.is_empty(), "caught up: cleared");
-        w.note(&a, Write::Version(12));
-        w.note(&a, Write::Finalized);
-        w.note(&a, Write::Version(20));
-        assert!(w.behind(&a, Some("30")), "finalized stays finalized");
-        w.forget(&a);
-        assert!(!w.behind(&a, Some("30")));
+        w.note(a, Write::Version(12));
+        w.note(a, Write::Finalized);
+        w.note(a, Write::Version(20));
+        assert!(w.behind(a, Some("30")), "finalized stays finalized");
+        assert!(
+            !w.behind("uid-b", Some("1")),
+            "the same name created again is another Inbox"
+        );
+        w.forget(a);
+        assert!(!w.behind(a, Some("30")));
     }
 }
