@@ -5,13 +5,16 @@
 //! seconds on a shared machine are noise), then time to Ready, AgentSend requests and 429s per
 //! created inbox, the operator's Kubernetes writes to Inboxes and Secrets and its events per
 //! Inbox (from the apiserver's `apiserver_request_total` by verb and resource), requests and
-//! Kubernetes writes per sync interval at rest, operator peak RSS and CPU per Inbox, and the
-//! time (and writes) to delete everything.
+//! the operator's Kubernetes writes per sync interval at rest, operator peak RSS and CPU per
+//! Inbox, and the time (and writes) to delete everything; then each phase's writes by verb,
+//! resource and answer code (so that the control plane's own writes, such as its lease
+//! renewals, are told apart from the operator's) and the load average around each run.
 //!
 //! Usage: `cargo run --release -p inbox-bench -- --inboxes 100,1000,10000`
 //! (see `hack/bench.sh`; figures go into BENCHMARKS.md).
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -151,7 +154,7 @@ const WRITE_VERBS: [&str; 6] = [
 ];
 
 /// Kubernetes writes so far, from the apiserver's `apiserver_request_total` (mutating verbs).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Writes {
     /// To every resource.
     all: f64,
@@ -159,16 +162,62 @@ struct Writes {
     inboxes_secrets: f64,
     /// To Events (core and events.k8s.io).
     events: f64,
+    /// By `VERB resource[/subresource] code`, to tell whose writes they are (a lease renewal of
+    /// the control plane is not the operator's).
+    by: BTreeMap<String, f64>,
 }
 
 impl std::ops::Sub for Writes {
     type Output = Writes;
     fn sub(self, o: Writes) -> Writes {
+        let mut by = self.by;
+        for (k, v) in o.by {
+            *by.entry(k).or_default() -= v;
+        }
+        by.retain(|_, v| v.abs() > 0.0);
         Writes {
             all: self.all - o.all,
             inboxes_secrets: self.inboxes_secrets - o.inboxes_secrets,
             events: self.events - o.events,
+            by,
         }
+    }
+}
+
+/// Resources the operator writes: writes to any other (leases of the control plane's
+/// components, its own bookkeeping) are not the operator's. The operator writes a Lease only
+/// with `--leader-elect`, which the tool does not pass.
+const OPERATOR_RESOURCES: [&str; 6] = [
+    "inboxes",
+    "secrets",
+    "events",
+    "accounts",
+    "clusteraccounts",
+    "configmaps",
+];
+
+impl Writes {
+    /// Writes to the resources the operator writes ([`OPERATOR_RESOURCES`]).
+    fn operators(&self) -> f64 {
+        self.by
+            .iter()
+            .filter(|(k, _)| {
+                let resource = k.split(' ').nth(1).unwrap_or("");
+                let resource = resource.split('/').next().unwrap_or("");
+                OPERATOR_RESOURCES.contains(&resource)
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// The breakdown, one `key: count` per entry, each divided by `per`.
+    fn breakdown(&self, per: f64) -> String {
+        self.by
+            .iter()
+            .filter(|(_, v)| (*v / per).abs() >= 0.0005)
+            .map(|(k, v)| format!("{k}: {:.3}", v / per))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 }
 
@@ -213,6 +262,19 @@ async fn scrape_writes(client: &Client) -> Result<Writes, String> {
             continue;
         };
         w.all += v;
+        let key = format!(
+            "{} {}{}{} {}",
+            label(line, "verb").unwrap_or(""),
+            label(line, "resource").unwrap_or(""),
+            if label(line, "subresource").is_some_and(|s| !s.is_empty()) {
+                "/"
+            } else {
+                ""
+            },
+            label(line, "subresource").unwrap_or(""),
+            label(line, "code").unwrap_or("")
+        );
+        *w.by.entry(key).or_default() += v;
         match label(line, "resource") {
             Some("inboxes" | "secrets") => w.inboxes_secrets += v,
             Some("events") => w.events += v,
@@ -257,7 +319,13 @@ struct Row {
     /// The operator's writes while deleting (the tool's one delete-collection not counted).
     delete_writes: Writes,
     rest_api: f64,
-    rest_writes: f64,
+    /// Kubernetes writes during the at-rest intervals (all of them, not per interval).
+    rest_writes: Writes,
+    /// The 1-minute load average when the Inboxes were created, and after the deletion.
+    load: (f64, f64),
+    /// Seconds the tool's own N DELETE requests took (the rest of the deletion is the
+    /// operator's cleanup).
+    delete_requests_s: f64,
     rss_mib: f64,
     cpu_s: f64,
     delete_s: f64,
@@ -288,12 +356,17 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let api: Api<Inbox> = Api::namespaced(client.clone(), "bench");
+    let load_before = load_average();
     let before = apiserver_writes(&client).await?;
     let ready_s = create_inboxes_until_ready(&api, n, args.timeout).await?;
     let mut create_writes = apiserver_writes(&client).await? - before;
     // The tool's own creates of the N Inboxes are not the operator's.
     create_writes.inboxes_secrets -= n as f64;
     create_writes.all -= n as f64;
+    *create_writes
+        .by
+        .entry("POST inboxes 201".into())
+        .or_default() -= n as f64;
     let created = sim.inbox_count();
     if created != n {
         return Err(format!("{created} AgentSend inboxes for {n} Inboxes"));
@@ -304,10 +377,16 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     let limited_pct = 100.0 * limited as f64 / (requests.max(1)) as f64;
     let (rest_api, rest_writes) = at_rest(args.sync_interval, &sim, &client).await?;
     let before = apiserver_writes(&client).await?;
-    let delete_s = delete_all(&api, args.timeout).await?;
+    let (delete_s, delete_requests_s) = delete_all(&api, n, args.timeout).await?;
     let mut delete_writes = apiserver_writes(&client).await? - before;
-    delete_writes.inboxes_secrets -= 1.0;
-    delete_writes.all -= 1.0;
+    // The tool's own N deletes are not the operator's (200: the Inboxes carry a finalizer).
+    delete_writes.inboxes_secrets -= n as f64;
+    delete_writes.all -= n as f64;
+    *delete_writes
+        .by
+        .entry("DELETE inboxes 200".into())
+        .or_default() -= n as f64;
+    let load_after = load_average();
     if sim.inbox_count() != 0 {
         return Err(format!(
             "{} AgentSend inboxes left after deletion",
@@ -327,13 +406,24 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
         delete_writes,
         rest_api,
         rest_writes,
+        delete_requests_s,
+        load: (load_before, load_after),
         rss_mib,
         cpu_s,
         delete_s,
     })
 }
 
-/// `kubectl apply --server-side` of the committed CRD, then wait until it is Established.
+/// The operator's CRDs, as committed under `crds/`.
+const CRDS: [&str; 3] = [
+    "inboxes.agentsend.io",
+    "accounts.agentsend.io",
+    "clusteraccounts.agentsend.io",
+];
+
+/// `kubectl apply --server-side` of the committed CRDs (Inbox, Account, ClusterAccount: the
+/// operator waits for the account caches before any pass), then wait until they are
+/// Established.
 fn install_crd(root: &Path, kubeconfig: &Path) -> Result<(), String> {
     let kubectl = |args: &[&str]| {
         Command::new("kubectl")
@@ -344,16 +434,20 @@ fn install_crd(root: &Path, kubeconfig: &Path) -> Result<(), String> {
             .status()
             .map_err(|e| e.to_string())
     };
-    let crd = root.join("crds/inboxes.agentsend.io.yaml");
-    if !kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()])?.success() {
-        return Err("CRD install failed".into());
+    for name in CRDS {
+        let crd = root.join(format!("crds/{name}.yaml"));
+        if !kubectl(&["apply", "--server-side", "-f", &crd.to_string_lossy()])?.success() {
+            return Err(format!("CRD {name} install failed"));
+        }
     }
-    kubectl(&[
-        "wait",
-        "--for",
-        "condition=established",
-        "crd/inboxes.agentsend.io",
-    ])?;
+    for name in CRDS {
+        kubectl(&[
+            "wait",
+            "--for",
+            "condition=established",
+            &format!("crd/{name}"),
+        ])?;
+    }
     Ok(())
 }
 
@@ -485,41 +579,55 @@ async fn at_rest(
     interval: Duration,
     sim: &Simulator,
     client: &Client,
-) -> Result<(f64, f64), String> {
+) -> Result<(f64, Writes), String> {
     tokio::time::sleep(interval + Duration::from_secs(3)).await;
     let api_before = sim.total_requests();
     let writes_before = apiserver_writes(client).await?;
     tokio::time::sleep(interval * REST_INTERVALS).await;
     let rest_api = (sim.total_requests() - api_before) as f64 / f64::from(REST_INTERVALS);
-    let rest_writes =
-        (apiserver_writes(client).await? - writes_before).all / f64::from(REST_INTERVALS);
+    let rest_writes = apiserver_writes(client).await? - writes_before;
     Ok((rest_api, rest_writes))
 }
 
-/// Delete every Inbox at once; seconds until none is left.
-async fn delete_all(api: &Api<Inbox>, timeout: Duration) -> Result<f64, String> {
+/// Delete every Inbox, one DELETE each with the same client concurrency as the creates (like
+/// the creates, and unlike a delete-collection, which the API server works through one item
+/// at a time); seconds until none is left, and seconds the DELETE requests took.
+async fn delete_all(api: &Api<Inbox>, n: usize, timeout: Duration) -> Result<(f64, f64), String> {
     let started = Instant::now();
-    // Idempotent, so tried again after a dropped connection (a pooled connection may have
-    // gone stale during the idle at-rest phase).
-    let mut tries = 0;
-    while let Err(e) = api
-        .delete_collection(&DeleteParams::default(), &ListParams::default())
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move { delete_retrying(&api, &format!("inbox-{i:05}")).await }
+        })
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .try_collect::<Vec<_>>()
         .await
-    {
-        tries += 1;
-        if tries >= 5 {
-            return Err(format!("delete collection: {e}"));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        .map_err(|e| format!("delete Inboxes: {e}"))?;
+    let requests_s = started.elapsed().as_secs_f64();
     loop {
         if let Ok((0, _)) = count_ready(api).await {
-            return Ok(started.elapsed().as_secs_f64());
+            return Ok((started.elapsed().as_secs_f64(), requests_s));
         }
         if started.elapsed() > timeout {
             return Err(format!("Inboxes left after {timeout:?}"));
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Delete `name`, trying again after a dropped connection; "not found" after such a retry
+/// means the first try made it.
+async fn delete_retrying(api: &Api<Inbox>, name: &str) -> Result<(), kube::Error> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 && tries > 1 => return Ok(()),
+            Err(e @ kube::Error::Api(_)) => return Err(e),
+            Err(_) if tries < 5 => tokio::time::sleep(Duration::from_millis(500)).await,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -569,6 +677,8 @@ async fn main() -> std::process::ExitCode {
     print_times(&rows);
     println!();
     print_costs(&rows);
+    println!();
+    print_breakdown(&rows);
     std::process::ExitCode::SUCCESS
 }
 
@@ -592,10 +702,37 @@ fn print_times(rows: &[Row]) {
     }
 }
 
+/// The 1-minute load average of the machine (the benchmark shares it).
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Which writes each phase made, per Inbox (at rest: per interval), by verb, resource and
+/// answer code; and the load average around the run.
+fn print_breakdown(rows: &[Row]) {
+    for r in rows {
+        let n = r.n as f64;
+        println!(
+            "N = {}: load average {:.1} at the start, {:.1} after the deletion; the tool's {} DELETE requests took {:.1} s",
+            r.n, r.load.0, r.load.1, r.n, r.delete_requests_s
+        );
+        println!("  writes / created Inbox: {}", r.create_writes.breakdown(n));
+        println!("  writes / deleted Inbox: {}", r.delete_writes.breakdown(n));
+        println!(
+            "  writes / interval at rest (all components; the column counts {}): {}",
+            OPERATOR_RESOURCES.join(", "),
+            r.rest_writes.breakdown(f64::from(REST_INTERVALS))
+        );
+    }
+}
+
 /// Costs per Inbox and at rest.
 fn print_costs(rows: &[Row]) {
     println!(
-        "| Inboxes | AgentSend req / created inbox | 429s (% of req) | K8s writes to Inboxes+Secrets / created Inbox | events / created Inbox | writes to Inboxes+Secrets / deleted Inbox | events / deleted Inbox | AgentSend req / interval at rest | K8s writes / interval at rest | peak RSS (MiB) | CPU / Inbox (ms) |"
+        "| Inboxes | AgentSend req / created inbox | 429s (% of req) | K8s writes to Inboxes+Secrets / created Inbox | events / created Inbox | writes to Inboxes+Secrets / deleted Inbox | events / deleted Inbox | AgentSend req / interval at rest | operator's K8s writes / interval at rest | peak RSS (MiB) | CPU / Inbox (ms) |"
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
@@ -611,7 +748,7 @@ fn print_costs(rows: &[Row]) {
             r.delete_writes.events / n,
             r.rest_api,
             r.n.div_ceil(100),
-            r.rest_writes,
+            r.rest_writes.operators() / f64::from(REST_INTERVALS) + 0.0,
             r.rss_mib,
             1000.0 * r.cpu_s / n
         );
@@ -621,6 +758,26 @@ fn print_costs(rows: &[Row]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn writes_of_the_control_plane_are_not_the_operators() {
+        let w = |pairs: &[(&str, f64)]| Writes {
+            by: pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            ..Writes::default()
+        };
+        let before = w(&[("PUT leases 200", 10.0), ("PATCH inboxes/status 200", 5.0)]);
+        let after = w(&[
+            ("PUT leases 200", 12.0),
+            ("PATCH inboxes/status 200", 5.0),
+            ("POST events 201", 1.0),
+        ]);
+        let d = after - before;
+        assert_eq!(d.operators(), 1.0);
+        assert_eq!(
+            d.breakdown(1.0),
+            "POST events 201: 1.000; PUT leases 200: 2.000"
+        );
+    }
 
     #[test]
     fn labels_are_read_from_exposition_lines() {

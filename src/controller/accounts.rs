@@ -332,8 +332,44 @@ impl CreateGates {
 /// Inbox ID → the Inbox bound to it, in one account.
 pub type Bound = HashMap<String, ObjectRef<Inbox>>;
 
-/// A bind by this process: (owner UID, owner `namespace/name`, when).
-type RecentBind = (String, String, Instant);
+/// A bind by this process: (owner UID, owner `namespace/name`).
+type RecentBind = (String, String);
+
+/// Entries remembered for [`RECENTLY_BOUND_TTL`]: expired ones are swept once the map has
+/// doubled since the last sweep, so that an insert costs O(1) amortised, not a walk over
+/// every entry (which made each bind and release cost O(N) during a bulk apply or delete).
+struct Recent<V> {
+    entries: HashMap<String, (V, Instant)>,
+    /// Sweep expired entries when `entries` reaches this size.
+    sweep_at: usize,
+}
+
+impl<V> Default for Recent<V> {
+    fn default() -> Self {
+        Recent {
+            entries: HashMap::new(),
+            sweep_at: 0,
+        }
+    }
+}
+
+impl<V> Recent<V> {
+    fn insert(&mut self, key: String, value: V) {
+        if self.entries.len() >= self.sweep_at {
+            self.entries
+                .retain(|_, (_, at)| at.elapsed() < RECENTLY_BOUND_TTL);
+            self.sweep_at = (self.entries.len() * 2).max(1024);
+        }
+        self.entries.insert(key, (value, Instant::now()));
+    }
+
+    fn get(&self, key: &str) -> Option<&V> {
+        self.entries
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < RECENTLY_BOUND_TTL)
+            .map(|(v, _)| v)
+    }
+}
 
 /// The bindings, indexed both ways so that every update and lookup is O(1).
 #[derive(Default)]
@@ -368,10 +404,10 @@ pub struct BindingRegistry {
     bindings: Arc<Mutex<Bindings>>,
     /// Inbox IDs this process bound recently (the watch cache may not show them yet):
     /// ID → (owner UID, owner `namespace/name`, when).
-    recently_bound: Arc<Mutex<HashMap<String, RecentBind>>>,
+    recently_bound: Arc<Mutex<Recent<RecentBind>>>,
     /// UIDs of Inboxes whose deletion released their binding (the watch cache may still
     /// show them for a moment): they own nothing any more.
-    released: Arc<Mutex<HashMap<String, Instant>>>,
+    released: Arc<Mutex<Recent<()>>>,
     /// Inbox ID → Inboxes refused because another Inbox owns it; woken when it is released.
     waiters: Arc<Mutex<HashMap<String, HashSet<ObjectRef<Inbox>>>>>,
 }
@@ -419,31 +455,32 @@ impl BindingRegistry {
     /// Note that this process just bound `id` to the Inbox with UID `owner`, called `name`
     /// (`namespace/name`).
     pub fn note_bound(&self, id: &str, owner: &str, name: &str) {
-        let mut m = lock(&self.recently_bound);
-        m.retain(|_, (_, _, at)| at.elapsed() < RECENTLY_BOUND_TTL);
-        m.insert(
-            id.to_string(),
-            (owner.to_string(), name.to_string(), Instant::now()),
-        );
+        lock(&self.recently_bound).insert(id.to_string(), (owner.to_string(), name.to_string()));
     }
 
-    /// IDs bound by this process within the last minutes to Inboxes other than `owner`,
-    /// with the `namespace/name` of the Inbox each is bound to.
-    pub fn recently_bound_except(&self, owner: &str) -> HashMap<String, String> {
-        lock(&self.recently_bound)
-            .iter()
-            .filter(|(_, (o, _, at))| o != owner && at.elapsed() < RECENTLY_BOUND_TTL)
-            .map(|(id, (_, name, _))| (id.clone(), name.clone()))
-            .collect()
+    /// The `namespace/name` of the Inbox other than `owner` this process bound `id` to within
+    /// the last minutes, unless that Inbox has released it since.
+    pub fn recently_bound_to(&self, id: &str, owner: &str) -> Option<String> {
+        let (uid, name) = lock(&self.recently_bound)
+            .get(id)
+            .filter(|(o, _)| o != owner)
+            .cloned()?;
+        (!self.is_released(&uid)).then_some(name)
     }
 
     /// The Inbox with UID `owner` is gone: its bindings are free at once (a re-created
     /// Inbox may adopt the inbox now). Returns the Inboxes that were waiting for `ids`.
     pub fn release(&self, owner: &str, ids: &[String]) -> Vec<ObjectRef<Inbox>> {
-        lock(&self.recently_bound).retain(|_, (o, _, _)| o != owner);
-        let mut released = lock(&self.released);
-        released.retain(|_, at| at.elapsed() < RECENTLY_BOUND_TTL);
-        released.insert(owner.to_string(), Instant::now());
+        {
+            let mut recent = lock(&self.recently_bound);
+            for id in ids {
+                if recent.get(id).is_some_and(|(o, _)| o == owner) {
+                    recent.entries.remove(id);
+                }
+            }
+        }
+        // Any other ID it bound is freed by `recently_bound_to`'s check of this mark.
+        lock(&self.released).insert(owner.to_string(), ());
         let mut waiters = lock(&self.waiters);
         ids.iter()
             .filter_map(|id| waiters.remove(id))
@@ -453,9 +490,7 @@ impl BindingRegistry {
 
     /// Whether the Inbox with this UID released its bindings (it is being deleted).
     pub fn is_released(&self, uid: &str) -> bool {
-        lock(&self.released)
-            .get(uid)
-            .is_some_and(|at| at.elapsed() < RECENTLY_BOUND_TTL)
+        lock(&self.released).get(uid).is_some()
     }
 
     /// `obj` was refused inbox `id` (another Inbox owns it): wake it when that one goes.
@@ -652,9 +687,9 @@ mod tests {
         let b = BindingRegistry::default();
         b.note_bound("i1", "uid-a", "ns/a");
         b.note_bound("i2", "uid-b", "ns/b");
-        let for_a = b.recently_bound_except("uid-a");
-        assert!(!for_a.contains_key("i1"));
-        assert_eq!(for_a.get("i2").map(String::as_str), Some("ns/b"));
+        assert_eq!(b.recently_bound_to("i1", "uid-a"), None);
+        assert_eq!(b.recently_bound_to("i2", "uid-a").as_deref(), Some("ns/b"));
+        assert_eq!(b.recently_bound_to("i3", "uid-a"), None);
     }
 
     #[test]
@@ -664,7 +699,7 @@ mod tests {
         b.wait_for("i1", obj("thief"));
         b.wait_for("i2", obj("other"));
         assert_eq!(b.release("uid-a", &["i1".into()]), vec![obj("thief")]);
-        assert!(b.recently_bound_except("uid-b").is_empty());
+        assert_eq!(b.recently_bound_to("i1", "uid-b"), None);
         assert!(b.is_released("uid-a") && !b.is_released("uid-b"));
         assert!(b.release("uid-a", &["i1".into()]).is_empty(), "woken once");
     }

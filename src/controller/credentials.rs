@@ -289,6 +289,18 @@ pub fn needs_namespace_labels(inputs: &Inputs) -> bool {
         .any(|a| a.rules.namespace_selector.is_some())
 }
 
+/// Whether deciding for `inbox` needs the other Inboxes of its namespace (an account whose
+/// rules may apply sets `maxInboxesPerNamespace`; deleting never checks the quota). Listing
+/// them costs a walk over the whole Inbox cache, so a pass without a quota skips it.
+pub fn needs_peers(inputs: &Inputs) -> bool {
+    !inputs.cleanup
+        && inputs
+            .referenced
+            .iter()
+            .chain(inputs.defaults.first())
+            .any(|a| a.rules.max_inboxes_per_namespace.is_some())
+}
+
 /// The key source of `inbox`.
 pub fn resolve(inbox: &Inbox, inputs: &Inputs) -> Source {
     let ns = inbox.metadata.namespace.as_deref().unwrap_or_default();
@@ -1051,6 +1063,49 @@ mod tests {
             ),
         ] {
             assert_eq!(needs_namespace_labels(&inputs), want, "{inputs:?}");
+        }
+    }
+
+    #[test]
+    fn peers_are_listed_only_when_a_quota_may_apply() {
+        let quota = shared(|r| r.max_inboxes_per_namespace = Some(2));
+        for (case, inputs, want) in [
+            ("no account", Inputs::default(), false),
+            (
+                "account without a quota",
+                Inputs {
+                    referenced: Some(shared(|_| {})),
+                    ..Default::default()
+                },
+                false,
+            ),
+            (
+                "referenced account with a quota",
+                Inputs {
+                    referenced: Some(quota.clone()),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                "default account with a quota",
+                Inputs {
+                    defaults: vec![quota.clone()],
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                "deleting",
+                Inputs {
+                    referenced: Some(quota),
+                    cleanup: true,
+                    ..Default::default()
+                },
+                false,
+            ),
+        ] {
+            assert_eq!(needs_peers(&inputs), want, "{case}");
         }
     }
 

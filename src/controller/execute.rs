@@ -17,15 +17,18 @@ use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
 use tracing::{Instrument, field, info, warn};
 
+use super::claims::{self, ClaimIndex, Claimant};
 use super::events::InboxEvent;
 use super::plan::{
     self, Claim, Credentials, Done, Failures, Lookup, Marked, Observed, Phase, Report, Step, Then,
 };
+use super::written::{self, Write};
 use super::{Context, Error};
 use super::{account_watch, credentials, decide, in_use};
 use crate::account;
@@ -88,17 +91,40 @@ fn record(metrics: &Metrics, result: &Result<Passed, Error>, started: Instant) {
 
 async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
     let pass = Pass::new(ctx, &inbox)?;
+    if ctx
+        .last_writes
+        .behind(&pass.uid, inbox.metadata.resource_version.as_deref())
+    {
+        tracing::debug!("the cache has not caught up with this operator's last write yet");
+        return Ok(Passed {
+            action: Action::requeue(written::RETRY),
+            failed: None,
+        });
+    }
     // kube's finalizer helper may write (add or remove the finalizer) before any step.
     ctx.may_write()?;
-    let action = match Phase::before_finalizer(&inbox) {
+    let outcome = run_phase(&pass, inbox).await;
+    let last = *pass.last_write.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(w) = last {
+        ctx.last_writes.note(&pass.uid, w);
+    }
+    let action = outcome?;
+    let failed = *pass.failed.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(Passed { action, failed })
+}
+
+/// Run the pass in the phase the Inbox is in, through kube's finalizer helper where it
+/// applies.
+async fn run_phase(pass: &Pass<'_>, inbox: Arc<Inbox>) -> Result<Action, Error> {
+    Ok(match Phase::before_finalizer(&inbox) {
         Some(phase) => pass.run(&inbox, phase).await?,
         // Without the finalizer, not deleted: this pass adds it with its first write (with the
         // pending mark when that is the first), rather than in a write of its own.
         None if needs_finalizer(&inbox) => pass.run(&inbox, Phase::Apply).await?,
         // kube's helper adds the finalizer, or runs Apply / Cleanup (and then removes it).
         None => {
-            let p = &pass;
-            finalizer(
+            let p = pass;
+            let action = finalizer(
                 &pass.inboxes,
                 crd::FINALIZER,
                 inbox,
@@ -110,11 +136,14 @@ async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
                 },
             )
             .await
-            .map_err(Error::from)?
+            .map_err(Error::from)?;
+            if pass.released.load(std::sync::atomic::Ordering::Relaxed) {
+                // The helper removed the finalizer after the release: done with this Inbox.
+                pass.wrote(Write::Finalized);
+            }
+            action
         }
-    };
-    let failed = *pass.failed.lock().unwrap_or_else(|p| p.into_inner());
-    Ok(Passed { action, failed })
+    })
 }
 
 /// Whether the Inbox lacks the finalizer and is not being deleted.
@@ -170,6 +199,10 @@ struct Pass<'a> {
     inboxes: Api<Inbox>,
     secrets: Api<Secret>,
     failed: Mutex<Option<&'static str>>,
+    /// This pass's last write to the Inbox (see [`written`]).
+    last_write: Mutex<Option<Write>>,
+    /// The pass released the Inbox (deletion done but for the finalizer).
+    released: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Pass<'a> {
@@ -191,7 +224,21 @@ impl<'a> Pass<'a> {
             name,
             uid,
             failed: Mutex::new(None),
+            last_write: Mutex::new(None),
+            released: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Note a write to the Inbox: `Write::version` of what it returned, or `Finalized`.
+    fn wrote(&self, write: Write) {
+        *self.last_write.lock().unwrap_or_else(|p| p.into_inner()) = Some(write);
+    }
+
+    /// Note a write to the Inbox that returned `updated`.
+    fn wrote_inbox(&self, updated: &Inbox) {
+        if let Some(w) = Write::version(updated.metadata.resource_version.as_deref()) {
+            self.wrote(w);
+        }
     }
 
     /// Plan and execute until the planner is done.
@@ -261,8 +308,9 @@ impl<'a> Pass<'a> {
                 *gate = Some(Gate::Exclusive(lock.write_owned().await));
                 o.candidates = Some(self.ctx.api.list_all(&key).await);
             }
-            Step::FindBindings { cluster_wide } => {
-                o.bound_elsewhere = Some(self.bound_elsewhere(&o.inbox, cluster_wide).await?);
+            Step::FindBindings { cluster_wide, ids } => {
+                let found = self.bound_elsewhere(&o.inbox, cluster_wide, &ids).await?;
+                note_bindings(o, found, ids);
             }
             Step::MarkPending { unbind, address } => {
                 self.mark_pending(o, unbind, &address).await?;
@@ -319,6 +367,7 @@ impl<'a> Pass<'a> {
                     .inboxes
                     .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await?;
+                self.wrote_inbox(&updated);
                 o.inbox.metadata.finalizers = updated.metadata.finalizers;
                 o.inbox.metadata.resource_version = updated.metadata.resource_version;
                 o.finalizer_missing = false;
@@ -408,6 +457,8 @@ impl<'a> Pass<'a> {
             self.ctx.bindings.wait_for(id, self.obj.clone());
         }
         if done.release {
+            self.released
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             let used = self.ctx.accounts.may_use(&o.inbox);
             in_use::release_unused(self.ctx, &used, Some(&self.uid)).await;
             self.ctx.bindings.unregister(&self.obj);
@@ -461,13 +512,15 @@ impl<'a> Pass<'a> {
             "kind": Inbox::kind(&()),
             "status": status,
         });
-        self.inboxes
+        let updated = self
+            .inboxes
             .patch_status(
                 &self.name,
                 &PatchParams::apply(crd::FIELD_MANAGER).force(),
                 &Patch::Apply(&body),
             )
             .await?;
+        self.wrote_inbox(&updated);
         Ok(())
     }
 
@@ -495,9 +548,12 @@ impl<'a> Pass<'a> {
             referenced: accounts.referenced(&o.inbox),
             defaults: accounts.defaults(),
             namespace_labels: None,
-            peers: account_watch::peers(self.ctx, &o.inbox),
+            peers: Vec::new(),
             cleanup,
         };
+        if credentials::needs_peers(&inputs) {
+            inputs.peers = account_watch::peers(self.ctx, &o.inbox);
+        }
         if credentials::needs_namespace_labels(&inputs) {
             inputs.namespace_labels = self.namespace_labels().await?;
         }
@@ -570,44 +626,38 @@ impl<'a> Pass<'a> {
         Ok(meta.and_then(|m| annotation(&m.metadata)))
     }
 
-    /// The inbox IDs other Inboxes name (annotation or status), and who holds each: the
-    /// IDs this process bound recently, the watch cache, and — when the caches do not cover
-    /// the cluster — the cluster-wide claims index, or, until that has listed (or without
-    /// permission for it) and `cluster_wide`, a metadata-only list of every Inbox.
-    /// Inboxes that released their bindings (deleted) own nothing.
+    /// Which other Inboxes name the inbox IDs `ids` (annotation or status), and who holds
+    /// each: the IDs this process bound recently, the watch caches' claim indexes, and — when
+    /// the caches do not cover the cluster — the cluster-wide claims index, or, until that
+    /// has listed (or without permission for it) and `cluster_wide`, a metadata-only list of
+    /// every Inbox. Inboxes that released their bindings (deleted) own nothing.
     async fn bound_elsewhere(
         &self,
         me: &Inbox,
         cluster_wide: bool,
+        ids: &[String],
     ) -> Result<HashMap<String, Claim>, Error> {
-        let mut claims: HashMap<String, Claim> = self
-            .ctx
-            .bindings
-            .recently_bound_except(&self.uid)
-            .into_iter()
-            .map(|(id, owner)| (id, Claim { owner, prior: true }))
-            .collect();
-        let from_cache = |claims: &mut HashMap<String, Claim>| {
-            for store in &self.ctx.inbox_stores {
-                for other in store.state() {
-                    if let Some(id) = other.bound_inbox_id() {
-                        self.add_claim(claims, me, &other.metadata, id);
-                    }
+        let mut claims: HashMap<String, Claim> = HashMap::new();
+        for id in ids {
+            if let Some(owner) = self.ctx.bindings.recently_bound_to(id, &self.uid) {
+                claims.insert(id.clone(), Claim { owner, prior: true });
+            }
+        }
+        let add_from = |claims: &mut HashMap<String, Claim>, index: &ClaimIndex| {
+            for id in ids {
+                for c in index.claimants(id) {
+                    self.add_claim(claims, me, id, c);
                 }
             }
         };
-        from_cache(&mut claims);
-        if let Some((index, listed)) = &self.ctx.claims_index
+        for index in &self.ctx.inbox_claims {
+            add_from(&mut claims, index);
+        }
+        if let Some((_, listed)) = &self.ctx.claims_index
             && listed.load(std::sync::atomic::Ordering::Acquire)
         {
             // Every Inbox in the cluster, whatever this instance watches.
-            for other in index.state() {
-                if let Some(id) = other.annotations().get(crd::ANNOTATION_INBOX_ID)
-                    && !id.is_empty()
-                {
-                    self.add_claim(&mut claims, me, &other.metadata, id.clone());
-                }
-            }
+            add_from(&mut claims, &self.ctx.cluster_claims);
             return Ok(claims);
         }
         if !cluster_wide || self.ctx.sees_whole_cluster() {
@@ -616,13 +666,11 @@ impl<'a> Pass<'a> {
         let all: Api<Inbox> = Api::all(self.ctx.client.clone());
         match all.list_metadata(&ListParams::default()).await {
             Ok(list) => {
+                let listed = ClaimIndex::default();
                 for item in list.items {
-                    if let Some(id) = item.annotations().get(crd::ANNOTATION_INBOX_ID)
-                        && !id.is_empty()
-                    {
-                        self.add_claim(&mut claims, me, &item.metadata, id.clone());
-                    }
+                    listed.apply(&watcher::Event::Apply(item), claims::annotated_id);
                 }
+                add_from(&mut claims, &listed);
             }
             Err(e) => {
                 warn!(error = %e, "cannot list Inboxes cluster-wide; checking bindings in the watched namespaces only");
@@ -631,32 +679,29 @@ impl<'a> Pass<'a> {
         Ok(claims)
     }
 
-    /// Record that the Inbox `other` names inbox `id` (unless it is this one, or released).
+    /// Record that `other` names inbox `id` (unless it is this Inbox, or released).
     fn add_claim(
         &self,
         claims: &mut HashMap<String, Claim>,
         me: &Inbox,
-        other: &ObjectMeta,
-        id: String,
+        id: &str,
+        other: Claimant,
     ) {
-        let Some(uid) = other.uid.as_deref() else {
-            return;
-        };
-        if uid == self.uid || self.ctx.bindings.is_released(uid) {
+        if other.uid == self.uid || self.ctx.bindings.is_released(&other.uid) {
             return;
         }
+        let mine = (
+            me.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            self.uid.clone(),
+        );
         let claim = Claim {
-            owner: format!(
-                "{}/{}",
-                other.namespace.as_deref().unwrap_or_default(),
-                other.name.as_deref().unwrap_or_default()
-            ),
-            prior: seniority(other) < seniority(&me.metadata),
+            owner: other.owner,
+            prior: other.seniority < mine,
         };
-        match claims.get(&id) {
+        match claims.get(id) {
             Some(c) if c.prior || !claim.prior => {}
             _ => {
-                claims.insert(id, claim);
+                claims.insert(id.to_string(), claim);
             }
         }
     }
@@ -706,7 +751,8 @@ impl<'a> Pass<'a> {
             .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => {
+            Ok(updated) => {
+                self.wrote_inbox(&updated);
                 if unbind.is_some() {
                     set_annotation(&mut o.inbox, crd::ANNOTATION_INBOX_ID, Some(""));
                 }
@@ -749,9 +795,11 @@ impl<'a> Pass<'a> {
 
     async fn patch_annotations(&self, annotations: serde_json::Value) -> Result<(), Error> {
         let patch = json!({ "metadata": { "annotations": annotations } });
-        self.inboxes
+        let updated = self
+            .inboxes
             .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
+        self.wrote_inbox(&updated);
         Ok(())
     }
 
@@ -767,12 +815,14 @@ impl<'a> Pass<'a> {
     }
 }
 
-/// Which of two Inboxes naming one inbox ID holds it: the one created first (UID breaks ties).
-fn seniority(meta: &ObjectMeta) -> (Option<jiff::Timestamp>, Option<&str>) {
-    (
-        meta.creation_timestamp.as_ref().map(|t| t.0),
-        meta.uid.as_deref(),
-    )
+/// Add the claims found on `ids` to what the pass knows.
+fn note_bindings(o: &mut Observed, found: HashMap<String, Claim>, ids: Vec<String>) {
+    o.bound_elsewhere
+        .get_or_insert_with(HashMap::new)
+        .extend(found);
+    o.bindings_checked
+        .get_or_insert_with(Default::default)
+        .extend(ids);
 }
 
 /// The Inbox's finalizers with this operator's added.
@@ -854,7 +904,10 @@ mod tests {
     #[test]
     fn reads_and_in_memory_steps_pass_a_closed_gate_writes_do_not() {
         assert!(!writes(&Step::ReadCredentials));
-        assert!(!writes(&Step::FindBindings { cluster_wide: true }));
+        assert!(!writes(&Step::FindBindings {
+            cluster_wide: true,
+            ids: vec!["i".into()]
+        }));
         assert!(!writes(&Step::ReadSecret { name: "s".into() }));
         assert!(writes(&Step::MarkPending {
             unbind: None,

@@ -27,6 +27,10 @@ pub async fn mark(ctx: &Context, target: &InUse) -> Result<(), kube::Error> {
 /// besides the Inbox with UID `leaving` (being released) and Inboxes whose deletion released
 /// their bindings. Failures are logged: the next release or key Secret event tries again.
 pub async fn release_unused(ctx: &Context, targets: &[InUse], leaving: Option<&str>) {
+    if targets.is_empty() {
+        // Nothing to release (the operator's default key): no walk over every Inbox.
+        return;
+    }
     let users: Vec<InUse> = all_inboxes(ctx)
         .iter()
         .filter(|i| {

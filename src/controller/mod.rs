@@ -17,6 +17,7 @@ pub mod account_status;
 pub mod account_traffic;
 pub mod account_watch;
 pub mod accounts;
+pub mod claims;
 pub mod credentials;
 pub mod decide;
 pub mod events;
@@ -25,9 +26,11 @@ pub mod in_use;
 pub mod key_secrets;
 pub mod outputs;
 pub mod plan;
+pub mod references;
 pub mod refresh;
 pub mod status;
 pub mod watches;
+pub mod written;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -225,6 +228,10 @@ pub struct Context {
     pub(crate) recorder: EventRecorder,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) inbox_stores: Vec<Store<Inbox>>,
+    /// Who names which inbox ID, per Inbox cache (fed by the same watch events).
+    pub(crate) inbox_claims: Vec<claims::ClaimIndex>,
+    /// The same for the cluster-wide claims index, when there is one.
+    pub(crate) cluster_claims: claims::ClaimIndex,
     /// Every Inbox's claim cluster-wide, when `inbox_stores` do not cover the cluster, and
     /// whether it has listed yet.
     pub(crate) claims_index: Option<(Store<PartialObjectMeta<Inbox>>, Arc<AtomicBool>)>,
@@ -235,6 +242,8 @@ pub struct Context {
     pub(crate) namespace_stores: HashMap<Option<String>, Store<watches::NamespaceMeta>>,
     pub(crate) failures: Mutex<HashMap<ObjectRef<Inbox>, u32>>,
     pub(crate) holds: Mutex<HashMap<ObjectRef<Inbox>, (plan::Hold, std::time::Instant)>>,
+    /// This process's last write to each Inbox, until the cache shows it.
+    pub(crate) last_writes: written::LastWrites,
     /// Asks the controller to reconcile an Inbox (counter sync, released bindings).
     pub(crate) wake: mpsc::UnboundedSender<ObjectRef<Inbox>>,
     /// The Account and ClusterAccount caches.
@@ -265,6 +274,8 @@ impl Context {
             api,
             metrics,
             inbox_stores: scopes.iter().map(|s| s.inboxes.clone()).collect(),
+            inbox_claims: scopes.iter().map(|s| s.claims.clone()).collect(),
+            cluster_claims: claims::ClaimIndex::default(),
             claims_index: None,
             secret_stores: scopes
                 .iter()
@@ -280,6 +291,7 @@ impl Context {
                 .collect(),
             failures: Mutex::new(HashMap::new()),
             holds: Mutex::new(HashMap::new()),
+            last_writes: written::LastWrites::default(),
             wake,
             accounts,
             settings,
@@ -426,6 +438,8 @@ impl EventRecorder {
 struct Scope {
     ns: Option<String>,
     inboxes: Store<Inbox>,
+    /// The claims of the Inboxes in `inboxes`, by inbox ID.
+    claims: claims::ClaimIndex,
     inbox_events: BoxStream<'static, Result<Inbox, watcher::Error>>,
     /// The Inboxes deleted: each may free a quota slot for a refused one.
     deleted_inboxes: BoxStream<'static, Result<Inbox, watcher::Error>>,
@@ -469,8 +483,14 @@ impl Scope {
         );
         let (namespaces, namespace_events) = watches::namespaces(client, ns.as_deref());
         let (deleted, deleted_inboxes) = mpsc::unbounded();
+        let claims = claims::ClaimIndex::default();
+        let index = claims.clone();
+        let mut references = references::ReferenceTracker::default();
         let inbox_events = inbox_events.inspect_ok(move |e| {
-            references_changed.notify_one();
+            index.apply(e, Inbox::bound_inbox_id);
+            if references.changed_by(e) {
+                references_changed.notify_one();
+            }
             if let watcher::Event::Delete(i) = e {
                 let _ = deleted.unbounded_send(Ok(i.clone()));
             }
@@ -481,6 +501,7 @@ impl Scope {
             ns,
             inboxes,
             deleted_inboxes: deleted_inboxes.boxed(),
+            claims,
             inbox_events: watches::without_errors(inbox_events.applied_objects(), "Inboxes")
                 .boxed(),
             secrets,
@@ -567,6 +588,8 @@ fn keep_claims_index(client: &Client, ctx: &mut Context, stop: &CancellationToke
     let listed = Arc::new(AtomicBool::new(false));
     let (store, events) = watches::claims_index(client, listed.clone());
     ctx.claims_index = Some((store, listed));
+    let claims = ctx.cluster_claims.clone();
+    let events = events.inspect_ok(move |e| claims.apply(e, claims::annotated_id));
     let index = events.for_each(|e| async move {
         if let Err(e) = e {
             tracing::debug!(error = %e, "cluster-wide Inbox index");

@@ -205,8 +205,12 @@ pub struct Observed {
     pub remote: Option<Lookup>,
     /// All inboxes of the account, once listed (recovery).
     pub candidates: Option<Result<Vec<RemoteInbox>, ApiError>>,
-    /// Inbox IDs other Inboxes in the cluster name, once collected.
+    /// Inbox IDs other Inboxes in the cluster name, once collected: of the IDs in
+    /// `bindings_checked`.
     pub bound_elsewhere: Option<HashMap<String, Claim>>,
+    /// The IDs `bound_elsewhere` covers (each lookup names the IDs the decision needs, so that
+    /// it costs a few index lookups, not a walk over every Inbox); `None`: all of them.
+    pub bindings_checked: Option<HashSet<String>>,
     /// Whether this pass persisted the create-pending mark.
     pub marked: Option<Marked>,
     /// The vanished inbox a create in this pass replaces.
@@ -265,6 +269,7 @@ impl Observed {
             remote: None,
             candidates: None,
             bound_elsewhere: None,
+            bindings_checked: None,
             marked: None,
             replaces: None,
             created: None,
@@ -424,11 +429,13 @@ pub enum Step {
         /// The account's API key.
         key: ApiKey,
     },
-    /// Collect the inbox IDs other Inboxes in the cluster name.
+    /// Collect which other Inboxes in the cluster name the inbox IDs `ids`.
     FindBindings {
         /// Beyond the watch cache: a cluster-wide metadata list when the caches do not
         /// cover the cluster (adoption, recovery, deletion); the cache otherwise.
         cluster_wide: bool,
+        /// The IDs to look up.
+        ids: Vec<String>,
     },
     /// Persist the create-pending mark (the address to create, and the time) if the Inbox is
     /// unchanged since read; `unbind` also clears the binding to a vanished inbox in the same
@@ -705,10 +712,9 @@ fn bound(o: &Observed, key: ApiKey, id: &str) -> Step {
             return immutable(o, &m);
         }
         // One owner: an ID named by the annotation or status is checked like spec.inboxId.
-        let Some(elsewhere) = &o.bound_elsewhere else {
-            return Step::FindBindings {
-                cluster_wide: false,
-            };
+        let elsewhere = match claims_on(o, &[id], false) {
+            Ok(e) => e,
+            Err(step) => return *step,
         };
         if let Some(claim) = elsewhere.get(id).filter(|c| c.prior) {
             return claimed_elsewhere(o, id, claim);
@@ -824,8 +830,9 @@ fn adopt(o: &Observed, key: ApiKey, id: &str) -> Step {
     if let Some(m) = decide::identity_mismatch(&o.inbox.spec, remote, false) {
         return rejected(o, format!("cannot adopt inbox {id:?}: {}", m.message));
     }
-    let Some(elsewhere) = &o.bound_elsewhere else {
-        return Step::FindBindings { cluster_wide: true };
+    let elsewhere = match claims_on(o, &[id], true) {
+        Ok(e) => e,
+        Err(step) => return *step,
     };
     if let Some(claim) = elsewhere.get(id) {
         return claimed_elsewhere(o, id, claim);
@@ -863,8 +870,9 @@ fn observe_by_address(o: &Observed, key: ApiKey) -> Step {
             Then::Requeue(o.sync_interval.saturating_mul(5)),
         );
     };
-    let Some(elsewhere) = &o.bound_elsewhere else {
-        return Step::FindBindings { cluster_wide: true };
+    let elsewhere = match claims_on(o, &[&remote.id], true) {
+        Ok(e) => e,
+        Err(step) => return *step,
     };
     if let Some(claim) = elsewhere.get(&remote.id) {
         return claimed_elsewhere(o, &remote.id, claim);
@@ -968,8 +976,9 @@ fn recover(o: &Observed, key: ApiKey, address: &str) -> Step {
 
 /// The pending address is ours: bind it unless another Inbox holds it.
 fn bind_recovered(o: &Observed, key: ApiKey, remote: RemoteInbox) -> Step {
-    let Some(elsewhere) = &o.bound_elsewhere else {
-        return Step::FindBindings { cluster_wide: true };
+    let elsewhere = match claims_on(o, &[&remote.id], true) {
+        Ok(e) => e,
+        Err(step) => return *step,
     };
     if let Some(claim) = elsewhere.get(&remote.id) {
         return claimed_elsewhere(o, &remote.id, claim);
@@ -1017,8 +1026,9 @@ fn recover_legacy(o: &Observed, key: ApiKey, since: jiff::Timestamp) -> Step {
         Err(step) => return *step,
         Ok(c) => c,
     };
-    let Some(elsewhere) = &o.bound_elsewhere else {
-        return Step::FindBindings { cluster_wide: true };
+    let elsewhere = match claims_on(o, &ids_of(candidates), true) {
+        Ok(e) => e,
+        Err(step) => return *step,
     };
     let ids =
         match decide::recover_legacy(&o.inbox.spec, since, candidates, &claimed_ids(elsewhere)) {
@@ -1531,8 +1541,9 @@ fn delete_remote(o: &Observed, bound: Option<String>, pending: Option<&str>) -> 
     let id = match (bound, pending) {
         (Some(id), _) => {
             // Delete only an inbox this Inbox owns: a second claimant only releases itself.
-            let Some(elsewhere) = &o.bound_elsewhere else {
-                return Some(Step::FindBindings { cluster_wide: true });
+            let elsewhere = match claims_on(o, &[&id], true) {
+                Ok(e) => e,
+                Err(step) => return Some(*step),
             };
             if elsewhere.get(&id).is_some_and(|c| c.prior) {
                 return None;
@@ -1571,8 +1582,9 @@ fn interrupted_create(o: &Observed, key: &ApiKey, pending: &str) -> Option<Resul
         Some(Err(e)) => return Some(Err(fail(o, None, Failure::Api(e.clone())))),
         Some(Ok(c)) => c,
     };
-    let Some(elsewhere) = &o.bound_elsewhere else {
-        return Some(Err(Step::FindBindings { cluster_wide: true }));
+    let elsewhere = match claims_on(o, &ids_of(candidates), true) {
+        Ok(e) => e,
+        Err(step) => return Some(Err(*step)),
     };
     let since = match PendingMark::parse(pending) {
         PendingMark::Address(address) => {
@@ -1612,6 +1624,36 @@ fn stalled(reason: Reason, message: impl Into<String>) -> Readiness {
 fn immutable(o: &Observed, m: &FieldMismatch) -> Step {
     let r = stalled(Reason::ImmutableFieldChanged, decide::immutable_message(m));
     done(report(o, None, None, r), Then::Settle)
+}
+
+/// Who else names the inbox IDs `ids`: `Err(FindBindings)` until each has been looked up
+/// (`cluster_wide`: see [`Step::FindBindings`]).
+fn claims_on<'o>(
+    o: &'o Observed,
+    ids: &[&str],
+    cluster_wide: bool,
+) -> Result<&'o HashMap<String, Claim>, Box<Step>> {
+    let unchecked: Vec<String> = match (&o.bound_elsewhere, &o.bindings_checked) {
+        (Some(_), None) => Vec::new(),
+        (Some(_), Some(checked)) => ids
+            .iter()
+            .filter(|id| !checked.contains(**id))
+            .map(|id| id.to_string())
+            .collect(),
+        (None, _) => ids.iter().map(|id| id.to_string()).collect(),
+    };
+    match &o.bound_elsewhere {
+        Some(claims) if unchecked.is_empty() => Ok(claims),
+        _ => Err(Box::new(Step::FindBindings {
+            cluster_wide,
+            ids: unchecked,
+        })),
+    }
+}
+
+/// The IDs of `inboxes`.
+fn ids_of(inboxes: &[RemoteInbox]) -> Vec<&str> {
+    inboxes.iter().map(|r| r.id.as_str()).collect()
 }
 
 /// The inbox IDs other Inboxes name.
@@ -3637,6 +3679,47 @@ mod tests {
             "{} rows differ:\n{}",
             wrong.len(),
             wrong.join("\n")
+        );
+    }
+
+    /// Bindings are looked up for the IDs a decision needs, and again for an ID not looked up
+    /// yet in the same pass (a recovered inbox after a lookup of the vanished one): a claim
+    /// is never missed because another ID was checked first.
+    #[test]
+    fn bindings_are_looked_up_per_id_and_again_for_a_new_one() {
+        let find = |b: &B| match plan(&b.0) {
+            Step::FindBindings { ids, .. } => ids,
+            other => panic!("expected a lookup, got {other}"),
+        };
+        let fresh = obs().key().bound("inb_1").index_unread();
+        assert_eq!(find(&fresh), ["inb_1"], "only the bound ID");
+        let checked = |ids: &[&str], claimed: &[&str]| {
+            let ids: HashSet<String> = ids.iter().map(|s| s.to_string()).collect();
+            let claimed: HashMap<String, Claim> = claimed
+                .iter()
+                .map(|s| (s.to_string(), owner_claim(true)))
+                .collect();
+            move |o: &mut Observed| {
+                o.bound_elsewhere = Some(claimed);
+                o.bindings_checked = Some(ids);
+            }
+        };
+        let looked_up = obs().key().bound("inb_1").with(checked(&["inb_1"], &[]));
+        assert_eq!(plan(&looked_up.0).to_string(), "observe inb_1");
+        let other_id = obs().key().bound("inb_2").with(checked(&["inb_1"], &[]));
+        assert_eq!(
+            find(&other_id),
+            ["inb_2"],
+            "not covered by the first lookup"
+        );
+        let claimed = obs()
+            .key()
+            .bound("inb_2")
+            .with(checked(&["inb_1", "inb_2"], &["inb_2"]));
+        assert!(
+            plan(&claimed.0).to_string().contains("Rejected"),
+            "{}",
+            plan(&claimed.0)
         );
     }
 
