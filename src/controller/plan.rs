@@ -1935,6 +1935,23 @@ pub fn transition_events(
 
 // ------------------------------------------------------------------------- display
 
+/// How a step that writes an output object (Secret or ConfigMap) reads in a plan.
+fn describe_write(
+    f: &mut fmt::Formatter<'_>,
+    kind: &str,
+    meta: &ObjectMeta,
+    create: bool,
+    quiet: bool,
+) -> fmt::Result {
+    let verb = if create { "create" } else { "update" };
+    let name = meta.name.as_deref().unwrap_or_default();
+    write!(f, "{verb} {kind} {name}")?;
+    if quiet {
+        write!(f, " quietly")?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -1972,30 +1989,20 @@ impl fmt::Display for Step {
                 secret,
                 create,
                 event,
-            } => {
-                let verb = if *create { "create" } else { "update" };
-                let name = secret.metadata.name.as_deref().unwrap_or_default();
-                write!(f, "{verb} secret {name}")?;
-                if event.is_none() {
-                    write!(f, " quietly")?;
-                }
-                Ok(())
-            }
+            } => describe_write(f, "secret", &secret.metadata, *create, event.is_none()),
             Step::DeleteSecret { name, .. } => write!(f, "delete secret {name}"),
             Step::ReadConfigMaps { names } => write!(f, "read configmaps {}", names.join(",")),
             Step::WriteConfigMap {
                 config_map,
                 create,
                 event,
-            } => {
-                let verb = if *create { "create" } else { "update" };
-                let name = config_map.metadata.name.as_deref().unwrap_or_default();
-                write!(f, "{verb} configmap {name}")?;
-                if event.is_none() {
-                    write!(f, " quietly")?;
-                }
-                Ok(())
-            }
+            } => describe_write(
+                f,
+                "configmap",
+                &config_map.metadata,
+                *create,
+                event.is_none(),
+            ),
             Step::DeleteConfigMap { name, .. } => write!(f, "delete configmap {name}"),
             Step::Release { kind, name, .. } => write!(f, "release {kind} {name}"),
             Step::AddFinalizer => write!(f, "add finalizer"),

@@ -15,7 +15,7 @@ use inbox_sim::{Malformed, Route, Simulator, SimulatorHandle};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::Client;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 
 use crate::support::{Operator, TestNamespace, control_plane, wait_for};
 
@@ -285,6 +285,22 @@ impl Env {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Delete an Inbox as a user would with the operator gone: remove the finalizers by
+    /// hand, delete it, and wait until it is gone (what it owns is left to the garbage
+    /// collector).
+    pub async fn delete_without_finalizers(&self, name: &str) {
+        let patch = serde_json::json!({"metadata": {"finalizers": null}});
+        self.inboxes()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("remove the finalizers");
+        self.inboxes()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete the Inbox");
+        self.wait_gone(name).await;
     }
 
     pub async fn wait_gone(&self, name: &str) {

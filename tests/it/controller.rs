@@ -1404,16 +1404,7 @@ async fn owned_secret_is_garbage_collected_with_its_inbox() {
     assert!(env.secret("collected").await.is_some());
     env.halt().await;
 
-    let patch = json!({"metadata": {"finalizers": null}});
-    env.inboxes()
-        .patch("collected", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    env.inboxes()
-        .delete("collected", &DeleteParams::default())
-        .await
-        .unwrap();
-    env.wait_gone("collected").await;
+    env.delete_without_finalizers("collected").await;
     wait_for("the Secret to be collected", T, || async {
         env.secret("collected").await.is_none().then_some(())
     })

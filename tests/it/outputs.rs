@@ -253,16 +253,7 @@ async fn without_retain_the_outputs_go_with_the_inbox() {
     assert!(config_map(&env, "plain").await.is_none());
 
     env.halt().await;
-    let patch = json!({"metadata": {"finalizers": null}});
-    env.inboxes()
-        .patch("collected", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    env.inboxes()
-        .delete("collected", &DeleteParams::default())
-        .await
-        .unwrap();
-    env.wait_gone("collected").await;
+    env.delete_without_finalizers("collected").await;
     wait_for("the ConfigMap to be collected", T, || async {
         config_map(&env, "collected").await.is_none().then_some(())
     })
