@@ -573,6 +573,22 @@ mod tests {
         ScanCache::new(client, Duration::from_secs(60))
     }
 
+    /// A simulator with one account `acct` (key `key-a`), and a scan cache in front of it;
+    /// the handle keeps the simulator serving.
+    async fn simulated_account() -> (
+        inbox_sim::Simulator,
+        inbox_sim::SimulatorHandle,
+        ScanCache,
+        ApiKey,
+    ) {
+        let sim = inbox_sim::Simulator::new();
+        sim.add_account("acct", "key-a");
+        let handle = sim.spawn().await.unwrap();
+        let client = AgentSendClient::new(&handle.url(), ClientOptions::default()).unwrap();
+        let scans = ScanCache::new(client, Duration::from_secs(60));
+        (sim, handle, scans, ApiKey::new("key-a").unwrap())
+    }
+
     fn obj(name: &str) -> ObjectRef<Inbox> {
         ObjectRef::new(name).within("ns")
     }
@@ -593,12 +609,7 @@ mod tests {
     /// nothing), and a report of an older observation does not clear a newer change.
     #[tokio::test]
     async fn a_change_is_asked_for_until_reported() {
-        let sim = inbox_sim::Simulator::new();
-        sim.add_account("acct", "key-a");
-        let handle = sim.spawn().await.unwrap();
-        let client = AgentSendClient::new(&handle.url(), ClientOptions::default()).unwrap();
-        let scans = ScanCache::new(client, Duration::from_secs(60));
-        let key = ApiKey::new("key-a").unwrap();
+        let (sim, _handle, scans, key) = simulated_account().await;
         let inbox = sim
             .insert_inbox("acct", inbox_sim::CreateInbox::default())
             .unwrap();
@@ -715,12 +726,7 @@ mod tests {
     /// An account shared with other software: the cache keeps the bound inboxes only.
     #[tokio::test]
     async fn scans_keep_only_the_bound_inboxes() {
-        let sim = inbox_sim::Simulator::new();
-        sim.add_account("acct", "key-a");
-        let handle = sim.spawn().await.unwrap();
-        let client = AgentSendClient::new(&handle.url(), ClientOptions::default()).unwrap();
-        let scans = ScanCache::new(client, Duration::from_secs(60));
-        let key = ApiKey::new("key-a").unwrap();
+        let (sim, _handle, scans, key) = simulated_account().await;
         let ids: Vec<String> = (0..5)
             .map(|_| {
                 let r = sim.insert_inbox("acct", inbox_sim::CreateInbox::default());

@@ -870,22 +870,16 @@ fn observe_by_address(o: &Observed, key: ApiKey) -> Step {
             Then::Requeue(o.sync_interval.saturating_mul(5)),
         );
     };
-    let elsewhere = match claims_on(o, &[&remote.id], true) {
-        Ok(e) => e,
-        Err(step) => return *step,
-    };
-    if let Some(claim) = elsewhere.get(&remote.id) {
-        return claimed_elsewhere(o, &remote.id, claim);
-    }
     let note = format!(
         "observing existing AgentSend inbox {} ({}); it is never created, re-created or deleted",
         remote.id, remote.address
     );
-    Step::Bind {
+    bind_unless_claimed(
+        o,
         key,
-        remote: remote.clone(),
-        event: InboxEvent::new(EventKind::Adopted, note),
-    }
+        remote.clone(),
+        InboxEvent::new(EventKind::Adopted, note),
+    )
 }
 
 /// No inbox bound: mark and create, or recover an interrupted create.
@@ -976,6 +970,15 @@ fn recover(o: &Observed, key: ApiKey, address: &str) -> Step {
 
 /// The pending address is ours: bind it unless another Inbox holds it.
 fn bind_recovered(o: &Observed, key: ApiKey, remote: RemoteInbox) -> Step {
+    let note = format!(
+        "created AgentSend inbox {} ({}); recovered after an interrupted create",
+        remote.id, remote.address
+    );
+    bind_unless_claimed(o, key, remote, InboxEvent::new(EventKind::Created, note))
+}
+
+/// Bind `remote` with `event`, unless another Inbox in the cluster already claims it.
+fn bind_unless_claimed(o: &Observed, key: ApiKey, remote: RemoteInbox, event: InboxEvent) -> Step {
     let elsewhere = match claims_on(o, &[&remote.id], true) {
         Ok(e) => e,
         Err(step) => return *step,
@@ -983,15 +986,7 @@ fn bind_recovered(o: &Observed, key: ApiKey, remote: RemoteInbox) -> Step {
     if let Some(claim) = elsewhere.get(&remote.id) {
         return claimed_elsewhere(o, &remote.id, claim);
     }
-    let note = format!(
-        "created AgentSend inbox {} ({}); recovered after an interrupted create",
-        remote.id, remote.address
-    );
-    Step::Bind {
-        key,
-        remote,
-        event: InboxEvent::new(EventKind::Created, note),
-    }
+    Step::Bind { key, remote, event }
 }
 
 /// The account already had the address before this Inbox asked for it: never bound.

@@ -462,3 +462,18 @@ impl Env {
         names
     }
 }
+
+/// The Secret `name` holding the API key `key` under `apiKey`.
+pub fn key_secret(name: &str, key: &str) -> Secret {
+    Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(std::collections::BTreeMap::from([(
+            "apiKey".to_string(),
+            k8s_openapi::ByteString(key.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    }
+}

@@ -30,19 +30,8 @@ const SHARED_KEY: &str = "sk_test_shared_key_0123456789";
 
 /// A Secret `name` in `ns` holding `apiKey: key`.
 async fn key_secret(client: &Client, ns: &str, name: &str, key: &str) {
-    let s = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "apiKey".to_string(),
-            ByteString(key.as_bytes().to_vec()),
-        )])),
-        ..Default::default()
-    };
     Api::<Secret>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &s)
+        .create(&PostParams::default(), &crate::ctl::key_secret(name, key))
         .await
         .expect("create key Secret");
 }

@@ -1220,21 +1220,6 @@ fn team_key_spec() -> InboxSpec {
     }
 }
 
-/// The Secret `name` holding `key` under `apiKey`.
-fn key_secret(name: &str, key: &str) -> Secret {
-    Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "apiKey".to_string(),
-            ByteString(key.as_bytes().to_vec()),
-        )])),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn per_namespace_credentials_missing_invalid_and_rotated() {
     let env = Env::start_with(|s| s.default_key = DefaultKey::None).await;
@@ -1247,7 +1232,7 @@ async fn per_namespace_credentials_missing_invalid_and_rotated() {
     env.secrets()
         .create(
             &PostParams::default(),
-            &key_secret("team-key", "sk_team_old"),
+            &crate::ctl::key_secret("team-key", "sk_team_old"),
         )
         .await
         .unwrap();
@@ -1273,7 +1258,7 @@ async fn per_namespace_credentials_missing_invalid_and_rotated() {
         .replace(
             "team-key",
             &PostParams::default(),
-            &key_secret("team-key", "sk_team_new"),
+            &crate::ctl::key_secret("team-key", "sk_team_new"),
         )
         .await
         .unwrap();
@@ -1345,7 +1330,7 @@ async fn deleting_the_namespace_honours_each_deletion_policy() {
     env.secrets()
         .create(
             &PostParams::default(),
-            &key_secret("team-key", "sk_team_ns"),
+            &crate::ctl::key_secret("team-key", "sk_team_ns"),
         )
         .await
         .unwrap();
@@ -1505,7 +1490,10 @@ where
 async fn a_bad_key_never_loops_creates() {
     let env = Env::start_with(|s| s.default_key = DefaultKey::None).await;
     env.secrets()
-        .create(&PostParams::default(), &key_secret("bad-key", "sk_wrong"))
+        .create(
+            &PostParams::default(),
+            &crate::ctl::key_secret("bad-key", "sk_wrong"),
+        )
         .await
         .unwrap();
     let spec = InboxSpec {
@@ -1533,7 +1521,7 @@ async fn a_bad_key_never_loops_creates() {
         .replace(
             "bad-key",
             &PostParams::default(),
-            &key_secret("bad-key", "sk_fixed"),
+            &crate::ctl::key_secret("bad-key", "sk_fixed"),
         )
         .await
         .unwrap();
