@@ -198,6 +198,16 @@ impl Metrics {
         self.reconcile_duration.observe(took.as_secs_f64());
     }
 
+    /// One pass skipped because its cached view predates the operator's own last write (not an
+    /// attempt: no duration is observed).
+    pub fn skipped(&self) {
+        self.reconciles
+            .get_or_create(&ResultLabel {
+                result: "skipped".into(),
+            })
+            .inc();
+    }
+
     /// One reconcile failure, by short reason label.
     pub fn error(&self, reason: &str) {
         self.errors

@@ -47,6 +47,8 @@ struct Passed {
     action: Action,
     /// Metric label of a failure the pass handled itself (reported in status, retried).
     failed: Option<&'static str>,
+    /// The pass did nothing: its cached view predates this operator's own last write.
+    skipped: bool,
 }
 
 /// Entry point called by the kube-runtime Controller.
@@ -80,6 +82,7 @@ fn record(metrics: &Metrics, result: &Result<Passed, Error>, started: Instant) {
         return;
     }
     let failed = match result {
+        Ok(p) if p.skipped => return metrics.skipped(),
         Ok(p) => p.failed,
         Err(e) => Some(e.metric_label()),
     };
@@ -99,6 +102,7 @@ async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
         return Ok(Passed {
             action: Action::requeue(written::RETRY),
             failed: None,
+            skipped: true,
         });
     }
     // kube's finalizer helper may write (add or remove the finalizer) before any step.
@@ -110,7 +114,11 @@ async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
     }
     let action = outcome?;
     let failed = *pass.failed.lock().unwrap_or_else(|p| p.into_inner());
-    Ok(Passed { action, failed })
+    Ok(Passed {
+        action,
+        failed,
+        skipped: false,
+    })
 }
 
 /// Run the pass in the phase the Inbox is in, through kube's finalizer helper where it
@@ -865,13 +873,21 @@ mod tests {
         let handled = Passed {
             action: Action::await_change(),
             failed: Some(unauthorized.reason()),
+            skipped: false,
         };
         record(&m, &Ok(handled), Instant::now());
         let fine = Passed {
             action: Action::await_change(),
             failed: None,
+            skipped: false,
         };
         record(&m, &Ok(fine), Instant::now());
+        let stale = Passed {
+            action: Action::requeue(written::RETRY),
+            failed: None,
+            skipped: true,
+        };
+        record(&m, &Ok(stale), Instant::now());
         let text = m.encode();
         assert!(
             text.contains(r#"inbox_operator_reconcile_errors_total{reason="unauthorized"} 2"#),
@@ -884,6 +900,10 @@ mod tests {
         );
         assert!(
             text.contains(r#"inbox_operator_reconciles_total{result="success"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"inbox_operator_reconciles_total{result="skipped"} 1"#),
             "{text}"
         );
     }
