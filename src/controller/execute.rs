@@ -524,15 +524,9 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
+    /// Publish `event` in the background ([`super::events::EventRecorder`]).
     async fn publish(&self, event: &InboxEvent) {
-        if let Err(e) = self
-            .ctx
-            .recorder
-            .publish(&event.to_kube(), &self.reference)
-            .await
-        {
-            warn!(error = %e, reason = event.kind.reason(), "could not publish event");
-        }
+        self.ctx.recorder.publish(event, &self.reference).await;
     }
 
     // ------------------------------------------------------------------ inputs
