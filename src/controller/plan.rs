@@ -27,8 +27,9 @@
 //!   report `Creating`, POST, bind. A failure that proves nothing was created clears the mark.
 //! - **Recover**: a pending mark without an ID means an interrupted create: list the account
 //!   and bind the one match, create when there is none, `CreationUncertain` when several.
-//! - **Delete** (finalizer): `Deleting`; with `deletionPolicy: Delete` delete the bound (or
-//!   recovered) inbox, with `Orphan` leave it; delete the owned Secrets.
+//! - **Delete** (finalizer): with `deletionPolicy: Delete` delete the bound (or recovered)
+//!   inbox, with `Orphan` leave it; delete the owned Secrets. No status write on the way
+//!   unless the deletion waits (`Deleting` names other finalizers) or fails.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -1393,15 +1394,11 @@ fn cleanup(o: &Observed) -> Step {
     } else {
         policy
     };
-    // After a failed attempt the status shows that failure: a retry does not flip it back
-    // to `Deleting` (one status write per distinct outcome).
-    if o.progress != Some(Reason::Deleting) && o.failures == 0 {
-        let deleting = Readiness::progressing(
-            Reason::Deleting,
-            format!("deleting (deletionPolicy {policy:?})"),
-        );
-        return progress(o, deleting);
-    }
+    // No `Deleting` status first: a deletion that goes through in this pass is over before
+    // anyone reads it (and the Inbox is gone with its status), and the write was one of the
+    // pass's sequential round trips. A deletion that cannot go through still explains itself:
+    // waiting for other finalizers or a pause reports `Deleting`/`Paused` ([`held_deletion`]),
+    // and a failure reports the failure (kept on retries: one status write per outcome).
     let bound = o.inbox.bound_inbox_id();
     let pending = o.inbox.annotation(crd::ANNOTATION_CREATE_PENDING);
     match policy {
@@ -3453,9 +3450,10 @@ mod tests {
                 "deleting while an apply attempt holds: deletion starts at once",
                 obs()
                     .with(|o| o.phase = Phase::Cleanup)
+                    .bound("inb_1")
                     .key()
                     .with(|o| o.hold = Some(hold(Phase::Apply, Some(2), Some(key())))),
-                "progress Deleting",
+                "delete inbox inb_1",
             ),
             (
                 "a failed deletion holds back: the pass fails quietly (the finalizer stays), no status write",
@@ -3502,9 +3500,17 @@ mod tests {
                 "delete inbox inb_1",
             ),
             (
-                "deleting: report Deleting first",
+                "deleting: no Deleting status first (one round trip less): straight to the AgentSend delete",
+                obs()
+                    .with(|o| o.phase = Phase::Cleanup)
+                    .bound("inb_1")
+                    .key(),
+                "delete inbox inb_1",
+            ),
+            (
+                "deleting an unbound Inbox: straight to its Secret, no status write",
                 obs().with(|o| o.phase = Phase::Cleanup),
-                "progress Deleting",
+                "read secret mail",
             ),
             (
                 "Orphan: leave the inbox, announce Orphaned",
