@@ -3,14 +3,15 @@
 //! Reports, right before, the time to create N plain Secrets on the same control plane with the
 //! same client concurrency (the baseline every time is also given as a ratio of: absolute
 //! seconds on a shared machine are noise) and the time to create, then delete, N Inboxes with
-//! no operator running (the floor: the cost of the user's own apply), then time to Ready, AgentSend requests and 429s per
-//! created inbox, the operator's Kubernetes writes to Inboxes and Secrets and its events per
-//! Inbox (from the apiserver's `apiserver_request_total` by verb and resource), requests and
-//! the operator's Kubernetes writes per sync interval at rest, operator peak RSS and CPU per
-//! Inbox, and the time (and writes) to delete everything — both times to the watch event, from a
-//! kube-runtime watcher rather than a list every few seconds; then each phase's writes by verb,
-//! resource and answer code (so that the control plane's own writes, such as its lease
-//! renewals, are told apart from the operator's) and the load average around each run.
+//! no operator running (the floor: the cost of the user's own apply). Then the time to Ready,
+//! AgentSend requests and 429s per created inbox, the operator's Kubernetes writes to Inboxes
+//! and Secrets and its events per Inbox (from the apiserver's `apiserver_request_total` by
+//! verb and resource), requests and the operator's Kubernetes writes per sync interval at
+//! rest, operator peak RSS and CPU per Inbox, and the time (and writes) to delete everything —
+//! both times to the watch event, from a kube-runtime watcher rather than a list every few
+//! seconds; then each phase's writes by verb, resource and answer code (so that the control
+//! plane's own writes, such as its lease renewals, are told apart from the operator's) and the
+//! load average around each run.
 //!
 //! Usage: `cargo run --release -p inbox-bench -- --inboxes 100,1000,10000`
 //! (see `hack/bench.sh`; figures go into BENCHMARKS.md).
