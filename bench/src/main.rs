@@ -2,13 +2,16 @@
 //! AgentSend simulator with latency (optionally with a server-side rate limit per account).
 //! Reports, right before, the time to create N plain Secrets on the same control plane with the
 //! same client concurrency (the baseline every time is also given as a ratio of: absolute
-//! seconds on a shared machine are noise), then time to Ready, AgentSend requests and 429s per
-//! created inbox, the operator's Kubernetes writes to Inboxes and Secrets and its events per
-//! Inbox (from the apiserver's `apiserver_request_total` by verb and resource), requests and
-//! the operator's Kubernetes writes per sync interval at rest, operator peak RSS and CPU per
-//! Inbox, and the time (and writes) to delete everything; then each phase's writes by verb,
-//! resource and answer code (so that the control plane's own writes, such as its lease
-//! renewals, are told apart from the operator's) and the load average around each run.
+//! seconds on a shared machine are noise) and the time to create, then delete, N Inboxes with
+//! no operator running (the floor: the cost of the user's own apply). Then the time to Ready,
+//! AgentSend requests and 429s per created inbox, the operator's Kubernetes writes to Inboxes
+//! and Secrets and its events per Inbox (from the apiserver's `apiserver_request_total` by
+//! verb and resource), requests and the operator's Kubernetes writes per sync interval at
+//! rest, operator peak RSS and CPU per Inbox, and the time (and writes) to delete everything —
+//! both times to the watch event, from a kube-runtime watcher rather than a list every few
+//! seconds; then each phase's writes by verb, resource and answer code (so that the control
+//! plane's own writes, such as its lease renewals, are told apart from the operator's) and the
+//! load average around each run.
 //!
 //! Usage: `cargo run --release -p inbox-bench -- --inboxes 100,1000,10000`
 //! (see `hack/bench.sh`; figures go into BENCHMARKS.md).
@@ -24,7 +27,9 @@ use futures::{StreamExt, TryStreamExt};
 use inbox_operator::crd::{Inbox, InboxSpec};
 use inbox_sim::Simulator;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Config};
 
 #[derive(Parser, Debug)]
@@ -284,23 +289,134 @@ async fn scrape_writes(client: &Client) -> Result<Writes, String> {
     Ok(w)
 }
 
-async fn count_ready(api: &Api<Inbox>) -> Result<(usize, usize), String> {
-    let list = api
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    let ready = list
-        .items
-        .iter()
-        .filter(|i| {
-            i.status.as_ref().is_some_and(|s| {
-                s.conditions
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True")
-            })
-        })
-        .count();
-    Ok((list.items.len(), ready))
+/// Whether `inbox` has condition `Ready=True`.
+fn is_ready(inbox: &Inbox) -> bool {
+    inbox.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+/// How many Inboxes the watch has seen, how many are Ready, and when that became so.
+#[derive(Clone, Copy, Debug)]
+struct Counts {
+    /// Whether the first list is in (before it, the counts mean nothing).
+    listed: bool,
+    total: usize,
+    ready: usize,
+    at: Instant,
+}
+
+/// Inbox counts fed by a watch (kube-runtime's `watcher`): exact to the event, and one list
+/// plus a stream of changes instead of a full list every few seconds (cheap at 10,000).
+struct InboxCounter {
+    counts: tokio::sync::watch::Receiver<Counts>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl InboxCounter {
+    /// Start watching the Inboxes of `api`; the counts are current once the first list is in.
+    fn start(api: &Api<Inbox>) -> InboxCounter {
+        let (tx, counts) = tokio::sync::watch::channel(Counts {
+            listed: false,
+            total: 0,
+            ready: 0,
+            at: Instant::now(),
+        });
+        let stream = watcher(api.clone(), watcher::Config::default()).default_backoff();
+        let task = tokio::spawn(async move {
+            let mut tally = Tally::default();
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                // Errors are retried by the backoff; the counts stay as they were.
+                if let Ok(event) = event
+                    && tally.apply(event)
+                {
+                    let _ = tx.send(Counts {
+                        listed: true,
+                        total: tally.ready.len(),
+                        ready: tally.ready_count,
+                        at: Instant::now(),
+                    });
+                }
+            }
+        });
+        InboxCounter { counts, task }
+    }
+
+    /// The instant `done` first held (it is checked on every change), or an error after
+    /// `timeout`.
+    async fn until(
+        &mut self,
+        timeout: Duration,
+        done: impl Fn(&Counts) -> bool,
+    ) -> Result<Instant, String> {
+        let waited = tokio::time::timeout(timeout, self.counts.wait_for(|c| c.listed && done(c)))
+            .await
+            .map(|r| r.map(|c| c.at));
+        match waited {
+            Ok(Ok(at)) => Ok(at),
+            Ok(Err(_)) => Err("the Inbox watch ended".into()),
+            Err(_) => {
+                let c = *self.counts.borrow();
+                Err(format!(
+                    "after {timeout:?}: {} Inboxes, {} Ready",
+                    c.total, c.ready
+                ))
+            }
+        }
+    }
+}
+
+impl Drop for InboxCounter {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Readiness per Inbox name from watch events; a relist is buffered until it is complete (so
+/// that it never shows zero Inboxes half-way).
+#[derive(Default)]
+struct Tally {
+    ready: std::collections::HashMap<String, bool>,
+    ready_count: usize,
+    relist: Option<std::collections::HashMap<String, bool>>,
+}
+
+impl Tally {
+    /// Apply one watch event; whether the counts may have changed.
+    fn apply(&mut self, event: watcher::Event<Inbox>) -> bool {
+        use kube::ResourceExt;
+        match event {
+            watcher::Event::Init => {
+                self.relist = Some(Default::default());
+                false
+            }
+            watcher::Event::InitApply(i) => {
+                if let Some(r) = self.relist.as_mut() {
+                    r.insert(i.name_any(), is_ready(&i));
+                }
+                false
+            }
+            watcher::Event::InitDone => {
+                self.ready = self.relist.take().unwrap_or_default();
+                self.ready_count = self.ready.values().filter(|r| **r).count();
+                true
+            }
+            watcher::Event::Apply(i) => {
+                let now = is_ready(&i);
+                let was = self.ready.insert(i.name_any(), now).unwrap_or(false);
+                self.ready_count = self.ready_count + usize::from(now) - usize::from(was);
+                true
+            }
+            watcher::Event::Delete(i) => {
+                let was = self.ready.remove(&i.name_any()).unwrap_or(false);
+                self.ready_count -= usize::from(was);
+                true
+            }
+        }
+    }
 }
 
 /// Sync intervals the at-rest figures are averaged over.
@@ -309,6 +425,10 @@ const REST_INTERVALS: u32 = 3;
 struct Row {
     n: usize,
     baseline_s: f64,
+    /// Seconds to create N Inboxes with no operator running (the user's own apply).
+    floor_s: f64,
+    /// Seconds to delete those N Inboxes (no finalizer: each DELETE is final).
+    floor_delete_s: f64,
     ready_s: f64,
     req_per_create: f64,
     /// 429 answers, % of the requests while creating.
@@ -343,6 +463,7 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     install_crd(&root, &cluster.kubeconfig)?;
     create_namespace(&client, "baseline").await?;
     let baseline_s = create_secrets(&client, "baseline", n).await?;
+    let (floor_s, floor_delete_s) = inbox_floor(&client, "floor", n).await?;
     create_namespace(&client, "bench").await?;
 
     let sim = Simulator::new();
@@ -356,9 +477,10 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let api: Api<Inbox> = Api::namespaced(client.clone(), "bench");
+    let mut counter = InboxCounter::start(&api);
     let load_before = load_average();
     let before = apiserver_writes(&client).await?;
-    let ready_s = create_inboxes_until_ready(&api, n, args.timeout).await?;
+    let ready_s = create_inboxes_until_ready(&api, &mut counter, n, args.timeout).await?;
     let mut create_writes = apiserver_writes(&client).await? - before;
     // The tool's own creates of the N Inboxes are not the operator's.
     create_writes.inboxes_secrets -= n as f64;
@@ -377,7 +499,7 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     let limited_pct = 100.0 * limited as f64 / (requests.max(1)) as f64;
     let (rest_api, rest_writes) = at_rest(args.sync_interval, &sim, &client).await?;
     let before = apiserver_writes(&client).await?;
-    let (delete_s, delete_requests_s) = delete_all(&api, n, args.timeout).await?;
+    let (delete_s, delete_requests_s) = delete_all(&api, &mut counter, n, args.timeout).await?;
     let mut delete_writes = apiserver_writes(&client).await? - before;
     // The tool's own N deletes are not the operator's (200: the Inboxes carry a finalizer).
     delete_writes.inboxes_secrets -= n as f64;
@@ -399,6 +521,8 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     Ok(Row {
         n,
         baseline_s,
+        floor_s,
+        floor_delete_s,
         ready_s,
         req_per_create,
         limited_pct,
@@ -539,13 +663,8 @@ fn start_operator(args: &Args, kubeconfig: &Path, api_url: &str) -> Result<Proc,
     Ok(Proc(child))
 }
 
-/// Create `n` Inboxes at once; seconds until every one is Ready.
-async fn create_inboxes_until_ready(
-    api: &Api<Inbox>,
-    n: usize,
-    timeout: Duration,
-) -> Result<f64, String> {
-    let started = Instant::now();
+/// Create Inboxes `inbox-00000` … of `api`, [`CREATE_CONCURRENCY`] at once.
+async fn create_inboxes(api: &Api<Inbox>, n: usize) -> Result<(), String> {
     futures::stream::iter(0..n)
         .map(|i| {
             let api = api.clone();
@@ -557,19 +676,51 @@ async fn create_inboxes_until_ready(
         .buffer_unordered(CREATE_CONCURRENCY)
         .try_collect::<Vec<_>>()
         .await
-        .map_err(|e| format!("create Inboxes: {e}"))?;
-    loop {
-        // Poll gently (a full list of 10,000 Inboxes is heavy) and ride out a slow answer.
-        if let Ok((_, ready)) = count_ready(api).await
-            && ready == n
-        {
-            return Ok(started.elapsed().as_secs_f64());
-        }
-        if started.elapsed() > timeout {
-            return Err(format!("not all {n} Ready after {timeout:?}"));
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+        .map(|_| ())
+        .map_err(|e| format!("create Inboxes: {e}"))
+}
+
+/// Delete Inboxes `inbox-00000` … of `api`, one DELETE each, [`CREATE_CONCURRENCY`] at once
+/// (like the creates, and unlike a delete-collection, which the API server works through one
+/// item at a time).
+async fn delete_inboxes(api: &Api<Inbox>, n: usize) -> Result<(), String> {
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let api = api.clone();
+            async move { delete_retrying(&api, &format!("inbox-{i:05}")).await }
+        })
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .try_collect::<Vec<_>>()
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("delete Inboxes: {e}"))
+}
+
+/// The floor: seconds to create `n` Inboxes in namespace `ns` with no operator running (the
+/// cost of the user's own apply, a CRD write being dearer than a Secret write), then to
+/// delete them again (no finalizer yet: each DELETE removes the object at once).
+async fn inbox_floor(client: &Client, ns: &str, n: usize) -> Result<(f64, f64), String> {
+    create_namespace(client, ns).await?;
+    let api: Api<Inbox> = Api::namespaced(client.clone(), ns);
+    let started = Instant::now();
+    create_inboxes(&api, n).await?;
+    let create_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    delete_inboxes(&api, n).await?;
+    Ok((create_s, started.elapsed().as_secs_f64()))
+}
+
+/// Create `n` Inboxes at once; seconds until every one is Ready (to the watch event).
+async fn create_inboxes_until_ready(
+    api: &Api<Inbox>,
+    counter: &mut InboxCounter,
+    n: usize,
+    timeout: Duration,
+) -> Result<f64, String> {
+    let started = Instant::now();
+    create_inboxes(api, n).await?;
+    let at = counter.until(timeout, |c| c.ready == n).await?;
+    Ok(at.saturating_duration_since(started).as_secs_f64())
 }
 
 /// At rest: let in-flight work settle for one interval, then measure REST_INTERVALS more and
@@ -589,30 +740,22 @@ async fn at_rest(
     Ok((rest_api, rest_writes))
 }
 
-/// Delete every Inbox, one DELETE each with the same client concurrency as the creates (like
-/// the creates, and unlike a delete-collection, which the API server works through one item
-/// at a time); seconds until none is left, and seconds the DELETE requests took.
-async fn delete_all(api: &Api<Inbox>, n: usize, timeout: Duration) -> Result<(f64, f64), String> {
+/// Delete every Inbox ([`delete_inboxes`]); seconds until the watch shows none left, and
+/// seconds the DELETE requests took.
+async fn delete_all(
+    api: &Api<Inbox>,
+    counter: &mut InboxCounter,
+    n: usize,
+    timeout: Duration,
+) -> Result<(f64, f64), String> {
     let started = Instant::now();
-    futures::stream::iter(0..n)
-        .map(|i| {
-            let api = api.clone();
-            async move { delete_retrying(&api, &format!("inbox-{i:05}")).await }
-        })
-        .buffer_unordered(CREATE_CONCURRENCY)
-        .try_collect::<Vec<_>>()
-        .await
-        .map_err(|e| format!("delete Inboxes: {e}"))?;
+    delete_inboxes(api, n).await?;
     let requests_s = started.elapsed().as_secs_f64();
-    loop {
-        if let Ok((0, _)) = count_ready(api).await {
-            return Ok((started.elapsed().as_secs_f64(), requests_s));
-        }
-        if started.elapsed() > timeout {
-            return Err(format!("Inboxes left after {timeout:?}"));
-        }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
+    let at = counter.until(timeout, |c| c.total == 0).await?;
+    Ok((
+        at.saturating_duration_since(started).as_secs_f64(),
+        requests_s,
+    ))
 }
 
 /// Delete `name`, trying again after a dropped connection; "not found" after such a retry
@@ -682,22 +825,27 @@ async fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-/// Times, and times as ratios to the N-Secret baseline.
+/// Times, and times as ratios to the N-Secret baseline and to the floor (N Inboxes created,
+/// or deleted, with no operator).
 fn print_times(rows: &[Row]) {
     println!(
-        "| Inboxes | N Secrets (s) | all Ready (s) | Ready ÷ Secrets | all deleted (s) | deleted ÷ Secrets |"
+        "| Inboxes | N Secrets (s) | N Inboxes, no operator (s) | all Ready (s) | Ready ÷ Secrets | Ready ÷ no operator | N Inbox DELETEs, no operator (s) | all deleted (s) | deleted ÷ Secrets | deleted ÷ no operator |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
-        let ratio = |s: f64| s / r.baseline_s.max(0.001);
+        let ratio = |s: f64, to: f64| s / to.max(0.001);
         println!(
-            "| {} | {:.1} | {:.1} | {:.1}× | {:.1} | {:.1}× |",
+            "| {} | {:.1} | {:.1} | {:.1} | {:.1}× | {:.1}× | {:.1} | {:.1} | {:.1}× | {:.1}× |",
             r.n,
             r.baseline_s,
+            r.floor_s,
             r.ready_s,
-            ratio(r.ready_s),
+            ratio(r.ready_s, r.baseline_s),
+            ratio(r.ready_s, r.floor_s),
+            r.floor_delete_s,
             r.delete_s,
-            ratio(r.delete_s)
+            ratio(r.delete_s, r.baseline_s),
+            ratio(r.delete_s, r.floor_delete_s)
         );
     }
 }
@@ -777,6 +925,41 @@ mod tests {
             d.breakdown(1.0),
             "POST events 201: 1.000; PUT leases 200: 2.000"
         );
+    }
+
+    #[test]
+    fn the_tally_counts_ready_inboxes_and_buffers_a_relist() {
+        let inbox = |name: &str, ready: bool| {
+            let mut i = Inbox::new(name, InboxSpec::default());
+            if ready {
+                i.status = Some(inbox_operator::crd::InboxStatus {
+                    conditions: vec![inbox_operator::crd::Condition {
+                        type_: "Ready".into(),
+                        status: "True".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                });
+            }
+            i
+        };
+        let mut t = Tally::default();
+        assert!(!t.apply(watcher::Event::Init));
+        assert!(!t.apply(watcher::Event::InitApply(inbox("a", true))));
+        assert_eq!(
+            t.ready.len(),
+            0,
+            "a relist shows nothing until it is complete"
+        );
+        assert!(t.apply(watcher::Event::InitDone));
+        assert_eq!((t.ready.len(), t.ready_count), (1, 1));
+        t.apply(watcher::Event::Apply(inbox("b", false)));
+        t.apply(watcher::Event::Apply(inbox("b", true)));
+        t.apply(watcher::Event::Apply(inbox("b", true)));
+        assert_eq!((t.ready.len(), t.ready_count), (2, 2));
+        t.apply(watcher::Event::Delete(inbox("a", true)));
+        t.apply(watcher::Event::Delete(inbox("b", true)));
+        assert_eq!((t.ready.len(), t.ready_count), (0, 0));
     }
 
     #[test]

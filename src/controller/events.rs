@@ -1,7 +1,15 @@
 //! The Kubernetes Events the controller publishes: one variant per contract reason, with its
-//! type (Normal or Warning) fixed by the variant.
+//! type (Normal or Warning) fixed by the variant; and [`EventRecorder`], which publishes them
+//! in the background.
 
-use kube::runtime::events::{Event, EventType};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use tokio::sync::Semaphore;
+use tracing::warn;
 
 /// Every event reason of the contract.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,6 +109,85 @@ impl InboxEvent {
             action: self.kind.reason().to_string(),
             secondary: None,
         }
+    }
+}
+
+/// Publishes Kubernetes Events in the background through kube's [`Recorder`], so that a
+/// reconcile pass never waits on the event's round trip (an event is a record for humans: the
+/// status and the writes carry the state, and a lost event changes no decision).
+///
+/// At most [`EventRecorder::IN_FLIGHT`] publishes run at once; beyond that, [`publish`]
+/// waits for one to finish (memory stays bounded in a burst). Failures are logged with the
+/// reason only. Events of one pass may therefore land out of order (their times tell).
+///
+/// One Recorder per window of [`EventRecorder::WINDOW`] events: kube's Recorder keeps every
+/// event it published in the last 6 minutes (to fold repeats into a series) — about 3 KB
+/// each, most of the heap after a bulk apply of thousands of Inboxes (see BENCHMARKS.md).
+/// Starting a new Recorder every window bounds that cache; repeats are still folded within
+/// a window.
+///
+/// [`publish`]: EventRecorder::publish
+pub(crate) struct EventRecorder {
+    client: Client,
+    reporter: Reporter,
+    current: Mutex<(Recorder, usize)>,
+    in_flight: Arc<Semaphore>,
+}
+
+impl EventRecorder {
+    /// Events published by one Recorder before the next one starts.
+    const WINDOW: usize = 500;
+    /// Publishes in flight at once.
+    pub(crate) const IN_FLIGHT: usize = 32;
+    /// How long [`EventRecorder::drain`] waits at shutdown.
+    pub(crate) const DRAIN: Duration = Duration::from_secs(5);
+
+    pub(crate) fn new(client: Client, reporter: Reporter) -> Self {
+        let recorder = Recorder::new(client.clone(), reporter.clone());
+        EventRecorder {
+            client,
+            reporter,
+            current: Mutex::new((recorder, 0)),
+            in_flight: Arc::new(Semaphore::new(Self::IN_FLIGHT)),
+        }
+    }
+
+    /// Publish `ev` about `reference` in the background (waits only while
+    /// [`EventRecorder::IN_FLIGHT`] publishes are running).
+    pub(crate) async fn publish(&self, ev: &InboxEvent, reference: &ObjectReference) {
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else {
+            return; // closed: never (the semaphore is not closed)
+        };
+        let recorder = self.recorder();
+        let (kind, event, reference) = (ev.kind, ev.to_kube(), reference.clone());
+        tokio::spawn(async move {
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                warn!(error = %e, reason = kind.reason(), "could not publish event");
+            }
+            drop(permit);
+        });
+    }
+
+    /// Wait (at most `limit`) until the publishes in flight have finished: at shutdown, so
+    /// that the last passes' events are not lost.
+    pub(crate) async fn drain(&self, limit: Duration) {
+        let all = u32::try_from(Self::IN_FLIGHT).unwrap_or(u32::MAX);
+        if tokio::time::timeout(limit, self.in_flight.acquire_many(all))
+            .await
+            .is_err()
+        {
+            warn!("shutdown: some events were not published in time");
+        }
+    }
+
+    /// The Recorder of the current window.
+    fn recorder(&self) -> Recorder {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.1 >= Self::WINDOW {
+            *current = (Recorder::new(self.client.clone(), self.reporter.clone()), 0);
+        }
+        current.1 += 1;
+        current.0.clone()
     }
 }
 

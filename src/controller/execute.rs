@@ -264,7 +264,10 @@ impl<'a> Pass<'a> {
         for _ in 0..MAX_STEPS {
             let step = plan::plan(&o);
             tracing::debug!(%step, "step");
-            if !matches!(step, Step::FindBindings { .. } | Step::Bind { .. }) {
+            if !matches!(
+                step,
+                Step::FindBindings { .. } | Step::Bind { .. } | Step::BindWithSecret { .. }
+            ) {
                 gate = None;
             }
             match step {
@@ -343,17 +346,52 @@ impl<'a> Pass<'a> {
                 // A later lookup must see the account as it is after this attempt.
                 o.candidates = None;
             }
-            Step::Bind { key, remote, event } => {
-                let owner = format!("{}/{}", self.ns, self.name);
-                self.ctx.bindings.note_bound(&remote.id, &self.uid, &owner);
-                self.record_binding(o, &remote.id).await?;
-                *gate = None;
-                self.ctx.scans.remember(&key, &remote);
-                self.publish(&event).await;
-                o.remote = Some(Lookup::Found(remote));
-                o.bound_now = true;
+            step @ (Step::Bind { .. } | Step::BindWithSecret { .. }) => {
+                self.bind(o, gate, step).await?;
             }
             step => self.bookkeeping(o, step).await?,
+        }
+        Ok(())
+    }
+
+    /// Record the binding of `remote` (and publish `event`), and with `secret`, create that
+    /// Secret at the same time ([`Step::BindWithSecret`]: the two writes are independent, and
+    /// either failing is safe — see there). The event is published when the binding is
+    /// written, whatever the Secret write did; a failed write fails the pass.
+    async fn bind(
+        &self,
+        o: &mut Observed,
+        gate: &mut Option<Gate>,
+        step: Step,
+    ) -> Result<(), Error> {
+        let (key, remote, event, secret) = match step {
+            Step::Bind { key, remote, event } => (key, remote, event, None),
+            Step::BindWithSecret {
+                key,
+                remote,
+                event,
+                secret,
+            } => (key, remote, event, Some(*secret)),
+            other => return Err(Error::Internal(format!("not a bind: {other}"))),
+        };
+        let owner = format!("{}/{}", self.ns, self.name);
+        self.ctx.bindings.note_bound(&remote.id, &self.uid, &owner);
+        let write_secret = async {
+            match &secret {
+                Some(s) => self.write_secret(s, true).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (bound, written) =
+            futures::future::join(self.record_binding(o, &remote.id), write_secret).await;
+        bound?;
+        *gate = None;
+        self.ctx.scans.remember(&key, &remote);
+        self.publish(&event).await;
+        o.remote = Some(Lookup::Found(remote));
+        o.bound_now = true;
+        if let (Some(s), Some(meta)) = (&secret, written?) {
+            o.secrets.insert(s.name_any(), Some(meta));
         }
         Ok(())
     }
@@ -532,15 +570,9 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
+    /// Publish `event` in the background ([`super::events::EventRecorder`]).
     async fn publish(&self, event: &InboxEvent) {
-        if let Err(e) = self
-            .ctx
-            .recorder
-            .publish(&event.to_kube(), &self.reference)
-            .await
-        {
-            warn!(error = %e, reason = event.kind.reason(), "could not publish event");
-        }
+        self.ctx.recorder.publish(event, &self.reference).await;
     }
 
     // ------------------------------------------------------------------ inputs

@@ -47,7 +47,7 @@ use kube::Client;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use thiserror::Error;
@@ -225,7 +225,7 @@ pub struct Context {
     pub(crate) refreshes: refresh::RefreshQueue,
     pub(crate) create_gates: CreateGates,
     pub(crate) bindings: BindingRegistry,
-    pub(crate) recorder: EventRecorder,
+    pub(crate) recorder: events::EventRecorder,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) inbox_stores: Vec<Store<Inbox>>,
     /// Who names which inbox ID, per Inbox cache (fed by the same watch events).
@@ -269,7 +269,7 @@ impl Context {
             refreshes: refresh::RefreshQueue::default(),
             create_gates: CreateGates::default(),
             bindings: BindingRegistry::default(),
-            recorder: EventRecorder::new(client.clone(), reporter),
+            recorder: events::EventRecorder::new(client.clone(), reporter),
             client,
             api,
             metrics,
@@ -390,48 +390,6 @@ impl Context {
 /// Label selector of the Secrets this operator writes.
 pub fn managed_secret_selector() -> String {
     format!("{}={}", crd::LABEL_MANAGED_BY, crd::MANAGED_BY)
-}
-
-/// Publishes Kubernetes Events through kube's [`Recorder`], one Recorder per window of
-/// [`EventRecorder::WINDOW`] events. kube's Recorder keeps every event it published in the
-/// last 6 minutes (to fold repeats into a series) — about 3 KB each, most of the heap after a
-/// bulk apply of thousands of Inboxes (see BENCHMARKS.md). Starting a new Recorder every
-/// window bounds that cache; repeats are still folded within a window.
-pub(crate) struct EventRecorder {
-    client: Client,
-    reporter: Reporter,
-    current: Mutex<(Recorder, usize)>,
-}
-
-impl EventRecorder {
-    /// Events published by one Recorder before the next one starts.
-    const WINDOW: usize = 500;
-
-    fn new(client: Client, reporter: Reporter) -> Self {
-        let recorder = Recorder::new(client.clone(), reporter.clone());
-        EventRecorder {
-            client,
-            reporter,
-            current: Mutex::new((recorder, 0)),
-        }
-    }
-
-    /// Publish `ev` about `reference`.
-    pub(crate) async fn publish(
-        &self,
-        ev: &kube::runtime::events::Event,
-        reference: &k8s_openapi::api::core::v1::ObjectReference,
-    ) -> Result<(), kube::Error> {
-        let recorder = {
-            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-            if current.1 >= Self::WINDOW {
-                *current = (Recorder::new(self.client.clone(), self.reporter.clone()), 0);
-            }
-            current.1 += 1;
-            current.0.clone()
-        };
-        recorder.publish(ev, reference).await
-    }
 }
 
 /// One watched scope (a namespace, or all of them): its caches and their event streams.
@@ -718,6 +676,7 @@ pub async fn run(
         ),
     ];
     futures::future::join_all(controllers).await;
+    ctx.recorder.drain(events::EventRecorder::DRAIN).await;
     stop.cancel();
     for task in background {
         let _ = task.await;

@@ -27,8 +27,9 @@
 //!   report `Creating`, POST, bind. A failure that proves nothing was created clears the mark.
 //! - **Recover**: a pending mark without an ID means an interrupted create: list the account
 //!   and bind the one match, create when there is none, `CreationUncertain` when several.
-//! - **Delete** (finalizer): `Deleting`; with `deletionPolicy: Delete` delete the bound (or
-//!   recovered) inbox, with `Orphan` leave it; delete the owned Secrets.
+//! - **Delete** (finalizer): with `deletionPolicy: Delete` delete the bound (or recovered)
+//!   inbox, with `Orphan` leave it; delete the owned Secrets. No status write on the way
+//!   unless the deletion waits (`Deleting` names other finalizers) or fails.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -465,6 +466,22 @@ pub enum Step {
         /// Published after the write.
         event: InboxEvent,
     },
+    /// [`Step::Bind`] and, at the same time, create the Secret `secret` (absent, read in this
+    /// pass): one round trip instead of two in the pass that created the inbox. Safe either
+    /// way it fails: a Secret written while the binding patch fails names the inbox of the
+    /// pending address, the one inbox the next pass's exact lookup binds (or, if the Inbox is
+    /// deleted meanwhile, deletes with the owned Secret); a binding whose Secret write fails is
+    /// an ordinary bound Inbox, whose next pass writes the Secret.
+    BindWithSecret {
+        /// The account's API key.
+        key: ApiKey,
+        /// The inbox to bind.
+        remote: RemoteInbox,
+        /// Published once the binding is written.
+        event: InboxEvent,
+        /// The Secret to create.
+        secret: Box<Secret>,
+    },
     /// Pin a binding known only from status in the annotation.
     RecordBinding {
         /// The AgentSend inbox ID.
@@ -623,6 +640,7 @@ pub fn writes(step: &Step) -> bool {
         | Step::MarkPending { .. }
         | Step::Create { .. }
         | Step::Bind { .. }
+        | Step::BindWithSecret { .. }
         | Step::RecordBinding { .. }
         | Step::ClearPending
         | Step::WriteSecret { .. }
@@ -1047,6 +1065,31 @@ fn recover_legacy(o: &Observed, key: ApiKey, since: jiff::Timestamp) -> Step {
     )
 }
 
+/// Bind the inbox this pass created; with its Secret at once ([`Step::BindWithSecret`]) when
+/// the Secret is known to be absent and renders (anything else — a Secret that exists, a
+/// template error — is left to [`converge`] after a plain bind, as before).
+fn bind_created(o: &Observed, key: ApiKey, remote: &RemoteInbox, event: InboxEvent) -> Step {
+    let remote = remote.clone();
+    let absent = matches!(o.secrets.get(&o.inbox.secret_name()), Some(None));
+    let secret = absent
+        .then(|| {
+            let templated = checked_secret_spec(o, &remote).ok()?;
+            let mut desired = decide::desired_secret(&o.inbox, &remote)?;
+            decide::add_string_data(&mut desired, templated);
+            Some(desired)
+        })
+        .flatten();
+    match secret {
+        Some(secret) => Step::BindWithSecret {
+            key,
+            remote,
+            event,
+            secret: Box::new(secret),
+        },
+        None => Step::Bind { key, remote, event },
+    }
+}
+
 /// Whether the Ready condition already says the API rejected this generation of the spec.
 pub fn rejected_at_this_generation(inbox: &Inbox) -> bool {
     status::find(inbox.status.as_ref(), crd::condition::READY).is_some_and(|c| {
@@ -1060,6 +1103,11 @@ fn create(o: &Observed, key: ApiKey, address: &str) -> Step {
     match &o.created {
         // No `Creating` status on the way: a create that works ends Ready in one pass, with
         // one status write.
+        // Read the Secret (cache, or GET) before the POST, so that the bind after it can
+        // create the Secret at the same time ([`Step::BindWithSecret`]).
+        None if !o.secrets.contains_key(&o.inbox.secret_name()) => Step::ReadSecret {
+            name: o.inbox.secret_name(),
+        },
         None => Step::Create {
             key,
             request: decide::create_request(&o.inbox.spec, address),
@@ -1078,11 +1126,7 @@ fn create(o: &Observed, key: ApiKey, address: &str) -> Step {
                     format!("created AgentSend inbox {} ({})", remote.id, remote.address),
                 ),
             };
-            Step::Bind {
-                key,
-                remote: remote.clone(),
-                event,
-            }
+            bind_created(o, key, remote, event)
         }
         Some(Err(e)) if is_address_conflict(e) => after_conflict(o, key, address, e),
         // Otherwise the pending mark stays: the next pass looks the address up first.
@@ -1393,15 +1437,11 @@ fn cleanup(o: &Observed) -> Step {
     } else {
         policy
     };
-    // After a failed attempt the status shows that failure: a retry does not flip it back
-    // to `Deleting` (one status write per distinct outcome).
-    if o.progress != Some(Reason::Deleting) && o.failures == 0 {
-        let deleting = Readiness::progressing(
-            Reason::Deleting,
-            format!("deleting (deletionPolicy {policy:?})"),
-        );
-        return progress(o, deleting);
-    }
+    // No `Deleting` status first: a deletion that goes through in this pass is over before
+    // anyone reads it (and the Inbox is gone with its status), and the write was one of the
+    // pass's sequential round trips. A deletion that cannot go through still explains itself:
+    // waiting for other finalizers or a pause reports `Deleting`/`Paused` ([`held_deletion`]),
+    // and a failure reports the failure (kept on retries: one status write per outcome).
     let bound = o.inbox.bound_inbox_id();
     let pending = o.inbox.annotation(crd::ANNOTATION_CREATE_PENDING);
     match policy {
@@ -1974,6 +2014,18 @@ impl fmt::Display for Step {
             Step::Bind { remote, event, .. } => {
                 write!(f, "bind {} ({})", remote.id, event.kind.reason())
             }
+            Step::BindWithSecret {
+                remote,
+                event,
+                secret,
+                ..
+            } => write!(
+                f,
+                "bind {} ({}) and create secret {}",
+                remote.id,
+                event.kind.reason(),
+                secret.metadata.name.as_deref().unwrap_or_default()
+            ),
             Step::RecordBinding { id } => write!(f, "record binding {id}"),
             Step::ClearPending => write!(f, "clear pending"),
             Step::Forget { id, .. } => write!(f, "forget {id}"),
@@ -2789,8 +2841,17 @@ mod tests {
                 "done; requeue 500ms; count failure",
             ),
             (
-                "marked: POST the marked address (no Creating status: one status write, Ready)",
+                "marked: read the Secret first (cache, or GET), so the bind can write it at once",
                 obs().key().pending().marked(Marked::Yes),
+                "read secret mail",
+            ),
+            (
+                "marked: POST the marked address (no Creating status: one status write, Ready)",
+                obs()
+                    .key()
+                    .pending()
+                    .marked(Marked::Yes)
+                    .secret("mail", None),
                 "create support@agentsend.io",
             ),
             (
@@ -2806,6 +2867,37 @@ mod tests {
             (
                 "created: record the binding, announce Created",
                 obs().key().pending().created(Ok(inb1())),
+                "bind inb_1 (Created)",
+            ),
+            (
+                "created, its Secret absent: bind and create the Secret at once (one round trip)",
+                obs()
+                    .key()
+                    .pending()
+                    .secret("mail", None)
+                    .created(Ok(inb1())),
+                "bind inb_1 (Created) and create secret mail",
+            ),
+            (
+                "created, a Secret of that name exists: bind only (then converge decides on it)",
+                obs()
+                    .key()
+                    .pending()
+                    .secret("mail", Some(ObjectMeta::default()))
+                    .created(Ok(inb1())),
+                "bind inb_1 (Created)",
+            ),
+            (
+                "created, the Secret template does not render: bind only (then Rejected)",
+                obs()
+                    .key()
+                    .pending()
+                    .secret("mail", None)
+                    .spec(|s| {
+                        s.secret.get_or_insert_default().template =
+                            Some([("X".into(), "{{ nope }}".into())].into());
+                    })
+                    .created(Ok(inb1())),
                 "bind inb_1 (Created)",
             ),
             (
@@ -2961,6 +3053,7 @@ mod tests {
                     .key()
                     .pending()
                     .progress(Reason::Creating)
+                    .secret("mail", None)
                     .candidates(vec![]),
                 "create support@agentsend.io",
             ),
@@ -3453,9 +3546,10 @@ mod tests {
                 "deleting while an apply attempt holds: deletion starts at once",
                 obs()
                     .with(|o| o.phase = Phase::Cleanup)
+                    .bound("inb_1")
                     .key()
                     .with(|o| o.hold = Some(hold(Phase::Apply, Some(2), Some(key())))),
-                "progress Deleting",
+                "delete inbox inb_1",
             ),
             (
                 "a failed deletion holds back: the pass fails quietly (the finalizer stays), no status write",
@@ -3502,9 +3596,17 @@ mod tests {
                 "delete inbox inb_1",
             ),
             (
-                "deleting: report Deleting first",
+                "deleting: no Deleting status first (one round trip less): straight to the AgentSend delete",
+                obs()
+                    .with(|o| o.phase = Phase::Cleanup)
+                    .bound("inb_1")
+                    .key(),
+                "delete inbox inb_1",
+            ),
+            (
+                "deleting an unbound Inbox: straight to its Secret, no status write",
                 obs().with(|o| o.phase = Phase::Cleanup),
-                "progress Deleting",
+                "read secret mail",
             ),
             (
                 "Orphan: leave the inbox, announce Orphaned",
@@ -3723,6 +3825,35 @@ mod tests {
             "{}",
             plan(&claimed.0)
         );
+    }
+
+    /// The Secret written with the binding is the one converging would write after it.
+    #[test]
+    fn the_secret_written_with_the_binding_is_the_converged_one() {
+        let template = |s: &mut InboxSpec| {
+            s.secret.get_or_insert_default().template =
+                Some([("FROM".into(), "<{{ address }}>".into())].into());
+        };
+        let at_bind = obs()
+            .key()
+            .pending()
+            .secret("mail", None)
+            .spec(template)
+            .created(Ok(inb1()));
+        let Step::BindWithSecret { secret: early, .. } = plan(&at_bind.0) else {
+            panic!("expected bind with secret, got {}", plan(&at_bind.0));
+        };
+        let after = obs()
+            .key()
+            .bound("inb_1")
+            .found(inb1())
+            .registered()
+            .secret("mail", None)
+            .spec(template);
+        let Step::WriteSecret { secret: late, .. } = plan(&after.0) else {
+            panic!("expected a Secret write, got {}", plan(&after.0));
+        };
+        assert_eq!(early, late);
     }
 
     #[test]
