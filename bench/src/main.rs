@@ -97,6 +97,19 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// CPU seconds used so far by etcd, kube-apiserver and kube-controller-manager (their
+    /// pid files are in the cluster's directory).
+    fn cpu_s(&self) -> f64 {
+        ["etcd", "apiserver", "controller-manager"]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(self.dir.join(format!("{p}.pid"))).ok())
+            .filter_map(|pid| pid.trim().parse::<u32>().ok())
+            .map(cpu_seconds)
+            .sum()
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         let root = std::env::current_dir().unwrap_or_default();
@@ -134,6 +147,11 @@ fn proc_usage(pid: u32) -> (f64, f64) {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(0.0);
+    (hwm_kb / 1024.0, cpu_seconds(pid))
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc (0 if it is gone).
+fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after_comm = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
@@ -145,7 +163,48 @@ fn proc_usage(pid: u32) -> (f64, f64) {
             .unwrap_or(0.0)
     };
     let hz = 100.0;
-    (hwm_kb / 1024.0, (ticks(11) + ticks(12)) / hz)
+    (ticks(11) + ticks(12)) / hz
+}
+
+/// CPU seconds used by `busy` and by the operator over one phase of `wall` seconds.
+#[derive(Clone, Copy, Default)]
+struct PhaseCpu {
+    wall_s: f64,
+    control_plane_s: f64,
+    operator_s: f64,
+}
+
+impl PhaseCpu {
+    /// Cores kept busy on average by the control plane and the operator together.
+    fn cores(&self) -> f64 {
+        (self.control_plane_s + self.operator_s) / self.wall_s.max(0.001)
+    }
+}
+
+/// A CPU reading of the control plane (and optionally the operator) at the start of a phase.
+struct CpuMark {
+    control_plane_s: f64,
+    operator_s: f64,
+    at: Instant,
+}
+
+impl CpuMark {
+    fn now(cluster: &Cluster, operator: Option<u32>) -> CpuMark {
+        CpuMark {
+            control_plane_s: cluster.cpu_s(),
+            operator_s: operator.map(cpu_seconds).unwrap_or(0.0),
+            at: Instant::now(),
+        }
+    }
+
+    /// The phase from this mark to now.
+    fn phase(&self, cluster: &Cluster, operator: Option<u32>) -> PhaseCpu {
+        PhaseCpu {
+            wall_s: self.at.elapsed().as_secs_f64(),
+            control_plane_s: cluster.cpu_s() - self.control_plane_s,
+            operator_s: operator.map(cpu_seconds).unwrap_or(0.0) - self.operator_s,
+        }
+    }
 }
 
 /// Mutating verbs of `apiserver_request_total`.
@@ -449,6 +508,9 @@ struct Row {
     rss_mib: f64,
     cpu_s: f64,
     delete_s: f64,
+    /// CPU of the control plane and the operator per phase: whether a phase was bound by the
+    /// machine's cores.
+    cpu: [(&'static str, PhaseCpu); 4],
 }
 
 /// Client concurrency of the bulk creates (like `kubectl apply` of a big manifest), the same
@@ -462,8 +524,12 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     let client = cluster.client().await?;
     install_crd(&root, &cluster.kubeconfig)?;
     create_namespace(&client, "baseline").await?;
+    let mark = CpuMark::now(&cluster, None);
     let baseline_s = create_secrets(&client, "baseline", n).await?;
+    let baseline_cpu = mark.phase(&cluster, None);
+    let mark = CpuMark::now(&cluster, None);
     let (floor_s, floor_delete_s) = inbox_floor(&client, "floor", n).await?;
+    let floor_cpu = mark.phase(&cluster, None);
     create_namespace(&client, "bench").await?;
 
     let sim = Simulator::new();
@@ -480,7 +546,9 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     let mut counter = InboxCounter::start(&api);
     let load_before = load_average();
     let before = apiserver_writes(&client).await?;
+    let mark = CpuMark::now(&cluster, Some(pid));
     let ready_s = create_inboxes_until_ready(&api, &mut counter, n, args.timeout).await?;
+    let create_cpu = mark.phase(&cluster, Some(pid));
     let mut create_writes = apiserver_writes(&client).await? - before;
     // The tool's own creates of the N Inboxes are not the operator's.
     create_writes.inboxes_secrets -= n as f64;
@@ -499,7 +567,9 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     let limited_pct = 100.0 * limited as f64 / (requests.max(1)) as f64;
     let (rest_api, rest_writes) = at_rest(args.sync_interval, &sim, &client).await?;
     let before = apiserver_writes(&client).await?;
+    let mark = CpuMark::now(&cluster, Some(pid));
     let (delete_s, delete_requests_s) = delete_all(&api, &mut counter, n, args.timeout).await?;
+    let delete_cpu = mark.phase(&cluster, Some(pid));
     let mut delete_writes = apiserver_writes(&client).await? - before;
     // The tool's own N deletes are not the operator's (200: the Inboxes carry a finalizer).
     delete_writes.inboxes_secrets -= n as f64;
@@ -535,6 +605,12 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
         rss_mib,
         cpu_s,
         delete_s,
+        cpu: [
+            ("N Secrets", baseline_cpu),
+            ("N Inboxes created and deleted, no operator", floor_cpu),
+            ("N Inboxes to Ready", create_cpu),
+            ("N Inboxes deleted", delete_cpu),
+        ],
     })
 }
 
@@ -821,6 +897,8 @@ async fn main() -> std::process::ExitCode {
     println!();
     print_costs(&rows);
     println!();
+    print_cpu(&rows);
+    println!();
     print_breakdown(&rows);
     std::process::ExitCode::SUCCESS
 }
@@ -874,6 +952,30 @@ fn print_breakdown(rows: &[Row]) {
             OPERATOR_RESOURCES.join(", "),
             r.rest_writes.breakdown(f64::from(REST_INTERVALS))
         );
+    }
+}
+
+/// CPU per phase: the control plane's (etcd, API server, controller-manager) and the
+/// operator's, and the cores they kept busy together (this machine has
+/// `available_parallelism` of them: near it, the phase was bound by CPU, not by round trips).
+fn print_cpu(rows: &[Row]) {
+    let cores = std::thread::available_parallelism().map_or(0, |c| c.get());
+    println!(
+        "| Inboxes | phase | wall (s) | control plane CPU (s) | operator CPU (s) | cores busy (of {cores}) | control plane CPU / object (ms) |"
+    );
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        for (phase, c) in &r.cpu {
+            println!(
+                "| {} | {phase} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                r.n,
+                c.wall_s,
+                c.control_plane_s,
+                c.operator_s,
+                c.cores(),
+                1000.0 * c.control_plane_s / r.n as f64
+            );
+        }
     }
 }
 
