@@ -621,10 +621,13 @@ async fn refresh_on_demand_folds_into_one_scan() {
         .await;
     }
     println!("50 Inboxes refreshed in {:?}", started.elapsed());
-    assert_eq!(
-        env.sim.request_count(Route::List),
-        1,
-        "ceil(50/100) list requests"
+    // One scan serves every request that came within a quiet window of the one before
+    // (refresh::QUIET): ceil(50/100) = 1 list request on a quiet machine. A starved machine
+    // may split the 50 passes into a few windows; one list per Inbox would be 50.
+    let lists = env.sim.request_count(Route::List);
+    assert!(
+        (1..=3).contains(&lists),
+        "50 refreshes folded into one scan per quiet window, not one per Inbox: {lists} list requests"
     );
     assert_eq!(env.sim.request_count(Route::Get), 0, "no GET per Inbox");
     env.stop().await;
