@@ -12,7 +12,9 @@
 //!
 //! [`run_counter_sync`] rescans every account with bound inboxes each interval and asks the
 //! controller to reconcile exactly the Inboxes whose inbox changed or vanished, so an
-//! unchanged fleet costs ceil(N/100) list requests and zero Kubernetes writes per interval.
+//! unchanged fleet costs ceil(N/100) list requests and zero Kubernetes writes per interval
+//! (while this process creates inboxes in an account, every other round skips its scan:
+//! [`scan_due`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -60,6 +62,12 @@ struct Scanned {
     inventory_wanted: bool,
     /// With `inventory_wanted`: the inboxes of the last scan not kept in `seen`.
     unbound: Vec<RemoteInbox>,
+    /// When an observation was last made outside a scan (a create's answer, a GET): while
+    /// this process keeps creating inboxes, the counter sync may defer its scan (see
+    /// [`scan_due`]).
+    observed_outside: Option<Instant>,
+    /// When this account was first seen: a stand-in for the last scan before the first one.
+    first_seen: Option<Instant>,
 }
 
 impl Scanned {
@@ -112,8 +120,10 @@ impl ScanCache {
     pub fn remember(&self, key: &ApiKey, inbox: &RemoteInbox) {
         let mut accounts = lock(&self.accounts);
         let acct = accounts.entry(key.clone()).or_default();
-        acct.seen
-            .insert(inbox.id.clone(), (inbox.clone(), Instant::now()));
+        let now = Instant::now();
+        acct.seen.insert(inbox.id.clone(), (inbox.clone(), now));
+        acct.observed_outside = Some(now);
+        acct.first_seen.get_or_insert(now);
     }
 
     /// Forget an inbox that is gone.
@@ -271,6 +281,26 @@ impl ScanCache {
         Ok(changed)
     }
 
+    /// The counter sync's round for one account: [`scan`](Self::scan) when [`scan_due`],
+    /// else no request — the changes earlier scans saw and no reconcile reported yet.
+    pub async fn sync(&self, key: &ApiKey, watched: &[String]) -> Result<Vec<String>, ApiError> {
+        let deferred = {
+            let accounts = lock(&self.accounts);
+            accounts.get(key).and_then(|a| {
+                let last = a.scanned_at.or(a.first_seen)?;
+                let due = scan_due(Instant::now(), self.interval, last, a.observed_outside);
+                (!due).then(|| {
+                    let watched = watched.iter().filter(|id| a.unreported.contains(*id));
+                    watched.cloned().collect()
+                })
+            })
+        };
+        match deferred {
+            Some(unreported) => Ok(unreported),
+            None => self.scan(key, watched).await,
+        }
+    }
+
     /// Every inbox of the account as of a scan at most one interval old — scanning now only
     /// when there is none (the counter sync's scans serve it: no second scan per interval) —
     /// and when that scan started.
@@ -302,6 +332,25 @@ impl ScanCache {
             .unwrap_or_else(jiff::Timestamp::now);
         Ok((listed, at))
     }
+}
+
+/// Whether the counter sync scans an account at a round (`now`), given when its last scan
+/// started (or the account was first seen) and when an observation was last made outside a
+/// scan (this process's creates). At rest: every round. While this process creates inboxes
+/// in the account (an observation within the last `interval`), the inboxes it just created
+/// are fresh from their create's answer, and a scan — a list of the whole account — would
+/// mostly re-read them: the round is skipped, at most one in a row, so that no counter is
+/// more than two intervals old. (A round comes one `interval` after the previous one: a
+/// scan that started at a round is "1.5 intervals old" only at the round after next.)
+pub(crate) fn scan_due(
+    now: Instant,
+    interval: Duration,
+    last_scan: Instant,
+    observed_outside: Option<Instant>,
+) -> bool {
+    let creating = observed_outside
+        .is_some_and(|at| at >= last_scan && now.saturating_duration_since(at) < interval);
+    !creating || now.saturating_duration_since(last_scan) >= interval.mul_f64(1.5)
 }
 
 // ------------------------------------------------------------------------- gates
@@ -532,7 +581,7 @@ pub async fn run_counter_sync(
         let mut all_ok = true;
         for (key, bound) in snapshot {
             let ids: Vec<String> = bound.keys().cloned().collect();
-            let to_reconcile: Vec<&ObjectRef<Inbox>> = match scans.scan(&key, &ids).await {
+            let to_reconcile: Vec<&ObjectRef<Inbox>> = match scans.sync(&key, &ids).await {
                 Ok(changed) => {
                     tracing::debug!(
                         inboxes = ids.len(),
@@ -649,6 +698,49 @@ mod tests {
             scans.scan(&key, &watched).await.unwrap().is_empty(),
             "reported"
         );
+    }
+
+    /// At rest every round scans; while this process creates, a round is skipped, never two
+    /// in a row.
+    #[test]
+    fn the_counter_sync_defers_a_scan_by_at_most_one_round_while_creating() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let i = s(30);
+        // (last scan, last observation outside a scan, now) after t0 → scan?
+        let cases = [
+            ((0, None, 30), true, "at rest"),
+            ((0, None, 60), true, "at rest, late"),
+            ((0, Some(25), 30), false, "creating: skip one round"),
+            ((0, Some(55), 60), true, "creating: never two rounds"),
+            ((0, Some(44), 45), true, "creating, 1.5 intervals"),
+            ((10, Some(5), 40), true, "nothing created since the scan"),
+            ((0, Some(1), 31), true, "the last create is an interval old"),
+            ((0, Some(29), 30), false, "a create a second ago"),
+        ];
+        for ((scan, outside, now), want, what) in cases {
+            let at = |secs| t0 + s(secs);
+            let got = scan_due(at(now), i, at(scan), outside.map(at));
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    /// The counter sync's round: no request while this process has just created an inbox and
+    /// the last scan is recent; a scan again once that scan is 1.5 intervals old.
+    #[tokio::test]
+    async fn a_round_right_after_creates_sends_no_request() {
+        let (sim, _handle, scans, key) = simulated_account().await;
+        let created = sim.insert_inbox("acct", inbox_sim::CreateInbox::default());
+        let created = serde_json::to_value(created.unwrap()).unwrap();
+        let created: RemoteInbox = serde_json::from_value(created).unwrap();
+        let watched = vec![created.id.clone()];
+        scans.remember(&key, &created);
+        assert!(scans.sync(&key, &watched).await.unwrap().is_empty());
+        assert_eq!(sim.request_count(inbox_sim::Route::List), 0, "deferred");
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(90));
+        lock(&scans.accounts).get_mut(&key).unwrap().first_seen = long_ago;
+        scans.sync(&key, &watched).await.unwrap();
+        assert_eq!(sim.request_count(inbox_sim::Route::List), 1, "scanned");
     }
 
     #[test]
