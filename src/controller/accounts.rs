@@ -258,18 +258,26 @@ impl ScanCache {
             // The counter sync passes every bound ID: nothing else needs a report.
             acct.unreported.retain(|id| watched.contains(id.as_str()));
         }
-        // What to keep: the watched inboxes (counter sync), else those already known.
-        let keep: HashSet<String> = if watched.is_empty() {
-            acct.seen.keys().cloned().collect()
-        } else {
-            watched.iter().map(|id| id.to_string()).collect()
-        };
+        // What to keep: the watched inboxes (counter sync), else those already known — decided
+        // per listed inbox before `seen` changes, without a copy of every ID.
+        let keep: Vec<bool> = listed
+            .iter()
+            .map(|r| {
+                let id = r.id.as_str();
+                also == Some(id)
+                    || if watched.is_empty() {
+                        acct.seen.contains_key(id)
+                    } else {
+                        watched.contains(id)
+                    }
+            })
+            .collect();
         // Keep observations newer than this scan (made by creates/GETs meanwhile).
         acct.seen
             .retain(|id, (_, at)| *at > started && !by_id.contains_key(id.as_str()));
         acct.unbound.clear();
-        for r in listed {
-            if keep.contains(&r.id) || also == Some(r.id.as_str()) {
+        for (r, keep) in listed.into_iter().zip(keep) {
+            if keep {
                 acct.seen.insert(r.id.clone(), (r, started));
             } else if acct.inventory_wanted {
                 acct.unbound.push(r);
@@ -492,13 +500,24 @@ impl BindingRegistry {
         lock(&self.bindings).by_obj.get(obj).map(|(k, _)| k.clone())
     }
 
-    /// API keys with bound inboxes, and the bindings in each.
-    pub fn snapshot(&self) -> Vec<(ApiKey, Bound)> {
+    /// API keys with bound inboxes, and the inbox IDs bound in each (what the counter sync
+    /// scans for): no copy of who they are bound to, which [`bound_to`](Self::bound_to) looks
+    /// up for the few that changed.
+    pub fn bound_ids(&self) -> Vec<(ApiKey, Vec<String>)> {
         lock(&self.bindings)
             .accounts
             .iter()
-            .map(|(k, b)| (k.clone(), b.clone()))
+            .map(|(k, b)| (k.clone(), b.keys().cloned().collect()))
             .collect()
+    }
+
+    /// The Inboxes bound to `ids` in the account of `key` (IDs no longer bound are skipped).
+    pub fn bound_to(&self, key: &ApiKey, ids: &[String]) -> Vec<ObjectRef<Inbox>> {
+        let b = lock(&self.bindings);
+        let Some(bound) = b.accounts.get(key) else {
+            return Vec::new();
+        };
+        ids.iter().filter_map(|id| bound.get(id).cloned()).collect()
     }
 
     /// Note that this process just bound `id` to the Inbox with UID `owner`, called `name`
@@ -576,31 +595,30 @@ pub async fn run_counter_sync(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let snapshot = bindings.snapshot();
-        scans.retain_accounts(&snapshot.iter().map(|(k, _)| k.clone()).collect());
+        let accounts = bindings.bound_ids();
+        scans.retain_accounts(&accounts.iter().map(|(k, _)| k.clone()).collect());
         let mut all_ok = true;
-        for (key, bound) in snapshot {
-            let ids: Vec<String> = bound.keys().cloned().collect();
-            let to_reconcile: Vec<&ObjectRef<Inbox>> = match scans.sync(&key, &ids).await {
+        for (key, ids) in accounts {
+            let to_reconcile = match scans.sync(&key, &ids).await {
                 Ok(changed) => {
                     tracing::debug!(
                         inboxes = ids.len(),
                         changed = changed.len(),
                         "counter sync scan"
                     );
-                    changed.iter().filter_map(|id| bound.get(id)).collect()
+                    bindings.bound_to(&key, &changed)
                 }
                 Err(e) => {
                     all_ok = false;
-                    tracing::warn!(error = %e, inboxes = bound.len(), "counter sync scan failed");
+                    tracing::warn!(error = %e, inboxes = ids.len(), "counter sync scan failed");
                     match e {
                         ApiError::RateLimited { .. } => Vec::new(),
-                        _ => bound.values().collect(),
+                        _ => bindings.bound_to(&key, &ids),
                     }
                 }
             };
             for obj in to_reconcile {
-                let _ = trigger.unbounded_send(obj.clone());
+                let _ = trigger.unbounded_send(obj);
             }
         }
         if all_ok {
@@ -642,15 +660,10 @@ mod tests {
         ObjectRef::new(name).within("ns")
     }
 
-    fn bound_in(
-        snapshot: &[(ApiKey, HashMap<String, ObjectRef<Inbox>>)],
-        key: &ApiKey,
-    ) -> Vec<ObjectRef<Inbox>> {
-        snapshot
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, b)| b.values().cloned().collect())
-            .unwrap_or_default()
+    /// The Inboxes bound in the account of `key`.
+    fn bound_in(b: &BindingRegistry, key: &ApiKey) -> Vec<ObjectRef<Inbox>> {
+        let ids = b.bound_ids().into_iter().find(|(k, _)| k == key);
+        b.bound_to(key, &ids.map(|(_, ids)| ids).unwrap_or_default())
     }
 
     /// A change a scan saw is asked for at every counter-sync scan until a reconcile reports
@@ -750,13 +763,12 @@ mod tests {
         let new = ApiKey::new("new").unwrap();
         b.register(&old, "i1", obj("x"));
         b.register(&old, "i2", obj("y"));
-        assert_eq!(b.snapshot().len(), 1);
+        assert_eq!(b.bound_ids().len(), 1);
         b.register(&new, "i1", obj("x"));
-        let snap = b.snapshot();
-        assert_eq!(bound_in(&snap, &old), vec![obj("y")]);
-        assert_eq!(bound_in(&snap, &new), vec![obj("x")]);
+        assert_eq!(bound_in(&b, &old), vec![obj("y")]);
+        assert_eq!(bound_in(&b, &new), vec![obj("x")]);
         b.unregister(&obj("y"));
-        assert_eq!(b.snapshot().len(), 1, "empty accounts are dropped");
+        assert_eq!(b.bound_ids().len(), 1, "empty accounts are dropped");
         assert_eq!(b.key_for(&obj("x")), Some(new.clone()));
         assert_eq!(b.key_for(&obj("y")), None);
     }
@@ -767,9 +779,7 @@ mod tests {
         let k = ApiKey::new("k").unwrap();
         b.register(&k, "old-id", obj("x"));
         b.register(&k, "new-id", obj("x"));
-        let snap = b.snapshot();
-        assert_eq!(snap[0].1.len(), 1);
-        assert!(snap[0].1.contains_key("new-id"));
+        assert_eq!(b.bound_ids()[0].1, ["new-id"]);
     }
 
     #[test]
@@ -782,7 +792,7 @@ mod tests {
         assert_eq!(b.key_for(&obj("y")), Some(k.clone()));
         // Unregistering the previous owner leaves the new binding alone.
         b.unregister(&obj("x"));
-        assert_eq!(bound_in(&b.snapshot(), &k), vec![obj("y")]);
+        assert_eq!(bound_in(&b, &k), vec![obj("y")]);
     }
 
     #[test]
