@@ -71,6 +71,18 @@ struct Scanned {
 }
 
 impl Scanned {
+    /// How old an observation may be for a pass to use it: one `interval`, or two while this
+    /// process creates inboxes in the account (the counter sync then skips a round,
+    /// [`scan_due`]: without this, the passes of the Inboxes created a round ago would each
+    /// find their observation stale and start the scan the counter sync skipped).
+    fn max_age(&self, interval: Duration) -> Duration {
+        let now = Instant::now();
+        match self.scanned_at.or(self.first_seen) {
+            Some(last) if creating(now, interval, last, self.observed_outside) => interval * 2,
+            _ => interval,
+        }
+    }
+
     /// Mark the known inboxes whose observation differs in the listing `by_id` (or which
     /// vanished) as unreported; return the `watched` IDs a reconcile should look at: those
     /// changed, unreported, missing or not yet known — all of them after a failed scan.
@@ -183,8 +195,9 @@ impl ScanCache {
 
     fn fresh(&self, key: &ApiKey, id: &str) -> Option<RemoteInbox> {
         let accounts = lock(&self.accounts);
-        let (r, at) = accounts.get(key)?.seen.get(id)?;
-        (at.elapsed() < self.interval).then(|| r.clone())
+        let acct = accounts.get(key)?;
+        let (r, at) = acct.seen.get(id)?;
+        (at.elapsed() < acct.max_age(self.interval)).then(|| r.clone())
     }
 
     fn recent_failure(&self, key: &ApiKey) -> Option<ApiError> {
@@ -197,8 +210,8 @@ impl ScanCache {
     fn scan_is_fresh(&self, key: &ApiKey) -> bool {
         lock(&self.accounts)
             .get(key)
-            .and_then(|a| a.scanned_at)
-            .is_some_and(|t| t.elapsed() < self.interval)
+            .and_then(|a| Some(a.scanned_at?.elapsed() < a.max_age(self.interval)))
+            .unwrap_or(false)
     }
 
     /// Scan one account now (single flight). Returns those of `watched` whose observation
@@ -356,9 +369,20 @@ pub(crate) fn scan_due(
     last_scan: Instant,
     observed_outside: Option<Instant>,
 ) -> bool {
-    let creating = observed_outside
-        .is_some_and(|at| at >= last_scan && now.saturating_duration_since(at) < interval);
-    !creating || now.saturating_duration_since(last_scan) >= interval.mul_f64(1.5)
+    !creating(now, interval, last_scan, observed_outside)
+        || now.saturating_duration_since(last_scan) >= interval.mul_f64(1.5)
+}
+
+/// Whether this process is creating inboxes in an account: an observation outside a scan (a
+/// create's answer) since its last scan started, within the last `interval`.
+fn creating(
+    now: Instant,
+    interval: Duration,
+    last_scan: Instant,
+    observed_outside: Option<Instant>,
+) -> bool {
+    observed_outside
+        .is_some_and(|at| at >= last_scan && now.saturating_duration_since(at) < interval)
 }
 
 // ------------------------------------------------------------------------- gates
@@ -754,6 +778,32 @@ mod tests {
         lock(&scans.accounts).get_mut(&key).unwrap().first_seen = long_ago;
         scans.sync(&key, &watched).await.unwrap();
         assert_eq!(sim.request_count(inbox_sim::Route::List), 1, "scanned");
+    }
+
+    /// While this process creates inboxes, a pass over an Inbox created a round ago uses its
+    /// create's answer (up to two intervals old) instead of starting the scan the counter
+    /// sync skipped; at rest, one interval.
+    #[test]
+    fn passes_accept_two_interval_old_observations_only_while_creating() {
+        let i = Duration::from_secs(30);
+        let ago = |secs| Instant::now().checked_sub(Duration::from_secs(secs));
+        let acct = |scan, outside: Option<u64>| Scanned {
+            scanned_at: ago(scan),
+            observed_outside: outside.and_then(ago),
+            ..Scanned::default()
+        };
+        assert_eq!(acct(40, Some(5)).max_age(i), i * 2, "creating");
+        assert_eq!(acct(40, None).max_age(i), i, "at rest");
+        assert_eq!(
+            acct(40, Some(35)).max_age(i),
+            i,
+            "the last create an interval old"
+        );
+        assert_eq!(
+            acct(10, Some(20)).max_age(i),
+            i,
+            "nothing created since the scan"
+        );
     }
 
     #[test]
