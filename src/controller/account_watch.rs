@@ -273,6 +273,16 @@ pub fn affected(inboxes: &[Arc<Inbox>], change: &AccountChange) -> Vec<ObjectRef
         .collect()
 }
 
+/// Whether any `ClusterAccount` sets `maxInboxesPerNamespace`: without one no Inbox waits for
+/// a quota slot, and a deleted Inbox frees none (so [`freed_slot_waiters`], a walk over every
+/// cached Inbox per deletion event — O(N²) per bulk delete —, is skipped).
+pub fn any_quota(cluster: &Store<crate::account::ClusterAccount>) -> bool {
+    cluster
+        .state()
+        .iter()
+        .any(|a| a.spec.max_inboxes_per_namespace.is_some())
+}
+
 /// The Inboxes (among `inboxes`) a deleted Inbox `gone` may have freed a quota slot for:
 /// the others of its namespace that an account refuses now (`AccountRefused`).
 pub fn freed_slot_waiters(inboxes: &[Arc<Inbox>], gone: &Inbox) -> Vec<ObjectRef<Inbox>> {

@@ -12,7 +12,9 @@
 //!
 //! [`run_counter_sync`] rescans every account with bound inboxes each interval and asks the
 //! controller to reconcile exactly the Inboxes whose inbox changed or vanished, so an
-//! unchanged fleet costs ceil(N/100) list requests and zero Kubernetes writes per interval.
+//! unchanged fleet costs ceil(N/100) list requests and zero Kubernetes writes per interval
+//! (while this process creates inboxes in an account, every other round skips its scan:
+//! [`scan_due`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -60,9 +62,27 @@ struct Scanned {
     inventory_wanted: bool,
     /// With `inventory_wanted`: the inboxes of the last scan not kept in `seen`.
     unbound: Vec<RemoteInbox>,
+    /// When an observation was last made outside a scan (a create's answer, a GET): while
+    /// this process keeps creating inboxes, the counter sync may defer its scan (see
+    /// [`scan_due`]).
+    observed_outside: Option<Instant>,
+    /// When this account was first seen: a stand-in for the last scan before the first one.
+    first_seen: Option<Instant>,
 }
 
 impl Scanned {
+    /// How old an observation may be for a pass to use it: one `interval`, or two while this
+    /// process creates inboxes in the account (the counter sync then skips a round,
+    /// [`scan_due`]: without this, the passes of the Inboxes created a round ago would each
+    /// find their observation stale and start the scan the counter sync skipped).
+    fn max_age(&self, interval: Duration) -> Duration {
+        let now = Instant::now();
+        match self.scanned_at.or(self.first_seen) {
+            Some(last) if creating(now, interval, last, self.observed_outside) => interval * 2,
+            _ => interval,
+        }
+    }
+
     /// Mark the known inboxes whose observation differs in the listing `by_id` (or which
     /// vanished) as unreported; return the `watched` IDs a reconcile should look at: those
     /// changed, unreported, missing or not yet known — all of them after a failed scan.
@@ -112,8 +132,10 @@ impl ScanCache {
     pub fn remember(&self, key: &ApiKey, inbox: &RemoteInbox) {
         let mut accounts = lock(&self.accounts);
         let acct = accounts.entry(key.clone()).or_default();
-        acct.seen
-            .insert(inbox.id.clone(), (inbox.clone(), Instant::now()));
+        let now = Instant::now();
+        acct.seen.insert(inbox.id.clone(), (inbox.clone(), now));
+        acct.observed_outside = Some(now);
+        acct.first_seen.get_or_insert(now);
     }
 
     /// Forget an inbox that is gone.
@@ -173,8 +195,9 @@ impl ScanCache {
 
     fn fresh(&self, key: &ApiKey, id: &str) -> Option<RemoteInbox> {
         let accounts = lock(&self.accounts);
-        let (r, at) = accounts.get(key)?.seen.get(id)?;
-        (at.elapsed() < self.interval).then(|| r.clone())
+        let acct = accounts.get(key)?;
+        let (r, at) = acct.seen.get(id)?;
+        (at.elapsed() < acct.max_age(self.interval)).then(|| r.clone())
     }
 
     fn recent_failure(&self, key: &ApiKey) -> Option<ApiError> {
@@ -187,8 +210,8 @@ impl ScanCache {
     fn scan_is_fresh(&self, key: &ApiKey) -> bool {
         lock(&self.accounts)
             .get(key)
-            .and_then(|a| a.scanned_at)
-            .is_some_and(|t| t.elapsed() < self.interval)
+            .and_then(|a| Some(a.scanned_at?.elapsed() < a.max_age(self.interval)))
+            .unwrap_or(false)
     }
 
     /// Scan one account now (single flight). Returns those of `watched` whose observation
@@ -248,18 +271,26 @@ impl ScanCache {
             // The counter sync passes every bound ID: nothing else needs a report.
             acct.unreported.retain(|id| watched.contains(id.as_str()));
         }
-        // What to keep: the watched inboxes (counter sync), else those already known.
-        let keep: HashSet<String> = if watched.is_empty() {
-            acct.seen.keys().cloned().collect()
-        } else {
-            watched.iter().map(|id| id.to_string()).collect()
-        };
+        // What to keep: the watched inboxes (counter sync), else those already known — decided
+        // per listed inbox before `seen` changes, without a copy of every ID.
+        let keep: Vec<bool> = listed
+            .iter()
+            .map(|r| {
+                let id = r.id.as_str();
+                also == Some(id)
+                    || if watched.is_empty() {
+                        acct.seen.contains_key(id)
+                    } else {
+                        watched.contains(id)
+                    }
+            })
+            .collect();
         // Keep observations newer than this scan (made by creates/GETs meanwhile).
         acct.seen
             .retain(|id, (_, at)| *at > started && !by_id.contains_key(id.as_str()));
         acct.unbound.clear();
-        for r in listed {
-            if keep.contains(&r.id) || also == Some(r.id.as_str()) {
+        for (r, keep) in listed.into_iter().zip(keep) {
+            if keep {
                 acct.seen.insert(r.id.clone(), (r, started));
             } else if acct.inventory_wanted {
                 acct.unbound.push(r);
@@ -269,6 +300,26 @@ impl ScanCache {
         acct.scanned_wall = Some(wall);
         acct.failed = None;
         Ok(changed)
+    }
+
+    /// The counter sync's round for one account: [`scan`](Self::scan) when [`scan_due`],
+    /// else no request — the changes earlier scans saw and no reconcile reported yet.
+    pub async fn sync(&self, key: &ApiKey, watched: &[String]) -> Result<Vec<String>, ApiError> {
+        let deferred = {
+            let accounts = lock(&self.accounts);
+            accounts.get(key).and_then(|a| {
+                let last = a.scanned_at.or(a.first_seen)?;
+                let due = scan_due(Instant::now(), self.interval, last, a.observed_outside);
+                (!due).then(|| {
+                    let watched = watched.iter().filter(|id| a.unreported.contains(*id));
+                    watched.cloned().collect()
+                })
+            })
+        };
+        match deferred {
+            Some(unreported) => Ok(unreported),
+            None => self.scan(key, watched).await,
+        }
     }
 
     /// Every inbox of the account as of a scan at most one interval old — scanning now only
@@ -302,6 +353,36 @@ impl ScanCache {
             .unwrap_or_else(jiff::Timestamp::now);
         Ok((listed, at))
     }
+}
+
+/// Whether the counter sync scans an account at a round (`now`), given when its last scan
+/// started (or the account was first seen) and when an observation was last made outside a
+/// scan (this process's creates). At rest: every round. While this process creates inboxes
+/// in the account (an observation within the last `interval`), the inboxes it just created
+/// are fresh from their create's answer, and a scan — a list of the whole account — would
+/// mostly re-read them: the round is skipped, at most one in a row, so that no counter is
+/// more than two intervals old. (A round comes one `interval` after the previous one: a
+/// scan that started at a round is "1.5 intervals old" only at the round after next.)
+pub(crate) fn scan_due(
+    now: Instant,
+    interval: Duration,
+    last_scan: Instant,
+    observed_outside: Option<Instant>,
+) -> bool {
+    !creating(now, interval, last_scan, observed_outside)
+        || now.saturating_duration_since(last_scan) >= interval.mul_f64(1.5)
+}
+
+/// Whether this process is creating inboxes in an account: an observation outside a scan (a
+/// create's answer) since its last scan started, within the last `interval`.
+fn creating(
+    now: Instant,
+    interval: Duration,
+    last_scan: Instant,
+    observed_outside: Option<Instant>,
+) -> bool {
+    observed_outside
+        .is_some_and(|at| at >= last_scan && now.saturating_duration_since(at) < interval)
 }
 
 // ------------------------------------------------------------------------- gates
@@ -443,13 +524,24 @@ impl BindingRegistry {
         lock(&self.bindings).by_obj.get(obj).map(|(k, _)| k.clone())
     }
 
-    /// API keys with bound inboxes, and the bindings in each.
-    pub fn snapshot(&self) -> Vec<(ApiKey, Bound)> {
+    /// API keys with bound inboxes, and the inbox IDs bound in each (what the counter sync
+    /// scans for): no copy of who they are bound to, which [`bound_to`](Self::bound_to) looks
+    /// up for the few that changed.
+    pub fn bound_ids(&self) -> Vec<(ApiKey, Vec<String>)> {
         lock(&self.bindings)
             .accounts
             .iter()
-            .map(|(k, b)| (k.clone(), b.clone()))
+            .map(|(k, b)| (k.clone(), b.keys().cloned().collect()))
             .collect()
+    }
+
+    /// The Inboxes bound to `ids` in the account of `key` (IDs no longer bound are skipped).
+    pub fn bound_to(&self, key: &ApiKey, ids: &[String]) -> Vec<ObjectRef<Inbox>> {
+        let b = lock(&self.bindings);
+        let Some(bound) = b.accounts.get(key) else {
+            return Vec::new();
+        };
+        ids.iter().filter_map(|id| bound.get(id).cloned()).collect()
     }
 
     /// Note that this process just bound `id` to the Inbox with UID `owner`, called `name`
@@ -527,31 +619,30 @@ pub async fn run_counter_sync(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let snapshot = bindings.snapshot();
-        scans.retain_accounts(&snapshot.iter().map(|(k, _)| k.clone()).collect());
+        let accounts = bindings.bound_ids();
+        scans.retain_accounts(&accounts.iter().map(|(k, _)| k.clone()).collect());
         let mut all_ok = true;
-        for (key, bound) in snapshot {
-            let ids: Vec<String> = bound.keys().cloned().collect();
-            let to_reconcile: Vec<&ObjectRef<Inbox>> = match scans.scan(&key, &ids).await {
+        for (key, ids) in accounts {
+            let to_reconcile = match scans.sync(&key, &ids).await {
                 Ok(changed) => {
                     tracing::debug!(
                         inboxes = ids.len(),
                         changed = changed.len(),
                         "counter sync scan"
                     );
-                    changed.iter().filter_map(|id| bound.get(id)).collect()
+                    bindings.bound_to(&key, &changed)
                 }
                 Err(e) => {
                     all_ok = false;
-                    tracing::warn!(error = %e, inboxes = bound.len(), "counter sync scan failed");
+                    tracing::warn!(error = %e, inboxes = ids.len(), "counter sync scan failed");
                     match e {
                         ApiError::RateLimited { .. } => Vec::new(),
-                        _ => bound.values().collect(),
+                        _ => bindings.bound_to(&key, &ids),
                     }
                 }
             };
             for obj in to_reconcile {
-                let _ = trigger.unbounded_send(obj.clone());
+                let _ = trigger.unbounded_send(obj);
             }
         }
         if all_ok {
@@ -593,15 +684,10 @@ mod tests {
         ObjectRef::new(name).within("ns")
     }
 
-    fn bound_in(
-        snapshot: &[(ApiKey, HashMap<String, ObjectRef<Inbox>>)],
-        key: &ApiKey,
-    ) -> Vec<ObjectRef<Inbox>> {
-        snapshot
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, b)| b.values().cloned().collect())
-            .unwrap_or_default()
+    /// The Inboxes bound in the account of `key`.
+    fn bound_in(b: &BindingRegistry, key: &ApiKey) -> Vec<ObjectRef<Inbox>> {
+        let ids = b.bound_ids().into_iter().find(|(k, _)| k == key);
+        b.bound_to(key, &ids.map(|(_, ids)| ids).unwrap_or_default())
     }
 
     /// A change a scan saw is asked for at every counter-sync scan until a reconcile reports
@@ -651,6 +737,75 @@ mod tests {
         );
     }
 
+    /// At rest every round scans; while this process creates, a round is skipped, never two
+    /// in a row.
+    #[test]
+    fn the_counter_sync_defers_a_scan_by_at_most_one_round_while_creating() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let i = s(30);
+        // (last scan, last observation outside a scan, now) after t0 → scan?
+        let cases = [
+            ((0, None, 30), true, "at rest"),
+            ((0, None, 60), true, "at rest, late"),
+            ((0, Some(25), 30), false, "creating: skip one round"),
+            ((0, Some(55), 60), true, "creating: never two rounds"),
+            ((0, Some(44), 45), true, "creating, 1.5 intervals"),
+            ((10, Some(5), 40), true, "nothing created since the scan"),
+            ((0, Some(1), 31), true, "the last create is an interval old"),
+            ((0, Some(29), 30), false, "a create a second ago"),
+        ];
+        for ((scan, outside, now), want, what) in cases {
+            let at = |secs| t0 + s(secs);
+            let got = scan_due(at(now), i, at(scan), outside.map(at));
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
+    /// The counter sync's round: no request while this process has just created an inbox and
+    /// the last scan is recent; a scan again once that scan is 1.5 intervals old.
+    #[tokio::test]
+    async fn a_round_right_after_creates_sends_no_request() {
+        let (sim, _handle, scans, key) = simulated_account().await;
+        let created = sim.insert_inbox("acct", inbox_sim::CreateInbox::default());
+        let created = serde_json::to_value(created.unwrap()).unwrap();
+        let created: RemoteInbox = serde_json::from_value(created).unwrap();
+        let watched = vec![created.id.clone()];
+        scans.remember(&key, &created);
+        assert!(scans.sync(&key, &watched).await.unwrap().is_empty());
+        assert_eq!(sim.request_count(inbox_sim::Route::List), 0, "deferred");
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(90));
+        lock(&scans.accounts).get_mut(&key).unwrap().first_seen = long_ago;
+        scans.sync(&key, &watched).await.unwrap();
+        assert_eq!(sim.request_count(inbox_sim::Route::List), 1, "scanned");
+    }
+
+    /// While this process creates inboxes, a pass over an Inbox created a round ago uses its
+    /// create's answer (up to two intervals old) instead of starting the scan the counter
+    /// sync skipped; at rest, one interval.
+    #[test]
+    fn passes_accept_two_interval_old_observations_only_while_creating() {
+        let i = Duration::from_secs(30);
+        let ago = |secs| Instant::now().checked_sub(Duration::from_secs(secs));
+        let acct = |scan, outside: Option<u64>| Scanned {
+            scanned_at: ago(scan),
+            observed_outside: outside.and_then(ago),
+            ..Scanned::default()
+        };
+        assert_eq!(acct(40, Some(5)).max_age(i), i * 2, "creating");
+        assert_eq!(acct(40, None).max_age(i), i, "at rest");
+        assert_eq!(
+            acct(40, Some(35)).max_age(i),
+            i,
+            "the last create an interval old"
+        );
+        assert_eq!(
+            acct(10, Some(20)).max_age(i),
+            i,
+            "nothing created since the scan"
+        );
+    }
+
     #[test]
     fn registration_follows_key_rotation() {
         let b = BindingRegistry::default();
@@ -658,13 +813,12 @@ mod tests {
         let new = ApiKey::new("new").unwrap();
         b.register(&old, "i1", obj("x"));
         b.register(&old, "i2", obj("y"));
-        assert_eq!(b.snapshot().len(), 1);
+        assert_eq!(b.bound_ids().len(), 1);
         b.register(&new, "i1", obj("x"));
-        let snap = b.snapshot();
-        assert_eq!(bound_in(&snap, &old), vec![obj("y")]);
-        assert_eq!(bound_in(&snap, &new), vec![obj("x")]);
+        assert_eq!(bound_in(&b, &old), vec![obj("y")]);
+        assert_eq!(bound_in(&b, &new), vec![obj("x")]);
         b.unregister(&obj("y"));
-        assert_eq!(b.snapshot().len(), 1, "empty accounts are dropped");
+        assert_eq!(b.bound_ids().len(), 1, "empty accounts are dropped");
         assert_eq!(b.key_for(&obj("x")), Some(new.clone()));
         assert_eq!(b.key_for(&obj("y")), None);
     }
@@ -675,9 +829,7 @@ mod tests {
         let k = ApiKey::new("k").unwrap();
         b.register(&k, "old-id", obj("x"));
         b.register(&k, "new-id", obj("x"));
-        let snap = b.snapshot();
-        assert_eq!(snap[0].1.len(), 1);
-        assert!(snap[0].1.contains_key("new-id"));
+        assert_eq!(b.bound_ids()[0].1, ["new-id"]);
     }
 
     #[test]
@@ -690,7 +842,7 @@ mod tests {
         assert_eq!(b.key_for(&obj("y")), Some(k.clone()));
         // Unregistering the previous owner leaves the new binding alone.
         b.unregister(&obj("x"));
-        assert_eq!(bound_in(&b.snapshot(), &k), vec![obj("y")]);
+        assert_eq!(bound_in(&b, &k), vec![obj("y")]);
     }
 
     #[test]

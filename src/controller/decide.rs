@@ -397,11 +397,16 @@ pub fn data_digest(data: &BTreeMap<String, ByteString>) -> String {
 pub fn data_as_written<'a>(meta: &ObjectMeta, mut keys: impl Iterator<Item = &'a str>) -> bool {
     let entries = meta.managed_fields.as_deref().unwrap_or_default();
     let owns = |e: &ManagedFieldsEntry, key: &str| {
-        e.fields_v1
-            .as_ref()
-            .and_then(|f| f.0.get("f:data"))
-            .and_then(|d| d.get(format!("f:{key}")))
-            .is_some()
+        let field = format!("f:{key}");
+        match e.fields_v1.as_ref().map(|f| &f.0) {
+            // As the API server sends it.
+            Some(serde_json::Value::Object(f)) => {
+                f.get("f:data").and_then(|d| d.get(&field)).is_some()
+            }
+            // As the cache keeps it ([`trim_managed_fields`]).
+            Some(serde_json::Value::Array(owned)) => owned.iter().any(|k| k == field.as_str()),
+            _ => false,
+        }
     };
     let ours = |e: &ManagedFieldsEntry| e.manager.as_deref() == Some(crd::FIELD_MANAGER);
     keys.all(|key| {
@@ -411,7 +416,9 @@ pub fn data_as_written<'a>(meta: &ObjectMeta, mut keys: impl Iterator<Item = &'a
 }
 
 /// Trim a managed Secret's cached `managedFields` to what [`data_as_written`] reads: who owns
-/// which key of `data`. Entries that own no data go.
+/// which key of `data`, as a flat list of the owned field names (`["f:address", ...]`) —
+/// the API server's nested `{"f:data": {"f:address": {}}}` costs two JSON map nodes (≈ 1.3 KB)
+/// per entry, for every cached Secret. Entries that own no data go.
 pub fn trim_managed_fields(meta: &mut ObjectMeta) {
     let Some(entries) = meta.managed_fields.take() else {
         return;
@@ -419,10 +426,16 @@ pub fn trim_managed_fields(meta: &mut ObjectMeta) {
     let kept: Vec<ManagedFieldsEntry> = entries
         .into_iter()
         .filter_map(|e| {
-            let data = e.fields_v1?.0.get("f:data")?.clone();
+            let serde_json::Value::Object(mut fields) = e.fields_v1?.0 else {
+                return None;
+            };
+            let serde_json::Value::Object(data) = fields.remove("f:data")? else {
+                return None;
+            };
+            let owned = data.into_iter().map(|(k, _)| serde_json::Value::String(k));
             Some(ManagedFieldsEntry {
                 manager: e.manager,
-                fields_v1: Some(FieldsV1(serde_json::json!({ "f:data": data }))),
+                fields_v1: Some(FieldsV1(serde_json::Value::Array(owned.collect()))),
                 ..ManagedFieldsEntry::default()
             })
         })
@@ -965,7 +978,7 @@ pub(crate) mod tests {
         assert_eq!(kept.len(), 1);
         assert_eq!(
             kept[0].fields_v1.as_ref().unwrap().0,
-            serde_json::json!({"f:data": {"f:address": {}}})
+            serde_json::json!(["f:address"])
         );
         assert!(data_as_written(&m, ["address"].into_iter()));
         assert!(!data_as_written(&m, ["inboxId"].into_iter()));

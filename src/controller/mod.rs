@@ -490,6 +490,7 @@ impl Scope {
     ) -> BoxFuture<'static, ()> {
         let in_namespace = self.inboxes.clone();
         let waiting = self.inboxes.clone();
+        let quotas = ctx.accounts.cluster.clone();
         let config = ControllerConfig::default()
             .concurrency(ctx.settings.concurrency)
             .debounce(Duration::from_millis(200));
@@ -497,6 +498,9 @@ impl Scope {
             .owns_stream(self.secret_events)
             .owns_stream(self.config_map_events)
             .watches_stream(self.deleted_inboxes, move |gone: Inbox| {
+                if !account_watch::any_quota(&quotas) {
+                    return Vec::new();
+                }
                 account_watch::freed_slot_waiters(&waiting.state(), &gone)
             })
             .watches_stream(self.namespace_events, move |m: watches::NamespaceMeta| {

@@ -583,6 +583,49 @@ async fn counters_refresh_and_send_limit_is_flagged() {
     env.stop().await;
 }
 
+/// While the operator keeps creating inboxes in the account (a bulk apply that never ends),
+/// the counter sync skips every other scan but never two in a row: an existing Inbox's new
+/// counters still reach its status, within two sync intervals, however long the creates go on.
+#[tokio::test]
+async fn counters_are_mirrored_while_creates_never_stop() {
+    let env = Env::start().await;
+    let id = status_id(&env.create_ready("steady", InboxSpec::default()).await);
+    let api = env.inboxes();
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let creator = tokio::spawn({
+        let api = api.clone();
+        async move {
+            let mut n = 0;
+            // One new Inbox every 200 ms until told to stop: creates are always in flight.
+            while !*stopped.borrow_and_update() {
+                let spec = InboxSpec::default();
+                let _ = api
+                    .create(
+                        &PostParams::default(),
+                        &Inbox::new(&format!("new-{n}"), spec),
+                    )
+                    .await;
+                n += 1;
+                // Paced, and woken at once when told to stop.
+                let _ = tokio::time::timeout(Duration::from_millis(200), stopped.changed()).await;
+            }
+        }
+    });
+    env.sim.update_inbox(&id, |r| r.sends_today = Some(9));
+    wait_for("counters mirrored during creates", T, || async {
+        let i = api.get("steady").await.ok()?;
+        (i.status.as_ref()?.sends_today == Some(9)).then_some(())
+    })
+    .await;
+    let _ = stop.send(true);
+    creator.await.expect("creator");
+    assert!(
+        env.sim.request_count(Route::Create) > 5,
+        "the operator was creating inboxes all along"
+    );
+    env.stop().await;
+}
+
 /// `agentsend.io/refresh` set on 50 Inboxes at once refreshes all their counters within
 /// seconds with one list request (ceil(50/100)), no GET per Inbox: the periodic sync is an
 /// hour away, so only the refresh can have brought the new counters.
