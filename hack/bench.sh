@@ -2,7 +2,7 @@
 # Run the benchmark (not a test). Figures go into BENCHMARKS.md.
 #   hack/bench.sh                      # N = 100, 1000
 #   hack/bench.sh --inboxes 100,1000,10000 --latency 20ms
-#   hack/bench.sh --inboxes 1000 --sim-rate-limit 100   # the simulator limits each account
+#   hack/bench.sh --inboxes 1000 --sim-rate-limit 0,100   # each N unlimited, then with the simulator limiting each account to 100 req/s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The control plane (and its kubectl, first on PATH) of Kubernetes $K8S_VERSION (default 1.37.2).

@@ -51,10 +51,11 @@ struct Args {
         default_value = "target/release/inbox-operator"
     )]
     operator: PathBuf,
-    /// Simulator rate limit: requests per second per account (a token bucket with one
-    /// second's burst; 429 with Retry-After beyond it). 0: none.
-    #[arg(long, default_value_t = 0.0)]
-    sim_rate_limit: f64,
+    /// Simulator rate limits to run each N with, comma-separated: requests per second per
+    /// account (a token bucket with one second's burst; 429 with Retry-After beyond it). 0:
+    /// none. `0,100` measures every figure of issue 13 in one run.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    sim_rate_limit: Vec<f64>,
     /// Extra flags for `inbox-operator run`.
     #[arg(long, allow_hyphen_values = true)]
     operator_args: Vec<String>,
@@ -483,6 +484,8 @@ const REST_INTERVALS: u32 = 3;
 
 struct Row {
     n: usize,
+    /// The simulator's rate limit of this run (requests/s per account; 0: none).
+    limit: f64,
     baseline_s: f64,
     /// Seconds to create N Inboxes with no operator running (the user's own apply).
     floor_s: f64,
@@ -513,13 +516,24 @@ struct Row {
     cpu: [(&'static str, PhaseCpu); 4],
 }
 
+impl Row {
+    /// The row's name in the tables: N, and the simulator's rate limit if any.
+    fn label(&self) -> String {
+        if self.limit > 0.0 {
+            format!("{}, simulator at {} req/s", self.n, self.limit)
+        } else {
+            self.n.to_string()
+        }
+    }
+}
+
 /// Client concurrency of the bulk creates (like `kubectl apply` of a big manifest), the same
 /// for the Secret baseline and the Inboxes.
 const CREATE_CONCURRENCY: usize = 64;
 
-async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
+async fn run_one(args: &Args, n: usize, limit: f64) -> Result<Row, String> {
     let root = std::env::current_dir().map_err(|e| e.to_string())?;
-    let dir = std::env::temp_dir().join(format!("inbox-bench-{}-{n}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("inbox-bench-{}-{n}-{limit}", std::process::id()));
     let cluster = Cluster::up(&root, &dir)?;
     let client = cluster.client().await?;
     install_crd(&root, &cluster.kubeconfig)?;
@@ -535,7 +549,7 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     let sim = Simulator::new();
     sim.add_account("bench", "bench-key");
     sim.set_latency(args.latency);
-    sim.set_account_rate_limit(inbox_sim::RateLimit::per_second(args.sim_rate_limit));
+    sim.set_account_rate_limit(inbox_sim::RateLimit::per_second(limit));
     let handle = sim.spawn().await.map_err(|e| e.to_string())?;
     let op = start_operator(args, &cluster.kubeconfig, &handle.url())?;
     let pid = op.0.id();
@@ -590,6 +604,7 @@ async fn run_one(args: &Args, n: usize) -> Result<Row, String> {
     drop(cluster);
     Ok(Row {
         n,
+        limit,
         baseline_s,
         floor_s,
         floor_delete_s,
@@ -863,12 +878,14 @@ async fn main() -> std::process::ExitCode {
     }
     let mut rows = Vec::new();
     for &n in &args.inboxes {
-        eprintln!("inbox-bench: N = {n} ...");
-        match run_one(&args, n).await {
-            Ok(r) => rows.push(r),
-            Err(e) => {
-                eprintln!("inbox-bench: N = {n} failed: {e}");
-                return std::process::ExitCode::FAILURE;
+        for &limit in &args.sim_rate_limit {
+            eprintln!("inbox-bench: N = {n}, simulator rate limit {limit} ...");
+            match run_one(&args, n, limit).await {
+                Ok(r) => rows.push(r),
+                Err(e) => {
+                    eprintln!("inbox-bench: N = {n} failed: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
             }
         }
     }
@@ -883,13 +900,8 @@ async fn main() -> std::process::ExitCode {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_default();
-    let limit = if args.sim_rate_limit > 0.0 {
-        format!("{} requests/s per account", args.sim_rate_limit)
-    } else {
-        "none".to_string()
-    };
     println!(
-        "machine: {cpus} CPUs ({model}); simulator latency {:?}, rate limit {limit}; sync interval {:?}; operator flags {:?}",
+        "machine: {cpus} CPUs ({model}); simulator latency {:?}, rate limits per row; sync interval {:?}; operator flags {:?}",
         args.latency, args.sync_interval, args.operator_args
     );
     println!();
@@ -914,7 +926,7 @@ fn print_times(rows: &[Row]) {
         let ratio = |s: f64, to: f64| s / to.max(0.001);
         println!(
             "| {} | {:.1} | {:.1} | {:.1} | {:.1}× | {:.1}× | {:.1} | {:.1} | {:.1}× | {:.1}× |",
-            r.n,
+            r.label(),
             r.baseline_s,
             r.floor_s,
             r.ready_s,
@@ -943,8 +955,22 @@ fn print_breakdown(rows: &[Row]) {
         let n = r.n as f64;
         println!(
             "N = {}: load average {:.1} at the start, {:.1} after the deletion; the tool's {} DELETE requests took {:.1} s",
-            r.n, r.load.0, r.load.1, r.n, r.delete_requests_s
+            r.label(),
+            r.load.0,
+            r.load.1,
+            r.n,
+            r.delete_requests_s
         );
+        if r.limit > 0.0 {
+            // Issue 13: with the API's limit binding, Ready within 1.2 × the time the limit
+            // needs for N creates, plus the baseline.
+            let target = 1.2 * n / r.limit + r.baseline_s;
+            println!(
+                "  rate-limited target: all Ready in <= 1.2 x N/limit + baseline = {target:.1} s: {} ({:.1} s)",
+                if r.ready_s <= target { "met" } else { "missed" },
+                r.ready_s
+            );
+        }
         println!("  writes / created Inbox: {}", r.create_writes.breakdown(n));
         println!("  writes / deleted Inbox: {}", r.delete_writes.breakdown(n));
         println!(
@@ -968,7 +994,7 @@ fn print_cpu(rows: &[Row]) {
         for (phase, c) in &r.cpu {
             println!(
                 "| {} | {phase} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} |",
-                r.n,
+                r.label(),
                 c.wall_s,
                 c.control_plane_s,
                 c.operator_s,
@@ -989,7 +1015,7 @@ fn print_costs(rows: &[Row]) {
         let n = r.n as f64;
         println!(
             "| {} | {:.3} | {:.1} % | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} (target ≤ {}) | {:.1} | {:.1} | {:.2} |",
-            r.n,
+            r.label(),
             r.req_per_create,
             r.limited_pct,
             r.create_writes.inboxes_secrets / n,
