@@ -1074,9 +1074,7 @@ fn bind_created(o: &Observed, key: ApiKey, remote: &RemoteInbox, event: InboxEve
     let secret = absent
         .then(|| {
             let templated = checked_secret_spec(o, &remote).ok()?;
-            let mut desired = decide::desired_secret(&o.inbox, &remote)?;
-            decide::add_string_data(&mut desired, templated);
-            Some(desired)
+            rendered_secret(o, &remote, templated)
         })
         .flatten();
     match secret {
@@ -1177,6 +1175,19 @@ pub fn proves_not_created(e: &ApiError) -> bool {
     )
 }
 
+/// The Secret the Inbox should own for `remote`, with its rendered template values
+/// (`templated`, from [`checked_secret_spec`]) and the digest of its data; `None` when the
+/// Inbox has no name or UID.
+fn rendered_secret(
+    o: &Observed,
+    remote: &RemoteInbox,
+    templated: BTreeMap<String, String>,
+) -> Option<Secret> {
+    let mut desired = decide::desired_secret(&o.inbox, remote)?;
+    decide::add_string_data(&mut desired, templated);
+    Some(desired)
+}
+
 /// Converge the Secret and status on an observed, bound inbox.
 fn converge(o: &Observed, key: ApiKey, remote: &RemoteInbox) -> Step {
     if !o.registered {
@@ -1198,10 +1209,9 @@ fn converge(o: &Observed, key: ApiKey, remote: &RemoteInbox) -> Step {
         None => return Step::ReadSecret { name },
         Some(s) => s.as_ref(),
     };
-    let Some(mut desired) = decide::desired_secret(&o.inbox, remote) else {
+    let Some(desired) = rendered_secret(o, remote, templated) else {
         return done_quietly(Then::Fail(Failure::InvalidObject));
     };
-    decide::add_string_data(&mut desired, templated);
     let uid = o.inbox.metadata.uid.clone().unwrap_or_default();
     let (create, note) = match decide::plan_secret(existing, &desired, &uid) {
         SecretPlan::Create => (true, format!("wrote the address to Secret {name}")),
