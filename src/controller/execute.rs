@@ -751,9 +751,9 @@ impl<'a> Pass<'a> {
     /// cache may lag our own writes).
     async fn get_secret(&self, name: &str) -> Result<Option<ObjectMeta>, Error> {
         if let Some(store) = self.ctx.secret_store(&self.ns)
-            && let Some(s) = store.get(&ObjectRef::new(name).within(&self.ns))
+            && let Some(meta) = store.get(&self.ns, name)
         {
-            return Ok(Some(s.metadata.clone()));
+            return Ok(Some(meta));
         }
         let found = self.secrets.get_metadata_opt(name).await?;
         Ok(found.map(|m| m.metadata))

@@ -25,6 +25,7 @@ mod execute;
 pub mod in_use;
 pub mod key_secrets;
 pub mod outputs;
+pub mod owned_cache;
 pub mod plan;
 pub mod references;
 pub mod refresh;
@@ -235,9 +236,9 @@ pub struct Context {
     /// Every Inbox's claim cluster-wide, when `inbox_stores` do not cover the cluster, and
     /// whether it has listed yet.
     pub(crate) claims_index: Option<(Store<PartialObjectMeta<Inbox>>, Arc<AtomicBool>)>,
-    pub(crate) secret_stores: HashMap<Option<String>, Store<PartialObjectMeta<Secret>>>,
+    pub(crate) secret_stores: HashMap<Option<String>, owned_cache::OwnedCache>,
     /// The metadata of the ConfigMaps this operator owns, per watched scope.
-    pub(crate) config_map_stores: HashMap<Option<String>, Store<PartialObjectMeta<ConfigMap>>>,
+    pub(crate) config_map_stores: HashMap<Option<String>, owned_cache::OwnedCache>,
     /// Namespace metadata per watched scope (the default deletion policy).
     pub(crate) namespace_stores: HashMap<Option<String>, Store<watches::NamespaceMeta>>,
     pub(crate) failures: Mutex<HashMap<ObjectRef<Inbox>, u32>>,
@@ -370,17 +371,14 @@ impl Context {
     }
 
     /// The managed-ConfigMap cache for a namespace.
-    pub(crate) fn config_map_store(
-        &self,
-        ns: &str,
-    ) -> Option<&Store<PartialObjectMeta<ConfigMap>>> {
+    pub(crate) fn config_map_store(&self, ns: &str) -> Option<&owned_cache::OwnedCache> {
         self.config_map_stores
             .get(&Some(ns.to_string()))
             .or_else(|| self.config_map_stores.get(&None))
     }
 
     /// The managed-Secret cache for a namespace.
-    pub(crate) fn secret_store(&self, ns: &str) -> Option<&Store<PartialObjectMeta<Secret>>> {
+    pub(crate) fn secret_store(&self, ns: &str) -> Option<&owned_cache::OwnedCache> {
         self.secret_stores
             .get(&Some(ns.to_string()))
             .or_else(|| self.secret_stores.get(&None))
@@ -401,9 +399,9 @@ struct Scope {
     inbox_events: BoxStream<'static, Result<Inbox, watcher::Error>>,
     /// The Inboxes deleted: each may free a quota slot for a refused one.
     deleted_inboxes: BoxStream<'static, Result<Inbox, watcher::Error>>,
-    secrets: Store<PartialObjectMeta<Secret>>,
+    secrets: owned_cache::OwnedCache,
     secret_events: BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
-    config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    config_maps: owned_cache::OwnedCache,
     config_map_events: BoxStream<'static, Result<PartialObjectMeta<ConfigMap>, watcher::Error>>,
     namespaces: Store<watches::NamespaceMeta>,
     namespace_events: BoxStream<'static, Result<watches::NamespaceMeta, watcher::Error>>,
@@ -434,7 +432,7 @@ impl Scope {
             synced,
             watches::trim_inbox,
         );
-        let (secrets, secret_events) = watches::owned_secrets(secret_api, synced);
+        let (secrets, secret_events) = watches::owned_metadata(secret_api, synced);
         let (config_maps, config_map_events) = watches::owned_metadata(
             watches::scoped_api::<PartialObjectMeta<ConfigMap>>(client, ns.as_deref()),
             synced,

@@ -1,6 +1,6 @@
-//! Watch set-up: one cached, reflected watch per resource and scope (the same pipeline for
-//! Inboxes and the metadata of managed Secrets), the readiness signal once every cache has
-//! listed.
+//! Watch set-up: one cached watch per resource and scope (Inboxes in a reflector store, the
+//! metadata of managed Secrets and ConfigMaps in an [`OwnedCache`]), the readiness signal
+//! once every cache has listed.
 
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ObjectMeta};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
@@ -17,7 +17,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 
-use super::decide;
+use super::owned_cache::OwnedCache;
 use crate::crd::{self, Inbox};
 
 /// How long the API server keeps one watch request open (seconds). Shorter than kube's
@@ -95,36 +95,28 @@ pub(crate) fn trim_inbox(inbox: &mut Inbox) {
     }
 }
 
-/// The metadata-only watch of the Secrets this operator owns (by label): the cache keeps
-/// their metadata with `managedFields` trimmed to who owns which data key
-/// ([`decide::trim_managed_fields`]) — never Secret data.
-pub(crate) fn owned_secrets(
-    api: Api<PartialObjectMeta<Secret>>,
-    synced: &Arc<CacheSync>,
-) -> (
-    Store<PartialObjectMeta<Secret>>,
-    impl Stream<Item = WatchResult<PartialObjectMeta<Secret>>> + Send + 'static,
-) {
-    owned_metadata(api, synced)
-}
-
-/// The metadata-only watch of the objects of kind `K` this operator owns (by label), cached
-/// with `managedFields` trimmed to who owns which data key: the Secrets, the ConfigMaps
-/// (`spec.configMap`). Never their data.
+/// The metadata-only watch of the objects of kind `K` this operator owns (by label): the
+/// Secrets, the ConfigMaps (`spec.configMap`). Never their data. Returns the compact cache
+/// of what decisions read of them ([`OwnedCache`]) and the stream of watch events, which
+/// must be polled for the cache to fill.
 pub(crate) fn owned_metadata<K>(
     api: Api<PartialObjectMeta<K>>,
     synced: &Arc<CacheSync>,
 ) -> (
-    Store<PartialObjectMeta<K>>,
+    OwnedCache,
     impl Stream<Item = WatchResult<PartialObjectMeta<K>>> + Send + 'static,
 )
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
 {
     let config = watch_config().labels(&super::managed_secret_selector());
-    cached(watcher(api, config), synced, |m| {
-        decide::trim_managed_fields(&mut m.metadata)
-    })
+    let cache = OwnedCache::default();
+    let fill = cache.clone();
+    let stream = watcher(api, config)
+        .backoff(backoff())
+        .inspect_ok(synced.observer())
+        .inspect_ok(move |e| fill.apply(e));
+    (cache, stream)
 }
 
 /// A namespace's metadata alone.
@@ -368,7 +360,7 @@ pub(crate) mod tests {
             c.fetch_add(1, Ordering::SeqCst);
         });
         let mut inboxes = sync.observer::<Inbox>();
-        let mut secrets = sync.observer::<Secret>();
+        let mut secrets = sync.observer::<k8s_openapi::api::core::v1::Secret>();
         inboxes(&watcher::Event::Init);
         inboxes(&watcher::Event::InitDone);
         // A relist of the same stream does not count as the other stream.

@@ -6,7 +6,6 @@ use std::fmt::Debug;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -76,9 +75,9 @@ impl Pass<'_> {
         name: &str,
     ) -> Result<Option<ObjectMeta>, Error> {
         if let Some(store) = self.ctx.config_map_store(&self.ns)
-            && let Some(c) = store.get(&ObjectRef::new(name).within(&self.ns))
+            && let Some(meta) = store.get(&self.ns, name)
         {
-            return Ok(Some(c.metadata.clone()));
+            return Ok(Some(meta));
         }
         let found = api.get_metadata_opt(name).await?;
         Ok(found.map(|m| m.metadata))
