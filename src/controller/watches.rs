@@ -82,16 +82,26 @@ where
 /// manifest, never read by the operator.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Trim an Inbox for the cache to what decisions read: without `managedFields` and the
-/// `kubectl apply` copy of the manifest, which together are usually larger than the rest of
-/// the object. Status stays whole: every field of it is the operator's own, compared with the
-/// status a pass renders so that an unchanged Inbox costs no write (unknown fields are
-/// already dropped by the typed status).
+/// The prefix of every annotation the operator reads on an Inbox.
+const OPERATOR_ANNOTATIONS: &str = "agentsend.io/";
+
+/// Trim an Inbox for the cache to what decisions read: without `managedFields`, labels (the
+/// watch's `--selector` is applied by the API server; nothing reads them after) and every
+/// annotation outside `agentsend.io/` (the `kubectl apply` copy of the manifest, GitOps
+/// tracking and Helm release notes): together usually larger than the rest of the object.
+/// Status stays whole: every field of it is the operator's own, compared with the status a
+/// pass renders so that an unchanged Inbox costs no write (unknown fields are already
+/// dropped by the typed status). The operator never writes a cached Inbox back whole (only
+/// patches), so nothing it drops here is lost.
 pub(crate) fn trim_inbox(inbox: &mut Inbox) {
     let meta = inbox.meta_mut();
     meta.managed_fields = None;
+    meta.labels = None;
     if let Some(a) = meta.annotations.as_mut() {
-        a.remove(LAST_APPLIED);
+        a.retain(|k, _| k.starts_with(OPERATOR_ANNOTATIONS));
+        if a.is_empty() {
+            meta.annotations = None;
+        }
     }
 }
 
@@ -331,20 +341,25 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_inbox_cache_drops_managed_fields_and_the_applied_manifest() {
+    fn the_inbox_cache_drops_managed_fields_labels_and_foreign_annotations() {
         let mut i = inbox("ns", "a", Some("key"));
         let m = Arc::make_mut(&mut i);
         m.metadata.managed_fields = Some(vec![Default::default()]);
+        m.metadata.labels = Some([("app.kubernetes.io/name".into(), "mail".into())].into());
         m.metadata.annotations = Some(
             [
                 (LAST_APPLIED.to_string(), "{...}".to_string()),
+                (
+                    "argocd.argoproj.io/tracking-id".to_string(),
+                    "app:...".to_string(),
+                ),
                 (crd::ANNOTATION_INBOX_ID.to_string(), "inb_1".to_string()),
             ]
             .into(),
         );
         let before = m.clone();
         trim_inbox(m);
-        assert!(m.metadata.managed_fields.is_none());
+        assert!(m.metadata.managed_fields.is_none() && m.metadata.labels.is_none());
         assert_eq!(
             m.metadata.annotations,
             Some([(crd::ANNOTATION_INBOX_ID.to_string(), "inb_1".to_string())].into())
