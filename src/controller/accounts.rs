@@ -13,8 +13,8 @@
 //! [`run_counter_sync`] rescans every account with bound inboxes each interval and asks the
 //! controller to reconcile exactly the Inboxes whose inbox changed or vanished, so an
 //! unchanged fleet costs ceil(N/100) list requests and zero Kubernetes writes per interval
-//! (while this process creates inboxes in an account, every other round skips its scan:
-//! [`scan_due`]).
+//! (while this process creates inboxes in an account, at most two rounds in a row skip its
+//! scan: [`scan_due`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -25,6 +25,11 @@ use kube::runtime::reflector::ObjectRef;
 
 use crate::agentsend::{AgentSendClient, ApiError, ApiKey, RemoteInbox};
 use crate::crd::Inbox;
+
+/// While this process creates inboxes in an account, how many counter-sync rounds in a row
+/// may skip its scan ([`scan_due`]): counters are then at most one interval more than this
+/// old. Two keeps a bulk create of 10,000 within 2 % more requests than creates.
+pub(crate) const ROUNDS_SKIPPED_WHILE_CREATING: u32 = 2;
 
 /// How long a failed scan's error is reused before the account is tried again.
 const FAILURE_TTL: Duration = Duration::from_secs(20);
@@ -71,14 +76,16 @@ struct Scanned {
 }
 
 impl Scanned {
-    /// How old an observation may be for a pass to use it: one `interval`, or two while this
-    /// process creates inboxes in the account (the counter sync then skips a round,
-    /// [`scan_due`]: without this, the passes of the Inboxes created a round ago would each
+    /// How old an observation may be for a pass to use it: one `interval`, or one more per
+    /// round the counter sync may skip while this process creates inboxes in the account
+    /// ([`scan_due`]: without this, the passes of the Inboxes created a round ago would each
     /// find their observation stale and start the scan the counter sync skipped).
     fn max_age(&self, interval: Duration) -> Duration {
         let now = Instant::now();
         match self.scanned_at.or(self.first_seen) {
-            Some(last) if creating(now, interval, last, self.observed_outside) => interval * 2,
+            Some(last) if creating(now, interval, last, self.observed_outside) => {
+                interval * (ROUNDS_SKIPPED_WHILE_CREATING + 1)
+            }
             _ => interval,
         }
     }
@@ -360,9 +367,9 @@ impl ScanCache {
 /// scan (this process's creates). At rest: every round. While this process creates inboxes
 /// in the account (an observation within the last `interval`), the inboxes it just created
 /// are fresh from their create's answer, and a scan — a list of the whole account — would
-/// mostly re-read them: the round is skipped, at most one in a row, so that no counter is
-/// more than two intervals old. (A round comes one `interval` after the previous one: a
-/// scan that started at a round is "1.5 intervals old" only at the round after next.)
+/// mostly re-read them: the round is skipped, at most [`ROUNDS_SKIPPED_WHILE_CREATING`] in a
+/// row, so that no counter is more than one interval more than that old. (A round comes one
+/// `interval` after the previous one: the half interval of margin absorbs a late round.)
 pub(crate) fn scan_due(
     now: Instant,
     interval: Duration,
@@ -370,7 +377,8 @@ pub(crate) fn scan_due(
     observed_outside: Option<Instant>,
 ) -> bool {
     !creating(now, interval, last_scan, observed_outside)
-        || now.saturating_duration_since(last_scan) >= interval.mul_f64(1.5)
+        || now.saturating_duration_since(last_scan)
+            >= interval.mul_f64(f64::from(ROUNDS_SKIPPED_WHILE_CREATING) + 0.5)
 }
 
 /// Whether this process is creating inboxes in an account: an observation outside a scan (a
@@ -737,10 +745,10 @@ mod tests {
         );
     }
 
-    /// At rest every round scans; while this process creates, a round is skipped, never two
-    /// in a row.
+    /// At rest every round scans; while this process creates, rounds are skipped, never
+    /// three in a row.
     #[test]
-    fn the_counter_sync_defers_a_scan_by_at_most_one_round_while_creating() {
+    fn the_counter_sync_defers_a_scan_by_at_most_two_rounds_while_creating() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let i = s(30);
@@ -749,8 +757,10 @@ mod tests {
             ((0, None, 30), true, "at rest"),
             ((0, None, 60), true, "at rest, late"),
             ((0, Some(25), 30), false, "creating: skip one round"),
-            ((0, Some(55), 60), true, "creating: never two rounds"),
-            ((0, Some(44), 45), true, "creating, 1.5 intervals"),
+            ((0, Some(55), 60), false, "creating: skip a second round"),
+            ((0, Some(85), 90), true, "creating: never three rounds"),
+            ((0, Some(74), 75), true, "creating, 2.5 intervals"),
+            ((0, Some(73), 74), false, "creating, under 2.5"),
             ((10, Some(5), 40), true, "nothing created since the scan"),
             ((0, Some(1), 31), true, "the last create is an interval old"),
             ((0, Some(29), 30), false, "a create a second ago"),
@@ -763,7 +773,7 @@ mod tests {
     }
 
     /// The counter sync's round: no request while this process has just created an inbox and
-    /// the last scan is recent; a scan again once that scan is 1.5 intervals old.
+    /// the last scan is recent; a scan again once that scan is 2.5 intervals old.
     #[tokio::test]
     async fn a_round_right_after_creates_sends_no_request() {
         let (sim, _handle, scans, key) = simulated_account().await;
@@ -774,17 +784,17 @@ mod tests {
         scans.remember(&key, &created);
         assert!(scans.sync(&key, &watched).await.unwrap().is_empty());
         assert_eq!(sim.request_count(inbox_sim::Route::List), 0, "deferred");
-        let long_ago = Instant::now().checked_sub(Duration::from_secs(90));
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(200));
         lock(&scans.accounts).get_mut(&key).unwrap().first_seen = long_ago;
         scans.sync(&key, &watched).await.unwrap();
         assert_eq!(sim.request_count(inbox_sim::Route::List), 1, "scanned");
     }
 
     /// While this process creates inboxes, a pass over an Inbox created a round ago uses its
-    /// create's answer (up to two intervals old) instead of starting the scan the counter
+    /// create's answer (up to three intervals old) instead of starting the scan the counter
     /// sync skipped; at rest, one interval.
     #[test]
-    fn passes_accept_two_interval_old_observations_only_while_creating() {
+    fn passes_accept_three_interval_old_observations_only_while_creating() {
         let i = Duration::from_secs(30);
         let ago = |secs| Instant::now().checked_sub(Duration::from_secs(secs));
         let acct = |scan, outside: Option<u64>| Scanned {
@@ -792,7 +802,7 @@ mod tests {
             observed_outside: outside.and_then(ago),
             ..Scanned::default()
         };
-        assert_eq!(acct(40, Some(5)).max_age(i), i * 2, "creating");
+        assert_eq!(acct(40, Some(5)).max_age(i), i * 3, "creating");
         assert_eq!(acct(40, None).max_age(i), i, "at rest");
         assert_eq!(
             acct(40, Some(35)).max_age(i),
