@@ -20,46 +20,65 @@ pub struct Claimant {
     pub seniority: (Option<jiff::Timestamp>, String),
 }
 
+/// What the index keeps of one claiming Inbox (its UID is the key).
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    /// The ID it names (shared with `by_id`'s key).
+    id: Arc<str>,
+    /// `namespace/name`.
+    owner: Box<str>,
+    created: Option<jiff::Timestamp>,
+}
+
+/// UIDs and IDs are shared between the two maps (`Arc<str>`): one allocation each per Inbox.
 #[derive(Default)]
 struct Index {
-    /// UID → (the ID it names, the claimant).
-    by_uid: HashMap<String, (String, Claimant)>,
+    /// UID → what it claims.
+    by_uid: HashMap<Arc<str>, Entry>,
     /// ID → UIDs naming it (almost always one).
-    by_id: HashMap<String, Vec<String>>,
+    by_id: HashMap<Arc<str>, Vec<Arc<str>>>,
     /// During a relist: the UIDs listed so far (the others are dropped when it ends).
-    relisting: Option<HashSet<String>>,
+    relisting: Option<HashSet<Arc<str>>>,
 }
 
 impl Index {
     fn remove(&mut self, uid: &str) {
-        let Some((id, _)) = self.by_uid.remove(uid) else {
+        let Some(entry) = self.by_uid.remove(uid) else {
             return;
         };
-        if let Some(uids) = self.by_id.get_mut(&id) {
-            uids.retain(|u| u != uid);
+        if let Some(uids) = self.by_id.get_mut(&entry.id) {
+            uids.retain(|u| u.as_ref() != uid);
             if uids.is_empty() {
-                self.by_id.remove(&id);
+                self.by_id.remove(&entry.id);
             }
         }
     }
 
     fn upsert(&mut self, id: Option<String>, claimant: Claimant) {
+        let uid: Arc<str> = match self.by_uid.get_key_value(claimant.uid.as_str()) {
+            Some((uid, _)) => uid.clone(),
+            None => claimant.uid.as_str().into(),
+        };
         if let Some(seen) = self.relisting.as_mut() {
-            seen.insert(claimant.uid.clone());
+            seen.insert(uid.clone());
         }
-        if let (Some(id), Some((current, c))) = (&id, self.by_uid.get(&claimant.uid))
-            && current == id
-            && *c == claimant
+        let owner = claimant.owner.into_boxed_str();
+        let created = claimant.seniority.0;
+        if let (Some(id), Some(e)) = (&id, self.by_uid.get(&uid))
+            && e.id.as_ref() == id.as_str()
+            && (&e.owner, e.created) == (&owner, created)
         {
             return;
         }
-        self.remove(&claimant.uid);
+        self.remove(&uid);
         if let Some(id) = id {
-            self.by_id
-                .entry(id.clone())
-                .or_default()
-                .push(claimant.uid.clone());
-            self.by_uid.insert(claimant.uid.clone(), (id, claimant));
+            let id: Arc<str> = match self.by_id.get_key_value(id.as_str()) {
+                Some((shared, _)) => shared.clone(),
+                None => id.into(),
+            };
+            self.by_id.entry(id.clone()).or_default().push(uid.clone());
+            let entry = Entry { id, owner, created };
+            self.by_uid.insert(uid, entry);
         }
     }
 }
@@ -92,7 +111,7 @@ impl ClaimIndex {
             watcher::Event::Init => index.relisting = Some(HashSet::new()),
             watcher::Event::InitDone => {
                 if let Some(seen) = index.relisting.take() {
-                    let gone: Vec<String> = index
+                    let gone: Vec<Arc<str>> = index
                         .by_uid
                         .keys()
                         .filter(|u| !seen.contains(*u))
@@ -109,13 +128,16 @@ impl ClaimIndex {
     /// The Inboxes naming inbox `id`.
     pub fn claimants(&self, id: &str) -> Vec<Claimant> {
         let index = self.lock();
-        index
-            .by_id
-            .get(id)
-            .into_iter()
-            .flatten()
-            .filter_map(|uid| index.by_uid.get(uid).map(|(_, c)| c.clone()))
-            .collect()
+        let uids = index.by_id.get(id).into_iter().flatten();
+        uids.filter_map(|uid| {
+            let e = index.by_uid.get(uid)?;
+            Some(Claimant {
+                uid: uid.to_string(),
+                owner: e.owner.to_string(),
+                seniority: (e.created, uid.to_string()),
+            })
+        })
+        .collect()
     }
 
     /// How many Inboxes name an ID.
