@@ -503,8 +503,11 @@ pub struct BindingRegistry {
 
 impl BindingRegistry {
     /// Record that `obj` is bound to inbox `id` in the account of `key` (moving it away from
-    /// any other key or ID, e.g. after a key rotation).
-    pub fn register(&self, key: &ApiKey, id: &str, obj: ObjectRef<Inbox>) {
+    /// any other key or ID, e.g. after a key rotation). Only the name and namespace of `obj`
+    /// are kept (its resourceVersion and UID, which no lookup compares, would be two more
+    /// strings per binding, twice).
+    pub fn register(&self, key: &ApiKey, id: &str, mut obj: ObjectRef<Inbox>) {
+        obj.extra = Default::default();
         let mut b = lock(&self.bindings);
         if b.by_obj.get(&obj).is_some_and(|(k, i)| k == key && i == id) {
             return;
