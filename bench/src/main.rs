@@ -493,6 +493,8 @@ struct Row {
     floor_delete_s: f64,
     ready_s: f64,
     req_per_create: f64,
+    /// The AgentSend requests while creating, by route and answer code (`List 200`, ...).
+    create_requests: BTreeMap<String, usize>,
     /// 429 answers, % of the requests while creating.
     limited_pct: f64,
     /// The operator's writes to Inboxes and Secrets while creating (the tool's own N creates
@@ -577,7 +579,14 @@ async fn run_one(args: &Args, n: usize, limit: f64) -> Result<Row, String> {
     }
     let requests = sim.total_requests();
     let req_per_create = requests as f64 / n as f64;
-    let limited = sim.requests().iter().filter(|r| r.status == 429).count();
+    let records = sim.requests();
+    let limited = records.iter().filter(|r| r.status == 429).count();
+    let mut create_requests = BTreeMap::new();
+    for r in &records {
+        *create_requests
+            .entry(format!("{:?} {}", r.route, r.status))
+            .or_default() += 1;
+    }
     let limited_pct = 100.0 * limited as f64 / (requests.max(1)) as f64;
     let (rest_api, rest_writes) = at_rest(args.sync_interval, &sim, &client).await?;
     let before = apiserver_writes(&client).await?;
@@ -610,6 +619,7 @@ async fn run_one(args: &Args, n: usize, limit: f64) -> Result<Row, String> {
         floor_delete_s,
         ready_s,
         req_per_create,
+        create_requests,
         limited_pct,
         create_writes,
         delete_writes,
@@ -971,6 +981,15 @@ fn print_breakdown(rows: &[Row]) {
                 r.ready_s
             );
         }
+        let by_route: Vec<String> = r
+            .create_requests
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        println!(
+            "  AgentSend requests while creating: {}",
+            by_route.join("; ")
+        );
         println!("  writes / created Inbox: {}", r.create_writes.breakdown(n));
         println!("  writes / deleted Inbox: {}", r.delete_writes.breakdown(n));
         println!(
