@@ -272,6 +272,17 @@ impl AgentSendClient {
     /// and an inbox missing from the result is not proof that it is gone (callers confirm with
     /// [`AgentSendClient::get_inbox`]).
     pub async fn list_all(&self, key: &ApiKey) -> Result<Vec<RemoteInbox>, ApiError> {
+        self.list_filtered(key, |_| true).await
+    }
+
+    /// [`list_all`](Self::list_all), keeping only the inboxes `keep` accepts, page by page:
+    /// what a scan holds is proportional to what it keeps, not to the account (which other
+    /// software may fill with many more inboxes).
+    pub async fn list_filtered(
+        &self,
+        key: &ApiKey,
+        mut keep: impl FnMut(&RemoteInbox) -> bool,
+    ) -> Result<Vec<RemoteInbox>, ApiError> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         let mut offset = 0u64;
@@ -282,7 +293,7 @@ impl AgentSendClient {
             let n = page.data.len() as u64;
             let next = next_page(offset, n, page.total, page.limit, pages);
             for inbox in page.data {
-                if seen.insert(inbox.id.clone()) {
+                if keep(&inbox) && seen.insert(inbox.id.clone()) {
                     out.push(inbox);
                 }
             }
@@ -672,5 +683,23 @@ mod paging_tests {
         let c = AgentSendClient::new(&url, ClientOptions::default()).unwrap();
         let all = c.list_all(&ApiKey::new("k").unwrap()).await.unwrap();
         assert_eq!(all.len(), 1234);
+    }
+
+    /// A filtered listing still reads every page, and holds only what it keeps.
+    #[tokio::test]
+    async fn list_filtered_reads_every_page_and_keeps_what_it_is_asked_to() {
+        let url = capped_server(1234).await;
+        let c = AgentSendClient::new(&url, ClientOptions::default()).unwrap();
+        let mut offered = 0;
+        let kept = c
+            .list_filtered(&ApiKey::new("k").unwrap(), |r| {
+                offered += 1;
+                ["i0", "i617", "i1233"].contains(&r.id.as_str())
+            })
+            .await
+            .unwrap();
+        assert_eq!(offered, 1234);
+        let ids: Vec<&str> = kept.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["i0", "i617", "i1233"]);
     }
 }

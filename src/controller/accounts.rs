@@ -260,7 +260,19 @@ impl ScanCache {
         }
         let started = Instant::now();
         let wall = jiff::Timestamp::now();
-        let listed = match self.client.list_all(key).await {
+        // Only what this scan may keep or compare is held (see below), never the whole
+        // account: the observations of `also`, the watched inboxes and those already known,
+        // or every inbox while the account's inventory is wanted.
+        let watched_set: HashSet<&str> = watched.iter().map(String::as_str).collect();
+        let relevant = |r: &RemoteInbox| {
+            let id = r.id.as_str();
+            also == Some(id)
+                || watched_set.contains(id)
+                || lock(&self.accounts)
+                    .get(key)
+                    .is_some_and(|a| a.inventory_wanted || a.seen.contains_key(id))
+        };
+        let listed = match self.client.list_filtered(key, relevant).await {
             Ok(r) => r,
             Err(e) => {
                 let mut accounts = lock(&self.accounts);
