@@ -6,7 +6,8 @@ use std::time::Duration;
 use inbox_operator::crd::{InboxSpec, Reason};
 use inbox_sim::{Malformed, Route};
 
-use crate::ctl::{ACCOUNT, Env, Fault, KEY, Ready};
+use crate::ctl::{ACCOUNT, Env, Fault, KEY, Ready, T};
+use crate::support::wait_for;
 
 const N: usize = 8;
 
@@ -165,8 +166,13 @@ async fn malformed_responses_become_conditions() {
     // A create whose answer cannot be read is an uncertain create: recovered, never doubled.
     {
         let _unreadable = env.inject(Fault::Malformed(Route::Create, Malformed::NotJson));
+        let before = env.sim.request_count(Route::Create);
         env.create("unreadable", InboxSpec::default()).await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The fault stays until the create met it (however slow the machine).
+        wait_for("the create met the unreadable answer", T, || async {
+            (env.sim.request_count(Route::Create) > before).then_some(())
+        })
+        .await;
     }
     let mut all = names.clone();
     all.push("extra".into());
