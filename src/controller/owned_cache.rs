@@ -3,8 +3,7 @@
 //! references, labels, annotations and who owns which data key — as boxed slices: ≈ 0.6 KB
 //! per object where a cached `PartialObjectMeta` took ≈ 2.3 KB (an `ObjectMeta` is 17
 //! optional fields, and each label or annotation map is a ≈ 0.5 KB `BTreeMap` node whatever
-//! its size), the strings every object repeats held once ([`COMMON`]). A lookup rebuilds the
-//! `ObjectMeta` the planner reads.
+//! its size). A lookup rebuilds the `ObjectMeta` the planner reads.
 
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -16,62 +15,18 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 
 use super::decide;
-use crate::crd;
-
-/// The strings every owned object repeats (label and annotation keys, the operator's label
-/// value, its field manager and data fields, the owner's kind and API version): held once,
-/// not per object.
-const COMMON: &[&str] = &[
-    crd::LABEL_MANAGED_BY,
-    crd::MANAGED_BY,
-    crd::LABEL_INBOX,
-    crd::ANNOTATION_INBOX_NAME,
-    crd::ANNOTATION_DATA_DIGEST,
-    crd::FIELD_MANAGER,
-    "f:address",
-    "f:inboxId",
-    "f:domainId",
-    "Inbox",
-    "agentsend.io/v1alpha1",
-];
-
-/// A string of an owned object: one of [`COMMON`], or its own.
-#[derive(Clone, Debug, PartialEq)]
-enum Text {
-    Common(&'static str),
-    Own(Box<str>),
-}
-
-impl Text {
-    fn new(s: String) -> Text {
-        match COMMON.iter().find(|c| **c == s) {
-            Some(c) => Text::Common(c),
-            None => Text::Own(s.into_boxed_str()),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        match self {
-            Text::Common(s) => s,
-            Text::Own(s) => s,
-        }
-    }
-}
 
 /// Label or annotation pairs, in key order.
-type Pairs = Box<[(Text, Text)]>;
+type Pairs = Box<[(Box<str>, Box<str>)]>;
 
 /// A field manager and the data fields it owns.
-type Manager = (Text, Box<[Text]>);
-
-/// An owner reference: API version, kind, name, UID, `controller`, `blockOwnerDeletion`.
-type Owner = (Text, Text, Box<str>, Box<str>, Option<bool>, Option<bool>);
+type Manager = (Box<str>, Box<[Box<str>]>);
 
 /// What decisions read of one owned object.
 #[derive(Clone, Debug, PartialEq)]
 struct Kept {
     uid: Option<Box<str>>,
-    owners: Box<[Owner]>,
+    owners: Box<[OwnerReference]>,
     labels: Pairs,
     annotations: Pairs,
     /// Per field manager, the data fields it owns (`f:address`, ...), as
@@ -82,7 +37,7 @@ struct Kept {
 fn pairs(map: Option<std::collections::BTreeMap<String, String>>) -> Pairs {
     map.into_iter()
         .flatten()
-        .map(|(k, v)| (Text::new(k), Text::new(v)))
+        .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
         .collect()
 }
 
@@ -90,31 +45,9 @@ fn map(pairs: &Pairs) -> Option<std::collections::BTreeMap<String, String>> {
     (!pairs.is_empty()).then(|| {
         pairs
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.as_str().to_string()))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     })
-}
-
-fn owner(o: OwnerReference) -> Owner {
-    (
-        Text::new(o.api_version),
-        Text::new(o.kind),
-        o.name.into_boxed_str(),
-        o.uid.into_boxed_str(),
-        o.controller,
-        o.block_owner_deletion,
-    )
-}
-
-fn owner_reference(o: &Owner) -> OwnerReference {
-    OwnerReference {
-        api_version: o.0.as_str().to_string(),
-        kind: o.1.as_str().to_string(),
-        name: o.2.to_string(),
-        uid: o.3.to_string(),
-        controller: o.4,
-        block_owner_deletion: o.5,
-    }
 }
 
 impl Kept {
@@ -129,23 +62,18 @@ impl Kept {
                     Some(serde_json::Value::Array(owned)) => owned
                         .into_iter()
                         .filter_map(|f| match f {
-                            serde_json::Value::String(s) => Some(Text::new(s)),
+                            serde_json::Value::String(s) => Some(s.into_boxed_str()),
                             _ => None,
                         })
                         .collect(),
                     _ => Box::default(),
                 };
-                (Text::new(e.manager.unwrap_or_default()), fields)
+                (e.manager.unwrap_or_default().into_boxed_str(), fields)
             })
             .collect();
         Kept {
             uid: meta.uid.map(String::into_boxed_str),
-            owners: meta
-                .owner_references
-                .into_iter()
-                .flatten()
-                .map(owner)
-                .collect(),
+            owners: meta.owner_references.unwrap_or_default().into(),
             labels: pairs(meta.labels),
             annotations: pairs(meta.annotations),
             managers,
@@ -154,9 +82,9 @@ impl Kept {
 
     fn meta(&self, namespace: &str, name: &str) -> ObjectMeta {
         let managed_fields = self.managers.iter().map(|(manager, fields)| {
-            let owned = fields.iter().map(|f| serde_json::Value::from(f.as_str()));
+            let owned = fields.iter().map(|f| serde_json::Value::from(f.as_ref()));
             ManagedFieldsEntry {
-                manager: Some(manager.as_str().to_string()),
+                manager: Some(manager.to_string()),
                 fields_v1: Some(FieldsV1(serde_json::Value::Array(owned.collect()))),
                 ..ManagedFieldsEntry::default()
             }
@@ -165,8 +93,7 @@ impl Kept {
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
             uid: self.uid.as_deref().map(str::to_string),
-            owner_references: (!self.owners.is_empty())
-                .then(|| self.owners.iter().map(owner_reference).collect()),
+            owner_references: (!self.owners.is_empty()).then(|| self.owners.to_vec()),
             labels: map(&self.labels),
             annotations: map(&self.annotations),
             managed_fields: (!self.managers.is_empty()).then(|| managed_fields.collect()),
@@ -260,6 +187,7 @@ impl OwnedCache {
 mod tests {
     use super::*;
     use crate::controller::decide::tests::owning;
+    use crate::crd;
     use k8s_openapi::api::core::v1::Secret;
 
     fn secret(name: &str, digest: &str) -> PartialObjectMeta<Secret> {
