@@ -739,6 +739,20 @@ where
     }
 }
 
+/// Where the operator's log goes: the file `INBOX_BENCH_OPERATOR_LOG` names (appended to;
+/// with `INBOX_BENCH_RUST_LOG` as its `RUST_LOG`, default `warn`), else nowhere.
+fn operator_log() -> Result<Stdio, String> {
+    match std::env::var_os("INBOX_BENCH_OPERATOR_LOG") {
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map(Stdio::from)
+            .map_err(|e| format!("open {}: {e}", Path::new(&path).display())),
+        None => Ok(Stdio::null()),
+    }
+}
+
 fn start_operator(args: &Args, kubeconfig: &Path, api_url: &str) -> Result<Proc, String> {
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -756,9 +770,12 @@ fn start_operator(args: &Args, kubeconfig: &Path, api_url: &str) -> Result<Proc,
         .env("KUBECONFIG", kubeconfig)
         .env("AGENTSEND_API_URL", api_url)
         .env("AGENTSEND_API_KEY", "bench-key")
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("INBOX_BENCH_RUST_LOG").unwrap_or("warn".into()),
+        )
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(operator_log()?)
         .spawn()
         .map_err(|e| format!("start {}: {e}", args.operator.display()))?;
     Ok(Proc(child))
