@@ -260,26 +260,7 @@ impl ScanCache {
         }
         let started = Instant::now();
         let wall = jiff::Timestamp::now();
-        // Only what this scan may keep or compare is held (see below), never the whole
-        // account: the observations of `also`, the watched inboxes and those already known,
-        // or every inbox while the account's inventory is wanted.
-        let watched_set: HashSet<&str> = watched.iter().map(String::as_str).collect();
-        let relevant = |r: &RemoteInbox| {
-            let id = r.id.as_str();
-            also == Some(id)
-                || watched_set.contains(id)
-                || lock(&self.accounts)
-                    .get(key)
-                    .is_some_and(|a| a.inventory_wanted || a.seen.contains_key(id))
-        };
-        let listed = match self.client.list_filtered(key, relevant).await {
-            Ok(r) => r,
-            Err(e) => {
-                let mut accounts = lock(&self.accounts);
-                accounts.entry(key.clone()).or_default().failed = Some((e.clone(), Instant::now()));
-                return Err(e);
-            }
-        };
+        let listed = self.list_relevant(key, watched, also).await?;
         let mut accounts = lock(&self.accounts);
         let acct = accounts.entry(key.clone()).or_default();
         let by_id: HashMap<&str, &RemoteInbox> =
@@ -319,6 +300,33 @@ impl ScanCache {
         acct.scanned_wall = Some(wall);
         acct.failed = None;
         Ok(changed)
+    }
+
+    /// A scan's listing of the account of `key`, holding only what the scan may keep or
+    /// compare, never the whole account: the observations of `also`, the `watched` inboxes and
+    /// those already known, or every inbox while the account's inventory is wanted. A failure
+    /// is recorded for [`recent_failure`](Self::recent_failure).
+    async fn list_relevant(
+        &self,
+        key: &ApiKey,
+        watched: &[String],
+        also: Option<&str>,
+    ) -> Result<Vec<RemoteInbox>, ApiError> {
+        let watched: HashSet<&str> = watched.iter().map(String::as_str).collect();
+        let relevant = |r: &RemoteInbox| {
+            let id = r.id.as_str();
+            also == Some(id)
+                || watched.contains(id)
+                || lock(&self.accounts)
+                    .get(key)
+                    .is_some_and(|a| a.inventory_wanted || a.seen.contains_key(id))
+        };
+        let listed = self.client.list_filtered(key, relevant).await;
+        if let Err(e) = &listed {
+            let mut accounts = lock(&self.accounts);
+            accounts.entry(key.clone()).or_default().failed = Some((e.clone(), Instant::now()));
+        }
+        listed
     }
 
     /// The counter sync's round for one account: [`scan`](Self::scan) when [`scan_due`],
