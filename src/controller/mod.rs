@@ -365,24 +365,26 @@ impl Context {
 
     /// The namespace-metadata cache that holds namespace `ns`.
     pub(crate) fn namespace_store(&self, ns: &str) -> Option<&Store<watches::NamespaceMeta>> {
-        self.namespace_stores
-            .get(&Some(ns.to_string()))
-            .or_else(|| self.namespace_stores.get(&None))
+        of_scope(&self.namespace_stores, ns)
     }
 
     /// The managed-ConfigMap cache for a namespace.
     pub(crate) fn config_map_store(&self, ns: &str) -> Option<&owned_cache::OwnedCache> {
-        self.config_map_stores
-            .get(&Some(ns.to_string()))
-            .or_else(|| self.config_map_stores.get(&None))
+        of_scope(&self.config_map_stores, ns)
     }
 
     /// The managed-Secret cache for a namespace.
     pub(crate) fn secret_store(&self, ns: &str) -> Option<&owned_cache::OwnedCache> {
-        self.secret_stores
-            .get(&Some(ns.to_string()))
-            .or_else(|| self.secret_stores.get(&None))
+        of_scope(&self.secret_stores, ns)
     }
+}
+
+/// The entry of the watched scope that holds namespace `ns`: its own, else the cluster-wide
+/// one (key `None`).
+fn of_scope<'a, T>(per_scope: &'a HashMap<Option<String>, T>, ns: &str) -> Option<&'a T> {
+    per_scope
+        .get(&Some(ns.to_string()))
+        .or_else(|| per_scope.get(&None))
 }
 
 /// Label selector of the Secrets this operator writes.

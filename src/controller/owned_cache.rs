@@ -172,12 +172,14 @@ impl OwnedCache {
     }
 
     /// How many objects are cached.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         let maps = self.maps.read().unwrap_or_else(PoisonError::into_inner);
         maps.live.values().map(HashMap::len).sum()
     }
 
     /// Whether nothing is cached.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
