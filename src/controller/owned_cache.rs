@@ -1,6 +1,6 @@
 //! The cache of the objects this operator owns (Secrets, ConfigMaps), fed by their
 //! metadata-only watch. It keeps per object only what decisions read — its UID, owner
-//! references, labels, annotations and who owns which data key — as boxed slices: ≈ 0.6 KB
+//! references, labels, annotations and who owns which data key — as boxed slices: ≈ 0.8 KB
 //! per object where a cached `PartialObjectMeta` took ≈ 2.3 KB (an `ObjectMeta` is 17
 //! optional fields, and each label or annotation map is a ≈ 0.5 KB `BTreeMap` node whatever
 //! its size). A lookup rebuilds the `ObjectMeta` the planner reads.
