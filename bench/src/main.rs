@@ -121,6 +121,7 @@ impl Drop for Cluster {
     }
 }
 
+/// A child process, stopped (TERM, then KILL) when dropped.
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -294,6 +295,29 @@ fn label<'l>(line: &'l str, name: &str) -> Option<&'l str> {
         .find_map(|p| line.find(p.as_str()).map(|i| i + p.len()))?;
     let len = line[start..].find('"')?;
     Some(&line[start..start + len])
+}
+
+/// The operator's reconciles so far by result (`success`, `error`, `skipped`), from its
+/// `/metrics` on `port` (kept in [`Writes`], whose arithmetic and breakdown fit).
+async fn operator_passes(port: u16) -> Result<Writes, String> {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let body = match reqwest::get(&url).await {
+        Ok(r) => r.text().await.map_err(|e| format!("{url}: {e}"))?,
+        Err(e) => return Err(format!("{url}: {e}")),
+    };
+    let mut passes = Writes::default();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("inbox_operator_reconciles_total{") else {
+            continue;
+        };
+        let (Some(result), Some(value)) = (label(line, "result"), rest.rsplit(' ').next()) else {
+            continue;
+        };
+        let value: f64 = value.parse().map_err(|e| format!("{url}: {line}: {e}"))?;
+        passes.all += value;
+        *passes.by.entry(result.to_string()).or_default() += value;
+    }
+    Ok(passes)
 }
 
 /// Writes by resource, from the apiserver's /metrics (a few tries: a busy machine drops a
@@ -500,6 +524,10 @@ struct Row {
     /// The operator's writes to Inboxes and Secrets while creating (the tool's own N creates
     /// not counted).
     create_writes: Writes,
+    /// The operator's reconciles (passes) while creating, by result.
+    create_passes: Writes,
+    /// The operator's reconciles while deleting, by result.
+    delete_passes: Writes,
     /// The operator's writes while deleting (the tool's one delete-collection not counted).
     delete_writes: Writes,
     rest_api: f64,
@@ -553,7 +581,7 @@ async fn run_one(args: &Args, n: usize, limit: f64) -> Result<Row, String> {
     sim.set_latency(args.latency);
     sim.set_account_rate_limit(inbox_sim::RateLimit::per_second(limit));
     let handle = sim.spawn().await.map_err(|e| e.to_string())?;
-    let op = start_operator(args, &cluster.kubeconfig, &handle.url())?;
+    let (op, metrics_port) = start_operator(args, &cluster.kubeconfig, &handle.url())?;
     let pid = op.0.id();
     // The operator's watches list before the Inboxes arrive (not part of the measurement).
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -563,8 +591,10 @@ async fn run_one(args: &Args, n: usize, limit: f64) -> Result<Row, String> {
     let load_before = load_average();
     let before = apiserver_writes(&client).await?;
     let mark = CpuMark::now(&cluster, Some(pid));
+    let passes_before = operator_passes(metrics_port).await?;
     let ready_s = create_inboxes_until_ready(&api, &mut counter, n, args.timeout).await?;
     let create_cpu = mark.phase(&cluster, Some(pid));
+    let create_passes = operator_passes(metrics_port).await? - passes_before;
     let mut create_writes = apiserver_writes(&client).await? - before;
     // The tool's own creates of the N Inboxes are not the operator's.
     create_writes.inboxes_secrets -= n as f64;
@@ -591,8 +621,10 @@ async fn run_one(args: &Args, n: usize, limit: f64) -> Result<Row, String> {
     let (rest_api, rest_writes) = at_rest(args.sync_interval, &sim, &client).await?;
     let before = apiserver_writes(&client).await?;
     let mark = CpuMark::now(&cluster, Some(pid));
+    let passes_before = operator_passes(metrics_port).await?;
     let (delete_s, delete_requests_s) = delete_all(&api, &mut counter, n, args.timeout).await?;
     let delete_cpu = mark.phase(&cluster, Some(pid));
+    let delete_passes = operator_passes(metrics_port).await? - passes_before;
     let mut delete_writes = apiserver_writes(&client).await? - before;
     // The tool's own N deletes are not the operator's (200: the Inboxes carry a finalizer).
     delete_writes.inboxes_secrets -= n as f64;
@@ -623,6 +655,8 @@ async fn run_one(args: &Args, n: usize, limit: f64) -> Result<Row, String> {
         limited_pct,
         create_writes,
         delete_writes,
+        create_passes,
+        delete_passes,
         rest_api,
         rest_writes,
         delete_requests_s,
@@ -753,7 +787,8 @@ fn operator_log() -> Result<Stdio, String> {
     }
 }
 
-fn start_operator(args: &Args, kubeconfig: &Path, api_url: &str) -> Result<Proc, String> {
+/// Start the operator; returns it and the port of its (plain HTTP) `/metrics`.
+fn start_operator(args: &Args, kubeconfig: &Path, api_url: &str) -> Result<(Proc, u16), String> {
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(|e| e.to_string())?
@@ -778,7 +813,7 @@ fn start_operator(args: &Args, kubeconfig: &Path, api_url: &str) -> Result<Proc,
         .stderr(operator_log()?)
         .spawn()
         .map_err(|e| format!("start {}: {e}", args.operator.display()))?;
-    Ok(Proc(child))
+    Ok((Proc(child), metrics_port))
 }
 
 /// Create Inboxes `inbox-00000` … of `api`, [`CREATE_CONCURRENCY`] at once.
@@ -1009,6 +1044,11 @@ fn print_breakdown(rows: &[Row]) {
         );
         println!("  writes / created Inbox: {}", r.create_writes.breakdown(n));
         println!("  writes / deleted Inbox: {}", r.delete_writes.breakdown(n));
+        println!(
+            "  reconciles / created Inbox: {}; / deleted Inbox: {}",
+            r.create_passes.breakdown(n),
+            r.delete_passes.breakdown(n)
+        );
         println!(
             "  writes / interval at rest (all components; the column counts {}): {}",
             OPERATOR_RESOURCES.join(", "),
