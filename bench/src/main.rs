@@ -277,6 +277,16 @@ impl Writes {
     }
 
     /// The breakdown, one `key: count` per entry, each divided by `per`.
+    /// These writes less the tool's own `n` writes to Inboxes, counted as `key`
+    /// (`POST inboxes 201`).
+    fn without_tools(mut self, n: usize, key: &str) -> Writes {
+        let n = n as f64;
+        self.inboxes_secrets -= n;
+        self.all -= n;
+        *self.by.entry(key.into()).or_default() -= n;
+        self
+    }
+
     fn breakdown(&self, per: f64) -> String {
         self.by
             .iter()
@@ -557,6 +567,55 @@ impl Row {
     }
 }
 
+/// The AgentSend simulator of a row: account `bench` (key `bench-key`), `latency` on every
+/// request, at most `limit` requests/s per account (0: no limit).
+fn simulator(latency: Duration, limit: f64) -> Simulator {
+    let sim = Simulator::new();
+    sim.add_account("bench", "bench-key");
+    sim.set_latency(latency);
+    sim.set_account_rate_limit(inbox_sim::RateLimit::per_second(limit));
+    sim
+}
+
+/// The two baselines of a row, without the operator: N plain Secrets created (seconds, CPU),
+/// then N Inboxes created and deleted (seconds to create, to delete, CPU).
+async fn baselines(
+    cluster: &Cluster,
+    client: &Client,
+    n: usize,
+) -> Result<((f64, PhaseCpu), (f64, f64, PhaseCpu)), String> {
+    create_namespace(client, "baseline").await?;
+    let mark = CpuMark::now(cluster, None);
+    let baseline_s = create_secrets(client, "baseline", n).await?;
+    let baseline_cpu = mark.phase(cluster, None);
+    let mark = CpuMark::now(cluster, None);
+    let (floor_s, floor_delete_s) = inbox_floor(client, "floor", n).await?;
+    let floor_cpu = mark.phase(cluster, None);
+    Ok((
+        (baseline_s, baseline_cpu),
+        (floor_s, floor_delete_s, floor_cpu),
+    ))
+}
+
+/// The simulator's requests so far, for `n` created inboxes: per created inbox, by route and
+/// answer code (`List 200`, ...), and the 429s' share (%).
+fn simulator_requests(sim: &Simulator, n: usize) -> (f64, BTreeMap<String, usize>, f64) {
+    let requests = sim.total_requests();
+    let records = sim.requests();
+    let limited = records.iter().filter(|r| r.status == 429).count();
+    let mut by_route = BTreeMap::new();
+    for r in &records {
+        *by_route
+            .entry(format!("{:?} {}", r.route, r.status))
+            .or_default() += 1;
+    }
+    (
+        requests as f64 / n as f64,
+        by_route,
+        100.0 * limited as f64 / (requests.max(1)) as f64,
+    )
+}
+
 /// Client concurrency of the bulk creates (like `kubectl apply` of a big manifest), the same
 /// for the Secret baseline and the Inboxes.
 const CREATE_CONCURRENCY: usize = 64;
@@ -567,19 +626,11 @@ async fn run_one(args: &Args, n: usize, limit: f64) -> Result<Row, String> {
     let cluster = Cluster::up(&root, &dir)?;
     let client = cluster.client().await?;
     install_crd(&root, &cluster.kubeconfig)?;
-    create_namespace(&client, "baseline").await?;
-    let mark = CpuMark::now(&cluster, None);
-    let baseline_s = create_secrets(&client, "baseline", n).await?;
-    let baseline_cpu = mark.phase(&cluster, None);
-    let mark = CpuMark::now(&cluster, None);
-    let (floor_s, floor_delete_s) = inbox_floor(&client, "floor", n).await?;
-    let floor_cpu = mark.phase(&cluster, None);
+    let ((baseline_s, baseline_cpu), (floor_s, floor_delete_s, floor_cpu)) =
+        baselines(&cluster, &client, n).await?;
     create_namespace(&client, "bench").await?;
 
-    let sim = Simulator::new();
-    sim.add_account("bench", "bench-key");
-    sim.set_latency(args.latency);
-    sim.set_account_rate_limit(inbox_sim::RateLimit::per_second(limit));
+    let sim = simulator(args.latency, limit);
     let handle = sim.spawn().await.map_err(|e| e.to_string())?;
     let (op, metrics_port) = start_operator(args, &cluster.kubeconfig, &handle.url())?;
     let pid = op.0.id();
@@ -595,29 +646,14 @@ async fn run_one(args: &Args, n: usize, limit: f64) -> Result<Row, String> {
     let ready_s = create_inboxes_until_ready(&api, &mut counter, n, args.timeout).await?;
     let create_cpu = mark.phase(&cluster, Some(pid));
     let create_passes = operator_passes(metrics_port).await? - passes_before;
-    let mut create_writes = apiserver_writes(&client).await? - before;
     // The tool's own creates of the N Inboxes are not the operator's.
-    create_writes.inboxes_secrets -= n as f64;
-    create_writes.all -= n as f64;
-    *create_writes
-        .by
-        .entry("POST inboxes 201".into())
-        .or_default() -= n as f64;
-    let created = sim.inbox_count();
-    if created != n {
-        return Err(format!("{created} AgentSend inboxes for {n} Inboxes"));
+    let create_writes =
+        (apiserver_writes(&client).await? - before).without_tools(n, "POST inboxes 201");
+    match sim.inbox_count() {
+        created if created == n => {}
+        created => return Err(format!("{created} AgentSend inboxes for {n} Inboxes")),
     }
-    let requests = sim.total_requests();
-    let req_per_create = requests as f64 / n as f64;
-    let records = sim.requests();
-    let limited = records.iter().filter(|r| r.status == 429).count();
-    let mut create_requests = BTreeMap::new();
-    for r in &records {
-        *create_requests
-            .entry(format!("{:?} {}", r.route, r.status))
-            .or_default() += 1;
-    }
-    let limited_pct = 100.0 * limited as f64 / (requests.max(1)) as f64;
+    let (req_per_create, create_requests, limited_pct) = simulator_requests(&sim, n);
     let (rest_api, rest_writes) = at_rest(args.sync_interval, &sim, &client).await?;
     let before = apiserver_writes(&client).await?;
     let mark = CpuMark::now(&cluster, Some(pid));
@@ -625,24 +661,16 @@ async fn run_one(args: &Args, n: usize, limit: f64) -> Result<Row, String> {
     let (delete_s, delete_requests_s) = delete_all(&api, &mut counter, n, args.timeout).await?;
     let delete_cpu = mark.phase(&cluster, Some(pid));
     let delete_passes = operator_passes(metrics_port).await? - passes_before;
-    let mut delete_writes = apiserver_writes(&client).await? - before;
     // The tool's own N deletes are not the operator's (200: the Inboxes carry a finalizer).
-    delete_writes.inboxes_secrets -= n as f64;
-    delete_writes.all -= n as f64;
-    *delete_writes
-        .by
-        .entry("DELETE inboxes 200".into())
-        .or_default() -= n as f64;
+    let delete_writes =
+        (apiserver_writes(&client).await? - before).without_tools(n, "DELETE inboxes 200");
     let load_after = load_average();
-    if sim.inbox_count() != 0 {
-        return Err(format!(
-            "{} AgentSend inboxes left after deletion",
-            sim.inbox_count()
-        ));
+    match sim.inbox_count() {
+        0 => {}
+        left => return Err(format!("{left} AgentSend inboxes left after deletion")),
     }
     let (rss_mib, cpu_s) = proc_usage(pid);
-    drop(op);
-    drop(cluster);
+    drop((op, cluster));
     Ok(Row {
         n,
         limit,
