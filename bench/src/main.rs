@@ -276,7 +276,6 @@ impl Writes {
             .sum()
     }
 
-    /// The breakdown, one `key: count` per entry, each divided by `per`.
     /// These writes less the tool's own `n` writes to Inboxes, counted as `key`
     /// (`POST inboxes 201`).
     fn without_tools(mut self, n: usize, key: &str) -> Writes {
@@ -287,6 +286,7 @@ impl Writes {
         self
     }
 
+    /// The breakdown, one `key: count` per entry, each divided by `per`.
     fn breakdown(&self, per: f64) -> String {
         self.by
             .iter()
