@@ -55,7 +55,8 @@ where
 }
 
 /// Cache what the watch `events` lists, each object trimmed by `trim` first (to what decisions
-/// read), and count its first list towards readiness. Returns the cache and the stream of
+/// read), and count its first list towards readiness — once the cache holds it, so that
+/// nothing woken by readiness reads a cache still empty. Returns the cache and the stream of
 /// watch events, which must be polled for the cache to fill.
 pub(crate) fn cached<K>(
     events: impl Stream<Item = WatchResult<K>> + Send + 'static,
@@ -72,9 +73,9 @@ where
     let (reader, writer) = reflector::store::<K>();
     let stream = events
         .backoff(backoff())
-        .inspect_ok(synced.observer())
         .modify(trim)
-        .reflect(writer);
+        .reflect(writer)
+        .inspect_ok(synced.observer());
     (reader, stream)
 }
 
@@ -120,12 +121,27 @@ where
     K: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
 {
     let config = watch_config().labels(&super::managed_secret_selector());
+    owned_cached(watcher(api, config), synced)
+}
+
+/// Fill an [`OwnedCache`] from the watch `events` and count its first list towards readiness
+/// once the cache holds it (as [`cached`] does).
+fn owned_cached<K>(
+    events: impl Stream<Item = WatchResult<PartialObjectMeta<K>>> + Send + 'static,
+    synced: &Arc<CacheSync>,
+) -> (
+    OwnedCache,
+    impl Stream<Item = WatchResult<PartialObjectMeta<K>>> + Send + 'static,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
+{
     let cache = OwnedCache::default();
     let fill = cache.clone();
-    let stream = watcher(api, config)
+    let stream = events
         .backoff(backoff())
-        .inspect_ok(synced.observer())
-        .inspect_ok(move |e| fill.apply(e));
+        .inspect_ok(move |e| fill.apply(e))
+        .inspect_ok(synced.observer());
     (cache, stream)
 }
 
@@ -200,13 +216,13 @@ pub(crate) fn claims_index(
     let (reader, writer) = reflector::store();
     let stream = watcher(api, watch_config())
         .backoff(backoff())
+        .modify(|m: &mut InboxMeta| trim_to_claim(&mut m.metadata))
+        .reflect(writer)
         .inspect_ok(move |e| {
             if matches!(e, watcher::Event::InitDone) {
                 synced.store(true, Ordering::Release);
             }
-        })
-        .modify(|m: &mut InboxMeta| trim_to_claim(&mut m.metadata))
-        .reflect(writer);
+        });
     (reader, stream)
 }
 
@@ -387,6 +403,59 @@ pub(crate) mod tests {
         secrets(&watcher::Event::InitDone);
         inboxes(&watcher::Event::InitDone);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// What a readiness callback saw of a cache: filled in by `on_ready`.
+    type Seen = Arc<Mutex<Option<bool>>>;
+
+    /// A one-stream readiness signal whose callback records whether `holds` (reading the
+    /// cache put in the returned slot) is true at that moment.
+    fn recording_sync<C: Send + Sync + 'static>(
+        holds: fn(&C) -> bool,
+    ) -> (Arc<CacheSync>, Arc<std::sync::OnceLock<C>>, Seen) {
+        let slot = Arc::new(std::sync::OnceLock::<C>::new());
+        let seen: Seen = Arc::default();
+        let (s, r) = (slot.clone(), seen.clone());
+        let sync = CacheSync::new(1, move || {
+            *r.lock().unwrap() = Some(s.get().is_some_and(holds));
+        });
+        (sync, slot, seen)
+    }
+
+    /// A first list of one object.
+    fn first_list<K>(object: K) -> impl Stream<Item = WatchResult<K>> + Send + 'static
+    where
+        K: Send + 'static,
+    {
+        futures::stream::iter([
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(object)),
+            Ok(watcher::Event::InitDone),
+        ])
+    }
+
+    #[tokio::test]
+    async fn a_cache_already_holds_its_first_list_when_readiness_fires() {
+        // Readiness wakes work that reads the caches at once (releasing the key Secret of a
+        // namespace being deleted): a cache still empty then would look like "nobody uses it".
+        let (sync, slot, seen) = recording_sync(|s: &Store<Inbox>| s.state().len() == 1);
+        let (store, events) = cached(
+            first_list((*inbox("ns", "a", None)).clone()),
+            &sync,
+            trim_inbox,
+        );
+        slot.set(store).ok();
+        events.for_each(|_| async {}).await;
+        assert_eq!(*seen.lock().unwrap(), Some(true));
+
+        let (sync, slot, seen) = recording_sync(|c: &OwnedCache| c.get("ns", "s").is_some());
+        let mut secret = PartialObjectMeta::<k8s_openapi::api::core::v1::Secret>::default();
+        secret.metadata.namespace = Some("ns".into());
+        secret.metadata.name = Some("s".into());
+        let (cache, events) = owned_cached(first_list(secret), &sync);
+        slot.set(cache).ok();
+        events.for_each(|_| async {}).await;
+        assert_eq!(*seen.lock().unwrap(), Some(true));
     }
 
     /// An Inbox in `ns` using the credentials Secret `creds` (if any); shared by the
