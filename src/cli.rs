@@ -141,6 +141,12 @@ pub mod limits {
     /// `--agentsend-timeout`: per request; zero would fail every call.
     pub const AGENTSEND_TIMEOUT: (Duration, Duration) =
         (Duration::from_millis(100), Duration::from_secs(300));
+    /// `--max-retry-delay`: below 1 s a failing Inbox is a hot loop; the backoff never waits
+    /// longer than 5 minutes anyway.
+    pub const MAX_RETRY_DELAY: (Duration, Duration) = (
+        Duration::from_secs(1),
+        crate::controller::decide::MAX_RETRY_DELAY,
+    );
 }
 
 /// Parse a duration and check it lies within `(min, max)`.
@@ -175,6 +181,10 @@ fn agentsend_timeout(s: &str) -> Result<Duration, DurationFlagError> {
     bounded(s, limits::AGENTSEND_TIMEOUT)
 }
 
+fn max_retry_delay(s: &str) -> Result<Duration, DurationFlagError> {
+    bounded(s, limits::MAX_RETRY_DELAY)
+}
+
 /// Flags of `inbox-operator run`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
@@ -194,6 +204,12 @@ pub struct RunArgs {
     /// How often counters are refreshed from AgentSend (one list scan per account); 1s–24h.
     #[arg(long, env = "INBOX_OPERATOR_SYNC_INTERVAL", default_value = "60s", value_parser = sync_interval)]
     pub sync_interval: Duration,
+
+    /// The longest wait between retries of a failing Inbox: the backoff doubles from 1 s per
+    /// consecutive failure up to this (jittered down to half of it); 1s–5m. AgentSend's
+    /// Retry-After is always honoured in full.
+    #[arg(long, env = "INBOX_OPERATOR_MAX_RETRY_DELAY", default_value = "5m", value_parser = max_retry_delay)]
+    pub max_retry_delay: Duration,
 
     /// Reconciles running at once, per watched scope: one pool when watching all namespaces,
     /// one pool per namespace when --namespace lists several (so 3 namespaces allow 3x this).
@@ -408,6 +424,8 @@ mod tests {
             ("--lease-duration", "2h", "too long"),
             ("--agentsend-timeout", "0s", "too short"),
             ("--agentsend-timeout", "1h", "too long"),
+            ("--max-retry-delay", "100ms", "too short"),
+            ("--max-retry-delay", "10m", "too long"),
         ] {
             let args: Vec<&str> = [flag, bad].into_iter().filter(|a| !a.is_empty()).collect();
             let e = run_err(&args);
@@ -431,6 +449,8 @@ mod tests {
             "4s",
             "--agentsend-timeout",
             "100ms",
+            "--max-retry-delay",
+            "1s",
         ])
         .unwrap();
         let Command::Run(a) = cli.command else {
@@ -439,6 +459,7 @@ mod tests {
         assert_eq!(a.sync_interval, Duration::from_secs(86_400));
         assert_eq!(a.lease_duration, Duration::from_secs(4));
         assert_eq!(a.agentsend_timeout, Duration::from_millis(100));
+        assert_eq!(a.max_retry_delay, Duration::from_secs(1));
     }
 
     #[test]

@@ -292,6 +292,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
             args.operator_namespace.as_deref(),
         ),
         account_status: args.account_status,
+        max_retry_delay: args.max_retry_delay,
     };
     info!(
         url = %args.endpoint.agentsend_url,

@@ -175,7 +175,7 @@ pub(crate) fn error_policy(inbox: Arc<Inbox>, err: &Error, ctx: Arc<Context>) ->
         return Action::requeue(Error::NOT_LEADING_RETRY);
     }
     let failures = ctx.bump_failures(&ObjectRef::from_obj(&*inbox));
-    let delay = plan::error_retry(err, failures, rand::random());
+    let delay = plan::error_retry(err, failures, rand::random(), ctx.settings.max_retry_delay);
     warn!(
         namespace = inbox.metadata.namespace.as_deref().unwrap_or_default(),
         name = inbox.metadata.name.as_deref().unwrap_or_default(),
@@ -257,6 +257,7 @@ impl<'a> Pass<'a> {
         let mut o = Observed::new(inbox.clone(), phase, now, self.ctx.settings.sync_interval);
         o.jitter = rand::random();
         o.failures = self.ctx.failures(&self.obj);
+        o.max_retry_delay = self.ctx.settings.max_retry_delay;
         o.hold = self.ctx.hold(&self.obj);
         o.random_local = decide::random_local_part(|n| rand::random_range(0..n));
         o.finalizer_missing = phase == Phase::Apply && needs_finalizer(inbox);

@@ -111,6 +111,9 @@ pub struct Settings {
     pub operator_namespace: String,
     /// Which account status this instance writes (`--account-status`).
     pub account_status: account_status::StatusWriter,
+    /// The longest wait between retries of a failing Inbox (`--max-retry-delay`): caps the
+    /// exponential backoff, never AgentSend's `Retry-After`.
+    pub max_retry_delay: Duration,
 }
 
 impl Default for Settings {
@@ -126,6 +129,7 @@ impl Default for Settings {
             gate: WriteGate::open(),
             operator_namespace: "default".into(),
             account_status: account_status::StatusWriter::All,
+            max_retry_delay: decide::MAX_RETRY_DELAY,
         }
     }
 }

@@ -193,6 +193,8 @@ pub struct Observed {
     pub jitter: f64,
     /// Consecutive failed passes of this Inbox before this one.
     pub failures: u32,
+    /// The cap of the failure backoff (`--max-retry-delay`).
+    pub max_retry_delay: Duration,
     /// Counter sync interval.
     pub sync_interval: Duration,
     /// The API key, once read.
@@ -263,6 +265,7 @@ impl Observed {
             now,
             jitter: 0.0,
             failures: 0,
+            max_retry_delay: decide::MAX_RETRY_DELAY,
             sync_interval,
             credentials: None,
             remembered_key: None,
@@ -667,7 +670,7 @@ fn apply(o: &Observed) -> Step {
     let key = match &o.credentials {
         None => return Step::ReadCredentials,
         Some(Credentials::Missing(msg)) => {
-            let delay = decide::backoff(o.failures.clamp(3, 5), o.jitter);
+            let delay = decide::backoff(o.failures.clamp(3, 5), o.jitter, o.max_retry_delay);
             return Step::Done(Done {
                 failures: Failures::Bump,
                 failed: Some(Error::CREDENTIALS_MISSING),
@@ -1741,7 +1744,11 @@ fn stale_view_retry(o: &Observed) -> Step {
         failures: Failures::Bump,
         ..finish(
             None,
-            Then::Requeue(decide::stale_view_delay(o.failures, o.jitter)),
+            Then::Requeue(decide::stale_view_delay(
+                o.failures,
+                o.jitter,
+                o.max_retry_delay,
+            )),
         )
     })
 }
@@ -1751,7 +1758,7 @@ fn stale_view_retry(o: &Observed) -> Step {
 /// for the retry delay; a failed observation of a bound inbox does not (the account's scan
 /// cache bounds those calls, and the counter sync wakes the Inbox when the account is back).
 fn api_failure(o: &Observed, e: &ApiError) -> Step {
-    let delay = retry_delay(e, o.failures, o.jitter);
+    let delay = retry_delay(e, o.failures, o.jitter, o.max_retry_delay);
     let observing = o.inbox.bound_inbox_id().is_some()
         && o.created.is_none()
         && matches!(o.remote, Some(Lookup::Failed(_)));
@@ -1786,8 +1793,9 @@ pub fn readiness_for_error(e: &ApiError) -> Readiness {
 
 /// How long to wait before trying again after an AgentSend error; `None` means wait for the
 /// spec to change. `failures` counts consecutive failures of this Inbox (0 for the first);
-/// `jitter` in [0, 1) spreads retries so many Inboxes do not retry at once.
-pub fn retry_delay(err: &ApiError, failures: u32, jitter: f64) -> Option<Duration> {
+/// `jitter` in [0, 1) spreads retries so many Inboxes do not retry at once; `max` caps the
+/// exponential backoff (never a `Retry-After`).
+pub fn retry_delay(err: &ApiError, failures: u32, jitter: f64, max: Duration) -> Option<Duration> {
     // `clamp` keeps NaN, which `mul_f64` would panic on.
     let jitter = if jitter.is_nan() {
         0.0
@@ -1809,18 +1817,19 @@ pub fn retry_delay(err: &ApiError, failures: u32, jitter: f64) -> Option<Duratio
         }
         ApiError::Transient { .. }
         | ApiError::InvalidResponse { .. }
-        | ApiError::NotFound { .. } => Some(decide::backoff(failures, jitter)),
+        | ApiError::NotFound { .. } => Some(decide::backoff(failures, jitter, max)),
     }
 }
 
-/// Retry delay for a pass that failed with `err` (the error policy).
-pub fn error_retry(err: &Error, failures: u32, jitter: f64) -> Duration {
+/// Retry delay for a pass that failed with `err` (the error policy); `max` caps the
+/// exponential backoff.
+pub fn error_retry(err: &Error, failures: u32, jitter: f64, max: Duration) -> Duration {
     match err {
-        Error::Api(e) => retry_delay(e, failures, jitter).unwrap_or(Duration::from_secs(300)),
-        Error::CredentialsMissing(_) => decide::backoff(failures.max(4), jitter),
+        Error::Api(e) => retry_delay(e, failures, jitter, max).unwrap_or(Duration::from_secs(300)),
+        Error::CredentialsMissing(_) => decide::backoff(failures.max(4), jitter, max),
         Error::Backoff { retry, .. } | Error::Held(retry) => *retry,
         Error::NotLeading => Error::NOT_LEADING_RETRY,
-        _ => decide::backoff(failures, jitter),
+        _ => decide::backoff(failures, jitter, max),
     }
 }
 
@@ -1859,7 +1868,12 @@ fn fail(o: &Observed, report: Option<Report>, failure: Failure) -> Step {
         best_effort: true,
         ..r
     });
-    let delay = error_retry(&failure.clone().into(), o.failures, o.jitter);
+    let delay = error_retry(
+        &failure.clone().into(),
+        o.failures,
+        o.jitter,
+        o.max_retry_delay,
+    );
     Step::Done(Done {
         hold: Some(Hold::of(o, delay)),
         ..finish(report, Then::Fail(failure))
@@ -2114,6 +2128,9 @@ mod tests {
     use crate::controller::decide::tests::as_written;
     use crate::crd::{InboxSpec, SecretSpec};
     use kube::ResourceExt;
+
+    /// The default cap of the failure backoff.
+    const MAX: Duration = decide::MAX_RETRY_DELAY;
 
     const NOW: &str = "2026-11-28T10:00:00Z";
     const MARKED_AT: &str = "2026-11-28T09:59:00Z";
@@ -4089,13 +4106,13 @@ mod tests {
 
     #[test]
     fn retry_rules() {
-        assert_eq!(retry_delay(&rejected_409(), 0, 0.5), None);
+        assert_eq!(retry_delay(&rejected_409(), 0, 0.5, MAX), None);
         let limited = ApiError::RateLimited {
             retry_after: Some(Duration::from_secs(30)),
             message: String::new(),
         };
         for j in [0.0, 0.5, 0.99] {
-            let d = retry_delay(&limited, 0, j).unwrap();
+            let d = retry_delay(&limited, 0, j, MAX).unwrap();
             assert!(
                 d >= Duration::from_secs(30) && d <= Duration::from_secs(37),
                 "{d:?}"
@@ -4105,11 +4122,15 @@ mod tests {
             status: 401,
             message: String::new(),
         };
-        assert!(retry_delay(&unauthorized, 0, 0.0).unwrap() >= Duration::from_secs(300));
-        let d0 = retry_delay(&transient(), 0, 0.0).unwrap();
-        let d3 = retry_delay(&transient(), 3, 0.0).unwrap();
+        assert!(retry_delay(&unauthorized, 0, 0.0, MAX).unwrap() >= Duration::from_secs(300));
+        let d0 = retry_delay(&transient(), 0, 0.0, MAX).unwrap();
+        let d3 = retry_delay(&transient(), 3, 0.0, MAX).unwrap();
         assert!(d3 > d0);
-        assert!(retry_delay(&transient(), 30, 1.0).unwrap() <= Duration::from_secs(300));
+        assert!(retry_delay(&transient(), 30, 1.0, MAX).unwrap() <= Duration::from_secs(300));
+        // --max-retry-delay caps the backoff, never the API's own Retry-After.
+        let one = Duration::from_secs(1);
+        assert!(retry_delay(&transient(), 30, 0.99, one).unwrap() <= one);
+        assert!(retry_delay(&limited, 0, 0.0, one).unwrap() >= Duration::from_secs(30));
     }
 
     #[test]
@@ -4119,7 +4140,7 @@ mod tests {
             message: String::new(),
         };
         for j in [0.0, 0.99, f64::NAN, f64::INFINITY, -1.0] {
-            let d = retry_delay(&limited, u32::MAX, j).unwrap();
+            let d = retry_delay(&limited, u32::MAX, j, MAX).unwrap();
             assert!(d <= MAX_RETRY_AFTER.mul_f64(1.2), "{d:?}");
         }
     }
@@ -4127,11 +4148,17 @@ mod tests {
     #[test]
     fn failed_passes_are_retried_by_cause() {
         let missing = Error::CredentialsMissing("x".into());
-        assert!(error_retry(&missing, 0, 0.0) >= Duration::from_secs(8));
+        assert!(error_retry(&missing, 0, 0.0, MAX) >= Duration::from_secs(8));
         let rejected = Error::Api(rejected_409());
-        assert_eq!(error_retry(&rejected, 0, 0.0), Duration::from_secs(300));
+        assert_eq!(
+            error_retry(&rejected, 0, 0.0, MAX),
+            Duration::from_secs(300)
+        );
         let internal = Error::Internal("x".into());
-        assert_eq!(error_retry(&internal, 0, 0.0), Duration::from_millis(500));
+        assert_eq!(
+            error_retry(&internal, 0, 0.0, MAX),
+            Duration::from_millis(500)
+        );
     }
 
     #[test]

@@ -13,7 +13,10 @@ const N: usize = 8;
 
 #[tokio::test]
 async fn thirty_percent_5xx_with_latency() {
-    let env = Env::start().await;
+    // Each Inbox's create fails with p = 0.3 per attempt: with the default 5-minute cap, a
+    // run of six failures (p ≈ 0.6 % over 8 Inboxes) backs off past any test timeout. Capped
+    // at 2 s (--max-retry-delay), the wait holds ≈ 15 attempts: 8 × 0.3^15 ≈ 1e-7.
+    let env = Env::start_with(|s| s.max_retry_delay = Duration::from_secs(2)).await;
     let _slow = env.inject(Fault::Latency(Duration::from_millis(30)));
     let _flaky = env.inject(Fault::ErrorRate(0.3, 503));
     let names = env.create_many("flaky", N).await;
