@@ -21,8 +21,8 @@ use super::{Context, Error};
 use crate::account::{Account, AccountKind, ClusterAccount, FINALIZER_CREDENTIALS_IN_USE};
 use crate::crd::Inbox;
 
-/// How long a reconcile waits for the account caches' first list before failing (retried).
-const SYNC_WAIT: Duration = Duration::from_secs(30);
+/// How long a reconcile waits for the caches' first list before failing (retried).
+pub(crate) const SYNC_WAIT: Duration = Duration::from_secs(30);
 
 /// An account that changed (or was listed, or deleted).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,6 +14,7 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use super::Context;
+use super::account_watch::SYNC_WAIT;
 use super::account_watch::all_inboxes;
 use super::credentials::InUse;
 use crate::account::{Account, ClusterAccount, FINALIZER_CREDENTIALS_IN_USE};
@@ -25,10 +26,20 @@ pub async fn mark(ctx: &Context, target: &InUse) -> Result<(), kube::Error> {
 
 /// Take the finalizer off those of `targets` that no Inbox in the caches may use any more,
 /// besides the Inbox with UID `leaving` (being released) and Inboxes whose deletion released
-/// their bindings. Failures are logged: the next release or key Secret event tries again.
+/// their bindings. Only once every cache has listed: a cache still empty (another watched
+/// namespace's Inboxes, the accounts) would make a user look absent. Failures are logged:
+/// the next release or key Secret event tries again.
 pub async fn release_unused(ctx: &Context, targets: &[InUse], leaving: Option<&str>) {
     if targets.is_empty() {
         // Nothing to release (the operator's default key): no walk over every Inbox.
+        return;
+    }
+    let mut synced = ctx.caches_synced.clone();
+    if !matches!(
+        tokio::time::timeout(SYNC_WAIT, synced.wait_for(|ready| *ready)).await,
+        Ok(Ok(_))
+    ) {
+        warn!("watch caches not synced: credentials-in-use finalizers left in place for now");
         return;
     }
     let users: Vec<InUse> = all_inboxes(ctx)

@@ -253,6 +253,9 @@ pub struct Context {
     pub(crate) wake: mpsc::UnboundedSender<ObjectRef<Inbox>>,
     /// The Account and ClusterAccount caches.
     pub(crate) accounts: account_watch::AccountCaches,
+    /// True once every watch cache has listed (decisions that conclude "nobody uses it"
+    /// wait for it).
+    pub(crate) caches_synced: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Context {
@@ -299,6 +302,8 @@ impl Context {
             last_writes: written::LastWrites::default(),
             wake,
             accounts,
+            // Replaced by the controller's own signal before any reader runs.
+            caches_synced: tokio::sync::watch::channel(false).1,
             settings,
         }
     }
@@ -650,6 +655,7 @@ pub async fn run(
         sync_tx.clone(),
         accounts,
     );
+    ctx.caches_synced = synced_rx.clone();
     if !ctx.sees_whole_cluster() {
         keep_claims_index(&client, &mut ctx, &stop);
     }
