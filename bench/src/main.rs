@@ -17,6 +17,8 @@
 //! (see `hack/bench.sh`; figures go into BENCHMARKS.md).
 #![forbid(unsafe_code)]
 
+mod write_costs;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -59,6 +61,10 @@ struct Args {
     /// Extra flags for `inbox-operator run`.
     #[arg(long, allow_hyphen_values = true)]
     operator_args: Vec<String>,
+    /// Instead of the runs: measure what each kind of write of an Inbox's life costs the
+    /// control plane (CPU per write, per process), this many of each, with no operator.
+    #[arg(long)]
+    write_costs: Option<usize>,
     /// Give up on one phase after this long.
     #[arg(long, default_value = "900s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -99,15 +105,20 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// CPU seconds used so far by etcd, kube-apiserver and kube-controller-manager (their
-    /// pid files are in the cluster's directory).
+    /// CPU seconds used so far by etcd, kube-apiserver and kube-controller-manager together.
     fn cpu_s(&self) -> f64 {
-        ["etcd", "apiserver", "controller-manager"]
-            .iter()
-            .filter_map(|p| std::fs::read_to_string(self.dir.join(format!("{p}.pid"))).ok())
-            .filter_map(|pid| pid.trim().parse::<u32>().ok())
-            .map(cpu_seconds)
-            .sum()
+        self.cpu_by_process().iter().sum()
+    }
+
+    /// CPU seconds used so far by etcd, kube-apiserver and kube-controller-manager, in that
+    /// order (their pid files are in the cluster's directory; 0 for one that is gone).
+    fn cpu_by_process(&self) -> [f64; 3] {
+        ["etcd", "apiserver", "controller-manager"].map(|p| {
+            std::fs::read_to_string(self.dir.join(format!("{p}.pid")))
+                .ok()
+                .and_then(|pid| pid.trim().parse::<u32>().ok())
+                .map_or(0.0, cpu_seconds)
+        })
     }
 }
 
@@ -959,6 +970,15 @@ async fn delete_retrying(api: &Api<Inbox>, name: &str) -> Result<(), kube::Error
 async fn main() -> std::process::ExitCode {
     inbox_operator::ensure_crypto_provider();
     let args = Args::parse();
+    if let Some(n) = args.write_costs {
+        return match write_costs::run(n).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("inbox-bench: write costs failed: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if !args.operator.exists() {
         eprintln!(
             "inbox-bench: {} not found; run `cargo build --release` first",
