@@ -175,49 +175,33 @@ async fn make(
 ) -> Result<(), kube::Error> {
     let inboxes: Api<Inbox> = Api::namespaced(client.clone(), NS);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), NS);
-    let merge = |v| Patch::Merge(v);
+    let (create, delete) = (PostParams::default(), DeleteParams::default());
     match write {
-        Write::SecretCreate => {
-            secrets
-                .create(&PostParams::default(), &secret(secret_name(i), i, None))
-                .await?;
-        }
-        Write::SecretDelete => {
-            secrets
-                .delete(&secret_name(i), &DeleteParams::default())
-                .await?;
-        }
-        Write::OutputSecretDelete => {
-            secrets
-                .delete(&inbox_name(i), &DeleteParams::default())
-                .await?;
-        }
+        Write::SecretCreate => secrets
+            .create(&create, &secret(secret_name(i), i, None))
+            .await
+            .map(drop),
+        Write::OutputSecret => secrets
+            .create(&create, &secret(inbox_name(i), i, owner))
+            .await
+            .map(drop),
+        Write::SecretDelete => secrets.delete(&secret_name(i), &delete).await.map(drop),
+        Write::OutputSecretDelete => secrets.delete(&inbox_name(i), &delete).await.map(drop),
         Write::InboxCreate => {
             let spec = InboxSpec {
                 deletion_policy: Some(DeletionPolicy::Delete),
                 ..Default::default()
             };
-            inboxes
-                .create(&PostParams::default(), &Inbox::new(&inbox_name(i), spec))
-                .await?;
+            let inbox = Inbox::new(&inbox_name(i), spec);
+            inboxes.create(&create, &inbox).await.map(drop)
         }
-        Write::MarkPending => {
-            let body = json!({"metadata": {
-                "finalizers": [crd::FINALIZER],
-                "annotations": {crd::ANNOTATION_CREATE_PENDING: address(i)},
-            }});
+        Write::InboxDelete => inboxes.delete(&inbox_name(i), &delete).await.map(drop),
+        Write::MarkPending | Write::Bind | Write::FinalizerRemoval => {
+            let body = Patch::Merge(metadata_patch(write, i));
             inboxes
-                .patch(&inbox_name(i), &PatchParams::default(), &merge(&body))
-                .await?;
-        }
-        Write::Bind => {
-            let body = json!({"metadata": {"annotations": {
-                crd::ANNOTATION_CREATE_PENDING: null,
-                crd::ANNOTATION_INBOX_ID: inbox_id(i),
-            }}});
-            inboxes
-                .patch(&inbox_name(i), &PatchParams::default(), &merge(&body))
-                .await?;
+                .patch(&inbox_name(i), &PatchParams::default(), &body)
+                .await
+                .map(drop)
         }
         Write::ReadyStatus => {
             let body = json!({
@@ -225,37 +209,33 @@ async fn make(
                 "kind": Inbox::kind(&()),
                 "status": ready_status(i),
             });
+            let apply = PatchParams::apply(crd::FIELD_MANAGER).force();
             inboxes
-                .patch_status(
-                    &inbox_name(i),
-                    &PatchParams::apply(crd::FIELD_MANAGER).force(),
-                    &Patch::Apply(&body),
-                )
-                .await?;
+                .patch_status(&inbox_name(i), &apply, &Patch::Apply(&body))
+                .await
+                .map(drop)
         }
-        Write::OutputSecret => {
-            secrets
-                .create(&PostParams::default(), &secret(inbox_name(i), i, owner))
-                .await?;
-        }
-        Write::Event => {
-            Api::<Event>::namespaced(client, NS)
-                .create(&PostParams::default(), &event(i))
-                .await?;
-        }
-        Write::InboxDelete => {
-            inboxes
-                .delete(&inbox_name(i), &DeleteParams::default())
-                .await?;
-        }
-        Write::FinalizerRemoval => {
-            let body = json!({"metadata": {"finalizers": null}});
-            inboxes
-                .patch(&inbox_name(i), &PatchParams::default(), &merge(&body))
-                .await?;
-        }
+        Write::Event => Api::<Event>::namespaced(client, NS)
+            .create(&create, &event(i))
+            .await
+            .map(drop),
     }
-    Ok(())
+}
+
+/// The operator's merge patch of an Inbox's metadata for `write`: the finalizer and pending
+/// mark, the binding (mark cleared), or the finalizer's removal.
+fn metadata_patch(write: Write, i: usize) -> k8s_openapi::serde_json::Value {
+    match write {
+        Write::MarkPending => json!({"metadata": {
+            "finalizers": [crd::FINALIZER],
+            "annotations": {crd::ANNOTATION_CREATE_PENDING: address(i)},
+        }}),
+        Write::Bind => json!({"metadata": {"annotations": {
+            crd::ANNOTATION_CREATE_PENDING: null,
+            crd::ANNOTATION_INBOX_ID: inbox_id(i),
+        }}}),
+        _ => json!({"metadata": {"finalizers": null}}),
+    }
 }
 
 fn address(i: usize) -> String {

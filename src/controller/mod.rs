@@ -443,11 +443,12 @@ impl Scope {
             synced,
             watches::trim_inbox,
         );
-        let (secrets, secret_events) = watches::owned_metadata(secret_api, synced);
-        let (config_maps, config_map_events) = watches::owned_metadata(
-            watches::scoped_api::<PartialObjectMeta<ConfigMap>>(client, ns.as_deref()),
-            synced,
-        );
+        let (secrets, secret_events) =
+            watches::owned_metadata(watches::owned_watch(secret_api), synced);
+        let config_map_api =
+            watches::scoped_api::<PartialObjectMeta<ConfigMap>>(client, ns.as_deref());
+        let (config_maps, config_map_events) =
+            watches::owned_metadata(watches::owned_watch(config_map_api), synced);
         let (namespaces, namespace_events) = watches::namespaces(client, ns.as_deref());
         let (deleted, deleted_inboxes) = mpsc::unbounded();
         let claims = claims::ClaimIndex::default();
@@ -614,6 +615,20 @@ fn cancelled_on(
     stop
 }
 
+/// The readiness signal of `streams` watch streams: the counter each stream reports its first
+/// list to, and a receiver that turns true (once `on_ready` has run) when all have.
+fn readiness(
+    streams: usize,
+    on_ready: impl FnOnce() + Send + 'static,
+) -> (Arc<CacheSync>, tokio::sync::watch::Receiver<bool>) {
+    let (ready, rx) = tokio::sync::watch::channel(false);
+    let sync = CacheSync::new(streams, move || {
+        let _ = ready.send(true);
+        on_ready();
+    });
+    (sync, rx)
+}
+
 /// Run the controller until `shutdown` resolves; in-flight reconciles finish first.
 /// `on_ready` is called once every watch cache has synced.
 pub async fn run(
@@ -629,11 +644,7 @@ pub async fn run(
     // (not with `Store::wait_until_ready`, whose signal wakes only one waiter: the Controller's).
     let namespaces = namespaces(&settings);
     // Per scope: Inboxes, managed Secrets and ConfigMaps, Accounts; plus the ClusterAccounts.
-    let (caches_ready, synced_rx) = tokio::sync::watch::channel(false);
-    let synced = CacheSync::new(namespaces.len() * 4 + 1, move || {
-        let _ = caches_ready.send(true);
-        on_ready();
-    });
+    let (synced, synced_rx) = readiness(namespaces.len() * 4 + 1, on_ready);
     let (accounts, account_changes) = account_watch::AccountCaches::watch(
         &client,
         &namespaces,

@@ -107,26 +107,24 @@ pub(crate) fn trim_inbox(inbox: &mut Inbox) {
 }
 
 /// The metadata-only watch of the objects of kind `K` this operator owns (by label): the
-/// Secrets, the ConfigMaps (`spec.configMap`). Never their data. Returns the compact cache
-/// of what decisions read of them ([`OwnedCache`]) and the stream of watch events, which
-/// must be polled for the cache to fill.
-pub(crate) fn owned_metadata<K>(
+/// Secrets, the ConfigMaps (`spec.configMap`). Never their data.
+pub(crate) fn owned_watch<K>(
     api: Api<PartialObjectMeta<K>>,
-    synced: &Arc<CacheSync>,
-) -> (
-    OwnedCache,
-    impl Stream<Item = WatchResult<PartialObjectMeta<K>>> + Send + 'static,
-)
+) -> impl Stream<Item = WatchResult<PartialObjectMeta<K>>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
 {
-    let config = watch_config().labels(&super::managed_secret_selector());
-    owned_cached(watcher(api, config), synced)
+    watcher(
+        api,
+        watch_config().labels(&super::managed_secret_selector()),
+    )
 }
 
-/// Fill an [`OwnedCache`] from the watch `events` and count its first list towards readiness
-/// once the cache holds it (as [`cached`] does).
-fn owned_cached<K>(
+/// Fill the compact cache of what decisions read of owned objects ([`OwnedCache`]) from the
+/// watch `events` ([`owned_watch`]), and count its first list towards readiness once the
+/// cache holds it (as [`cached`] does). Returns the cache and the stream of watch events,
+/// which must be polled for the cache to fill.
+pub(crate) fn owned_metadata<K>(
     events: impl Stream<Item = WatchResult<PartialObjectMeta<K>>> + Send + 'static,
     synced: &Arc<CacheSync>,
 ) -> (
@@ -452,7 +450,7 @@ pub(crate) mod tests {
         let mut secret = PartialObjectMeta::<k8s_openapi::api::core::v1::Secret>::default();
         secret.metadata.namespace = Some("ns".into());
         secret.metadata.name = Some("s".into());
-        let (cache, events) = owned_cached(first_list(secret), &sync);
+        let (cache, events) = owned_metadata(first_list(secret), &sync);
         slot.set(cache).ok();
         events.for_each(|_| async {}).await;
         assert_eq!(*seen.lock().unwrap(), Some(true));
