@@ -105,10 +105,9 @@ impl AccountCaches {
     /// Wait until every account cache has listed once (a decision on a cache still empty
     /// could pick the wrong key).
     pub async fn wait_synced(&self) -> Result<(), Error> {
-        let mut rx = self.synced.clone();
-        match tokio::time::timeout(SYNC_WAIT, rx.wait_for(|ready| *ready)).await {
-            Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::AccountsNotSynced),
+        match watches::ready_within(&self.synced, SYNC_WAIT).await {
+            true => Ok(()),
+            false => Err(Error::AccountsNotSynced),
         }
     }
 

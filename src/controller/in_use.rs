@@ -34,11 +34,7 @@ pub async fn release_unused(ctx: &Context, targets: &[InUse], leaving: Option<&s
         // Nothing to release (the operator's default key): no walk over every Inbox.
         return;
     }
-    let mut synced = ctx.caches_synced.clone();
-    if !matches!(
-        tokio::time::timeout(SYNC_WAIT, synced.wait_for(|ready| *ready)).await,
-        Ok(Ok(_))
-    ) {
+    if !super::watches::ready_within(&ctx.caches_synced, SYNC_WAIT).await {
         warn!("watch caches not synced: credentials-in-use finalizers left in place for now");
         return;
     }

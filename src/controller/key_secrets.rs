@@ -132,13 +132,11 @@ pub fn users_of(
 /// Follow the key Secrets `secrets` (from [`watch_referenced`]) until the stream ends: on
 /// each change (a rotated key, a deletion) wake the Inboxes that may use the Secret, and
 /// release its in-use finalizer once it is being deleted and nobody uses it. Starts once
-/// every watch cache has listed (`synced`): before, a key Secret being deleted (a namespace
-/// deleted while the operator was away) would look unused and lose its finalizer too early.
-pub async fn follow(
-    ctx: Arc<Context>,
-    secrets: impl Stream<Item = Item> + Send + 'static,
-    mut synced: tokio::sync::watch::Receiver<bool>,
-) {
+/// every watch cache has listed (`ctx.caches_synced`): before, a key Secret being deleted (a
+/// namespace deleted while the operator was away) would look unused and lose its finalizer
+/// too early.
+pub async fn follow(ctx: Arc<Context>, secrets: impl Stream<Item = Item> + Send + 'static) {
+    let mut synced = ctx.caches_synced.clone();
     if synced.wait_for(|ready| *ready).await.is_err() {
         return;
     }

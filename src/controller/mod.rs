@@ -577,7 +577,6 @@ fn spawn_account_tasks(
     ctx: &Arc<Context>,
     changes: BoxStream<'static, account_watch::AccountChange>,
     references_changed: Arc<tokio::sync::Notify>,
-    synced: tokio::sync::watch::Receiver<bool>,
     stop: &CancellationToken,
 ) -> tokio::task::JoinHandle<Option<()>> {
     let mut sources: Vec<key_secrets::ReferenceSource> = ctx
@@ -594,7 +593,7 @@ fn spawn_account_tasks(
     );
     let tasks = futures::future::join3(
         account_watch::follow(ctx.clone(), changes, references_changed),
-        key_secrets::follow(ctx.clone(), secrets, synced),
+        key_secrets::follow(ctx.clone(), secrets),
         account_status::run(ctx.clone()),
     );
     tokio::spawn(stop.clone().run_until_cancelled_owned(tasks.map(|_| ())))
@@ -666,7 +665,7 @@ pub async fn run(
         sync_tx.clone(),
         accounts,
     );
-    ctx.caches_synced = synced_rx.clone();
+    ctx.caches_synced = synced_rx;
     if !ctx.sees_whole_cluster() {
         keep_claims_index(&client, &mut ctx, &stop);
     }
@@ -680,7 +679,7 @@ pub async fn run(
     }
     let on_synced = move || metrics.counter_sync_succeeded();
     let background = [
-        spawn_account_tasks(&ctx, account_changes, references_changed, synced_rx, &stop),
+        spawn_account_tasks(&ctx, account_changes, references_changed, &stop),
         tokio::spawn(
             stop.clone()
                 .run_until_cancelled_owned(route_triggers(sync_rx, routes)),

@@ -273,6 +273,19 @@ pub(crate) fn backoff() -> kube::runtime::utils::ResetTimerBackoff<watcher::Expo
     kube::runtime::utils::ResetTimerBackoff::new(exponential.into(), Duration::from_secs(60))
 }
 
+/// Whether `ready` (a readiness signal) turns true within `limit`; false when it does not, or
+/// when its sender is gone.
+pub(crate) async fn ready_within(
+    ready: &tokio::sync::watch::Receiver<bool>,
+    limit: Duration,
+) -> bool {
+    let mut rx = ready.clone();
+    matches!(
+        tokio::time::timeout(limit, rx.wait_for(|ready| *ready)).await,
+        Ok(Ok(_))
+    )
+}
+
 /// Calls `on_ready` once every observed watch stream has finished its first list.
 pub(crate) struct CacheSync {
     remaining: std::sync::atomic::AtomicUsize,
