@@ -2,6 +2,7 @@
 //! the mirrored counters (labels `namespace` and `name` only — never the address or ID).
 
 use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -107,7 +108,8 @@ impl Metrics {
             per_inbox: Arc::default(),
         };
         m.register_operator_health();
-        m.registry.register_collector(Box::new(m.per_inbox.clone()));
+        let counts = InboxCounts(m.per_inbox.clone());
+        m.registry.register_collector(Box::new(counts));
         m
     }
 
@@ -178,13 +180,27 @@ impl Metrics {
         }
     }
 
-    /// OpenMetrics text exposition.
+    /// OpenMetrics text exposition, whole (see [`scrape`](Self::scrape)).
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
-            out.clear();
+        self.scrape().collect()
+    }
+
+    /// OpenMetrics text exposition as pieces, for a streamed response: the registry's
+    /// families, then the per-Inbox families a few hundred Inboxes at a time, then `# EOF`.
+    /// A scrape holds one piece at a time, not the whole text (≈ 7.6 MB at 10,000 Inboxes).
+    pub fn scrape(&self) -> impl Iterator<Item = String> + Send + 'static {
+        let mut head = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut head, &self.registry).is_err() {
+            head.clear();
         }
-        out
+        let per_inbox = PerInboxPieces {
+            series: self.per_inbox.clone(),
+            family: 0,
+            after: None,
+        };
+        std::iter::once(head)
+            .chain(per_inbox)
+            .chain(std::iter::once("# EOF\n".to_string()))
     }
 
     /// One reconcile finished.
@@ -330,6 +346,10 @@ struct InboxSeries {
 }
 
 impl InboxSeries {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<(String, String), InboxSample>> {
+        self.samples.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<(String, String), InboxSample>> {
         self.samples.write().unwrap_or_else(|p| p.into_inner())
     }
@@ -348,47 +368,15 @@ fn gauge_family<L: EncodeLabelSet>(
     Ok(())
 }
 
-impl Collector for InboxSeries {
+/// The `inbox_operator_inboxes` aggregate, counted from the per-Inbox map at scrape time (a
+/// few series, so it is encoded with the registry).
+#[derive(Debug)]
+struct InboxCounts(Arc<InboxSeries>);
+
+impl Collector for InboxCounts {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let samples = self.samples.read().unwrap_or_else(|p| p.into_inner());
-        fn label((ns, name): &(String, String)) -> [(&'static str, &str); 2] {
-            [("namespace", ns.as_str()), ("name", name.as_str())]
-        }
-        for (i, meta) in COUNTERS.into_iter().enumerate() {
-            let series = samples
-                .iter()
-                .filter_map(|(k, s)| s.counters[i].map(|v| (label(k), v)));
-            gauge_family(&mut encoder, meta, series)?;
-        }
-        let ready = samples.iter().map(|(k, s)| (label(k), i64::from(s.ready)));
-        gauge_family(
-            &mut encoder,
-            (
-                "inbox_operator_inbox_ready",
-                "Whether the Inbox is Ready (1) or not (0)",
-            ),
-            ready,
-        )?;
-        let state = samples.iter().flat_map(|((ns, name), s)| {
-            STATES.iter().enumerate().map(move |(i, st)| {
-                let labels = [
-                    ("namespace", ns.as_str()),
-                    ("name", name.as_str()),
-                    ("state", *st),
-                ];
-                (labels, i64::from(usize::from(s.state) == i))
-            })
-        });
-        gauge_family(
-            &mut encoder,
-            (
-                "inbox_operator_inbox_state",
-                "The inbox's current AgentSend state (1 for the current one)",
-            ),
-            state,
-        )?;
         let mut counts: BTreeMap<(u8, bool), i64> = BTreeMap::new();
-        for s in samples.values() {
+        for s in self.0.read().values() {
             *counts.entry((s.state, s.ready)).or_default() += 1;
         }
         let aggregate = counts.into_iter().map(|((state, ready), n)| {
@@ -404,6 +392,137 @@ impl Collector for InboxSeries {
             ),
             aggregate,
         )
+    }
+}
+
+/// The per-Inbox gauge families, in exposition order: the [`COUNTERS`], then readiness, then
+/// the one-hot state.
+const PER_INBOX_FAMILIES: usize = COUNTERS.len() + 2;
+
+/// Inboxes encoded per piece of a streamed scrape: a piece is ≈ 20 KB of text (≈ 65 KB for
+/// the one-hot state family), where the whole exposition at 10,000 Inboxes is ≈ 7.6 MB.
+const SCRAPE_PIECE: usize = 256;
+
+/// The per-Inbox families of one scrape, as pieces of text produced one at a time (each
+/// under a short read lock), so that a scrape never holds the whole exposition. An Inbox
+/// added or removed during the scrape may be in some families and not in others, as with
+/// any exporter that does not stop the world to be scraped.
+struct PerInboxPieces {
+    series: Arc<InboxSeries>,
+    /// The family being encoded ([`PER_INBOX_FAMILIES`]: done).
+    family: usize,
+    /// The last Inbox encoded in `family` (`None`: its descriptor is next).
+    after: Option<(String, String)>,
+}
+
+/// Append `value` as an OpenMetrics label value (backslash, quote and newline escaped).
+fn push_label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Append one gauge sample of an Inbox: `name{namespace="…",name="…"[,state="…"]} value`.
+fn push_sample(
+    out: &mut String,
+    family: &str,
+    (ns, name): &(String, String),
+    state: Option<&str>,
+    value: i64,
+) {
+    use std::fmt::Write as _;
+    out.push_str(family);
+    out.push_str("{namespace=\"");
+    push_label_value(out, ns);
+    out.push_str("\",name=\"");
+    push_label_value(out, name);
+    if let Some(state) = state {
+        out.push_str("\",state=\"");
+        push_label_value(out, state);
+    }
+    let _ = writeln!(out, "\"}} {value}");
+}
+
+impl PerInboxPieces {
+    /// Name and help of family `i`.
+    fn descriptor(i: usize) -> (&'static str, &'static str) {
+        match i {
+            i if i < COUNTERS.len() => COUNTERS[i],
+            i if i == COUNTERS.len() => (
+                "inbox_operator_inbox_ready",
+                "Whether the Inbox is Ready (1) or not (0)",
+            ),
+            _ => (
+                "inbox_operator_inbox_state",
+                "The inbox's current AgentSend state (1 for the current one)",
+            ),
+        }
+    }
+
+    /// Append the samples of one Inbox in the current family.
+    fn push(&self, out: &mut String, name: &str, key: &(String, String), s: &InboxSample) {
+        match self.family {
+            i if i < COUNTERS.len() => {
+                if let Some(v) = s.counters[i] {
+                    push_sample(out, name, key, None, v);
+                }
+            }
+            i if i == COUNTERS.len() => push_sample(out, name, key, None, i64::from(s.ready)),
+            _ => {
+                for (i, st) in STATES.iter().enumerate() {
+                    let current = i64::from(usize::from(s.state) == i);
+                    push_sample(out, name, key, Some(st), current);
+                }
+            }
+        }
+    }
+}
+
+impl Iterator for PerInboxPieces {
+    type Item = String;
+
+    fn next(&mut self) -> Option<String> {
+        if self.family >= PER_INBOX_FAMILIES {
+            return None;
+        }
+        let (name, help) = Self::descriptor(self.family);
+        let mut out = String::new();
+        if self.after.is_none() {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        }
+        let samples = self.series.read();
+        let rest = match &self.after {
+            Some(after) => samples.range::<(String, String), _>((Excluded(after), Unbounded)),
+            None => samples.range::<(String, String), _>(..),
+        };
+        let mut last = None;
+        for (n, (key, sample)) in rest.enumerate() {
+            if n == SCRAPE_PIECE {
+                break;
+            }
+            self.push(&mut out, name, key, sample);
+            last = Some(key);
+        }
+        match last {
+            Some(key)
+                if samples
+                    .range::<(String, String), _>((Excluded(key), Unbounded))
+                    .next()
+                    .is_some() =>
+            {
+                self.after = Some(key.clone());
+            }
+            _ => {
+                self.family += 1;
+                self.after = None;
+            }
+        }
+        Some(out)
     }
 }
 
@@ -479,6 +598,122 @@ mod tests {
         m.forget_inbox("a", "one");
         let text = m.encode();
         assert!(text.contains(r#"inbox_operator_inboxes{state="active",ready="true"} 1"#));
+    }
+
+    fn observe_many(m: &Metrics, n: usize) {
+        let st = InboxStatus {
+            state: Some("active".into()),
+            sends_today: Some(1),
+            ..Default::default()
+        };
+        for i in 0..n {
+            m.observe_inbox("ns", &format!("inbox-{i:05}"), &st, i % 2 == 0);
+        }
+    }
+
+    #[test]
+    fn a_scrape_is_streamed_in_pieces_with_every_series_once() {
+        let m = Metrics::new();
+        let n = 2 * SCRAPE_PIECE + 1;
+        observe_many(&m, n);
+        let pieces: Vec<String> = m.scrape().collect();
+        // The registry, three pieces per per-Inbox family, the end marker.
+        assert_eq!(pieces.len(), 1 + 3 * PER_INBOX_FAMILIES + 1);
+        assert!(pieces.iter().all(|p| p.len() < 96 * 1024));
+        let text = pieces.concat();
+        assert!(text.ends_with("# EOF\n") && text.matches("# EOF").count() == 1);
+        for family in ["inbox_operator_inbox_ready", "inbox_operator_inbox_state"] {
+            assert_eq!(text.matches(&format!("# TYPE {family} gauge\n")).count(), 1);
+        }
+        for i in [0, SCRAPE_PIECE - 1, SCRAPE_PIECE, n - 1] {
+            let ready = format!(
+                "inbox_operator_inbox_ready{{namespace=\"ns\",name=\"inbox-{i:05}\"}} {}\n",
+                i64::from(i % 2 == 0)
+            );
+            assert_eq!(text.matches(&ready).count(), 1, "{ready}");
+        }
+        assert_eq!(text.matches("inbox_operator_inbox_sends_today{").count(), n);
+        assert_eq!(text.matches("inbox_operator_inbox_total_sent{").count(), 0);
+        assert_eq!(
+            text.matches("inbox_operator_inbox_state{").count(),
+            n * STATES.len()
+        );
+        assert!(text.contains(&format!(
+            "inbox_operator_inboxes{{state=\"active\",ready=\"false\"}} {}",
+            n / 2
+        )));
+    }
+
+    /// The hand-written per-Inbox exposition is what prometheus-client writes for the same
+    /// gauges, escaping included.
+    #[test]
+    fn streamed_families_match_the_library_encoding() {
+        #[derive(Debug)]
+        struct Oracle(Vec<((String, String), InboxSample)>);
+        impl Collector for Oracle {
+            fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+                for f in 0..PER_INBOX_FAMILIES {
+                    let rows = self.0.iter().flat_map(|((ns, name), s)| {
+                        let mut out = Vec::new();
+                        match f {
+                            f if f < COUNTERS.len() => {
+                                if let Some(v) = s.counters[f] {
+                                    out.push((
+                                        vec![("namespace", ns.as_str()), ("name", name.as_str())],
+                                        v,
+                                    ));
+                                }
+                            }
+                            f if f == COUNTERS.len() => out.push((
+                                vec![("namespace", ns.as_str()), ("name", name.as_str())],
+                                i64::from(s.ready),
+                            )),
+                            _ => {
+                                for (i, st) in STATES.iter().enumerate() {
+                                    out.push((
+                                        vec![
+                                            ("namespace", ns.as_str()),
+                                            ("name", name.as_str()),
+                                            ("state", *st),
+                                        ],
+                                        i64::from(usize::from(s.state) == i),
+                                    ));
+                                }
+                            }
+                        }
+                        out
+                    });
+                    gauge_family(&mut encoder, PerInboxPieces::descriptor(f), rows)?;
+                }
+                Ok(())
+            }
+        }
+        let m = Metrics::new();
+        let st = InboxStatus {
+            state: Some("suspended".into()),
+            bounce_count: Some(4),
+            total_sent: Some(9),
+            ..Default::default()
+        };
+        m.observe_inbox("a", "plain", &st, false);
+        m.observe_inbox("b", "odd\"na\\me\n", &InboxStatus::default(), true);
+        let mut registry = Registry::default();
+        let rows: Vec<_> = m
+            .per_inbox
+            .read()
+            .iter()
+            .map(|(k, s)| (k.clone(), *s))
+            .collect();
+        registry.register_collector(Box::new(Oracle(rows)));
+        let mut expected = String::new();
+        prometheus_client::encoding::text::encode_registry(&mut expected, &registry).unwrap();
+        let streamed: String = PerInboxPieces {
+            series: m.per_inbox.clone(),
+            family: 0,
+            after: None,
+        }
+        .collect();
+        assert_eq!(streamed, expected);
     }
 
     #[test]
