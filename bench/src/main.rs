@@ -15,9 +15,15 @@
 //!
 //! Usage: `cargo run --release -p inbox-bench -- --inboxes 100,1000,10000`
 //! (see `hack/bench.sh`; figures go into BENCHMARKS.md).
-#![forbid(unsafe_code)]
+// Unsafe code only in `cache_sizes`' counting allocator (a forwarding `GlobalAlloc`).
+#![deny(unsafe_code)]
 
+mod cache_sizes;
 mod write_costs;
+
+/// Counts live heap bytes for `--cache-sizes`; forwards to the system allocator.
+#[global_allocator]
+static ALLOCATOR: cache_sizes::Counting = cache_sizes::Counting;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +71,9 @@ struct Args {
     /// control plane (CPU per write, per process), this many of each, with no operator.
     #[arg(long)]
     write_costs: Option<usize>,
+    /// Instead of the runs: print the heap one cached Ready Inbox costs, part by part.
+    #[arg(long)]
+    cache_sizes: bool,
     /// Give up on one phase after this long.
     #[arg(long, default_value = "900s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -970,6 +979,15 @@ async fn delete_retrying(api: &Api<Inbox>, name: &str) -> Result<(), kube::Error
 async fn main() -> std::process::ExitCode {
     inbox_operator::ensure_crypto_provider();
     let args = Args::parse();
+    if args.cache_sizes {
+        return match cache_sizes::run() {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("inbox-bench: cache sizes failed: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(n) = args.write_costs {
         return match write_costs::run(n).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
