@@ -496,27 +496,18 @@ impl Iterator for PerInboxPieces {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
         }
         let samples = self.series.read();
-        let rest = match &self.after {
+        let mut rest = match &self.after {
             Some(after) => samples.range::<(String, String), _>((Excluded(after), Unbounded)),
             None => samples.range::<(String, String), _>(..),
-        };
+        }
+        .peekable();
         let mut last = None;
-        for (n, (key, sample)) in rest.enumerate() {
-            if n == SCRAPE_PIECE {
-                break;
-            }
+        for (key, sample) in rest.by_ref().take(SCRAPE_PIECE) {
             self.push(&mut out, name, key, sample);
             last = Some(key);
         }
-        match last {
-            Some(key)
-                if samples
-                    .range::<(String, String), _>((Excluded(key), Unbounded))
-                    .next()
-                    .is_some() =>
-            {
-                self.after = Some(key.clone());
-            }
+        match (last, rest.peek()) {
+            (Some(key), Some(_)) => self.after = Some(key.clone()),
             _ => {
                 self.family += 1;
                 self.after = None;
