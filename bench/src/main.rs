@@ -975,27 +975,26 @@ async fn delete_retrying(api: &Api<Inbox>, name: &str) -> Result<(), kube::Error
     }
 }
 
+/// The exit code of a one-off mode (`what`), its error printed.
+fn exit_code(what: &str, result: Result<(), String>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("inbox-bench: {what} failed: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     inbox_operator::ensure_crypto_provider();
     let args = Args::parse();
     if args.cache_sizes {
-        return match cache_sizes::run() {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("inbox-bench: cache sizes failed: {e}");
-                std::process::ExitCode::FAILURE
-            }
-        };
+        return exit_code("cache sizes", cache_sizes::run());
     }
     if let Some(n) = args.write_costs {
-        return match write_costs::run(n).await {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("inbox-bench: write costs failed: {e}");
-                std::process::ExitCode::FAILURE
-            }
-        };
+        return exit_code("write costs", write_costs::run(n).await);
     }
     if !args.operator.exists() {
         eprintln!(
