@@ -309,17 +309,17 @@ pub struct InboxSpec {
 
     /// The Secret that receives the address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<SecretSpec>,
+    pub secret: Option<Box<SecretSpec>>,
 
     /// A ConfigMap that also receives the address (an address is not a secret; many apps
     /// read ConfigMaps). Same ownership, conflict and restore rules as the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config_map: Option<ConfigMapSpec>,
+    pub config_map: Option<Box<ConfigMapSpec>>,
 
     /// API key for this Inbox, from a Secret in the same namespace (the simple form; not
     /// together with `accountRef`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials: Option<CredentialsSpec>,
+    pub credentials: Option<Box<CredentialsSpec>>,
 
     /// The `Account` (in this namespace) or `ClusterAccount` whose API key this Inbox uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -691,10 +691,10 @@ mod tests {
     fn secret_name_defaults_to_inbox_name() {
         let mut i = Inbox::new("support", InboxSpec::default());
         assert_eq!(i.secret_name(), "support");
-        i.spec.secret = Some(SecretSpec {
+        i.spec.secret = Some(Box::new(SecretSpec {
             name: Some("mail".into()),
             ..Default::default()
-        });
+        }));
         assert_eq!(i.secret_name(), "mail");
     }
 }

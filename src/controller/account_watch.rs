@@ -350,11 +350,13 @@ mod tests {
                     kind,
                     name: n.into(),
                 }),
-                credentials: creds.then(|| CredentialsSpec {
-                    secret_ref: SecretKeyRef {
-                        name: "k".into(),
-                        key: "apiKey".into(),
-                    },
+                credentials: creds.then(|| {
+                    Box::new(CredentialsSpec {
+                        secret_ref: SecretKeyRef {
+                            name: "k".into(),
+                            key: "apiKey".into(),
+                        },
+                    })
                 }),
                 ..Default::default()
             },

@@ -660,15 +660,15 @@ mod tests {
         };
         let plain = inbox(|_| {});
         let own = inbox(|s| {
-            s.credentials = Some(CredentialsSpec {
+            s.credentials = Some(Box::new(CredentialsSpec {
                 secret_ref: key_ref("mine"),
-            })
+            }))
         });
         let both = inbox(|s| {
             s.account_ref = cluster_ref("shared");
-            s.credentials = Some(CredentialsSpec {
+            s.credentials = Some(Box::new(CredentialsSpec {
                 secret_ref: key_ref("mine"),
-            })
+            }))
         });
         let account = inbox(|s| {
             s.account_ref = Some(AccountRef {
@@ -1179,9 +1179,9 @@ mod tests {
         );
         assert!(may_use(&plain, None, None).is_empty());
         let own = inbox(|s| {
-            s.credentials = Some(CredentialsSpec {
+            s.credentials = Some(Box::new(CredentialsSpec {
                 secret_ref: key_ref("mine"),
-            })
+            }))
         });
         assert_eq!(
             may_use(&own, None, Some(&a)),

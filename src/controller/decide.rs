@@ -798,11 +798,11 @@ pub(crate) mod tests {
     #[test]
     fn secret_layout() {
         let mut i = inbox();
-        i.spec.secret = Some(SecretSpec {
+        i.spec.secret = Some(Box::new(SecretSpec {
             name: Some("mail".into()),
             labels: Some([("team".to_string(), "a".to_string())].into()),
             ..Default::default()
-        });
+        }));
         let mut r = remote("inb_1", "x@example.com");
         r.domain_id = Some("dom".into());
         let s = desired_secret(&i, &r).unwrap();

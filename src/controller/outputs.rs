@@ -160,7 +160,7 @@ mod tests {
         let mut i = Inbox::new("support", InboxSpec::default());
         i.metadata.namespace = Some("team".into());
         i.metadata.uid = Some("uid-1".into());
-        i.spec.config_map = Some(spec);
+        i.spec.config_map = Some(Box::new(spec));
         i
     }
 

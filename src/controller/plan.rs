@@ -2422,10 +2422,10 @@ mod tests {
         fn config_map(self, name: Option<&str>) -> Self {
             let name = name.map(str::to_string);
             self.spec(|s| {
-                s.config_map = Some(crd::ConfigMapSpec {
+                s.config_map = Some(Box::new(crd::ConfigMapSpec {
                     name,
                     ..Default::default()
-                })
+                }))
             })
         }
         /// `status.configMapName` records `name`.
@@ -3451,10 +3451,10 @@ mod tests {
                     .found(inb1())
                     .registered()
                     .spec(|s| {
-                        s.secret = Some(SecretSpec {
+                        s.secret = Some(Box::new(SecretSpec {
                             name: Some("addr".into()),
                             ..Default::default()
-                        })
+                        }))
                     }),
                 "read secret addr",
             ),

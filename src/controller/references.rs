@@ -52,11 +52,13 @@ mod tests {
         let mut i = Inbox::new(
             "x",
             InboxSpec {
-                credentials: secret.map(|s| CredentialsSpec {
-                    secret_ref: SecretKeyRef {
-                        name: s.into(),
-                        ..Default::default()
-                    },
+                credentials: secret.map(|s| {
+                    Box::new(CredentialsSpec {
+                        secret_ref: SecretKeyRef {
+                            name: s.into(),
+                            ..Default::default()
+                        },
+                    })
                 }),
                 ..Default::default()
             },

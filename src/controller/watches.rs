@@ -475,11 +475,13 @@ pub(crate) mod tests {
         let mut i = Inbox::new(
             name,
             InboxSpec {
-                credentials: creds.map(|c| CredentialsSpec {
-                    secret_ref: SecretKeyRef {
-                        name: c.into(),
-                        key: "apiKey".into(),
-                    },
+                credentials: creds.map(|c| {
+                    Box::new(CredentialsSpec {
+                        secret_ref: SecretKeyRef {
+                            name: c.into(),
+                            key: "apiKey".into(),
+                        },
+                    })
                 }),
                 ..Default::default()
             },

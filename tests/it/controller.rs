@@ -151,10 +151,10 @@ async fn secret_label_kubernetes_refuses_is_a_condition() {
     let prefix = vec!["p".repeat(63); 4].join("."); // 255 characters, each part valid
     let key = format!("{prefix}/team");
     let spec = InboxSpec {
-        secret: Some(SecretSpec {
+        secret: Some(Box::new(SecretSpec {
             labels: Some(BTreeMap::from([(key, "care".into())])),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     };
     env.create("badlabel", spec).await;
@@ -184,12 +184,12 @@ async fn custom_domain_address_lands_in_secret() {
     let spec = InboxSpec {
         address: Some("support".into()),
         domain_id: Some("dom_example".into()),
-        secret: Some(SecretSpec {
+        secret: Some(Box::new(SecretSpec {
             name: Some("support-mail".into()),
             labels: Some(BTreeMap::from([("team".into(), "care".into())])),
             annotations: Some(BTreeMap::from([("note".into(), "x".into())])),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     };
     env.create_ready("care", spec).await;
@@ -220,10 +220,10 @@ async fn secret_template_renders_every_field_and_a_bad_one_writes_nothing() {
         address: Some("shaped".into()),
         domain_id: Some("dom_example".into()),
         display_name: Some("Care Team".into()),
-        secret: Some(SecretSpec {
+        secret: Some(Box::new(SecretSpec {
             template: Some(template),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     };
     let i = env.create_ready("shaped", spec).await;
@@ -497,10 +497,10 @@ async fn owned_secret_is_restored_and_foreign_secret_untouched() {
     env.create(
         "clash",
         InboxSpec {
-            secret: Some(SecretSpec {
+            secret: Some(Box::new(SecretSpec {
                 name: Some("theirs".into()),
                 ..Default::default()
-            }),
+            })),
             ..Default::default()
         },
     )
@@ -1257,12 +1257,12 @@ async fn deletion_waits_for_foreign_finalizers() {
 /// An Inbox that reads its key from the namespace Secret `team-key` (key `apiKey`).
 fn team_key_spec() -> InboxSpec {
     InboxSpec {
-        credentials: Some(CredentialsSpec {
+        credentials: Some(Box::new(CredentialsSpec {
             secret_ref: SecretKeyRef {
                 name: "team-key".into(),
                 key: "apiKey".into(),
             },
-        }),
+        })),
         ..Default::default()
     }
 }
@@ -1548,12 +1548,12 @@ async fn a_bad_key_never_loops_creates() {
         .await
         .unwrap();
     let spec = InboxSpec {
-        credentials: Some(CredentialsSpec {
+        credentials: Some(Box::new(CredentialsSpec {
             secret_ref: SecretKeyRef {
                 name: "bad-key".into(),
                 key: "apiKey".into(),
             },
-        }),
+        })),
         ..Default::default()
     };
     let (writes, watch) = count_writes(&env, "badkey");

@@ -496,12 +496,12 @@ async fn namespaced_install_works_and_is_confined_by_rbac() {
         .await
         .unwrap();
     let with_key = InboxSpec {
-        credentials: Some(CredentialsSpec {
+        credentials: Some(Box::new(CredentialsSpec {
             secret_ref: SecretKeyRef {
                 name: "team-key".into(),
                 key: "apiKey".into(),
             },
-        }),
+        })),
         ..Default::default()
     };
     let inboxes = |ns: &str| Api::<Inbox>::namespaced(client.clone(), ns);

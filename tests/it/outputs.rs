@@ -31,7 +31,7 @@ async fn config_map_output_is_written_restored_and_removed() {
     let env = Env::start().await;
     let spec = InboxSpec {
         display_name: Some("Support".into()),
-        config_map: Some(ConfigMapSpec {
+        config_map: Some(Box::new(ConfigMapSpec {
             name: Some("support-mail".into()),
             template: Some(BTreeMap::from([(
                 "SMTP_FROM".to_string(),
@@ -39,7 +39,7 @@ async fn config_map_output_is_written_restored_and_removed() {
             )])),
             labels: Some(BTreeMap::from([("team".to_string(), "a".to_string())])),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     };
     let i = env.create_ready("support", spec).await;
@@ -133,10 +133,10 @@ async fn a_foreign_config_map_is_a_conflict_and_left_untouched() {
         .await
         .unwrap();
     let spec = InboxSpec {
-        config_map: Some(ConfigMapSpec {
+        config_map: Some(Box::new(ConfigMapSpec {
             name: Some("theirs".into()),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     };
     env.create("clash", spec).await;
@@ -169,14 +169,14 @@ async fn retain_on_orphan_keeps_the_secret_and_config_map() {
     let env = Env::start().await;
     let spec = |policy| InboxSpec {
         deletion_policy: Some(policy),
-        secret: Some(SecretSpec {
+        secret: Some(Box::new(SecretSpec {
             retain_on_orphan: Some(true),
             ..Default::default()
-        }),
-        config_map: Some(ConfigMapSpec {
+        })),
+        config_map: Some(Box::new(ConfigMapSpec {
             retain_on_orphan: Some(true),
             ..Default::default()
-        }),
+        })),
         ..Default::default()
     };
     let kept = env.create_ready("kept", spec(DeletionPolicy::Orphan)).await;
@@ -239,7 +239,7 @@ async fn without_retain_the_outputs_go_with_the_inbox() {
     let env = Env::start().await;
     let spec = InboxSpec {
         deletion_policy: Some(DeletionPolicy::Orphan),
-        config_map: Some(ConfigMapSpec::default()),
+        config_map: Some(Box::default()),
         ..Default::default()
     };
     env.create_ready("plain", spec.clone()).await;
