@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use kube::CustomResource;
 use kube::CustomResourceExt;
+use kube::core::object::HasSpec;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -596,15 +597,40 @@ impl Inbox {
             .map(String::as_str)
     }
 
+    /// The AgentSend inbox this Inbox is bound to (see [`InboxView::bound_inbox_id`]).
+    pub fn bound_inbox_id(&self) -> Option<String> {
+        InboxView::bound_inbox_id(self)
+    }
+}
+
+/// What the readers of every cached Inbox read, from a full [`Inbox`] or the watch cache's
+/// compact form (`controller::cached_inbox::CachedInbox`).
+pub trait InboxView: kube::Resource<DynamicType = ()> + HasSpec<Spec = InboxSpec> {
+    /// An `agentsend.io/` annotation's value, if set.
+    fn annotation(&self, key: &str) -> Option<&str>;
+
+    /// `status.inboxId`.
+    fn status_inbox_id(&self) -> Option<&str>;
+
     /// The AgentSend inbox this Inbox is bound to: the annotation, else (annotation absent,
     /// e.g. after a restore that kept status) status. An empty annotation means explicitly
     /// unbound (the inbox vanished and a replacement is being created).
-    pub fn bound_inbox_id(&self) -> Option<String> {
+    fn bound_inbox_id(&self) -> Option<String> {
         match self.annotation(ANNOTATION_INBOX_ID) {
             Some(id) if !id.is_empty() => Some(id.to_string()),
             Some(_) => None,
-            None => self.status.as_ref().and_then(|s| s.inbox_id.clone()),
+            None => self.status_inbox_id().map(str::to_string),
         }
+    }
+}
+
+impl InboxView for Inbox {
+    fn annotation(&self, key: &str) -> Option<&str> {
+        Inbox::annotation(self, key)
+    }
+
+    fn status_inbox_id(&self) -> Option<&str> {
+        self.status.as_ref()?.inbox_id.as_deref()
     }
 }
 

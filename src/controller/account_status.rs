@@ -20,7 +20,7 @@ use super::account_traffic::{Meter, Window};
 use super::account_watch::all_inboxes;
 use crate::account::{Account, AccountKind, AccountStatus, ClusterAccount};
 use crate::agentsend::{ApiError, RemoteInbox};
-use crate::crd::{self, Condition, ConditionStatus, Reason, SecretKeyRef};
+use crate::crd::{self, Condition, ConditionStatus, InboxView, Reason, SecretKeyRef};
 use crate::metrics::AccountLabel;
 
 /// Which account status this instance writes (`--account-status`). With several operator

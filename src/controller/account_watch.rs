@@ -14,12 +14,13 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, ResourceExt};
 
+use super::cached_inbox::CachedInbox;
 use super::credentials::{AccountInfo, InUse, Peer};
 use super::key_secrets::ReferenceSource;
 use super::watches::{self, CacheSync};
 use super::{Context, Error};
 use crate::account::{Account, AccountKind, ClusterAccount, FINALIZER_CREDENTIALS_IN_USE};
-use crate::crd::Inbox;
+use crate::crd::{Inbox, InboxView};
 
 /// How long a reconcile waits for the caches' first list before failing (retried).
 pub(crate) const SYNC_WAIT: Duration = Duration::from_secs(30);
@@ -121,9 +122,9 @@ impl AccountCaches {
     }
 
     /// The account `inbox`'s `spec.accountRef` names, if it exists.
-    pub fn referenced(&self, inbox: &Inbox) -> Option<AccountInfo> {
-        let r = inbox.spec.account_ref.as_ref()?;
-        let ns = inbox.metadata.namespace.as_deref().unwrap_or_default();
+    pub fn referenced<I: InboxView>(&self, inbox: &I) -> Option<AccountInfo> {
+        let r = inbox.spec().account_ref.as_ref()?;
+        let ns = inbox.meta().namespace.as_deref().unwrap_or_default();
         match r.kind {
             AccountKind::Account => self
                 .account(ns, &r.name)
@@ -174,7 +175,7 @@ impl AccountCaches {
     }
 
     /// What `inbox` may use (see [`super::credentials::may_use`]).
-    pub fn may_use(&self, inbox: &Inbox) -> Vec<InUse> {
+    pub fn may_use<I: InboxView>(&self, inbox: &I) -> Vec<InUse> {
         let defaults = self.defaults();
         super::credentials::may_use(inbox, self.referenced(inbox).as_ref(), defaults.first())
     }
@@ -252,7 +253,7 @@ where
 
 /// The Inboxes (among `inboxes`) an account change may concern: those naming the account,
 /// and — a `ClusterAccount` may be (or have been) the default — those naming none.
-pub fn affected(inboxes: &[Arc<Inbox>], change: &AccountChange) -> Vec<ObjectRef<Inbox>> {
+pub fn affected(inboxes: &[Arc<CachedInbox>], change: &AccountChange) -> Vec<ObjectRef<Inbox>> {
     inboxes
         .iter()
         .filter(|i| {
@@ -268,7 +269,7 @@ pub fn affected(inboxes: &[Arc<Inbox>], change: &AccountChange) -> Vec<ObjectRef
                 },
             }
         })
-        .map(|i| ObjectRef::from_obj(&**i))
+        .map(|i| i.inbox_ref())
         .collect()
 }
 
@@ -284,10 +285,13 @@ pub fn any_quota(cluster: &Store<crate::account::ClusterAccount>) -> bool {
 
 /// The Inboxes (among `inboxes`) a deleted Inbox `gone` may have freed a quota slot for:
 /// the others of its namespace that an account refuses now (`AccountRefused`).
-pub fn freed_slot_waiters(inboxes: &[Arc<Inbox>], gone: &Inbox) -> Vec<ObjectRef<Inbox>> {
-    let refused = |i: &Inbox| {
-        super::status::find(i.status.as_ref(), crate::crd::condition::READY)
-            .is_some_and(|c| c.reason == crate::crd::Reason::AccountRefused.as_str())
+pub fn freed_slot_waiters(
+    inboxes: &[Arc<CachedInbox>],
+    gone: &CachedInbox,
+) -> Vec<ObjectRef<CachedInbox>> {
+    let refused = |i: &CachedInbox| {
+        i.condition_reason(crate::crd::condition::READY)
+            == Some(crate::crd::Reason::AccountRefused.as_str())
     };
     inboxes
         .iter()
@@ -307,12 +311,12 @@ pub fn peers(ctx: &Context, inbox: &Inbox) -> Vec<Peer> {
         .iter()
         .flat_map(|s| s.state())
         .filter(|i| i.metadata.namespace.as_deref() == ns && i.metadata.uid != inbox.metadata.uid)
-        .map(|i| Peer::of(&i))
+        .map(|i| Peer::of(&*i))
         .collect()
 }
 
 /// Every Inbox in the caches.
-pub fn all_inboxes(ctx: &Context) -> Vec<Arc<Inbox>> {
+pub fn all_inboxes(ctx: &Context) -> Vec<Arc<CachedInbox>> {
     ctx.inbox_stores.iter().flat_map(|s| s.state()).collect()
 }
 
@@ -342,7 +346,12 @@ mod tests {
     use crate::account::AccountRef;
     use crate::crd::{CredentialsSpec, InboxSpec, SecretKeyRef};
 
-    fn inbox(ns: &str, name: &str, r: Option<(AccountKind, &str)>, creds: bool) -> Arc<Inbox> {
+    fn inbox(
+        ns: &str,
+        name: &str,
+        r: Option<(AccountKind, &str)>,
+        creds: bool,
+    ) -> Arc<CachedInbox> {
         let mut i = Inbox::new(
             name,
             InboxSpec {
@@ -362,13 +371,13 @@ mod tests {
             },
         );
         i.metadata.namespace = Some(ns.into());
-        Arc::new(i)
+        Arc::new(i.into())
     }
 
     #[test]
     fn a_deleted_inbox_wakes_the_refused_inboxes_of_its_namespace() {
         let with_ready = |ns: &str, name: &str, reason: Option<&str>| {
-            let mut i = (*inbox(ns, name, None, false)).clone();
+            let mut i = inbox(ns, name, None, false).to_inbox();
             i.metadata.uid = Some(format!("uid-{ns}-{name}"));
             i.status = reason.map(|r| crate::crd::InboxStatus {
                 conditions: vec![crate::crd::Condition {
@@ -379,7 +388,7 @@ mod tests {
                 }],
                 ..Default::default()
             });
-            Arc::new(i)
+            Arc::new(CachedInbox::from(i))
         };
         let all = [
             with_ready("a", "over-quota", Some("AccountRefused")),

@@ -22,7 +22,7 @@ use kube::core::{Selector, SelectorExt};
 use super::plan::Credentials;
 use crate::account::{AccountKind, AccountRef, ClusterAccount, ClusterAccountSpec};
 use crate::agentsend::ApiKey;
-use crate::crd::{Inbox, SecretKeyRef};
+use crate::crd::{Inbox, InboxView, SecretKeyRef};
 
 /// An object an Inbox's key comes through. While an Inbox uses it, it carries the
 /// `agentsend.io/credentials-in-use` finalizer.
@@ -94,19 +94,19 @@ pub fn in_use(source: &Source, inbox_namespace: &str) -> Vec<InUse> {
 /// What `inbox` may use, from its spec alone (no rules checked, so it errs on the side of
 /// "in use"): its `credentials` Secret, or the account it names (or the default one) and
 /// that account's key Secret. `referenced` and `default` are those accounts, if they exist.
-pub fn may_use(
-    inbox: &Inbox,
+pub fn may_use<I: InboxView>(
+    inbox: &I,
     referenced: Option<&AccountInfo>,
     default: Option<&AccountInfo>,
 ) -> Vec<InUse> {
-    let ns = inbox.metadata.namespace.as_deref().unwrap_or_default();
-    if let Some(c) = &inbox.spec.credentials {
+    let ns = inbox.meta().namespace.as_deref().unwrap_or_default();
+    if let Some(c) = &inbox.spec().credentials {
         return vec![InUse::Secret {
             namespace: ns.to_string(),
             name: c.secret_ref.name.clone(),
         }];
     }
-    let account = match &inbox.spec.account_ref {
+    let account = match &inbox.spec().account_ref {
         Some(r) => {
             let mut v = vec![InUse::account(r, ns)];
             v.extend(referenced.map(|a| InUse::Secret {
@@ -215,27 +215,29 @@ pub struct Peer {
 
 impl Peer {
     /// The quota's view of `inbox`.
-    pub fn of(inbox: &Inbox) -> Self {
+    pub fn of<I: InboxView>(inbox: &I) -> Self {
+        let (meta, spec) = (inbox.meta(), inbox.spec());
         Peer {
-            name: inbox.metadata.name.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
             seniority: seniority(inbox),
             holds_inbox: holds_inbox(inbox),
-            deleting: inbox.metadata.deletion_timestamp.is_some(),
-            account_ref: inbox.spec.account_ref.clone(),
-            has_credentials: inbox.spec.credentials.is_some(),
-            domain_id: inbox.spec.domain_id.clone(),
+            deleting: meta.deletion_timestamp.is_some(),
+            account_ref: spec.account_ref.clone(),
+            has_credentials: spec.credentials.is_some(),
+            domain_id: spec.domain_id.clone(),
         }
     }
 }
 
-fn seniority(inbox: &Inbox) -> (Option<jiff::Timestamp>, String) {
+fn seniority<I: InboxView>(inbox: &I) -> (Option<jiff::Timestamp>, String) {
+    let meta = inbox.meta();
     (
-        inbox.metadata.creation_timestamp.as_ref().map(|t| t.0),
-        inbox.metadata.uid.clone().unwrap_or_default(),
+        meta.creation_timestamp.as_ref().map(|t| t.0),
+        meta.uid.clone().unwrap_or_default(),
     )
 }
 
-fn holds_inbox(inbox: &Inbox) -> bool {
+fn holds_inbox<I: InboxView>(inbox: &I) -> bool {
     inbox.bound_inbox_id().is_some()
         || inbox
             .annotation(crate::crd::ANNOTATION_CREATE_PENDING)

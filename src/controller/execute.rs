@@ -23,6 +23,7 @@ use serde_json::json;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
 use tracing::{Instrument, field, info, warn};
 
+use super::cached_inbox::CachedInbox;
 use super::claims::{self, ClaimIndex, Claimant};
 use super::events::InboxEvent;
 use super::plan::{
@@ -52,8 +53,12 @@ struct Passed {
 }
 
 /// Entry point called by the kube-runtime Controller.
-pub(crate) async fn reconcile(inbox: Arc<Inbox>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub(crate) async fn reconcile(
+    cached: Arc<CachedInbox>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
     let started = Instant::now();
+    let inbox = Arc::new(cached.to_inbox());
     let span = tracing::info_span!(
         "reconcile",
         namespace = inbox.metadata.namespace.as_deref().unwrap_or_default(),
@@ -161,7 +166,7 @@ fn needs_finalizer(inbox: &Inbox) -> bool {
 }
 
 /// Retry policy for passes that failed (Kubernetes failures, deletion failures).
-pub(crate) fn error_policy(inbox: Arc<Inbox>, err: &Error, ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy(inbox: Arc<CachedInbox>, err: &Error, ctx: Arc<Context>) -> Action {
     if let Error::Held(remaining) = err {
         return Action::requeue(*remaining);
     }
@@ -174,7 +179,7 @@ pub(crate) fn error_policy(inbox: Arc<Inbox>, err: &Error, ctx: Arc<Context>) ->
         );
         return Action::requeue(Error::NOT_LEADING_RETRY);
     }
-    let failures = ctx.bump_failures(&ObjectRef::from_obj(&*inbox));
+    let failures = ctx.bump_failures(&inbox.inbox_ref());
     let delay = plan::error_retry(err, failures, rand::random(), ctx.settings.max_retry_delay);
     warn!(
         namespace = inbox.metadata.namespace.as_deref().unwrap_or_default(),

@@ -44,7 +44,7 @@ pub async fn release_unused(ctx: &Context, targets: &[InUse], leaving: Option<&s
             let uid = i.metadata.uid.as_deref().unwrap_or_default();
             Some(uid) != leaving && !ctx.bindings.is_released(uid)
         })
-        .flat_map(|i| ctx.accounts.may_use(i))
+        .flat_map(|i| ctx.accounts.may_use(&**i))
         .collect();
     for target in super::credentials::unused(targets, &users) {
         if let Err(e) = set(ctx, target, false).await {

@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::Context;
 use super::account_watch::all_inboxes;
+use super::cached_inbox::{CachedInbox, inbox_ref};
 use super::credentials::InUse;
 use super::watches;
-use crate::crd::Inbox;
+use crate::crd::{Inbox, InboxView};
 
 /// A referenced Secret: `(namespace, name)`.
 pub type SecretRef = (String, String);
@@ -36,7 +37,7 @@ pub type SecretRef = (String, String);
 pub type ReferenceSource = Arc<dyn Fn() -> BTreeSet<SecretRef> + Send + Sync>;
 
 /// The credentials Secrets the Inboxes in `store` reference (always in their own namespace).
-pub fn inbox_references(store: Store<Inbox>) -> ReferenceSource {
+pub fn inbox_references(store: Store<CachedInbox>) -> ReferenceSource {
     Arc::new(move || {
         store
             .state()
@@ -117,15 +118,15 @@ fn one(client: &Client, (ns, name): &SecretRef) -> impl Stream<Item = Item> + Se
 
 /// The Inboxes (among `inboxes`) that may use the key Secret `target`, by what `may_use`
 /// says each one may use (its credentials Secret, its account and the account's key Secret).
-pub fn users_of(
-    inboxes: &[Arc<Inbox>],
+pub fn users_of<I: InboxView>(
+    inboxes: &[Arc<I>],
     target: &InUse,
-    may_use: impl Fn(&Inbox) -> Vec<InUse>,
+    may_use: impl Fn(&I) -> Vec<InUse>,
 ) -> Vec<ObjectRef<Inbox>> {
     inboxes
         .iter()
         .filter(|i| may_use(i).contains(target))
-        .map(|i| ObjectRef::from_obj(&**i))
+        .map(|i| inbox_ref(&**i))
         .collect()
 }
 
@@ -272,13 +273,14 @@ mod tests {
 
     #[test]
     fn inboxes_reference_their_credentials_secret_in_their_namespace() {
-        let (reader, mut writer) = kube::runtime::reflector::store::<Inbox>();
+        let (reader, mut writer) = kube::runtime::reflector::store::<CachedInbox>();
         for (ns, name, creds) in [
             ("a", "one", Some("key")),
             ("a", "two", None),
             ("b", "three", Some("key")),
         ] {
             let i = (*crate::controller::watches::tests::inbox(ns, name, creds)).clone();
+            let i = CachedInbox::from(i);
             writer.apply_watcher_event(&watcher::Event::Apply(i));
         }
         let refs = inbox_references(reader)();

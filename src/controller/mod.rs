@@ -17,6 +17,7 @@ pub mod account_status;
 pub mod account_traffic;
 pub mod account_watch;
 pub mod accounts;
+pub mod cached_inbox;
 pub mod claims;
 pub mod credentials;
 pub mod decide;
@@ -60,6 +61,7 @@ use crate::agentsend::{AgentSendClient, ApiError, ApiKey};
 use crate::crd::{self, Inbox};
 use crate::leader::WriteGate;
 use crate::metrics::Metrics;
+use cached_inbox::{CachedInbox, cached_ref};
 
 pub use accounts::{BindingRegistry, CreateGates, ScanCache};
 pub use watches::harden as harden_kube_config;
@@ -232,7 +234,7 @@ pub struct Context {
     pub(crate) bindings: BindingRegistry,
     pub(crate) recorder: events::EventRecorder,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) inbox_stores: Vec<Store<Inbox>>,
+    pub(crate) inbox_stores: Vec<Store<CachedInbox>>,
     /// Who names which inbox ID, per Inbox cache (fed by the same watch events).
     pub(crate) inbox_claims: Vec<claims::ClaimIndex>,
     /// The same for the cluster-wide claims index, when there is one.
@@ -404,12 +406,12 @@ pub fn managed_secret_selector() -> String {
 /// One watched scope (a namespace, or all of them): its caches and their event streams.
 struct Scope {
     ns: Option<String>,
-    inboxes: Store<Inbox>,
+    inboxes: Store<CachedInbox>,
     /// The claims of the Inboxes in `inboxes`, by inbox ID.
     claims: claims::ClaimIndex,
-    inbox_events: BoxStream<'static, Result<Inbox, watcher::Error>>,
+    inbox_events: BoxStream<'static, Result<CachedInbox, watcher::Error>>,
     /// The Inboxes deleted: each may free a quota slot for a refused one.
-    deleted_inboxes: BoxStream<'static, Result<Inbox, watcher::Error>>,
+    deleted_inboxes: BoxStream<'static, Result<CachedInbox, watcher::Error>>,
     secrets: owned_cache::OwnedCache,
     secret_events: BoxStream<'static, Result<PartialObjectMeta<Secret>, watcher::Error>>,
     config_maps: owned_cache::OwnedCache,
@@ -439,9 +441,9 @@ impl Scope {
         let inbox_api = watches::scoped_api::<Inbox>(client, ns.as_deref());
         let secret_api = watches::scoped_api::<PartialObjectMeta<Secret>>(client, ns.as_deref());
         let (inboxes, inbox_events) = watches::cached(
-            watcher(inbox_api, inbox_config),
+            watcher(inbox_api, inbox_config).map_ok(cached_inbox::from_watched),
             synced,
-            watches::trim_inbox,
+            |_| {},
         );
         let (secrets, secret_events) =
             watches::owned_metadata(watches::owned_watch(secret_api), synced);
@@ -455,7 +457,7 @@ impl Scope {
         let index = claims.clone();
         let mut references = references::ReferenceTracker::default();
         let inbox_events = inbox_events.inspect_ok(move |e| {
-            index.apply(e, Inbox::bound_inbox_id);
+            index.apply(e, <CachedInbox as crd::InboxView>::bound_inbox_id);
             if references.changed_by(e) {
                 references_changed.notify_one();
             }
@@ -507,7 +509,7 @@ impl Scope {
         Controller::for_stream(self.inbox_events, self.inboxes)
             .owns_stream(self.secret_events)
             .owns_stream(self.config_map_events)
-            .watches_stream(self.deleted_inboxes, move |gone: Inbox| {
+            .watches_stream(self.deleted_inboxes, move |gone: CachedInbox| {
                 if !account_watch::any_quota(&quotas) {
                     return Vec::new();
                 }
@@ -516,7 +518,7 @@ impl Scope {
             .watches_stream(self.namespace_events, move |m: watches::NamespaceMeta| {
                 watches::inboxes_in_namespace(&in_namespace.state(), m.metadata.name.as_deref())
             })
-            .reconcile_on(triggers)
+            .reconcile_on(triggers.map(cached_ref))
             .with_config(config)
             .graceful_shutdown_on(stop.cancelled_owned())
             .run(execute::reconcile, execute::error_policy, ctx)

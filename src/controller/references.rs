@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use kube::runtime::watcher;
 
-use crate::crd::Inbox;
+use super::cached_inbox::CachedInbox;
 
 /// The credentials Secret each Inbox that names one references, by UID.
 #[derive(Default)]
@@ -17,7 +17,7 @@ pub struct ReferenceTracker {
 
 impl ReferenceTracker {
     /// Follow one watch event; `true` when the referenced Secrets may have changed.
-    pub fn changed_by(&mut self, event: &watcher::Event<Inbox>) -> bool {
+    pub fn changed_by(&mut self, event: &watcher::Event<CachedInbox>) -> bool {
         match event {
             watcher::Event::Apply(i) | watcher::Event::InitApply(i) => {
                 let Some(uid) = i.metadata.uid.clone() else {
@@ -46,9 +46,9 @@ impl ReferenceTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{CredentialsSpec, InboxSpec, SecretKeyRef};
+    use crate::crd::{CredentialsSpec, Inbox, InboxSpec, SecretKeyRef};
 
-    fn inbox(uid: &str, secret: Option<&str>) -> Inbox {
+    fn inbox(uid: &str, secret: Option<&str>) -> CachedInbox {
         let mut i = Inbox::new(
             "x",
             InboxSpec {
@@ -64,7 +64,7 @@ mod tests {
             },
         );
         i.metadata.uid = Some(uid.into());
-        i
+        i.into()
     }
 
     #[test]
@@ -82,6 +82,6 @@ mod tests {
         assert!(apply(&mut t, inbox("u3", Some("key"))));
         assert!(!t.changed_by(&watcher::Event::Delete(inbox("u1", None))));
         assert!(t.changed_by(&watcher::Event::Delete(inbox("u3", Some("key")))));
-        assert!(t.changed_by(&watcher::Event::<Inbox>::Init));
+        assert!(t.changed_by(&watcher::Event::<CachedInbox>::Init));
     }
 }

@@ -17,6 +17,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource};
 
+use super::cached_inbox::CachedInbox;
 use super::owned_cache::OwnedCache;
 use crate::crd::{self, Inbox};
 
@@ -82,29 +83,6 @@ where
 /// The annotation `kubectl apply` (client-side) leaves on what it applied: a full copy of the
 /// manifest, never read by the operator.
 pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
-/// The prefix of every annotation the operator reads on an Inbox.
-const OPERATOR_ANNOTATIONS: &str = "agentsend.io/";
-
-/// Trim an Inbox for the cache to what decisions read: without `managedFields`, labels (the
-/// watch's `--selector` is applied by the API server; nothing reads them after) and every
-/// annotation outside `agentsend.io/` (the `kubectl apply` copy of the manifest, GitOps
-/// tracking and Helm release notes): together usually larger than the rest of the object.
-/// Status stays whole: every field of it is the operator's own, compared with the status a
-/// pass renders so that an unchanged Inbox costs no write (unknown fields are already
-/// dropped by the typed status). The operator never writes a cached Inbox back whole (only
-/// patches), so nothing it drops here is lost.
-pub(crate) fn trim_inbox(inbox: &mut Inbox) {
-    let meta = inbox.meta_mut();
-    meta.managed_fields = None;
-    meta.labels = None;
-    if let Some(a) = meta.annotations.as_mut() {
-        a.retain(|k, _| k.starts_with(OPERATOR_ANNOTATIONS));
-        if a.is_empty() {
-            meta.annotations = None;
-        }
-    }
-}
 
 /// The metadata-only watch of the objects of kind `K` this operator owns (by label): the
 /// Secrets, the ConfigMaps (`spec.configMap`). Never their data.
@@ -184,7 +162,10 @@ pub(crate) fn namespaces(
 }
 
 /// The Inboxes (among `inboxes`) in the namespace `name`.
-pub fn inboxes_in_namespace(inboxes: &[Arc<Inbox>], name: Option<&str>) -> Vec<ObjectRef<Inbox>> {
+pub fn inboxes_in_namespace(
+    inboxes: &[Arc<CachedInbox>],
+    name: Option<&str>,
+) -> Vec<ObjectRef<CachedInbox>> {
     inboxes
         .iter()
         .filter(|i| name.is_some() && i.metadata.namespace.as_deref() == name)
@@ -368,33 +349,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_inbox_cache_drops_managed_fields_labels_and_foreign_annotations() {
-        let mut i = inbox("ns", "a", Some("key"));
-        let m = Arc::make_mut(&mut i);
-        m.metadata.managed_fields = Some(vec![Default::default()]);
-        m.metadata.labels = Some([("app.kubernetes.io/name".into(), "mail".into())].into());
-        m.metadata.annotations = Some(
-            [
-                (LAST_APPLIED.to_string(), "{...}".to_string()),
-                (
-                    "argocd.argoproj.io/tracking-id".to_string(),
-                    "app:...".to_string(),
-                ),
-                (crd::ANNOTATION_INBOX_ID.to_string(), "inb_1".to_string()),
-            ]
-            .into(),
-        );
-        let before = m.clone();
-        trim_inbox(m);
-        assert!(m.metadata.managed_fields.is_none() && m.metadata.labels.is_none());
-        assert_eq!(
-            m.metadata.annotations,
-            Some([(crd::ANNOTATION_INBOX_ID.to_string(), "inb_1".to_string())].into())
-        );
-        assert_eq!((&m.spec, &m.status), (&before.spec, &before.status));
-    }
-
-    #[test]
     fn ready_once_after_every_stream_first_lists() {
         let calls = Arc::new(AtomicUsize::new(0));
         let c = calls.clone();
@@ -450,11 +404,7 @@ pub(crate) mod tests {
         // Readiness wakes work that reads the caches at once (releasing the key Secret of a
         // namespace being deleted): a cache still empty then would look like "nobody uses it".
         let (sync, slot, seen) = recording_sync(|s: &Store<Inbox>| s.state().len() == 1);
-        let (store, events) = cached(
-            first_list((*inbox("ns", "a", None)).clone()),
-            &sync,
-            trim_inbox,
-        );
+        let (store, events) = cached(first_list((*inbox("ns", "a", None)).clone()), &sync, |_| {});
         slot.set(store).ok();
         events.for_each(|_| async {}).await;
         assert_eq!(*seen.lock().unwrap(), Some(true));

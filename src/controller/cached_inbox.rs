@@ -1,0 +1,389 @@
+//! The Inbox as the watch cache holds it ([`CachedInbox`]): what decisions read, in about
+//! half the memory of an [`Inbox`]. The operator's annotations are a short list instead of a
+//! map (a `BTreeMap` allocates an 11-slot node for one entry), the words of the conditions
+//! (type, status, reason) are shared instead of one string each, and whatever the operator
+//! never reads is dropped (managed fields, labels, foreign annotations). A pass rebuilds the
+//! full [`Inbox`] ([`CachedInbox::to_inbox`]); readers of the whole cache (account changes,
+//! quotas, key Secrets) read it in place, through [`InboxView`].
+
+use std::borrow::Cow;
+use std::sync::{Arc, LazyLock};
+
+use kube::api::ObjectMeta;
+use kube::core::object::HasSpec;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, core::NamespaceResourceScope};
+use serde::Deserialize;
+
+use crate::crd::{self, Condition, Inbox, InboxSpec, InboxStatus, InboxView};
+
+/// The prefix of every annotation the operator reads on an Inbox.
+const OPERATOR_ANNOTATIONS: &str = "agentsend.io/";
+
+/// An [`Inbox`] as the watch cache keeps it. Built from the watched object
+/// ([`From<Inbox>`], also what deserialising one gives); the kind, group and version are the
+/// Inbox's, so owner references and object references match.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(from = "Inbox")]
+pub struct CachedInbox {
+    /// The metadata, without managed fields, labels and annotations.
+    pub metadata: ObjectMeta,
+    /// The spec, whole.
+    pub spec: InboxSpec,
+    /// The `agentsend.io/` annotations, in key order.
+    annotations: Box<[(Box<str>, Box<str>)]>,
+    status: Option<CachedStatus>,
+}
+
+/// The status: every field but the conditions as is, the conditions compact.
+#[derive(Clone, Debug)]
+struct CachedStatus {
+    /// With `conditions` empty.
+    fields: InboxStatus,
+    conditions: Box<[CachedCondition]>,
+}
+
+/// A condition whose type, status and reason are shared words ([`word`]).
+#[derive(Clone, Debug)]
+struct CachedCondition {
+    type_: Arc<str>,
+    status: Arc<str>,
+    reason: Arc<str>,
+    observed_generation: Option<i64>,
+    last_transition_time: Box<str>,
+    message: Box<str>,
+}
+
+/// The words every Inbox's conditions repeat: condition types, statuses, the contract's
+/// reasons. One allocation each for the whole process.
+static WORDS: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
+    use crd::condition::*;
+    let types = [READY, RECONCILING, STALLED, SEND_LIMIT_REACHED];
+    let statuses = ["True", "False", "Unknown"];
+    let reasons = crd::Reason::ALL.map(crd::Reason::as_str);
+    types
+        .into_iter()
+        .chain(statuses)
+        .chain(reasons)
+        .map(Arc::from)
+        .collect()
+});
+
+/// `s` as a shared word when it is one of [`WORDS`], else a string of its own (a status
+/// someone else wrote).
+fn word(s: &str) -> Arc<str> {
+    WORDS
+        .iter()
+        .find(|w| &***w == s)
+        .cloned()
+        .unwrap_or_else(|| Arc::from(s))
+}
+
+impl From<Condition> for CachedCondition {
+    fn from(c: Condition) -> Self {
+        CachedCondition {
+            type_: word(&c.type_),
+            status: word(&c.status),
+            reason: word(&c.reason),
+            observed_generation: c.observed_generation,
+            last_transition_time: c.last_transition_time.into_boxed_str(),
+            message: c.message.into_boxed_str(),
+        }
+    }
+}
+
+impl CachedCondition {
+    fn to_condition(&self) -> Condition {
+        Condition {
+            type_: self.type_.to_string(),
+            status: self.status.to_string(),
+            observed_generation: self.observed_generation,
+            last_transition_time: self.last_transition_time.to_string(),
+            reason: self.reason.to_string(),
+            message: self.message.to_string(),
+        }
+    }
+}
+
+impl From<InboxStatus> for CachedStatus {
+    fn from(mut fields: InboxStatus) -> Self {
+        let conditions = std::mem::take(&mut fields.conditions);
+        CachedStatus {
+            fields,
+            conditions: conditions.into_iter().map(CachedCondition::from).collect(),
+        }
+    }
+}
+
+impl CachedStatus {
+    fn to_status(&self) -> InboxStatus {
+        InboxStatus {
+            conditions: self
+                .conditions
+                .iter()
+                .map(CachedCondition::to_condition)
+                .collect(),
+            ..self.fields.clone()
+        }
+    }
+}
+
+impl From<Inbox> for CachedInbox {
+    fn from(inbox: Inbox) -> Self {
+        let Inbox {
+            mut metadata,
+            spec,
+            status,
+        } = inbox;
+        metadata.managed_fields = None;
+        metadata.labels = None;
+        let annotations = metadata
+            .annotations
+            .take()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with(OPERATOR_ANNOTATIONS))
+            .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+            .collect();
+        CachedInbox {
+            metadata,
+            spec,
+            annotations,
+            status: status.map(CachedStatus::from),
+        }
+    }
+}
+
+impl CachedInbox {
+    /// The full Inbox, as a pass reads it (the cache's trim aside: no managed fields, labels
+    /// or foreign annotations; the operator only ever patches, so nothing is lost).
+    pub fn to_inbox(&self) -> Inbox {
+        let mut metadata = self.metadata.clone();
+        if !self.annotations.is_empty() {
+            metadata.annotations = Some(
+                self.annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            );
+        }
+        Inbox {
+            metadata,
+            spec: self.spec.clone(),
+            status: self.status.as_ref().map(CachedStatus::to_status),
+        }
+    }
+
+    /// The reason of the condition of type `type_`, if the status has one.
+    pub fn condition_reason(&self, type_: &str) -> Option<&str> {
+        let status = self.status.as_ref()?;
+        let c = status.conditions.iter().find(|c| &*c.type_ == type_)?;
+        Some(&c.reason)
+    }
+
+    /// The reference the controller and its wake-ups use.
+    pub fn inbox_ref(&self) -> ObjectRef<Inbox> {
+        inbox_ref(self)
+    }
+}
+
+/// The reference to the Inbox `i` (full or cached), as the controller queues it.
+pub fn inbox_ref<I: InboxView>(i: &I) -> ObjectRef<Inbox> {
+    let meta = i.meta();
+    let r = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
+    match meta.namespace.as_deref() {
+        Some(ns) => r.within(ns),
+        None => r,
+    }
+}
+
+/// A watch event of the Inbox watch, its object as the cache keeps it.
+pub fn from_watched(event: watcher::Event<Inbox>) -> watcher::Event<CachedInbox> {
+    match event {
+        watcher::Event::Apply(i) => watcher::Event::Apply(i.into()),
+        watcher::Event::InitApply(i) => watcher::Event::InitApply(i.into()),
+        watcher::Event::Delete(i) => watcher::Event::Delete(i.into()),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+/// The same reference, typed for the controller of the cache.
+pub fn cached_ref(r: ObjectRef<Inbox>) -> ObjectRef<CachedInbox> {
+    r.into_kind_unchecked(())
+}
+
+impl Resource for CachedInbox {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        Inbox::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        Inbox::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        Inbox::version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        Inbox::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+impl HasSpec for CachedInbox {
+    type Spec = InboxSpec;
+
+    fn spec(&self) -> &InboxSpec {
+        &self.spec
+    }
+
+    fn spec_mut(&mut self) -> &mut InboxSpec {
+        &mut self.spec
+    }
+}
+
+impl InboxView for CachedInbox {
+    fn annotation(&self, key: &str) -> Option<&str> {
+        let found = self.annotations.iter().find(|(k, _)| &**k == key);
+        found.map(|(_, v)| &**v)
+    }
+
+    fn status_inbox_id(&self) -> Option<&str> {
+        self.status.as_ref()?.fields.inbox_id.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Ready Inbox as the operator leaves it, with what users and tools add.
+    fn ready() -> Inbox {
+        let condition = |type_: &str, status: &str, reason: &str, message: &str| Condition {
+            type_: type_.into(),
+            status: status.into(),
+            observed_generation: Some(2),
+            last_transition_time: "2026-12-06T02:00:00Z".into(),
+            reason: reason.into(),
+            message: message.into(),
+        };
+        let mut i = Inbox::new(
+            "a",
+            InboxSpec {
+                display_name: Some("A".into()),
+                ..Default::default()
+            },
+        );
+        i.metadata.namespace = Some("ns".into());
+        i.metadata.uid = Some("u-1".into());
+        i.metadata.finalizers = Some(vec![crd::FINALIZER.into()]);
+        i.metadata.annotations = Some(
+            [
+                (crd::ANNOTATION_INBOX_ID, "inb_1"),
+                (crd::ANNOTATION_REFRESH, "r1"),
+                ("kubectl.kubernetes.io/last-applied-configuration", "{...}"),
+                ("argocd.argoproj.io/tracking-id", "app:..."),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
+        );
+        i.status = Some(InboxStatus {
+            inbox_id: Some("inb_1".into()),
+            address: Some("a@agentsend.dev".into()),
+            sends_today: Some(3),
+            conditions: vec![
+                condition("Ready", "True", "Ready", "inbox is ready"),
+                condition("Stalled", "False", "Ready", ""),
+                condition("Custom", "Maybe", "SomeoneElses", "written by another tool"),
+            ],
+            ..Default::default()
+        });
+        i
+    }
+
+    #[test]
+    fn a_pass_reads_what_the_watch_delivered_minus_what_no_decision_reads() {
+        let mut watched = ready();
+        watched.metadata.managed_fields = Some(vec![Default::default()]);
+        watched.metadata.labels = Some([("app".to_string(), "mail".to_string())].into());
+        let cached = CachedInbox::from(watched.clone());
+        let rebuilt = cached.to_inbox();
+
+        let mut expected = watched;
+        expected.metadata.managed_fields = None;
+        expected.metadata.labels = None;
+        expected
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .retain(|k, _| k.starts_with("agentsend.io/"));
+        assert_eq!(rebuilt, expected);
+        assert_eq!(expected.metadata.annotations.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn an_inbox_without_status_or_annotations_stays_without() {
+        let mut bare = Inbox::new("b", InboxSpec::default());
+        bare.metadata.namespace = Some("ns".into());
+        assert_eq!(CachedInbox::from(bare.clone()).to_inbox(), bare);
+    }
+
+    #[test]
+    fn readers_of_the_cache_see_the_binding_and_conditions() {
+        let cached = CachedInbox::from(ready());
+        assert_eq!(cached.bound_inbox_id().as_deref(), Some("inb_1"));
+        assert_eq!(cached.annotation(crd::ANNOTATION_REFRESH), Some("r1"));
+        assert_eq!(
+            cached.annotation("argocd.argoproj.io/tracking-id"),
+            None,
+            "foreign annotations are not kept"
+        );
+        assert_eq!(cached.condition_reason("Ready"), Some("Ready"));
+        assert_eq!(cached.condition_reason("Custom"), Some("SomeoneElses"));
+        assert_eq!(cached.condition_reason("SendLimitReached"), None);
+
+        // The status keeps the binding when the annotation is gone (a restore).
+        let mut restored = ready();
+        restored.metadata.annotations = None;
+        assert_eq!(
+            CachedInbox::from(restored).bound_inbox_id().as_deref(),
+            Some("inb_1")
+        );
+    }
+
+    #[test]
+    fn condition_words_are_shared_between_inboxes() {
+        let (a, b) = (CachedInbox::from(ready()), CachedInbox::from(ready()));
+        let ready_of = |c: &CachedInbox| c.status.as_ref().unwrap().conditions[0].clone();
+        assert!(Arc::ptr_eq(&ready_of(&a).type_, &ready_of(&b).type_));
+        assert!(Arc::ptr_eq(&ready_of(&a).reason, &ready_of(&b).reason));
+        let custom = |c: &CachedInbox| c.status.as_ref().unwrap().conditions[2].clone();
+        assert!(!Arc::ptr_eq(&custom(&a).reason, &custom(&b).reason));
+    }
+
+    #[test]
+    fn the_cached_kind_is_the_inboxs() {
+        let cached = CachedInbox::from(ready());
+        assert_eq!(CachedInbox::kind(&()), "Inbox");
+        assert_eq!(CachedInbox::api_version(&()), Inbox::api_version(&()));
+        assert_eq!(CachedInbox::plural(&()), "inboxes");
+        assert_eq!(cached.inbox_ref(), ObjectRef::from_obj(&ready()));
+        let json = serde_json::to_value(ready()).unwrap();
+        let decoded: CachedInbox = serde_json::from_value(json).unwrap();
+        assert_eq!(decoded.to_inbox(), cached.to_inbox());
+    }
+}
