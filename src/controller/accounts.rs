@@ -45,8 +45,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What the cache knows about one account.
 #[derive(Default)]
 struct Scanned {
-    /// Inbox ID → (observation, when).
-    seen: HashMap<String, (RemoteInbox, Instant)>,
+    /// Inbox ID → (observation, when), boxed: a hash table holds 1.6 entries per entry
+    /// (its load factor), so a 264-byte entry inline would cost more than the box.
+    seen: HashMap<Box<str>, Box<(RemoteInbox, Instant)>>,
     /// Inbox IDs whose observation changed (or which vanished) in a scan, until a reconcile
     /// reports the change: every scan, whoever started it, marks them, and the counter sync
     /// asks for them at each round until then. A reconcile that failed (the API server was
@@ -98,9 +99,9 @@ impl Scanned {
         by_id: &HashMap<&str, &RemoteInbox>,
         watched: &[String],
     ) -> Vec<String> {
-        for (id, (before, _)) in &self.seen {
-            if by_id.get(id.as_str()) != Some(&before) {
-                self.unreported.insert(id.clone());
+        for (id, seen) in &self.seen {
+            if by_id.get(&**id) != Some(&&seen.0) {
+                self.unreported.insert(id.to_string());
             }
         }
         let recovered = self.failed.is_some();
@@ -140,7 +141,8 @@ impl ScanCache {
         let mut accounts = lock(&self.accounts);
         let acct = accounts.entry(key.clone()).or_default();
         let now = Instant::now();
-        acct.seen.insert(inbox.id.clone(), (inbox.clone(), now));
+        let observation = Box::new((inbox.clone(), now));
+        acct.seen.insert(inbox.id.as_str().into(), observation);
         acct.observed_outside = Some(now);
         acct.first_seen.get_or_insert(now);
     }
@@ -157,7 +159,7 @@ impl ScanCache {
     /// in meanwhile, the counter sync stops asking for that Inbox.
     pub fn reported(&self, key: &ApiKey, observed: &RemoteInbox) {
         if let Some(acct) = lock(&self.accounts).get_mut(key) {
-            let current = acct.seen.get(&observed.id).map(|(r, _)| r);
+            let current = acct.seen.get(observed.id.as_str()).map(|o| &o.0);
             if current.is_none_or(|r| r == observed) {
                 acct.unreported.remove(&observed.id);
             }
@@ -203,7 +205,7 @@ impl ScanCache {
     fn fresh(&self, key: &ApiKey, id: &str) -> Option<RemoteInbox> {
         let accounts = lock(&self.accounts);
         let acct = accounts.get(key)?;
-        let (r, at) = acct.seen.get(id)?;
+        let (r, at) = &**acct.seen.get(id)?;
         (at.elapsed() < acct.max_age(self.interval)).then(|| r.clone())
     }
 
@@ -287,11 +289,12 @@ impl ScanCache {
             .collect();
         // Keep observations newer than this scan (made by creates/GETs meanwhile).
         acct.seen
-            .retain(|id, (_, at)| *at > started && !by_id.contains_key(id.as_str()));
+            .retain(|id, seen| seen.1 > started && !by_id.contains_key(&**id));
         acct.unbound.clear();
         for (r, keep) in listed.into_iter().zip(keep) {
             if keep {
-                acct.seen.insert(r.id.clone(), (r, started));
+                acct.seen
+                    .insert(r.id.as_str().into(), Box::new((r, started)));
             } else if acct.inventory_wanted {
                 acct.unbound.push(r);
             }
@@ -371,7 +374,7 @@ impl ScanCache {
         let acct = accounts.get(key);
         let listed = acct
             .map(|a| {
-                let bound = a.seen.values().map(|(r, _)| r);
+                let bound = a.seen.values().map(|o| &o.0);
                 bound.chain(&a.unbound).cloned().collect()
             })
             .unwrap_or_default();
@@ -438,8 +441,25 @@ impl CreateGates {
 
 // ---------------------------------------------------------------------- bindings
 
-/// Inbox ID → the Inbox bound to it, in one account.
-pub type Bound = HashMap<String, ObjectRef<Inbox>>;
+/// Inbox ID → the Inbox bound to it (`namespace/name`, [`owner_key`]), in one account.
+type Bound = HashMap<Arc<str>, Arc<str>>;
+
+/// An Inbox as the registry keys it: `namespace/name` (neither may contain a `/`), one
+/// shared string where an `ObjectRef` is 96 bytes inline plus two strings.
+fn owner_key(obj: &ObjectRef<Inbox>) -> String {
+    format!(
+        "{}/{}",
+        obj.namespace.as_deref().unwrap_or_default(),
+        obj.name
+    )
+}
+
+/// The reference [`owner_key`] stands for.
+fn owner_ref(key: &str) -> ObjectRef<Inbox> {
+    let (ns, name) = key.split_once('/').unwrap_or(("", key));
+    let r = ObjectRef::new(name);
+    if ns.is_empty() { r } else { r.within(ns) }
+}
 
 /// A bind by this process: (owner UID, owner `namespace/name`).
 type RecentBind = (String, String);
@@ -485,18 +505,19 @@ impl<V> Recent<V> {
 struct Bindings {
     /// API key → (inbox ID → the Inbox bound to it).
     accounts: HashMap<ApiKey, Bound>,
-    /// Inbox → (API key, inbox ID): its one binding.
-    by_obj: HashMap<ObjectRef<Inbox>, (ApiKey, String)>,
+    /// Inbox ([`owner_key`]) → (API key, inbox ID): its one binding. Both maps share the
+    /// strings.
+    by_obj: HashMap<Arc<str>, (ApiKey, Arc<str>)>,
 }
 
 impl Bindings {
-    /// Remove `obj`'s binding, if any.
-    fn remove(&mut self, obj: &ObjectRef<Inbox>) {
-        let Some((key, id)) = self.by_obj.remove(obj) else {
+    /// Remove the binding of the Inbox `owner` ([`owner_key`]), if any.
+    fn remove(&mut self, owner: &str) {
+        let Some((key, id)) = self.by_obj.remove(owner) else {
             return;
         };
         if let Some(bound) = self.accounts.get_mut(&key) {
-            if bound.get(&id) == Some(obj) {
+            if bound.get(&id).is_some_and(|o| &**o == owner) {
                 bound.remove(&id);
             }
             if bound.is_empty() {
@@ -526,33 +547,41 @@ impl BindingRegistry {
     /// any other key or ID, e.g. after a key rotation). Only the name and namespace of `obj`
     /// are kept (its resourceVersion and UID, which no lookup compares, would be two more
     /// strings per binding, twice).
-    pub fn register(&self, key: &ApiKey, id: &str, mut obj: ObjectRef<Inbox>) {
-        obj.extra = Default::default();
+    pub fn register(&self, key: &ApiKey, id: &str, obj: ObjectRef<Inbox>) {
+        let owner = owner_key(&obj);
         let mut b = lock(&self.bindings);
-        if b.by_obj.get(&obj).is_some_and(|(k, i)| k == key && i == id) {
+        if b.by_obj
+            .get(owner.as_str())
+            .is_some_and(|(k, i)| k == key && &**i == id)
+        {
             return;
         }
-        b.remove(&obj);
+        b.remove(&owner);
+        let (owner, id): (Arc<str>, Arc<str>) = (owner.into(), id.into());
         let bound = b.accounts.entry(key.clone()).or_default();
-        if let Some(previous) = bound.insert(id.to_string(), obj.clone())
-            && previous != obj
+        if let Some(previous) = bound.insert(id.clone(), owner.clone())
+            && previous != owner
         {
             // The ID changed hands: the previous Inbox is no longer bound to it.
             b.by_obj.remove(&previous);
         }
-        b.by_obj.insert(obj, (key.clone(), id.to_string()));
+        b.by_obj.insert(owner, (key.clone(), id));
     }
 
     /// Forget `obj` (deleted Inbox).
     pub fn unregister(&self, obj: &ObjectRef<Inbox>) {
-        lock(&self.bindings).remove(obj);
+        lock(&self.bindings).remove(&owner_key(obj));
     }
 
     /// The API key `obj` was last bound under, if this process saw it. Lets deletion finish
     /// when the credentials Secret is already gone (a namespace being deleted removes it
     /// alongside the Inbox).
     pub fn key_for(&self, obj: &ObjectRef<Inbox>) -> Option<ApiKey> {
-        lock(&self.bindings).by_obj.get(obj).map(|(k, _)| k.clone())
+        let owner = owner_key(obj);
+        lock(&self.bindings)
+            .by_obj
+            .get(owner.as_str())
+            .map(|(k, _)| k.clone())
     }
 
     /// API keys with bound inboxes, and the inbox IDs bound in each (what the counter sync
@@ -562,7 +591,7 @@ impl BindingRegistry {
         lock(&self.bindings)
             .accounts
             .iter()
-            .map(|(k, b)| (k.clone(), b.keys().cloned().collect()))
+            .map(|(k, b)| (k.clone(), b.keys().map(|id| id.to_string()).collect()))
             .collect()
     }
 
@@ -572,7 +601,9 @@ impl BindingRegistry {
         let Some(bound) = b.accounts.get(key) else {
             return Vec::new();
         };
-        ids.iter().filter_map(|id| bound.get(id).cloned()).collect()
+        ids.iter()
+            .filter_map(|id| bound.get(id.as_str()).map(|o| owner_ref(o)))
+            .collect()
     }
 
     /// Note that this process just bound `id` to the Inbox with UID `owner`, called `name`
@@ -854,6 +885,27 @@ mod tests {
         assert_eq!(b.bound_ids().len(), 1, "empty accounts are dropped");
         assert_eq!(b.key_for(&obj("x")), Some(new.clone()));
         assert_eq!(b.key_for(&obj("y")), None);
+    }
+
+    #[test]
+    fn the_registry_hands_back_the_namespace_and_name_it_was_given() {
+        let b = BindingRegistry::default();
+        let k = ApiKey::new("k").unwrap();
+        let (a, other) = (
+            ObjectRef::<Inbox>::new("mail").within("team-a"),
+            ObjectRef::<Inbox>::new("mail").within("team-b"),
+        );
+        b.register(&k, "i1", a.clone());
+        b.register(&k, "i2", other.clone());
+        assert_eq!(
+            b.bound_to(&k, &["i1".into(), "i2".into()]),
+            [a.clone(), other]
+        );
+        let by_name = b.bound_to(&k, &["i1".into()]);
+        assert_eq!(by_name[0].namespace.as_deref(), Some("team-a"));
+        b.unregister(&a);
+        assert_eq!(b.key_for(&a), None);
+        assert_eq!(owner_ref(&owner_key(&a)), a);
     }
 
     #[test]
