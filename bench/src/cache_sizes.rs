@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use inbox_operator::controller::cached_inbox::CachedInbox;
+use inbox_operator::controller::status;
 use inbox_operator::crd::{Inbox, InboxSpec, InboxStatus};
 use kube::api::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
@@ -92,9 +93,9 @@ fn ready_inbox() -> serde_json::Value {
             "secretName": "inbox-04242", "observedGeneration": 1,
             "deletionPolicy": "Delete", "deletionPolicySource": "Default",
             "conditions": [
-                condition("Ready", "True", "UpToDate", "inbox is up to date"),
-                condition("Reconciling", "False", "UpToDate", "inbox is up to date"),
-                condition("Stalled", "False", "UpToDate", "inbox is up to date"),
+                condition("Ready", "True", "Ready", status::READY),
+                condition("Reconciling", "False", "UpToDate", status::UP_TO_DATE),
+                condition("Stalled", "False", "UpToDate", status::UP_TO_DATE),
                 condition("SendLimitReached", "False", "SendsAvailable", "100 sends remaining today"),
             ]}
     })

@@ -285,6 +285,26 @@ impl AgentSendClient {
     ) -> Result<Vec<RemoteInbox>, ApiError> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
+        self.list_pages(key, |page| {
+            for inbox in page {
+                if keep(&inbox) && seen.insert(inbox.id.clone()) {
+                    out.push(inbox);
+                }
+            }
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// Every inbox of the account, handed to `on_page` one page at a time as the pages
+    /// arrive (nothing is held between pages). Pages shift while inboxes are created or
+    /// deleted concurrently, so an inbox may come twice, or not at all (see
+    /// [`list_all`](Self::list_all)). On an error, the pages before it were handed over.
+    pub async fn list_pages(
+        &self,
+        key: &ApiKey,
+        mut on_page: impl FnMut(Vec<RemoteInbox>),
+    ) -> Result<(), ApiError> {
         let mut offset = 0u64;
         let mut pages = 0u64;
         loop {
@@ -292,17 +312,12 @@ impl AgentSendClient {
             pages += 1;
             let n = page.data.len() as u64;
             let next = next_page(offset, n, page.total, page.limit, pages);
-            for inbox in page.data {
-                if keep(&inbox) && seen.insert(inbox.id.clone()) {
-                    out.push(inbox);
-                }
-            }
+            on_page(page.data);
             match next {
                 Some(o) => offset = o,
-                None => break,
+                None => return Ok(()),
             }
         }
-        Ok(out)
     }
 
     /// `DELETE /inboxes/{id}`. Retried on transient failures; [`ApiError::NotFound`] means

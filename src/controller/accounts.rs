@@ -91,30 +91,94 @@ impl Scanned {
         }
     }
 
-    /// Mark the known inboxes whose observation differs in the listing `by_id` (or which
-    /// vanished) as unreported; return the `watched` IDs a reconcile should look at: those
-    /// changed, unreported, missing or not yet known — all of them after a failed scan.
-    fn note_changes(
+    /// Take one listed inbox `r` of the scan that started at `started`, in place: a known
+    /// inbox whose observation differs is marked unreported; the observation is kept when the
+    /// scan keeps it ([`Wanted::keeps`]), else dropped (and set aside for the inventory when
+    /// that is wanted). Returns its ID when it is kept and was not known before.
+    fn absorb(
         &mut self,
-        by_id: &HashMap<&str, &RemoteInbox>,
-        watched: &[String],
-    ) -> Vec<String> {
-        for (id, seen) in &self.seen {
-            if by_id.get(&**id) != Some(&&seen.0) {
-                self.unreported.insert(id.to_string());
-            }
+        r: RemoteInbox,
+        started: Instant,
+        wanted: &Wanted<'_>,
+        unbound: &mut Vec<RemoteInbox>,
+    ) -> Option<String> {
+        let id = r.id.as_str();
+        let known = self.seen.get_mut(id);
+        if known.as_ref().is_some_and(|o| o.0 != r) {
+            self.unreported.insert(r.id.clone());
         }
+        if wanted.keeps(id, known.is_some()) {
+            match known {
+                Some(o) => **o = (r, started),
+                None => {
+                    let id = r.id.clone();
+                    self.seen.insert(id.as_str().into(), Box::new((r, started)));
+                    return Some(id);
+                }
+            }
+            return None;
+        }
+        if known.is_some() {
+            self.seen.remove(id);
+        }
+        if self.inventory_wanted {
+            unbound.push(r);
+        }
+        None
+    }
+
+    /// End a complete scan that started at `started`: the known inboxes it did not list
+    /// vanished (marked unreported, and forgotten unless observed after it started). Returns
+    /// the `watched` IDs a reconcile should look at: those changed, unreported, missing or
+    /// `new` (not known before the scan) — all of them after a failed scan.
+    fn finish_scan(
+        &mut self,
+        started: Instant,
+        watched: &[String],
+        new: &HashSet<String>,
+    ) -> Vec<String> {
+        let unreported = &mut self.unreported;
+        self.seen.retain(|id, o| {
+            if o.1 != started {
+                unreported.insert(id.to_string());
+            }
+            o.1 >= started
+        });
         let recovered = self.failed.is_some();
-        watched
+        let changed = watched
             .iter()
             .filter(|id| {
                 recovered
                     || self.unreported.contains(id.as_str())
-                    || !by_id.contains_key(id.as_str())
                     || !self.seen.contains_key(id.as_str())
+                    || new.contains(id.as_str())
             })
             .cloned()
-            .collect()
+            .collect();
+        if !watched.is_empty() {
+            // The counter sync passes every bound ID: nothing else needs a report.
+            let watched: HashSet<&str> = watched.iter().map(String::as_str).collect();
+            self.unreported.retain(|id| watched.contains(id.as_str()));
+        }
+        changed
+    }
+}
+
+/// What a scan keeps: the observation of `also`, of the `watched` inboxes (the counter sync)
+/// or, when none are named, of those already known.
+struct Wanted<'a> {
+    watched: HashSet<&'a str>,
+    also: Option<&'a str>,
+}
+
+impl Wanted<'_> {
+    fn keeps(&self, id: &str, known: bool) -> bool {
+        self.also == Some(id)
+            || if self.watched.is_empty() {
+                known
+            } else {
+                self.watched.contains(id)
+            }
     }
 }
 
@@ -262,74 +326,33 @@ impl ScanCache {
         }
         let started = Instant::now();
         let wall = jiff::Timestamp::now();
-        let listed = self.list_relevant(key, watched, also).await?;
+        let wanted = Wanted {
+            watched: watched.iter().map(String::as_str).collect(),
+            also,
+        };
+        // Page by page, in place: a scan holds one page and what it sets aside, never a
+        // second copy of every observation.
+        let (mut new, mut unbound) = (HashSet::new(), Vec::new());
+        let listed = self.client.list_pages(key, |page| {
+            let mut accounts = lock(&self.accounts);
+            let acct = accounts.entry(key.clone()).or_default();
+            for r in page {
+                new.extend(acct.absorb(r, started, &wanted, &mut unbound));
+            }
+        });
+        let listed = listed.await;
         let mut accounts = lock(&self.accounts);
         let acct = accounts.entry(key.clone()).or_default();
-        let by_id: HashMap<&str, &RemoteInbox> =
-            listed.iter().map(|r| (r.id.as_str(), r)).collect();
-        let changed = acct.note_changes(&by_id, watched);
-        let watched: HashSet<&str> = watched.iter().map(String::as_str).collect();
-        if !watched.is_empty() {
-            // The counter sync passes every bound ID: nothing else needs a report.
-            acct.unreported.retain(|id| watched.contains(id.as_str()));
+        if let Err(e) = listed {
+            acct.failed = Some((e.clone(), Instant::now()));
+            return Err(e);
         }
-        // What to keep: the watched inboxes (counter sync), else those already known — decided
-        // per listed inbox before `seen` changes, without a copy of every ID.
-        let keep: Vec<bool> = listed
-            .iter()
-            .map(|r| {
-                let id = r.id.as_str();
-                also == Some(id)
-                    || if watched.is_empty() {
-                        acct.seen.contains_key(id)
-                    } else {
-                        watched.contains(id)
-                    }
-            })
-            .collect();
-        // Keep observations newer than this scan (made by creates/GETs meanwhile).
-        acct.seen
-            .retain(|id, seen| seen.1 > started && !by_id.contains_key(&**id));
-        acct.unbound.clear();
-        for (r, keep) in listed.into_iter().zip(keep) {
-            if keep {
-                acct.seen
-                    .insert(r.id.as_str().into(), Box::new((r, started)));
-            } else if acct.inventory_wanted {
-                acct.unbound.push(r);
-            }
-        }
+        let changed = acct.finish_scan(started, watched, &new);
+        acct.unbound = unbound;
         acct.scanned_at = Some(started);
         acct.scanned_wall = Some(wall);
         acct.failed = None;
         Ok(changed)
-    }
-
-    /// A scan's listing of the account of `key`, holding only what the scan may keep or
-    /// compare, never the whole account: the observations of `also`, the `watched` inboxes and
-    /// those already known, or every inbox while the account's inventory is wanted. A failure
-    /// is recorded for [`recent_failure`](Self::recent_failure).
-    async fn list_relevant(
-        &self,
-        key: &ApiKey,
-        watched: &[String],
-        also: Option<&str>,
-    ) -> Result<Vec<RemoteInbox>, ApiError> {
-        let watched: HashSet<&str> = watched.iter().map(String::as_str).collect();
-        let relevant = |r: &RemoteInbox| {
-            let id = r.id.as_str();
-            also == Some(id)
-                || watched.contains(id)
-                || lock(&self.accounts)
-                    .get(key)
-                    .is_some_and(|a| a.inventory_wanted || a.seen.contains_key(id))
-        };
-        let listed = self.client.list_filtered(key, relevant).await;
-        if let Err(e) = &listed {
-            let mut accounts = lock(&self.accounts);
-            accounts.entry(key.clone()).or_default().failed = Some((e.clone(), Instant::now()));
-        }
-        listed
     }
 
     /// The counter sync's round for one account: [`scan`](Self::scan) when [`scan_due`],

@@ -44,7 +44,8 @@ struct CachedStatus {
     conditions: Box<[CachedCondition]>,
 }
 
-/// A condition whose type, status and reason are shared words ([`word`]).
+/// A condition whose type, status, reason and (when it is a common one) message are shared
+/// words ([`word`]).
 #[derive(Clone, Debug)]
 struct CachedCondition {
     type_: Arc<str>,
@@ -52,11 +53,12 @@ struct CachedCondition {
     reason: Arc<str>,
     observed_generation: Option<i64>,
     last_transition_time: Box<str>,
-    message: Box<str>,
+    message: Arc<str>,
 }
 
 /// The words every Inbox's conditions repeat: condition types, statuses, the contract's
-/// reasons. One allocation each for the whole process.
+/// reasons, the message of a Ready Inbox's kstatus conditions. One allocation each for the
+/// whole process.
 static WORDS: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
     use crd::condition::*;
     let types = [READY, RECONCILING, STALLED, SEND_LIMIT_REACHED];
@@ -66,6 +68,7 @@ static WORDS: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
         .into_iter()
         .chain(statuses)
         .chain(reasons)
+        .chain([super::status::READY, super::status::UP_TO_DATE])
         .map(Arc::from)
         .collect()
 });
@@ -88,7 +91,7 @@ impl From<Condition> for CachedCondition {
             reason: word(&c.reason),
             observed_generation: c.observed_generation,
             last_transition_time: c.last_transition_time.into_boxed_str(),
-            message: c.message.into_boxed_str(),
+            message: word(&c.message),
         }
     }
 }

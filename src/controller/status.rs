@@ -63,7 +63,7 @@ impl Readiness {
     /// The Ready condition's message.
     pub fn message(&self) -> &str {
         match self {
-            Readiness::Ready => "inbox is active and its Secret holds the current address",
+            Readiness::Ready => READY,
             Readiness::Progressing { message, .. }
             | Readiness::Stalled { message, .. }
             | Readiness::Idle { message, .. } => message,
@@ -152,17 +152,22 @@ struct Conditions<'a> {
     now: &'a str,
 }
 
+/// The message of `Ready` on a Ready Inbox.
+pub const READY: &str = "inbox is active and its Secret holds the current address";
+
+/// The message of `Reconciling` and `Stalled` (both `False`) on a Ready Inbox.
+pub const UP_TO_DATE: &str = "inbox is up to date";
+
 impl Conditions<'_> {
     /// `Ready`, then kstatus: `Reconciling` while working, `Stalled` when a human must act,
     /// neither otherwise.
     fn readiness(&self, readiness: &Readiness) -> [Condition; 3] {
         let ready = ConditionStatus::from_bool(*readiness == Readiness::Ready);
-        let up_to_date = "inbox is up to date";
         let (reconciling, stalled, reason, message) = match readiness {
             Readiness::Progressing { reason, message } => (true, false, *reason, message.as_str()),
             Readiness::Stalled { reason, message } => (false, true, *reason, message.as_str()),
             Readiness::Idle { reason, message } => (false, false, *reason, message.as_str()),
-            Readiness::Ready => (false, false, Reason::UpToDate, up_to_date),
+            Readiness::Ready => (false, false, Reason::UpToDate, UP_TO_DATE),
         };
         [
             self.make(
