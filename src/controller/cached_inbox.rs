@@ -16,6 +16,7 @@ use kube::runtime::watcher;
 use kube::{Resource, core::NamespaceResourceScope};
 use serde::Deserialize;
 
+use super::words::Words;
 use crate::crd::{self, Condition, Inbox, InboxSpec, InboxStatus, InboxView};
 
 /// The prefix of every annotation the operator reads on an Inbox.
@@ -59,28 +60,25 @@ struct CachedCondition {
 /// The words every Inbox's conditions repeat: condition types, statuses, the contract's
 /// reasons, the message of a Ready Inbox's kstatus conditions. One allocation each for the
 /// whole process.
-static WORDS: LazyLock<Vec<Arc<str>>> = LazyLock::new(|| {
+static WORDS: LazyLock<Words> = LazyLock::new(|| {
     use crd::condition::*;
     let types = [READY, RECONCILING, STALLED, SEND_LIMIT_REACHED];
     let statuses = ["True", "False", "Unknown"];
     let reasons = crd::Reason::ALL.map(crd::Reason::as_str);
-    types
-        .into_iter()
-        .chain(statuses)
-        .chain(reasons)
-        .chain([super::status::READY, super::status::UP_TO_DATE])
-        .map(Arc::from)
-        .collect()
+    let messages = [super::status::READY, super::status::UP_TO_DATE];
+    Words::new(
+        types
+            .into_iter()
+            .chain(statuses)
+            .chain(reasons)
+            .chain(messages),
+    )
 });
 
 /// `s` as a shared word when it is one of [`WORDS`], else a string of its own (a status
 /// someone else wrote).
 fn word(s: &str) -> Arc<str> {
-    WORDS
-        .iter()
-        .find(|w| &***w == s)
-        .cloned()
-        .unwrap_or_else(|| Arc::from(s))
+    WORDS.get(s)
 }
 
 impl From<Condition> for CachedCondition {

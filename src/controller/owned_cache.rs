@@ -1,32 +1,95 @@
 //! The cache of the objects this operator owns (Secrets, ConfigMaps), fed by their
 //! metadata-only watch. It keeps per object only what decisions read — its UID, owner
-//! references, labels, annotations and who owns which data key — as boxed slices: ≈ 0.8 KB
-//! per object where a cached `PartialObjectMeta` took ≈ 2.3 KB (an `ObjectMeta` is 17
-//! optional fields, and each label or annotation map is a ≈ 0.5 KB `BTreeMap` node whatever
-//! its size). A lookup rebuilds the `ObjectMeta` the planner reads.
+//! references, labels, annotations and who owns which data key — as boxed slices, the
+//! strings every object repeats (the operator's keys, field manager and data fields, the
+//! owner's kind) as shared [`Words`]: ≈ 0.6 KB per object where a cached `PartialObjectMeta`
+//! took ≈ 2.3 KB (an `ObjectMeta` is 17 optional fields, and each label or annotation map is
+//! a ≈ 0.5 KB `BTreeMap` node whatever its size). A lookup rebuilds the `ObjectMeta` the
+//! planner reads.
 
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     FieldsV1, ManagedFieldsEntry, ObjectMeta, OwnerReference,
 };
+use kube::Resource;
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 
 use super::decide;
+use super::words::Words;
+use crate::crd::{self, Inbox};
 
 /// Label or annotation pairs, in key order.
-type Pairs = Box<[(Box<str>, Box<str>)]>;
+type Pairs = Box<[(Arc<str>, Arc<str>)]>;
 
 /// A field manager and the data fields it owns.
-type Manager = (Box<str>, Box<[Box<str>]>);
+type Manager = (Arc<str>, Box<[Arc<str>]>);
+
+/// The strings every owned object repeats.
+static WORDS: LazyLock<Words> = LazyLock::new(|| {
+    let keys = [
+        crd::LABEL_MANAGED_BY,
+        crd::MANAGED_BY,
+        crd::LABEL_INBOX,
+        crd::ANNOTATION_INBOX_NAME,
+        crd::ANNOTATION_DATA_DIGEST,
+        crd::FIELD_MANAGER,
+    ];
+    let fields = ["f:address", "f:inboxId", "f:domainId"];
+    let owner = [Inbox::kind(&()), Inbox::api_version(&())];
+    let owner = owner.iter().map(|w| w.to_string());
+    Words::new(
+        keys.into_iter()
+            .chain(fields)
+            .map(str::to_string)
+            .chain(owner),
+    )
+});
+
+/// An owner reference, its API version and kind shared.
+#[derive(Clone, Debug, PartialEq)]
+struct Owner {
+    api_version: Arc<str>,
+    kind: Arc<str>,
+    name: Box<str>,
+    uid: Box<str>,
+    controller: Option<bool>,
+    block_owner_deletion: Option<bool>,
+}
+
+impl From<OwnerReference> for Owner {
+    fn from(o: OwnerReference) -> Owner {
+        Owner {
+            api_version: WORDS.get(&o.api_version),
+            kind: WORDS.get(&o.kind),
+            name: o.name.into_boxed_str(),
+            uid: o.uid.into_boxed_str(),
+            controller: o.controller,
+            block_owner_deletion: o.block_owner_deletion,
+        }
+    }
+}
+
+impl Owner {
+    fn reference(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: self.api_version.to_string(),
+            kind: self.kind.to_string(),
+            name: self.name.to_string(),
+            uid: self.uid.to_string(),
+            controller: self.controller,
+            block_owner_deletion: self.block_owner_deletion,
+        }
+    }
+}
 
 /// What decisions read of one owned object.
 #[derive(Clone, Debug, PartialEq)]
 struct Kept {
     uid: Option<Box<str>>,
-    owners: Box<[OwnerReference]>,
+    owners: Box<[Owner]>,
     labels: Pairs,
     annotations: Pairs,
     /// Per field manager, the data fields it owns (`f:address`, ...), as
@@ -37,7 +100,7 @@ struct Kept {
 fn pairs(map: Option<std::collections::BTreeMap<String, String>>) -> Pairs {
     map.into_iter()
         .flatten()
-        .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+        .map(|(k, v)| (WORDS.get(&k), WORDS.get(&v)))
         .collect()
 }
 
@@ -62,18 +125,23 @@ impl Kept {
                     Some(serde_json::Value::Array(owned)) => owned
                         .into_iter()
                         .filter_map(|f| match f {
-                            serde_json::Value::String(s) => Some(s.into_boxed_str()),
+                            serde_json::Value::String(s) => Some(WORDS.get(&s)),
                             _ => None,
                         })
                         .collect(),
                     _ => Box::default(),
                 };
-                (e.manager.unwrap_or_default().into_boxed_str(), fields)
+                (WORDS.get(&e.manager.unwrap_or_default()), fields)
             })
             .collect();
         Kept {
             uid: meta.uid.map(String::into_boxed_str),
-            owners: meta.owner_references.unwrap_or_default().into(),
+            owners: meta
+                .owner_references
+                .into_iter()
+                .flatten()
+                .map(Owner::from)
+                .collect(),
             labels: pairs(meta.labels),
             annotations: pairs(meta.annotations),
             managers,
@@ -93,7 +161,8 @@ impl Kept {
             name: Some(name.to_string()),
             namespace: Some(namespace.to_string()),
             uid: self.uid.as_deref().map(str::to_string),
-            owner_references: (!self.owners.is_empty()).then(|| self.owners.to_vec()),
+            owner_references: (!self.owners.is_empty())
+                .then(|| self.owners.iter().map(Owner::reference).collect()),
             labels: map(&self.labels),
             annotations: map(&self.annotations),
             managed_fields: (!self.managers.is_empty()).then(|| managed_fields.collect()),
@@ -243,6 +312,28 @@ mod tests {
         assert!(!decide::data_as_written(&got, ["extra"].into_iter()));
         assert!(decide::is_owned_by(&got, "inbox-uid"));
         assert!(cache.get("team", "b").is_none() && cache.get("other", "a").is_none());
+    }
+
+    #[test]
+    fn the_strings_every_object_repeats_are_held_once() {
+        let cache = OwnedCache::default();
+        cache.apply(&watcher::Event::Apply(secret("a", "sha256:1")));
+        cache.apply(&watcher::Event::Apply(secret("b", "sha256:2")));
+        let maps = cache.maps.read().unwrap();
+        let (a, b) = (&maps.live["team"]["a"], &maps.live["team"]["b"]);
+        assert!(Arc::ptr_eq(&a.labels[0].0, &b.labels[0].0));
+        assert!(Arc::ptr_eq(&a.annotations[0].0, &b.annotations[0].0));
+        assert!(Arc::ptr_eq(&a.managers[0].0, &b.managers[0].0));
+        assert!(Arc::ptr_eq(&a.managers[0].1[0], &b.managers[0].1[0]));
+        assert!(Arc::ptr_eq(&a.owners[0].kind, &b.owners[0].kind));
+        assert!(Arc::ptr_eq(
+            &a.owners[0].api_version,
+            &b.owners[0].api_version
+        ));
+        assert_ne!(
+            a.annotations[0].1, b.annotations[0].1,
+            "values stay each object's"
+        );
     }
 
     #[test]
