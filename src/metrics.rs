@@ -279,14 +279,14 @@ impl Metrics {
     /// Export an Inbox's mirrored counters and readiness.
     pub fn observe_inbox(&self, namespace: &str, name: &str, status: &InboxStatus, ready: bool) {
         let sample = InboxSample {
-            counters: [
+            counters: Counters::new([
                 status.sends_today,
                 status.daily_send_limit,
                 status.sends_remaining,
                 status.total_sent,
                 status.bounce_count,
                 status.complaint_count,
-            ],
+            ]),
             ready,
             state: state_index(status.state.as_deref()),
         };
@@ -325,11 +325,41 @@ const COUNTERS: [(&str, &str); 6] = [
 /// label set and atomic) per metric and Inbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct InboxSample {
-    /// Values of [`COUNTERS`]; `None`: not known (no series).
-    counters: [Option<i64>; 6],
+    /// Values of [`COUNTERS`].
+    counters: Counters,
     ready: bool,
     /// Index into [`STATES`]; `STATES.len()` for a state not among them.
     state: u8,
+}
+
+/// The six counters of an Inbox and which are known (an unknown one has no series): 56
+/// bytes where six `Option<i64>` take 96.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Counters {
+    values: [i64; 6],
+    /// Bit `i` set: `values[i]` is known.
+    known: u8,
+}
+
+impl Counters {
+    fn new(counters: [Option<i64>; 6]) -> Counters {
+        let mut c = Counters {
+            values: [0; 6],
+            known: 0,
+        };
+        for (i, v) in counters.into_iter().enumerate() {
+            if let Some(v) = v {
+                c.values[i] = v;
+                c.known |= 1 << i;
+            }
+        }
+        c
+    }
+
+    /// Counter `i` of [`COUNTERS`], if known.
+    fn get(&self, i: usize) -> Option<i64> {
+        (self.known & (1 << i) != 0).then(|| self.values[i])
+    }
 }
 
 fn state_index(state: Option<&str>) -> u8 {
@@ -468,7 +498,7 @@ impl PerInboxPieces {
     fn push(&self, out: &mut String, name: &str, key: &(String, String), s: &InboxSample) {
         match self.family {
             i if i < COUNTERS.len() => {
-                if let Some(v) = s.counters[i] {
+                if let Some(v) = s.counters.get(i) {
                     push_sample(out, name, key, None, v);
                 }
             }
@@ -648,7 +678,7 @@ mod tests {
                         let mut out = Vec::new();
                         match f {
                             f if f < COUNTERS.len() => {
-                                if let Some(v) = s.counters[f] {
+                                if let Some(v) = s.counters.get(f) {
                                     out.push((
                                         vec![("namespace", ns.as_str()), ("name", name.as_str())],
                                         v,

@@ -485,13 +485,13 @@ fn owner_ref(key: &str) -> ObjectRef<Inbox> {
 }
 
 /// A bind by this process: (owner UID, owner `namespace/name`).
-type RecentBind = (String, String);
+type RecentBind = (Box<str>, Box<str>);
 
 /// Entries remembered for [`RECENTLY_BOUND_TTL`]: expired ones are swept once the map has
 /// doubled since the last sweep, so that an insert costs O(1) amortised, not a walk over
 /// every entry (which made each bind and release cost O(N) during a bulk apply or delete).
 struct Recent<V> {
-    entries: HashMap<String, (V, Instant)>,
+    entries: HashMap<Box<str>, (V, Instant)>,
     /// Sweep expired entries when `entries` reaches this size.
     sweep_at: usize,
 }
@@ -506,13 +506,13 @@ impl<V> Default for Recent<V> {
 }
 
 impl<V> Recent<V> {
-    fn insert(&mut self, key: String, value: V) {
+    fn insert(&mut self, key: &str, value: V) {
         if self.entries.len() >= self.sweep_at {
             self.entries
                 .retain(|_, (_, at)| at.elapsed() < RECENTLY_BOUND_TTL);
             self.sweep_at = (self.entries.len() * 2).max(1024);
         }
-        self.entries.insert(key, (value, Instant::now()));
+        self.entries.insert(key.into(), (value, Instant::now()));
     }
 
     fn get(&self, key: &str) -> Option<&V> {
@@ -632,7 +632,7 @@ impl BindingRegistry {
     /// Note that this process just bound `id` to the Inbox with UID `owner`, called `name`
     /// (`namespace/name`).
     pub fn note_bound(&self, id: &str, owner: &str, name: &str) {
-        lock(&self.recently_bound).insert(id.to_string(), (owner.to_string(), name.to_string()));
+        lock(&self.recently_bound).insert(id, (owner.into(), name.into()));
     }
 
     /// The `namespace/name` of the Inbox other than `owner` this process bound `id` to within
@@ -640,9 +640,9 @@ impl BindingRegistry {
     pub fn recently_bound_to(&self, id: &str, owner: &str) -> Option<String> {
         let (uid, name) = lock(&self.recently_bound)
             .get(id)
-            .filter(|(o, _)| o != owner)
+            .filter(|(o, _)| &**o != owner)
             .cloned()?;
-        (!self.is_released(&uid)).then_some(name)
+        (!self.is_released(&uid)).then(|| name.into())
     }
 
     /// The Inbox with UID `owner` is gone: its bindings are free at once (a re-created
@@ -651,13 +651,13 @@ impl BindingRegistry {
         {
             let mut recent = lock(&self.recently_bound);
             for id in ids {
-                if recent.get(id).is_some_and(|(o, _)| o == owner) {
-                    recent.entries.remove(id);
+                if recent.get(id).is_some_and(|(o, _)| &**o == owner) {
+                    recent.entries.remove(id.as_str());
                 }
             }
         }
         // Any other ID it bound is freed by `recently_bound_to`'s check of this mark.
-        lock(&self.released).insert(owner.to_string(), ());
+        lock(&self.released).insert(owner, ());
         let mut waiters = lock(&self.waiters);
         ids.iter()
             .filter_map(|id| waiters.remove(id))
