@@ -324,7 +324,7 @@ pub struct InboxSpec {
 
     /// The `Account` (in this namespace) or `ClusterAccount` whose API key this Inbox uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub account_ref: Option<crate::account::AccountRef>,
+    pub account_ref: Option<Box<crate::account::AccountRef>>,
 }
 
 /// A valid label value: empty, or at most 63 of `[A-Za-z0-9-_.]` with alphanumeric ends

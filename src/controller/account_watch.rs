@@ -355,9 +355,11 @@ mod tests {
         let mut i = Inbox::new(
             name,
             InboxSpec {
-                account_ref: r.map(|(kind, n)| AccountRef {
-                    kind,
-                    name: n.into(),
+                account_ref: r.map(|(kind, n)| {
+                    Box::new(AccountRef {
+                        kind,
+                        name: n.into(),
+                    })
                 }),
                 credentials: creds.then(|| {
                     Box::new(CredentialsSpec {

@@ -37,12 +37,49 @@ pub struct CachedInbox {
     status: Option<CachedStatus>,
 }
 
-/// The status: every field but the conditions as is, the conditions compact.
+/// The status, compact: its strings boxed, its numbers in [`Numbers`], its conditions as
+/// [`CachedCondition`]s (224 bytes inline where an `InboxStatus` takes 360). Built and
+/// rebuilt by destructuring every field, so a field added to `InboxStatus` does not compile
+/// until it is kept here too.
 #[derive(Clone, Debug)]
 struct CachedStatus {
-    /// With `conditions` empty.
-    fields: InboxStatus,
+    /// `inboxId`, `address`, `displayName`, `domainId`, `state`, `createdAt`, `secretName`,
+    /// `configMapName`, `observedRefresh`.
+    text: [Option<Box<str>>; 9],
+    /// `dailySendLimit`, `sendsToday`, `sendsRemaining`, `totalSent`, `bounceCount`,
+    /// `complaintCount`, `observedGeneration`.
+    numbers: Numbers,
+    deletion_policy: Option<crd::DeletionPolicy>,
+    deletion_policy_source: Option<crd::DeletionPolicySource>,
     conditions: Box<[CachedCondition]>,
+}
+
+/// Seven optional numbers: the values and a bit per known one (64 bytes where seven
+/// `Option<i64>` take 112).
+#[derive(Clone, Copy, Debug)]
+struct Numbers {
+    values: [i64; 7],
+    known: u8,
+}
+
+impl Numbers {
+    fn new(numbers: [Option<i64>; 7]) -> Numbers {
+        let mut n = Numbers {
+            values: [0; 7],
+            known: 0,
+        };
+        for (i, v) in numbers.into_iter().enumerate() {
+            if let Some(v) = v {
+                n.values[i] = v;
+                n.known |= 1 << i;
+            }
+        }
+        n
+    }
+
+    fn get(&self) -> [Option<i64>; 7] {
+        std::array::from_fn(|i| (self.known & (1 << i) != 0).then_some(self.values[i]))
+    }
 }
 
 /// A condition whose type, status, reason and (when it is a common one) message are shared
@@ -108,10 +145,52 @@ impl CachedCondition {
 }
 
 impl From<InboxStatus> for CachedStatus {
-    fn from(mut fields: InboxStatus) -> Self {
-        let conditions = std::mem::take(&mut fields.conditions);
+    fn from(status: InboxStatus) -> Self {
+        let InboxStatus {
+            inbox_id,
+            address,
+            display_name,
+            domain_id,
+            state,
+            daily_send_limit,
+            sends_today,
+            sends_remaining,
+            total_sent,
+            bounce_count,
+            complaint_count,
+            created_at,
+            secret_name,
+            config_map_name,
+            observed_generation,
+            deletion_policy,
+            deletion_policy_source,
+            observed_refresh,
+            conditions,
+        } = status;
+        let text = [
+            inbox_id,
+            address,
+            display_name,
+            domain_id,
+            state,
+            created_at,
+            secret_name,
+            config_map_name,
+            observed_refresh,
+        ];
         CachedStatus {
-            fields,
+            text: text.map(|t| t.map(String::into_boxed_str)),
+            numbers: Numbers::new([
+                daily_send_limit,
+                sends_today,
+                sends_remaining,
+                total_sent,
+                bounce_count,
+                complaint_count,
+                observed_generation,
+            ]),
+            deletion_policy,
+            deletion_policy_source,
             conditions: conditions.into_iter().map(CachedCondition::from).collect(),
         }
     }
@@ -119,13 +198,50 @@ impl From<InboxStatus> for CachedStatus {
 
 impl CachedStatus {
     fn to_status(&self) -> InboxStatus {
+        let [
+            inbox_id,
+            address,
+            display_name,
+            domain_id,
+            state,
+            created_at,
+            secret_name,
+            config_map_name,
+            observed_refresh,
+        ] = self.text.clone().map(|t| t.map(String::from));
+        let [
+            daily_send_limit,
+            sends_today,
+            sends_remaining,
+            total_sent,
+            bounce_count,
+            complaint_count,
+            observed_generation,
+        ] = self.numbers.get();
         InboxStatus {
+            inbox_id,
+            address,
+            display_name,
+            domain_id,
+            state,
+            daily_send_limit,
+            sends_today,
+            sends_remaining,
+            total_sent,
+            bounce_count,
+            complaint_count,
+            created_at,
+            secret_name,
+            config_map_name,
+            observed_generation,
+            deletion_policy: self.deletion_policy,
+            deletion_policy_source: self.deletion_policy_source,
+            observed_refresh,
             conditions: self
                 .conditions
                 .iter()
                 .map(CachedCondition::to_condition)
                 .collect(),
-            ..self.fields.clone()
         }
     }
 }
@@ -263,7 +379,7 @@ impl InboxView for CachedInbox {
     }
 
     fn status_inbox_id(&self) -> Option<&str> {
-        self.status.as_ref()?.fields.inbox_id.as_deref()
+        self.status.as_ref()?.text[0].as_deref()
     }
 }
 
@@ -301,16 +417,31 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .into(),
         );
+        // Every field set, each to a value of its own: the round trip must keep them all.
         i.status = Some(InboxStatus {
             inbox_id: Some("inb_1".into()),
             address: Some("a@agentsend.dev".into()),
+            display_name: Some("A".into()),
+            domain_id: Some("dom_1".into()),
+            state: Some("active".into()),
+            daily_send_limit: Some(100),
             sends_today: Some(3),
+            sends_remaining: Some(97),
+            total_sent: Some(40),
+            bounce_count: Some(0),
+            complaint_count: Some(-1),
+            created_at: Some("2026-12-06T01:00:00.123Z".into()),
+            secret_name: Some("a-secret".into()),
+            config_map_name: Some("a-config".into()),
+            observed_generation: Some(2),
+            deletion_policy: Some(crd::DeletionPolicy::Orphan),
+            deletion_policy_source: Some(crd::DeletionPolicySource::Namespace),
+            observed_refresh: Some("r0".into()),
             conditions: vec![
                 condition("Ready", "True", "Ready", "inbox is ready"),
                 condition("Stalled", "False", "Ready", ""),
                 condition("Custom", "Maybe", "SomeoneElses", "written by another tool"),
             ],
-            ..Default::default()
         });
         i
     }
@@ -334,6 +465,20 @@ mod tests {
             .retain(|k, _| k.starts_with("agentsend.io/"));
         assert_eq!(rebuilt, expected);
         assert_eq!(expected.metadata.annotations.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn numbers_that_are_not_set_stay_unset() {
+        let mut partial = ready();
+        let status = partial.status.as_mut().unwrap();
+        (
+            status.sends_today,
+            status.bounce_count,
+            status.observed_generation,
+        ) = (None, Some(0), None);
+        let annotations = partial.metadata.annotations.as_mut().unwrap();
+        annotations.retain(|k, _| k.starts_with("agentsend.io/"));
+        assert_eq!(CachedInbox::from(partial.clone()).to_inbox(), partial);
     }
 
     #[test]

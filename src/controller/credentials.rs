@@ -222,7 +222,7 @@ impl Peer {
             seniority: seniority(inbox),
             holds_inbox: holds_inbox(inbox),
             deleting: meta.deletion_timestamp.is_some(),
-            account_ref: spec.account_ref.clone(),
+            account_ref: spec.account_ref.as_deref().cloned(),
             has_credentials: spec.credentials.is_some(),
             domain_id: spec.domain_id.clone(),
         }
@@ -656,7 +656,7 @@ mod tests {
         };
         let by_ref = |f: fn(&mut InboxSpec)| {
             inbox(|s| {
-                s.account_ref = cluster_ref("shared");
+                s.account_ref = cluster_ref("shared").map(Box::new);
                 f(s)
             })
         };
@@ -667,16 +667,16 @@ mod tests {
             }))
         });
         let both = inbox(|s| {
-            s.account_ref = cluster_ref("shared");
+            s.account_ref = cluster_ref("shared").map(Box::new);
             s.credentials = Some(Box::new(CredentialsSpec {
                 secret_ref: key_ref("mine"),
             }))
         });
         let account = inbox(|s| {
-            s.account_ref = Some(AccountRef {
+            s.account_ref = Some(Box::new(AccountRef {
                 kind: AccountKind::Account,
                 name: "team".into(),
-            })
+            }))
         });
         let ns_named = shared(|r| r.namespaces = Some(vec!["team-a".into()]));
         let ns_other = shared(|r| r.namespaces = Some(vec!["team-b".into()]));
@@ -1164,7 +1164,7 @@ mod tests {
         );
         assert!(in_use(&Source::OperatorDefault, "team-a").is_empty());
         let a = shared(|_| {});
-        let by_ref = inbox(|s| s.account_ref = cluster_ref("shared"));
+        let by_ref = inbox(|s| s.account_ref = cluster_ref("shared").map(Box::new));
         assert_eq!(
             may_use(&by_ref, Some(&a), None),
             vec![cluster.clone(), secret(OPS, "shared-key")]

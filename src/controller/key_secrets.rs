@@ -229,10 +229,10 @@ mod tests {
         use crate::crd::SecretKeyRef;
         let fixture = crate::controller::watches::tests::inbox;
         let mut by_account = (*fixture("a", "by-account", None)).clone();
-        by_account.spec.account_ref = Some(AccountRef {
+        by_account.spec.account_ref = Some(Box::new(AccountRef {
             kind: AccountKind::Account,
             name: "team".into(),
-        });
+        }));
         let all = [
             fixture("a", "one", Some("key")),
             fixture("a", "two", Some("other")),

@@ -188,7 +188,7 @@ async fn cluster_account_namespaces_by_name_and_by_label() {
         (them, "not-labelled", &by_label),
     ] {
         let spec = InboxSpec {
-            account_ref: account.reference(),
+            account_ref: account.reference().map(Box::new),
             ..Default::default()
         };
         create_in(&env, ns, name, spec).await;
@@ -241,7 +241,7 @@ async fn a_namespace_label_change_is_seen_at_once() {
     .await;
     let ns = tenant_ns.name();
     let spec = InboxSpec {
-        account_ref: ca.reference(),
+        account_ref: ca.reference().map(Box::new),
         ..Default::default()
     };
     create_in(&env, ns, "waiting", spec).await;
@@ -287,7 +287,7 @@ async fn cluster_account_domains_and_per_namespace_quota() {
     })
     .await;
     let spec = |domain: &str| InboxSpec {
-        account_ref: ca.reference(),
+        account_ref: ca.reference().map(Box::new),
         domain_id: Some(domain.into()),
         ..Default::default()
     };
@@ -389,7 +389,7 @@ async fn key_rotation_is_picked_up_without_restart(kind: AccountKind) {
         }
     };
     let spec = InboxSpec {
-        account_ref,
+        account_ref: account_ref.map(Box::new),
         ..Default::default()
     };
     let i = env.create_ready("rotating", spec).await;
@@ -449,10 +449,10 @@ async fn namespace_deletion_removes_inboxes_first_and_credentials_last_across_a_
         .await
         .unwrap();
     let spec = InboxSpec {
-        account_ref: Some(AccountRef {
+        account_ref: Some(Box::new(AccountRef {
             kind: AccountKind::Account,
             name: "doomed".into(),
-        }),
+        })),
         ..Default::default()
     };
     let i = env.create_ready("doomed", spec).await;
@@ -529,10 +529,10 @@ async fn unclaimed_inboxes_show_in_status_metrics_and_the_orphans_cli() {
     key_secret(&env.client, &ns, "leaky-key", key).await;
     account(&env.client, &ns, "leaky", "leaky-key").await;
     let spec = InboxSpec {
-        account_ref: Some(AccountRef {
+        account_ref: Some(Box::new(AccountRef {
             kind: AccountKind::Account,
             name: "leaky".into(),
-        }),
+        })),
         ..Default::default()
     };
     let claimed = env.create_ready("claimed", spec).await;
@@ -608,10 +608,10 @@ async fn account_status_shows_the_request_rate_and_429s() {
     key_secret(&env.client, &ns, "busy-key", key).await;
     account(&env.client, &ns, "busy", "busy-key").await;
     let spec = InboxSpec {
-        account_ref: Some(AccountRef {
+        account_ref: Some(Box::new(AccountRef {
             kind: AccountKind::Account,
             name: "busy".into(),
-        }),
+        })),
         ..Default::default()
     };
     env.create_ready("busy-0", spec.clone()).await;
@@ -683,7 +683,7 @@ async fn only_the_chosen_instance_writes_cluster_account_status() {
     })
     .await;
     let on_cluster = InboxSpec {
-        account_ref: ca.reference(),
+        account_ref: ca.reference().map(Box::new),
         ..Default::default()
     };
     env.create_ready("on-cluster", on_cluster).await;

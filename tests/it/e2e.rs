@@ -109,10 +109,10 @@ async fn accounts_never_show_their_key(env: &Env, op: &crate::support::Operator)
         .await
         .unwrap();
     let via = |name: &str| InboxSpec {
-        account_ref: Some(AccountRef {
+        account_ref: Some(Box::new(AccountRef {
             kind: AccountKind::Account,
             name: name.into(),
-        }),
+        })),
         ..Default::default()
     };
     let bound = env.create_ready("via-account", via("team")).await;
