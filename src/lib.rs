@@ -11,6 +11,7 @@
 
 pub mod account;
 pub mod agentsend;
+pub mod compact;
 pub mod controller;
 pub mod crd;
 pub mod import;

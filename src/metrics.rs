@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::compact::Numbers;
 use crate::crd::InboxStatus;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -279,7 +280,7 @@ impl Metrics {
     /// Export an Inbox's mirrored counters and readiness.
     pub fn observe_inbox(&self, namespace: &str, name: &str, status: &InboxStatus, ready: bool) {
         let sample = InboxSample {
-            counters: Counters::new([
+            counters: Numbers::new([
                 status.sends_today,
                 status.daily_send_limit,
                 status.sends_remaining,
@@ -325,41 +326,11 @@ const COUNTERS: [(&str, &str); 6] = [
 /// label set and atomic) per metric and Inbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct InboxSample {
-    /// Values of [`COUNTERS`].
-    counters: Counters,
+    /// Values of [`COUNTERS`] (an unknown one has no series).
+    counters: Numbers<6>,
     ready: bool,
     /// Index into [`STATES`]; `STATES.len()` for a state not among them.
     state: u8,
-}
-
-/// The six counters of an Inbox and which are known (an unknown one has no series): 56
-/// bytes where six `Option<i64>` take 96.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Counters {
-    values: [i64; 6],
-    /// Bit `i` set: `values[i]` is known.
-    known: u8,
-}
-
-impl Counters {
-    fn new(counters: [Option<i64>; 6]) -> Counters {
-        let mut c = Counters {
-            values: [0; 6],
-            known: 0,
-        };
-        for (i, v) in counters.into_iter().enumerate() {
-            if let Some(v) = v {
-                c.values[i] = v;
-                c.known |= 1 << i;
-            }
-        }
-        c
-    }
-
-    /// Counter `i` of [`COUNTERS`], if known.
-    fn get(&self, i: usize) -> Option<i64> {
-        (self.known & (1 << i) != 0).then(|| self.values[i])
-    }
 }
 
 fn state_index(state: Option<&str>) -> u8 {

@@ -24,6 +24,7 @@ use futures::channel::mpsc;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::agentsend::{AgentSendClient, ApiError, ApiKey, InboxState, RemoteInbox};
+use crate::compact::Numbers;
 use crate::crd::Inbox;
 
 /// While this process creates inboxes in an account, how many counter-sync rounds in a row
@@ -178,9 +179,7 @@ struct Observation {
     created_at: Option<Box<str>>,
     status: InboxState,
     /// `dailySendLimit`, `sendsToday`, `totalSent`, `bounceCount`, `complaintCount`.
-    counts: [i64; 5],
-    /// Bit `i` set: `counts[i]` is known.
-    known: u8,
+    counts: Numbers<5>,
     at: Instant,
 }
 
@@ -199,20 +198,13 @@ impl Observation {
             complaint_count,
             created_at,
         } = r;
-        let numbers = [
+        let counts = Numbers::new([
             daily_send_limit,
             sends_today,
             total_sent,
             bounce_count,
             complaint_count,
-        ];
-        let (mut counts, mut known) = ([0; 5], 0u8);
-        for (i, n) in numbers.into_iter().enumerate() {
-            if let Some(n) = n {
-                counts[i] = n;
-                known |= 1 << i;
-            }
-        }
+        ]);
         let boxed = |s: Option<String>| s.map(String::into_boxed_str);
         Observation {
             address: address.into_boxed_str(),
@@ -221,13 +213,8 @@ impl Observation {
             created_at: boxed(created_at),
             status,
             counts,
-            known,
             at,
         }
-    }
-
-    fn count(&self, i: usize) -> Option<i64> {
-        (self.known & (1 << i) != 0).then_some(self.counts[i])
     }
 
     /// The inbox `id` as observed.
@@ -239,11 +226,11 @@ impl Observation {
             display_name: text(&self.display_name),
             domain_id: text(&self.domain_id),
             status: self.status.clone(),
-            daily_send_limit: self.count(0),
-            sends_today: self.count(1),
-            total_sent: self.count(2),
-            bounce_count: self.count(3),
-            complaint_count: self.count(4),
+            daily_send_limit: self.counts.get(0),
+            sends_today: self.counts.get(1),
+            total_sent: self.counts.get(2),
+            bounce_count: self.counts.get(3),
+            complaint_count: self.counts.get(4),
             created_at: text(&self.created_at),
         }
     }
@@ -270,16 +257,14 @@ impl Observation {
             && same(&self.domain_id, domain_id)
             && same(&self.created_at, created_at)
             && self.status == *status
-            && [
-                *daily_send_limit,
-                *sends_today,
-                *total_sent,
-                *bounce_count,
-                *complaint_count,
-            ]
-            .into_iter()
-            .enumerate()
-            .all(|(i, n)| self.count(i) == n)
+            && self.counts.all()
+                == [
+                    *daily_send_limit,
+                    *sends_today,
+                    *total_sent,
+                    *bounce_count,
+                    *complaint_count,
+                ]
     }
 }
 

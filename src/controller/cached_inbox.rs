@@ -16,7 +16,7 @@ use kube::runtime::watcher;
 use kube::{Resource, core::NamespaceResourceScope};
 use serde::Deserialize;
 
-use super::words::Words;
+use crate::compact::{Numbers, Words};
 use crate::crd::{self, Condition, Inbox, InboxSpec, InboxStatus, InboxView};
 
 /// The prefix of every annotation the operator reads on an Inbox.
@@ -37,7 +37,7 @@ pub struct CachedInbox {
     status: Option<CachedStatus>,
 }
 
-/// The status, compact: its strings boxed, its numbers in [`Numbers`], its conditions as
+/// The status, compact: its strings boxed, its numbers as [`Numbers`], its conditions as
 /// [`CachedCondition`]s (224 bytes inline where an `InboxStatus` takes 360). Built and
 /// rebuilt by destructuring every field, so a field added to `InboxStatus` does not compile
 /// until it is kept here too.
@@ -48,38 +48,10 @@ struct CachedStatus {
     text: [Option<Box<str>>; 9],
     /// `dailySendLimit`, `sendsToday`, `sendsRemaining`, `totalSent`, `bounceCount`,
     /// `complaintCount`, `observedGeneration`.
-    numbers: Numbers,
+    numbers: Numbers<7>,
     deletion_policy: Option<crd::DeletionPolicy>,
     deletion_policy_source: Option<crd::DeletionPolicySource>,
     conditions: Box<[CachedCondition]>,
-}
-
-/// Seven optional numbers: the values and a bit per known one (64 bytes where seven
-/// `Option<i64>` take 112).
-#[derive(Clone, Copy, Debug)]
-struct Numbers {
-    values: [i64; 7],
-    known: u8,
-}
-
-impl Numbers {
-    fn new(numbers: [Option<i64>; 7]) -> Numbers {
-        let mut n = Numbers {
-            values: [0; 7],
-            known: 0,
-        };
-        for (i, v) in numbers.into_iter().enumerate() {
-            if let Some(v) = v {
-                n.values[i] = v;
-                n.known |= 1 << i;
-            }
-        }
-        n
-    }
-
-    fn get(&self) -> [Option<i64>; 7] {
-        std::array::from_fn(|i| (self.known & (1 << i) != 0).then_some(self.values[i]))
-    }
 }
 
 /// A condition whose type, status, reason and (when it is a common one) message are shared
@@ -217,7 +189,7 @@ impl CachedStatus {
             bounce_count,
             complaint_count,
             observed_generation,
-        ] = self.numbers.get();
+        ] = self.numbers.all();
         InboxStatus {
             inbox_id,
             address,

@@ -32,7 +32,6 @@ pub mod references;
 pub mod refresh;
 pub mod status;
 pub mod watches;
-pub mod words;
 pub mod written;
 
 use std::collections::HashMap;

@@ -18,7 +18,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 
 use super::decide;
-use super::words::Words;
+use crate::compact::Words;
 use crate::crd::{self, Inbox};
 
 /// Label or annotation pairs, in key order.
