@@ -879,6 +879,46 @@ mod tests {
         b.bound_to(key, &ids.map(|(_, ids)| ids).unwrap_or_default())
     }
 
+    /// A scan over several pages: each page's inboxes are compared and kept as they come; an
+    /// inbox changed on a later page and one gone from the account are both asked for; the
+    /// gone one is forgotten.
+    #[tokio::test]
+    async fn a_scan_over_pages_notices_changes_and_vanished_inboxes_on_every_page() {
+        let (sim, _handle, scans, key) = simulated_account().await;
+        let ids: Vec<String> = (0..250)
+            .map(|_| {
+                let created = sim.insert_inbox("acct", inbox_sim::CreateInbox::default());
+                created.unwrap().id
+            })
+            .collect();
+        let known = |scans: &ScanCache| lock(&scans.accounts)[&key].seen.len();
+        let mut first = scans.scan(&key, &ids).await.unwrap();
+        first.sort();
+        let mut all = ids.clone();
+        all.sort();
+        assert_eq!(first, all, "all new");
+        assert_eq!(known(&scans), 250);
+        // Every inbox reported as the client reads it (through the wire format).
+        for r in sim.inboxes("acct") {
+            let wire = serde_json::to_value(r).unwrap();
+            scans.reported(&key, &serde_json::from_value(wire).unwrap());
+        }
+        assert!(
+            scans.scan(&key, &ids).await.unwrap().is_empty(),
+            "nothing changed"
+        );
+
+        let (changed, gone) = (&ids[230], &ids[120]);
+        sim.update_inbox(changed, |r| r.sends_today = Some(42));
+        sim.delete_out_of_band(gone);
+        let mut news = scans.scan(&key, &ids).await.unwrap();
+        news.sort();
+        let mut want = vec![changed.clone(), gone.clone()];
+        want.sort();
+        assert_eq!(news, want);
+        assert_eq!(known(&scans), 249, "the gone one is forgotten");
+    }
+
     /// A change a scan saw is asked for at every counter-sync scan until a reconcile reports
     /// it — also when the scan that saw it was started by a reconcile (which triggers
     /// nothing), and a report of an older observation does not clear a newer change.
