@@ -137,6 +137,7 @@ impl Scanned {
         &mut self,
         started: Instant,
         watched: &[String],
+        wanted: &Wanted<'_>,
         new: &HashSet<String>,
     ) -> Vec<String> {
         let unreported = &mut self.unreported;
@@ -157,10 +158,10 @@ impl Scanned {
             })
             .cloned()
             .collect();
-        if !watched.is_empty() {
+        if !wanted.watched.is_empty() {
             // The counter sync passes every bound ID: nothing else needs a report.
-            let watched: HashSet<&str> = watched.iter().map(String::as_str).collect();
-            self.unreported.retain(|id| watched.contains(id.as_str()));
+            self.unreported
+                .retain(|id| wanted.watched.contains(id.as_str()));
         }
         changed
     }
@@ -451,7 +452,7 @@ impl ScanCache {
             acct.failed = Some((e.clone(), Instant::now()));
             return Err(e);
         }
-        let changed = acct.finish_scan(started, watched, &new);
+        let changed = acct.finish_scan(started, watched, &wanted, &new);
         acct.unbound = unbound;
         acct.scanned_at = Some(started);
         acct.scanned_wall = Some(wall);
