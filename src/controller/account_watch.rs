@@ -70,8 +70,7 @@ impl AccountCaches {
         let mut streams = Vec::new();
         for ns in namespaces {
             let api = watches::scoped_api::<Account>(client, ns.as_deref());
-            let (store, events) =
-                watches::cached(watcher(api, watches::watch_config()), synced, |_| {});
+            let (store, events) = watches::cached(watcher(api, watches::watch_config()), synced);
             stores.push(store);
             let events = changed(events.inspect_ok(own.observer()));
             let changes = watches::without_errors(events, "Accounts").filter_map(|a| async move {
@@ -84,8 +83,7 @@ impl AccountCaches {
             streams.push(changes.boxed());
         }
         let api: Api<ClusterAccount> = Api::all(client.clone());
-        let (cluster, events) =
-            watches::cached(watcher(api, watches::watch_config()), synced, |_| {});
+        let (cluster, events) = watches::cached(watcher(api, watches::watch_config()), synced);
         let events = changed(events.inspect_ok(own.observer()));
         let changes =
             watches::without_errors(events, "ClusterAccounts").filter_map(|a| async move {

@@ -443,7 +443,6 @@ impl Scope {
         let (inboxes, inbox_events) = watches::cached(
             watcher(inbox_api, inbox_config).map_ok(cached_inbox::from_watched),
             synced,
-            |_| {},
         );
         let (secrets, secret_events) =
             watches::owned_metadata(watches::owned_watch(secret_api), synced);

@@ -55,14 +55,12 @@ where
     }
 }
 
-/// Cache what the watch `events` lists, each object trimmed by `trim` first (to what decisions
-/// read), and count its first list towards readiness — once the cache holds it, so that
-/// nothing woken by readiness reads a cache still empty. Returns the cache and the stream of
-/// watch events, which must be polled for the cache to fill.
+/// Cache what the watch `events` lists, and count its first list towards readiness — once
+/// the cache holds it, so that nothing woken by readiness reads a cache still empty. Returns
+/// the cache and the stream of watch events, which must be polled for the cache to fill.
 pub(crate) fn cached<K>(
     events: impl Stream<Item = WatchResult<K>> + Send + 'static,
     synced: &Arc<CacheSync>,
-    trim: fn(&mut K),
 ) -> (
     Store<K>,
     impl Stream<Item = WatchResult<K>> + Send + 'static,
@@ -74,7 +72,6 @@ where
     let (reader, writer) = reflector::store::<K>();
     let stream = events
         .backoff(backoff())
-        .modify(trim)
         .reflect(writer)
         .inspect_ok(synced.observer());
     (reader, stream)
@@ -404,7 +401,7 @@ pub(crate) mod tests {
         // Readiness wakes work that reads the caches at once (releasing the key Secret of a
         // namespace being deleted): a cache still empty then would look like "nobody uses it".
         let (sync, slot, seen) = recording_sync(|s: &Store<Inbox>| s.state().len() == 1);
-        let (store, events) = cached(first_list((*inbox("ns", "a", None)).clone()), &sync, |_| {});
+        let (store, events) = cached(first_list((*inbox("ns", "a", None)).clone()), &sync);
         slot.set(store).ok();
         events.for_each(|_| async {}).await;
         assert_eq!(*seen.lock().unwrap(), Some(true));
