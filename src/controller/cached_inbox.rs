@@ -1,12 +1,12 @@
 //! The Inbox as the watch cache holds it ([`CachedInbox`]): what decisions read, in about
 //! half the memory of an [`Inbox`] (1.6 KB against 3.1 KB for a Ready one). The operator's
 //! annotations are a short list instead of a map (a `BTreeMap` allocates an 11-slot node for
-//! one entry), the status is packed ([`CachedStatus`]), the words of the conditions (type,
-//! status, reason, a Ready Inbox's messages) are shared instead of one string each, and
-//! whatever the operator never reads is dropped (managed fields, labels, foreign
-//! annotations). A pass rebuilds the
-//! full [`Inbox`] ([`CachedInbox::to_inbox`]); readers of the whole cache (account changes,
-//! quotas, key Secrets) read it in place, through [`InboxView`].
+//! one entry), the status is packed (strings boxed, numbers in one array), the words of the
+//! conditions (type, status, reason, a Ready Inbox's messages) are shared instead of one
+//! string each, and whatever the operator never reads is dropped (managed fields, labels,
+//! foreign annotations). A pass rebuilds the full [`Inbox`] ([`CachedInbox::to_inbox`]);
+//! readers of the whole cache (account changes, quotas, key Secrets) read it in place,
+//! through [`InboxView`].
 
 use std::borrow::Cow;
 use std::sync::{Arc, LazyLock};
