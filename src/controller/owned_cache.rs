@@ -2,7 +2,7 @@
 //! metadata-only watch. It keeps per object only what decisions read — its UID, owner
 //! references, labels, annotations and who owns which data key — as boxed slices, the
 //! strings every object repeats (the operator's keys, field manager and data fields, the
-//! owner's kind) as shared [`Words`]: ≈ 0.6 KB per object where a cached `PartialObjectMeta`
+//! owner's kind) as shared [`Words`]: ≈ 0.7 KB per object where a cached `PartialObjectMeta`
 //! took ≈ 2.3 KB (an `ObjectMeta` is 17 optional fields, and each label or annotation map is
 //! a ≈ 0.5 KB `BTreeMap` node whatever its size). A lookup rebuilds the `ObjectMeta` the
 //! planner reads.
