@@ -23,6 +23,17 @@ impl Words {
             .cloned()
             .unwrap_or_else(|| Arc::from(s))
     }
+
+    /// The position of `s` in the set, if it is one of the words and the set's first 256.
+    pub fn index(&self, s: &str) -> Option<u8> {
+        let i = self.0.iter().position(|w| &**w == s)?;
+        u8::try_from(i).ok()
+    }
+
+    /// The word at position `i` of [`Words::index`] (empty past the end).
+    pub fn at(&self, i: u8) -> &str {
+        self.0.get(usize::from(i)).map_or("", |w| w)
+    }
 }
 
 /// Up to eight optional numbers: the values and a bit per known one (`8 × N + 1` bytes where
@@ -74,6 +85,11 @@ mod tests {
         let (a, b) = (words.get("mine"), words.get("mine"));
         assert_eq!(a, b);
         assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!((words.index("True"), words.index("mine")), (Some(1), None));
+        assert_eq!(
+            (words.at(0), words.at(1), words.at(2)),
+            ("Ready", "True", "")
+        );
     }
 
     #[test]
