@@ -35,8 +35,9 @@ struct Entry {
 struct Index {
     /// UID → what it claims.
     by_uid: HashMap<Arc<str>, Entry>,
-    /// ID → UIDs naming it (almost always one).
-    by_id: HashMap<Arc<str>, Vec<Arc<str>>>,
+    /// ID → UIDs naming it (almost always one: a boxed slice, 16 bytes, where a `Vec`'s
+    /// first push reserves four).
+    by_id: HashMap<Arc<str>, Box<[Arc<str>]>>,
     /// During a relist: the UIDs listed so far (the others are dropped when it ends).
     relisting: Option<HashSet<Arc<str>>>,
 }
@@ -47,7 +48,7 @@ impl Index {
             return;
         };
         if let Some(uids) = self.by_id.get_mut(&entry.id) {
-            uids.retain(|u| u.as_ref() != uid);
+            *uids = uids.iter().filter(|u| u.as_ref() != uid).cloned().collect();
             if uids.is_empty() {
                 self.by_id.remove(&entry.id);
             }
@@ -76,7 +77,8 @@ impl Index {
                 Some((shared, _)) => shared.clone(),
                 None => id.into(),
             };
-            self.by_id.entry(id.clone()).or_default().push(uid.clone());
+            let uids = self.by_id.entry(id.clone()).or_default();
+            *uids = uids.iter().chain([&uid]).cloned().collect();
             let entry = Entry { id, owner, created };
             self.by_uid.insert(uid, entry);
         }
