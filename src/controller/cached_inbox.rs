@@ -1,5 +1,5 @@
 //! The Inbox as the watch cache holds it ([`CachedInbox`]): what decisions read, in
-//! less memory than an [`Inbox`] (1.6 KB against 2.8 KB for a Ready one). The operator's
+//! less memory than an [`Inbox`] (1.5 KB against 2.8 KB for a Ready one). The operator's
 //! annotations are a short list instead of a map (a `BTreeMap` allocates an 11-slot node for
 //! one entry), the status is packed (strings boxed, numbers in one array), a condition the
 //! operator wrote is four positions in a list of shared words and two numbers instead of
