@@ -56,10 +56,11 @@ struct CachedStatus {
     conditions: Box<[CachedCondition]>,
 }
 
-/// A condition. One the operator wrote (type, status, reason and message all [`WORDS`], the
-/// transition time a whole second in UTC: every condition of a Ready Inbox) is four word
-/// positions and two numbers, 32 bytes and no allocation; any other (an error's message, a
-/// status another tool wrote) is kept whole.
+/// A condition. One the operator wrote with a fixed message (type, status, reason and message
+/// all [`WORDS`], the transition time a whole second in UTC: a Ready Inbox's `Ready`,
+/// `Reconciling` and `Stalled`) is four word positions and two numbers, 32 bytes and no
+/// allocation; any other (a message with a count or an error in it, a status another tool
+/// wrote) is kept whole.
 #[derive(Clone, Debug)]
 enum CachedCondition {
     Common {
