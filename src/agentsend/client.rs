@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 
 use super::error::{ApiError, MAX_RETRY_AFTER, parse_retry_after, truncate};
 use super::limiter::{Aimd, AimdConfig};
-use super::types::{ApiKey, CreateInbox, InboxPage, RemoteInbox};
+use super::types::{ApiKey, CreateInbox, InboxPage, RemoteInbox, Snapshot};
 
 /// Largest response body read; anything bigger is an invalid response.
 pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
@@ -257,13 +257,38 @@ impl AgentSendClient {
         offset: u64,
     ) -> Result<InboxPage, ApiError> {
         let query = [("limit", limit.to_string()), ("offset", offset.to_string())];
-        self.retrying(|| {
-            self.send_json(
-                key,
-                Call::new("list", Method::GET, "/inboxes").query(&query),
-            )
+        self.retrying(|| async {
+            let call = Call::new("list", Method::GET, "/inboxes").query(&query);
+            let (bytes, date) = self.send(key, call).await?;
+            let mut page: InboxPage = parse_body(&bytes)?;
+            page.server_time = date;
+            Ok(page)
         })
         .await
+    }
+
+    /// Every inbox of the account ([`list_all`](Self::list_all)), with the server's clock at
+    /// the first page: what proves that an address was absent before a create was sent.
+    pub async fn list_snapshot(&self, key: &ApiKey) -> Result<Snapshot, ApiError> {
+        let mut seen = std::collections::HashSet::new();
+        let mut inboxes = Vec::new();
+        let mut server_time = None;
+        let mut first = true;
+        self.list_dated_pages(key, |page, date| {
+            if std::mem::take(&mut first) {
+                server_time = date;
+            }
+            for inbox in page {
+                if seen.insert(inbox.id.clone()) {
+                    inboxes.push(inbox);
+                }
+            }
+        })
+        .await?;
+        Ok(Snapshot {
+            inboxes,
+            server_time,
+        })
     }
 
     /// Every inbox of the account, in pages of 100 (ceil(N/100) requests).
@@ -305,6 +330,15 @@ impl AgentSendClient {
         key: &ApiKey,
         mut on_page: impl FnMut(Vec<RemoteInbox>),
     ) -> Result<(), ApiError> {
+        self.list_dated_pages(key, |page, _| on_page(page)).await
+    }
+
+    /// [`list_pages`](Self::list_pages), with each page's server time.
+    async fn list_dated_pages(
+        &self,
+        key: &ApiKey,
+        mut on_page: impl FnMut(Vec<RemoteInbox>, Option<i64>),
+    ) -> Result<(), ApiError> {
         let mut offset = 0u64;
         let mut pages = 0u64;
         loop {
@@ -312,7 +346,7 @@ impl AgentSendClient {
             pages += 1;
             let n = page.data.len() as u64;
             let next = next_page(offset, n, page.total, page.limit, pages);
-            on_page(page.data);
+            on_page(page.data, page.server_time);
             match next {
                 Some(o) => offset = o,
                 None => return Ok(()),
@@ -355,14 +389,13 @@ impl AgentSendClient {
         key: &ApiKey,
         call: Call<'_>,
     ) -> Result<T, ApiError> {
-        let bytes = self.send(key, call).await?;
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidResponse {
-            message: truncate(&format!("{e}"), 200),
-        })
+        let (bytes, _) = self.send(key, call).await?;
+        parse_body(&bytes)
     }
 
     /// One HTTP exchange under the account's budget, the concurrency bound and the ceiling.
-    async fn send(&self, key: &ApiKey, call: Call<'_>) -> Result<Vec<u8>, ApiError> {
+    /// Returns the body and the server's clock (its `Date` header, Unix seconds).
+    async fn send(&self, key: &ApiKey, call: Call<'_>) -> Result<(Vec<u8>, Option<i64>), ApiError> {
         let Call {
             route,
             method,
@@ -402,16 +435,16 @@ impl AgentSendClient {
         let started = Instant::now();
         let result = self.exchange(req).await;
         let status_label = match &result {
-            Ok((s, _, _)) => s.as_str().to_string(),
+            Ok((s, _, _, _)) => s.as_str().to_string(),
             Err(_) => "error".to_string(),
         };
         if let Some(obs) = &self.inner.observer {
             obs(route, &status_label, started.elapsed());
         }
-        let (status, retry_after, bytes) = result?;
+        let (status, retry_after, bytes, date) = result?;
         if status.is_success() {
             self.answered(key, started, None);
-            return Ok(bytes);
+            return Ok((bytes, date));
         }
         let retry_after = retry_after.map(|d| d.min(self.inner.opts.max_retry_after));
         let err = ApiError::from_status(status.as_u16(), retry_after, &bytes);
@@ -515,9 +548,16 @@ impl AgentSendClient {
     async fn exchange(
         &self,
         req: reqwest::RequestBuilder,
-    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>), ApiError> {
+    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>, Option<i64>), ApiError> {
         let mut resp = req.send().await.map_err(transport_error)?;
         let status = resp.status();
+        let date = resp
+            .headers()
+            .get("date")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .and_then(|d| i64::try_from(d.as_secs()).ok());
         let retry_after = resp
             .headers()
             .get("retry-after")
@@ -532,7 +572,7 @@ impl AgentSendClient {
             }
             bytes.extend_from_slice(&chunk);
         }
-        Ok((status, retry_after, bytes))
+        Ok((status, retry_after, bytes, date))
     }
 
     /// How long calls for this account are held back by a 429, if at all.
@@ -554,6 +594,13 @@ impl AgentSendClient {
     pub fn account_rate(&self, key: &ApiKey) -> Option<f64> {
         self.account(key, |a| a.aimd.rate())
     }
+}
+
+/// A JSON body, or why it is unreadable.
+fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidResponse {
+        message: truncate(&format!("{e}"), 200),
+    })
 }
 
 /// The error of a call held back by a pause of `left`.

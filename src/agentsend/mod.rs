@@ -16,4 +16,4 @@ pub use error::{
     ApiError, MAX_MESSAGE_LEN, MAX_RETRY_AFTER, error_message, parse_retry_after, truncate,
 };
 pub use limiter::{Aimd, AimdConfig};
-pub use types::{ApiKey, CreateInbox, InboxPage, InboxState, RemoteInbox, SHARED_DOMAIN};
+pub use types::{ApiKey, CreateInbox, InboxPage, InboxState, RemoteInbox, SHARED_DOMAIN, Snapshot};

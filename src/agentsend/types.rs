@@ -179,6 +179,20 @@ pub struct InboxPage {
     /// Offset of this page.
     #[serde(default)]
     pub offset: Option<u64>,
+    /// The server's clock when it answered (its `Date` header), in Unix seconds; not part of
+    /// the body.
+    #[serde(skip)]
+    pub server_time: Option<i64>,
+}
+
+/// Every inbox of an account, as one listing saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The inboxes (duplicates from shifting pages dropped).
+    pub inboxes: Vec<RemoteInbox>,
+    /// The server's clock (Unix seconds, from its `Date` header) when it answered the first
+    /// page: every inbox created before then, and not deleted meanwhile, is in `inboxes`.
+    pub server_time: Option<i64>,
 }
 
 #[cfg(test)]
