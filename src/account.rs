@@ -125,6 +125,21 @@ pub struct ClusterAccountSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("minimum" = 0))]
     pub max_inboxes_per_namespace: Option<i32>,
+    /// Whether Inboxes may take existing inboxes of this account: `spec.inboxId` adoption and
+    /// `managementPolicy: Observe` binding (omitted: `Allow`). With `Deny`, Inboxes on this
+    /// account only ever get inboxes the operator created for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adoption_policy: Option<AdoptionPolicy>,
+}
+
+/// Whether a `ClusterAccount` lets Inboxes take existing inboxes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum AdoptionPolicy {
+    /// `spec.inboxId` and `managementPolicy: Observe` may bind existing inboxes.
+    #[default]
+    Allow,
+    /// Refused (`AccountRefused`, no AgentSend call): every inbox is one the operator made.
+    Deny,
 }
 
 /// Observed state of an account.

@@ -11,12 +11,20 @@ use serde::{Deserialize, Serialize};
 
 /// Finalizer that guards the AgentSend inbox and the owned Secret.
 pub const FINALIZER: &str = "agentsend.io/finalizer";
-/// Annotation holding the bound AgentSend inbox ID (survives a lost status).
+/// Annotation holding the bound AgentSend inbox ID (survives a lost status). Acted on only
+/// with [`ANNOTATION_INBOX_ID_PROOF`].
 pub const ANNOTATION_INBOX_ID: &str = "agentsend.io/inbox-id";
-/// Annotation persisted before a create call; its value is the RFC 3339 time of the attempt.
+/// The operator's proof that it bound this Inbox (namespace and name) to the ID of
+/// [`ANNOTATION_INBOX_ID`], and in which account (a keyed MAC; see `controller::proof`).
+pub const ANNOTATION_INBOX_ID_PROOF: &str = "agentsend.io/inbox-id-proof";
+/// Annotation persisted before a create call; its value is the address being created (an
+/// RFC 3339 time in marks written by versions before 0.1 that let AgentSend choose).
 pub const ANNOTATION_CREATE_PENDING: &str = "agentsend.io/create-pending";
-/// When the create-pending mark was written (RFC 3339, the operator's clock): recovery binds
-/// the pending address only if AgentSend created it after this (minus clock skew).
+/// The operator's proof that it started the create of [`ANNOTATION_CREATE_PENDING`]'s
+/// address for this Inbox, and how the address was chosen (generated, or seen absent).
+pub const ANNOTATION_CREATE_PENDING_PROOF: &str = "agentsend.io/create-pending-proof";
+/// When the create-pending mark was written (RFC 3339, the operator's clock). Informational:
+/// no decision rests on it.
 pub const ANNOTATION_CREATE_PENDING_SINCE: &str = "agentsend.io/create-pending-since";
 /// Annotation users set to `"true"` to pause all AgentSend calls and Secret writes.
 pub const ANNOTATION_PAUSED: &str = "agentsend.io/paused";
@@ -84,8 +92,15 @@ pub enum Reason {
     AccountRefused,
     /// An identity field changed after creation.
     ImmutableFieldChanged,
-    /// An interrupted create left several candidate inboxes.
+    /// An interrupted create may have made an inbox that cannot be proven this Inbox's: it
+    /// is named, never bound and never deleted.
     CreationUncertain,
+    /// The credentials now reach another AgentSend account than the one the inbox was bound
+    /// in: nothing is created, and deletion waits (or, with `Orphan`, releases).
+    AccountChanged,
+    /// Whether another Inbox owns the inbox cannot be checked now (the cluster-wide Inbox
+    /// list failed): adoption, recovery and deletion wait.
+    OwnershipUnverified,
     /// The user paused the Inbox (`agentsend.io/paused`).
     Paused,
     /// The Inbox is being deleted.
@@ -102,7 +117,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, for exhaustive checks.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 19] = [
         Reason::Ready,
         Reason::UpToDate,
         Reason::Creating,
@@ -114,6 +129,8 @@ impl Reason {
         Reason::AccountRefused,
         Reason::ImmutableFieldChanged,
         Reason::CreationUncertain,
+        Reason::AccountChanged,
+        Reason::OwnershipUnverified,
         Reason::Paused,
         Reason::Deleting,
         Reason::ApiUnavailable,
@@ -136,6 +153,8 @@ impl Reason {
             Reason::AccountRefused => "AccountRefused",
             Reason::ImmutableFieldChanged => "ImmutableFieldChanged",
             Reason::CreationUncertain => "CreationUncertain",
+            Reason::AccountChanged => "AccountChanged",
+            Reason::OwnershipUnverified => "OwnershipUnverified",
             Reason::Paused => "Paused",
             Reason::Deleting => "Deleting",
             Reason::ApiUnavailable => "ApiUnavailable",
@@ -597,9 +616,9 @@ impl Inbox {
             .map(String::as_str)
     }
 
-    /// The AgentSend inbox this Inbox is bound to (see [`InboxView::bound_inbox_id`]).
-    pub fn bound_inbox_id(&self) -> Option<String> {
-        InboxView::bound_inbox_id(self)
+    /// The inbox ID this Inbox names, proven or not (see [`InboxView::named_inbox_id`]).
+    pub fn named_inbox_id(&self) -> Option<String> {
+        InboxView::named_inbox_id(self)
     }
 }
 
@@ -612,10 +631,11 @@ pub trait InboxView: kube::Resource<DynamicType = ()> + HasSpec<Spec = InboxSpec
     /// `status.inboxId`.
     fn status_inbox_id(&self) -> Option<&str>;
 
-    /// The AgentSend inbox this Inbox is bound to: the annotation, else (annotation absent,
-    /// e.g. after a restore that kept status) status. An empty annotation means explicitly
-    /// unbound (the inbox vanished and a replacement is being created).
-    fn bound_inbox_id(&self) -> Option<String> {
+    /// The AgentSend inbox this Inbox names: the annotation, else (annotation absent, e.g.
+    /// after a GitOps replace) status; an empty annotation names none. Proven or not: for
+    /// counting and reports only. What the operator acts on is the binding it can prove
+    /// (`controller::proof::ProofKey::binding`).
+    fn named_inbox_id(&self) -> Option<String> {
         match self.annotation(ANNOTATION_INBOX_ID) {
             Some(id) if !id.is_empty() => Some(id.to_string()),
             Some(_) => None,

@@ -58,6 +58,9 @@ pub enum StartupError {
         "the Inbox CRD (inboxes.agentsend.io) is not installed: run `inbox-operator crd | kubectl create -f -` (or apply crds/inboxes.agentsend.io.yaml)"
     )]
     CrdMissing,
+    /// The proof key cannot be read or made.
+    #[error("{0}")]
+    ProofKey(#[from] controller::proof_store::ProofKeyError),
     /// RBAC does not allow listing Inboxes.
     #[error(
         "not allowed to list Inboxes ({0}); apply the RBAC in deploy/ for the operator's ServiceAccount"
@@ -274,6 +277,9 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
     };
     let client = kube_client().await?;
     check_crd(&client, &args).await?;
+    let operator_namespace =
+        crate::account::operator_namespace_or(args.operator_namespace.as_deref());
+    let proof_key = controller::proof_store::load_or_create(&client, &operator_namespace).await?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     serve_metrics(&args, &client, &metrics, &health).await?;
@@ -288,11 +294,10 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         reporter: "inbox-operator".into(),
         instance: Some(identity.clone()),
         gate: gate.clone(),
-        operator_namespace: crate::account::operator_namespace_or(
-            args.operator_namespace.as_deref(),
-        ),
+        operator_namespace,
         account_status: args.account_status,
         max_retry_delay: args.max_retry_delay,
+        proof_key: Some(proof_key),
     };
     info!(
         url = %args.endpoint.agentsend_url,

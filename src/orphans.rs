@@ -57,7 +57,7 @@ pub async fn run(args: &OrphansArgs) -> Result<String, OrphansError> {
         .await?
         .items
         .iter()
-        .filter_map(Inbox::bound_inbox_id)
+        .filter_map(Inbox::named_inbox_id)
         .collect();
     let (_, unclaimed) = tally(&listed, &claimed);
     let mut out = format!(

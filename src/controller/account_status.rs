@@ -157,7 +157,7 @@ pub fn render(
 pub(crate) fn claimed_ids(ctx: &Context) -> HashSet<String> {
     let mut ids: HashSet<String> = all_inboxes(ctx)
         .iter()
-        .filter_map(|i| i.bound_inbox_id())
+        .filter_map(|i| i.named_inbox_id())
         .collect();
     if let Some((index, _)) = &ctx.claims_index {
         ids.extend(

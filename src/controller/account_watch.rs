@@ -309,7 +309,7 @@ pub fn peers(ctx: &Context, inbox: &Inbox) -> Vec<Peer> {
         .iter()
         .flat_map(|s| s.state())
         .filter(|i| i.metadata.namespace.as_deref() == ns && i.metadata.uid != inbox.metadata.uid)
-        .map(|i| Peer::of(&*i))
+        .map(|i| Peer::of(&*i, &ctx.proof))
         .collect()
 }
 

@@ -494,7 +494,7 @@ mod tests {
     #[test]
     fn readers_of_the_cache_see_the_binding_and_conditions() {
         let cached = CachedInbox::from(ready());
-        assert_eq!(cached.bound_inbox_id().as_deref(), Some("inb_1"));
+        assert_eq!(cached.named_inbox_id().as_deref(), Some("inb_1"));
         assert_eq!(cached.annotation(crd::ANNOTATION_REFRESH), Some("r1"));
         assert_eq!(
             cached.annotation("argocd.argoproj.io/tracking-id"),
@@ -509,7 +509,7 @@ mod tests {
         let mut restored = ready();
         restored.metadata.annotations = None;
         assert_eq!(
-            CachedInbox::from(restored).bound_inbox_id().as_deref(),
+            CachedInbox::from(restored).named_inbox_id().as_deref(),
             Some("inb_1")
         );
     }

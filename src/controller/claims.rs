@@ -9,6 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use kube::Resource;
 use kube::runtime::watcher;
 
+use super::proof::ProofKey;
+
 /// One Inbox naming an inbox ID.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claimant {
@@ -96,8 +98,12 @@ impl ClaimIndex {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Follow one event of the watch (`claimed`: the ID an object names, if any).
-    pub fn apply<K: Resource>(&self, event: &watcher::Event<K>, claimed: fn(&K) -> Option<String>) {
+    /// Follow one event of the watch (`claimed`: the ID an object is bound to, if any).
+    pub fn apply<K: Resource>(
+        &self,
+        event: &watcher::Event<K>,
+        claimed: impl Fn(&K) -> Option<String>,
+    ) {
         let mut index = self.lock();
         match event {
             watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
@@ -153,15 +159,24 @@ impl ClaimIndex {
     }
 }
 
-/// The ID the `agentsend.io/inbox-id` annotation names (the claim a metadata-only view of an
-/// Inbox shows).
-pub fn annotated_id<K: Resource>(obj: &K) -> Option<String> {
-    obj.meta()
-        .annotations
-        .as_ref()?
+/// The ID a metadata-only view of an Inbox is bound to on proof: its
+/// `agentsend.io/inbox-id` annotation with a valid proof (status is not in that view). An
+/// annotation a tenant wrote claims nothing.
+pub fn proven_id<K: Resource>(proof: &ProofKey, obj: &K) -> Option<String> {
+    let m = obj.meta();
+    let annotations = m.annotations.as_ref()?;
+    let id = annotations
         .get(crate::crd::ANNOTATION_INBOX_ID)
-        .filter(|id| !id.is_empty())
-        .cloned()
+        .filter(|id| !id.is_empty())?;
+    let given = annotations.get(crate::crd::ANNOTATION_INBOX_ID_PROOF)?;
+    proof
+        .verify_binding(
+            m.namespace.as_deref().unwrap_or_default(),
+            m.name.as_deref().unwrap_or_default(),
+            id,
+            given,
+        )
+        .map(|_| id.clone())
 }
 
 fn claimant<K: Resource>(obj: &K) -> Option<Claimant> {

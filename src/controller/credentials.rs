@@ -20,7 +20,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 
 use super::plan::Credentials;
-use crate::account::{AccountKind, AccountRef, ClusterAccount, ClusterAccountSpec};
+use super::proof::{Pending, ProofKey};
+use crate::account::{AccountKind, AccountRef, AdoptionPolicy, ClusterAccount, ClusterAccountSpec};
 use crate::agentsend::ApiKey;
 use crate::crd::{Inbox, InboxView, SecretKeyRef};
 
@@ -156,6 +157,8 @@ pub struct Rules {
     pub allowed_domain_ids: Option<Vec<String>>,
     /// Inboxes per namespace.
     pub max_inboxes_per_namespace: Option<i32>,
+    /// Whether existing inboxes may be adopted or observed through it.
+    pub adoption_policy: AdoptionPolicy,
 }
 
 impl AccountInfo {
@@ -171,6 +174,7 @@ impl AccountInfo {
                 namespaces: spec.namespaces.clone(),
                 allowed_domain_ids: spec.allowed_domain_ids.clone(),
                 max_inboxes_per_namespace: spec.max_inboxes_per_namespace,
+                adoption_policy: spec.adoption_policy.unwrap_or_default(),
             },
         }
     }
@@ -201,7 +205,7 @@ pub struct Peer {
     pub name: String,
     /// Creation time and UID: the older Inbox gets a free slot first.
     pub seniority: (Option<jiff::Timestamp>, String),
-    /// Bound to an inbox, or its create is in flight: it holds a slot.
+    /// Bound to an inbox, or its create is in flight, on proof: it holds a slot.
     pub holds_inbox: bool,
     /// Being deleted.
     pub deleting: bool,
@@ -215,12 +219,12 @@ pub struct Peer {
 
 impl Peer {
     /// The quota's view of `inbox`.
-    pub fn of<I: InboxView>(inbox: &I) -> Self {
+    pub fn of<I: InboxView>(inbox: &I, proof: &ProofKey) -> Self {
         let (meta, spec) = (inbox.meta(), inbox.spec());
         Peer {
             name: meta.name.clone().unwrap_or_default(),
             seniority: seniority(inbox),
-            holds_inbox: holds_inbox(inbox),
+            holds_inbox: holds_inbox(inbox, proof),
             deleting: meta.deletion_timestamp.is_some(),
             account_ref: spec.account_ref.as_deref().cloned(),
             has_credentials: spec.credentials.is_some(),
@@ -237,11 +241,14 @@ fn seniority<I: InboxView>(inbox: &I) -> (Option<jiff::Timestamp>, String) {
     )
 }
 
-fn holds_inbox<I: InboxView>(inbox: &I) -> bool {
-    inbox.bound_inbox_id().is_some()
-        || inbox
-            .annotation(crate::crd::ANNOTATION_CREATE_PENDING)
-            .is_some()
+/// Whether `inbox` holds a quota slot: bound, or its create in flight, on proof (an
+/// annotation a tenant wrote holds nothing, so it can neither take a slot nor skip the quota).
+pub fn holds_inbox<I: InboxView>(inbox: &I, proof: &ProofKey) -> bool {
+    proof.binding(inbox).is_some()
+        || matches!(
+            proof.pending(inbox),
+            Some(Pending::Proven { .. } | Pending::Legacy(_))
+        )
 }
 
 /// Everything the resolution reads.
@@ -257,6 +264,8 @@ pub struct Inputs {
     pub peers: Vec<Peer>,
     /// The pass deletes the Inbox: only the key matters.
     pub cleanup: bool,
+    /// This Inbox holds a quota slot ([`holds_inbox`]).
+    pub holds_inbox: bool,
 }
 
 /// Where the key comes from.
@@ -381,7 +390,28 @@ fn rule_refusal(inbox: &Inbox, inputs: &Inputs, account: &AccountInfo) -> Option
             ));
         }
     }
+    if let Some(msg) = adoption_refusal(inbox, inputs, account) {
+        return Some(msg);
+    }
     quota_refusal(inbox, inputs, account)
+}
+
+/// `adoptionPolicy: Deny`: an Inbox not yet bound may not take an existing inbox.
+fn adoption_refusal(inbox: &Inbox, inputs: &Inputs, account: &AccountInfo) -> Option<String> {
+    if account.rules.adoption_policy != AdoptionPolicy::Deny || inputs.holds_inbox {
+        return None;
+    }
+    let how = if inbox.spec.inbox_id.is_some() {
+        "spec.inboxId adoption"
+    } else if inbox.is_observe_only() {
+        "managementPolicy Observe"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{} {:?} refuses {how} (adoptionPolicy: Deny): Inboxes on it get only inboxes the operator creates for them; remove spec.inboxId and managementPolicy Observe, or use another account",
+        account.kind, account.name
+    ))
 }
 
 /// Whether `account` allows `domain` (`None`: the shared domain).
@@ -435,7 +465,7 @@ fn namespace_refusal(ns: &str, inputs: &Inputs, account: &AccountInfo) -> Option
 /// refused by the quota.
 fn quota_refusal(inbox: &Inbox, inputs: &Inputs, account: &AccountInfo) -> Option<String> {
     let max = account.rules.max_inboxes_per_namespace?;
-    if holds_inbox(inbox) {
+    if inputs.holds_inbox {
         return None;
     }
     let me = seniority(inbox);
@@ -895,10 +925,48 @@ mod tests {
             ),
             (
                 "quota: an Inbox holding its inbox keeps it",
-                by_ref(|_| {}).with_id(),
+                by_ref(|_| {}),
                 Inputs {
                     referenced: Some(quota(0)),
                     peers: vec![older_holding.clone()],
+                    holds_inbox: true,
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "adoptionPolicy Deny: spec.inboxId adoption refused, no API call",
+                by_ref(|s| s.inbox_id = Some("inb_1".into())),
+                Inputs {
+                    referenced: Some(shared(|r| r.adoption_policy = AdoptionPolicy::Deny)),
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" refuses spec.inboxId adoption (adoptionPolicy: Deny): Inboxes on it get only inboxes the operator creates for them; remove spec.inboxId and managementPolicy Observe, or use another account"#,
+            ),
+            (
+                "adoptionPolicy Deny: Observe binding refused",
+                by_ref(|s| s.management_policy = crate::crd::ManagementPolicy::Observe),
+                Inputs {
+                    referenced: Some(shared(|r| r.adoption_policy = AdoptionPolicy::Deny)),
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" refuses managementPolicy Observe (adoptionPolicy: Deny): Inboxes on it get only inboxes the operator creates for them; remove spec.inboxId and managementPolicy Observe, or use another account"#,
+            ),
+            (
+                "adoptionPolicy Deny: creating is fine",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(shared(|r| r.adoption_policy = AdoptionPolicy::Deny)),
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "adoptionPolicy Deny set after an adoption: the bound Inbox keeps its inbox",
+                by_ref(|s| s.inbox_id = Some("inb_1".into())),
+                Inputs {
+                    referenced: Some(shared(|r| r.adoption_policy = AdoptionPolicy::Deny)),
+                    holds_inbox: true,
                     ..Default::default()
                 },
                 "shared",
@@ -1009,15 +1077,61 @@ mod tests {
         }
     }
 
-    trait WithId {
-        fn with_id(self) -> Self;
-    }
-    impl WithId for Inbox {
-        fn with_id(mut self) -> Self {
-            use kube::ResourceExt;
-            self.annotations_mut()
-                .insert(crate::crd::ANNOTATION_INBOX_ID.into(), "inb_1".into());
-            self
+    /// What holds a quota slot: proven bindings and proven pending creates, never a tenant's
+    /// annotations.
+    #[test]
+    fn only_proven_bindings_and_creates_hold_a_slot() {
+        use crate::controller::proof::Origin;
+        use crate::crd::{ANNOTATION_CREATE_PENDING, ANNOTATION_CREATE_PENDING_PROOF};
+        use crate::crd::{ANNOTATION_INBOX_ID, ANNOTATION_INBOX_ID_PROOF};
+        use kube::ResourceExt;
+        let pk = ProofKey::from_bytes(&[3u8; 32]).unwrap();
+        let with = |pairs: &[(&str, String)]| {
+            let mut i = inbox(|_| {});
+            i.metadata.name = Some("mail".into());
+            for (k, v) in pairs {
+                i.annotations_mut().insert(k.to_string(), v.clone());
+            }
+            i
+        };
+        let ns = "team-a";
+        let rows = [
+            ("nothing", with(&[]), false),
+            (
+                "a forged inbox-id",
+                with(&[(ANNOTATION_INBOX_ID, "inb_1".into())]),
+                false,
+            ),
+            (
+                "a forged pending mark",
+                with(&[(ANNOTATION_CREATE_PENDING, "a@agentsend.io".into())]),
+                false,
+            ),
+            (
+                "a proven binding",
+                with(&[
+                    (ANNOTATION_INBOX_ID, "inb_1".into()),
+                    (
+                        ANNOTATION_INBOX_ID_PROOF,
+                        pk.binding_proof(ns, "mail", "inb_1", "fp"),
+                    ),
+                ]),
+                true,
+            ),
+            (
+                "a proven pending create",
+                with(&[
+                    (ANNOTATION_CREATE_PENDING, "a@agentsend.io".into()),
+                    (
+                        ANNOTATION_CREATE_PENDING_PROOF,
+                        pk.pending_proof(ns, "mail", "a@agentsend.io", Origin::Random),
+                    ),
+                ]),
+                true,
+            ),
+        ];
+        for (what, i, holds) in rows {
+            assert_eq!(holds_inbox(&i, &pk), holds, "{what}");
         }
     }
 

@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 };
 use kube::Resource;
 
+use super::proof::Origin;
 use crate::agentsend::{CreateInbox, RemoteInbox, SHARED_DOMAIN};
 use crate::crd::{self, DeletionPolicy, DeletionPolicySource, Inbox, InboxSpec};
 
@@ -152,63 +153,61 @@ pub fn address_to_create(spec: &InboxSpec, previous: Option<&str>, local: &str) 
     }
 }
 
-/// The value of the `agentsend.io/create-pending` annotation.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PendingMark<'a> {
-    /// The address being created (this version).
-    Address(&'a str),
-    /// A timestamp: a create started by a version that let AgentSend choose the address.
-    Legacy(jiff::Timestamp),
-}
-
-impl<'a> PendingMark<'a> {
-    /// Read the annotation's value. Addresses never parse as RFC 3339 timestamps (no `:`).
-    pub fn parse(value: &'a str) -> PendingMark<'a> {
-        match value.parse::<jiff::Timestamp>() {
-            Ok(t) => PendingMark::Legacy(t),
-            Err(_) => PendingMark::Address(value),
-        }
-    }
-}
-
 /// Where the address of a pending create stands in the account.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AddressLookup {
-    /// The account holds it, created after the mark (minus [`CLOCK_SKEW`]): our create.
+    /// The account holds it, and the mark's proof shows it cannot have existed before this
+    /// Inbox's create: our create.
     Ours(RemoteInbox),
-    /// The account holds it but it existed before the mark (or its age cannot be told for an
-    /// address the user chose): someone else's inbox, never bound.
+    /// The account holds it, and nothing proves it is ours (it existed before the listing that
+    /// found the address absent, or was created after the create could have been sent):
+    /// someone else's inbox, never bound.
     Older(RemoteInbox),
     /// Not in the account: the create did not happen (yet).
     Absent,
 }
 
-/// Look up the pending create's `address` among the account's inboxes (exact match, same
-/// domain). `since` is the mark's time.
+/// How long after the listing that found a chosen address absent an inbox of that address
+/// can still be this Inbox's create: the create is sent in the same pass, seconds later;
+/// the margin covers a slow API that commits late. An inbox of the address created later
+/// was not created by this Inbox.
+pub const CREATE_WINDOW: Duration = Duration::from_secs(600);
+
+/// The inbox of the account that holds `address` (exact match, same domain), if any.
+pub fn holder_of<'c>(
+    spec: &InboxSpec,
+    address: &str,
+    candidates: &'c [RemoteInbox],
+) -> Option<&'c RemoteInbox> {
+    candidates
+        .iter()
+        .find(|c| address_matches(address, &c.address) && c.domain_id == spec.domain_id)
+}
+
+/// Look up the pending create's `address` among the account's inboxes, and decide from the
+/// mark's proven `origin` whether an inbox found there is this Inbox's: a generated address
+/// is nobody else's; a chosen one is ours only if it was created within [`CREATE_WINDOW`]
+/// after the listing that found it absent (both times from the API's clock, so no skew).
 pub fn find_address(
     spec: &InboxSpec,
     address: &str,
-    since: Option<jiff::Timestamp>,
+    origin: Origin,
     candidates: &[RemoteInbox],
 ) -> AddressLookup {
-    let Some(found) = candidates
-        .iter()
-        .find(|c| address_matches(address, &c.address) && c.domain_id == spec.domain_id)
-    else {
+    let Some(found) = holder_of(spec, address, candidates) else {
         return AddressLookup::Absent;
     };
-    let not_before = since.and_then(|t| {
-        t.checked_sub(jiff::SignedDuration::try_from(CLOCK_SKEW).ok()?)
-            .ok()
-    });
-    let created = found
-        .created_at
-        .as_deref()
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-    let ours = match (not_before, created) {
-        (Some(nb), Some(c)) => c >= nb,
-        // Without times only a generated (unguessable) address is known to be ours.
-        _ => spec.address.is_none(),
+    let ours = match origin {
+        Origin::Random | Origin::SeenAbsent(None) => true,
+        Origin::SeenAbsent(Some(listed)) => found
+            .created_at
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|created| {
+                let window = i64::try_from(CREATE_WINDOW.as_secs()).unwrap_or(i64::MAX);
+                let second = created.as_second();
+                second >= listed && second <= listed.saturating_add(window)
+            }),
     };
     if ours {
         AddressLookup::Ours(found.clone())
@@ -662,69 +661,113 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn pending_marks_are_addresses_or_legacy_times() {
-        assert_eq!(
-            PendingMark::parse("k3x9@agentsend.io"),
-            PendingMark::Address("k3x9@agentsend.io")
-        );
-        assert_eq!(
-            PendingMark::parse("support"),
-            PendingMark::Address("support")
-        );
-        assert!(matches!(
-            PendingMark::parse("2026-11-24T10:00:00Z"),
-            PendingMark::Legacy(_)
-        ));
-    }
-
-    #[test]
-    fn a_pending_address_is_ours_only_if_created_after_the_mark() {
-        let since: jiff::Timestamp = "2026-11-24T10:00:00Z".parse().unwrap();
+    fn a_pending_address_is_ours_only_as_its_proof_says() {
+        let listed: i64 = "2026-11-24T10:00:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .as_second();
         let named = InboxSpec {
             address: Some("support".into()),
             ..Default::default()
         };
         let new = at("new", "support@agentsend.io", "2026-11-24T10:00:01.000Z");
-        let skewed = at("s", "support@agentsend.io", "2026-11-24T09:59:00.000Z");
-        let old = at("old", "support@agentsend.io", "2026-01-01T00:00:00.000Z");
+        let same_second = at("s", "support@agentsend.io", "2026-11-24T10:00:00.500Z");
+        let before = at("b", "support@agentsend.io", "2026-11-24T09:59:59.000Z");
+        let late = at("l", "support@agentsend.io", "2026-11-24T10:10:00.000Z");
+        let too_late = at("t", "support@agentsend.io", "2026-11-24T10:10:01.000Z");
+        let timeless = RemoteInbox {
+            created_at: None,
+            ..new.clone()
+        };
         let other = at("x", "other@agentsend.io", "2026-11-24T10:00:01.000Z");
-        let find =
-            |spec: &InboxSpec, c: &[RemoteInbox], since| find_address(spec, "support", since, c);
-        assert_eq!(
-            find(&named, &[other.clone(), new.clone()], Some(since)),
-            AddressLookup::Ours(new.clone())
-        );
-        assert_eq!(
-            find(&named, std::slice::from_ref(&skewed), Some(since)),
-            AddressLookup::Ours(skewed)
-        );
-        assert_eq!(
-            find(&named, std::slice::from_ref(&old), Some(since)),
-            AddressLookup::Older(old.clone())
-        );
-        assert_eq!(find(&named, &[other], Some(since)), AddressLookup::Absent);
+        let seen = Origin::SeenAbsent(Some(listed));
+        let generated = InboxSpec::default();
+        let ours = |r: &RemoteInbox| AddressLookup::Ours(r.clone());
+        let older = |r: &RemoteInbox| AddressLookup::Older(r.clone());
+        let rows: Vec<(&str, &InboxSpec, Origin, Vec<RemoteInbox>, AddressLookup)> = vec![
+            (
+                "created after the listing",
+                &named,
+                seen,
+                vec![other.clone(), new.clone()],
+                ours(&new),
+            ),
+            (
+                "in the listing's second",
+                &named,
+                seen,
+                vec![same_second.clone()],
+                ours(&same_second),
+            ),
+            (
+                "existed before the listing (a clock-skew window no longer admits it)",
+                &named,
+                seen,
+                vec![before.clone()],
+                older(&before),
+            ),
+            (
+                "at the window's end",
+                &named,
+                seen,
+                vec![late.clone()],
+                ours(&late),
+            ),
+            (
+                "after the window: not this Inbox's create",
+                &named,
+                seen,
+                vec![too_late.clone()],
+                older(&too_late),
+            ),
+            (
+                "no createdAt: cannot be proven",
+                &named,
+                seen,
+                vec![timeless.clone()],
+                older(&timeless),
+            ),
+            (
+                "absent",
+                &named,
+                seen,
+                vec![other.clone()],
+                AddressLookup::Absent,
+            ),
+            (
+                "seen absent, the server gave no time",
+                &named,
+                Origin::SeenAbsent(None),
+                vec![before.clone()],
+                ours(&before),
+            ),
+            (
+                "generated: nobody else's",
+                &generated,
+                Origin::Random,
+                vec![before.clone()],
+                ours(&before),
+            ),
+        ];
+        for (what, spec, origin, candidates, want) in rows {
+            assert_eq!(
+                find_address(spec, "support@agentsend.io", origin, &candidates),
+                want,
+                "{what}"
+            );
+        }
         // Same local part on another domain is not it.
         let on_domain = InboxSpec {
             domain_id: Some("dom_1".into()),
             ..named.clone()
         };
         assert_eq!(
-            find(&on_domain, std::slice::from_ref(&new), Some(since)),
+            find_address(&on_domain, "support", seen, std::slice::from_ref(&new)),
             AddressLookup::Absent
         );
-        // No mark time: a chosen address cannot be proven ours; a generated one can.
         assert_eq!(
-            find(&named, std::slice::from_ref(&new), None),
-            AddressLookup::Older(new.clone())
-        );
-        assert_eq!(
-            find_address(
-                &InboxSpec::default(),
-                "support@agentsend.io",
-                None,
-                std::slice::from_ref(&new)
-            ),
-            AddressLookup::Ours(new)
+            holder_of(&named, "support", std::slice::from_ref(&new)),
+            Some(&new)
         );
     }
 

@@ -22,6 +22,10 @@ pub enum EventKind {
     Deleted,
     /// Normal: the AgentSend inbox was left in place (`deletionPolicy: Orphan`).
     Orphaned,
+    /// Warning, reason `Orphaned`: the Inbox was released (`deletionPolicy: Orphan`) while
+    /// its credentials reach another account than its inbox's, so nobody manages that inbox
+    /// any more; the message names it.
+    LeftBehind,
     /// Normal: the Secret was written or restored.
     SecretWritten,
     /// Normal: the ConfigMap (`spec.configMap`) was written or restored.
@@ -49,7 +53,7 @@ impl EventKind {
             EventKind::Created => "Created",
             EventKind::Adopted => "Adopted",
             EventKind::Deleted => "Deleted",
-            EventKind::Orphaned => "Orphaned",
+            EventKind::Orphaned | EventKind::LeftBehind => "Orphaned",
             EventKind::SecretWritten => "SecretWritten",
             EventKind::ConfigMapWritten => "ConfigMapWritten",
             EventKind::Recreated => "Recreated",
@@ -72,6 +76,7 @@ impl EventKind {
             | EventKind::SecretWritten
             | EventKind::ConfigMapWritten => EventType::Normal,
             EventKind::Recreated
+            | EventKind::LeftBehind
             | EventKind::SecretConflict
             | EventKind::Rejected
             | EventKind::CredentialsInvalid

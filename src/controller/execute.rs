@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
@@ -29,11 +30,12 @@ use super::events::InboxEvent;
 use super::plan::{
     self, Claim, Credentials, Done, Failures, Lookup, Marked, Observed, Phase, Report, Step, Then,
 };
+use super::proof::Origin;
 use super::written::{self, Write};
 use super::{Context, Error};
 use super::{account_watch, credentials, decide, in_use};
 use crate::account;
-use crate::agentsend::ApiError;
+use crate::agentsend::{ApiError, ApiKey};
 use crate::crd::{self, Inbox, InboxStatus};
 use crate::metrics::Metrics;
 
@@ -65,8 +67,8 @@ pub(crate) async fn reconcile(
         name = inbox.metadata.name.as_deref().unwrap_or_default(),
         inbox_id = field::Empty
     );
-    if let Some(id) = inbox.bound_inbox_id() {
-        span.record("inbox_id", field::display(&id));
+    if let Some(b) = ctx.proof.binding(inbox.as_ref()) {
+        span.record("inbox_id", field::display(&b.id));
     }
     let result = run(inbox, &ctx).instrument(span.clone()).await;
     span.in_scope(|| {
@@ -259,7 +261,13 @@ impl<'a> Pass<'a> {
         let now = jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
-        let mut o = Observed::new(inbox.clone(), phase, now, self.ctx.settings.sync_interval);
+        let mut o = Observed::new(
+            inbox.clone(),
+            phase,
+            now,
+            self.ctx.settings.sync_interval,
+            self.ctx.proof.clone(),
+        );
         o.jitter = rand::random();
         o.failures = self.ctx.failures(&self.obj);
         o.max_retry_delay = self.ctx.settings.max_retry_delay;
@@ -323,14 +331,27 @@ impl<'a> Pass<'a> {
             Step::ListCandidates { key } => {
                 let lock = self.ctx.create_gates.of(&key);
                 *gate = Some(Gate::Exclusive(lock.write_owned().await));
-                o.candidates = Some(self.ctx.api.list_all(&key).await);
+                let listed = self.ctx.api.list_snapshot(&key).await;
+                o.listed_at = listed.as_ref().ok().and_then(|s| s.server_time);
+                o.candidates = Some(listed.map(|s| s.inboxes));
             }
             Step::FindBindings { cluster_wide, ids } => {
-                let found = self.bound_elsewhere(&o.inbox, cluster_wide, &ids).await?;
+                let (found, unavailable) =
+                    self.bound_elsewhere(&o.inbox, cluster_wide, &ids).await?;
                 note_bindings(o, found, ids);
+                if unavailable.is_some() {
+                    o.bindings_unavailable = unavailable;
+                }
             }
-            Step::MarkPending { unbind, address } => {
-                self.mark_pending(o, unbind, &address).await?;
+            Step::MarkPending {
+                unbind,
+                address,
+                origin,
+                resumes,
+                key,
+            } => {
+                self.mark_pending(o, unbind, &address, origin, &key).await?;
+                o.resumed = resumes;
             }
             Step::Progress(report) => {
                 let reason = report.readiness.reason();
@@ -389,7 +410,7 @@ impl<'a> Pass<'a> {
             }
         };
         let (bound, written) =
-            futures::future::join(self.record_binding(o, &remote.id), write_secret).await;
+            futures::future::join(self.record_binding(o, &remote.id, &key), write_secret).await;
         bound?;
         *gate = None;
         self.ctx.scans.remember(&key, &remote);
@@ -408,7 +429,7 @@ impl<'a> Pass<'a> {
             Step::ReadNamespace => {
                 o.namespace_default = Some(self.namespace_default().await?);
             }
-            Step::RecordBinding { id } => self.record_binding(o, &id).await?,
+            Step::RecordBinding { id, key } => self.record_binding(o, &id, &key).await?,
             Step::AddFinalizer => {
                 // On the version read (a conflict retries the pass on fresh data).
                 let patch = json!({ "metadata": {
@@ -427,11 +448,17 @@ impl<'a> Pass<'a> {
             Step::ClearPending => {
                 self.patch_annotations(json!({
                     crd::ANNOTATION_CREATE_PENDING: null,
+                    crd::ANNOTATION_CREATE_PENDING_PROOF: null,
                     crd::ANNOTATION_CREATE_PENDING_SINCE: null,
                 }))
                 .await?;
-                set_annotation(&mut o.inbox, crd::ANNOTATION_CREATE_PENDING, None);
-                set_annotation(&mut o.inbox, crd::ANNOTATION_CREATE_PENDING_SINCE, None);
+                for k in [
+                    crd::ANNOTATION_CREATE_PENDING,
+                    crd::ANNOTATION_CREATE_PENDING_PROOF,
+                    crd::ANNOTATION_CREATE_PENDING_SINCE,
+                ] {
+                    set_annotation(&mut o.inbox, k, None);
+                }
                 o.pending_cleared = true;
             }
             Step::Forget { key, id } => {
@@ -516,7 +543,7 @@ impl<'a> Pass<'a> {
             self.ctx.bindings.unregister(&self.obj);
             self.ctx.metrics.forget_inbox(&self.ns, &self.name);
             // Its binding is free at once: an Inbox refused for it looks again now.
-            let ids: Vec<String> = o.inbox.bound_inbox_id().into_iter().collect();
+            let ids: Vec<String> = o.binding().map(|b| b.id).into_iter().collect();
             for waiter in self.ctx.bindings.release(&self.uid, &ids) {
                 let _ = self.ctx.wake.unbounded_send(waiter);
             }
@@ -596,6 +623,7 @@ impl<'a> Pass<'a> {
             namespace_labels: None,
             peers: Vec::new(),
             cleanup,
+            holds_inbox: credentials::holds_inbox(&o.inbox, &self.ctx.proof),
         };
         if credentials::needs_peers(&inputs) {
             inputs.peers = account_watch::peers(self.ctx, &o.inbox);
@@ -677,12 +705,13 @@ impl<'a> Pass<'a> {
     /// the caches do not cover the cluster — the cluster-wide claims index, or, until that
     /// has listed (or without permission for it) and `cluster_wide`, a metadata-only list of
     /// every Inbox. Inboxes that released their bindings (deleted) own nothing.
+    /// The claims found, and (cluster-wide) why the check could not be made, if it could not.
     async fn bound_elsewhere(
         &self,
         me: &Inbox,
         cluster_wide: bool,
         ids: &[String],
-    ) -> Result<HashMap<String, Claim>, Error> {
+    ) -> Result<(HashMap<String, Claim>, Option<String>), Error> {
         let mut claims: HashMap<String, Claim> = HashMap::new();
         for id in ids {
             if let Some(owner) = self.ctx.bindings.recently_bound_to(id, &self.uid) {
@@ -704,25 +733,30 @@ impl<'a> Pass<'a> {
         {
             // Every Inbox in the cluster, whatever this instance watches.
             add_from(&mut claims, &self.ctx.cluster_claims);
-            return Ok(claims);
+            return Ok((claims, None));
         }
         if !cluster_wide || self.ctx.sees_whole_cluster() {
-            return Ok(claims);
+            return Ok((claims, None));
         }
         let all: Api<Inbox> = Api::all(self.ctx.client.clone());
         match all.list_metadata(&ListParams::default()).await {
             Ok(list) => {
                 let listed = ClaimIndex::default();
+                let proven = |i: &PartialObjectMeta<Inbox>| claims::proven_id(&self.ctx.proof, i);
                 for item in list.items {
-                    listed.apply(&watcher::Event::Apply(item), claims::annotated_id);
+                    listed.apply(&watcher::Event::Apply(item), proven);
                 }
                 add_from(&mut claims, &listed);
             }
             Err(e) => {
-                warn!(error = %e, "cannot list Inboxes cluster-wide; checking bindings in the watched namespaces only");
+                warn!(error = %e, "cannot list Inboxes cluster-wide; adoption, recovery and deletion wait until the one-owner check can be made");
+                return Ok((
+                    claims,
+                    Some(format!("listing Inboxes cluster-wide failed: {e}")),
+                ));
             }
         }
-        Ok(claims)
+        Ok((claims, None))
     }
 
     /// Record that `other` names inbox `id` (unless it is this Inbox, or released).
@@ -774,13 +808,23 @@ impl<'a> Pass<'a> {
         o: &mut Observed,
         unbind: Option<String>,
         address: &str,
+        origin: Origin,
+        key: &ApiKey,
     ) -> Result<(), Error> {
+        let proof = self
+            .ctx
+            .proof
+            .pending_proof(&self.ns, &self.name, address, origin);
         let mut annotations = json!({
             crd::ANNOTATION_CREATE_PENDING: address,
+            crd::ANNOTATION_CREATE_PENDING_PROOF: proof,
             crd::ANNOTATION_CREATE_PENDING_SINCE: o.now,
         });
+        // Explicitly unbound, with proof (a bare empty annotation would be a tenant's claim).
+        let unbound_proof = self.binding_proof("", key);
         if unbind.is_some() {
             annotations[crd::ANNOTATION_INBOX_ID] = json!("");
+            annotations[crd::ANNOTATION_INBOX_ID_PROOF] = json!(unbound_proof);
         }
         let Some(rv) = o.inbox.metadata.resource_version.clone() else {
             o.marked = Some(Marked::Stale);
@@ -801,7 +845,17 @@ impl<'a> Pass<'a> {
                 self.wrote_inbox(&updated);
                 if unbind.is_some() {
                     set_annotation(&mut o.inbox, crd::ANNOTATION_INBOX_ID, Some(""));
+                    set_annotation(
+                        &mut o.inbox,
+                        crd::ANNOTATION_INBOX_ID_PROOF,
+                        Some(&unbound_proof),
+                    );
                 }
+                set_annotation(
+                    &mut o.inbox,
+                    crd::ANNOTATION_CREATE_PENDING_PROOF,
+                    Some(&proof),
+                );
                 let now = o.now.clone();
                 if o.finalizer_missing {
                     o.inbox.metadata.finalizers = Some(with_finalizer(&o.inbox));
@@ -825,17 +879,35 @@ impl<'a> Pass<'a> {
         Ok(())
     }
 
-    /// Persist the binding and clear the pending mark in one write.
-    async fn record_binding(&self, o: &mut Observed, id: &str) -> Result<(), Error> {
+    /// The proof that this Inbox is bound to `id` in the account of `key`.
+    fn binding_proof(&self, id: &str, key: &ApiKey) -> String {
+        let account = self.ctx.proof.fingerprint(key);
+        self.ctx
+            .proof
+            .binding_proof(&self.ns, &self.name, id, &account)
+    }
+
+    /// Persist the binding with its proof for `key`'s account, and clear the pending mark,
+    /// in one write.
+    async fn record_binding(&self, o: &mut Observed, id: &str, key: &ApiKey) -> Result<(), Error> {
+        let proof = self.binding_proof(id, key);
         self.patch_annotations(json!({
             crd::ANNOTATION_INBOX_ID: id,
+            crd::ANNOTATION_INBOX_ID_PROOF: proof,
             crd::ANNOTATION_CREATE_PENDING: null,
+            crd::ANNOTATION_CREATE_PENDING_PROOF: null,
             crd::ANNOTATION_CREATE_PENDING_SINCE: null,
         }))
         .await?;
         set_annotation(&mut o.inbox, crd::ANNOTATION_INBOX_ID, Some(id));
-        set_annotation(&mut o.inbox, crd::ANNOTATION_CREATE_PENDING, None);
-        set_annotation(&mut o.inbox, crd::ANNOTATION_CREATE_PENDING_SINCE, None);
+        set_annotation(&mut o.inbox, crd::ANNOTATION_INBOX_ID_PROOF, Some(&proof));
+        for k in [
+            crd::ANNOTATION_CREATE_PENDING,
+            crd::ANNOTATION_CREATE_PENDING_PROOF,
+            crd::ANNOTATION_CREATE_PENDING_SINCE,
+        ] {
+            set_annotation(&mut o.inbox, k, None);
+        }
         Ok(())
     }
 
@@ -967,12 +1039,19 @@ mod tests {
             ids: vec!["i".into()]
         }));
         assert!(!writes(&Step::ReadSecret { name: "s".into() }));
+        let key = crate::agentsend::ApiKey::new("k").expect("key");
         assert!(writes(&Step::MarkPending {
             unbind: None,
             address: "a@agentsend.io".into(),
+            origin: Origin::Random,
+            resumes: false,
+            key: key.clone(),
         }));
         assert!(writes(&Step::ClearPending));
-        assert!(writes(&Step::RecordBinding { id: "i".into() }));
+        assert!(writes(&Step::RecordBinding {
+            id: "i".into(),
+            key
+        }));
         assert!(writes(&Step::DeleteSecret {
             name: "s".into(),
             uid: None

@@ -28,6 +28,8 @@ pub mod key_secrets;
 pub mod outputs;
 pub mod owned_cache;
 pub mod plan;
+pub mod proof;
+pub mod proof_store;
 pub mod references;
 pub mod refresh;
 pub mod status;
@@ -116,6 +118,9 @@ pub struct Settings {
     /// The longest wait between retries of a failing Inbox (`--max-retry-delay`): caps the
     /// exponential backoff, never AgentSend's `Retry-After`.
     pub max_retry_delay: Duration,
+    /// The proof key ([`proof`]); `None`: read (or made) at start from the Secret
+    /// `inbox-operator-proof-key` in `operator_namespace`.
+    pub proof_key: Option<proof::ProofKey>,
 }
 
 impl Default for Settings {
@@ -132,6 +137,7 @@ impl Default for Settings {
             operator_namespace: "default".into(),
             account_status: account_status::StatusWriter::All,
             max_retry_delay: decide::MAX_RETRY_DELAY,
+            proof_key: None,
         }
     }
 }
@@ -183,6 +189,15 @@ pub enum Error {
         "the Account and ClusterAccount caches have not listed yet; check the operator's RBAC for accounts and clusteraccounts"
     )]
     AccountsNotSynced,
+    /// Deleting: the credentials do not reach the bound inbox's account.
+    #[error("{0}")]
+    AccountChanged(String),
+    /// The cluster-wide one-owner check could not be made.
+    #[error("{0}")]
+    OwnershipUnverified(String),
+    /// The proof key could not be read or made.
+    #[error("{0}")]
+    ProofKey(#[from] proof_store::ProofKeyError),
 }
 
 impl Error {
@@ -204,6 +219,9 @@ impl Error {
             Error::Held(_) => "held",
             Error::NotLeading => "not_leading",
             Error::AccountsNotSynced => "accounts_not_synced",
+            Error::AccountChanged(_) => "account_changed",
+            Error::OwnershipUnverified(_) => "ownership_unverified",
+            Error::ProofKey(_) => "proof_key",
         }
     }
 }
@@ -258,6 +276,18 @@ pub struct Context {
     /// True once every watch cache has listed (decisions that conclude "nobody uses it"
     /// wait for it).
     pub(crate) caches_synced: tokio::sync::watch::Receiver<bool>,
+    /// The proof key: what tells the operator's marks and bindings from a tenant's.
+    pub(crate) proof: proof::ProofKey,
+}
+
+/// What the controller's start hands every reconcile besides the caches of its scopes.
+struct Wiring {
+    /// Asks the controller to reconcile an Inbox.
+    wake: mpsc::UnboundedSender<ObjectRef<Inbox>>,
+    /// The Account and ClusterAccount caches.
+    accounts: account_watch::AccountCaches,
+    /// The proof key.
+    proof: proof::ProofKey,
 }
 
 impl Context {
@@ -267,9 +297,13 @@ impl Context {
         settings: Settings,
         metrics: Arc<Metrics>,
         scopes: &[Scope],
-        wake: mpsc::UnboundedSender<ObjectRef<Inbox>>,
-        accounts: account_watch::AccountCaches,
+        wiring: Wiring,
     ) -> Self {
+        let Wiring {
+            wake,
+            accounts,
+            proof,
+        } = wiring;
         let reporter = Reporter {
             controller: settings.reporter.clone(),
             instance: settings.instance.clone(),
@@ -306,6 +340,7 @@ impl Context {
             accounts,
             // Replaced by the controller's own signal before any reader runs.
             caches_synced: tokio::sync::watch::channel(false).1,
+            proof,
             settings,
         }
     }
@@ -433,7 +468,9 @@ impl Scope {
         settings: &Settings,
         synced: &Arc<CacheSync>,
         references_changed: Arc<tokio::sync::Notify>,
+        proof: &proof::ProofKey,
     ) -> Scope {
+        let proof = proof.clone();
         let mut inbox_config = watches::watch_config();
         if let Some(sel) = &settings.selector {
             inbox_config = inbox_config.labels(sel);
@@ -456,7 +493,7 @@ impl Scope {
         let index = claims.clone();
         let mut references = references::ReferenceTracker::default();
         let inbox_events = inbox_events.inspect_ok(move |e| {
-            index.apply(e, <CachedInbox as crd::InboxView>::bound_inbox_id);
+            index.apply(e, |i: &CachedInbox| proof.binding(i).map(|b| b.id));
             if references.changed_by(e) {
                 references_changed.notify_one();
             }
@@ -554,6 +591,33 @@ async fn route_triggers(
     }
 }
 
+/// The proof key: from the settings, else read (or made) from its Secret, retried with
+/// backoff until it works or `stop` (`None`).
+async fn proof_key(
+    client: &Client,
+    settings: &Settings,
+    stop: &CancellationToken,
+) -> Option<proof::ProofKey> {
+    if let Some(k) = &settings.proof_key {
+        return Some(k.clone());
+    }
+    let mut failures = 0;
+    loop {
+        match proof_store::load_or_create(client, &settings.operator_namespace).await {
+            Ok(k) => return Some(k),
+            Err(e) => {
+                let delay = decide::backoff(failures, rand::random(), Duration::from_secs(60));
+                failures += 1;
+                tracing::error!(error = %e, retry_s = delay.as_secs_f64(), "no proof key yet; nothing is reconciled until there is one");
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Keep the cluster-wide claims index in `ctx` up to date until `stop`. Without cluster-wide
 /// list/watch permission its watch keeps failing (with backoff), and bindings are checked
 /// against the watch cache and per-decision lists instead.
@@ -562,7 +626,12 @@ fn keep_claims_index(client: &Client, ctx: &mut Context, stop: &CancellationToke
     let (store, events) = watches::claims_index(client, listed.clone());
     ctx.claims_index = Some((store, listed));
     let claims = ctx.cluster_claims.clone();
-    let events = events.inspect_ok(move |e| claims.apply(e, claims::annotated_id));
+    let proof = ctx.proof.clone();
+    let events = events.inspect_ok(move |e| {
+        claims.apply(e, |i: &PartialObjectMeta<Inbox>| {
+            claims::proven_id(&proof, i)
+        })
+    });
     let index = events.for_each(|e| async move {
         if let Err(e) = e {
             tracing::debug!(error = %e, "cluster-wide Inbox index");
@@ -640,6 +709,9 @@ pub async fn run(
     on_ready: impl FnOnce() + Send + 'static,
 ) {
     let stop = cancelled_on(shutdown);
+    let Some(proof) = proof_key(&client, &settings, &stop).await else {
+        return;
+    };
     // Readiness: every watch cache has completed its first list. Observed on the streams
     // (not with `Store::wait_until_ready`, whose signal wakes only one waiter: the Controller's).
     let namespaces = namespaces(&settings);
@@ -654,7 +726,10 @@ pub async fn run(
     let references_changed = Arc::new(tokio::sync::Notify::new());
     let scopes: Vec<Scope> = namespaces
         .into_iter()
-        .map(|ns| Scope::watch(&client, ns, &settings, &synced, references_changed.clone()))
+        .map(|ns| {
+            let changed = references_changed.clone();
+            Scope::watch(&client, ns, &settings, &synced, changed, &proof)
+        })
         .collect();
     let (sync_tx, sync_rx) = mpsc::unbounded();
     let mut ctx = Context::new(
@@ -663,8 +738,11 @@ pub async fn run(
         settings,
         metrics.clone(),
         &scopes,
-        sync_tx.clone(),
-        accounts,
+        Wiring {
+            wake: sync_tx.clone(),
+            accounts,
+            proof,
+        },
     );
     ctx.caches_synced = synced_rx;
     if !ctx.sees_whole_cluster() {

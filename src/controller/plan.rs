@@ -40,9 +40,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::Error;
 pub use super::credentials::InUse;
-use super::decide::{self, AddressLookup, FieldMismatch, PendingMark, Recovery, SecretPlan};
+use super::decide::{self, AddressLookup, FieldMismatch, Recovery, SecretPlan};
 use super::events::{EventKind, InboxEvent};
 use super::outputs;
+use super::proof::{Binding, Origin, Pending, ProofKey};
 use super::refresh::Refresh;
 use super::status::{self, Readiness, StatusInput};
 use crate::agentsend::{
@@ -206,16 +207,27 @@ pub struct Observed {
     pub in_use: Vec<(InUse, bool)>,
     /// The bound inbox (or the one `spec.inboxId` names), once looked up.
     pub remote: Option<Lookup>,
-    /// All inboxes of the account, once listed (recovery).
+    /// All inboxes of the account, once listed (recovery, and before creating an address
+    /// that was not generated).
     pub candidates: Option<Result<Vec<RemoteInbox>, ApiError>>,
+    /// The server's clock (Unix seconds) when it answered that listing, if it said.
+    pub listed_at: Option<i64>,
+    /// The operator's proof key: what tells its own marks and bindings from a tenant's.
+    pub proof: ProofKey,
     /// Inbox IDs other Inboxes in the cluster name, once collected: of the IDs in
     /// `bindings_checked`.
     pub bound_elsewhere: Option<HashMap<String, Claim>>,
     /// The IDs `bound_elsewhere` covers (each lookup names the IDs the decision needs, so that
     /// it costs a few index lookups, not a walk over every Inbox); `None`: all of them.
     pub bindings_checked: Option<HashSet<String>>,
+    /// Why the cluster-wide one-owner check could not be made (the Inbox list failed): a
+    /// decision that needs it waits.
+    pub bindings_unavailable: Option<String>,
     /// Whether this pass persisted the create-pending mark.
     pub marked: Option<Marked>,
+    /// The mark this pass persisted resumes an earlier attempt of the same create (so an
+    /// inbox of its address may be that attempt's).
+    pub resumed: bool,
     /// The vanished inbox a create in this pass replaces.
     pub replaces: Option<String>,
     /// Outcome of this pass's create call.
@@ -257,8 +269,18 @@ pub struct Observed {
 
 impl Observed {
     /// A pass over `inbox` that has observed nothing yet.
-    pub fn new(inbox: Inbox, phase: Phase, now: String, sync_interval: Duration) -> Self {
+    pub fn new(
+        inbox: Inbox,
+        phase: Phase,
+        now: String,
+        sync_interval: Duration,
+        proof: ProofKey,
+    ) -> Self {
         Observed {
+            proof,
+            listed_at: None,
+            bindings_unavailable: None,
+            resumed: false,
             status_at_start: inbox.status.clone(),
             inbox,
             phase,
@@ -310,6 +332,21 @@ impl Observed {
 
     fn adopted(&self) -> bool {
         self.inbox.spec.inbox_id.is_some()
+    }
+
+    /// The inbox this Inbox is bound to, on proof ([`ProofKey::binding`]).
+    pub fn binding(&self) -> Option<Binding> {
+        self.proof.binding(&self.inbox)
+    }
+
+    /// The create-pending mark, and whether it is proven ([`ProofKey::pending`]).
+    fn pending(&self) -> Option<Pending<'_>> {
+        self.proof.pending(&self.inbox)
+    }
+
+    /// The fingerprint of `key`'s account binding.
+    fn account_of(&self, key: &ApiKey) -> String {
+        self.proof.fingerprint(key)
     }
 
     /// `managementPolicy: Observe`: never create, re-create or delete.
@@ -372,6 +409,11 @@ pub enum Failure {
     InvalidObject,
     /// Backing off from a failed attempt over the same inputs: look again after this long.
     Held(Duration),
+    /// The credentials do not reach the inbox to delete (another account); the message says
+    /// what to do.
+    AccountChanged(String),
+    /// The one-owner check could not be made; the message says why.
+    OwnershipUnverified(String),
 }
 
 impl From<Failure> for Error {
@@ -381,6 +423,8 @@ impl From<Failure> for Error {
             Failure::CredentialsMissing(m) => Error::CredentialsMissing(m),
             Failure::InvalidObject => Error::MissingObjectKey,
             Failure::Held(d) => Error::Held(d),
+            Failure::AccountChanged(m) => Error::AccountChanged(m),
+            Failure::OwnershipUnverified(m) => Error::OwnershipUnverified(m),
         }
     }
 }
@@ -420,7 +464,8 @@ pub enum Step {
         /// The AgentSend inbox ID.
         id: String,
     },
-    /// GET the inbox `spec.inboxId` names.
+    /// GET an inbox with this key: the one `spec.inboxId` names, or a bound one whose account
+    /// must be checked (a 404 from another account's key is not "gone").
     Fetch {
         /// The account's API key.
         key: ApiKey,
@@ -441,14 +486,20 @@ pub enum Step {
         /// The IDs to look up.
         ids: Vec<String>,
     },
-    /// Persist the create-pending mark (the address to create, and the time) if the Inbox is
-    /// unchanged since read; `unbind` also clears the binding to a vanished inbox in the same
-    /// write.
+    /// Persist the create-pending mark (the address to create, its proof, and the time) if
+    /// the Inbox is unchanged since read; `unbind` also clears the binding to a vanished inbox
+    /// in the same write.
     MarkPending {
         /// The vanished inbox whose binding this write clears.
         unbind: Option<String>,
         /// The address every attempt of this create names.
         address: String,
+        /// How the address was chosen (the proof states it).
+        origin: Origin,
+        /// The mark renews one of an earlier attempt of the same create.
+        resumes: bool,
+        /// The key of the account the create goes to (the unbinding's proof names it).
+        key: ApiKey,
     },
     /// Write a progress status (best effort) and go on.
     Progress(Report),
@@ -485,10 +536,13 @@ pub enum Step {
         /// The Secret to create.
         secret: Box<Secret>,
     },
-    /// Pin a binding known only from status in the annotation.
+    /// Write the binding's annotation and its proof for the account of `key` (a binding
+    /// known only from status, or proven for another key of the same account).
     RecordBinding {
         /// The AgentSend inbox ID.
         id: String,
+        /// The key that reached it.
+        key: ApiKey,
     },
     /// Remove the pending mark.
     ClearPending,
@@ -703,22 +757,59 @@ fn apply(o: &Observed) -> Step {
     }
     if !o.bound_now
         && (o.created.is_some() || o.marked == Some(Marked::Yes))
-        && let Some(address) = o.attempted.as_deref().or(pending_address(&o.inbox))
+        && let Some(address) = o.attempted.as_deref().or(pending_address(o))
     {
         return create(o, key, address);
     }
-    match o.inbox.bound_inbox_id() {
-        Some(id) => bound(o, key, &id),
-        None => match &o.inbox.spec.inbox_id {
-            Some(id) => adopt(o, key, id),
-            None if o.observing() => observe_by_address(o, key),
-            None => create_or_recover(o, key),
-        },
+    if let Some(b) = o.binding() {
+        return bound(o, key, &b);
+    }
+    if let Some(claimed) = o.proof.unproven_claim(&o.inbox)
+        && o.inbox.spec.inbox_id.as_deref() != Some(claimed)
+    {
+        return unproven_claim(o, claimed);
+    }
+    match &o.inbox.spec.inbox_id {
+        Some(id) => adopt(o, key, id),
+        None if o.observing() => observe_by_address(o, key),
+        None => create_or_recover(o, key),
     }
 }
 
-/// The Inbox is bound to `id`: check immutability, observe, converge.
-fn bound(o: &Observed, key: ApiKey, id: &str) -> Step {
+/// The `agentsend.io/inbox-id` annotation names an inbox without the operator's proof that it
+/// bound it here: written by hand, copied from another Inbox, or restored into another
+/// namespace. Never bound, never deleted, nothing created (it may be this Inbox's).
+fn unproven_claim(o: &Observed, id: &str) -> Step {
+    // Who owns it, for the message (cluster-wide; the refusal stands without the answer).
+    let owner = if o.bindings_unavailable.is_some() {
+        String::new()
+    } else {
+        match claims_on(o, &[id], true) {
+            Ok(elsewhere) => elsewhere
+                .get(id)
+                .map(|claim| format!(" (it is bound to Inbox {})", claim.owner))
+                .unwrap_or_default(),
+            Err(step) => return *step,
+        }
+    };
+    let msg = format!(
+        "the {} annotation names inbox {id:?}{owner}, but without this operator's proof that it bound that inbox to this Inbox (written by hand, copied from another Inbox, or restored into another namespace or cluster): it is not bound, nothing is created, and deleting this Inbox leaves it alone. To take it, set spec.inboxId: {id} (explicit adoption); to create a new inbox instead, remove the annotation",
+        crd::ANNOTATION_INBOX_ID
+    );
+    done(
+        report(o, None, None, stalled(Reason::Rejected, msg)),
+        Then::Settle,
+    )
+}
+
+/// The Inbox is bound to `b`: check immutability and the account, observe, converge.
+fn bound(o: &Observed, key: ApiKey, b: &Binding) -> Step {
+    let id = b.id.as_str();
+    // The binding's account is the current key's: a 404 means the inbox is gone. Otherwise
+    // (another key, or an account not recorded) only a direct GET that finds it says the
+    // key reaches the same account; a 404 then says nothing about the inbox.
+    let current = o.account_of(&key);
+    let same_account = b.account.as_deref() == Some(current.as_str());
     // Strict identity for inboxes this operator created; an adopted or observed one need
     // only match the fields the spec sets.
     let strict = !o.adopted() && !o.observing();
@@ -742,14 +833,24 @@ fn bound(o: &Observed, key: ApiKey, id: &str) -> Step {
         }
     }
     let remote = match &o.remote {
-        None => {
+        None if same_account => {
             return Step::Observe {
                 key,
                 id: id.to_string(),
             };
         }
+        None => {
+            return Step::Fetch {
+                key,
+                id: id.to_string(),
+            };
+        }
         Some(Lookup::Failed(e)) => return api_failure(o, e),
+        Some(Lookup::Gone) if !same_account => return account_changed(o, b, &current),
         Some(Lookup::Gone) => return vanished(o, key, id),
+        Some(Lookup::Found(r)) if r.status == InboxState::Deleted && !same_account => {
+            return account_changed(o, b, &current);
+        }
         Some(Lookup::Found(r)) if r.status == InboxState::Deleted => return vanished(o, key, id),
         Some(Lookup::Found(r)) => r,
     };
@@ -758,9 +859,14 @@ fn bound(o: &Observed, key: ApiKey, id: &str) -> Step {
     {
         return immutable(o, &m);
     }
-    if o.inbox.annotation(crd::ANNOTATION_INBOX_ID) != Some(id) {
-        // Bound through status only (e.g. restored from a backup): pin it.
-        return Step::RecordBinding { id: id.to_string() };
+    if !same_account || o.inbox.annotation(crd::ANNOTATION_INBOX_ID) != Some(id) {
+        // Bound through status only (a GitOps replace dropped the annotations, or an earlier
+        // version bound it), or another key of the same account reached it (rotation): write
+        // the binding and its proof for this key.
+        return Step::RecordBinding {
+            id: id.to_string(),
+            key,
+        };
     }
     if !o.bound_now
         && o.refresh.is_none()
@@ -773,6 +879,25 @@ fn bound(o: &Observed, key: ApiKey, id: &str) -> Step {
         };
     }
     converge(o, key, remote)
+}
+
+/// The bound inbox is not found with the current key, and the binding was made in another
+/// account (or records none): nothing is created; the user points the credentials back, or
+/// releases the Inbox.
+fn account_changed(o: &Observed, b: &Binding, current: &str) -> Step {
+    let id = &b.id;
+    let msg = match &b.account {
+        Some(bound_in) => format!(
+            "the credentials now reach another AgentSend account than the one inbox {id:?} was bound in (the account of the key with fingerprint {bound_in}; the current key's is {current}), and that key does not find it; nothing is created. Point spec.credentials, spec.accountRef or the key Secret back at the inbox's account, or set deletionPolicy: Orphan and delete this Inbox to release it"
+        ),
+        None => format!(
+            "inbox {id:?} is not found with the current credentials, and its binding does not record which account it was made in (bound by an earlier version, or its annotations were replaced): it may be in another account; nothing is created. Point the credentials at the inbox's account, or set deletionPolicy: Orphan and delete this Inbox to release it"
+        ),
+    };
+    done(
+        report(o, None, None, stalled(Reason::AccountChanged, msg)),
+        Then::Requeue(o.sync_interval),
+    )
 }
 
 /// The identity recorded in status for `id`, if status describes it.
@@ -903,37 +1028,56 @@ fn observe_by_address(o: &Observed, key: ApiKey) -> Step {
     )
 }
 
-/// No inbox bound: mark and create, or recover an interrupted create.
+/// No inbox bound: mark and create, or recover an interrupted create. Only a mark this
+/// operator can prove it wrote for this Inbox is acted on as this Inbox's create.
 fn create_or_recover(o: &Observed, key: ApiKey) -> Step {
-    let Some(pending) = o.inbox.annotation(crd::ANNOTATION_CREATE_PENDING) else {
-        if rejected_at_this_generation(&o.inbox) {
+    match o.pending() {
+        None if rejected_at_this_generation(&o.inbox) => {
             // The API refused this exact spec; it will refuse it again.
-            return done_quietly(Then::Settle);
+            done_quietly(Then::Settle)
         }
-        return mark_then_create(o, key, None);
-    };
-    match PendingMark::parse(pending) {
-        PendingMark::Address(address) => recover(o, key, address),
-        PendingMark::Legacy(since) => recover_legacy(o, key, since),
+        None => mark_then_create(o, key, None),
+        Some(Pending::Proven { address, origin }) => recover(o, key, address, origin),
+        Some(Pending::Unproven { address }) => unproven_mark(o, key, address),
+        Some(Pending::Legacy(since)) => recover_legacy(o, key, since),
     }
 }
 
-/// Persist the pending mark naming the address to create — only on a current view (a stale
-/// one could miss a binding recorded meanwhile) — then create. `unbind`: the vanished inbox
-/// this create replaces (its binding is cleared in the same write, its address reused).
+/// Persist the pending mark naming the address to create, with its proof — only on a
+/// current view (a stale one could miss a binding recorded meanwhile) — then create.
+/// `unbind`: the vanished inbox this create replaces (its binding is cleared in the same
+/// write, its address reused).
+///
+/// A generated address is nobody else's. Any other (the user's `spec.address`, or the
+/// vanished inbox's) is first looked up in the account: held already, it is someone else's
+/// and never bound; absent, the mark's proof records the server's time of that listing, so
+/// that an inbox of that address found later can be told from one that existed before.
 fn mark_then_create(o: &Observed, key: ApiKey, unbind: Option<&str>) -> Step {
-    match (o.marked, pending_address(&o.inbox)) {
+    match (o.marked, pending_address(o)) {
         (None, _) => {
             let previous = unbind
                 .and_then(|id| recorded_identity(&o.inbox, id))
                 .map(|r| r.address);
+            let address =
+                decide::address_to_create(&o.inbox.spec, previous.as_deref(), &o.random_local);
+            let origin = if o.inbox.spec.address.is_none() && previous.is_none() {
+                Origin::Random
+            } else {
+                let candidates = match listed(o, &key) {
+                    Err(step) => return *step,
+                    Ok(c) => c,
+                };
+                if let Some(holder) = decide::holder_of(&o.inbox.spec, &address, candidates) {
+                    return address_in_use(o, &address, holder);
+                }
+                Origin::SeenAbsent(o.listed_at)
+            };
             Step::MarkPending {
                 unbind: unbind.map(str::to_string),
-                address: decide::address_to_create(
-                    &o.inbox.spec,
-                    previous.as_deref(),
-                    &o.random_local,
-                ),
+                address,
+                origin,
+                resumes: false,
+                key,
             }
         }
         (Some(Marked::Yes), Some(address)) => create(o, key, address),
@@ -941,20 +1085,12 @@ fn mark_then_create(o: &Observed, key: ApiKey, unbind: Option<&str>) -> Step {
     }
 }
 
-/// The address the persisted pending mark names (`None`: no mark, or a legacy one).
-fn pending_address(inbox: &Inbox) -> Option<&str> {
-    match PendingMark::parse(inbox.annotation(crd::ANNOTATION_CREATE_PENDING)?) {
-        PendingMark::Address(a) => Some(a),
-        PendingMark::Legacy(_) => None,
+/// The address the proven pending mark names (`None`: no mark, or one without proof).
+fn pending_address(o: &Observed) -> Option<&str> {
+    match o.pending()? {
+        Pending::Proven { address, .. } => Some(address),
+        Pending::Unproven { .. } | Pending::Legacy(_) => None,
     }
-}
-
-/// When the pending mark was written.
-fn pending_since(inbox: &Inbox) -> Option<jiff::Timestamp> {
-    inbox
-        .annotation(crd::ANNOTATION_CREATE_PENDING_SINCE)?
-        .parse()
-        .ok()
 }
 
 /// The account's inboxes, listed (after the last create attempt of this pass).
@@ -967,8 +1103,9 @@ fn listed<'o>(o: &'o Observed, key: &ApiKey) -> Result<&'o [RemoteInbox], Box<St
 }
 
 /// A create of `address` may have happened without being recorded: look it up exactly
-/// before creating again with the same address.
-fn recover(o: &Observed, key: ApiKey, address: &str) -> Step {
+/// before creating again with the same address. Found, it is bound only if the mark's
+/// proof shows it could not have existed before this Inbox asked for it.
+fn recover(o: &Observed, key: ApiKey, address: &str, origin: Origin) -> Step {
     if o.progress != Some(Reason::Creating) {
         return progress(
             o,
@@ -982,11 +1119,45 @@ fn recover(o: &Observed, key: ApiKey, address: &str) -> Step {
         Err(step) => return *step,
         Ok(c) => c,
     };
-    match decide::find_address(&o.inbox.spec, address, pending_since(&o.inbox), candidates) {
+    match decide::find_address(&o.inbox.spec, address, origin, candidates) {
+        AddressLookup::Absent if origin == Origin::Random => create(o, key, address),
+        // Absent: renew the proof of absence (this listing's time), then create again; a
+        // create long after the first listing would otherwise fall outside its window.
+        AddressLookup::Absent if o.marked.is_none() => Step::MarkPending {
+            unbind: None,
+            address: address.to_string(),
+            origin: Origin::SeenAbsent(o.listed_at),
+            resumes: true,
+            key,
+        },
         AddressLookup::Absent => create(o, key, address),
         AddressLookup::Ours(remote) => bind_recovered(o, key, remote),
         AddressLookup::Older(remote) => address_in_use(o, address, &remote),
     }
+}
+
+/// A pending mark without this operator's proof (written by hand, copied, or by a version
+/// that wrote none): its address is never bound and never deleted. If the account does not
+/// hold it, nothing is at stake and the create starts over with a mark of its own; if it
+/// does, a human decides.
+fn unproven_mark(o: &Observed, key: ApiKey, address: &str) -> Step {
+    let candidates = match listed(o, &key) {
+        Err(step) => return *step,
+        Ok(c) => c,
+    };
+    let Some(holder) = decide::holder_of(&o.inbox.spec, address, candidates) else {
+        return mark_then_create(o, key, None);
+    };
+    let msg = format!(
+        "the {} annotation names {address:?}, which is inbox {} in this AgentSend account, but carries no proof that this operator started that create for this Inbox (written by hand, copied from another Inbox, or left by an earlier version): it is not bound, and deleting this Inbox leaves it alone. If it is this Inbox's, set spec.inboxId: {} to adopt it; otherwise remove the annotation to create a new inbox",
+        crd::ANNOTATION_CREATE_PENDING,
+        holder.id,
+        holder.id
+    );
+    done(
+        report(o, None, None, stalled(Reason::CreationUncertain, msg)),
+        Then::Settle,
+    )
 }
 
 /// The pending address is ours: bind it unless another Inbox holds it.
@@ -1023,7 +1194,7 @@ fn address_in_use(o: &Observed, address: &str, remote: &RemoteInbox) -> Step {
 
 /// Nothing was created for this Inbox: clear the mark, then `Rejected` until the spec changes.
 fn address_taken(o: &Observed, msg: String) -> Step {
-    if !o.pending_cleared {
+    if !o.pending_cleared && o.inbox.annotation(crd::ANNOTATION_CREATE_PENDING).is_some() {
         return Step::ClearPending;
     }
     let msg = match &o.replaces {
@@ -1143,10 +1314,20 @@ fn after_conflict(o: &Observed, key: ApiKey, address: &str, e: &ApiError) -> Ste
         Err(step) => return *step,
         Ok(c) => c,
     };
-    match decide::find_address(&o.inbox.spec, address, pending_since(&o.inbox), candidates) {
-        // This pass wrote the mark: no earlier attempt of this create exists, so the inbox
+    let found = match o.pending() {
+        Some(Pending::Proven { origin, .. }) => {
+            decide::find_address(&o.inbox.spec, address, origin, candidates)
+        }
+        // The mark went in this pass (nothing of it is bound now): only say who holds it.
+        _ => match decide::holder_of(&o.inbox.spec, address, candidates) {
+            Some(holder) => AddressLookup::Older(holder.clone()),
+            None => AddressLookup::Absent,
+        },
+    };
+    match found {
+        // This pass wrote a new mark: no earlier attempt of this create exists, so the inbox
         // holding the address is someone else's, however new.
-        AddressLookup::Ours(remote) if o.marked == Some(Marked::Yes) => {
+        AddressLookup::Ours(remote) if o.marked == Some(Marked::Yes) && !o.resumed => {
             address_in_use(o, address, &remote)
         }
         AddressLookup::Ours(remote) => bind_recovered(o, key, remote),
@@ -1455,22 +1636,18 @@ fn cleanup(o: &Observed) -> Step {
     // pass's sequential round trips. A deletion that cannot go through still explains itself:
     // waiting for other finalizers or a pause reports `Deleting`/`Paused` ([`held_deletion`]),
     // and a failure reports the failure (kept on retries: one status write per outcome).
-    let bound = o.inbox.bound_inbox_id();
-    let pending = o.inbox.annotation(crd::ANNOTATION_CREATE_PENDING);
+    let bound = o.binding();
+    let pending = match o.pending() {
+        Some(p @ (Pending::Proven { .. } | Pending::Legacy(_))) => Some(p),
+        // A mark without proof deletes nothing.
+        Some(Pending::Unproven { .. }) | None => None,
+    };
     match policy {
         DeletionPolicy::Orphan => {
-            if let Some(id) = &bound
-                && !o.announced(EventKind::Orphaned)
+            if let Some(b) = &bound
+                && let Some(step) = announce_orphaned(o, &b.id)
             {
-                let why = if o.observing() {
-                    "managementPolicy Observe"
-                } else {
-                    "deletionPolicy Orphan"
-                };
-                return Step::Announce(InboxEvent::new(
-                    EventKind::Orphaned,
-                    format!("left AgentSend inbox {id} in place ({why}){}", retained(o)),
-                ));
+                return step;
             }
         }
         DeletionPolicy::Delete if bound.is_some() || pending.is_some() => {
@@ -1502,6 +1679,37 @@ fn cleanup(o: &Observed) -> Step {
         failures: Failures::Reset,
         ..finish(None, Then::Settle)
     })
+}
+
+/// The `Orphaned` event for inbox `id` left in place, once. A Warning when the Inbox last
+/// reported `AccountChanged`: its credentials no longer reach the inbox, so nobody manages it
+/// now.
+fn announce_orphaned(o: &Observed, id: &str) -> Option<Step> {
+    if o.announced(EventKind::Orphaned) || o.announced(EventKind::LeftBehind) {
+        return None;
+    }
+    let unreachable = status::find(o.status_at_start.as_ref(), crd::condition::READY)
+        .is_some_and(|c| c.reason() == Some(Reason::AccountChanged));
+    let event = if unreachable {
+        InboxEvent::new(
+            EventKind::LeftBehind,
+            format!(
+                "left AgentSend inbox {id} in place (deletionPolicy Orphan) in an account the Inbox's credentials no longer reach: nothing manages it now; delete it in AgentSend if it is unwanted{}",
+                retained(o)
+            ),
+        )
+    } else {
+        let why = if o.observing() {
+            "managementPolicy Observe"
+        } else {
+            "deletionPolicy Orphan"
+        };
+        InboxEvent::new(
+            EventKind::Orphaned,
+            format!("left AgentSend inbox {id} in place ({why}){}", retained(o)),
+        )
+    };
+    Some(Step::Announce(event))
 }
 
 /// Deleting: the ConfigMaps this Inbox owns go with it — but the wanted one is released
@@ -1570,8 +1778,11 @@ fn retain_secret(o: &Observed, name: &str) -> Option<Step> {
     }
 }
 
-/// Delete the bound inbox, or the one an interrupted create made; `None` once done.
-fn delete_remote(o: &Observed, bound: Option<String>, pending: Option<&str>) -> Option<Step> {
+/// Delete the bound inbox, or the one an interrupted create made; `None` once done. Only with
+/// a key of the account the inbox was bound in: a key of another account is first checked
+/// with a GET (found: same account), and where it does not reach the inbox the deletion waits
+/// (`AccountChanged`) instead of taking its 404 for "already gone".
+fn delete_remote(o: &Observed, bound: Option<Binding>, pending: Option<Pending>) -> Option<Step> {
     let key = match (&o.credentials, &o.remembered_key) {
         (None, _) => return Some(Step::ReadCredentials),
         (Some(Credentials::Key(k)), _) => k.clone(),
@@ -1586,24 +1797,37 @@ fn delete_remote(o: &Observed, bound: Option<String>, pending: Option<&str>) -> 
             return Some(fail(o, Some(r), Failure::CredentialsMissing(msg.clone())));
         }
     };
-    let id = match (bound, pending) {
-        (Some(id), _) => {
+    let current = o.account_of(&key);
+    let (id, account) = match (bound, pending) {
+        (Some(b), _) => {
             // Delete only an inbox this Inbox owns: a second claimant only releases itself.
-            let elsewhere = match claims_on(o, &[&id], true) {
+            let elsewhere = match claims_on(o, &[&b.id], true) {
                 Ok(e) => e,
                 Err(step) => return Some(*step),
             };
-            if elsewhere.get(&id).is_some_and(|c| c.prior) {
+            if elsewhere.get(&b.id).is_some_and(|c| c.prior) {
                 return None;
             }
-            id
+            (b.id, b.account)
         }
+        // Found by listing with this very key: in its account.
         (None, Some(pending)) => match interrupted_create(o, &key, pending)? {
-            Ok(id) => id,
+            Ok(id) => (id, Some(current.clone())),
             Err(step) => return Some(step),
         },
         (None, None) => return None,
     };
+    if account.as_deref() != Some(current.as_str()) {
+        match &o.remote {
+            None => return Some(Step::Fetch { key, id }),
+            Some(Lookup::Failed(e)) => {
+                let r = report(o, None, None, readiness_for_error(e));
+                return Some(fail(o, Some(r), Failure::Api(e.clone())));
+            }
+            Some(Lookup::Gone) => return Some(deletion_blocked(o, &id, account.as_deref())),
+            Some(Lookup::Found(_)) => {}
+        }
+    }
     match &o.deleted {
         None => Some(Step::DeleteInbox { key, id }),
         Some(Err(e)) => Some(fail(
@@ -1620,11 +1844,29 @@ fn delete_remote(o: &Observed, bound: Option<String>, pending: Option<&str>) -> 
     }
 }
 
+/// Deleting with `Delete`, and the key at hand does not reach the bound inbox: the
+/// finalizer stays until the credentials reach it again, or `Orphan` releases the Inbox.
+fn deletion_blocked(o: &Observed, id: &str, bound_in: Option<&str>) -> Step {
+    let account = match bound_in {
+        Some(a) => format!("the account of the key with fingerprint {a}"),
+        None => "an account its binding does not record".into(),
+    };
+    let msg = format!(
+        "cannot delete inbox {id:?}: the current credentials do not reach it (it was bound in {account}), and a 404 from another account is not proof that it is gone; the finalizer stays until the credentials reach the inbox's account again, or set deletionPolicy: Orphan to release this Inbox and leave the inbox in place"
+    );
+    let r = report(o, None, None, stalled(Reason::AccountChanged, msg.clone()));
+    fail(o, Some(r), Failure::AccountChanged(msg))
+}
+
 /// During deletion without a bound ID: what an interrupted create made. `Some(Err(step))`
 /// while inputs are missing, `Some(Ok(id))` for the inbox to delete, `None` for nothing.
 /// Only an inbox of the pending address created after the mark, held by no other Inbox, is
 /// deleted; a legacy mark deletes nothing on a guess.
-fn interrupted_create(o: &Observed, key: &ApiKey, pending: &str) -> Option<Result<String, Step>> {
+fn interrupted_create(
+    o: &Observed,
+    key: &ApiKey,
+    pending: Pending,
+) -> Option<Result<String, Step>> {
     let candidates = match &o.candidates {
         None => return Some(Err(Step::ListCandidates { key: key.clone() })),
         Some(Err(e)) => return Some(Err(fail(o, None, Failure::Api(e.clone())))),
@@ -1634,16 +1876,16 @@ fn interrupted_create(o: &Observed, key: &ApiKey, pending: &str) -> Option<Resul
         Ok(e) => e,
         Err(step) => return Some(Err(*step)),
     };
-    let since = match PendingMark::parse(pending) {
-        PendingMark::Address(address) => {
-            let found =
-                decide::find_address(&o.inbox.spec, address, pending_since(&o.inbox), candidates);
+    let since = match pending {
+        Pending::Proven { address, origin } => {
+            let found = decide::find_address(&o.inbox.spec, address, origin, candidates);
             return match found {
                 AddressLookup::Ours(r) if !elsewhere.contains_key(&r.id) => Some(Ok(r.id)),
                 _ => None,
             };
         }
-        PendingMark::Legacy(since) => since,
+        Pending::Unproven { .. } => return None,
+        Pending::Legacy(since) => since,
     };
     let ids =
         match decide::recover_legacy(&o.inbox.spec, since, candidates, &claimed_ids(elsewhere)) {
@@ -1690,6 +1932,9 @@ fn claims_on<'o>(
             .collect(),
         (None, _) => ids.iter().map(|id| id.to_string()).collect(),
     };
+    if cluster_wide && let Some(why) = &o.bindings_unavailable {
+        return Err(Box::new(ownership_unverified(o, why)));
+    }
     match &o.bound_elsewhere {
         Some(claims) if unchecked.is_empty() => Ok(claims),
         _ => Err(Box::new(Step::FindBindings {
@@ -1697,6 +1942,21 @@ fn claims_on<'o>(
             ids: unchecked,
         })),
     }
+}
+
+/// Fail closed: whether another Inbox owns the inbox cannot be checked, so adoption, recovery
+/// and deletion wait (a condition, and the pass fails to back off).
+fn ownership_unverified(o: &Observed, why: &str) -> Step {
+    let msg = format!(
+        "waiting: cannot check that no other Inbox in the cluster owns the inbox ({why}); nothing is bound or deleted until the check can be made. In a namespaced install, grant the binding-check role (list Inboxes cluster-wide)"
+    );
+    let r = report(
+        o,
+        None,
+        None,
+        stalled(Reason::OwnershipUnverified, msg.clone()),
+    );
+    fail(o, Some(r), Failure::OwnershipUnverified(msg))
 }
 
 /// The IDs of `inboxes`.
@@ -1759,9 +2019,8 @@ fn stale_view_retry(o: &Observed) -> Step {
 /// cache bounds those calls, and the counter sync wakes the Inbox when the account is back).
 fn api_failure(o: &Observed, e: &ApiError) -> Step {
     let delay = retry_delay(e, o.failures, o.jitter, o.max_retry_delay);
-    let observing = o.inbox.bound_inbox_id().is_some()
-        && o.created.is_none()
-        && matches!(o.remote, Some(Lookup::Failed(_)));
+    let observing =
+        o.binding().is_some() && o.created.is_none() && matches!(o.remote, Some(Lookup::Failed(_)));
     Step::Done(Done {
         failures: Failures::Bump,
         failed: Some(e.reason()),
@@ -1913,7 +2172,7 @@ pub fn report(
         generation: o.inbox.metadata.generation,
         inbox_id: remote
             .map(|r| r.id.clone())
-            .or_else(|| o.inbox.bound_inbox_id()),
+            .or_else(|| o.binding().map(|b| b.id)),
         remote,
         secret_name,
         readiness: readiness.clone(),
@@ -2022,13 +2281,24 @@ impl fmt::Display for Step {
             Step::ListCandidates { .. } => write!(f, "list candidates"),
             Step::FindBindings { .. } => write!(f, "find bindings"),
             Step::MarkPending {
-                unbind: None,
+                unbind,
                 address,
-            } => write!(f, "mark pending {address}"),
-            Step::MarkPending {
-                unbind: Some(id),
-                address,
-            } => write!(f, "unbind {id} and mark pending {address}"),
+                origin,
+                resumes,
+                ..
+            } => {
+                if let Some(id) = unbind {
+                    write!(f, "unbind {id} and ")?;
+                }
+                write!(f, "mark pending {address}")?;
+                if let Origin::SeenAbsent(at) = origin {
+                    write!(f, " (seen absent at {at:?})")?;
+                }
+                if *resumes {
+                    f.write_str(" again")?;
+                }
+                Ok(())
+            }
             Step::Progress(r) => write!(f, "progress {}", r.readiness.reason()),
             Step::Create { request, .. } => write!(
                 f,
@@ -2050,7 +2320,7 @@ impl fmt::Display for Step {
                 event.kind.reason(),
                 secret.metadata.name.as_deref().unwrap_or_default()
             ),
-            Step::RecordBinding { id } => write!(f, "record binding {id}"),
+            Step::RecordBinding { id, .. } => write!(f, "record binding {id}"),
             Step::ClearPending => write!(f, "clear pending"),
             Step::Forget { id, .. } => write!(f, "forget {id}"),
             Step::Register { id, .. } => write!(f, "register {id}"),
@@ -2078,7 +2348,11 @@ impl fmt::Display for Step {
             Step::Release { kind, name, .. } => write!(f, "release {kind} {name}"),
             Step::AddFinalizer => write!(f, "add finalizer"),
             Step::DeleteInbox { id, .. } => write!(f, "delete inbox {id}"),
-            Step::Announce(e) => write!(f, "announce {}", e.kind.reason()),
+            Step::Announce(e) => {
+                let warning = e.kind.event_type() == kube::runtime::events::EventType::Warning;
+                let kind = if warning { "warning " } else { "" };
+                write!(f, "announce {kind}{}", e.kind.reason())
+            }
             Step::Done(d) => write!(f, "{d}"),
         }
     }
@@ -2100,6 +2374,10 @@ impl fmt::Display for Done {
             Then::Fail(Failure::CredentialsMissing(_)) => f.write_str("; fail credentials")?,
             Then::Fail(Failure::InvalidObject) => f.write_str("; fail invalid")?,
             Then::Fail(Failure::Held(d)) => write!(f, "; held {d:?}")?,
+            Then::Fail(Failure::AccountChanged(_)) => f.write_str("; fail account changed")?,
+            Then::Fail(Failure::OwnershipUnverified(_)) => {
+                f.write_str("; fail ownership unverified")?
+            }
         }
         match self.failures {
             Failures::Keep => {}
@@ -2139,6 +2417,21 @@ mod tests {
 
     fn key() -> ApiKey {
         ApiKey::new("k").unwrap()
+    }
+
+    /// The operator's proof key in these tests.
+    fn proof_key() -> ProofKey {
+        ProofKey::from_bytes(&[9u8; 32]).unwrap()
+    }
+
+    /// A key of another AgentSend account.
+    fn other_key() -> ApiKey {
+        ApiKey::new("k-of-another-account").unwrap()
+    }
+
+    /// The listing that found a chosen address absent, as the server's clock said.
+    fn listed_at() -> i64 {
+        MARKED_AT.parse::<jiff::Timestamp>().unwrap().as_second()
     }
 
     fn remote(id: &str, address: &str) -> RemoteInbox {
@@ -2211,7 +2504,13 @@ mod tests {
         i.metadata.uid = Some("uid-1".into());
         i.metadata.resource_version = Some("7".into());
         i.metadata.generation = Some(2);
-        let mut o = Observed::new(i, Phase::Apply, NOW.into(), Duration::from_secs(60));
+        let mut o = Observed::new(
+            i,
+            Phase::Apply,
+            NOW.into(),
+            Duration::from_secs(60),
+            proof_key(),
+        );
         o.random_local = RANDOM.into();
         // The namespace was read and sets no default (rows about it say otherwise).
         o.namespace_default = Some(None);
@@ -2267,18 +2566,49 @@ mod tests {
         fn remembered(self) -> Self {
             self.with(|o| o.remembered_key = Some(key()))
         }
-        /// Bound by annotation; the binding index read, nobody else claiming anything (unless
-        /// `elsewhere` says otherwise).
+        /// Bound by annotation, with the operator's proof for the account of [`key`]; the
+        /// binding index read, nobody else claiming anything (unless `elsewhere` says
+        /// otherwise).
         fn bound(self, id: &str) -> Self {
-            self.ann(crd::ANNOTATION_INBOX_ID, id).with(|o| {
-                o.bound_elsewhere.get_or_insert_with(HashMap::new);
-            })
+            self.bound_in(id, &key())
+        }
+        /// Bound by annotation, with proof, in the account of `k`.
+        fn bound_in(self, id: &str, k: &ApiKey) -> Self {
+            let pk = proof_key();
+            let proof = pk.binding_proof("team", "mail", id, &pk.fingerprint(k));
+            self.ann(crd::ANNOTATION_INBOX_ID, id)
+                .ann(crd::ANNOTATION_INBOX_ID_PROOF, &proof)
+                .with(|o| {
+                    o.bound_elsewhere.get_or_insert_with(HashMap::new);
+                })
+        }
+        /// The annotation names `id` with no proof (a tenant wrote it).
+        fn claims_unproven(self, id: &str) -> Self {
+            self.ann(crd::ANNOTATION_INBOX_ID, id)
         }
         fn index_unread(self) -> Self {
             self.with(|o| o.bound_elsewhere = None)
         }
-        /// A create of `support@agentsend.io` (the address of [`inb1`]) marked at MARKED_AT.
+        /// A create of `support@agentsend.io` (the address of [`inb1`]) marked at MARKED_AT
+        /// with the operator's proof that it generated the address.
         fn pending(self) -> Self {
+            self.pending_as(Origin::Random)
+        }
+        /// The same create, with a proof of `origin`.
+        fn pending_as(self, origin: Origin) -> Self {
+            let proof = proof_key().pending_proof("team", "mail", "support@agentsend.io", origin);
+            self.ann(crd::ANNOTATION_CREATE_PENDING, "support@agentsend.io")
+                .ann(crd::ANNOTATION_CREATE_PENDING_PROOF, &proof)
+                .ann(crd::ANNOTATION_CREATE_PENDING_SINCE, MARKED_AT)
+        }
+        /// A chosen `spec.address` whose create was marked after a listing at MARKED_AT found
+        /// it absent.
+        fn pending_chosen(self) -> Self {
+            self.spec(|s| s.address = Some("support@agentsend.io".into()))
+                .pending_as(Origin::SeenAbsent(Some(listed_at())))
+        }
+        /// A mark naming `support@agentsend.io` with no proof (a tenant wrote it).
+        fn pending_unproven(self) -> Self {
             self.ann(crd::ANNOTATION_CREATE_PENDING, "support@agentsend.io")
                 .ann(crd::ANNOTATION_CREATE_PENDING_SINCE, MARKED_AT)
         }
@@ -2858,9 +3188,26 @@ mod tests {
                 "mark pending r4nd0mr4nd0mr4nd",
             ),
             (
-                "spec.address is the address the mark names",
+                "spec.address: the account is listed before the mark (a chosen address may be taken)",
                 obs().key().spec(|s| s.address = Some("support".into())),
-                "mark pending support",
+                "list candidates",
+            ),
+            (
+                "spec.address absent from the listing: the mark names it, with the listing's time",
+                obs()
+                    .key()
+                    .spec(|s| s.address = Some("support".into()))
+                    .candidates(vec![])
+                    .with(|o| o.listed_at = Some(listed_at())),
+                "mark pending support (seen absent at Some(1795859940))",
+            ),
+            (
+                "spec.address already held in the account: someone else's, refused before any mark or POST",
+                obs()
+                    .key()
+                    .spec(|s| s.address = Some("support".into()))
+                    .candidates(vec![older(inb1())]),
+                "done Rejected +Rejected; settle",
             ),
             (
                 "mark refused, the view was stale: decide again on fresh data soon",
@@ -2983,7 +3330,7 @@ mod tests {
                 "409, and the address is older than the mark: never bound, the mark goes",
                 obs()
                     .key()
-                    .pending()
+                    .pending_chosen()
                     .created(Err(rejected_409()))
                     .candidates(vec![older(inb1())]),
                 "clear pending",
@@ -3066,10 +3413,10 @@ mod tests {
                 "done Rejected +Rejected; requeue 300s; wait for the owner of inb_1",
             ),
             (
-                "found, but it existed before the mark: never bound, the mark goes",
+                "found, but it existed before the listing behind the mark: never bound, the mark goes",
                 obs()
                     .key()
-                    .pending()
+                    .pending_chosen()
                     .progress(Reason::Creating)
                     .candidates(vec![older(inb1())]),
                 "clear pending",
@@ -3200,14 +3547,26 @@ mod tests {
                 "unbind inb_1 and mark pending r4nd0mr4nd0mr4nd@agentsend.io",
             ),
             (
-                "vanished: the new inbox gets the address the app already uses",
+                "vanished: the new inbox gets the address the app already uses, once the account shows it free",
                 obs()
                     .key()
                     .bound("inb_1")
                     .status(ready_status(&inb1()))
                     .gone()
                     .with(|o| o.forgotten = true),
-                "unbind inb_1 and mark pending support@agentsend.io",
+                "list candidates",
+            ),
+            (
+                "vanished, its address free: unbind and mark pending (seen absent) in one write",
+                obs()
+                    .key()
+                    .bound("inb_1")
+                    .status(ready_status(&inb1()))
+                    .gone()
+                    .with(|o| o.forgotten = true)
+                    .candidates(vec![])
+                    .with(|o| o.listed_at = Some(listed_at())),
+                "unbind inb_1 and mark pending support@agentsend.io (seen absent at Some(1795859940))",
             ),
             (
                 "vanished, adopted: InboxNotFound, never re-created",
@@ -3728,7 +4087,7 @@ mod tests {
                 "the marked address existed before the mark: not ours, nothing deleted",
                 obs()
                     .deleting()
-                    .pending()
+                    .pending_chosen()
                     .key()
                     .candidates(vec![older(inb1())])
                     .elsewhere(&[]),
@@ -3763,7 +4122,7 @@ mod tests {
                     .spec(|s| s.display_name = Some("Bot".into()))
                     .candidates(vec![bot("a", "a@agentsend.io"), bot("b", "b@agentsend.io")])
                     .elsewhere(&[]),
-                "announce CreationUncertain",
+                "announce warning CreationUncertain",
             ),
             (
                 "the owned Secret goes",
@@ -3793,11 +4152,232 @@ mod tests {
         ]
     }
 
+    /// Ownership on proof: what a tenant can write (annotations) is a claim to check, never
+    /// proof; the account a binding was made in is checked before a 404 counts as "gone".
+    fn ownership_rows() -> Vec<(&'static str, B, &'static str)> {
+        let pk = proof_key();
+        let after_listing = RemoteInbox {
+            created_at: Some("2026-11-28T09:59:02.000Z".into()),
+            ..inb1()
+        };
+        let unverified = |o: &mut Observed| o.bindings_unavailable = Some("403 forbidden".into());
+        let account_changed = status::build_status(StatusInput {
+            previous: Some(&ready_status(&inb1())),
+            generation: Some(2),
+            inbox_id: Some("inb_1".into()),
+            remote: None,
+            secret_name: Some("mail".into()),
+            readiness: stalled(Reason::AccountChanged, "elsewhere"),
+            now: NOW,
+        });
+        vec![
+            // ---- the inbox-id annotation
+            (
+                "an inbox-id annotation without proof (a tenant wrote it): who owns that ID is looked up for the message",
+                obs().key().claims_unproven("inb_9"),
+                "find bindings",
+            ),
+            (
+                "an inbox-id annotation without proof: not bound, nothing created (the owner, if any, named)",
+                obs().key().claims_unproven("inb_9").elsewhere(&["inb_9"]),
+                "done Rejected +Rejected; settle",
+            ),
+            (
+                "a proof copied from another Inbox proves nothing here",
+                obs()
+                    .key()
+                    .claims_unproven("inb_9")
+                    .ann(
+                        crd::ANNOTATION_INBOX_ID_PROOF,
+                        &pk.binding_proof("team", "other", "inb_9", &pk.fingerprint(&key())),
+                    )
+                    .elsewhere(&[]),
+                "done Rejected +Rejected; settle",
+            ),
+            (
+                "an unproven annotation naming the inbox spec.inboxId names: explicit adoption",
+                obs().key().claims_unproven("inb_1").adopting("inb_1"),
+                "fetch inb_1",
+            ),
+            (
+                "an empty inbox-id annotation without proof does not unbind: status still binds",
+                obs()
+                    .key()
+                    .claims_unproven("")
+                    .status(ready_status(&inb1()))
+                    .elsewhere(&[]),
+                "fetch inb_1",
+            ),
+            (
+                "bound by status alone (a GitOps replace dropped the annotations): the account is checked with a GET",
+                obs().key().status(ready_status(&inb1())).elsewhere(&[]),
+                "fetch inb_1",
+            ),
+            (
+                "status-bound and found with this key: write the binding and its proof, no AgentSend write",
+                obs()
+                    .key()
+                    .status(ready_status(&inb1()))
+                    .elsewhere(&[])
+                    .found(inb1()),
+                "record binding inb_1",
+            ),
+            (
+                "an unproven annotation beside a status binding: status wins, the annotation is rewritten",
+                obs()
+                    .key()
+                    .claims_unproven("inb_9")
+                    .status(ready_status(&inb1()))
+                    .elsewhere(&[])
+                    .found(inb1()),
+                "record binding inb_1",
+            ),
+            (
+                "status-bound, this key does not find it: its account is unknown, so nothing is created",
+                obs()
+                    .key()
+                    .status(ready_status(&inb1()))
+                    .elsewhere(&[])
+                    .gone(),
+                "done AccountChanged; requeue 60s",
+            ),
+            // ---- the account a binding was made in
+            (
+                "bound in another account than the key's: a GET, not the scan cache, says whether it reaches it",
+                obs().key().bound_in("inb_1", &other_key()),
+                "fetch inb_1",
+            ),
+            (
+                "another account, not found there: AccountChanged, never created there",
+                obs().key().bound_in("inb_1", &other_key()).gone(),
+                "done AccountChanged; requeue 60s",
+            ),
+            (
+                "another key of the same account finds it (rotation): re-proven for the new key, no condition",
+                obs().key().bound_in("inb_1", &other_key()).found(inb1()),
+                "record binding inb_1",
+            ),
+            // ---- the create-pending mark
+            (
+                "a pending mark without proof: the account is listed before anything else",
+                obs().key().pending_unproven(),
+                "list candidates",
+            ),
+            (
+                "a pending mark without proof whose address the account holds: named, never bound",
+                obs()
+                    .key()
+                    .pending_unproven()
+                    .candidates(vec![inb1()])
+                    .elsewhere(&[]),
+                "done CreationUncertain +CreationUncertain; settle",
+            ),
+            (
+                "a pending mark without proof whose address the account lacks: start over with a mark of its own",
+                obs().key().pending_unproven().candidates(vec![]),
+                "mark pending r4nd0mr4nd0mr4nd@agentsend.io",
+            ),
+            (
+                "a chosen address found created after the listing behind the mark: this Inbox's create",
+                obs()
+                    .key()
+                    .pending_chosen()
+                    .progress(Reason::Creating)
+                    .candidates(vec![after_listing.clone()])
+                    .elsewhere(&[]),
+                "bind inb_1 (Created)",
+            ),
+            (
+                "a chosen address still absent at recovery: the proof of absence is renewed before the POST",
+                obs()
+                    .key()
+                    .pending_chosen()
+                    .progress(Reason::Creating)
+                    .candidates(vec![])
+                    .with(|o| o.listed_at = Some(listed_at() + 60)),
+                "mark pending support@agentsend.io (seen absent at Some(1795860000)) again",
+            ),
+            (
+                "409 after a renewed mark: the holder may be the earlier attempt (a late commit), bound if in its window",
+                obs()
+                    .key()
+                    .pending_chosen()
+                    .marked(Marked::Yes)
+                    .with(|o| o.resumed = true)
+                    .created(Err(rejected_409()))
+                    .candidates(vec![after_listing])
+                    .elsewhere(&[]),
+                "bind inb_1 (Created)",
+            ),
+            // ---- deletion
+            (
+                "deleting, an unproven inbox-id annotation: nothing deleted in AgentSend",
+                obs().deleting().key().claims_unproven("inb_9"),
+                "read secret mail",
+            ),
+            (
+                "deleting, an unproven pending mark: nothing deleted, not even looked up",
+                obs().deleting().key().pending_unproven(),
+                "read secret mail",
+            ),
+            (
+                "deleting, bound in another account than the key's: a GET first",
+                obs()
+                    .deleting()
+                    .key()
+                    .bound_in("inb_1", &other_key())
+                    .elsewhere(&[]),
+                "fetch inb_1",
+            ),
+            (
+                "deleting, that GET finds it: the same account, delete",
+                obs()
+                    .deleting()
+                    .key()
+                    .bound_in("inb_1", &other_key())
+                    .elsewhere(&[])
+                    .found(inb1()),
+                "delete inbox inb_1",
+            ),
+            (
+                "deleting, this key does not reach it: a 404 from another account is not 'gone', the finalizer stays",
+                obs()
+                    .deleting()
+                    .key()
+                    .bound_in("inb_1", &other_key())
+                    .elsewhere(&[])
+                    .gone(),
+                "done AccountChanged; fail account changed; hold 500ms",
+            ),
+            (
+                "Orphan after AccountChanged: released, with a Warning Orphaned naming the inbox left behind",
+                obs()
+                    .deleting()
+                    .orphan()
+                    .bound_in("inb_1", &other_key())
+                    .status(account_changed),
+                "announce warning Orphaned",
+            ),
+            // ---- fail closed
+            (
+                "adoption while the cluster-wide one-owner check fails: wait, nothing bound",
+                obs().key().adopting("inb_1").found(inb1()).with(unverified),
+                "done OwnershipUnverified; fail ownership unverified; hold 500ms",
+            ),
+            (
+                "deletion while the check fails: no AgentSend call",
+                obs().deleting().key().bound("inb_1").with(unverified),
+                "done OwnershipUnverified; fail ownership unverified; hold 500ms",
+            ),
+        ]
+    }
+
     #[test]
     fn lifecycle() {
         let mut wrong = Vec::new();
         let mut rows = table();
         rows.extend(output_rows());
+        rows.extend(ownership_rows());
         println!("{} lifecycle rules", rows.len());
         for (rule, b, want) in rows {
             let got = plan(&b.0).to_string();
@@ -3915,7 +4495,11 @@ mod tests {
 
     #[test]
     fn every_not_ready_reason_and_warning_is_a_row() {
-        let expected: Vec<&str> = table().into_iter().map(|(_, _, want)| want).collect();
+        let expected: Vec<&str> = table()
+            .into_iter()
+            .chain(ownership_rows())
+            .map(|(_, _, want)| want)
+            .collect();
         let all = expected.join("\n");
         for r in Reason::ALL {
             if matches!(r, Reason::UpToDate | Reason::SendsAvailable) {
@@ -3928,6 +4512,7 @@ mod tests {
             EventKind::Adopted,
             EventKind::Deleted,
             EventKind::Orphaned,
+            EventKind::LeftBehind,
             EventKind::Recreated,
             EventKind::SecretConflict,
             EventKind::Rejected,

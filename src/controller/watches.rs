@@ -202,19 +202,23 @@ pub(crate) fn claims_index(
     (reader, stream)
 }
 
-/// Keep only the metadata a claim needs.
+/// Keep only the metadata a claim needs: the binding annotation and its proof (a claim
+/// counts only with the proof, checked where it is read).
 fn trim_to_claim(meta: &mut ObjectMeta) {
-    let id = meta
+    let kept: std::collections::BTreeMap<String, String> = meta
         .annotations
-        .as_mut()
-        .and_then(|a| a.remove(crd::ANNOTATION_INBOX_ID));
+        .take()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k == crd::ANNOTATION_INBOX_ID || k == crd::ANNOTATION_INBOX_ID_PROOF)
+        .collect();
     *meta = ObjectMeta {
         name: meta.name.take(),
         namespace: meta.namespace.take(),
         uid: meta.uid.take(),
         resource_version: meta.resource_version.take(),
         creation_timestamp: meta.creation_timestamp.take(),
-        annotations: id.map(|id| [(crd::ANNOTATION_INBOX_ID.to_string(), id)].into()),
+        annotations: (!kept.is_empty()).then_some(kept),
         ..ObjectMeta::default()
     };
 }

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use inbox_operator::agentsend::{AgentSendClient, ClientOptions};
-use inbox_operator::controller::{self, DefaultKey, Settings};
+use inbox_operator::controller::proof::ProofKey;
+use inbox_operator::controller::{self, DefaultKey, Settings, proof_store};
 use inbox_operator::crd::{Inbox, InboxSpec, Reason};
 use inbox_operator::metrics::Metrics;
 use inbox_sim::{Malformed, Route, Simulator, SimulatorHandle};
@@ -37,6 +38,10 @@ pub struct Env {
     pub key: &'static str,
     /// How long the waits of this environment wait.
     pub timeout: Duration,
+    /// The proof key every in-process controller of the run uses: the one in the Secret
+    /// `inbox-operator-proof-key` of namespace `default`, as the operator binary run without
+    /// `--operator-namespace` reads it (tests that move the operator namespace keep it).
+    pub proof: ProofKey,
     controller: Option<Controller>,
     pub metrics: Arc<Metrics>,
     _dump: Box<dyn Send>,
@@ -114,7 +119,11 @@ impl Env {
         let sim = Simulator::new();
         sim.add_account(account, key);
         let handle = sim.spawn().await.expect("simulator starts");
+        let proof = proof_store::load_or_create(&client, "default")
+            .await
+            .expect("the proof key");
         Env {
+            proof,
             client,
             ns,
             sim,
@@ -171,6 +180,7 @@ impl Env {
             default_key: DefaultKey::Fixed(
                 inbox_operator::agentsend::ApiKey::new(KEY).expect("key"),
             ),
+            proof_key: Some(self.proof.clone()),
             ..Settings::default()
         };
         tweak(&mut settings);

@@ -1730,8 +1730,8 @@ async fn a_copied_manifest_never_takes_over() {
 }
 
 /// A shard (`--selector`) sees claims outside its selector: a copy, inside its shard, of an
-/// Inbox that another shard owns is Rejected naming the owner, gets no Secret, and its
-/// deletion never calls AgentSend.
+/// Inbox that another shard owns is Rejected naming the owner (whose binding carries the
+/// proof the other shard wrote), gets no Secret, and its deletion never calls AgentSend.
 #[tokio::test]
 async fn a_shard_sees_claims_outside_its_selector() {
     let env = Env::start_with(|s| s.selector = Some("shard=b".into())).await;
@@ -1739,13 +1739,22 @@ async fn a_shard_sees_claims_outside_its_selector() {
         .sim
         .insert_inbox(ACCOUNT, CreateInbox::default())
         .unwrap();
+    // The owner carries the binding and its proof as the other shard wrote them (the proof
+    // key is shared by every shard); the copy carries the annotation only, as a copy would
+    // (a copied proof names the owner's name, not the copy's).
+    let account = env
+        .proof
+        .fingerprint(&inbox_operator::agentsend::ApiKey::new(env.key).unwrap());
     let claimed = |name: &str, shard: &str| {
         let mut i = Inbox::new(name, InboxSpec::default());
         i.metadata.labels = Some(BTreeMap::from([("shard".into(), shard.into())]));
-        i.metadata.annotations = Some(BTreeMap::from([(
-            "agentsend.io/inbox-id".to_string(),
-            remote.id.clone(),
-        )]));
+        let proof = env
+            .proof
+            .binding_proof(env.ns.name(), "owner", &remote.id, &account);
+        i.metadata.annotations = Some(BTreeMap::from([
+            ("agentsend.io/inbox-id".to_string(), remote.id.clone()),
+            ("agentsend.io/inbox-id-proof".to_string(), proof),
+        ]));
         i
     };
     // The owner, in shard a (another instance's: nothing here reconciles it).

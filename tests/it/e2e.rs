@@ -420,7 +420,7 @@ async fn a_leader_whose_lease_is_taken_stops_writing() {
     assert!(code.is_some_and(|c| c != 0), "old leader exit: {code:?}");
     let slow = api.get("slow").await.expect("slow");
     assert!(
-        slow.bound_inbox_id().is_none(),
+        slow.named_inbox_id().is_none(),
         "the old leader bound slow after losing the lease"
     );
     let after = api.get("after").await.expect("after");

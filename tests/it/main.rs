@@ -24,4 +24,5 @@ mod deploy;
 mod e2e;
 mod faults;
 mod outputs;
+mod ownership;
 mod secure_metrics;
