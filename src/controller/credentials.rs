@@ -251,6 +251,14 @@ pub fn holds_inbox<I: InboxView>(inbox: &I, proof: &ProofKey) -> bool {
         )
 }
 
+/// Count the peers whose UID is in `reserved` (let past the quota by this process, their
+/// mark perhaps not yet in the cache) as holding their slot.
+pub fn count_reserved(peers: &mut [Peer], reserved: &std::collections::HashSet<String>) {
+    for p in peers {
+        p.holds_inbox |= reserved.contains(&p.seniority.1);
+    }
+}
+
 /// Everything the resolution reads.
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
@@ -1075,6 +1083,32 @@ mod tests {
         for (name, inbox, inputs, want) in cases {
             assert_eq!(short(&resolve(&inbox, &inputs)), want, "{name}");
         }
+    }
+
+    /// Two Inboxes created in the same second, the second with the smaller UID (so the
+    /// "older" by the tie-break): the first, let past while the second was not yet cached,
+    /// holds its slot through the reservation, so the second is refused — not let past too.
+    #[test]
+    fn a_slot_reserved_by_this_process_counts_before_the_cache_shows_it() {
+        let account = shared(|r| r.max_inboxes_per_namespace = Some(1));
+        let me = inbox(|s| s.account_ref = cluster_ref("shared").map(Box::new));
+        let first = peer("first", "2026-01-02T00:00:00Z", false, cluster_ref("shared"));
+        let first = Peer {
+            seniority: (first.seniority.0, "uid-zzz".into()),
+            ..first
+        };
+        let decide = |peers: Vec<Peer>, reserved: &[&str]| {
+            let mut inputs = Inputs {
+                referenced: Some(account.clone()),
+                peers,
+                ..Default::default()
+            };
+            let reserved = reserved.iter().map(|u| u.to_string()).collect();
+            count_reserved(&mut inputs.peers, &reserved);
+            matches!(resolve(&me, &inputs), Source::Refused(_))
+        };
+        assert!(!decide(vec![first.clone()], &[]), "without the reservation: both pass");
+        assert!(decide(vec![first], &["uid-zzz"]), "with it: refused");
     }
 
     /// What holds a quota slot: proven bindings and proven pending creates, never a tenant's

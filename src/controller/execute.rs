@@ -525,6 +525,15 @@ impl<'a> Pass<'a> {
         if done.hold.is_some() || done.failures == Failures::Reset || done.release {
             self.ctx.set_hold(&self.obj, done.hold.clone());
         }
+        // A quota slot taken in this pass is kept while the Inbox holds an inbox (or a create
+        // in flight), and freed once it holds none (refused, rejected, or gone).
+        if done.release || !credentials::holds_inbox(&o.inbox, &self.ctx.proof) {
+            self.ctx
+                .quota_slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&self.uid);
+        }
         match done.failures {
             Failures::Keep => {}
             Failures::Reset => self.ctx.reset_failures(&self.obj),
@@ -631,7 +640,7 @@ impl<'a> Pass<'a> {
         if credentials::needs_namespace_labels(&inputs) {
             inputs.namespace_labels = self.namespace_labels().await?;
         }
-        let source = credentials::resolve(&o.inbox, &inputs);
+        let source = self.resolve_reserving(&o.inbox, inputs);
         let mut secret_finalized = false;
         let value = match &source {
             credentials::Source::Secret {
@@ -667,6 +676,35 @@ impl<'a> Pass<'a> {
         };
         o.credentials = Some(creds);
         Ok(())
+    }
+
+    /// [`credentials::resolve`], and where a quota applies, check and take a slot atomically:
+    /// under one lock, the Inboxes this process let past the quota count as holding theirs
+    /// (their marks may not be in the cache yet), and this one, let past, joins them.
+    fn resolve_reserving(
+        &self,
+        inbox: &Inbox,
+        mut inputs: credentials::Inputs,
+    ) -> credentials::Source {
+        let quota = credentials::needs_peers(&inputs);
+        if !quota {
+            return credentials::resolve(inbox, &inputs);
+        }
+        let mut reserved = self
+            .ctx
+            .quota_slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        credentials::count_reserved(&mut inputs.peers, &reserved);
+        let source = credentials::resolve(inbox, &inputs);
+        let let_past = !matches!(
+            source,
+            credentials::Source::Refused(_) | credentials::Source::Missing(_)
+        );
+        if let_past && !inputs.holds_inbox {
+            reserved.insert(self.uid.clone());
+        }
+        source
     }
 
     /// The labels of the Inbox's namespace; `None` when the operator may not read them.

@@ -278,6 +278,10 @@ pub struct Context {
     pub(crate) caches_synced: tokio::sync::watch::Receiver<bool>,
     /// The proof key: what tells the operator's marks and bindings from a tenant's.
     pub(crate) proof: proof::ProofKey,
+    /// The UIDs of the Inboxes this process let past a `maxInboxesPerNamespace` quota that
+    /// still hold (or are about to create) an inbox: they hold their slot even before the
+    /// cache shows their mark.
+    pub(crate) quota_slots: Mutex<std::collections::HashSet<String>>,
 }
 
 /// What the controller's start hands every reconcile besides the caches of its scopes.
@@ -341,6 +345,7 @@ impl Context {
             // Replaced by the controller's own signal before any reader runs.
             caches_synced: tokio::sync::watch::channel(false).1,
             proof,
+            quota_slots: Mutex::default(),
             settings,
         }
     }
