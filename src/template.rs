@@ -3,12 +3,22 @@
 //!
 //! Rendering is pure and happens before anything is written: a template that does not render,
 //! a key that a Secret cannot hold, or a key that would replace a default key is an error that
-//! names the key, and the Secret is left as it was. Templates come from tenants, so rendering
-//! runs on a fuel budget (no template can loop for long) and its output is bounded.
+//! names the key, and the Secret is left as it was.
+//!
+//! Templates come from tenants, and one tenant's template must not cost the others their
+//! service, so they are bounded in time and memory before and while they render:
+//! - only a subset of MiniJinja is accepted ([`check_syntax`]): the five fields, string
+//!   literals, the filters in [`FILTERS`] and `{% if %}`/`{% elif %}`/`{% else %}`/`{% endif %}`
+//!   — no numbers, operators, attribute access, loops, assignments or functions, which is where
+//!   a short template could allocate gigabytes (`{{ address * 99999999 }}`);
+//! - the environment has no built-in filter, test or function; the allowed filters are this
+//!   module's own, and each refuses, before allocating it, a result over
+//!   [`MAX_RENDERED_BYTES`] (`replace` computes its result's length first);
+//! - rendering runs on a fuel budget, and the value is checked against the bound again.
 
 use std::collections::BTreeMap;
 
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 
 use crate::agentsend::RemoteInbox;
 
@@ -24,6 +34,21 @@ pub const MAX_RENDERED_BYTES: usize = 64 * 1024;
 /// Evaluation steps one template may take (minijinja's fuel): plenty for substitutions,
 /// conditionals and filters, far too few for a runaway loop.
 const FUEL: u64 = 20_000;
+
+/// The filters a template may use: `upper`, `lower`, `title`, `capitalize`, `trim`,
+/// `replace(old, new)` and `default(value)` (the value when the input is empty).
+pub const FILTERS: [&str; 7] = [
+    "upper",
+    "lower",
+    "title",
+    "capitalize",
+    "trim",
+    "replace",
+    "default",
+];
+
+/// The longest string literal a template may contain.
+pub const MAX_LITERAL_CHARS: usize = 256;
 
 /// Why a template cannot be used; every variant names the template's key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,6 +71,11 @@ pub enum TemplateError {
     /// The rendered value is too large.
     #[error("template {key:?} renders more than {MAX_RENDERED_BYTES} bytes")]
     TooLarge { key: String },
+    /// The template uses something outside the allowed subset.
+    #[error(
+        "template {key:?} is not allowed: {message}; templates may use the fields address, localPart, domain, displayName and inboxId, string literals, the filters upper, lower, title, capitalize, trim, replace and default, and if/elif/else/endif"
+    )]
+    NotAllowed { key: String, message: String },
 }
 
 /// The values a template sees for one inbox.
@@ -61,6 +91,17 @@ pub struct Fields {
 }
 
 impl Fields {
+    /// Fields of a typical inbox, to check templates before any inbox exists.
+    pub fn sample() -> Self {
+        Fields {
+            address: "sample@agentsend.io".into(),
+            local_part: "sample".into(),
+            domain: "agentsend.io".into(),
+            display_name: "Sample".into(),
+            inbox_id: "inb_sample".into(),
+        }
+    }
+
     /// The fields of an AgentSend inbox.
     pub fn of(remote: &RemoteInbox) -> Self {
         let (local_part, domain) = remote
@@ -93,9 +134,7 @@ pub fn render(
     templates: &BTreeMap<String, String>,
     fields: &Fields,
 ) -> Result<BTreeMap<String, String>, TemplateError> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_fuel(Some(FUEL));
+    let env = environment();
     templates
         .iter()
         .map(|(key, source)| {
@@ -106,18 +145,212 @@ pub fn render(
             if DEFAULT_KEYS.contains(&key.as_str()) {
                 return Err(TemplateError::DefaultKey { key: named(key) });
             }
-            let value = env
-                .render_str(source, fields)
-                .map_err(|e| TemplateError::Render {
-                    key: named(key),
-                    message: describe(&e),
-                })?;
+            check_syntax(source).map_err(|message| TemplateError::NotAllowed {
+                key: named(key),
+                message,
+            })?;
+            let value = env.render_str(source, fields).map_err(|e| {
+                if e.kind() == ErrorKind::InvalidOperation && e.detail() == Some(TOO_LARGE) {
+                    TemplateError::TooLarge { key: named(key) }
+                } else {
+                    TemplateError::Render {
+                        key: named(key),
+                        message: describe(&e),
+                    }
+                }
+            })?;
             if value.len() > MAX_RENDERED_BYTES {
                 return Err(TemplateError::TooLarge { key: named(key) });
             }
             Ok((key.clone(), value))
         })
         .collect()
+}
+
+/// Check templates before any inbox exists (before the first AgentSend call): every key, the
+/// syntax, and a render over sample fields (a parse error or an unknown field shows there).
+pub fn check(templates: &BTreeMap<String, String>) -> Result<(), TemplateError> {
+    render(templates, &Fields::sample()).map(|_| ())
+}
+
+/// The detail of the error a filter returns for a result over the bound.
+const TOO_LARGE: &str = "the result would exceed the size bound";
+
+/// An environment with no built-ins: strict about unknown fields, on a fuel budget, with only
+/// this module's size-checked filters.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::empty();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(FUEL));
+    env.add_filter("upper", |s: String| bounded(s.to_uppercase()));
+    env.add_filter("lower", |s: String| bounded(s.to_lowercase()));
+    env.add_filter("trim", |s: String| s.trim().to_string());
+    env.add_filter("capitalize", |s: String| {
+        let mut chars = s.chars();
+        let first: String = chars
+            .next()
+            .map(|c| c.to_uppercase().collect())
+            .unwrap_or_default();
+        bounded(first + &chars.as_str().to_lowercase())
+    });
+    env.add_filter("title", |s: String| bounded(title(&s)));
+    env.add_filter("replace", |s: String, old: String, new: String| {
+        let count = if old.is_empty() {
+            s.chars().count() + 1
+        } else {
+            s.matches(old.as_str()).count()
+        };
+        let len = (s.len() - count.saturating_mul(old.len()))
+            .saturating_add(count.saturating_mul(new.len()));
+        if len > MAX_RENDERED_BYTES {
+            return Err(too_large());
+        }
+        Ok(s.replace(old.as_str(), &new))
+    });
+    env.add_filter(
+        "default",
+        |s: String, fallback: String| {
+            if s.is_empty() { fallback } else { s }
+        },
+    );
+    env
+}
+
+fn too_large() -> minijinja::Error {
+    minijinja::Error::new(ErrorKind::InvalidOperation, TOO_LARGE)
+}
+
+/// `s`, unless it is over the bound.
+fn bounded(s: String) -> Result<String, minijinja::Error> {
+    if s.len() > MAX_RENDERED_BYTES {
+        Err(too_large())
+    } else {
+        Ok(s)
+    }
+}
+
+/// Each word's first letter upper case, the rest lower case.
+fn title(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut start = true;
+    for c in s.chars() {
+        if start {
+            out.extend(c.to_uppercase());
+        } else {
+            out.extend(c.to_lowercase());
+        }
+        start = !c.is_alphanumeric();
+    }
+    out
+}
+
+/// Whether `source` keeps to the allowed subset; the error says what it found instead.
+pub fn check_syntax(source: &str) -> Result<(), String> {
+    let mut rest = source;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let (close, is_block) = match after.chars().next() {
+            Some('{') => ("}}", false),
+            Some('%') => ("%}", true),
+            Some('#') => {
+                let end = after.find("#}").ok_or("a comment is not closed")?;
+                rest = &after[end + 2..];
+                continue;
+            }
+            _ => {
+                rest = after;
+                continue;
+            }
+        };
+        let (inside, remainder) = tag_body(&after[1..], close)?;
+        check_tag(inside, is_block)?;
+        rest = remainder;
+    }
+    Ok(())
+}
+
+/// The body of a tag up to its `close` (string literals may contain it), and what follows.
+fn tag_body<'s>(s: &'s str, close: &str) -> Result<(&'s str, &'s str), String> {
+    let mut quote = None;
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match quote {
+            Some(_) if escaped => escaped = false,
+            Some(_) if c == '\\' => escaped = true,
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if s[i..].starts_with(close) => return Ok((&s[..i], &s[i + close.len()..])),
+            None => {}
+        }
+    }
+    Err(format!("a tag is not closed with {close}"))
+}
+
+/// The tokens of one tag: names (fields, filters, `not`, `and`, `or`), string literals of at
+/// most [`MAX_LITERAL_CHARS`], `|`, `(`, `)`, `,`, and whitespace control (`-`) at the ends;
+/// a block tag starts with `if`, `elif`, `else` or `endif`.
+fn check_tag(inside: &str, is_block: bool) -> Result<(), String> {
+    let body = inside.strip_prefix('-').unwrap_or(inside);
+    let body = body.strip_suffix('-').unwrap_or(body);
+    let mut chars = body.char_indices().peekable();
+    let mut first_word = true;
+    while let Some((i, c)) = chars.next() {
+        match c {
+            c if c.is_whitespace() => {}
+            '|' | '(' | ')' | ',' => {}
+            '\'' | '"' => {
+                let mut len = 0;
+                let mut closed = false;
+                let mut escaped = false;
+                for (_, d) in chars.by_ref() {
+                    if escaped {
+                        escaped = false;
+                    } else if d == '\\' {
+                        escaped = true;
+                    } else if d == c {
+                        closed = true;
+                        break;
+                    }
+                    len += 1;
+                }
+                if !closed {
+                    return Err("a string literal is not closed".into());
+                }
+                if len > MAX_LITERAL_CHARS {
+                    return Err(format!(
+                        "a string literal is longer than {MAX_LITERAL_CHARS} characters"
+                    ));
+                }
+            }
+            c if c.is_ascii_alphabetic() || c == '_' => {
+                let mut end = i + c.len_utf8();
+                while let Some((j, d)) = chars.peek().copied() {
+                    if d.is_ascii_alphanumeric() || d == '_' {
+                        end = j + d.len_utf8();
+                        chars.next();
+                    } else {
+                        break;
+                    }
+                }
+                let word = &body[i..end];
+                if is_block && first_word && !matches!(word, "if" | "elif" | "else" | "endif") {
+                    return Err(format!(
+                        "the tag {{% {word} %}} (only if, elif, else and endif)"
+                    ));
+                }
+                // Other names are left to the renderer: an unknown field or filter fails there
+                // with a message that lists the known ones (the environment has nothing else).
+                first_word = false;
+            }
+            other => {
+                return Err(format!(
+                    "{other:?} (no numbers, operators or attribute access)"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// minijinja's message without the template source it may quote at length.
@@ -188,12 +421,12 @@ mod tests {
                 matches!(e, TemplateError::Render { .. })
             }),
             ("OUT", "{{ address ", |e| {
-                matches!(e, TemplateError::Render { .. })
+                matches!(e, TemplateError::NotAllowed { .. })
             }),
             (
                 "OUT",
                 "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
-                |e| matches!(e, TemplateError::Render { .. }),
+                |e| matches!(e, TemplateError::NotAllowed { .. }),
             ),
             ("bad key", "{{ address }}", |e| {
                 matches!(e, TemplateError::InvalidKey { .. })
@@ -205,10 +438,7 @@ mod tests {
                 matches!(e, TemplateError::DefaultKey { .. })
             }),
             ("BIG", "{{ address * 10000 }}", |e| {
-                matches!(
-                    e,
-                    TemplateError::TooLarge { .. } | TemplateError::Render { .. }
-                )
+                matches!(e, TemplateError::NotAllowed { .. })
             }),
         ];
         for (key, source, expected) in table {
@@ -219,10 +449,89 @@ mod tests {
     }
 
     #[test]
-    fn a_value_over_the_bound_is_refused() {
-        let source = format!("{{{{ '{}' }}}}", "x".repeat(MAX_RENDERED_BYTES + 1));
+    fn a_value_over_the_bound_is_refused_before_it_is_built() {
+        let wide = "x".repeat(MAX_LITERAL_CHARS);
+        let source = format!("{{{{ address | replace('', '{wide}') | replace('', '{wide}') }}}}");
         let e = one("BIG", &source).unwrap_err();
         assert_eq!(e, TemplateError::TooLarge { key: "BIG".into() });
+        let once = format!("{{{{ address | replace('', '{wide}') }}}}");
+        assert!(
+            one("OK", &once).is_ok(),
+            "one replace stays under the bound"
+        );
+    }
+
+    /// The template bombs of the review, and their relatives: each is refused before it
+    /// allocates anything large (no numbers, operators, loops or functions; filters check the
+    /// size of their result first).
+    #[test]
+    fn template_bombs_are_refused() {
+        let bombs = [
+            "{{ address|indent(99999999999) }}",
+            "{{ address * 99999999 }}",
+            "{{ address ~ address ~ address }}",
+            "{{ address + address }}",
+            "{{ [address] * 99999999 }}",
+            "{{ address.__class__ }}",
+            "{{ address[0] }}",
+            "{% for i in range(99999999) %}x{% endfor %}",
+            "{% set a = address %}{{ a }}",
+            "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}",
+            "{% raw %}{{ address }}{% endraw %}",
+            "{{ range(99999999) }}",
+            "{{ address | indent }}",
+            "{{ address | join }}",
+            "{{ lipsum(99999999) }}",
+            "{{ address if address else address * 9 }}",
+            "{{ 'unterminated }}",
+            "{{ address",
+            "{# open comment",
+        ];
+        for source in bombs {
+            let e = one("OUT", source).expect_err(source);
+            assert!(
+                matches!(
+                    e,
+                    TemplateError::NotAllowed { .. } | TemplateError::Render { .. }
+                ),
+                "{source}: {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_allowed_filters_and_conditionals_render() {
+        let table = [
+            ("{{ address | upper }}", "SALES@EXAMPLE.COM"),
+            ("{{ displayName | lower }}", "sales bot"),
+            ("{{ localPart | capitalize }}", "Sales"),
+            ("{{ 'sales bot' | title }}", "Sales Bot"),
+            ("{{ '  x ' | trim }}", "x"),
+            (
+                "{{ address | replace('@', ' at ') }}",
+                "sales at example.com",
+            ),
+            ("{{ '' | default('none') }}", "none"),
+            (
+                "{% if displayName and not inboxId %}a{% elif domain %}b{% else %}c{% endif %}",
+                "b",
+            ),
+            ("{{- address -}}", "sales@example.com"),
+            ("{# a note #}{{ domain }}", "example.com"),
+            ("{{ 'a }} b' }}", "a }} b"),
+        ];
+        for (source, want) in table {
+            let got = one("OUT", source).unwrap_or_else(|e| panic!("{source}: {e}"));
+            assert_eq!(got["OUT"], want, "{source}");
+        }
+    }
+
+    #[test]
+    fn check_refuses_before_any_inbox_exists() {
+        let bad = BTreeMap::from([("OUT".to_string(), "{% if address %}x".to_string())]);
+        assert!(matches!(check(&bad), Err(TemplateError::Render { .. })));
+        let good = BTreeMap::from([("OUT".to_string(), "<{{ address }}>".to_string())]);
+        assert_eq!(check(&good), Ok(()));
     }
 
     #[test]

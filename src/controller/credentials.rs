@@ -1092,7 +1092,12 @@ mod tests {
     fn a_slot_reserved_by_this_process_counts_before_the_cache_shows_it() {
         let account = shared(|r| r.max_inboxes_per_namespace = Some(1));
         let me = inbox(|s| s.account_ref = cluster_ref("shared").map(Box::new));
-        let first = peer("first", "2026-01-02T00:00:00Z", false, cluster_ref("shared"));
+        let first = peer(
+            "first",
+            "2026-01-02T00:00:00Z",
+            false,
+            cluster_ref("shared"),
+        );
         let first = Peer {
             seniority: (first.seniority.0, "uid-zzz".into()),
             ..first
@@ -1107,7 +1112,10 @@ mod tests {
             count_reserved(&mut inputs.peers, &reserved);
             matches!(resolve(&me, &inputs), Source::Refused(_))
         };
-        assert!(!decide(vec![first.clone()], &[]), "without the reservation: both pass");
+        assert!(
+            !decide(vec![first.clone()], &[]),
+            "without the reservation: both pass"
+        );
         assert!(decide(vec![first], &["uid-zzz"]), "with it: refused");
     }
 

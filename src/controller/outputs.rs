@@ -50,6 +50,42 @@ pub fn checked_data(
     Ok(Some(data))
 }
 
+/// Why the outputs the spec asks for can never be written, whatever the inbox: labels or
+/// annotations Kubernetes would refuse, or a template that is not allowed, does not parse or
+/// names an unknown field (checked on sample fields). Asked before an unbound Inbox's first
+/// AgentSend call, so such a spec creates nothing.
+pub fn spec_refusal(inbox: &Inbox) -> Option<String> {
+    let secret = inbox.spec.secret.as_deref();
+    if let Err(e) = crate::meta::check_secret_metadata(
+        secret.and_then(|s| s.labels.as_ref()),
+        secret.and_then(|s| s.annotations.as_ref()),
+    ) {
+        return Some(format!(
+            "{e}; Kubernetes would refuse the Secret, so no inbox is created"
+        ));
+    }
+    if let Some(Err(e)) = secret
+        .and_then(|s| s.template.as_ref())
+        .map(template::check)
+    {
+        return Some(format!("spec.secret.template: {e}; no inbox is created"));
+    }
+    let config_map = inbox.spec.config_map.as_deref()?;
+    if let Err(e) = crate::meta::check_metadata(
+        ("spec.configMap.labels", "spec.configMap.annotations"),
+        config_map.labels.as_ref(),
+        config_map.annotations.as_ref(),
+    ) {
+        return Some(format!(
+            "{e}; Kubernetes would refuse the ConfigMap, so no inbox is created"
+        ));
+    }
+    match config_map.template.as_ref().map(template::check) {
+        Some(Err(e)) => Some(format!("spec.configMap.template: {e}; no inbox is created")),
+        _ => None,
+    }
+}
+
 /// The ConfigMap this Inbox should own, holding `data`; `None` without `spec.configMap`, or
 /// when the Inbox has no name or UID.
 pub fn desired_config_map(inbox: &Inbox, data: BTreeMap<String, String>) -> Option<ConfigMap> {

@@ -769,6 +769,13 @@ fn apply(o: &Observed) -> Step {
     {
         return unproven_claim(o, claimed);
     }
+    // Before the first AgentSend call: outputs that could never be written refuse the spec
+    // (not mid-create: a pending create is finished or recovered first).
+    if o.inbox.annotation(crd::ANNOTATION_CREATE_PENDING).is_none()
+        && let Some(msg) = outputs::spec_refusal(&o.inbox)
+    {
+        return rejected(o, msg);
+    }
     match &o.inbox.spec.inbox_id {
         Some(id) => adopt(o, key, id),
         None if o.observing() => observe_by_address(o, key),
@@ -2795,7 +2802,43 @@ mod tests {
             name: Some("old".into()),
             ..ours.clone()
         };
+        let template = |t: &str| {
+            let t = t.to_string();
+            move |s: &mut InboxSpec| {
+                s.secret.get_or_insert_default().template = Some([("FROM".to_string(), t)].into());
+            }
+        };
         vec![
+            (
+                "unbound, a template that does not parse: Rejected before any AgentSend call",
+                obs().key().spec(template("{{ address ")),
+                "done Rejected +Rejected; settle",
+            ),
+            (
+                "unbound, a template bomb: Rejected before any AgentSend call",
+                obs().key().spec(template("{{ address * 99999999 }}")),
+                "done Rejected +Rejected; settle",
+            ),
+            (
+                "unbound, a ConfigMap template naming an unknown field: Rejected, nothing created",
+                obs().key().spec(|s| {
+                    s.config_map = Some(Box::new(crd::ConfigMapSpec {
+                        template: Some([("X".to_string(), "{{ adress }}".to_string())].into()),
+                        ..Default::default()
+                    }))
+                }),
+                "done Rejected +Rejected; settle",
+            ),
+            (
+                "mid-create, a template turned bad: the create is resumed first (the inbox may exist)",
+                obs().key().pending().spec(template("{{ address ")),
+                "progress Creating",
+            ),
+            (
+                "unbound, a good template: the create goes on",
+                obs().key().spec(template("<{{ address }}>")),
+                "mark pending r4nd0mr4nd0mr4nd@agentsend.io",
+            ),
             (
                 "configMap wanted, Secret in place: read the ConfigMap's metadata",
                 with_cm(),

@@ -264,3 +264,70 @@ async fn without_retain_the_outputs_go_with_the_inbox() {
     .await;
     env.stop().await;
 }
+
+/// The highest resident memory of this test process so far (VmHWM), in bytes.
+fn peak_rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// One tenant's template cannot wedge the operator: short templates that allocated gigabytes
+/// inside a reconcile (`indent(99999999999)` aborted the process; `address * 5000000` and its
+/// repetitions built hundreds of MB) are refused before any AgentSend call — no inbox, nothing
+/// written but the status — while the other Inboxes, created at the same moment, become Ready,
+/// and the process's peak memory grows by far less than the shipped 256 Mi limit.
+#[tokio::test]
+async fn template_bombs_create_nothing_and_others_stay_served() {
+    let env = Env::start().await;
+    let before = peak_rss();
+    let bombs = [
+        "{{ address|indent(99999999999) }}",
+        "{{ (address * 5000000) ~ (address * 5000000) ~ (address * 5000000) }}",
+        "{{ address * 99999999 }}",
+        "{% for i in range(99999) %}{{ address }}{% endfor %}",
+        "{{ address | replace('', '0123456789abcdef0123456789abcdef') | replace('', '0123456789abcdef0123456789abcdef') | replace('', '0123456789abcdef0123456789abcdef') }}",
+        "{{ address ",
+    ];
+    let api = env.inboxes();
+    let mut names = Vec::new();
+    for (i, bomb) in bombs.iter().enumerate() {
+        let name = format!("bomb-{i}");
+        let spec = InboxSpec {
+            secret: Some(Box::new(SecretSpec {
+                template: Some(BTreeMap::from([("BOOM".to_string(), bomb.to_string())])),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let inbox = inbox_operator::crd::Inbox::new(&name, spec);
+        api.create(&PostParams::default(), &inbox)
+            .await
+            .expect("create");
+        names.push(name);
+    }
+    let ordinary = env.create_many("plain", 4).await;
+    for name in &names {
+        let i = env.wait_ready(name, Ready::False(Reason::Rejected)).await;
+        let msg = &crate::ctl::ready(&i).unwrap().message;
+        assert!(
+            msg.contains("\"BOOM\"") && msg.contains("no inbox is created"),
+            "{name}: {msg}"
+        );
+        assert!(env.secret(name).await.is_none(), "{name}: no Secret");
+    }
+    env.assert_converged(&ordinary).await;
+    assert_eq!(
+        env.sim.request_count(inbox_sim::Route::Create),
+        ordinary.len() as u64,
+        "one create per ordinary Inbox, none for a bomb"
+    );
+    let grew = peak_rss().saturating_sub(before);
+    assert!(grew < 128 * 1024 * 1024, "peak memory grew by {grew} bytes");
+    names.extend(ordinary);
+    env.delete_all_and_check(&names).await;
+    env.stop().await;
+}
