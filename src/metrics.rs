@@ -70,6 +70,7 @@ pub struct Metrics {
     api_latency: Family<RouteLabel, Histogram>,
     account_rate: Family<KeyAccountLabel, Gauge<f64, AtomicU64>>,
     account_throttled: Family<KeyAccountLabel, Counter>,
+    invalid_retry_after: Family<RouteLabel, Counter>,
     leader: Gauge,
     last_sync: Gauge<f64, AtomicU64>,
     unclaimed: Family<AccountLabel, Gauge>,
@@ -103,6 +104,7 @@ impl Metrics {
             }),
             account_rate: Family::default(),
             account_throttled: Family::default(),
+            invalid_retry_after: Family::default(),
             leader: Gauge::default(),
             last_sync: Gauge::default(),
             unclaimed: Family::default(),
@@ -151,6 +153,11 @@ impl Metrics {
             "inbox_operator_agentsend_rate_limited",
             "AgentSend 429 answers per account; account = key fingerprint",
             self.account_throttled.clone(),
+        );
+        r.register(
+            "inbox_operator_agentsend_invalid_retry_after",
+            "AgentSend answers whose Retry-After was not a delay RFC 9110 allows (digits or an HTTP-date); ignored, the normal backoff applied",
+            self.invalid_retry_after.clone(),
         );
         r.register(
             "inbox_operator_leader",
@@ -262,6 +269,15 @@ impl Metrics {
                 route: route.into(),
             })
             .observe(took.as_secs_f64());
+    }
+
+    /// An answer on `route` carried an invalid `Retry-After`.
+    pub fn invalid_retry_after(&self, route: &str) {
+        self.invalid_retry_after
+            .get_or_create(&RouteLabel {
+                route: route.into(),
+            })
+            .inc();
     }
 
     /// Leadership changed.

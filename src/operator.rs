@@ -10,7 +10,9 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::agentsend::{AccountObserver, AgentSendClient, ApiKey, ClientOptions, RequestObserver};
+use crate::agentsend::{
+    AccountObserver, AgentSendClient, ApiKey, ClientOptions, Observers, RequestObserver,
+};
 use crate::cli::{LogFormat, RunArgs};
 use crate::controller::{self, DefaultKey, Settings};
 use crate::crd::Inbox;
@@ -243,13 +245,16 @@ fn agentsend_client(
         max_concurrency: usize::from(args.agentsend_concurrency),
         ..ClientOptions::default()
     };
-    AgentSendClient::with_observers(
-        &args.endpoint.agentsend_url,
-        opts,
-        Some(observer),
-        Some(account_observer),
-    )
-    .map_err(|e| StartupError::AgentSend(e.to_string()))
+    let invalid_metrics = metrics.clone();
+    let observers = Observers {
+        requests: Some(observer),
+        accounts: Some(account_observer),
+        invalid_retry_after: Some(Arc::new(move |route| {
+            invalid_metrics.invalid_retry_after(route);
+        })),
+    };
+    AgentSendClient::with_observers(&args.endpoint.agentsend_url, opts, observers)
+        .map_err(|e| StartupError::AgentSend(e.to_string()))
 }
 
 /// This instance's name: for the lease and on events.

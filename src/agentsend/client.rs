@@ -39,6 +39,21 @@ pub type RequestObserver = Arc<dyn Fn(&'static str, &str, Duration) + Send + Syn
 /// its adaptive rate (`None`: unlimited) and whether the answer was a 429.
 pub type AccountObserver = Arc<dyn Fn(&str, Option<f64>, bool) + Send + Sync>;
 
+/// Called with the route of an answer whose `Retry-After` was present but not a delay
+/// RFC 9110 allows (it was ignored).
+pub type InvalidHeaderObserver = Arc<dyn Fn(&'static str) + Send + Sync>;
+
+/// What the client reports as it goes (metrics); each is optional.
+#[derive(Clone, Default)]
+pub struct Observers {
+    /// Every exchange.
+    pub requests: Option<RequestObserver>,
+    /// Each account's adaptive rate and 429s.
+    pub accounts: Option<AccountObserver>,
+    /// Each invalid `Retry-After`.
+    pub invalid_retry_after: Option<InvalidHeaderObserver>,
+}
+
 /// Tuning of the client. Defaults are documented in the README.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -97,6 +112,7 @@ struct Inner {
     accounts: Mutex<HashMap<ApiKey, Account>>,
     observer: Option<RequestObserver>,
     account_observer: Option<AccountObserver>,
+    invalid_retry_after: Option<InvalidHeaderObserver>,
 }
 
 /// The budget of one account, with the fingerprint its metrics are labelled with.
@@ -171,16 +187,18 @@ impl AgentSendClient {
         opts: ClientOptions,
         observer: Option<RequestObserver>,
     ) -> Result<Self, ApiError> {
-        Self::with_observers(base_url, opts, observer, None)
+        let observers = Observers {
+            requests: observer,
+            ..Observers::default()
+        };
+        Self::with_observers(base_url, opts, observers)
     }
 
-    /// Like [`AgentSendClient::with_observer`], also reporting each account's adaptive rate
-    /// and 429s to `account_observer`.
+    /// Like [`AgentSendClient::new`], reporting to every one of `observers`.
     pub fn with_observers(
         base_url: &str,
         opts: ClientOptions,
-        observer: Option<RequestObserver>,
-        account_observer: Option<AccountObserver>,
+        observers: Observers,
     ) -> Result<Self, ApiError> {
         let base = base_url.trim_end_matches('/').to_string();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
@@ -214,8 +232,9 @@ impl AgentSendClient {
                 ceiling,
                 in_flight,
                 accounts: Mutex::new(HashMap::new()),
-                observer,
-                account_observer,
+                observer: observers.requests,
+                account_observer: observers.accounts,
+                invalid_retry_after: observers.invalid_retry_after,
             }),
         })
     }
@@ -442,6 +461,20 @@ impl AgentSendClient {
             obs(route, &status_label, started.elapsed());
         }
         let (status, retry_after, bytes, date) = result?;
+        let retry_after = match retry_after {
+            RetryAfter::Absent => None,
+            RetryAfter::Delay(d) => Some(d),
+            RetryAfter::Invalid => {
+                tracing::debug!(
+                    route,
+                    "ignored an invalid Retry-After (RFC 9110: delay-seconds or an HTTP-date)"
+                );
+                if let Some(observe) = &self.inner.invalid_retry_after {
+                    observe(route);
+                }
+                None
+            }
+        };
         if status.is_success() {
             self.answered(key, started, None);
             return Ok((bytes, date));
@@ -548,7 +581,7 @@ impl AgentSendClient {
     async fn exchange(
         &self,
         req: reqwest::RequestBuilder,
-    ) -> Result<(StatusCode, Option<Duration>, Vec<u8>, Option<i64>), ApiError> {
+    ) -> Result<(StatusCode, RetryAfter, Vec<u8>, Option<i64>), ApiError> {
         let mut resp = req.send().await.map_err(transport_error)?;
         let status = resp.status();
         let date = resp
@@ -558,11 +591,14 @@ impl AgentSendClient {
             .and_then(|v| httpdate::parse_http_date(v).ok())
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .and_then(|d| i64::try_from(d.as_secs()).ok());
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        let retry_after = match resp.headers().get("retry-after") {
+            None => RetryAfter::Absent,
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|v| parse_retry_after(v, SystemTime::now()))
+                .map_or(RetryAfter::Invalid, RetryAfter::Delay),
+        };
         let mut bytes = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(transport_error)? {
             if bytes.len() + chunk.len() > MAX_BODY_BYTES {
@@ -594,6 +630,16 @@ impl AgentSendClient {
     pub fn account_rate(&self, key: &ApiKey) -> Option<f64> {
         self.account(key, |a| a.aimd.rate())
     }
+}
+
+/// An answer's `Retry-After` header.
+enum RetryAfter {
+    /// None was sent.
+    Absent,
+    /// A delay RFC 9110 allows (capped).
+    Delay(Duration),
+    /// Present, but not a delay: ignored, and counted.
+    Invalid,
 }
 
 /// A JSON body, or why it is unreadable.

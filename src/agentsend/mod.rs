@@ -9,8 +9,8 @@ mod types;
 mod proptests;
 
 pub use client::{
-    AccountObserver, AgentSendClient, ClientOptions, DEFAULT_RETRY_AFTER, MAX_BODY_BYTES,
-    MAX_PAGES, PAGE_SIZE, RequestObserver, Traffic, next_page,
+    AccountObserver, AgentSendClient, ClientOptions, DEFAULT_RETRY_AFTER, InvalidHeaderObserver,
+    MAX_BODY_BYTES, MAX_PAGES, Observers, PAGE_SIZE, RequestObserver, Traffic, next_page,
 };
 pub use error::{
     ApiError, MAX_MESSAGE_LEN, MAX_RETRY_AFTER, error_message, parse_retry_after, truncate,

@@ -1150,6 +1150,42 @@ async fn every_answer_is_labelled_as_the_simulator() {
     assert!(v["domainId"].is_null() && v.get("domainId").is_some());
 }
 
+/// RFC 9110 allows `Retry-After` as digits or an HTTP-date only: `1e300` (read before as a
+/// number and clamped to the 10-minute cap, pausing the whole account) is ignored — the
+/// account waits only the default pause — and counted.
+#[tokio::test]
+async fn an_invalid_retry_after_is_ignored_and_counted() {
+    let invalid: Arc<Mutex<Vec<&'static str>>> = Arc::default();
+    let sim = Simulator::new();
+    sim.add_account(ACCT, KEY);
+    let handle = sim.spawn().await.unwrap();
+    let seen = invalid.clone();
+    let observers = inbox_operator::agentsend::Observers {
+        invalid_retry_after: Some(Arc::new(move |route| seen.lock().unwrap().push(route))),
+        ..Default::default()
+    };
+    let client = AgentSendClient::with_observers(&handle.url(), fast(), observers).unwrap();
+    let k = key(KEY);
+    sim.rate_limit_with_retry_after(ACCT, ["1e300"]);
+    let e = client.list_inboxes(&k, 5, 0).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ApiError::RateLimited {
+                retry_after: None,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(*invalid.lock().unwrap(), ["list"]);
+    let paused = client.rate_limited_for(&k).unwrap_or_default();
+    assert!(
+        paused <= inbox_operator::agentsend::DEFAULT_RETRY_AFTER,
+        "paused for {paused:?}"
+    );
+}
+
 #[tokio::test]
 async fn requests_are_counted_and_logged_whatever_the_outcome() {
     let observed: Arc<Mutex<Vec<(String, String)>>> = Arc::default();

@@ -118,6 +118,26 @@ async fn hostile_retry_after_never_crashes() {
     env.stop().await;
 }
 
+/// An invalid `Retry-After` (`1e300`: not digits, not an HTTP-date) on a 429 does not pause
+/// the account for the 10-minute cap (the production default kept here): the Inbox behind it
+/// becomes Ready within the normal backoff.
+#[tokio::test]
+async fn an_invalid_retry_after_does_not_pause_the_account() {
+    let env = Env::start().await;
+    env.sim.rate_limit_with_retry_after(ACCOUNT, ["1e300"]);
+    let names = env.create_many("invalid-retry", 1).await;
+    env.assert_converged(&names).await;
+    let limited = env
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.status == 429)
+        .count();
+    assert_eq!(limited, 1, "the 429 was met");
+    env.delete_all_and_check(&names).await;
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn dropped_create_responses_never_duplicate() {
     let env = Env::start().await;
