@@ -184,9 +184,11 @@ pub fn render(
             doc["spec"]["managementPolicy"] = "Observe".into();
         }
         let yaml = serde_yaml::to_string(&doc).map_err(|e| ImportError::Render(e.to_string()))?;
+        // The address comes from the API: escaped, so no newline in it can end the comment
+        // and inject YAML into output users pipe to `kubectl apply`.
         out.push_str(&format!(
             "---\n# {} ({})\n{yaml}",
-            r.address,
+            r.address.escape_debug(),
             r.status.as_str()
         ));
     }
@@ -196,6 +198,23 @@ pub fn render(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An address from the API with a newline cannot end its comment and inject a document
+    /// (a ClusterRoleBinding, say) into output users pipe to `kubectl apply`.
+    #[test]
+    fn api_text_cannot_inject_yaml() {
+        let mut hostile = RemoteInbox::fixture("inb_1", "x@agentsend.io");
+        hostile.address =
+            "x@agentsend.io\n---\nkind: ClusterRoleBinding\nmetadata:\n  name: pwned\r\n".into();
+        let out = render(&[&hostile], "team", &HashSet::new(), false).unwrap();
+        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&out)
+            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+            .filter(|v| !v.is_null())
+            .collect();
+        assert_eq!(docs.len(), 1, "{out}");
+        assert_eq!(docs[0]["kind"], "Inbox", "{out}");
+        assert!(!out.contains("\nkind: ClusterRoleBinding"), "{out}");
+    }
 
     #[test]
     fn names_are_dns_labels_derived_from_the_address() {

@@ -438,11 +438,17 @@ impl AgentSendClient {
         self.wait_out_pause(key).await?;
 
         let url = format!("{}{}", self.inner.base, path);
+        // Marked sensitive: never printed by the HTTP stack's Debug output or logs.
+        let mut key_header =
+            reqwest::header::HeaderValue::from_str(key.expose()).map_err(|_| ApiError::Config {
+                message: "the API key contains characters an HTTP header cannot carry; check the key Secret".into(),
+            })?;
+        key_header.set_sensitive(true);
         let mut req = self
             .inner
             .http
             .request(method, &url)
-            .header("x-api-key", key.expose())
+            .header("x-api-key", key_header)
             .header("accept", "application/json");
         if !query.is_empty() {
             req = req.query(query);
@@ -480,7 +486,8 @@ impl AgentSendClient {
             return Ok((bytes, date));
         }
         let retry_after = retry_after.map(|d| d.min(self.inner.opts.max_retry_after));
-        let err = ApiError::from_status(status.as_u16(), retry_after, &bytes);
+        let err =
+            ApiError::from_status(status.as_u16(), retry_after, &bytes).redacted(key.expose());
         match &err {
             ApiError::RateLimited { retry_after, .. } => {
                 self.answered(

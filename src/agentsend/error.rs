@@ -81,6 +81,28 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The same error with every occurrence of `secret` in its message replaced, so that an
+    /// API that echoes the key it was sent (in an error body) cannot carry it into status,
+    /// events or logs.
+    pub fn redacted(mut self, secret: &str) -> ApiError {
+        if secret.is_empty() {
+            return self;
+        }
+        let message = match &mut self {
+            ApiError::Unauthorized { message, .. }
+            | ApiError::NotFound { message }
+            | ApiError::Rejected { message, .. }
+            | ApiError::RateLimited { message, .. }
+            | ApiError::Transient { message, .. }
+            | ApiError::InvalidResponse { message }
+            | ApiError::Config { message } => message,
+        };
+        if message.contains(secret) {
+            *message = message.replace(secret, "[redacted]");
+        }
+        self
+    }
+
     /// Short, stable label for metrics and logs.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -293,6 +315,18 @@ mod tests {
             matches!(e, ApiError::RateLimited { retry_after: Some(d), .. } if d == MAX_RETRY_AFTER)
         );
         assert!(e.to_string().contains("retry after 600s"), "{e}");
+    }
+
+    #[test]
+    fn an_echoed_key_is_redacted() {
+        let key = "sk_live_secret_0123";
+        let body = format!(r#"{{"error":"unauthorized","message":"key {key} is not valid"}}"#);
+        let e = ApiError::from_status(401, None, body.as_bytes()).redacted(key);
+        let text = e.to_string();
+        assert!(!text.contains(key), "{text}");
+        assert!(text.contains("[redacted]"), "{text}");
+        let quiet = ApiError::from_status(500, None, b"oops").redacted(key);
+        assert!(quiet.to_string().contains("oops"));
     }
 
     #[test]

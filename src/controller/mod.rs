@@ -400,6 +400,27 @@ impl Context {
         }
     }
 
+    /// An Inbox left the watch, however it went (deleted, its finalizer removed by hand, moved
+    /// out of this shard's selector): drop what this process keeps for it — its metric
+    /// series, failure count, hold, counter-sync registration and quota slot.
+    pub(crate) fn forget_gone(&self, gone: &CachedInbox) {
+        let (ns, name) = (
+            gone.metadata.namespace.as_deref().unwrap_or_default(),
+            gone.metadata.name.as_deref().unwrap_or_default(),
+        );
+        let obj = ObjectRef::<Inbox>::new(name).within(ns);
+        self.metrics.forget_inbox(ns, name);
+        self.reset_failures(&obj);
+        self.set_hold(&obj, None);
+        self.bindings.unregister(&obj);
+        if let Some(uid) = gone.metadata.uid.as_deref() {
+            self.quota_slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(uid);
+        }
+    }
+
     /// Whether the Inbox stores cover the whole cluster (all namespaces, no selector).
     pub(crate) fn sees_whole_cluster(&self) -> bool {
         self.settings.namespaces.is_empty() && self.settings.selector.is_none()
@@ -544,6 +565,7 @@ impl Scope {
         let in_namespace = self.inboxes.clone();
         let waiting = self.inboxes.clone();
         let quotas = ctx.accounts.cluster.clone();
+        let forget = ctx.clone();
         let config = ControllerConfig::default()
             .concurrency(ctx.settings.concurrency)
             .debounce(Duration::from_millis(200));
@@ -551,6 +573,7 @@ impl Scope {
             .owns_stream(self.secret_events)
             .owns_stream(self.config_map_events)
             .watches_stream(self.deleted_inboxes, move |gone: CachedInbox| {
+                forget.forget_gone(&gone);
                 if !account_watch::any_quota(&quotas) {
                     return Vec::new();
                 }

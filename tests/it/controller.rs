@@ -1851,3 +1851,50 @@ async fn a_closed_write_gate_stops_every_write() {
     assert_eq!(env.sim.request_count(Route::Delete), 1);
     env.stop().await;
 }
+
+/// Per-Inbox metric series go when an Inbox leaves the watch however it goes: moved out of
+/// this shard's `--selector` (its inbox stays, another shard takes it), or deleted after an
+/// admin removed its finalizer by hand (no cleanup pass of its own). Before, both series
+/// stayed until the operator restarted.
+#[tokio::test]
+async fn metrics_go_when_an_inbox_leaves_the_watch() {
+    let env = Env::start_with(|s| s.selector = Some("shard=a".into())).await;
+    let ns = env.ns.name().to_string();
+    let series =
+        |name: &str| format!("inbox_operator_inbox_ready{{namespace=\"{ns}\",name=\"{name}\"}}");
+    for name in ["moved", "forced"] {
+        env.create_labelled(name, &[("shard", "a")]).await;
+        env.wait_ready(name, Ready::True).await;
+        let s = series(name);
+        wait_for("the Inbox's series", T, || async {
+            env.metrics.encode().contains(&s).then_some(())
+        })
+        .await;
+    }
+    let patch = json!({"metadata": {"labels": {"shard": "b"}}});
+    env.inboxes()
+        .patch("moved", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    env.delete_without_finalizers("forced").await;
+    for name in ["moved", "forced"] {
+        let s = series(name);
+        wait_for(&format!("{name}'s series to go"), T, || async {
+            (!env.metrics.encode().contains(&s)).then_some(())
+        })
+        .await;
+    }
+    // The moved Inbox is another shard's now: put it back to let this one clean up.
+    let back = json!({"metadata": {"labels": {"shard": "a"}}});
+    env.inboxes()
+        .patch("moved", &PatchParams::default(), &Patch::Merge(&back))
+        .await
+        .unwrap();
+    env.wait_ready("moved", Ready::True).await;
+    env.inboxes()
+        .delete("moved", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("moved").await;
+    env.stop().await;
+}
