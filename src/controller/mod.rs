@@ -574,6 +574,15 @@ impl Scope {
             .owns_stream(self.config_map_events)
             .watches_stream(self.deleted_inboxes, move |gone: CachedInbox| {
                 forget.forget_gone(&gone);
+                // Its credentials may have lost their last user, whether or not it ran a
+                // cleanup pass (an admin may have removed its finalizer): release them now.
+                let used = forget.accounts.may_use(&gone);
+                if !used.is_empty() {
+                    let (ctx, uid) = (forget.clone(), gone.metadata.uid.clone());
+                    tokio::spawn(async move {
+                        in_use::release_unused(&ctx, &used, uid.as_deref()).await;
+                    });
+                }
                 if !account_watch::any_quota(&quotas) {
                     return Vec::new();
                 }

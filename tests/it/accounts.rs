@@ -716,3 +716,46 @@ async fn only_the_chosen_instance_writes_cluster_account_status() {
     .await;
     env.stop().await;
 }
+
+/// The credentials-in-use finalizer follows the live references: an admin removes the
+/// finalizer of an Inbox (as people do when AgentSend is down) and deletes it, so it runs no
+/// cleanup pass of its own; its key Secret, already being deleted, must not stay
+/// `Terminating` for good (before, it did until the operator restarted, and with it the
+/// namespace).
+#[tokio::test]
+async fn a_forced_inbox_deletion_releases_its_credentials() {
+    let env = env_with(&[]).await;
+    let ns = env.ns.name().to_string();
+    let key = "sk_test_forced_0123456789";
+    env.sim.add_account("acct-forced", key);
+    key_secret(&env.client, &ns, "forced-key", key).await;
+    let spec = InboxSpec {
+        credentials: Some(Box::new(inbox_operator::crd::CredentialsSpec {
+            secret_ref: SecretKeyRef {
+                name: "forced-key".into(),
+                key: "apiKey".into(),
+            },
+        })),
+        ..Default::default()
+    };
+    env.create_ready("forced", spec).await;
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &ns);
+    let marked = wait_for("the key Secret marked in use", T, || async {
+        let s = secrets.get_opt("forced-key").await.ok().flatten()?;
+        finalized(&s.metadata).then_some(())
+    });
+    marked.await;
+    // The key Secret is deleted first: the finalizer holds it while the Inbox uses it.
+    secrets
+        .delete("forced-key", &DeleteParams::default())
+        .await
+        .unwrap();
+    let held = secrets.get("forced-key").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some() && finalized(&held.metadata));
+    env.delete_without_finalizers("forced").await;
+    wait_for("the key Secret to go with its last user", T, || async {
+        matches!(secrets.get_opt("forced-key").await, Ok(None)).then_some(())
+    })
+    .await;
+    env.stop().await;
+}
