@@ -216,6 +216,21 @@ def other_values(render):
         ),
     )
 
+    monitoring = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+
+    def network_policy(objs):
+        return next(x for x in objs if x["kind"] == "NetworkPolicy")
+
+    check(
+        "metricsFrom narrows the metrics port's ingress, not the probe port's",
+        {"networkPolicy": {"metricsFrom": monitoring}},
+        lambda o: network_policy(o)["spec"]["ingress"]
+        == [
+            {"ports": [{"port": "https", "protocol": "TCP"}], "from": monitoring},
+            {"ports": [{"port": "health", "protocol": "TCP"}]},
+        ],
+    )
+
     def refused(values):
         try:
             render(values)

@@ -5,7 +5,6 @@
 //! `tls.key`) or is self-signed at start.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,10 +22,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 /// Why HTTPS for `/metrics` could not be set up. Each message says what to do.
 #[derive(Debug, Error)]
@@ -91,70 +86,6 @@ fn self_signed() -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>
     Ok((vec![certified.cert.der().clone()], key))
 }
 
-/// A TCP listener whose connections are TLS: handshakes run in their own tasks (bounded by a
-/// timeout), so a slow client never holds up the others.
-pub struct TlsListener {
-    accepted: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    /// How long a client may take to complete the TLS handshake.
-    const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-    /// Bind `addr` and accept TLS connections with `config`.
-    pub async fn bind(
-        addr: SocketAddr,
-        config: Arc<rustls::ServerConfig>,
-    ) -> std::io::Result<TlsListener> {
-        let tcp = TcpListener::bind(addr).await?;
-        let local = tcp.local_addr()?;
-        let acceptor = TlsAcceptor::from(config);
-        let (tx, accepted) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (stream, peer) = match tcp.accept().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "metrics: accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let handshake = acceptor.accept(stream);
-                    match tokio::time::timeout(Self::HANDSHAKE_TIMEOUT, handshake).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(error = %e, "metrics: TLS handshake failed"),
-                        Err(_) => tracing::debug!("metrics: TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Ok(TlsListener { accepted, local })
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(c) => c,
-            // The accept loop never ends on its own; if it did, serve nothing more.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
 /// The outcome of checking one caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -190,27 +121,44 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Checks callers of `/metrics` against the API server, remembering each token's verdict
 /// for [`Authorizer::TTL`] so a scrape every few seconds costs no more than two reviews per
-/// TTL. Tokens are kept only as SHA-256 digests.
+/// TTL. Tokens are kept only as SHA-256 digests. The path to the API server is bounded: at
+/// most [`Authorizer::CAPACITY`] verdicts are kept (the least recently used goes first), at
+/// most [`Authorizer::REVIEWS_PER_SECOND`] new tokens are reviewed per second and
+/// [`Authorizer::CONCURRENT_REVIEWS`] at once — a caller beyond that gets 503 and no review, so
+/// a flood of made-up tokens cannot turn into a flood of TokenReviews on the operator's client.
 #[derive(Clone)]
 pub struct Authorizer {
     client: kube::Client,
     verdicts: Arc<Mutex<Verdicts>>,
+    pace: Arc<governor::DefaultDirectRateLimiter>,
+    reviewing: Arc<tokio::sync::Semaphore>,
 }
 
-/// Recent verdicts by SHA-256 of the token, with when each was reached.
-type Verdicts = HashMap<[u8; 32], (Verdict, Instant)>;
+/// Recent verdicts by SHA-256 of the token: the verdict, when it was reached, and when it
+/// was last used.
+type Verdicts = HashMap<[u8; 32], (Verdict, Instant, Instant)>;
 
 impl Authorizer {
     /// How long a verdict is reused.
     pub const TTL: Duration = Duration::from_secs(10);
-    /// Most verdicts remembered (older ones are dropped first when full).
-    const CAPACITY: usize = 1024;
+    /// Most verdicts remembered (the least recently used goes when full).
+    pub const CAPACITY: usize = 1024;
+    /// New tokens reviewed per second (with a burst of as many).
+    pub const REVIEWS_PER_SECOND: u32 = 10;
+    /// Reviews under way at once.
+    pub const CONCURRENT_REVIEWS: usize = 4;
 
     /// An authorizer asking the API server behind `client`.
     pub fn new(client: kube::Client) -> Self {
+        let rate = std::num::NonZeroU32::new(Self::REVIEWS_PER_SECOND)
+            .unwrap_or(std::num::NonZeroU32::MIN);
         Authorizer {
             client,
             verdicts: Arc::default(),
+            pace: Arc::new(governor::RateLimiter::direct(governor::Quota::per_second(
+                rate,
+            ))),
+            reviewing: Arc::new(tokio::sync::Semaphore::new(Self::CONCURRENT_REVIEWS)),
         }
     }
 
@@ -220,22 +168,52 @@ impl Authorizer {
             return Verdict::Unauthenticated;
         };
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let now = Instant::now();
-        {
-            let mut cache = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
-            cache.retain(|_, (_, at)| now.duration_since(*at) < Self::TTL);
-            if let Some((v, _)) = cache.get(&digest) {
-                return *v;
-            }
+        if let Some(v) = self.remembered(&digest) {
+            return v;
+        }
+        // A new token: reviewed only within the pace and the concurrency bound.
+        let Ok(_reviewing) = self.reviewing.try_acquire() else {
+            return Verdict::Unavailable;
+        };
+        if self.pace.check().is_err() {
+            return Verdict::Unavailable;
         }
         let verdict = self.review(token).await;
         if verdict != Verdict::Unavailable {
-            let mut cache = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
-            if cache.len() < Self::CAPACITY {
-                cache.insert(digest, (verdict, now));
-            }
+            self.remember(digest, verdict);
         }
         verdict
+    }
+
+    /// A verdict still within its TTL, marked used.
+    fn remembered(&self, digest: &[u8; 32]) -> Option<Verdict> {
+        let now = Instant::now();
+        let mut cache = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        let (verdict, reached, used) = cache.get_mut(digest)?;
+        if now.duration_since(*reached) >= Self::TTL {
+            cache.remove(digest);
+            return None;
+        }
+        *used = now;
+        Some(*verdict)
+    }
+
+    /// Keep `verdict`, making room by dropping expired verdicts, then the least recently used.
+    fn remember(&self, digest: [u8; 32], verdict: Verdict) {
+        let now = Instant::now();
+        let mut cache = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= Self::CAPACITY {
+            cache.retain(|_, (_, reached, _)| now.duration_since(*reached) < Self::TTL);
+        }
+        if cache.len() >= Self::CAPACITY
+            && let Some(oldest) = cache
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(k, _)| *k)
+        {
+            cache.remove(&oldest);
+        }
+        cache.insert(digest, (verdict, now, now));
     }
 
     /// A TokenReview, then a SubjectAccessReview for the user it names.
@@ -325,6 +303,29 @@ mod tests {
             }
             assert_eq!(bearer(&h), want, "{value:?}");
         }
+    }
+
+    /// The verdict cache is bounded and keeps the tokens in use: when full, the least
+    /// recently used verdict goes (before, the cache stopped caching at 1,024 entries, so a
+    /// flood of made-up tokens cost every real scrape two reviews).
+    #[tokio::test]
+    async fn verdicts_are_dropped_least_recently_used_first() {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let auth = Authorizer::new(kube::Client::try_from(config).unwrap());
+        let digest = |i: usize| -> [u8; 32] { Sha256::digest(i.to_be_bytes()).into() };
+        for i in 0..Authorizer::CAPACITY {
+            auth.remember(digest(i), Verdict::Allowed);
+        }
+        assert_eq!(auth.remembered(&digest(0)), Some(Verdict::Allowed), "in use");
+        auth.remember(digest(Authorizer::CAPACITY), Verdict::Forbidden);
+        assert_eq!(auth.remembered(&digest(0)), Some(Verdict::Allowed), "kept");
+        assert_eq!(auth.remembered(&digest(1)), None, "the least recently used went");
+        assert_eq!(
+            auth.remembered(&digest(Authorizer::CAPACITY)),
+            Some(Verdict::Forbidden)
+        );
+        let held = auth.verdicts.lock().unwrap().len();
+        assert_eq!(held, Authorizer::CAPACITY);
     }
 
     #[test]

@@ -5,6 +5,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 
 use axum::Router;
 use axum::extract::State;
@@ -85,14 +92,20 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     }
 }
 
+/// Most connections one server (port) holds at once; a connection beyond it is closed as
+/// soon as it is accepted, so a flood costs a refused connection each, not a task each.
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client may take to send a request's headers — and so how long a kept-alive
+/// connection may sit idle before its next request.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a connection lives, whatever it does (a scrape takes well under a second).
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(120);
+
 /// Bind `addr` and serve plain HTTP until the process ends.
 pub async fn serve(addr: SocketAddr, app: Router) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
-    }))
+    serve_with(addr, None, app).await
 }
 
 /// Bind `addr` and serve HTTPS with `tls` until the process ends.
@@ -101,10 +114,61 @@ pub async fn serve_tls(
     tls: Arc<rustls::ServerConfig>,
     app: Router,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = crate::secure_metrics::TlsListener::bind(addr, tls).await?;
+    serve_with(addr, Some(TlsAcceptor::from(tls)), app).await
+}
+
+/// The accept loop of one port: at most [`MAX_CONNECTIONS`] at once, each with a handshake
+/// timeout (TLS), a header-read/idle timeout and a maximum age, in a task of its own.
+async fn serve_with(
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(addr).await?;
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
+        loop {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::debug!("{MAX_CONNECTIONS} connections open: closing a new one");
+                continue;
+            };
+            let (tls, app) = (tls.clone(), app.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                let Some(acceptor) = tls else {
+                    return serve_connection(stream, app).await;
+                };
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve_connection(stream, app).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            });
         }
     }))
+}
+
+/// HTTP/1.1 on one connection, within [`HEADER_READ_TIMEOUT`] and [`MAX_CONNECTION_AGE`].
+async fn serve_connection<S>(stream: S, app: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = TowerToHyperService::new(app);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = http.serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(MAX_CONNECTION_AGE, connection).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "connection ended with an error"),
+        Err(_) => tracing::debug!("connection closed at its maximum age"),
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::process::Stdio;
 
-use crate::ctl::{Env, Ready};
+use crate::ctl::{Env, Ready, T};
 use crate::support::{control_plane, free_port, http_get, wait_for};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -145,4 +145,71 @@ async fn metrics_need_a_token_allowed_to_read_them() {
         ])
         .stdout(Stdio::null())
         .status();
+}
+
+/// Open `n` connections to `port` that never finish a request (half a request line on the
+/// plain port, no TLS handshake on the HTTPS one); the ones the server accepted.
+async fn idle_connections(port: u16, n: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
+    let mut open = Vec::new();
+    for _ in 0..n {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await;
+            open.push(s);
+        }
+    }
+    open
+}
+
+/// Whether the server closes `s` (EOF or reset) within `within`.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// A flood of connections that never finish a request, to both ports (the HTTPS metrics
+/// port and the plain health port), neither stalls the operator nor holds the ports: each
+/// port keeps at most its connection cap, Inboxes keep becoming Ready meanwhile, every idle
+/// connection is closed once the header-read timeout passes (before, the plain port had no
+/// timeout at all and kept them forever), and the probes answer again afterwards.
+#[tokio::test]
+async fn a_connection_flood_neither_holds_the_ports_nor_stalls_reconciles() {
+    let env = Env::bare("flood", "acct-flood", "flood-key").await;
+    let health = free_port();
+    let health_addr = format!("127.0.0.1:{health}");
+    let op = env.operator(&["--metrics-secure", "--health-addr", &health_addr]);
+    env.create_labelled("before", &[]).await;
+    env.wait_ready("before", Ready::True).await;
+    let flood = inbox_operator::server::MAX_CONNECTIONS + 16;
+    let mut held = idle_connections(health, flood).await;
+    held.extend(idle_connections(op.metrics_port(), flood).await);
+    for name in ["during-1", "during-2", "during-3"] {
+        env.create_labelled(name, &[]).await;
+    }
+    for name in ["during-1", "during-2", "during-3"] {
+        env.wait_ready(name, Ready::True).await;
+    }
+    let patience = inbox_operator::server::HEADER_READ_TIMEOUT * 3;
+    for (i, s) in held.iter_mut().enumerate() {
+        assert!(
+            closed_within(s, patience).await,
+            "connection {i} still open"
+        );
+    }
+    drop(held);
+    let healthz = wait_for("/healthz after the flood", T, || {
+        http_get(health, "/healthz")
+    })
+    .await;
+    assert_eq!(healthz.trim(), "ok");
+    env.stop().await;
+    drop(op);
 }
