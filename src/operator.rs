@@ -303,6 +303,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         account_status: args.account_status,
         max_retry_delay: args.max_retry_delay,
         proof_key: Some(proof_key),
+        refresh_min_interval: controller::refresh::MIN_INTERVAL,
     };
     info!(
         url = %args.endpoint.agentsend_url,

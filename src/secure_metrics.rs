@@ -316,10 +316,18 @@ mod tests {
         for i in 0..Authorizer::CAPACITY {
             auth.remember(digest(i), Verdict::Allowed);
         }
-        assert_eq!(auth.remembered(&digest(0)), Some(Verdict::Allowed), "in use");
+        assert_eq!(
+            auth.remembered(&digest(0)),
+            Some(Verdict::Allowed),
+            "in use"
+        );
         auth.remember(digest(Authorizer::CAPACITY), Verdict::Forbidden);
         assert_eq!(auth.remembered(&digest(0)), Some(Verdict::Allowed), "kept");
-        assert_eq!(auth.remembered(&digest(1)), None, "the least recently used went");
+        assert_eq!(
+            auth.remembered(&digest(1)),
+            None,
+            "the least recently used went"
+        );
         assert_eq!(
             auth.remembered(&digest(Authorizer::CAPACITY)),
             Some(Verdict::Forbidden)

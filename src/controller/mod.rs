@@ -118,6 +118,8 @@ pub struct Settings {
     /// The longest wait between retries of a failing Inbox (`--max-retry-delay`): caps the
     /// exponential backoff, never AgentSend's `Retry-After`.
     pub max_retry_delay: Duration,
+    /// The shortest time between two refresh scans (`agentsend.io/refresh`) of one account.
+    pub refresh_min_interval: Duration,
     /// The proof key ([`proof`]); `None`: read (or made) at start from the Secret
     /// `inbox-operator-proof-key` in `operator_namespace`.
     pub proof_key: Option<proof::ProofKey>,
@@ -138,6 +140,7 @@ impl Default for Settings {
             account_status: account_status::StatusWriter::All,
             max_retry_delay: decide::MAX_RETRY_DELAY,
             proof_key: None,
+            refresh_min_interval: refresh::MIN_INTERVAL,
         }
     }
 }
@@ -314,7 +317,7 @@ impl Context {
         };
         Context {
             scans: ScanCache::new(api.clone(), settings.sync_interval),
-            refreshes: refresh::RefreshQueue::default(),
+            refreshes: refresh::RefreshQueue::with_min_interval(settings.refresh_min_interval),
             create_gates: CreateGates::default(),
             bindings: BindingRegistry::default(),
             recorder: events::EventRecorder::new(client.clone(), reporter),

@@ -5,6 +5,11 @@
 //! paginated list, ceil(N/100) requests, however many Inboxes asked — and wakes every Inbox
 //! that asked, whose next pass reads the fresh observation from the scan cache and records
 //! the value it served. Nothing here calls AgentSend per Inbox.
+//!
+//! A refresh scan of one account starts at most once per [`MIN_INTERVAL`]: a new annotation
+//! value is cheap for a tenant to write, and a shared account's scans are everyone's
+//! requests, so requests that come sooner wait for the next allowed scan (and are folded
+//! into it) instead of driving the account into 429s.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +27,8 @@ use crate::crd::Inbox;
 pub const QUIET: Duration = Duration::from_millis(500);
 /// ...or this long after its first request, whichever comes first.
 pub const MAX_WAIT: Duration = Duration::from_secs(3);
+/// The shortest time between two refresh scans of one account.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(30);
 /// How long a served value is remembered for the pass that records it.
 const SERVED_TTL: Duration = Duration::from_secs(600);
 
@@ -44,13 +51,23 @@ struct State {
     /// First and latest request of the batch being collected.
     first: Option<Instant>,
     last: Option<Instant>,
+    /// API key → when its last refresh scan started (kept for [`MIN_INTERVAL`]).
+    scanned: HashMap<ApiKey, Instant>,
 }
 
 /// The queue of refresh requests, shared by reconciles and the refresh loop.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct RefreshQueue {
     state: Arc<Mutex<State>>,
     wake: Arc<Notify>,
+    /// The shortest time between two refresh scans of one account ([`MIN_INTERVAL`]).
+    min_interval: Duration,
+}
+
+impl Default for RefreshQueue {
+    fn default() -> Self {
+        RefreshQueue::with_min_interval(MIN_INTERVAL)
+    }
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -58,6 +75,15 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 }
 
 impl RefreshQueue {
+    /// A queue scanning each account at most once per `min_interval`.
+    pub fn with_min_interval(min_interval: Duration) -> Self {
+        RefreshQueue {
+            state: Arc::default(),
+            wake: Arc::default(),
+            min_interval,
+        }
+    }
+
     /// `obj` (bound in the account of `key`) asks for counters fresher than now, for the
     /// annotation value `value`: `Served` once a scan has answered that value, else queued.
     pub fn request(&self, key: &ApiKey, obj: &ObjectRef<Inbox>, value: &str) -> Refresh {
@@ -76,19 +102,48 @@ impl RefreshQueue {
         Refresh::Pending
     }
 
-    /// How long until the batch being collected is due; `None` when nothing is queued.
+    /// How long until some account of the batch being collected is due: the batch's own
+    /// wait, and no account before [`MIN_INTERVAL`] after its last refresh scan. `None` when
+    /// nothing is queued.
     fn due_in(&self, now: Instant) -> Option<Duration> {
         let s = lock(&self.state);
-        Some(batch_due(s.first?, s.last?, now))
+        let batch = batch_due(s.first?, s.last?, now);
+        let allowed = s
+            .pending
+            .keys()
+            .map(|k| next_allowed(s.scanned.get(k).copied(), now, self.min_interval))
+            .min()
+            .unwrap_or(Duration::ZERO);
+        Some(batch.max(allowed))
     }
 
-    /// Take the batch: the Inboxes that asked, per account.
-    fn take(&self) -> Vec<(ApiKey, HashMap<ObjectRef<Inbox>, String>)> {
+    /// Take the accounts of the batch whose refresh scan may start now, with the Inboxes
+    /// that asked; the others stay queued.
+    fn take(&self, now: Instant) -> Vec<(ApiKey, HashMap<ObjectRef<Inbox>, String>)> {
         let mut s = lock(&self.state);
-        s.first = None;
-        s.last = None;
         s.served.retain(|_, (_, at)| at.elapsed() < SERVED_TTL);
-        s.pending.drain().collect()
+        let interval = self.min_interval;
+        s.scanned
+            .retain(|_, at| now.saturating_duration_since(*at) < interval);
+        let due: Vec<ApiKey> = s
+            .pending
+            .keys()
+            .filter(|k| !s.scanned.contains_key(*k))
+            .cloned()
+            .collect();
+        let taken: Vec<_> = due
+            .into_iter()
+            .filter_map(|k| {
+                let asked = s.pending.remove(&k)?;
+                s.scanned.insert(k.clone(), now);
+                Some((k, asked))
+            })
+            .collect();
+        if s.pending.is_empty() {
+            s.first = None;
+            s.last = None;
+        }
+        taken
     }
 
     /// Record that `value` was served to `obj`.
@@ -97,6 +152,13 @@ impl RefreshQueue {
             .served
             .insert(obj, (value, Instant::now()));
     }
+}
+
+/// Time left until an account last scanned at `scanned` may be scanned again.
+fn next_allowed(scanned: Option<Instant>, now: Instant, interval: Duration) -> Duration {
+    scanned.map_or(Duration::ZERO, |at| {
+        (at + interval).saturating_duration_since(now)
+    })
 }
 
 /// Time left until a batch whose first request came at `first` and latest at `last` is due.
@@ -113,14 +175,18 @@ pub async fn run(
     trigger: mpsc::UnboundedSender<ObjectRef<Inbox>>,
 ) {
     loop {
-        queue.wake.notified().await;
-        while let Some(wait) = queue.due_in(Instant::now()) {
-            if wait.is_zero() {
-                break;
+        match queue.due_in(Instant::now()) {
+            None => {
+                queue.wake.notified().await;
+                continue;
             }
-            tokio::time::sleep(wait).await;
+            Some(wait) if !wait.is_zero() => {
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            Some(_) => {}
         }
-        for (key, asked) in queue.take() {
+        for (key, asked) in queue.take(Instant::now()) {
             match scans.scan(&key, &[]).await {
                 Ok(_) => tracing::debug!(inboxes = asked.len(), "refresh scan"),
                 // The woken passes observe the failure and report it.
@@ -177,7 +243,7 @@ mod tests {
         );
         assert_eq!(q.request(&b, &obj("z"), "7"), Refresh::Pending);
         assert!(q.due_in(Instant::now()).is_some());
-        let batch = q.take();
+        let batch = q.take(Instant::now());
         let mut sizes: Vec<usize> = batch.iter().map(|(_, m)| m.len()).collect();
         sizes.sort();
         assert_eq!(sizes, [1, 2], "one entry per account, each Inbox once");
@@ -193,5 +259,31 @@ mod tests {
             Refresh::Pending,
             "a new value asks again"
         );
+    }
+
+    /// A tenant writing new refresh values cannot make a shared account scan more than once
+    /// per MIN_INTERVAL: the next request waits for the interval and is folded; another
+    /// account is not held back.
+    #[test]
+    fn an_account_is_refresh_scanned_at_most_once_per_interval() {
+        let q = RefreshQueue::default();
+        let (a, b) = (ApiKey::new("a").unwrap(), ApiKey::new("b").unwrap());
+        let t0 = Instant::now();
+        q.request(&a, &obj("x"), "1");
+        assert_eq!(q.take(t0).len(), 1, "the first scan goes");
+        for v in ["2", "3", "4"] {
+            q.request(&a, &obj("x"), v);
+        }
+        q.request(&b, &obj("y"), "1");
+        let soon = t0 + Duration::from_secs(1);
+        let taken: Vec<ApiKey> = q.take(soon).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(taken, [b], "only the other account");
+        let wait = q.due_in(soon).expect("a is still queued");
+        assert_eq!(wait, MIN_INTERVAL - Duration::from_secs(1));
+        let later = t0 + MIN_INTERVAL;
+        let batch = q.take(later);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].1[&obj("x")], "4", "folded into the latest value");
+        assert_eq!(q.due_in(later), None);
     }
 }
