@@ -120,7 +120,16 @@ struct Account {
     aimd: Aimd,
     fingerprint: String,
     traffic: Traffic,
+    /// When the client last used it (idle ones are dropped: [`IDLE_ACCOUNT`]).
+    used: Instant,
 }
+
+/// An account's budget unused this long (and not paused) is dropped when another is made: a
+/// key that is gone (rotated, mistyped, an Inbox deleted) leaves no state behind for good.
+const IDLE_ACCOUNT: Duration = Duration::from_secs(3600);
+
+/// Above this many budgets, making another first drops the idle ones.
+const ACCOUNTS_BEFORE_EVICTION: usize = 64;
 
 /// What the client sent for one account since it first called it (for the account status's
 /// request rate and 429s).
@@ -510,6 +519,10 @@ impl AgentSendClient {
             .accounts
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if accounts.len() >= ACCOUNTS_BEFORE_EVICTION && !accounts.contains_key(key) {
+            evict_idle(&mut accounts, now);
+        }
         let account = accounts.entry(key.clone()).or_insert_with(|| Account {
             aimd: Aimd::new(
                 AimdConfig {
@@ -524,7 +537,9 @@ impl AgentSendClient {
                 requests: 0,
                 rate_limited: 0,
             },
+            used: now,
         });
+        account.used = now;
         f(account)
     }
 
@@ -639,6 +654,13 @@ impl AgentSendClient {
     }
 }
 
+/// Drop the budgets unused for [`IDLE_ACCOUNT`] that are not paused by a 429.
+fn evict_idle(accounts: &mut HashMap<ApiKey, Account>, now: Instant) {
+    accounts.retain(|_, a| {
+        now.saturating_duration_since(a.used) < IDLE_ACCOUNT || a.aimd.paused_for(now).is_some()
+    });
+}
+
 /// An answer's `Retry-After` header.
 enum RetryAfter {
     /// None was sent.
@@ -733,6 +755,37 @@ fn encode_path_segment(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Budgets of keys no longer used go (a tenant cycling keys leaves no state for good);
+    /// one in use, or paused by a 429, stays.
+    #[test]
+    fn idle_account_budgets_are_dropped() {
+        let t0 = Instant::now();
+        let later = t0 + IDLE_ACCOUNT + Duration::from_secs(1);
+        let budget = |used: Instant| Account {
+            aimd: Aimd::new(AimdConfig::default(), t0),
+            fingerprint: String::new(),
+            traffic: Traffic {
+                since: t0,
+                requests: 0,
+                rate_limited: 0,
+            },
+            used,
+        };
+        let key = |k: &str| ApiKey::new(k).unwrap();
+        let mut accounts = HashMap::from([
+            (key("idle"), budget(t0)),
+            (key("recent"), budget(later - Duration::from_secs(5))),
+            (key("paused"), budget(t0)),
+        ]);
+        if let Some(p) = accounts.get_mut(&key("paused")) {
+            p.aimd.on_throttled(t0, t0, IDLE_ACCOUNT * 2);
+        }
+        evict_idle(&mut accounts, later);
+        let mut kept: Vec<&str> = accounts.keys().map(ApiKey::expose).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["paused", "recent"]);
+    }
 
     #[test]
     fn ids_are_encoded_not_parsed() {

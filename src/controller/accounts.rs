@@ -561,9 +561,14 @@ pub struct CreateGates {
 }
 
 impl CreateGates {
-    /// The gate of an account: creates take it shared, recoveries exclusively.
+    /// The gate of an account: creates take it shared, recoveries exclusively. Gates nobody
+    /// holds are dropped once there are many (a gate is only needed while held).
     pub fn of(&self, key: &ApiKey) -> Arc<tokio::sync::RwLock<()>> {
-        lock(&self.gates).entry(key.clone()).or_default().clone()
+        let mut gates = lock(&self.gates);
+        if gates.len() >= 64 && !gates.contains_key(key) {
+            gates.retain(|_, g| Arc::strong_count(g) > 1);
+        }
+        gates.entry(key.clone()).or_default().clone()
     }
 }
 
@@ -847,6 +852,20 @@ pub async fn run_counter_sync(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Create gates of keys no longer used go once there are many; a held gate stays.
+    #[test]
+    fn create_gates_nobody_holds_are_dropped() {
+        let gates = CreateGates::default();
+        let held = gates.of(&ApiKey::new("held").unwrap());
+        for i in 0..200 {
+            drop(gates.of(&ApiKey::new(format!("k{i}")).unwrap()));
+        }
+        let n = lock(&gates.gates).len();
+        assert!(n <= 65, "{n} gates kept");
+        let again = gates.of(&ApiKey::new("held").unwrap());
+        assert!(Arc::ptr_eq(&held, &again), "the held gate is the same gate");
+    }
     use crate::agentsend::ClientOptions;
 
     fn scans() -> ScanCache {

@@ -259,6 +259,10 @@ pub fn count_reserved(peers: &mut [Peer], reserved: &std::collections::HashSet<S
     }
 }
 
+/// The longest API key accepted from a Secret: the operator keeps per-account state keyed
+/// by the key, so a tenant's Secret must not be able to make that state arbitrarily large.
+pub const MAX_KEY_LEN: usize = 512;
+
 /// Everything the resolution reads.
 #[derive(Clone, Debug, Default)]
 pub struct Inputs {
@@ -539,6 +543,10 @@ pub fn credentials(
         None => "credentials Secret".to_string(),
     };
     let missing = match value {
+        Some(Some(v)) if v.trim().len() > MAX_KEY_LEN => format!(
+            "{whose} {:?} holds a key {:?} longer than {MAX_KEY_LEN} bytes, which no AgentSend key is; check the Secret",
+            secret.name, secret.key
+        ),
         Some(v) => match v.and_then(ApiKey::new) {
             Some(k) => return Credentials::Key(k),
             None => format!(
@@ -1117,6 +1125,25 @@ mod tests {
             "without the reservation: both pass"
         );
         assert!(decide(vec![first], &["uid-zzz"]), "with it: refused");
+    }
+
+    /// A key longer than any AgentSend key is refused with a message, not kept as
+    /// per-account state.
+    #[test]
+    fn an_oversized_key_is_missing_not_used() {
+        let source = Source::Secret {
+            namespace: "team-a".into(),
+            secret: key_ref("mine"),
+            account: None,
+        };
+        let huge = "k".repeat(MAX_KEY_LEN + 1);
+        let got = credentials(&source, Some(Some(huge)), None, false);
+        assert!(
+            matches!(&got, Credentials::Missing(m) if m.contains("longer than 512 bytes")),
+            "{got:?}"
+        );
+        let fine = credentials(&source, Some(Some("k".repeat(MAX_KEY_LEN))), None, false);
+        assert!(matches!(fine, Credentials::Key(_)));
     }
 
     /// What holds a quota slot: proven bindings and proven pending creates, never a tenant's

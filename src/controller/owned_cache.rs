@@ -181,10 +181,25 @@ struct Maps {
     relisting: Option<Objects>,
 }
 
+/// Whether an Inbox is among the object's owners: only such objects are cached. The watch
+/// selects by the `managed-by` label, which anyone who can write a Secret can set; an object
+/// that merely carries it is left out (a lookup of its name reads it with a GET, and finds
+/// it not owned), so tenants cannot grow this cache with labelled objects.
+fn owned_by_an_inbox(meta: &ObjectMeta) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.kind == Inbox::kind(&()) && o.api_version == Inbox::api_version(&()))
+}
+
 fn insert(objects: &mut Objects, meta: &ObjectMeta) {
     let (Some(ns), Some(name)) = (&meta.namespace, &meta.name) else {
         return;
     };
+    if !owned_by_an_inbox(meta) {
+        remove(objects, ns, name);
+        return;
+    }
     let kept = Kept::new(meta.clone());
     match objects.get_mut(ns.as_str()) {
         Some(names) => {
@@ -193,6 +208,15 @@ fn insert(objects: &mut Objects, meta: &ObjectMeta) {
         None => {
             let names = HashMap::from([(name.as_str().into(), kept)]);
             objects.insert(ns.as_str().into(), names);
+        }
+    }
+}
+
+fn remove(objects: &mut Objects, ns: &str, name: &str) {
+    if let Some(names) = objects.get_mut(ns) {
+        names.remove(name);
+        if names.is_empty() {
+            objects.remove(ns);
         }
     }
 }
@@ -218,14 +242,8 @@ impl OwnedCache {
         match event {
             watcher::Event::Apply(o) => insert(&mut maps.live, &o.metadata),
             watcher::Event::Delete(o) => {
-                let (Some(ns), Some(name)) = (&o.metadata.namespace, &o.metadata.name) else {
-                    return;
-                };
-                if let Some(names) = maps.live.get_mut(ns.as_str()) {
-                    names.remove(name.as_str());
-                    if names.is_empty() {
-                        maps.live.remove(ns.as_str());
-                    }
+                if let (Some(ns), Some(name)) = (&o.metadata.namespace, &o.metadata.name) {
+                    remove(&mut maps.live, ns, name);
                 }
             }
             watcher::Event::Init => maps.relisting = Some(Objects::new()),
@@ -333,6 +351,33 @@ mod tests {
         assert_ne!(
             a.annotations[0].1, b.annotations[0].1,
             "values stay each object's"
+        );
+    }
+
+    /// Objects that only carry the operator's label (anyone who can write a Secret can set
+    /// it) are not kept: the cache cannot be grown with them, and one that loses its Inbox
+    /// owner leaves it.
+    #[test]
+    fn only_objects_an_inbox_owns_are_kept() {
+        let cache = OwnedCache::default();
+        let mut labelled = secret("labelled", "sha256:1");
+        labelled.metadata.owner_references = None;
+        cache.apply(&watcher::Event::Apply(labelled.clone()));
+        assert!(cache.is_empty(), "label only: not kept");
+        let mut foreign_owner = secret("deployment-owned", "sha256:1");
+        if let Some(o) = foreign_owner.metadata.owner_references.as_mut() {
+            o[0].kind = "Deployment".into();
+            o[0].api_version = "apps/v1".into();
+        }
+        cache.apply(&watcher::Event::Apply(foreign_owner));
+        assert!(cache.is_empty(), "owned by something else: not kept");
+        let owned = secret("labelled", "sha256:1");
+        cache.apply(&watcher::Event::Apply(owned));
+        assert_eq!(cache.len(), 1);
+        cache.apply(&watcher::Event::Apply(labelled));
+        assert!(
+            cache.is_empty(),
+            "its Inbox owner removed: gone from the cache"
         );
     }
 
