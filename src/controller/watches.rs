@@ -414,6 +414,16 @@ pub(crate) mod tests {
         let mut secret = PartialObjectMeta::<k8s_openapi::api::core::v1::Secret>::default();
         secret.metadata.namespace = Some("ns".into());
         secret.metadata.name = Some("s".into());
+        // Owned by an Inbox: only such objects are cached.
+        secret.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                api_version: "agentsend.io/v1alpha1".into(),
+                kind: "Inbox".into(),
+                name: "a".into(),
+                uid: "uid-a".into(),
+                ..Default::default()
+            },
+        ]);
         let (cache, events) = owned_metadata(first_list(secret), &sync);
         slot.set(cache).ok();
         events.for_each(|_| async {}).await;

@@ -1012,3 +1012,308 @@ async fn restore_into_same_name_rebinds_other_namespace_does_not() {
     env.stop().await;
     drop(other);
 }
+
+// ------------------------------------------------- fail closed without the cluster view
+
+/// `deploy/namespaced/roles.yaml`'s Role: what the operator needs in a watched namespace.
+fn watched_namespace_rules() -> Value {
+    json!([
+        {"apiGroups": ["agentsend.io"], "resources": ["inboxes"],
+         "verbs": ["get", "list", "watch", "patch"]},
+        {"apiGroups": ["agentsend.io"], "resources": ["inboxes/status"], "verbs": ["patch"]},
+        {"apiGroups": ["agentsend.io"], "resources": ["inboxes/finalizers"], "verbs": ["update"]},
+        {"apiGroups": ["agentsend.io"], "resources": ["accounts"],
+         "verbs": ["get", "list", "watch", "patch"]},
+        {"apiGroups": ["agentsend.io"], "resources": ["accounts/status"], "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["secrets"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": [""], "resources": ["configmaps"],
+         "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}
+    ])
+}
+
+/// `deploy/namespaced/clusteraccounts-rbac.yaml`'s ClusterRole: all a namespaced install may
+/// do cluster-wide (no Inboxes).
+fn namespaced_install_cluster_rules() -> Value {
+    json!([
+        {"apiGroups": ["agentsend.io"], "resources": ["clusteraccounts"],
+         "verbs": ["get", "list", "watch", "patch"]},
+        {"apiGroups": ["agentsend.io"], "resources": ["clusteraccounts/status"],
+         "verbs": ["patch"]},
+        {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}
+    ])
+}
+
+/// `deploy/namespaced/binding-check-rbac.yaml`'s ClusterRole: list/watch Inboxes everywhere.
+fn binding_check_rules() -> Value {
+    json!([{"apiGroups": ["agentsend.io"], "resources": ["inboxes"], "verbs": ["list", "watch"]}])
+}
+
+/// Grant the user `user` the `rules`: as the Role `name` and a RoleBinding `name` in the
+/// env's namespace or, `cluster`, as the ClusterRole `name` and a ClusterRoleBinding `name`.
+async fn grant(env: &Env, user: &str, name: &str, cluster: bool, rules: Value) {
+    use k8s_openapi::api::rbac::v1::{
+        ClusterRole, ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject,
+    };
+    let metadata = kube::api::ObjectMeta {
+        name: Some(name.into()),
+        ..Default::default()
+    };
+    let rules = Some(serde_json::from_value(rules).expect("policy rules"));
+    let role_ref = RoleRef {
+        api_group: "rbac.authorization.k8s.io".into(),
+        kind: if cluster { "ClusterRole" } else { "Role" }.into(),
+        name: name.into(),
+    };
+    let subjects = Some(vec![Subject {
+        api_group: Some("rbac.authorization.k8s.io".into()),
+        kind: "User".into(),
+        name: user.into(),
+        namespace: None,
+    }]);
+    let (pp, client, ns) = (PostParams::default(), &env.client, env.ns.name());
+    let meta = metadata.clone();
+    if cluster {
+        let role = ClusterRole {
+            metadata,
+            rules,
+            ..Default::default()
+        };
+        let roles = Api::<ClusterRole>::all(client.clone());
+        roles.create(&pp, &role).await.expect("create ClusterRole");
+        let binding = ClusterRoleBinding {
+            metadata: meta,
+            role_ref,
+            subjects,
+        };
+        let bindings = Api::<ClusterRoleBinding>::all(client.clone());
+        bindings
+            .create(&pp, &binding)
+            .await
+            .expect("create binding");
+    } else {
+        let role = Role { metadata, rules };
+        let roles = Api::<Role>::namespaced(client.clone(), ns);
+        roles.create(&pp, &role).await.expect("create Role");
+        let binding = RoleBinding {
+            metadata: meta,
+            role_ref,
+            subjects,
+        };
+        let bindings = Api::<RoleBinding>::namespaced(client.clone(), ns);
+        bindings
+            .create(&pp, &binding)
+            .await
+            .expect("create RoleBinding");
+    }
+}
+
+/// Remove what [`grant`] made as `name` (best effort).
+async fn revoke(env: &Env, name: &str, cluster: bool) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let (dp, client, ns) = (DeleteParams::default(), &env.client, env.ns.name());
+    if cluster {
+        let _ = Api::<ClusterRoleBinding>::all(client.clone())
+            .delete(name, &dp)
+            .await;
+        let _ = Api::<ClusterRole>::all(client.clone())
+            .delete(name, &dp)
+            .await;
+    } else {
+        let _ = Api::<RoleBinding>::namespaced(client.clone(), ns)
+            .delete(name, &dp)
+            .await;
+        let _ = Api::<Role>::namespaced(client.clone(), ns)
+            .delete(name, &dp)
+            .await;
+    }
+}
+
+/// List Inbox metadata as `client` does: in `namespace`, or (`None`) cluster-wide.
+async fn list_inboxes(client: &kube::Client, namespace: Option<&str>) -> Result<(), kube::Error> {
+    let api: Api<Inbox> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let one = kube::api::ListParams::default().limit(1);
+    api.list_metadata(&one).await.map(|_| ())
+}
+
+/// An in-process controller as [`Env::spawn_controller`] starts one, but on another client
+/// and set up as a namespaced install runs: the watched namespace as the operator's, only
+/// `Account` status written. Retries are capped at 2 s.
+struct Restricted {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Restricted {
+    /// Start it on `client`; returns once its caches have listed.
+    async fn start(env: &Env, client: kube::Client) -> Restricted {
+        use inbox_operator::agentsend::{AgentSendClient, ApiKey, ClientOptions};
+        use inbox_operator::controller::DefaultKey;
+        let opts = ClientOptions {
+            timeout: Duration::from_secs(2),
+            min_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(200),
+            ..ClientOptions::default()
+        };
+        let api = AgentSendClient::new(&env.handle.url(), opts).expect("client");
+        let settings = Settings {
+            sync_interval: Duration::from_secs(2),
+            concurrency: 4,
+            namespaces: vec![env.ns.name().to_string()],
+            default_key: DefaultKey::Fixed(ApiKey::new(KEY).expect("key")),
+            proof_key: Some(env.proof.clone()),
+            operator_namespace: env.ns.name().to_string(),
+            account_status: StatusWriter::Accounts,
+            max_retry_delay: Duration::from_secs(2),
+            ..Settings::default()
+        };
+        let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+        let (ready, listed) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(inbox_operator::controller::run(
+            client,
+            api,
+            settings,
+            env.metrics.clone(),
+            async move {
+                let _ = stop_rx.wait_for(|v| *v).await;
+            },
+            move || {
+                let _ = ready.send(());
+            },
+        ));
+        let listed = tokio::time::timeout(T, listed).await;
+        assert!(
+            matches!(listed, Ok(Ok(()))),
+            "the restricted controller's caches never listed"
+        );
+        Restricted { stop, task }
+    }
+
+    /// Stop it and wait (up to 20 s) until it has stopped.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+    }
+}
+
+/// The restricted user `user` as a namespaced install grants it (no binding-check role), once
+/// the grants apply: it may list Inboxes in the env's namespace and ClusterAccounts, not
+/// Inboxes cluster-wide. Its client.
+async fn restricted_user(env: &Env, user: &str) -> kube::Client {
+    grant(env, user, user, false, watched_namespace_rules()).await;
+    grant(env, user, user, true, namespaced_install_cluster_rules()).await;
+    let kubeconfig = crate::support::control_plane().kubeconfig_as(user, &[]);
+    let client = crate::support::client_from(&kubeconfig).await;
+    let accounts = Api::<ClusterAccount>::all(client.clone());
+    wait_for("the restricted user's roles to apply", T, || async {
+        let here = list_inboxes(&client, Some(env.ns.name())).await.is_ok();
+        let one = kube::api::ListParams::default().limit(1);
+        let accounts = accounts.list_metadata(&one).await.is_ok();
+        (here && accounts).then_some(())
+    })
+    .await;
+    let everywhere = list_inboxes(&client, None).await;
+    assert!(
+        matches!(&everywhere, Err(kube::Error::Api(e)) if e.code == 403),
+        "{user} must not list Inboxes cluster-wide: {everywhere:?}"
+    );
+    client
+}
+
+/// Case a: an Inbox adopting an unclaimed inbox by `spec.inboxId` waits, `OwnershipUnverified`
+/// naming the failed list: no `status.inboxId`, no Secret. Returns the inbox.
+async fn adoption_waits(env: &Env) -> RemoteInbox {
+    use inbox_operator::crd::Reason;
+    let theirs = foreign(env, ACCOUNT, None);
+    let spec = InboxSpec {
+        inbox_id: Some(theirs.id.clone()),
+        ..Default::default()
+    };
+    env.create("adopt", spec).await;
+    let unverified = Ready::False(Reason::OwnershipUnverified);
+    let i = env.wait_ready("adopt", unverified).await;
+    let (_, message) = reason_of(&i);
+    assert!(
+        message.contains("listing Inboxes cluster-wide failed") && message.contains("forbidden"),
+        "the message names the failed list: {message}"
+    );
+    assert_ne!(status_id(&i), theirs.id, "bound unchecked: {}", show(&i));
+    assert!(
+        env.secret(&i.secret_name()).await.is_none(),
+        "a Secret was written for an unchecked adoption: {}",
+        show(&i)
+    );
+    theirs
+}
+
+/// Case b: a Ready Inbox (a new random address needs no cluster-wide check), deleted, waits
+/// with its finalizer, `OwnershipUnverified`: its inbox is neither deleted nor sent a Delete.
+/// Returns the inbox ID.
+async fn deletion_waits(env: &Env) -> String {
+    use inbox_operator::crd::Reason;
+    let id = status_id(&env.create_ready("made", InboxSpec::default()).await);
+    env.inboxes()
+        .delete("made", &DeleteParams::default())
+        .await
+        .expect("delete the Inbox");
+    let unverified = Ready::False(Reason::OwnershipUnverified);
+    let i = env.wait_ready("made", unverified).await;
+    assert!(i.metadata.deletion_timestamp.is_some(), "{}", show(&i));
+    assert!(
+        i.finalizers().iter().any(|f| f == FINALIZER),
+        "the finalizer stays while the check cannot be made: {}",
+        show(&i)
+    );
+    assert!(env.sim.inbox(&id).is_some(), "inbox {id} deleted unchecked");
+    assert_eq!(
+        env.sim.request_count(Route::Delete),
+        0,
+        "a Delete was sent unchecked: {}",
+        show(&i)
+    );
+    id
+}
+
+/// Defect: an operator watching only some namespaces, whose identity may not list Inboxes
+/// cluster-wide (a namespaced install without the binding-check role), "fails open": the
+/// one-owner check behind adoption (`spec.inboxId`), recovery and deletion logs a warning and
+/// goes ahead on the watched namespaces alone — it adopts an inbox another namespace's Inbox
+/// may own, and deletes an inbox in AgentSend, unchecked. Expected: fail closed — `Ready=False`,
+/// reason `OwnershipUnverified` naming the failed list, nothing bound, written or deleted, the
+/// finalizer kept; retried with backoff, so granting the binding-check role lets both finish.
+#[tokio::test]
+async fn ownership_check_fails_closed_without_cluster_wide_list() {
+    let env = Env::bare("own-closed", ACCOUNT, KEY).await;
+    env.sim.add_domain(ACCOUNT, "dom_example", "example.com");
+    let user = format!("ownership-restricted-{}", random_suffix(6));
+    let check = format!("{user}-binding-check");
+    let restricted = restricted_user(&env, &user).await;
+    let controller = Restricted::start(&env, restricted.clone()).await;
+
+    let theirs = adoption_waits(&env).await;
+    let made = deletion_waits(&env).await;
+
+    // The binding-check role: the check can be made, and both go through.
+    grant(&env, &user, &check, true, binding_check_rules()).await;
+    wait_for("cluster-wide Inbox lists allowed", T, || async {
+        list_inboxes(&restricted, None).await.ok()
+    })
+    .await;
+    env.wait_gone("made").await;
+    assert!(env.sim.inbox(&made).is_none(), "inbox {made} kept");
+    let adopted = env.wait_ready("adopt", Ready::True).await;
+    assert_eq!(status_id(&adopted), theirs.id, "{}", show(&adopted));
+    delete_and_wait(&env, "adopt").await;
+    assert_eq!(env.sim.inbox_count(), 0, "deleted with their Inboxes");
+
+    controller.stop().await;
+    for (name, cluster) in [(&check, true), (&user, true), (&user, false)] {
+        revoke(&env, name, cluster).await;
+    }
+    env.stop().await;
+}
