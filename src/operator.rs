@@ -225,6 +225,16 @@ async fn serve_metrics(
     Ok(())
 }
 
+/// The operator's namespace, and the proof key kept there (made at first start).
+async fn proof_key(
+    client: &Client,
+    args: &RunArgs,
+) -> Result<(String, controller::proof::ProofKey), StartupError> {
+    let namespace = crate::account::operator_namespace_or(args.operator_namespace.as_deref());
+    let key = controller::proof_store::load_or_create(client, &namespace).await?;
+    Ok((namespace, key))
+}
+
 /// The AgentSend client, reporting every request and each account's budget to the metrics.
 fn agentsend_client(
     args: &RunArgs,
@@ -282,9 +292,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
     };
     let client = kube_client().await?;
     check_crd(&client, &args).await?;
-    let operator_namespace =
-        crate::account::operator_namespace_or(args.operator_namespace.as_deref());
-    let proof_key = controller::proof_store::load_or_create(&client, &operator_namespace).await?;
+    let (operator_namespace, proof_key) = proof_key(&client, &args).await?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     serve_metrics(&args, &client, &metrics, &health).await?;

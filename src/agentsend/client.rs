@@ -447,12 +447,7 @@ impl AgentSendClient {
         self.wait_out_pause(key).await?;
 
         let url = format!("{}{}", self.inner.base, path);
-        // Marked sensitive: never printed by the HTTP stack's Debug output or logs.
-        let mut key_header =
-            reqwest::header::HeaderValue::from_str(key.expose()).map_err(|_| ApiError::Config {
-                message: "the API key contains characters an HTTP header cannot carry; check the key Secret".into(),
-            })?;
-        key_header.set_sensitive(true);
+        let key_header = key_header(key)?;
         let mut req = self
             .inner
             .http
@@ -476,20 +471,7 @@ impl AgentSendClient {
             obs(route, &status_label, started.elapsed());
         }
         let (status, retry_after, bytes, date) = result?;
-        let retry_after = match retry_after {
-            RetryAfter::Absent => None,
-            RetryAfter::Delay(d) => Some(d),
-            RetryAfter::Invalid => {
-                tracing::debug!(
-                    route,
-                    "ignored an invalid Retry-After (RFC 9110: delay-seconds or an HTTP-date)"
-                );
-                if let Some(observe) = &self.inner.invalid_retry_after {
-                    observe(route);
-                }
-                None
-            }
-        };
+        let retry_after = self.delay(route, retry_after);
         if status.is_success() {
             self.answered(key, started, None);
             return Ok((bytes, date));
@@ -510,6 +492,24 @@ impl AgentSendClient {
             _ => self.answered(key, started, None),
         }
         Err(err)
+    }
+
+    /// The delay a `Retry-After` asks for; an invalid one is reported and ignored.
+    fn delay(&self, route: &'static str, retry_after: RetryAfter) -> Option<Duration> {
+        match retry_after {
+            RetryAfter::Absent => None,
+            RetryAfter::Delay(d) => Some(d),
+            RetryAfter::Invalid => {
+                tracing::debug!(
+                    route,
+                    "ignored an invalid Retry-After (RFC 9110: delay-seconds or an HTTP-date)"
+                );
+                if let Some(observe) = &self.inner.invalid_retry_after {
+                    observe(route);
+                }
+                None
+            }
+        }
     }
 
     /// The account's budget, created on first use.
@@ -652,6 +652,18 @@ impl AgentSendClient {
     pub fn account_rate(&self, key: &ApiKey) -> Option<f64> {
         self.account(key, |a| a.aimd.rate())
     }
+}
+
+/// The `x-api-key` header, marked sensitive: never printed by the HTTP stack's Debug output.
+fn key_header(key: &ApiKey) -> Result<reqwest::header::HeaderValue, ApiError> {
+    let mut value =
+        reqwest::header::HeaderValue::from_str(key.expose()).map_err(|_| ApiError::Config {
+            message:
+                "the API key contains characters an HTTP header cannot carry; check the key Secret"
+                    .into(),
+        })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 /// Drop the budgets unused for [`IDLE_ACCOUNT`] that are not paused by a 429.

@@ -452,13 +452,7 @@ impl<'a> Pass<'a> {
                     crd::ANNOTATION_CREATE_PENDING_SINCE: null,
                 }))
                 .await?;
-                for k in [
-                    crd::ANNOTATION_CREATE_PENDING,
-                    crd::ANNOTATION_CREATE_PENDING_PROOF,
-                    crd::ANNOTATION_CREATE_PENDING_SINCE,
-                ] {
-                    set_annotation(&mut o.inbox, k, None);
-                }
+                clear_pending(&mut o.inbox);
                 o.pending_cleared = true;
             }
             Step::Forget { key, id } => {
@@ -939,13 +933,7 @@ impl<'a> Pass<'a> {
         .await?;
         set_annotation(&mut o.inbox, crd::ANNOTATION_INBOX_ID, Some(id));
         set_annotation(&mut o.inbox, crd::ANNOTATION_INBOX_ID_PROOF, Some(&proof));
-        for k in [
-            crd::ANNOTATION_CREATE_PENDING,
-            crd::ANNOTATION_CREATE_PENDING_PROOF,
-            crd::ANNOTATION_CREATE_PENDING_SINCE,
-        ] {
-            set_annotation(&mut o.inbox, k, None);
-        }
+        clear_pending(&mut o.inbox);
         Ok(())
     }
 
@@ -988,6 +976,17 @@ fn with_finalizer(inbox: &Inbox) -> Vec<String> {
         list.push(crd::FINALIZER.to_string());
     }
     list
+}
+
+/// Mirror the removal of the pending mark, its proof and its time in the pass's view.
+fn clear_pending(inbox: &mut Inbox) {
+    for k in [
+        crd::ANNOTATION_CREATE_PENDING,
+        crd::ANNOTATION_CREATE_PENDING_PROOF,
+        crd::ANNOTATION_CREATE_PENDING_SINCE,
+    ] {
+        set_annotation(inbox, k, None);
+    }
 }
 
 /// Mirror one of this pass's annotation writes in its view of the Inbox.
