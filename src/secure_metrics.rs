@@ -44,17 +44,113 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-/// The TLS settings of the metrics endpoint: the certificate in `cert_dir`, or a new
-/// self-signed one (for `localhost` and the host name).
+/// The TLS settings of the metrics endpoint: the certificate in `cert_dir` — read again
+/// when its files change ([`ReloadingCert`]: a renewed cert-manager certificate is served
+/// without a restart) — or a new self-signed one (for `localhost` and the host name).
 pub fn tls_config(cert_dir: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let (chain, key) = match cert_dir {
-        Some(dir) => read_pair(dir)?,
-        None => self_signed()?,
+    let builder = rustls::ServerConfig::builder().with_no_client_auth();
+    let config = match cert_dir {
+        Some(dir) => {
+            let resolver = ReloadingCert::new(dir.to_path_buf(), ReloadingCert::CHECK_EVERY)?;
+            builder.with_cert_resolver(Arc::new(resolver))
+        }
+        None => {
+            let (chain, key) = self_signed()?;
+            builder.with_single_cert(chain, key)?
+        }
     };
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
     Ok(Arc::new(config))
+}
+
+/// The certificate of `--metrics-cert-dir`, checked for changes at most once per
+/// `check_every` (at a handshake) and read again when `tls.crt` or `tls.key` changed; a pair
+/// that does not load keeps the one in use (logged), so a half-written renewal does not take
+/// the endpoint down.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    dir: PathBuf,
+    check_every: Duration,
+    state: Mutex<Loaded>,
+}
+
+#[derive(Debug)]
+struct Loaded {
+    key: Arc<rustls::sign::CertifiedKey>,
+    /// The files' modification times when read.
+    stamp: Option<(std::time::SystemTime, std::time::SystemTime)>,
+    checked: Instant,
+}
+
+impl ReloadingCert {
+    /// How often the files are looked at.
+    pub const CHECK_EVERY: Duration = Duration::from_secs(10);
+
+    /// Read the pair in `dir` (an error if it does not load).
+    pub fn new(dir: PathBuf, check_every: Duration) -> Result<ReloadingCert, TlsError> {
+        let stamp = stamp(&dir);
+        let key = certified(&dir)?;
+        Ok(ReloadingCert {
+            dir,
+            check_every,
+            state: Mutex::new(Loaded {
+                key,
+                stamp,
+                checked: Instant::now(),
+            }),
+        })
+    }
+
+    /// The certificate to serve now, reloaded first if the files changed.
+    pub fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if now.duration_since(state.checked) >= self.check_every {
+            state.checked = now;
+            let stamp = stamp(&self.dir);
+            if stamp != state.stamp {
+                match certified(&self.dir) {
+                    Ok(key) => {
+                        tracing::info!(dir = %self.dir.display(), "metrics certificate reloaded");
+                        state.key = key;
+                        state.stamp = stamp;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics certificate changed but does not load; serving the previous one")
+                    }
+                }
+            }
+        }
+        state.key.clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadingCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// The modification times of the pair's files.
+fn stamp(dir: &Path) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    let modified = |f: &str| {
+        std::fs::metadata(dir.join(f))
+            .and_then(|m| m.modified())
+            .ok()
+    };
+    Some((modified("tls.crt")?, modified("tls.key")?))
+}
+
+/// The pair in `dir`, ready to serve.
+fn certified(dir: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, TlsError> {
+    let (chain, key) = read_pair(dir)?;
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    let key = rustls::sign::CertifiedKey::from_der(chain, key, &provider)?;
+    Ok(Arc::new(key))
 }
 
 fn read_pair(
@@ -334,6 +430,44 @@ mod tests {
         );
         let held = auth.verdicts.lock().unwrap().len();
         assert_eq!(held, Authorizer::CAPACITY);
+    }
+
+    /// A renewed certificate in `--metrics-cert-dir` is served without a restart; one that
+    /// does not load keeps the previous one.
+    #[test]
+    fn a_renewed_certificate_is_served_without_a_restart() {
+        crate::ensure_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str| {
+            let c = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+            std::fs::write(dir.path().join("tls.crt"), c.cert.pem()).unwrap();
+            std::fs::write(dir.path().join("tls.key"), c.signing_key.serialize_pem()).unwrap();
+            c.cert.der().clone()
+        };
+        let first = write("first.example");
+        let certs = ReloadingCert::new(dir.path().to_path_buf(), Duration::ZERO).unwrap();
+        assert_eq!(certs.current().cert[0], first);
+        // Modification times have a coarse resolution on some filesystems: wait until the
+        // rewritten files' times differ from the first ones.
+        let before = stamp(dir.path());
+        let second = loop {
+            let der = write("second.example");
+            if stamp(dir.path()) != before {
+                break der;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(certs.current().cert[0], second, "reloaded");
+        let renewed = stamp(dir.path());
+        while stamp(dir.path()) == renewed {
+            std::thread::sleep(Duration::from_millis(20));
+            std::fs::write(dir.path().join("tls.key"), "not a key").unwrap();
+        }
+        assert_eq!(
+            certs.current().cert[0],
+            second,
+            "a pair that does not load keeps the one in use"
+        );
     }
 
     #[test]
