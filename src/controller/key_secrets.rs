@@ -1,6 +1,9 @@
 //! The one watch set of key Secrets — those Inboxes name in `spec.credentials` and those
 //! `Account`s and `ClusterAccount`s name in `spec.secretRef`: one metadata-only watch per
-//! referenced Secret, selected by name, started and stopped as the set of references changes.
+//! namespace that holds a referenced Secret, passing on only the referenced names, started
+//! and stopped as the set of references changes. (One watch per name, as before, let a
+//! tenant start a watch per Inbox by naming a new Secret in each: the count of watches now
+//! follows the namespaces, not what tenants write.)
 //! So a rotated key reconciles its users promptly, and a key Secret being deleted loses its
 //! in-use finalizer once nobody uses it, while the operator lists and watches no other Secret
 //! of the user's and caches no Secret data.
@@ -9,8 +12,8 @@
 //! the `(namespace, name)` pairs to watch (the Inbox caches, the account caches), and whoever
 //! feeds it pings the shared [`Notify`] when its answer may have changed.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
 
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
@@ -50,23 +53,33 @@ pub fn inbox_references(store: Store<CachedInbox>) -> ReferenceSource {
     })
 }
 
+/// The referenced Secret names, per namespace: one watch each.
+pub fn by_namespace(refs: &BTreeSet<SecretRef>) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (ns, name) in refs {
+        out.entry(ns.clone()).or_default().insert(name.clone());
+    }
+    out
+}
+
 /// What to change in the running watches to match `wanted`: the watches to start and the
 /// ones to stop.
-pub fn diff(
-    running: &BTreeSet<SecretRef>,
-    wanted: &BTreeSet<SecretRef>,
-) -> (Vec<SecretRef>, Vec<SecretRef>) {
+pub fn diff<T: Ord + Clone>(running: &BTreeSet<T>, wanted: &BTreeSet<T>) -> (Vec<T>, Vec<T>) {
     (
         wanted.difference(running).cloned().collect(),
         running.difference(wanted).cloned().collect(),
     )
 }
 
+/// The names one namespace's watch passes on (updated as references change).
+type Names = Arc<RwLock<BTreeSet<String>>>;
+
 /// One item of the merged key-Secret watch.
 type Item = Result<PartialObjectMeta<Secret>, watcher::Error>;
 
-/// Keep one metadata watch per Secret that `sources` reference, re-evaluated whenever
-/// `changed` is notified, until `stop`. Returns the merged stream of touched Secrets.
+/// Keep one metadata watch per namespace holding a Secret that `sources` reference,
+/// re-evaluated whenever `changed` is notified, until `stop`. Returns the merged stream of
+/// touched referenced Secrets.
 pub fn watch_referenced(
     client: Client,
     sources: Vec<ReferenceSource>,
@@ -76,23 +89,36 @@ pub fn watch_referenced(
     let (tx, rx) = mpsc::unbounded();
     let until = stop.clone();
     let manage = async move {
-        let mut running: HashMap<SecretRef, CancellationToken> = HashMap::new();
+        let mut running: HashMap<String, (CancellationToken, Names)> = HashMap::new();
         loop {
-            let wanted: BTreeSet<SecretRef> = sources.iter().flat_map(|s| s()).collect();
-            let (start, stop_now) = diff(&running.keys().cloned().collect(), &wanted);
-            for key in stop_now {
-                if let Some(token) = running.remove(&key) {
+            let refs: BTreeSet<SecretRef> = sources.iter().flat_map(|s| s()).collect();
+            let wanted = by_namespace(&refs);
+            let namespaces = wanted.keys().cloned().collect();
+            let (_, stop_now) = diff(&running.keys().cloned().collect(), &namespaces);
+            for ns in stop_now {
+                if let Some((token, _)) = running.remove(&ns) {
                     token.cancel();
                 }
             }
-            for key in start {
+            for (ns, names) in wanted {
+                if let Some((_, current)) = running.get(&ns) {
+                    let added = follow_names(current, names);
+                    // A running watch has listed already: look at a newly referenced
+                    // Secret once, as a new watch's first list would.
+                    for name in added {
+                        tokio::spawn(look_once(client.clone(), ns.clone(), name, tx.clone()));
+                    }
+                    continue;
+                }
                 let token = stop.child_token();
+                let names: Names = Arc::new(RwLock::new(names));
+                let watch = in_namespace(&client, &ns, names.clone());
                 tokio::spawn(
                     token
                         .clone()
-                        .run_until_cancelled_owned(forward(one(&client, &key), tx.clone())),
+                        .run_until_cancelled_owned(forward(watch, tx.clone())),
                 );
-                running.insert(key, token);
+                running.insert(ns, (token, names));
             }
             changed.notified().await;
         }
@@ -101,19 +127,50 @@ pub fn watch_referenced(
     rx
 }
 
-/// The metadata watch of one Secret, selected by name.
-fn one(client: &Client, (ns, name): &SecretRef) -> impl Stream<Item = Item> + Send + 'static {
+/// Replace the names a watch passes on; the names added.
+fn follow_names(current: &Names, wanted: BTreeSet<String>) -> Vec<String> {
+    let mut names = current.write().unwrap_or_else(|p| p.into_inner());
+    let added = wanted.difference(&names).cloned().collect();
+    *names = wanted;
+    added
+}
+
+/// The metadata watch of one namespace's Secrets, passing on those named in `names`.
+fn in_namespace(
+    client: &Client,
+    ns: &str,
+    names: Names,
+) -> impl Stream<Item = Item> + Send + 'static {
     let api: Api<PartialObjectMeta<Secret>> = Api::namespaced(client.clone(), ns);
-    let config = watches::watch_config().fields(&format!("metadata.name={name}"));
-    watcher(api, config)
+    watcher(api, watches::watch_config())
         .backoff(watches::backoff())
         .touched_objects()
+        .filter(move |r| {
+            let wanted = match r {
+                Ok(m) => names
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&m.name_any()),
+                Err(_) => true,
+            };
+            std::future::ready(wanted)
+        })
         .map(|r| {
             r.map(|mut m| {
                 m.metadata.managed_fields = None;
                 m
             })
         })
+}
+
+/// One metadata read of `ns/name`, sent on as if watched (nothing when absent or on error:
+/// the namespace's watch reports its later changes).
+async fn look_once(client: Client, ns: String, name: String, tx: mpsc::UnboundedSender<Item>) {
+    let api: Api<Secret> = Api::namespaced(client, &ns);
+    if let Ok(Some(mut m)) = api.get_metadata_opt(&name).await {
+        m.metadata.managed_fields = None;
+        let _ = tx.unbounded_send(Ok(m));
+    }
 }
 
 /// The Inboxes (among `inboxes`) that may use the key Secret `target`, by what `may_use`
@@ -174,6 +231,22 @@ mod tests {
 
     fn r(ns: &str, name: &str) -> SecretRef {
         (ns.into(), name.into())
+    }
+
+    /// One watch per namespace, however many Secret names tenants reference there.
+    #[test]
+    fn references_are_grouped_per_namespace() {
+        let refs: BTreeSet<SecretRef> = (0..1000)
+            .map(|i| r("a", &format!("k{i}")))
+            .chain([r("b", "k")])
+            .collect();
+        let grouped = by_namespace(&refs);
+        assert_eq!(grouped.len(), 2, "two watches for 1,001 names");
+        assert_eq!(grouped["a"].len(), 1000);
+        let names: Names = Arc::new(RwLock::new(["k1".to_string()].into()));
+        let added = follow_names(&names, ["k1".to_string(), "k2".to_string()].into());
+        assert_eq!(added, ["k2"]);
+        assert!(names.read().unwrap().contains("k2"));
     }
 
     #[test]
