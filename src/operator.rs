@@ -239,6 +239,7 @@ async fn proof_key(
 fn agentsend_client(
     args: &RunArgs,
     metrics: &Arc<Metrics>,
+    gate: &WriteGate,
 ) -> Result<AgentSendClient, StartupError> {
     let observer_metrics = metrics.clone();
     let observer: RequestObserver = Arc::new(move |route, status, took| {
@@ -262,6 +263,10 @@ fn agentsend_client(
         invalid_retry_after: Some(Arc::new(move |route| {
             invalid_metrics.invalid_retry_after(route);
         })),
+        may_write: Some({
+            let gate = gate.clone();
+            Arc::new(move || gate.is_open())
+        }),
     };
     AgentSendClient::with_observers(&args.endpoint.agentsend_url, opts, observers)
         .map_err(|e| StartupError::AgentSend(e.to_string()))
@@ -296,7 +301,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
     serve_metrics(&args, &client, &metrics, &health).await?;
-    let api = agentsend_client(&args, &metrics)?;
+    let api = agentsend_client(&args, &metrics, &gate)?;
     let identity = identity(&args);
     let settings = Settings {
         sync_interval: args.sync_interval,

@@ -43,7 +43,11 @@ pub type AccountObserver = Arc<dyn Fn(&str, Option<f64>, bool) + Send + Sync>;
 /// RFC 9110 allows (it was ignored).
 pub type InvalidHeaderObserver = Arc<dyn Fn(&'static str) + Send + Sync>;
 
-/// What the client reports as it goes (metrics); each is optional.
+/// Asked right before a write (POST, DELETE) leaves the process: `false` refuses it.
+pub type MayWrite = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// What the client reports as it goes (metrics), and what it asks before writing; each is
+/// optional.
 #[derive(Clone, Default)]
 pub struct Observers {
     /// Every exchange.
@@ -52,6 +56,10 @@ pub struct Observers {
     pub accounts: Option<AccountObserver>,
     /// Each invalid `Retry-After`.
     pub invalid_retry_after: Option<InvalidHeaderObserver>,
+    /// Whether this instance may write now (leader election). Checked after every wait —
+    /// the account's pace, a 429 pause, the concurrency bound — right before the request is
+    /// sent, so a write never leaves a process that lost the lease while it waited.
+    pub may_write: Option<MayWrite>,
 }
 
 /// Tuning of the client. Defaults are documented in the README.
@@ -113,6 +121,7 @@ struct Inner {
     observer: Option<RequestObserver>,
     account_observer: Option<AccountObserver>,
     invalid_retry_after: Option<InvalidHeaderObserver>,
+    may_write: Option<MayWrite>,
 }
 
 /// The budget of one account, with the fingerprint its metrics are labelled with.
@@ -244,6 +253,7 @@ impl AgentSendClient {
                 observer: observers.requests,
                 account_observer: observers.accounts,
                 invalid_retry_after: observers.invalid_retry_after,
+                may_write: observers.may_write,
             }),
         })
     }
@@ -447,6 +457,15 @@ impl AgentSendClient {
         self.wait_out_pause(key).await?;
 
         let url = format!("{}{}", self.inner.base, path);
+        if method != Method::GET
+            && let Some(may_write) = &self.inner.may_write
+            && !may_write()
+        {
+            return Err(ApiError::Transient {
+                status: None,
+                message: "not sent: this instance is not (or no longer) leading".into(),
+            });
+        }
         let key_header = key_header(key)?;
         let mut req = self
             .inner

@@ -10,7 +10,7 @@ mod proptests;
 
 pub use client::{
     AccountObserver, AgentSendClient, ClientOptions, DEFAULT_RETRY_AFTER, InvalidHeaderObserver,
-    MAX_BODY_BYTES, MAX_PAGES, Observers, PAGE_SIZE, RequestObserver, Traffic, next_page,
+    MAX_BODY_BYTES, MAX_PAGES, MayWrite, Observers, PAGE_SIZE, RequestObserver, Traffic, next_page,
 };
 pub use error::{
     ApiError, MAX_MESSAGE_LEN, MAX_RETRY_AFTER, error_message, parse_retry_after, truncate,

@@ -1186,6 +1186,50 @@ async fn an_invalid_retry_after_is_ignored_and_counted() {
     );
 }
 
+/// A write never leaves a process that may not write (leader election): the gate is asked
+/// after every wait, right before the request is sent. Reads still go; when the gate opens,
+/// writes go again.
+#[tokio::test]
+async fn writes_wait_for_the_gate_right_before_they_are_sent() {
+    let sim = Simulator::new();
+    sim.add_account(ACCT, KEY);
+    let handle = sim.spawn().await.unwrap();
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = open.clone();
+    let observers = inbox_operator::agentsend::Observers {
+        may_write: Some(Arc::new(move || {
+            gate.load(std::sync::atomic::Ordering::SeqCst)
+        })),
+        ..Default::default()
+    };
+    let client = AgentSendClient::with_observers(&handle.url(), fast(), observers).unwrap();
+    let k = key(KEY);
+    let refused = client.create_inbox(&k, &CreateInbox::default()).await;
+    assert!(
+        matches!(refused, Err(ApiError::Transient { status: None, .. })),
+        "{refused:?}"
+    );
+    assert!(client.delete_inbox(&k, "inb_x").await.is_err());
+    assert!(client.list_inboxes(&k, 5, 0).await.is_ok(), "reads go");
+    assert_eq!(
+        sim.request_count(Route::Create),
+        0,
+        "no create left the process"
+    );
+    assert_eq!(
+        sim.request_count(Route::Delete),
+        0,
+        "no delete left the process"
+    );
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let created = client
+        .create_inbox(&k, &CreateInbox::default())
+        .await
+        .unwrap();
+    client.delete_inbox(&k, &created.id).await.unwrap();
+    assert_eq!(sim.request_count(Route::Create), 1);
+}
+
 #[tokio::test]
 async fn requests_are_counted_and_logged_whatever_the_outcome() {
     let observed: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
