@@ -23,6 +23,7 @@ mod demo;
 mod deploy;
 mod e2e;
 mod faults;
+mod hostile;
 mod outputs;
 mod ownership;
 mod secure_metrics;

@@ -149,7 +149,7 @@ async fn metrics_need_a_token_allowed_to_read_them() {
 
 /// Open `n` connections to `port` that never finish a request (half a request line on the
 /// plain port, no TLS handshake on the HTTPS one); the ones the server accepted.
-async fn idle_connections(port: u16, n: usize) -> Vec<tokio::net::TcpStream> {
+pub(crate) async fn idle_connections(port: u16, n: usize) -> Vec<tokio::net::TcpStream> {
     use tokio::io::AsyncWriteExt;
     let mut open = Vec::new();
     for _ in 0..n {

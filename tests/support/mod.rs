@@ -829,6 +829,21 @@ impl Operator {
         http_get(self.metrics_port, "/metrics").await
     }
 
+    /// Its highest resident memory so far (VmHWM), in bytes; `None` once it has exited.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        Some(kb * 1024)
+    }
+
     /// The port of its `/metrics`, `/healthz` and `/readyz`.
     pub fn metrics_port(&self) -> u16 {
         self.metrics_port
