@@ -405,7 +405,7 @@ impl<'a> Pass<'a> {
         self.ctx.bindings.note_bound(&remote.id, &self.uid, &owner);
         let write_secret = async {
             match &secret {
-                Some(s) => self.write_secret(s, true).await.map(Some),
+                Some(s) => self.write_secret(s, true, None).await.map(Some),
                 None => Ok(None),
             }
         };
@@ -475,7 +475,11 @@ impl<'a> Pass<'a> {
                 create,
                 event,
             } => {
-                let written = self.write_secret(&secret, create).await?;
+                let uid = o
+                    .secrets
+                    .get(&secret.name_any())
+                    .and_then(|m| m.as_ref()?.uid.clone());
+                let written = self.write_secret(&secret, create, uid.as_deref()).await?;
                 if let Some(event) = &event {
                     self.publish(event).await;
                 }
@@ -949,8 +953,13 @@ impl<'a> Pass<'a> {
 
     /// Create the Secret (a 409 means it appeared meanwhile: fail, re-read next pass) or
     /// server-side apply our fields onto it. Returns its metadata as written.
-    async fn write_secret(&self, secret: &Secret, create: bool) -> Result<ObjectMeta, Error> {
-        config_maps::write_owned(&self.secrets, secret, create).await
+    async fn write_secret(
+        &self,
+        secret: &Secret,
+        create: bool,
+        uid: Option<&str>,
+    ) -> Result<ObjectMeta, Error> {
+        config_maps::write_owned(&self.secrets, secret, create, uid).await
     }
 
     /// Delete an owned Secret; gone already, or replaced meanwhile (UID precondition), is fine.

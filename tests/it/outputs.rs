@@ -331,3 +331,41 @@ async fn template_bombs_create_nothing_and_others_stay_served() {
     env.delete_all_and_check(&names).await;
     env.stop().await;
 }
+
+/// What the operator's writes over an owned Secret or ConfigMap rely on: a server-side apply
+/// that names a UID is refused when the object of that name now has another UID (it was
+/// replaced meanwhile, someone else's), so the operator never takes over an object it read as
+/// its own but that is no longer the same object.
+#[tokio::test]
+async fn an_apply_naming_another_uid_is_refused() {
+    let env = Env::bare("uidpre", "acct-uidpre", "uidpre-key").await;
+    let api = config_maps(&env);
+    let theirs = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("replaced".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("k".to_string(), "theirs".to_string())])),
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &theirs).await.unwrap();
+    let ours = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "replaced", "uid": "00000000-0000-0000-0000-000000000000"},
+        "data": {"k": "ours"},
+    });
+    let applied = api
+        .patch(
+            "replaced",
+            &PatchParams::apply("inbox-operator").force(),
+            &Patch::Apply(&ours),
+        )
+        .await;
+    assert!(applied.is_err(), "applied over another object: {applied:?}");
+    let kept = config_map(&env, "replaced").await.unwrap();
+    assert_eq!(value(&kept, "k").as_deref(), Some("theirs"));
+    api.delete("replaced", &DeleteParams::default())
+        .await
+        .unwrap();
+}

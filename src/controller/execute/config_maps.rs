@@ -35,7 +35,12 @@ impl Pass<'_> {
                 create,
                 event,
             } => {
-                let written = write_owned(&api, &*config_map, create).await?;
+                let name = config_map.name_any();
+                let uid = o
+                    .config_maps
+                    .as_ref()
+                    .and_then(|known| known.get(&name)?.as_ref()?.uid.clone());
+                let written = write_owned(&api, &*config_map, create, uid.as_deref()).await?;
                 if let Some(event) = &event {
                     self.publish(event).await;
                 }
@@ -85,8 +90,15 @@ impl Pass<'_> {
 }
 
 /// Create `obj` (a 409 means it appeared meanwhile: fail, re-read next pass) or server-side
-/// apply our fields onto it. Returns its metadata as written.
-pub(super) async fn write_owned<K>(api: &Api<K>, obj: &K, create: bool) -> Result<ObjectMeta, Error>
+/// apply our fields onto the object of UID `uid` — the one read as ours: the UID in the
+/// applied object is a precondition, so an object replaced meanwhile under the same name
+/// (someone else's now) is refused, never taken over. Returns its metadata as written.
+pub(super) async fn write_owned<K>(
+    api: &Api<K>,
+    obj: &K,
+    create: bool,
+    uid: Option<&str>,
+) -> Result<ObjectMeta, Error>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -104,6 +116,9 @@ where
     let mut body = serde_json::to_value(obj).map_err(kube::Error::SerdeError)?;
     body["apiVersion"] = json!(K::api_version(&()));
     body["kind"] = json!(K::kind(&()));
+    if let Some(uid) = uid {
+        body["metadata"]["uid"] = json!(uid);
+    }
     let written = api
         .patch(
             &obj.name_any(),
