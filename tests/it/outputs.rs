@@ -368,4 +368,5 @@ async fn an_apply_naming_another_uid_is_refused() {
     api.delete("replaced", &DeleteParams::default())
         .await
         .unwrap();
+    env.stop().await;
 }
