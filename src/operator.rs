@@ -317,6 +317,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         max_retry_delay: args.max_retry_delay,
         proof_key: Some(proof_key),
         refresh_min_interval: controller::refresh::MIN_INTERVAL,
+        health: Some(health.clone()),
     };
     info!(
         url = %args.endpoint.agentsend_url,

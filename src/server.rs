@@ -21,10 +21,13 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 
-/// Readiness, as reported by `/readyz`.
+/// Readiness, as reported by `/readyz`, and liveness, by `/healthz`.
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
+    /// The controller stopped on its own (a task it needs ended): `/healthz` fails, so the
+    /// kubelet restarts the Pod instead of it serving probes while reconciling nothing.
+    stopped: AtomicBool,
 }
 
 impl Health {
@@ -36,6 +39,17 @@ impl Health {
     /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The controller stopped on its own: not alive, not ready.
+    pub fn set_stopped(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.set_ready(false);
+    }
+
+    /// Whether `/healthz` answers 200.
+    pub fn is_alive(&self) -> bool {
+        !self.stopped.load(Ordering::SeqCst)
     }
 }
 
@@ -66,7 +80,7 @@ pub fn router(
 /// The router serving only `/healthz` and `/readyz`.
 pub fn probes(health: Arc<Health>) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(health)
 }
@@ -82,6 +96,14 @@ async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
         )],
         axum::body::Body::from_stream(futures::stream::iter(pieces)),
     )
+}
+
+async fn healthz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    if health.is_alive() {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::INTERNAL_SERVER_ERROR, "the controller stopped")
+    }
 }
 
 async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {

@@ -118,6 +118,9 @@ pub struct Settings {
     /// The longest wait between retries of a failing Inbox (`--max-retry-delay`): caps the
     /// exponential backoff, never AgentSend's `Retry-After`.
     pub max_retry_delay: Duration,
+    /// Told when the controller stops on its own (a task it needs ended): `/healthz` then
+    /// fails.
+    pub health: Option<Arc<crate::server::Health>>,
     /// The shortest time between two refresh scans (`agentsend.io/refresh`) of one account.
     pub refresh_min_interval: Duration,
     /// The proof key ([`proof`]); `None`: read (or made) at start from the Secret
@@ -140,6 +143,7 @@ impl Default for Settings {
             account_status: account_status::StatusWriter::All,
             max_retry_delay: decide::MAX_RETRY_DELAY,
             proof_key: None,
+            health: None,
             refresh_min_interval: refresh::MIN_INTERVAL,
         }
     }
@@ -631,6 +635,40 @@ async fn route_triggers(
     }
 }
 
+/// How the controllers' run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Supervised {
+    /// They finished (shutdown, lost lease).
+    Finished,
+    /// A task they need ended first (a panic, or a loop that returned): they were stopped.
+    TaskEnded,
+}
+
+/// Run `controllers` until they finish; if one of `tasks` (which run until `stop`) ends
+/// first, stop everything instead of going on without it — counters that never sync, key
+/// Secrets nobody follows — and say so.
+async fn supervise(
+    controllers: impl std::future::Future<Output = impl Sized>,
+    tasks: &mut [tokio::task::JoinHandle<Option<()>>],
+    stop: &CancellationToken,
+) -> Supervised {
+    let mut controllers = std::pin::pin!(controllers);
+    let first_ended = futures::future::select_all(tasks.iter_mut());
+    tokio::select! {
+        _ = &mut controllers => Supervised::Finished,
+        (result, index, _) = first_ended => {
+            // Tasks end with `stop` (a shutdown): that is the normal way out.
+            let on_its_own = !stop.is_cancelled();
+            if on_its_own {
+                tracing::error!(task = index, panicked = result.is_err(), "a controller task ended on its own; stopping the controller (the process restarts)");
+                stop.cancel();
+            }
+            controllers.await;
+            if on_its_own { Supervised::TaskEnded } else { Supervised::Finished }
+        }
+    }
+}
+
 /// The proof key: from the settings, else read (or made) from its Secret, retried with
 /// backoff until it works or `stop` (`None`).
 async fn proof_key(
@@ -797,7 +835,7 @@ pub async fn run(
         controllers.push(scope.controller(ctx.clone(), rx, stop.clone()));
     }
     let on_synced = move || metrics.counter_sync_succeeded();
-    let background = [
+    let mut background = [
         spawn_account_tasks(&ctx, account_changes, references_changed, &stop),
         tokio::spawn(
             stop.clone()
@@ -818,11 +856,77 @@ pub async fn run(
                 )),
         ),
     ];
-    futures::future::join_all(controllers).await;
+    if supervise(
+        futures::future::join_all(controllers),
+        &mut background,
+        &stop,
+    )
+    .await
+        == Supervised::TaskEnded
+        && let Some(health) = &ctx.settings.health
+    {
+        health.set_stopped();
+    }
     ctx.recorder.drain(events::EventRecorder::DRAIN).await;
     stop.cancel();
     for task in background {
-        let _ = task.await;
+        // One that ended already may have been awaited by the supervision.
+        if !task.is_finished() {
+            let _ = task.await;
+        }
     }
     tracing::info!("controller stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task the controllers need that ends on its own (a panic) stops them and is
+    /// reported; a shutdown that ends the controllers first is a normal finish.
+    #[tokio::test]
+    async fn a_task_that_dies_stops_the_controllers() {
+        let stop = CancellationToken::new();
+        let waiting = stop.clone();
+        let mut tasks = [
+            tokio::spawn(
+                stop.clone()
+                    .run_until_cancelled_owned(std::future::pending::<()>()),
+            ),
+            tokio::spawn(async { panic!("a background loop panicked") }),
+        ];
+        let controllers = async move { waiting.cancelled().await };
+        let ended = supervise(controllers, &mut tasks, &stop).await;
+        assert_eq!(ended, Supervised::TaskEnded);
+        assert!(stop.is_cancelled(), "the controllers were stopped");
+
+        let stop = CancellationToken::new();
+        let mut tasks = [tokio::spawn(
+            stop.clone()
+                .run_until_cancelled_owned(std::future::pending::<()>()),
+        )];
+        let finished = supervise(async {}, &mut tasks, &stop).await;
+        assert_eq!(finished, Supervised::Finished);
+
+        // A shutdown ends the tasks and the controllers together: a normal finish.
+        let stop = CancellationToken::new();
+        let waiting = stop.clone();
+        let mut tasks = [tokio::spawn(
+            stop.clone()
+                .run_until_cancelled_owned(std::future::pending::<()>()),
+        )];
+        stop.cancel();
+        let shutdown = supervise(waiting.cancelled_owned(), &mut tasks, &stop).await;
+        assert_eq!(shutdown, Supervised::Finished);
+    }
+
+    /// `/healthz` fails once the controller stopped on its own.
+    #[test]
+    fn health_fails_once_the_controller_stopped() {
+        let health = crate::server::Health::default();
+        health.set_ready(true);
+        assert!(health.is_alive());
+        health.set_stopped();
+        assert!(!health.is_alive() && !health.is_ready());
+    }
 }
