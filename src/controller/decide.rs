@@ -390,9 +390,12 @@ pub fn data_digest(data: &BTreeMap<String, ByteString>) -> String {
 }
 
 /// Whether the data keys in `keys` still hold what this operator wrote, read from the
-/// Secret's `managedFields` alone: each is owned by this operator's field manager and by no
-/// other. Kubernetes moves a field to whoever changes its value, and drops it from every
-/// manager when it is removed, so an edit or removal of one of our keys shows up here.
+/// Secret's `managedFields` alone: each is owned by this operator's field manager. Kubernetes
+/// moves a field to whoever changes its value, and drops it from every manager when it is
+/// removed, so an edit or removal of one of our keys shows up here. Another manager that
+/// applied the same value shares the field without changing it: that is not drift (and
+/// applying again would leave it shared, so counting it as drift made every pass write
+/// again, forever).
 pub fn data_as_written<'a>(meta: &ObjectMeta, mut keys: impl Iterator<Item = &'a str>) -> bool {
     let entries = meta.managed_fields.as_deref().unwrap_or_default();
     let owns = |e: &ManagedFieldsEntry, key: &str| {
@@ -408,10 +411,7 @@ pub fn data_as_written<'a>(meta: &ObjectMeta, mut keys: impl Iterator<Item = &'a
         }
     };
     let ours = |e: &ManagedFieldsEntry| e.manager.as_deref() == Some(crd::FIELD_MANAGER);
-    keys.all(|key| {
-        entries.iter().any(|e| ours(e) && owns(e, key))
-            && !entries.iter().any(|e| !ours(e) && owns(e, key))
-    })
+    keys.all(|key| entries.iter().any(|e| ours(e) && owns(e, key)))
 }
 
 /// Trim a managed Secret's cached `managedFields` to what [`data_as_written`] reads: who owns
@@ -952,6 +952,14 @@ pub(crate) mod tests {
                 "address removed",
                 managers(vec![ours(&["inboxId"])]),
                 SecretPlan::Update,
+            ),
+            (
+                "the same values applied by another manager too (shared): not drift",
+                managers(vec![
+                    ours(&["address", "inboxId"]),
+                    owning("gitops-tool", &["address", "inboxId"]),
+                ]),
+                SecretPlan::UpToDate,
             ),
             (
                 "a key of someone else's added",

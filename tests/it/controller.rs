@@ -1904,3 +1904,52 @@ async fn metrics_go_when_an_inbox_leaves_the_watch() {
     env.wait_gone("moved").await;
     env.stop().await;
 }
+
+/// Another tool applying the same values to a managed Secret (a GitOps tool that renders the
+/// Secret too, with its own field manager) shares those fields without changing them: the
+/// operator's next pass settles instead of writing again and again until the planner's step
+/// limit (before, every pass failed with "did not finish within 64 steps", forever).
+#[tokio::test]
+async fn a_secret_applied_with_the_same_values_by_another_tool_is_not_drift() {
+    let env = Env::start().await;
+    env.create_ready("shared", InboxSpec::default()).await;
+    let s = env.secret("shared").await.expect("secret");
+    let same = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "shared"},
+        "data": s.data.clone().unwrap_or_default(),
+    });
+    env.secrets()
+        .patch(
+            "shared",
+            &PatchParams::apply("gitops-tool"),
+            &Patch::Apply(&same),
+        )
+        .await
+        .expect("the same values apply without conflict");
+    // A refresh makes the next pass record its value: proof that a whole pass ran.
+    let patch = json!({"metadata": {"annotations": {"agentsend.io/refresh": "after-shared"}}});
+    env.inboxes()
+        .patch("shared", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let api = env.inboxes();
+    wait_for("a pass that settles after the shared apply", T, || async {
+        let st = api.get("shared").await.ok()?.status?;
+        (st.observed_refresh.as_deref() == Some("after-shared")).then_some(())
+    })
+    .await;
+    env.wait_ready("shared", Ready::True).await;
+    let text = env.metrics.encode();
+    assert!(
+        !text.contains("reason=\"internal\""),
+        "no pass hit the step limit: {text}"
+    );
+    env.inboxes()
+        .delete("shared", &DeleteParams::default())
+        .await
+        .unwrap();
+    env.wait_gone("shared").await;
+    env.stop().await;
+}
