@@ -857,10 +857,10 @@ impl<'a> Pass<'a> {
             crd::ANNOTATION_CREATE_PENDING_SINCE: o.now,
         });
         // Explicitly unbound, with proof (a bare empty annotation would be a tenant's claim).
-        let unbound_proof = self.binding_proof("", key);
-        if unbind.is_some() {
+        let unbound_proof = unbind.as_ref().map(|_| self.binding_proof("", key));
+        if let Some(proof) = &unbound_proof {
             annotations[crd::ANNOTATION_INBOX_ID] = json!("");
-            annotations[crd::ANNOTATION_INBOX_ID_PROOF] = json!(unbound_proof);
+            annotations[crd::ANNOTATION_INBOX_ID_PROOF] = json!(proof);
         }
         let Some(rv) = o.inbox.metadata.resource_version.clone() else {
             o.marked = Some(Marked::Stale);
@@ -879,13 +879,9 @@ impl<'a> Pass<'a> {
         {
             Ok(updated) => {
                 self.wrote_inbox(&updated);
-                if unbind.is_some() {
+                if let Some(proof) = &unbound_proof {
                     set_annotation(&mut o.inbox, crd::ANNOTATION_INBOX_ID, Some(""));
-                    set_annotation(
-                        &mut o.inbox,
-                        crd::ANNOTATION_INBOX_ID_PROOF,
-                        Some(&unbound_proof),
-                    );
+                    set_annotation(&mut o.inbox, crd::ANNOTATION_INBOX_ID_PROOF, Some(proof));
                 }
                 set_annotation(
                     &mut o.inbox,

@@ -835,7 +835,7 @@ pub async fn run(
         controllers.push(scope.controller(ctx.clone(), rx, stop.clone()));
     }
     let on_synced = move || metrics.counter_sync_succeeded();
-    let mut background = [
+    let background = [
         spawn_account_tasks(&ctx, account_changes, references_changed, &stop),
         tokio::spawn(
             stop.clone()
@@ -856,13 +856,19 @@ pub async fn run(
                 )),
         ),
     ];
-    if supervise(
-        futures::future::join_all(controllers),
-        &mut background,
-        &stop,
-    )
-    .await
-        == Supervised::TaskEnded
+    run_to_the_end(&ctx, controllers, background, &stop).await;
+}
+
+/// Run the scopes' controllers under supervision of the tasks they need, then wind down:
+/// pending events sent, every task stopped. A task that ended on its own fails `/healthz`.
+async fn run_to_the_end(
+    ctx: &Context,
+    controllers: Vec<BoxFuture<'static, ()>>,
+    mut background: [tokio::task::JoinHandle<Option<()>>; 4],
+    stop: &CancellationToken,
+) {
+    let controllers = futures::future::join_all(controllers);
+    if supervise(controllers, &mut background, stop).await == Supervised::TaskEnded
         && let Some(health) = &ctx.settings.health
     {
         health.set_stopped();

@@ -3622,7 +3622,7 @@ mod tests {
                 "done InboxNotFound; requeue 300s",
             ),
             (
-                "bound through status only (restored backup): pin the annotation",
+                "bound through status only (a GitOps replace, a binding of a version without proofs) and found with this key: write the binding and its proof, no AgentSend write",
                 obs()
                     .key()
                     .status(ready_status(&inb1()))
@@ -4255,15 +4255,6 @@ mod tests {
                 "bound by status alone (a GitOps replace dropped the annotations): the account is checked with a GET",
                 obs().key().status(ready_status(&inb1())).elsewhere(&[]),
                 "fetch inb_1",
-            ),
-            (
-                "status-bound and found with this key: write the binding and its proof, no AgentSend write",
-                obs()
-                    .key()
-                    .status(ready_status(&inb1()))
-                    .elsewhere(&[])
-                    .found(inb1()),
-                "record binding inb_1",
             ),
             (
                 "an unproven annotation beside a status binding: status wins, the annotation is rewritten",

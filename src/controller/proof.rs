@@ -78,15 +78,6 @@ impl ProofKey {
         bytes
     }
 
-    /// A key for tests and local runs: random, kept only in memory.
-    pub fn ephemeral() -> ProofKey {
-        // A generated key has the required length.
-        ProofKey(Arc::new(hmac::Key::new(
-            hmac::HMAC_SHA256,
-            &ProofKey::generate(),
-        )))
-    }
-
     /// The MAC of `parts` (each length-prefixed, so no two lists share an encoding), as 32
     /// hex digits (128 bits).
     fn mac(&self, parts: &[&str]) -> String {
@@ -132,12 +123,7 @@ impl ProofKey {
         id: &str,
         proof: &str,
     ) -> Option<String> {
-        let mut parts = proof.split('.');
-        let (Some(VERSION), Some(account), Some(mac), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return None;
-        };
+        let (account, mac) = split_proof(proof)?;
         self.verify(&["binding", namespace, name, id, account], mac)
             .then(|| account.to_string())
     }
@@ -164,12 +150,7 @@ impl ProofKey {
         address: &str,
         proof: &str,
     ) -> Option<Origin> {
-        let mut parts = proof.split('.');
-        let (Some(VERSION), Some(origin), Some(mac), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return None;
-        };
+        let (origin, mac) = split_proof(proof)?;
         if !self.verify(&["pending", namespace, name, address, origin], mac) {
             return None;
         }
@@ -270,6 +251,15 @@ impl ProofKey {
             },
             None => Pending::Unproven { address: value },
         })
+    }
+}
+
+/// A proof value `v1.<statement>.<MAC>`, as its statement and MAC.
+fn split_proof(proof: &str) -> Option<(&str, &str)> {
+    let mut parts = proof.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(VERSION), Some(statement), Some(mac), None) => Some((statement, mac)),
+        _ => None,
     }
 }
 
