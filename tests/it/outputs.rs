@@ -265,16 +265,6 @@ async fn without_retain_the_outputs_go_with_the_inbox() {
     env.stop().await;
 }
 
-/// The highest resident memory of this test process so far (VmHWM), in bytes.
-fn peak_rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// One tenant's template cannot wedge the operator: short templates that allocated gigabytes
 /// inside a reconcile (`indent(99999999999)` aborted the process; `address * 5000000` and its
 /// repetitions built hundreds of MB) are refused before any AgentSend call — no inbox, nothing
@@ -283,7 +273,7 @@ fn peak_rss() -> u64 {
 #[tokio::test]
 async fn template_bombs_create_nothing_and_others_stay_served() {
     let env = Env::start().await;
-    let before = peak_rss();
+    let before = crate::support::peak_rss_of("self").unwrap_or(0);
     let bombs = [
         "{{ address|indent(99999999999) }}",
         "{{ (address * 5000000) ~ (address * 5000000) ~ (address * 5000000) }}",
@@ -325,7 +315,9 @@ async fn template_bombs_create_nothing_and_others_stay_served() {
         ordinary.len() as u64,
         "one create per ordinary Inbox, none for a bomb"
     );
-    let grew = peak_rss().saturating_sub(before);
+    let grew = crate::support::peak_rss_of("self")
+        .unwrap_or(0)
+        .saturating_sub(before);
     assert!(grew < 128 * 1024 * 1024, "peak memory grew by {grew} bytes");
     names.extend(ordinary);
     env.delete_all_and_check(&names).await;

@@ -196,6 +196,26 @@ async fn set_team_key(env: &Env, key: &str) {
 /// After `team-key` changed to [`OTHER`]'s key: wait until the operator acted on it (Ready
 /// reason `AccountChanged`, or any Create sent / inbox made in the other account), then check
 /// that it created nothing.
+/// The team Inbox Ready, then its key Secret pointed at another account's key (counters
+/// reset), until it reports `AccountChanged`; its original inbox.
+async fn moved_to_another_account(env: &Env) -> RemoteInbox {
+    let original = team_inbox_ready(env).await;
+    env.sim.add_account(OTHER, OTHER_KEY);
+    env.sim.reset_counters();
+    set_team_key(env, OTHER_KEY).await;
+    wait_account_changed(env).await;
+    original
+}
+
+/// Delete Inbox `name` (waiting until it is gone); inbox `id`, never its own, must survive.
+async fn deleting_leaves(env: &Env, name: &str, id: &str) {
+    delete_and_wait(env, name).await;
+    assert!(
+        env.sim.inbox(id).is_some(),
+        "deleting {name} deleted inbox {id}, which it never owned"
+    );
+}
+
 async fn wait_account_changed(env: &Env) -> Inbox {
     let i = wait_for(
         "the Inbox to react to a key of another account",
@@ -327,12 +347,7 @@ async fn forged_pending_mark_binds_and_deletes_nothing() {
         assert!(message.contains(&victim.id), "{name}: {message}");
     }
     for (name, victim) in &victims {
-        delete_and_wait(&env, name).await;
-        assert!(
-            env.sim.inbox(&victim.id).is_some(),
-            "deleting {name} deleted inbox {}, which it never owned",
-            victim.id
-        );
+        deleting_leaves(&env, name, &victim.id).await;
     }
     env.stop().await;
 }
@@ -356,12 +371,7 @@ async fn forged_inbox_id_annotation_binds_and_deletes_nothing() {
     assert!(message.contains("spec.inboxId"), "{message}");
     assert_eq!(env.sim.request_count(Route::Create), 0, "nothing created");
 
-    delete_and_wait(&env, "forged-id").await;
-    assert!(
-        env.sim.inbox(&victim.id).is_some(),
-        "deleting the Inbox deleted inbox {}, which it never owned",
-        victim.id
-    );
+    deleting_leaves(&env, "forged-id", &victim.id).await;
     assert_eq!(env.sim.inboxes(ACCOUNT).len(), 1, "no second inbox");
     assert_eq!(env.sim.request_count(Route::Create), 0, "nothing created");
     env.stop().await;
@@ -391,12 +401,7 @@ async fn ambiguous_create_never_binds_an_older_foreign_inbox() {
     );
     assert!(message.contains(&theirs.id), "{message}");
 
-    delete_and_wait(&env, "sales").await;
-    assert!(
-        env.sim.inbox(&theirs.id).is_some(),
-        "deleting the Inbox deleted inbox {}, which it never owned",
-        theirs.id
-    );
+    deleting_leaves(&env, "sales", &theirs.id).await;
     env.stop().await;
 }
 
@@ -436,11 +441,7 @@ async fn ambiguous_create_of_a_chosen_address_recovers_its_own_inbox() {
 #[tokio::test]
 async fn changed_account_never_creates_and_delete_waits() {
     let env = Env::start().await;
-    let original = team_inbox_ready(&env).await;
-    env.sim.add_account(OTHER, OTHER_KEY);
-    env.sim.reset_counters();
-    set_team_key(&env, OTHER_KEY).await;
-    wait_account_changed(&env).await;
+    let original = moved_to_another_account(&env).await;
 
     env.inboxes()
         .delete("team", &DeleteParams::default())
@@ -479,11 +480,7 @@ async fn changed_account_never_creates_and_delete_waits() {
 #[tokio::test]
 async fn changed_account_orphan_releases_with_warning() {
     let env = Env::start().await;
-    let original = team_inbox_ready(&env).await;
-    env.sim.add_account(OTHER, OTHER_KEY);
-    env.sim.reset_counters();
-    set_team_key(&env, OTHER_KEY).await;
-    wait_account_changed(&env).await;
+    let original = moved_to_another_account(&env).await;
 
     merge_inbox(&env, "team", json!({"spec": {"deletionPolicy": "Orphan"}})).await;
     delete_and_wait(&env, "team").await;

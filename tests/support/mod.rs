@@ -773,6 +773,20 @@ pub fn operator_command() -> Command {
     Command::new(env!("CARGO_BIN_EXE_inbox-operator"))
 }
 
+/// The highest resident memory so far (VmHWM) of process `pid` (`self`: this one), in bytes.
+pub fn peak_rss_of(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 /// A running `inbox-operator run` process, its stderr in a log file; killed on drop (after
 /// printing its log tail if the test is panicking).
 pub struct Operator {
@@ -829,19 +843,9 @@ impl Operator {
         http_get(self.metrics_port, "/metrics").await
     }
 
-    /// Its highest resident memory so far (VmHWM), in bytes; `None` once it has exited.
+    /// Its highest resident memory so far, in bytes; `None` once it has exited.
     pub fn peak_rss(&self) -> Option<u64> {
-        let pid = self.child.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let kb = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse::<u64>()
-            .ok()?;
-        Some(kb * 1024)
+        peak_rss_of(&self.child.as_ref()?.id().to_string())
     }
 
     /// The port of its `/metrics`, `/healthz` and `/readyz`.
