@@ -88,18 +88,15 @@ pub enum StartupError {
     /// `--lease-duration` is unusable.
     #[error("{0}")]
     LeaseTiming(#[from] crate::leader::TimingError),
-    /// Leader election could not start or stopped.
-    #[error("leader election failed: {0}")]
-    Lease(String),
-    /// This instance lost the lease while leading.
-    #[error("lost the leader lease; exiting so that a restart rejoins as a follower")]
-    LostLease,
+    /// Leading ended in an error (the Lease was lost).
+    #[error("{0}")]
+    Leader(#[from] crate::leader::LeaderError),
 }
 
 /// Set up `tracing` output (text or JSON; levels from `RUST_LOG`, default `info`).
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_lease_manager=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -359,5 +356,6 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         identity,
         timing,
     };
-    leader::run(client, lease, gate, &health, &metrics, shutdown, controller).await
+    leader::run(client, lease, gate, &health, &metrics, shutdown, controller).await?;
+    Ok(())
 }

@@ -177,6 +177,8 @@ async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
             "inbox-operator",
             "--lease-name",
             &lease,
+            "--lease-duration",
+            "4s",
             "--sync-interval",
             "5s",
             "--selector",
@@ -221,6 +223,18 @@ async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
     )
     .await;
     assert!(sim.inbox(&id).is_none(), "the AgentSend inbox was deleted");
+    // The deployed Role lets the leader renew its Lease, not only create it.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "inbox-operator");
+    wait_for(
+        "a renewal under deployed RBAC",
+        Duration::from_secs(30),
+        || async {
+            let spec = leases.get(&lease).await.ok()?.spec?;
+            (spec.renew_time.is_some() && spec.renew_time != spec.acquire_time).then_some(())
+        },
+    )
+    .await;
     let logs = op.logs();
     assert!(!logs.contains("forbidden"), "a call was forbidden:\n{logs}");
 }

@@ -366,6 +366,89 @@ async fn take_lease(client: &Client, ns: &str, name: &str, holder: &str, secs: i
         .expect("take the Lease");
 }
 
+/// Renew the Lease `name` as `holder` would, whose clock runs `skew` behind: read it, and
+/// write a new renewTime on the read resourceVersion. Fails when someone else holds it.
+async fn renew_as(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    holder: &str,
+    skew: jiff::SignedDuration,
+) -> Result<(), String> {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    let api = Api::<Lease>::namespaced(client.clone(), ns);
+    let now = MicroTime(jiff::Timestamp::now() - skew);
+    let mut l = match api.get_opt(name).await.map_err(|e| e.to_string())? {
+        Some(l) => l,
+        None => {
+            let mut l = Lease::default();
+            l.metadata.name = Some(name.into());
+            l.spec = Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                acquire_time: Some(now.clone()),
+                ..LeaseSpec::default()
+            });
+            l
+        }
+    };
+    let spec = l.spec.get_or_insert_with(LeaseSpec::default);
+    if spec.holder_identity.as_deref() != Some(holder) {
+        return Err(format!("taken by {:?}", spec.holder_identity));
+    }
+    spec.renew_time = Some(now);
+    spec.lease_duration_seconds = Some(6);
+    let pp = kube::api::PostParams::default();
+    let written = if l.metadata.resource_version.is_some() {
+        api.replace(name, &pp, &l).await
+    } else {
+        api.create(&pp, &l).await
+    };
+    written.map(drop).map_err(|e| e.to_string())
+}
+
+/// A standby judges whether the Lease expired by when it last saw the holder renew, on its
+/// own clock, never by comparing the holder's renewTime with its own wall clock: a holder
+/// whose clock runs a minute behind keeps the Lease while it renews, and a standby takes over
+/// only once the renewals stop.
+#[tokio::test]
+async fn a_standby_ignores_the_holders_clock() {
+    let env = start("skew").await;
+    let lease = format!("lease-{}", env.ns.name());
+    let (client, ns) = (&env.client, env.ns.name());
+    let behind = jiff::SignedDuration::from_secs(60);
+    renew_as(client, ns, &lease, "behind", behind)
+        .await
+        .expect("hold the Lease");
+    let op = env.operator(&leader_args(ns, &lease, &["--lease-duration", "6s"]));
+    wait_for("the standby is ready", T, || async {
+        (http_get(op.metrics_port(), "/readyz").await.as_deref() == Some("ready")).then_some(())
+    })
+    .await;
+    // Renew every second for twice the lease duration: the standby must not take it.
+    for n in 0..12 {
+        if let Err(e) = renew_as(client, ns, &lease, "behind", behind).await {
+            panic!("the standby took a Lease renewed {n}s ago by a holder with a slow clock: {e}");
+        }
+        assert!(
+            !op.is_leader().await,
+            "the standby leads while the holder renews"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // The renewals stop: the standby takes over after one lease duration of silence.
+    let stopped = std::time::Instant::now();
+    wait_for("takeover", Duration::from_secs(30), || async {
+        op.is_leader().await.then_some(())
+    })
+    .await;
+    assert!(
+        stopped.elapsed() >= Duration::from_secs(5),
+        "took over {:?} after the last renewal, before the Lease could expire",
+        stopped.elapsed()
+    );
+}
+
 /// A leader whose lease is taken stops writing within its renew deadline: an AgentSend create
 /// in flight at the takeover is not bound, and an Inbox created once the gate closed gets no
 /// inbox, finalizer or status from it. It exits non-zero without releasing the new holder's Lease; a new
