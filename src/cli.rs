@@ -145,7 +145,7 @@ pub mod limits {
     /// longer than 5 minutes anyway.
     pub const MAX_RETRY_DELAY: (Duration, Duration) = (
         Duration::from_secs(1),
-        crate::controller::decide::MAX_RETRY_DELAY,
+        crate::controller::inbox::decide::MAX_RETRY_DELAY,
     );
 }
 
@@ -231,9 +231,9 @@ pub struct RunArgs {
         long,
         env = "INBOX_OPERATOR_ACCOUNT_STATUS",
         value_enum,
-        default_value_t = crate::controller::account_status::StatusWriter::All
+        default_value_t = crate::controller::accounts::status::StatusWriter::All
     )]
-    pub account_status: crate::controller::account_status::StatusWriter,
+    pub account_status: crate::controller::accounts::status::StatusWriter,
 
     /// Address of /metrics, /healthz and /readyz.
     #[arg(
@@ -358,7 +358,7 @@ mod tests {
         assert_eq!(a.sync_interval, Duration::from_secs(30));
         assert_eq!(
             a.account_status,
-            crate::controller::account_status::StatusWriter::None
+            crate::controller::accounts::status::StatusWriter::None
         );
         assert_eq!(a.namespace, ["a", "b"]);
         assert_eq!(a.selector.as_deref(), Some("shard=1"));

@@ -15,8 +15,8 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
-            inbox_operator::operator::init_logging(args.log_format);
-            match inbox_operator::operator::run(*args).await {
+            inbox_operator::runtime::startup::init_logging(args.log_format);
+            match inbox_operator::runtime::startup::run(*args).await {
                 Ok(()) => std::process::ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e}");
@@ -27,9 +27,12 @@ async fn main() -> std::process::ExitCode {
         }
         Command::Import(args) => {
             inbox_operator::ensure_crypto_provider();
-            printed("import", inbox_operator::import::run(&args).await)
+            printed("import", inbox_operator::commands::import::run(&args).await)
         }
-        Command::Orphans(args) => printed("orphans", inbox_operator::orphans::run(&args).await),
+        Command::Orphans(args) => printed(
+            "orphans",
+            inbox_operator::commands::orphans::run(&args).await,
+        ),
         Command::Crd(args) => match print_crds(args.dir.as_deref()) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -56,8 +59,8 @@ fn printed<E: std::fmt::Display>(cmd: &str, result: Result<String, E>) -> std::p
 
 /// Print every CRD (multi-document YAML), or write one file each into `dir`.
 fn print_crds(dir: Option<&std::path::Path>) -> Result<(), String> {
-    let files =
-        inbox_operator::account::crd_files().map_err(|e| format!("cannot render the CRDs: {e}"))?;
+    let files = inbox_operator::api::account::crd_files()
+        .map_err(|e| format!("cannot render the CRDs: {e}"))?;
     match dir {
         Some(dir) => {
             for (name, yaml) in files {

@@ -10,7 +10,7 @@ use inbox_sim::InboxState;
 use support::control_plane;
 
 use ctl::{Env, Ready, status_id};
-use inbox_operator::crd::Reason;
+use inbox_operator::api::inbox::Reason;
 
 /// Stop (or start) the API server without blocking the runtime: the operator under test keeps
 /// running through the outage, as it would in a cluster (a blocking call here would freeze it

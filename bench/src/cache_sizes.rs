@@ -10,9 +10,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-use inbox_operator::controller::cached_inbox::CachedInbox;
-use inbox_operator::controller::status;
-use inbox_operator::crd::{Inbox, InboxSpec, InboxStatus};
+use inbox_operator::api::inbox::{Inbox, InboxSpec, InboxStatus};
+use inbox_operator::controller::cache::inbox::CachedInbox;
+use inbox_operator::controller::inbox::status;
 use kube::api::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
-use inbox_operator::crd::{Inbox, InboxSpec};
+use inbox_operator::api::inbox::{Inbox, InboxSpec};
 use inbox_sim::Simulator;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
@@ -1201,8 +1201,8 @@ mod tests {
         let inbox = |name: &str, ready: bool| {
             let mut i = Inbox::new(name, InboxSpec::default());
             if ready {
-                i.status = Some(inbox_operator::crd::InboxStatus {
-                    conditions: vec![inbox_operator::crd::Condition {
+                i.status = Some(inbox_operator::api::inbox::InboxStatus {
+                    conditions: vec![inbox_operator::api::inbox::Condition {
                         type_: "Ready".into(),
                         status: "True".into(),
                         ..Default::default()

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
-use inbox_operator::crd::{self, Condition, DeletionPolicy, Inbox, InboxSpec, InboxStatus};
+use inbox_operator::api::inbox::{self, Condition, DeletionPolicy, Inbox, InboxSpec, InboxStatus};
 use k8s_openapi::api::core::v1::{ObjectReference, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
@@ -203,7 +203,7 @@ async fn make(
                 "kind": Inbox::kind(&()),
                 "status": ready_status(i),
             });
-            let apply = PatchParams::apply(crd::FIELD_MANAGER).force();
+            let apply = PatchParams::apply(inbox::FIELD_MANAGER).force();
             inboxes
                 .patch_status(&inbox_name(i), &apply, &Patch::Apply(&body))
                 .await
@@ -221,12 +221,12 @@ async fn make(
 fn metadata_patch(write: Write, i: usize) -> k8s_openapi::serde_json::Value {
     match write {
         Write::MarkPending => json!({"metadata": {
-            "finalizers": [crd::FINALIZER],
-            "annotations": {crd::ANNOTATION_CREATE_PENDING: address(i)},
+            "finalizers": [inbox::FINALIZER],
+            "annotations": {inbox::ANNOTATION_CREATE_PENDING: address(i)},
         }}),
         Write::Bind => json!({"metadata": {"annotations": {
-            crd::ANNOTATION_CREATE_PENDING: null,
-            crd::ANNOTATION_INBOX_ID: inbox_id(i),
+            inbox::ANNOTATION_CREATE_PENDING: null,
+            inbox::ANNOTATION_INBOX_ID: inbox_id(i),
         }}}),
         _ => json!({"metadata": {"finalizers": null}}),
     }

@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use inbox_operator::agentsend::{AgentSendClient, ClientOptions};
-use inbox_operator::controller::proof::ProofKey;
-use inbox_operator::controller::{self, DefaultKey, Settings, proof_store};
-use inbox_operator::crd::{Inbox, InboxSpec, Reason};
+use inbox_operator::api::inbox::{Inbox, InboxSpec, Reason};
+use inbox_operator::controller::context::{DefaultKey, Settings};
+use inbox_operator::controller::ownership::key_store as proof_store;
+use inbox_operator::controller::ownership::proof::ProofKey;
+use inbox_operator::controller::run as controller;
 use inbox_operator::metrics::Metrics;
 use inbox_sim::{Malformed, Route, Simulator, SimulatorHandle};
 use k8s_openapi::api::core::v1::Secret;
@@ -370,7 +372,7 @@ impl Env {
     }
 }
 
-pub fn ready(i: &Inbox) -> Option<&inbox_operator::crd::Condition> {
+pub fn ready(i: &Inbox) -> Option<&inbox_operator::api::inbox::Condition> {
     i.status
         .as_ref()?
         .conditions
@@ -378,7 +380,7 @@ pub fn ready(i: &Inbox) -> Option<&inbox_operator::crd::Condition> {
         .find(|c| c.type_ == "Ready")
 }
 
-pub fn cond<'a>(i: &'a Inbox, t: &str) -> Option<&'a inbox_operator::crd::Condition> {
+pub fn cond<'a>(i: &'a Inbox, t: &str) -> Option<&'a inbox_operator::api::inbox::Condition> {
     i.status.as_ref()?.conditions.iter().find(|c| c.type_ == t)
 }
 

@@ -9,13 +9,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use inbox_operator::account::{
+use inbox_operator::api::account::{
     ANNOTATION_DEFAULT_ACCOUNT, Account, AccountKind, AccountRef, AccountSpec, AccountStatus,
     ClusterAccount, ClusterAccountSpec, FINALIZER_CREDENTIALS_IN_USE,
 };
-use inbox_operator::controller::Settings;
-use inbox_operator::controller::account_status::StatusWriter;
-use inbox_operator::crd::{Inbox, InboxSpec, Reason, SecretKeyRef};
+use inbox_operator::api::inbox::{Inbox, InboxSpec, Reason, SecretKeyRef};
+use inbox_operator::controller::accounts::status::StatusWriter;
+use inbox_operator::controller::context::Settings;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -730,7 +730,7 @@ async fn a_forced_inbox_deletion_releases_its_credentials() {
     env.sim.add_account("acct-forced", key);
     key_secret(&env.client, &ns, "forced-key", key).await;
     let spec = InboxSpec {
-        credentials: Some(Box::new(inbox_operator::crd::CredentialsSpec {
+        credentials: Some(Box::new(inbox_operator::api::inbox::CredentialsSpec {
             secret_ref: SecretKeyRef {
                 name: "forced-key".into(),
                 key: "apiKey".into(),

@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::support::wait_for;
-use inbox_operator::controller::DefaultKey;
-use inbox_operator::crd::{
+use inbox_operator::api::inbox::{
     CredentialsSpec, DeletionPolicy, Inbox, InboxSpec, Reason, SecretKeyRef, SecretSpec,
 };
+use inbox_operator::controller::context::DefaultKey;
 use inbox_sim::Route;
 use inbox_sim::{CreateInbox, InboxState};
 use k8s_openapi::ByteString;
@@ -912,7 +912,7 @@ async fn deletion_policies() {
 /// Inbox's own field wins; status shows which applied, and follows the annotation (watched).
 #[tokio::test]
 async fn namespace_default_deletion_policy() {
-    use inbox_operator::crd::DeletionPolicySource;
+    use inbox_operator::api::inbox::DeletionPolicySource;
     use k8s_openapi::api::core::v1::Namespace;
     let env = Env::start().await;
     let defaulted = env.create_ready("defaulted", InboxSpec::default()).await;
@@ -998,7 +998,7 @@ async fn namespace_default_deletion_policy() {
 /// `deletionPolicy: Delete` (only released). The address still reaches the Secret.
 #[tokio::test]
 async fn observe_only_never_creates_or_deletes() {
-    use inbox_operator::crd::ManagementPolicy;
+    use inbox_operator::api::inbox::ManagementPolicy;
     let env = Env::start().await;
     let existing = |address: &str| {
         env.sim
@@ -1804,7 +1804,7 @@ async fn a_shard_sees_claims_outside_its_selector() {
 /// (a renewal is confirmed) the Inbox converges, and the deletion completes.
 #[tokio::test]
 async fn a_closed_write_gate_stops_every_write() {
-    use inbox_operator::leader::WriteGate;
+    use inbox_operator::runtime::leader::WriteGate;
     const WINDOW: Duration = Duration::from_secs(2);
     let gate = WriteGate::leased(Duration::from_secs(60));
     let shared = gate.clone();

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::{TestNamespace, control_plane, on_failure_dump_logs};
-use inbox_operator::crd::{Condition, Inbox, InboxSpec, InboxStatus};
+use inbox_operator::api::inbox::{Condition, Inbox, InboxSpec, InboxStatus};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -18,7 +18,7 @@ const CRD_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
 /// No cluster needed. `UPDATE_CRDS=1 cargo test --test it crd::committed_crd` rewrites the files.
 #[test]
 fn committed_crds_match_generated() {
-    let files = inbox_operator::account::crd_files().expect("render the CRDs");
+    let files = inbox_operator::api::account::crd_files().expect("render the CRDs");
     assert_eq!(files.len(), 3, "Inbox, Account, ClusterAccount");
     for (name, generated) in files {
         let path = format!("{CRD_DIR}/{name}");
@@ -587,7 +587,7 @@ async fn cel_immutability_rules_are_enforced_by_the_server() {
     let client = control_plane().client().await;
     let ns = TestNamespace::new(&client, "crd-cel").await;
     let api: Api<Inbox> = Api::namespaced(client.clone(), ns.name());
-    let rules = inbox_operator::crd::crd()
+    let rules = inbox_operator::api::inbox::crd()
         .spec
         .versions
         .first()

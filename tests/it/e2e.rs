@@ -80,8 +80,8 @@ async fn api_key_never_appears_in_logs_events_status_or_metrics() {
 /// The hygiene of the account objects: an Account's key is in none of the logs, events,
 /// Inbox or Account objects and metrics — through a bind, a refusal and a revoked key.
 async fn accounts_never_show_their_key(env: &Env, op: &crate::support::Operator) {
-    use inbox_operator::account::{Account, AccountKind, AccountRef, AccountSpec};
-    use inbox_operator::crd::{InboxSpec, Reason, SecretKeyRef};
+    use inbox_operator::api::account::{Account, AccountKind, AccountRef, AccountSpec};
+    use inbox_operator::api::inbox::{InboxSpec, Reason, SecretKeyRef};
     use kube::api::PostParams;
     const TEAM_KEY: &str = "sk_live_team_SECRET_9b3e0d41aa";
     env.sim.add_account("acct-team", TEAM_KEY);
@@ -479,7 +479,7 @@ async fn a_leader_whose_lease_is_taken_stops_writing() {
     wait_for("slow marked create-pending", T, || async {
         let i = api.get_opt("slow").await.ok()??;
         i.annotations()
-            .contains_key(inbox_operator::crd::ANNOTATION_CREATE_PENDING)
+            .contains_key(inbox_operator::api::inbox::ANNOTATION_CREATE_PENDING)
             .then_some(())
     })
     .await;
@@ -660,7 +660,7 @@ async fn import_output_applied_back_adopts_without_creating() {
     let claimed = add("claimed@agentsend.io", None);
     env.create_ready(
         "already-here",
-        inbox_operator::crd::InboxSpec {
+        inbox_operator::api::inbox::InboxSpec {
             inbox_id: Some(claimed.id.clone()),
             ..Default::default()
         },
@@ -721,7 +721,7 @@ async fn import_output_applied_back_adopts_without_creating() {
         assert_eq!(crate::ctl::status_id(&i), remote.id);
         assert_eq!(
             i.spec.deletion_policy,
-            Some(inbox_operator::crd::DeletionPolicy::Orphan)
+            Some(inbox_operator::api::inbox::DeletionPolicy::Orphan)
         );
     }
     assert_eq!(env.sim.request_count(Route::Create), 0, "zero POSTs");

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use inbox_operator::crd::{InboxSpec, Reason};
+use inbox_operator::api::inbox::{InboxSpec, Reason};
 use inbox_sim::{Malformed, Route};
 
 use crate::ctl::{ACCOUNT, Env, Fault, KEY, Ready, T};

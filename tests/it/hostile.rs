@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use inbox_operator::crd::{Inbox, InboxSpec, Reason, SecretSpec};
+use inbox_operator::api::inbox::{Inbox, InboxSpec, Reason, SecretSpec};
 use inbox_sim::Route;
 use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -73,7 +73,7 @@ async fn hostile_tenants_do_not_cost_others_their_service() {
         .await
         .expect("create");
     }
-    let flood = inbox_operator::server::MAX_CONNECTIONS + 16;
+    let flood = inbox_operator::runtime::server::MAX_CONNECTIONS + 16;
     let mut held = crate::secure_metrics::idle_connections(health, flood).await;
     held.extend(crate::secure_metrics::idle_connections(op.metrics_port(), flood).await);
     let (_, ordinary) = tokio::join!(

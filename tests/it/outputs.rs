@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use inbox_operator::crd::{ConfigMapSpec, DeletionPolicy, InboxSpec, Reason, SecretSpec};
+use inbox_operator::api::inbox::{ConfigMapSpec, DeletionPolicy, InboxSpec, Reason, SecretSpec};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -293,7 +293,7 @@ async fn template_bombs_create_nothing_and_others_stay_served() {
             })),
             ..Default::default()
         };
-        let inbox = inbox_operator::crd::Inbox::new(&name, spec);
+        let inbox = inbox_operator::api::inbox::Inbox::new(&name, spec);
         api.create(&PostParams::default(), &inbox)
             .await
             .expect("create");

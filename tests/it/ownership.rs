@@ -14,10 +14,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use inbox_operator::account::{AccountKind, AccountRef, ClusterAccount, ClusterAccountSpec};
-use inbox_operator::controller::Settings;
-use inbox_operator::controller::account_status::StatusWriter;
-use inbox_operator::crd::{CredentialsSpec, Inbox, InboxSpec, ManagementPolicy, SecretKeyRef};
+use inbox_operator::api::account::{AccountKind, AccountRef, ClusterAccount, ClusterAccountSpec};
+use inbox_operator::api::inbox::{
+    CredentialsSpec, Inbox, InboxSpec, ManagementPolicy, SecretKeyRef,
+};
+use inbox_operator::controller::accounts::status::StatusWriter;
+use inbox_operator::controller::context::Settings;
 use inbox_sim::{CreateInbox, RemoteInbox, Route};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -841,7 +843,7 @@ async fn legacy_inbox(env: &Env, model: &Inbox, name: &str, remote: &RemoteInbox
     // Written by the operator's field manager, as today's version does: it reads its keys as
     // intact only while it alone owns them (`decide::data_as_written`).
     let pp = PostParams {
-        field_manager: Some(inbox_operator::crd::FIELD_MANAGER.into()),
+        field_manager: Some(inbox_operator::api::inbox::FIELD_MANAGER.into()),
         ..Default::default()
     };
     env.secrets()
@@ -1150,7 +1152,7 @@ impl Restricted {
     /// Start it on `client`; returns once its caches have listed.
     async fn start(env: &Env, client: kube::Client) -> Restricted {
         use inbox_operator::agentsend::{AgentSendClient, ApiKey, ClientOptions};
-        use inbox_operator::controller::DefaultKey;
+        use inbox_operator::controller::context::DefaultKey;
         let opts = ClientOptions {
             timeout: Duration::from_secs(2),
             min_backoff: Duration::from_millis(20),
@@ -1171,7 +1173,7 @@ impl Restricted {
         };
         let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
         let (ready, listed) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(inbox_operator::controller::run(
+        let task = tokio::spawn(inbox_operator::controller::run::run(
             client,
             api,
             settings,
@@ -1225,7 +1227,7 @@ async fn restricted_user(env: &Env, user: &str) -> kube::Client {
 /// Case a: an Inbox adopting an unclaimed inbox by `spec.inboxId` waits, `OwnershipUnverified`
 /// naming the failed list: no `status.inboxId`, no Secret. Returns the inbox.
 async fn adoption_waits(env: &Env) -> RemoteInbox {
-    use inbox_operator::crd::Reason;
+    use inbox_operator::api::inbox::Reason;
     let theirs = foreign(env, ACCOUNT, None);
     let spec = InboxSpec {
         inbox_id: Some(theirs.id.clone()),
@@ -1252,7 +1254,7 @@ async fn adoption_waits(env: &Env) -> RemoteInbox {
 /// with its finalizer, `OwnershipUnverified`: its inbox is neither deleted nor sent a Delete.
 /// Returns the inbox ID.
 async fn deletion_waits(env: &Env) -> String {
-    use inbox_operator::crd::Reason;
+    use inbox_operator::api::inbox::Reason;
     let id = status_id(&env.create_ready("made", InboxSpec::default()).await);
     env.inboxes()
         .delete("made", &DeleteParams::default())

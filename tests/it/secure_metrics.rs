@@ -188,7 +188,7 @@ async fn a_connection_flood_neither_holds_the_ports_nor_stalls_reconciles() {
     let op = env.operator(&["--metrics-secure", "--health-addr", &health_addr]);
     env.create_labelled("before", &[]).await;
     env.wait_ready("before", Ready::True).await;
-    let flood = inbox_operator::server::MAX_CONNECTIONS + 16;
+    let flood = inbox_operator::runtime::server::MAX_CONNECTIONS + 16;
     let mut held = idle_connections(health, flood).await;
     held.extend(idle_connections(op.metrics_port(), flood).await);
     for name in ["during-1", "during-2", "during-3"] {
@@ -197,7 +197,7 @@ async fn a_connection_flood_neither_holds_the_ports_nor_stalls_reconciles() {
     for name in ["during-1", "during-2", "during-3"] {
         env.wait_ready(name, Ready::True).await;
     }
-    let patience = inbox_operator::server::HEADER_READ_TIMEOUT * 3;
+    let patience = inbox_operator::runtime::server::HEADER_READ_TIMEOUT * 3;
     for (i, s) in held.iter_mut().enumerate() {
         assert!(
             closed_within(s, patience).await,

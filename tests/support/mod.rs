@@ -436,7 +436,7 @@ impl ControlPlane {
     /// Install the CRDs (Inbox, Account, ClusterAccount) as users do (`kubectl apply
     /// --server-side`, no flags), then wait until they are Established and `inboxes` is served.
     fn install_crd(&self) {
-        let files = inbox_operator::account::crd_files().expect("render the CRDs");
+        let files = inbox_operator::api::account::crd_files().expect("render the CRDs");
         let crd = files.values().cloned().collect::<Vec<_>>().join("---\n");
         let mut child = self
             .kubectl()
@@ -585,7 +585,7 @@ pub async fn client_from(path: &Path) -> Client {
         .expect("config from kubeconfig");
     // As the operator's own client: no request hangs forever (the in-process operator of the
     // controller tests runs on this client).
-    inbox_operator::controller::harden_kube_config(&mut config);
+    inbox_operator::controller::cache::watches::harden(&mut config);
     Client::try_from(config).expect("kube client")
 }
 

@@ -1,0 +1,1404 @@
+//! Which API key an Inbox uses, and whether its account lets it — pure decisions over what
+//! the executor gathered (the accounts from the watch caches, the namespace's labels, the
+//! other Inboxes of the namespace).
+//!
+//! Precedence (explicit before implicit):
+//! 1. `spec.accountRef` — that `Account` (in the Inbox's namespace) or `ClusterAccount`;
+//! 2. `spec.credentials.secretRef` — a Secret of the Inbox's namespace (the simple form);
+//! 3. the `ClusterAccount` annotated `agentsend.io/default-account: "true"` (the oldest, if
+//!    several are), when its namespace rules allow the Inbox's namespace;
+//! 4. the operator's default key.
+//!
+//! Both `accountRef` and `credentials` set is refused (the CRD's CEL rule refuses it at
+//! admission already). A `ClusterAccount`'s rules — namespaces, domains, the per-namespace
+//! quota — refuse an Inbox with a message naming the rule. The rules govern creating and
+//! keeping an inbox, not deleting one: a pass that deletes only needs the key.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
+
+use crate::agentsend::ApiKey;
+use crate::api::account::{
+    AccountKind, AccountRef, AdoptionPolicy, ClusterAccount, ClusterAccountSpec,
+};
+use crate::api::inbox::{Inbox, InboxView, SecretKeyRef};
+use crate::controller::inbox::plan::Credentials;
+use crate::controller::ownership::proof::{Pending, ProofKey};
+
+/// An object an Inbox's key comes through. While an Inbox uses it, it carries the
+/// `agentsend.io/credentials-in-use` finalizer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum InUse {
+    /// A key Secret.
+    Secret {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// An `Account`.
+    Account {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A `ClusterAccount`.
+    ClusterAccount {
+        /// Its name.
+        name: String,
+    },
+}
+
+impl std::fmt::Display for InUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InUse::Secret { namespace, name } => write!(f, "Secret {namespace}/{name}"),
+            InUse::Account { namespace, name } => write!(f, "Account {namespace}/{name}"),
+            InUse::ClusterAccount { name } => write!(f, "ClusterAccount {name}"),
+        }
+    }
+}
+
+impl InUse {
+    fn account(r: &AccountRef, inbox_namespace: &str) -> InUse {
+        match r.kind {
+            AccountKind::Account => InUse::Account {
+                namespace: inbox_namespace.to_string(),
+                name: r.name.clone(),
+            },
+            AccountKind::ClusterAccount => InUse::ClusterAccount {
+                name: r.name.clone(),
+            },
+        }
+    }
+}
+
+/// The objects a pass's key comes through (what it marks in use before any AgentSend call).
+pub fn in_use(source: &Source, inbox_namespace: &str) -> Vec<InUse> {
+    let Source::Secret {
+        namespace,
+        secret,
+        account,
+    } = source
+    else {
+        return Vec::new();
+    };
+    let mut v = vec![InUse::Secret {
+        namespace: namespace.clone(),
+        name: secret.name.clone(),
+    }];
+    v.extend(account.iter().map(|a| InUse::account(a, inbox_namespace)));
+    v
+}
+
+/// What `inbox` may use, from its spec alone (no rules checked, so it errs on the side of
+/// "in use"): its `credentials` Secret, or the account it names (or the default one) and
+/// that account's key Secret. `referenced` and `default` are those accounts, if they exist.
+pub fn may_use<I: InboxView>(
+    inbox: &I,
+    referenced: Option<&AccountInfo>,
+    default: Option<&AccountInfo>,
+) -> Vec<InUse> {
+    let ns = inbox.meta().namespace.as_deref().unwrap_or_default();
+    if let Some(c) = &inbox.spec().credentials {
+        return vec![InUse::Secret {
+            namespace: ns.to_string(),
+            name: c.secret_ref.name.clone(),
+        }];
+    }
+    let account = match &inbox.spec().account_ref {
+        Some(r) => {
+            let mut v = vec![InUse::account(r, ns)];
+            v.extend(referenced.map(|a| InUse::Secret {
+                namespace: a.secret_namespace.clone(),
+                name: a.secret.name.clone(),
+            }));
+            return v;
+        }
+        None => default,
+    };
+    account
+        .map(|a| {
+            vec![
+                InUse::account(&a.reference(), ns),
+                InUse::Secret {
+                    namespace: a.secret_namespace.clone(),
+                    name: a.secret.name.clone(),
+                },
+            ]
+        })
+        .unwrap_or_default()
+}
+
+/// What the resolver needs to know about one account.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountInfo {
+    /// `Account` or `ClusterAccount`.
+    pub kind: AccountKind,
+    /// Its name.
+    pub name: String,
+    /// Where its key Secret lives (the Account's namespace, or the operator's).
+    pub secret_namespace: String,
+    /// Its key Secret.
+    pub secret: SecretKeyRef,
+    /// Its rules (none for an `Account`).
+    pub rules: Rules,
+}
+
+/// A `ClusterAccount`'s rules.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rules {
+    /// Namespaces whose labels match may use it.
+    pub namespace_selector: Option<LabelSelector>,
+    /// Namespaces (by name) that may use it.
+    pub namespaces: Option<Vec<String>>,
+    /// The only domain IDs it may be used with.
+    pub allowed_domain_ids: Option<Vec<String>>,
+    /// Inboxes per namespace.
+    pub max_inboxes_per_namespace: Option<i32>,
+    /// Whether existing inboxes may be adopted or observed through it.
+    pub adoption_policy: AdoptionPolicy,
+}
+
+impl AccountInfo {
+    /// A `ClusterAccount`, whose key Secret is in `operator_namespace`.
+    pub fn cluster(name: &str, spec: &ClusterAccountSpec, operator_namespace: &str) -> Self {
+        AccountInfo {
+            kind: AccountKind::ClusterAccount,
+            name: name.to_string(),
+            secret_namespace: operator_namespace.to_string(),
+            secret: spec.secret_ref.clone(),
+            rules: Rules {
+                namespace_selector: spec.namespace_selector.clone(),
+                namespaces: spec.namespaces.clone(),
+                allowed_domain_ids: spec.allowed_domain_ids.clone(),
+                max_inboxes_per_namespace: spec.max_inboxes_per_namespace,
+                adoption_policy: spec.adoption_policy.unwrap_or_default(),
+            },
+        }
+    }
+
+    /// An `Account` of `namespace`.
+    pub fn namespaced(name: &str, namespace: &str, secret: &SecretKeyRef) -> Self {
+        AccountInfo {
+            kind: AccountKind::Account,
+            name: name.to_string(),
+            secret_namespace: namespace.to_string(),
+            secret: secret.clone(),
+            rules: Rules::default(),
+        }
+    }
+
+    fn reference(&self) -> AccountRef {
+        AccountRef {
+            kind: self.kind,
+            name: self.name.clone(),
+        }
+    }
+}
+
+/// Another Inbox of the same namespace, as the per-namespace quota counts it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Peer {
+    /// Its name (named in a quota refusal).
+    pub name: String,
+    /// Creation time and UID: the older Inbox gets a free slot first.
+    pub seniority: (Option<jiff::Timestamp>, String),
+    /// Bound to an inbox, or its create is in flight, on proof: it holds a slot.
+    pub holds_inbox: bool,
+    /// Being deleted.
+    pub deleting: bool,
+    /// Its `spec.accountRef`.
+    pub account_ref: Option<AccountRef>,
+    /// It sets `spec.credentials`.
+    pub has_credentials: bool,
+    /// Its `spec.domainId` (one the account refuses never takes a slot).
+    pub domain_id: Option<String>,
+}
+
+impl Peer {
+    /// The quota's view of `inbox`.
+    pub fn of<I: InboxView>(inbox: &I, proof: &ProofKey) -> Self {
+        let (meta, spec) = (inbox.meta(), inbox.spec());
+        Peer {
+            name: meta.name.clone().unwrap_or_default(),
+            seniority: seniority(inbox),
+            holds_inbox: holds_inbox(inbox, proof),
+            deleting: meta.deletion_timestamp.is_some(),
+            account_ref: spec.account_ref.as_deref().cloned(),
+            has_credentials: spec.credentials.is_some(),
+            domain_id: spec.domain_id.clone(),
+        }
+    }
+}
+
+fn seniority<I: InboxView>(inbox: &I) -> (Option<jiff::Timestamp>, String) {
+    let meta = inbox.meta();
+    (
+        meta.creation_timestamp.as_ref().map(|t| t.0),
+        meta.uid.clone().unwrap_or_default(),
+    )
+}
+
+/// Whether `inbox` holds a quota slot: bound, or its create in flight, on proof (an
+/// annotation a tenant wrote holds nothing, so it can neither take a slot nor skip the quota).
+pub fn holds_inbox<I: InboxView>(inbox: &I, proof: &ProofKey) -> bool {
+    proof.binding(inbox).is_some()
+        || matches!(
+            proof.pending(inbox),
+            Some(Pending::Proven { .. } | Pending::Legacy(_))
+        )
+}
+
+/// Count the peers whose UID is in `reserved` (let past the quota by this process, their
+/// mark perhaps not yet in the cache) as holding their slot.
+pub fn count_reserved(peers: &mut [Peer], reserved: &std::collections::HashSet<String>) {
+    for p in peers {
+        p.holds_inbox |= reserved.contains(&p.seniority.1);
+    }
+}
+
+/// The longest API key accepted from a Secret: the operator keeps per-account state keyed
+/// by the key, so a tenant's Secret must not be able to make that state arbitrarily large.
+pub const MAX_KEY_LEN: usize = 512;
+
+/// Everything the resolution reads.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    /// The account `spec.accountRef` names, if it exists.
+    pub referenced: Option<AccountInfo>,
+    /// The `ClusterAccount`s marked default, oldest first.
+    pub defaults: Vec<AccountInfo>,
+    /// The labels of the Inbox's namespace (`None`: not readable).
+    pub namespace_labels: Option<BTreeMap<String, String>>,
+    /// The other Inboxes of the namespace.
+    pub peers: Vec<Peer>,
+    /// The pass deletes the Inbox: only the key matters.
+    pub cleanup: bool,
+    /// This Inbox holds a quota slot ([`holds_inbox`]).
+    pub holds_inbox: bool,
+}
+
+/// Where the key comes from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// Read it from this Secret.
+    Secret {
+        /// The Secret's namespace.
+        namespace: String,
+        /// Its name and key.
+        secret: SecretKeyRef,
+        /// The account naming it (`None`: the Inbox's own `spec.credentials`).
+        account: Option<AccountRef>,
+    },
+    /// The operator's default key.
+    OperatorDefault,
+    /// Refused (`AccountRefused`); the message names the rule.
+    Refused(String),
+    /// No key can be had (during deletion: the key last used may still work).
+    Missing(String),
+}
+
+/// Whether deciding for `inbox` needs its namespace's labels (a `ClusterAccount` whose rules
+/// apply has a `namespaceSelector`; the default's namespace rules apply when deleting too:
+/// they say which key the inbox was created with).
+pub fn needs_namespace_labels(inputs: &Inputs) -> bool {
+    inputs
+        .referenced
+        .iter()
+        .filter(|_| !inputs.cleanup)
+        .chain(inputs.defaults.first())
+        .any(|a| a.rules.namespace_selector.is_some())
+}
+
+/// Whether deciding for `inbox` needs the other Inboxes of its namespace (an account whose
+/// rules may apply sets `maxInboxesPerNamespace`; deleting never checks the quota). Listing
+/// them costs a walk over the whole Inbox cache, so a pass without a quota skips it.
+pub fn needs_peers(inputs: &Inputs) -> bool {
+    !inputs.cleanup
+        && inputs
+            .referenced
+            .iter()
+            .chain(inputs.defaults.first())
+            .any(|a| a.rules.max_inboxes_per_namespace.is_some())
+}
+
+/// The key source of `inbox`.
+pub fn resolve(inbox: &Inbox, inputs: &Inputs) -> Source {
+    let ns = inbox.metadata.namespace.as_deref().unwrap_or_default();
+    let spec = &inbox.spec;
+    if spec.account_ref.is_some() && spec.credentials.is_some() {
+        return refused(
+            inputs,
+            "spec.accountRef and spec.credentials are both set; keep one".into(),
+        );
+    }
+    if let Some(r) = &spec.account_ref {
+        return match &inputs.referenced {
+            Some(account) => use_account(inbox, inputs, account),
+            None if r.kind == AccountKind::Account => refused(
+                inputs,
+                format!("Account {:?} not found in namespace {ns:?}", r.name),
+            ),
+            None => refused(inputs, format!("ClusterAccount {:?} not found", r.name)),
+        };
+    }
+    if let Some(c) = &spec.credentials {
+        return Source::Secret {
+            namespace: ns.to_string(),
+            secret: c.secret_ref.clone(),
+            account: None,
+        };
+    }
+    match inputs.defaults.first() {
+        Some(default) if namespace_refusal(ns, inputs, default).is_none() => {
+            use_account(inbox, inputs, default)
+        }
+        _ => Source::OperatorDefault,
+    }
+}
+
+/// The refusal of an account's missing part: during deletion, a missing key instead.
+fn refused(inputs: &Inputs, msg: String) -> Source {
+    if inputs.cleanup {
+        Source::Missing(msg)
+    } else {
+        Source::Refused(msg)
+    }
+}
+
+fn use_account(inbox: &Inbox, inputs: &Inputs, account: &AccountInfo) -> Source {
+    if !inputs.cleanup
+        && let Some(msg) = rule_refusal(inbox, inputs, account)
+    {
+        return Source::Refused(msg);
+    }
+    Source::Secret {
+        namespace: account.secret_namespace.clone(),
+        secret: account.secret.clone(),
+        account: Some(account.reference()),
+    }
+}
+
+/// The first rule of `account` that refuses `inbox`, as a message.
+fn rule_refusal(inbox: &Inbox, inputs: &Inputs, account: &AccountInfo) -> Option<String> {
+    let ns = inbox.metadata.namespace.as_deref().unwrap_or_default();
+    if let Some(msg) = namespace_refusal(ns, inputs, account) {
+        return Some(msg);
+    }
+    if let Some(allowed) = &account.rules.allowed_domain_ids {
+        let domain = inbox.spec.domain_id.as_deref();
+        if !domain_allowed(account, domain) {
+            let what = match domain {
+                Some(d) => format!("domainId {d:?}"),
+                None => "the shared domain (no domainId)".to_string(),
+            };
+            return Some(format!(
+                "{} {:?} does not allow {what}: allowedDomainIds is [{}]",
+                account.kind,
+                account.name,
+                allowed.join(", ")
+            ));
+        }
+    }
+    if let Some(msg) = adoption_refusal(inbox, inputs, account) {
+        return Some(msg);
+    }
+    quota_refusal(inbox, inputs, account)
+}
+
+/// `adoptionPolicy: Deny`: an Inbox not yet bound may not take an existing inbox.
+fn adoption_refusal(inbox: &Inbox, inputs: &Inputs, account: &AccountInfo) -> Option<String> {
+    if account.rules.adoption_policy != AdoptionPolicy::Deny || inputs.holds_inbox {
+        return None;
+    }
+    let how = if inbox.spec.inbox_id.is_some() {
+        "spec.inboxId adoption"
+    } else if inbox.is_observe_only() {
+        "managementPolicy Observe"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{} {:?} refuses {how} (adoptionPolicy: Deny): Inboxes on it get only inboxes the operator creates for them; remove spec.inboxId and managementPolicy Observe, or use another account",
+        account.kind, account.name
+    ))
+}
+
+/// Whether `account` allows `domain` (`None`: the shared domain).
+fn domain_allowed(account: &AccountInfo, domain: Option<&str>) -> bool {
+    match &account.rules.allowed_domain_ids {
+        Some(allowed) => domain.is_some_and(|d| allowed.iter().any(|a| a == d)),
+        None => true,
+    }
+}
+
+/// Why `account` does not serve namespace `ns`, if it does not.
+fn namespace_refusal(ns: &str, inputs: &Inputs, account: &AccountInfo) -> Option<String> {
+    let rules = &account.rules;
+    if rules.namespaces.is_none() && rules.namespace_selector.is_none() {
+        return None;
+    }
+    let named = rules
+        .namespaces
+        .as_ref()
+        .is_some_and(|names| names.iter().any(|n| n == ns));
+    if named {
+        return None;
+    }
+    let mut why = Vec::new();
+    if rules.namespaces.is_some() {
+        why.push("it is not in spec.namespaces".to_string());
+    }
+    if let Some(sel) = &rules.namespace_selector {
+        match (
+            Selector::try_from(sel.clone()),
+            inputs.namespace_labels.as_ref(),
+        ) {
+            (Ok(s), Some(labels)) if s.matches(labels) => return None,
+            (Ok(s), Some(_)) => why.push(format!("its labels do not match spec.namespaceSelector ({s})")),
+            (Ok(_), None) => why.push(
+                "its labels cannot be read to check spec.namespaceSelector (the operator needs get on namespaces)".to_string(),
+            ),
+            (Err(e), _) => why.push(format!("spec.namespaceSelector is invalid: {}", e.0)),
+        }
+    }
+    Some(format!(
+        "{} {:?} does not allow namespace {ns:?}: {}",
+        account.kind,
+        account.name,
+        why.join(", and ")
+    ))
+}
+
+/// The per-namespace quota: bound Inboxes (and creates in flight) hold their slots; among
+/// the others the oldest get the free ones. An Inbox already holding an inbox is never
+/// refused by the quota.
+fn quota_refusal(inbox: &Inbox, inputs: &Inputs, account: &AccountInfo) -> Option<String> {
+    let max = account.rules.max_inboxes_per_namespace?;
+    if inputs.holds_inbox {
+        return None;
+    }
+    let me = seniority(inbox);
+    let is_default = inputs.defaults.first() == Some(account);
+    let uses = |p: &Peer| match &p.account_ref {
+        Some(r) => *r == account.reference(),
+        None => is_default && !p.has_credentials,
+    };
+    let mut ahead: Vec<&str> = inputs
+        .peers
+        .iter()
+        .filter(|p| p.seniority != me && uses(p))
+        .filter(|p| {
+            p.holds_inbox
+                || (!p.deleting
+                    && p.seniority < me
+                    && domain_allowed(account, p.domain_id.as_deref()))
+        })
+        .map(|p| p.name.as_str())
+        .collect();
+    if ahead.len() < usize::try_from(max).unwrap_or(0) {
+        return None;
+    }
+    ahead.sort_unstable();
+    Some(format!(
+        "{} {:?} allows at most {max} Inboxes per namespace (maxInboxesPerNamespace), and namespace {:?} has {} ({})",
+        account.kind,
+        account.name,
+        inbox.metadata.namespace.as_deref().unwrap_or_default(),
+        ahead.len(),
+        ahead.join(", ")
+    ))
+}
+
+/// The credentials of a pass: the key read from `source`'s Secret (`value`: `None` when the
+/// Secret does not exist, `Some(None)` when it lacks the key), the operator's default key
+/// (`default`), or why there is none.
+pub fn credentials(
+    source: &Source,
+    value: Option<Option<String>>,
+    default: Option<ApiKey>,
+    cleanup: bool,
+) -> Credentials {
+    let (namespace, secret, account) = match source {
+        Source::Refused(m) => return Credentials::Refused(m.clone()),
+        Source::Missing(m) => return Credentials::Missing(m.clone()),
+        Source::OperatorDefault => {
+            return match default {
+                Some(k) => Credentials::Key(k),
+                None => Credentials::Missing(
+                    "no spec.accountRef or spec.credentials, no default ClusterAccount for this namespace, and the operator has no default API key (AGENTSEND_API_KEY or --api-key-file)".into(),
+                ),
+            };
+        }
+        Source::Secret {
+            namespace,
+            secret,
+            account,
+        } => (namespace, secret, account),
+    };
+    let whose = match account {
+        Some(a) => format!("the key Secret of {} {:?}", a.kind, a.name),
+        None => "credentials Secret".to_string(),
+    };
+    let missing = match value {
+        Some(Some(v)) if v.trim().len() > MAX_KEY_LEN => format!(
+            "{whose} {:?} holds a key {:?} longer than {MAX_KEY_LEN} bytes, which no AgentSend key is; check the Secret",
+            secret.name, secret.key
+        ),
+        Some(v) => match v.and_then(ApiKey::new) {
+            Some(k) => return Credentials::Key(k),
+            None => format!(
+                "{whose} {:?} has no non-empty key {:?}",
+                secret.name, secret.key
+            ),
+        },
+        None => format!(
+            "{whose} {:?} not found in namespace {namespace:?}",
+            secret.name
+        ),
+    };
+    if account.is_some() && !cleanup {
+        Credentials::Refused(missing)
+    } else {
+        Credentials::Missing(missing)
+    }
+}
+
+/// The API key under `key` in `secret`, if there is a non-empty one.
+pub fn api_key_in(secret: Option<k8s_openapi::api::core::v1::Secret>, key: &str) -> Option<ApiKey> {
+    let bytes = secret?.data?.remove(key)?;
+    ApiKey::new(String::from_utf8_lossy(&bytes.0))
+}
+
+/// The default `ClusterAccount`s among `all`, oldest first (the first one is used).
+pub fn defaults(
+    all: &[std::sync::Arc<ClusterAccount>],
+    operator_namespace: &str,
+) -> Vec<AccountInfo> {
+    let mut marked: Vec<&ClusterAccount> = all
+        .iter()
+        .map(|a| &**a)
+        .filter(|a| a.is_default() && a.metadata.deletion_timestamp.is_none())
+        .collect();
+    marked.sort_by_key(|a| {
+        (
+            a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            a.metadata.name.clone(),
+        )
+    });
+    marked
+        .into_iter()
+        .map(|a| {
+            AccountInfo::cluster(
+                a.metadata.name.as_deref().unwrap_or_default(),
+                &a.spec,
+                operator_namespace,
+            )
+        })
+        .collect()
+}
+
+/// Of `targets`, those none of `users` (what the remaining Inboxes may use) names.
+pub fn unused<'a>(targets: &'a [InUse], users: &[InUse]) -> Vec<&'a InUse> {
+    targets.iter().filter(|t| !users.contains(t)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::account::AccountRef;
+    use crate::api::inbox::{CredentialsSpec, InboxSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    const OPS: &str = "ops";
+
+    fn key_ref(name: &str) -> SecretKeyRef {
+        SecretKeyRef {
+            name: name.into(),
+            key: "apiKey".into(),
+        }
+    }
+
+    fn inbox(f: impl FnOnce(&mut InboxSpec)) -> Inbox {
+        let mut spec = InboxSpec::default();
+        f(&mut spec);
+        let mut i = Inbox::new("mail", spec);
+        i.metadata.namespace = Some("team-a".into());
+        i.metadata.uid = Some("uid-me".into());
+        i.metadata.creation_timestamp = Some(Time("2026-01-02T00:00:00Z".parse().unwrap()));
+        i
+    }
+
+    fn cluster_ref(name: &str) -> Option<AccountRef> {
+        Some(AccountRef {
+            kind: AccountKind::ClusterAccount,
+            name: name.into(),
+        })
+    }
+
+    fn shared(f: impl FnOnce(&mut Rules)) -> AccountInfo {
+        let mut a = AccountInfo::cluster(
+            "shared",
+            &ClusterAccountSpec {
+                secret_ref: key_ref("shared-key"),
+                ..Default::default()
+            },
+            OPS,
+        );
+        f(&mut a.rules);
+        a
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    fn peer(name: &str, created: &str, holds: bool, r: Option<AccountRef>) -> Peer {
+        Peer {
+            name: name.into(),
+            seniority: (Some(created.parse().unwrap()), format!("uid-{name}")),
+            holds_inbox: holds,
+            deleting: false,
+            account_ref: r,
+            has_credentials: false,
+            domain_id: None,
+        }
+    }
+
+    fn via_shared() -> Source {
+        Source::Secret {
+            namespace: OPS.into(),
+            secret: key_ref("shared-key"),
+            account: cluster_ref("shared"),
+        }
+    }
+
+    /// What the resolution answers, in short: "shared", "default-key", "own-secret",
+    /// "account", or the refusal's message ("refused: ...") / "missing: ...".
+    fn short(s: &Source) -> String {
+        match s {
+            Source::Secret { account: None, .. } => "own-secret".into(),
+            Source::Secret {
+                account: Some(a), ..
+            } => a.name.clone(),
+            Source::OperatorDefault => "default-key".into(),
+            Source::Refused(m) => format!("refused: {m}"),
+            Source::Missing(m) => format!("missing: {m}"),
+        }
+    }
+
+    #[test]
+    fn resolution_table() {
+        let selector = LabelSelector {
+            match_labels: Some([("tenant".to_string(), "yes".to_string())].into()),
+            ..Default::default()
+        };
+        let by_ref = |f: fn(&mut InboxSpec)| {
+            inbox(|s| {
+                s.account_ref = cluster_ref("shared").map(Box::new);
+                f(s)
+            })
+        };
+        let plain = inbox(|_| {});
+        let own = inbox(|s| {
+            s.credentials = Some(Box::new(CredentialsSpec {
+                secret_ref: key_ref("mine"),
+            }))
+        });
+        let both = inbox(|s| {
+            s.account_ref = cluster_ref("shared").map(Box::new);
+            s.credentials = Some(Box::new(CredentialsSpec {
+                secret_ref: key_ref("mine"),
+            }))
+        });
+        let account = inbox(|s| {
+            s.account_ref = Some(Box::new(AccountRef {
+                kind: AccountKind::Account,
+                name: "team".into(),
+            }))
+        });
+        let ns_named = shared(|r| r.namespaces = Some(vec!["team-a".into()]));
+        let ns_other = shared(|r| r.namespaces = Some(vec!["team-b".into()]));
+        let ns_selected = shared(|r| r.namespace_selector = Some(selector.clone()));
+        let ns_either = shared(|r| {
+            r.namespaces = Some(vec!["team-b".into()]);
+            r.namespace_selector = Some(selector.clone());
+        });
+        let domains = shared(|r| r.allowed_domain_ids = Some(vec!["dom_ok".into()]));
+        let quota = |n| shared(|r| r.max_inboxes_per_namespace = Some(n));
+        let older_holding = peer("old", "2026-01-01T00:00:00Z", true, cluster_ref("shared"));
+        let older_waiting = peer(
+            "early",
+            "2026-01-01T00:00:00Z",
+            false,
+            cluster_ref("shared"),
+        );
+        let younger_waiting = peer("late", "2026-01-03T00:00:00Z", false, cluster_ref("shared"));
+        let elsewhere = peer("other", "2026-01-01T00:00:00Z", true, cluster_ref("other"));
+        let implicit = peer("implicit", "2026-01-01T00:00:00Z", true, None);
+        let team = AccountInfo::namespaced("team", "team-a", &key_ref("team-key"));
+
+        let cases: Vec<(&str, Inbox, Inputs, &str)> = vec![
+            (
+                "accountRef to a ClusterAccount without rules",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(shared(|_| {})),
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "accountRef to a missing ClusterAccount",
+                by_ref(|_| {}),
+                Inputs::default(),
+                r#"refused: ClusterAccount "shared" not found"#,
+            ),
+            (
+                "accountRef to a missing Account",
+                account.clone(),
+                Inputs::default(),
+                r#"refused: Account "team" not found in namespace "team-a""#,
+            ),
+            (
+                "accountRef to an Account",
+                account.clone(),
+                Inputs {
+                    referenced: Some(team.clone()),
+                    ..Default::default()
+                },
+                "team",
+            ),
+            (
+                "both set",
+                both.clone(),
+                Inputs {
+                    referenced: Some(shared(|_| {})),
+                    ..Default::default()
+                },
+                "refused: spec.accountRef and spec.credentials are both set; keep one",
+            ),
+            (
+                "named namespace",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(ns_named.clone()),
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "namespace not named",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(ns_other.clone()),
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" does not allow namespace "team-a": it is not in spec.namespaces"#,
+            ),
+            (
+                "selected namespace",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(ns_selected.clone()),
+                    namespace_labels: labels(&[("tenant", "yes")]),
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "namespace not selected",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(ns_selected.clone()),
+                    namespace_labels: labels(&[("tenant", "no")]),
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" does not allow namespace "team-a": its labels do not match spec.namespaceSelector (tenant=yes)"#,
+            ),
+            (
+                "labels unreadable",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(ns_selected.clone()),
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" does not allow namespace "team-a": its labels cannot be read to check spec.namespaceSelector (the operator needs get on namespaces)"#,
+            ),
+            (
+                "names or selector: selector",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(ns_either.clone()),
+                    namespace_labels: labels(&[("tenant", "yes")]),
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "names or selector: neither",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(ns_either),
+                    namespace_labels: labels(&[]),
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" does not allow namespace "team-a": it is not in spec.namespaces, and its labels do not match spec.namespaceSelector (tenant=yes)"#,
+            ),
+            (
+                "allowed domain",
+                by_ref(|s| s.domain_id = Some("dom_ok".into())),
+                Inputs {
+                    referenced: Some(domains.clone()),
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "refused domain",
+                by_ref(|s| s.domain_id = Some("dom_x".into())),
+                Inputs {
+                    referenced: Some(domains.clone()),
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" does not allow domainId "dom_x": allowedDomainIds is [dom_ok]"#,
+            ),
+            (
+                "shared domain with a domain list",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(domains.clone()),
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" does not allow the shared domain (no domainId): allowedDomainIds is [dom_ok]"#,
+            ),
+            (
+                "quota: a slot is free",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(quota(2)),
+                    peers: vec![
+                        older_holding.clone(),
+                        younger_waiting.clone(),
+                        elsewhere.clone(),
+                    ],
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "quota: full",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(quota(1)),
+                    peers: vec![older_holding.clone(), elsewhere.clone()],
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" allows at most 1 Inboxes per namespace (maxInboxesPerNamespace), and namespace "team-a" has 1 (old)"#,
+            ),
+            (
+                "quota: an older waiting Inbox goes first",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(quota(1)),
+                    peers: vec![older_waiting.clone()],
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" allows at most 1 Inboxes per namespace (maxInboxesPerNamespace), and namespace "team-a" has 1 (early)"#,
+            ),
+            (
+                "quota: an older Inbox refused its domain takes no slot",
+                by_ref(|s| s.domain_id = Some("dom_ok".into())),
+                Inputs {
+                    referenced: Some(shared(|r| {
+                        r.max_inboxes_per_namespace = Some(1);
+                        r.allowed_domain_ids = Some(vec!["dom_ok".into()]);
+                    })),
+                    peers: vec![Peer {
+                        domain_id: Some("dom_x".into()),
+                        ..older_waiting.clone()
+                    }],
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "quota: a younger waiting Inbox does not",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(quota(1)),
+                    peers: vec![younger_waiting.clone()],
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "quota: an Inbox holding its inbox keeps it",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(quota(0)),
+                    peers: vec![older_holding.clone()],
+                    holds_inbox: true,
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "adoptionPolicy Deny: spec.inboxId adoption refused, no API call",
+                by_ref(|s| s.inbox_id = Some("inb_1".into())),
+                Inputs {
+                    referenced: Some(shared(|r| r.adoption_policy = AdoptionPolicy::Deny)),
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" refuses spec.inboxId adoption (adoptionPolicy: Deny): Inboxes on it get only inboxes the operator creates for them; remove spec.inboxId and managementPolicy Observe, or use another account"#,
+            ),
+            (
+                "adoptionPolicy Deny: Observe binding refused",
+                by_ref(|s| s.management_policy = crate::api::inbox::ManagementPolicy::Observe),
+                Inputs {
+                    referenced: Some(shared(|r| r.adoption_policy = AdoptionPolicy::Deny)),
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" refuses managementPolicy Observe (adoptionPolicy: Deny): Inboxes on it get only inboxes the operator creates for them; remove spec.inboxId and managementPolicy Observe, or use another account"#,
+            ),
+            (
+                "adoptionPolicy Deny: creating is fine",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(shared(|r| r.adoption_policy = AdoptionPolicy::Deny)),
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "adoptionPolicy Deny set after an adoption: the bound Inbox keeps its inbox",
+                by_ref(|s| s.inbox_id = Some("inb_1".into())),
+                Inputs {
+                    referenced: Some(shared(|r| r.adoption_policy = AdoptionPolicy::Deny)),
+                    holds_inbox: true,
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "quota: zero",
+                by_ref(|_| {}),
+                Inputs {
+                    referenced: Some(quota(0)),
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" allows at most 0 Inboxes per namespace (maxInboxesPerNamespace), and namespace "team-a" has 0 ()"#,
+            ),
+            (
+                "own Secret",
+                own.clone(),
+                Inputs {
+                    defaults: vec![shared(|_| {})],
+                    ..Default::default()
+                },
+                "own-secret",
+            ),
+            (
+                "the default ClusterAccount",
+                plain.clone(),
+                Inputs {
+                    defaults: vec![shared(|_| {})],
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "the default does not allow the namespace: the operator's key",
+                plain.clone(),
+                Inputs {
+                    defaults: vec![ns_other.clone()],
+                    ..Default::default()
+                },
+                "default-key",
+            ),
+            (
+                "the default allows the namespace, refuses the domain",
+                inbox(|s| s.domain_id = Some("dom_x".into())),
+                Inputs {
+                    defaults: vec![domains.clone()],
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" does not allow domainId "dom_x": allowedDomainIds is [dom_ok]"#,
+            ),
+            (
+                "the default's quota counts implicit Inboxes",
+                plain.clone(),
+                Inputs {
+                    defaults: vec![quota(1)],
+                    peers: vec![implicit.clone()],
+                    ..Default::default()
+                },
+                r#"refused: ClusterAccount "shared" allows at most 1 Inboxes per namespace (maxInboxesPerNamespace), and namespace "team-a" has 1 (implicit)"#,
+            ),
+            (
+                "no account at all",
+                plain.clone(),
+                Inputs::default(),
+                "default-key",
+            ),
+            (
+                "deleting: no rules",
+                by_ref(|s| s.domain_id = Some("dom_x".into())),
+                Inputs {
+                    referenced: Some(domains.clone()),
+                    cleanup: true,
+                    ..Default::default()
+                },
+                "shared",
+            ),
+            (
+                "deleting: a missing account is a missing key",
+                by_ref(|_| {}),
+                Inputs {
+                    cleanup: true,
+                    ..Default::default()
+                },
+                r#"missing: ClusterAccount "shared" not found"#,
+            ),
+            (
+                "deleting in a namespace the default does not allow: the operator's key (created with it)",
+                plain.clone(),
+                Inputs {
+                    defaults: vec![ns_other],
+                    cleanup: true,
+                    ..Default::default()
+                },
+                "default-key",
+            ),
+            (
+                "deleting in a namespace the default allows: the default, its domain rule aside",
+                inbox(|s| s.domain_id = Some("dom_x".into())),
+                Inputs {
+                    defaults: vec![domains.clone()],
+                    cleanup: true,
+                    ..Default::default()
+                },
+                "shared",
+            ),
+        ];
+        for (name, inbox, inputs, want) in cases {
+            assert_eq!(short(&resolve(&inbox, &inputs)), want, "{name}");
+        }
+    }
+
+    /// Two Inboxes created in the same second, the second with the smaller UID (so the
+    /// "older" by the tie-break): the first, let past while the second was not yet cached,
+    /// holds its slot through the reservation, so the second is refused — not let past too.
+    #[test]
+    fn a_slot_reserved_by_this_process_counts_before_the_cache_shows_it() {
+        let account = shared(|r| r.max_inboxes_per_namespace = Some(1));
+        let me = inbox(|s| s.account_ref = cluster_ref("shared").map(Box::new));
+        let first = peer(
+            "first",
+            "2026-01-02T00:00:00Z",
+            false,
+            cluster_ref("shared"),
+        );
+        let first = Peer {
+            seniority: (first.seniority.0, "uid-zzz".into()),
+            ..first
+        };
+        let decide = |peers: Vec<Peer>, reserved: &[&str]| {
+            let mut inputs = Inputs {
+                referenced: Some(account.clone()),
+                peers,
+                ..Default::default()
+            };
+            let reserved = reserved.iter().map(|u| u.to_string()).collect();
+            count_reserved(&mut inputs.peers, &reserved);
+            matches!(resolve(&me, &inputs), Source::Refused(_))
+        };
+        assert!(
+            !decide(vec![first.clone()], &[]),
+            "without the reservation: both pass"
+        );
+        assert!(decide(vec![first], &["uid-zzz"]), "with it: refused");
+    }
+
+    /// A key longer than any AgentSend key is refused with a message, not kept as
+    /// per-account state.
+    #[test]
+    fn an_oversized_key_is_missing_not_used() {
+        let source = Source::Secret {
+            namespace: "team-a".into(),
+            secret: key_ref("mine"),
+            account: None,
+        };
+        let huge = "k".repeat(MAX_KEY_LEN + 1);
+        let got = credentials(&source, Some(Some(huge)), None, false);
+        assert!(
+            matches!(&got, Credentials::Missing(m) if m.contains("longer than 512 bytes")),
+            "{got:?}"
+        );
+        let fine = credentials(&source, Some(Some("k".repeat(MAX_KEY_LEN))), None, false);
+        assert!(matches!(fine, Credentials::Key(_)));
+    }
+
+    /// What holds a quota slot: proven bindings and proven pending creates, never a tenant's
+    /// annotations.
+    #[test]
+    fn only_proven_bindings_and_creates_hold_a_slot() {
+        use crate::api::inbox::{ANNOTATION_CREATE_PENDING, ANNOTATION_CREATE_PENDING_PROOF};
+        use crate::api::inbox::{ANNOTATION_INBOX_ID, ANNOTATION_INBOX_ID_PROOF};
+        use crate::controller::ownership::proof::Origin;
+        use kube::ResourceExt;
+        let pk = ProofKey::from_bytes(&[3u8; 32]).unwrap();
+        let with = |pairs: &[(&str, String)]| {
+            let mut i = inbox(|_| {});
+            i.metadata.name = Some("mail".into());
+            for (k, v) in pairs {
+                i.annotations_mut().insert(k.to_string(), v.clone());
+            }
+            i
+        };
+        let ns = "team-a";
+        let rows = [
+            ("nothing", with(&[]), false),
+            (
+                "a forged inbox-id",
+                with(&[(ANNOTATION_INBOX_ID, "inb_1".into())]),
+                false,
+            ),
+            (
+                "a forged pending mark",
+                with(&[(ANNOTATION_CREATE_PENDING, "a@agentsend.io".into())]),
+                false,
+            ),
+            (
+                "a proven binding",
+                with(&[
+                    (ANNOTATION_INBOX_ID, "inb_1".into()),
+                    (
+                        ANNOTATION_INBOX_ID_PROOF,
+                        pk.binding_proof(ns, "mail", "inb_1", "fp"),
+                    ),
+                ]),
+                true,
+            ),
+            (
+                "a proven pending create",
+                with(&[
+                    (ANNOTATION_CREATE_PENDING, "a@agentsend.io".into()),
+                    (
+                        ANNOTATION_CREATE_PENDING_PROOF,
+                        pk.pending_proof(ns, "mail", "a@agentsend.io", Origin::Random),
+                    ),
+                ]),
+                true,
+            ),
+        ];
+        for (what, i, holds) in rows {
+            assert_eq!(holds_inbox(&i, &pk), holds, "{what}");
+        }
+    }
+
+    #[test]
+    fn labels_are_read_only_when_a_selector_may_apply() {
+        let sel = shared(|r| r.namespace_selector = Some(LabelSelector::default()));
+        for (inputs, want) in [
+            (Inputs::default(), false),
+            (
+                Inputs {
+                    referenced: Some(shared(|_| {})),
+                    ..Default::default()
+                },
+                false,
+            ),
+            (
+                Inputs {
+                    referenced: Some(sel.clone()),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                Inputs {
+                    defaults: vec![sel.clone()],
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                Inputs {
+                    defaults: vec![sel.clone()],
+                    cleanup: true,
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                Inputs {
+                    referenced: Some(sel),
+                    cleanup: true,
+                    ..Default::default()
+                },
+                false,
+            ),
+        ] {
+            assert_eq!(needs_namespace_labels(&inputs), want, "{inputs:?}");
+        }
+    }
+
+    #[test]
+    fn peers_are_listed_only_when_a_quota_may_apply() {
+        let quota = shared(|r| r.max_inboxes_per_namespace = Some(2));
+        for (case, inputs, want) in [
+            ("no account", Inputs::default(), false),
+            (
+                "account without a quota",
+                Inputs {
+                    referenced: Some(shared(|_| {})),
+                    ..Default::default()
+                },
+                false,
+            ),
+            (
+                "referenced account with a quota",
+                Inputs {
+                    referenced: Some(quota.clone()),
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                "default account with a quota",
+                Inputs {
+                    defaults: vec![quota.clone()],
+                    ..Default::default()
+                },
+                true,
+            ),
+            (
+                "deleting",
+                Inputs {
+                    referenced: Some(quota),
+                    cleanup: true,
+                    ..Default::default()
+                },
+                false,
+            ),
+        ] {
+            assert_eq!(needs_peers(&inputs), want, "{case}");
+        }
+    }
+
+    #[test]
+    fn credentials_table() {
+        let key = || ApiKey::new("k-1").unwrap();
+        let own = Source::Secret {
+            namespace: "team-a".into(),
+            secret: key_ref("mine"),
+            account: None,
+        };
+        /// (case, source, Secret value read, operator default, deleting, credentials).
+        type Case = (
+            &'static str,
+            Source,
+            Option<Option<String>>,
+            Option<ApiKey>,
+            bool,
+            Credentials,
+        );
+        let cases: Vec<Case> = vec![
+            ("account key read", via_shared(), Some(Some("k-1".into())), None, false, Credentials::Key(key())),
+            ("account Secret missing: refused", via_shared(), None, None, false, Credentials::Refused(r#"the key Secret of ClusterAccount "shared" "shared-key" not found in namespace "ops""#.into())),
+            ("account Secret without the key: refused", via_shared(), Some(None), None, false, Credentials::Refused(r#"the key Secret of ClusterAccount "shared" "shared-key" has no non-empty key "apiKey""#.into())),
+            ("account Secret missing while deleting: missing", via_shared(), None, None, true, Credentials::Missing(r#"the key Secret of ClusterAccount "shared" "shared-key" not found in namespace "ops""#.into())),
+            ("own Secret missing: missing", own.clone(), None, None, false, Credentials::Missing(r#"credentials Secret "mine" not found in namespace "team-a""#.into())),
+            ("own Secret empty key", own, Some(Some(String::new())), None, false, Credentials::Missing(r#"credentials Secret "mine" has no non-empty key "apiKey""#.into())),
+            ("operator default", Source::OperatorDefault, None, Some(key()), false, Credentials::Key(key())),
+            ("refused stays refused", Source::Refused("no".into()), None, Some(key()), false, Credentials::Refused("no".into())),
+        ];
+        for (name, source, value, default, cleanup, want) in cases {
+            assert_eq!(
+                credentials(&source, value, default, cleanup),
+                want,
+                "{name}"
+            );
+        }
+        let missing = credentials(&Source::OperatorDefault, None, None, false);
+        assert!(matches!(missing, Credentials::Missing(m) if m.contains("no default API key")));
+    }
+
+    #[test]
+    fn what_an_inbox_uses_and_may_use() {
+        let secret = |ns: &str, n: &str| InUse::Secret {
+            namespace: ns.into(),
+            name: n.into(),
+        };
+        let cluster = InUse::ClusterAccount {
+            name: "shared".into(),
+        };
+        assert_eq!(
+            in_use(&via_shared(), "team-a"),
+            vec![secret(OPS, "shared-key"), cluster.clone()]
+        );
+        assert!(in_use(&Source::OperatorDefault, "team-a").is_empty());
+        let a = shared(|_| {});
+        let by_ref = inbox(|s| s.account_ref = cluster_ref("shared").map(Box::new));
+        assert_eq!(
+            may_use(&by_ref, Some(&a), None),
+            vec![cluster.clone(), secret(OPS, "shared-key")]
+        );
+        assert_eq!(
+            may_use(&by_ref, None, None),
+            vec![cluster.clone()],
+            "the account is gone: only its name"
+        );
+        let plain = inbox(|_| {});
+        assert_eq!(
+            may_use(&plain, None, Some(&a)),
+            vec![cluster.clone(), secret(OPS, "shared-key")]
+        );
+        assert!(may_use(&plain, None, None).is_empty());
+        let own = inbox(|s| {
+            s.credentials = Some(Box::new(CredentialsSpec {
+                secret_ref: key_ref("mine"),
+            }))
+        });
+        assert_eq!(
+            may_use(&own, None, Some(&a)),
+            vec![secret("team-a", "mine")]
+        );
+        let targets = [cluster.clone(), secret(OPS, "shared-key")];
+        assert_eq!(
+            unused(&targets, std::slice::from_ref(&cluster)),
+            vec![&secret(OPS, "shared-key")]
+        );
+    }
+
+    #[test]
+    fn the_oldest_default_wins() {
+        use crate::api::account::ANNOTATION_DEFAULT_ACCOUNT;
+        let ca = |name: &str, created: &str, default: bool| {
+            let mut c = ClusterAccount::new(name, ClusterAccountSpec::default());
+            c.metadata.creation_timestamp = Some(Time(created.parse().unwrap()));
+            if default {
+                c.metadata.annotations =
+                    Some([(ANNOTATION_DEFAULT_ACCOUNT.to_string(), "true".to_string())].into());
+            }
+            std::sync::Arc::new(c)
+        };
+        let all = [
+            ca("new", "2026-03-01T00:00:00Z", true),
+            ca("old", "2026-01-01T00:00:00Z", true),
+            ca("oldest-not-default", "2025-01-01T00:00:00Z", false),
+        ];
+        let names: Vec<String> = defaults(&all, OPS).into_iter().map(|a| a.name).collect();
+        assert_eq!(names, ["old", "new"]);
+    }
+}
