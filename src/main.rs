@@ -59,7 +59,7 @@ fn printed<E: std::fmt::Display>(cmd: &str, result: Result<String, E>) -> std::p
 
 /// Print every CRD (multi-document YAML), or write one file each into `dir`.
 fn print_crds(dir: Option<&std::path::Path>) -> Result<(), String> {
-    let files = inbox_operator::api::account::crd_files()
+    let files = inbox_operator::commands::crd::crd_files()
         .map_err(|e| format!("cannot render the CRDs: {e}"))?;
     match dir {
         Some(dir) => {

@@ -3,14 +3,14 @@
 //! many namespaces — which namespaces may use it, on which domains, and how many Inboxes each
 //! may hold. An Inbox names one with `spec.accountRef`.
 
-use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::{CustomResource, CustomResourceExt, ResourceExt};
+use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::api::inbox::{Condition, SecretKeyRef};
+use crate::api::inbox::Condition;
+use crate::api::common::SecretKeyRef;
 
 /// Annotation on a `ClusterAccount`: `"true"` makes it the account of Inboxes that name none.
 pub const ANNOTATION_DEFAULT_ACCOUNT: &str = "agentsend.io/default-account";
@@ -20,45 +20,6 @@ pub const FINALIZER_CREDENTIALS_IN_USE: &str = "agentsend.io/credentials-in-use"
 /// Where the operator's namespace is read when `POD_NAMESPACE` is unset.
 pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
     "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
-
-/// Which kind of account an Inbox names.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
-pub enum AccountKind {
-    /// A namespaced `Account`, looked up in the Inbox's namespace.
-    Account,
-    /// A cluster-scoped `ClusterAccount`.
-    ClusterAccount,
-}
-
-impl AccountKind {
-    /// The kind's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccountKind::Account => "Account",
-            AccountKind::ClusterAccount => "ClusterAccount",
-        }
-    }
-}
-
-impl std::fmt::Display for AccountKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// `spec.accountRef` of an Inbox.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AccountRef {
-    /// `Account` (in the Inbox's namespace) or `ClusterAccount`.
-    pub kind: AccountKind,
-    /// The account's name.
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-    )]
-    pub name: String,
-}
 
 /// An AgentSend account for the Inboxes of one namespace: its API key is read from a Secret
 /// in the Account's own namespace.
@@ -203,28 +164,10 @@ pub fn operator_namespace_or(given: Option<&str>) -> String {
     operator_namespace(given, sa.as_deref())
 }
 
-/// Every CRD of the operator rendered as YAML, keyed by its committed file name
-/// (`crds/<name>.yaml`).
-pub fn crd_files() -> Result<BTreeMap<String, String>, serde_yaml::Error> {
-    let mut files = BTreeMap::new();
-    files.insert(
-        "inboxes.agentsend.io.yaml".to_string(),
-        crate::api::inbox::crd_yaml()?,
-    );
-    files.insert(
-        "accounts.agentsend.io.yaml".to_string(),
-        serde_yaml::to_string(&Account::crd())?,
-    );
-    files.insert(
-        "clusteraccounts.agentsend.io.yaml".to_string(),
-        serde_yaml::to_string(&ClusterAccount::crd())?,
-    );
-    Ok(files)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::CustomResourceExt;
 
     #[test]
     fn the_operator_namespace_falls_back_in_order() {

@@ -9,6 +9,8 @@ use kube::core::object::HasSpec;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::api::common::SecretKeyRef;
+
 /// Finalizer that guards the AgentSend inbox and the owned Secret.
 pub const FINALIZER: &str = "agentsend.io/finalizer";
 /// Annotation holding the bound AgentSend inbox ID (survives a lost status). Acted on only
@@ -49,9 +51,6 @@ pub const ANNOTATION_INBOX_NAME: &str = "agentsend.io/inbox-name";
 pub const ANNOTATION_DATA_DIGEST: &str = "agentsend.io/data-digest";
 /// Field manager used for every server-side apply.
 pub const FIELD_MANAGER: &str = "inbox-operator";
-/// Default key inside a credentials Secret.
-pub const DEFAULT_CREDENTIALS_KEY: &str = "apiKey";
-
 /// Condition types.
 pub mod condition {
     /// The inbox exists, is active, and its Secret holds the current address.
@@ -343,7 +342,7 @@ pub struct InboxSpec {
 
     /// The `Account` (in this namespace) or `ClusterAccount` whose API key this Inbox uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub account_ref: Option<Box<crate::api::account::AccountRef>>,
+    pub account_ref: Option<Box<crate::api::common::AccountRef>>,
 }
 
 /// A valid label value: empty, or at most 63 of `[A-Za-z0-9-_.]` with alphanumeric ends
@@ -450,26 +449,6 @@ const TEMPLATE_KEYS_MESSAGE: &str = "template keys must be data keys (letters, d
 pub struct CredentialsSpec {
     /// Secret (same namespace) holding the API key.
     pub secret_ref: SecretKeyRef,
-}
-
-/// A key in a Secret (of the Inbox's namespace, the Account's, or the operator's).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SecretKeyRef {
-    /// Secret name.
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-    )]
-    pub name: String,
-    /// Key in the Secret; defaults to `apiKey`.
-    #[serde(default = "default_credentials_key")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
-    pub key: String,
-}
-
-fn default_credentials_key() -> String {
-    DEFAULT_CREDENTIALS_KEY.to_string()
 }
 
 /// Observed state, mirrored from AgentSend.

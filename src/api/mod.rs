@@ -3,4 +3,5 @@
 //! Both are plain data with their schema; nothing here talks to a server.
 
 pub mod account;
+pub mod common;
 pub mod inbox;

@@ -18,7 +18,7 @@ const CRD_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/crds");
 /// No cluster needed. `UPDATE_CRDS=1 cargo test --test it crd::committed_crd` rewrites the files.
 #[test]
 fn committed_crds_match_generated() {
-    let files = inbox_operator::api::account::crd_files().expect("render the CRDs");
+    let files = inbox_operator::commands::crd::crd_files().expect("render the CRDs");
     assert_eq!(files.len(), 3, "Inbox, Account, ClusterAccount");
     for (name, generated) in files {
         let path = format!("{CRD_DIR}/{name}");

@@ -8,7 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{Operator, TestNamespace, control_plane, wait_for};
-use inbox_operator::api::inbox::{CredentialsSpec, Inbox, InboxSpec, SecretKeyRef};
+use inbox_operator::api::inbox::{CredentialsSpec, Inbox, InboxSpec};
+use inbox_operator::api::common::SecretKeyRef;
 use inbox_sim::Simulator;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
@@ -89,7 +90,7 @@ async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
     let mut crd_dir: Vec<Crd> = serde_yaml::Deserializer::from_str(&rendered)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
-    let mut generated: Vec<Crd> = inbox_operator::api::account::crd_files()
+    let mut generated: Vec<Crd> = inbox_operator::commands::crd::crd_files()
         .unwrap()
         .values()
         .map(|y| serde_yaml::from_str(y).unwrap())
@@ -268,7 +269,7 @@ fn argocd_health_check() {
 
 #[test]
 fn helm_chart_crds_match() {
-    for (name, generated) in inbox_operator::api::account::crd_files().unwrap() {
+    for (name, generated) in inbox_operator::commands::crd::crd_files().unwrap() {
         let chart =
             std::fs::read_to_string(format!("{ROOT}/charts/inbox-operator/crds/{name}")).unwrap();
         assert_eq!(

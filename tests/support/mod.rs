@@ -436,7 +436,7 @@ impl ControlPlane {
     /// Install the CRDs (Inbox, Account, ClusterAccount) as users do (`kubectl apply
     /// --server-side`, no flags), then wait until they are Established and `inboxes` is served.
     fn install_crd(&self) {
-        let files = inbox_operator::api::account::crd_files().expect("render the CRDs");
+        let files = inbox_operator::commands::crd::crd_files().expect("render the CRDs");
         let crd = files.values().cloned().collect::<Vec<_>>().join("---\n");
         let mut child = self
             .kubectl()

@@ -20,12 +20,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 
 use crate::agentsend::ApiKey;
-use crate::api::account::{
-    AccountKind, AccountRef, AdoptionPolicy, ClusterAccount, ClusterAccountSpec,
-};
-use crate::api::inbox::{Inbox, InboxView, SecretKeyRef};
-use crate::controller::inbox::plan::Credentials;
+use crate::api::account::{AdoptionPolicy, ClusterAccount, ClusterAccountSpec};
+use crate::api::common::{AccountKind, AccountRef};
+use crate::api::inbox::{Inbox, InboxView};
+use crate::api::common::SecretKeyRef;
 use crate::controller::ownership::proof::{Pending, ProofKey};
+
+/// The API key for this Inbox, or why there is none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credentials {
+    /// Found.
+    Key(ApiKey),
+    /// Not found; the message says where it was looked for.
+    Missing(String),
+    /// The account refuses this Inbox (or cannot be used); the message names the rule.
+    Refused(String),
+}
 
 /// An object an Inbox's key comes through. While an Inbox uses it, it carries the
 /// `agentsend.io/credentials-in-use` finalizer.
@@ -610,7 +620,7 @@ pub fn unused<'a>(targets: &'a [InUse], users: &[InUse]) -> Vec<&'a InUse> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::account::AccountRef;
+    use crate::api::common::AccountRef;
     use crate::api::inbox::{CredentialsSpec, InboxSpec};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

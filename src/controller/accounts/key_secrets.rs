@@ -302,8 +302,8 @@ mod tests {
 
     #[test]
     fn a_key_secret_wakes_the_inboxes_that_may_use_it() {
-        use crate::api::account::{AccountKind, AccountRef};
-        use crate::api::inbox::SecretKeyRef;
+        use crate::api::common::{AccountKind, AccountRef};
+        use crate::api::common::SecretKeyRef;
         use crate::controller::accounts::credentials::{AccountInfo, may_use};
         let fixture = crate::controller::cache::watches::tests::inbox;
         let mut by_account = (*fixture("a", "by-account", None)).clone();

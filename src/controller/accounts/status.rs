@@ -16,8 +16,10 @@ use serde_json::json;
 use tracing::warn;
 
 use crate::agentsend::{ApiError, RemoteInbox};
-use crate::api::account::{Account, AccountKind, AccountStatus, ClusterAccount};
-use crate::api::inbox::{self, Condition, ConditionStatus, InboxView, Reason, SecretKeyRef};
+use crate::api::account::{Account, AccountStatus, ClusterAccount};
+use crate::api::common::AccountKind;
+use crate::api::inbox::{self, Condition, ConditionStatus, InboxView, Reason};
+use crate::api::common::SecretKeyRef;
 use crate::controller::accounts::traffic::{Meter, Window};
 use crate::controller::accounts::watch::all_inboxes;
 use crate::controller::context::Context;

@@ -14,7 +14,8 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, ResourceExt};
 
-use crate::api::account::{Account, AccountKind, ClusterAccount, FINALIZER_CREDENTIALS_IN_USE};
+use crate::api::account::{Account, ClusterAccount, FINALIZER_CREDENTIALS_IN_USE};
+use crate::api::common::AccountKind;
 use crate::api::inbox::{Inbox, InboxView};
 use crate::controller::accounts::credentials::{AccountInfo, InUse, Peer};
 use crate::controller::accounts::key_secrets::ReferenceSource;
@@ -354,8 +355,9 @@ pub async fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::account::AccountRef;
-    use crate::api::inbox::{CredentialsSpec, InboxSpec, SecretKeyRef};
+    use crate::api::common::AccountRef;
+    use crate::api::inbox::{CredentialsSpec, InboxSpec};
+    use crate::api::common::SecretKeyRef;
 
     fn inbox(
         ns: &str,

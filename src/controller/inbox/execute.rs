@@ -35,9 +35,8 @@ use crate::controller::context::Context;
 use crate::controller::error::Error;
 use crate::controller::inbox::decide;
 use crate::controller::inbox::events::InboxEvent;
-use crate::controller::inbox::plan::{
-    self, Claim, Credentials, Done, Failures, Lookup, Marked, Observed, Phase, Report, Step, Then,
-};
+use crate::controller::inbox::plan::{self, Claim, Done, Failures, Lookup, Marked, Observed, Phase, Report, Step, Then};
+use crate::controller::accounts::credentials::Credentials;
 use crate::controller::ownership::proof::Origin;
 use crate::metrics::Metrics;
 

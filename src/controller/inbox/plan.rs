@@ -41,10 +41,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::agentsend::{
     ApiError, ApiKey, CreateInbox, DEFAULT_RETRY_AFTER, InboxState, MAX_RETRY_AFTER, RemoteInbox,
 };
-use crate::api::inbox::{
-    self, ConditionStatus, DeletionPolicy, DeletionPolicySource, Inbox, InboxStatus, Reason,
-};
-pub use crate::controller::accounts::credentials::InUse;
+use crate::api::inbox::{self, ConditionStatus, DeletionPolicy, DeletionPolicySource, Inbox, InboxStatus, Reason};
+use crate::controller::accounts::credentials::{Credentials, InUse};
 use crate::controller::error::Error;
 use crate::controller::inbox::decide::{self, AddressLookup, FieldMismatch, Recovery, SecretPlan};
 use crate::controller::inbox::events::{EventKind, InboxEvent};
@@ -88,17 +86,6 @@ pub fn foreign_finalizers(inbox: &Inbox) -> Vec<&str> {
         .map(String::as_str)
         .filter(|f| *f != inbox::FINALIZER)
         .collect()
-}
-
-/// The API key for this Inbox, or why there is none.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Credentials {
-    /// Found.
-    Key(ApiKey),
-    /// Not found; the message says where it was looked for.
-    Missing(String),
-    /// The account refuses this Inbox (or cannot be used); the message names the rule.
-    Refused(String),
 }
 
 /// What looking up one inbox by ID found.
