@@ -3,14 +3,13 @@
 //! many namespaces — which namespaces may use it, on which domains, and how many Inboxes each
 //! may hold. An Inbox names one with `spec.accountRef`.
 
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::api::inbox::Condition;
 use crate::api::common::SecretKeyRef;
+use crate::api::inbox::Condition;
 
 /// Annotation on a `ClusterAccount`: `"true"` makes it the account of Inboxes that name none.
 pub const ANNOTATION_DEFAULT_ACCOUNT: &str = "agentsend.io/default-account";

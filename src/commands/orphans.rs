@@ -10,8 +10,8 @@ use kube::api::{Api, ListParams};
 
 use crate::agentsend::{AgentSendClient, ApiKey, ClientOptions};
 use crate::api::account::{Account, ClusterAccount};
-use crate::api::inbox::Inbox;
 use crate::api::common::SecretKeyRef;
+use crate::api::inbox::Inbox;
 use crate::cli::OrphansArgs;
 use crate::controller::accounts::status::tally;
 

@@ -21,7 +21,10 @@ use crate::runtime::leader::WriteGate;
 
 use crate::controller::remote::state::{BindingRegistry, CreateGates, ScanCache};
 
+use crate::controller::accounts::credentials::Peer;
+use crate::controller::accounts::in_use::InUseFinalizers;
 use crate::controller::accounts::{status as account_status, watch as account_watch};
+use crate::controller::cache::inboxes::InboxCaches;
 use crate::controller::cache::{claims, owned as owned_cache, watches, written};
 use crate::controller::error::Error;
 use crate::controller::inbox::decide;
@@ -223,6 +226,34 @@ impl Context {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(uid);
         }
+    }
+
+    /// Every Inbox cache, as a handle of its own.
+    pub(crate) fn inbox_caches(&self) -> InboxCaches {
+        InboxCaches::new(self.inbox_stores.clone(), self.caches_synced.clone())
+    }
+
+    /// The credentials-in-use finalizer, over this context's caches.
+    pub(crate) fn in_use(&self) -> InUseFinalizers {
+        InUseFinalizers::new(
+            self.client.clone(),
+            self.inbox_caches(),
+            self.accounts.clone(),
+            self.bindings.clone(),
+        )
+    }
+
+    /// The other Inboxes of `inbox`'s namespace, as the quota counts them.
+    pub(crate) fn peers(&self, inbox: &Inbox) -> Vec<Peer> {
+        let ns = inbox.metadata.namespace.as_deref();
+        self.inbox_caches()
+            .all()
+            .iter()
+            .filter(|i| {
+                i.metadata.namespace.as_deref() == ns && i.metadata.uid != inbox.metadata.uid
+            })
+            .map(|i| Peer::of(&**i, &self.proof))
+            .collect()
     }
 
     /// Whether the Inbox stores cover the whole cluster (all namespaces, no selector).

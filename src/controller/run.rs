@@ -31,7 +31,9 @@ use crate::metrics::Metrics;
 
 use crate::controller::remote::state::{BindingRegistry, CreateGates, ScanCache};
 
-use crate::controller::accounts::{in_use, key_secrets};
+use crate::controller::accounts::follow::{self, Followers};
+use crate::controller::accounts::key_secrets;
+use crate::controller::accounts::status::StatusSources;
 use crate::controller::accounts::{status as account_status, watch as account_watch};
 use crate::controller::cache::inbox as cached_inbox;
 use crate::controller::cache::references;
@@ -225,7 +227,7 @@ impl Scope {
                 if !used.is_empty() {
                     let (ctx, uid) = (forget.clone(), gone.metadata.uid.clone());
                     tokio::spawn(async move {
-                        in_use::release_unused(&ctx, &used, uid.as_deref()).await;
+                        ctx.in_use().release_unused(&used, uid.as_deref()).await;
                     });
                 }
                 if !account_watch::any_quota(&quotas) {
@@ -377,10 +379,28 @@ fn spawn_account_tasks(
         references_changed.clone(),
         stop.clone(),
     );
+    let followers = Followers {
+        inboxes: ctx.inbox_caches(),
+        accounts: ctx.accounts.clone(),
+        in_use: ctx.in_use(),
+        wake: ctx.wake.clone(),
+    };
+    let status = StatusSources {
+        writer: ctx.settings.account_status,
+        sync_interval: ctx.settings.sync_interval,
+        client: ctx.client.clone(),
+        api: ctx.api.clone(),
+        scans: ctx.scans.clone(),
+        accounts: ctx.accounts.clone(),
+        inboxes: ctx.inbox_caches(),
+        claims_index: ctx.claims_index.as_ref().map(|(index, _)| index.clone()),
+        metrics: ctx.metrics.clone(),
+        gate: ctx.settings.gate.clone(),
+    };
     let tasks = futures::future::join3(
-        account_watch::follow(ctx.clone(), changes, references_changed),
-        key_secrets::follow(ctx.clone(), secrets),
-        account_status::run(ctx.clone()),
+        follow::accounts(followers.clone(), changes, references_changed),
+        follow::key_secrets(followers, secrets),
+        account_status::run(status),
     );
     tokio::spawn(stop.clone().run_until_cancelled_owned(tasks.map(|_| ())))
 }

@@ -9,10 +9,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use inbox_operator::api::account::{ANNOTATION_DEFAULT_ACCOUNT, Account, AccountSpec, AccountStatus, ClusterAccount, ClusterAccountSpec, FINALIZER_CREDENTIALS_IN_USE};
+use inbox_operator::api::account::{
+    ANNOTATION_DEFAULT_ACCOUNT, Account, AccountSpec, AccountStatus, ClusterAccount,
+    ClusterAccountSpec, FINALIZER_CREDENTIALS_IN_USE,
+};
+use inbox_operator::api::common::SecretKeyRef;
 use inbox_operator::api::common::{AccountKind, AccountRef};
 use inbox_operator::api::inbox::{Inbox, InboxSpec, Reason};
-use inbox_operator::api::common::SecretKeyRef;
 use inbox_operator::controller::accounts::status::StatusWriter;
 use inbox_operator::controller::context::Settings;
 use k8s_openapi::ByteString;

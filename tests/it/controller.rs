@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::support::wait_for;
-use inbox_operator::api::inbox::{CredentialsSpec, DeletionPolicy, Inbox, InboxSpec, Reason, SecretSpec};
 use inbox_operator::api::common::SecretKeyRef;
+use inbox_operator::api::inbox::{
+    CredentialsSpec, DeletionPolicy, Inbox, InboxSpec, Reason, SecretSpec,
+};
 use inbox_operator::controller::context::DefaultKey;
 use inbox_sim::Route;
 use inbox_sim::{CreateInbox, InboxState};

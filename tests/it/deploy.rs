@@ -8,8 +8,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{Operator, TestNamespace, control_plane, wait_for};
-use inbox_operator::api::inbox::{CredentialsSpec, Inbox, InboxSpec};
 use inbox_operator::api::common::SecretKeyRef;
+use inbox_operator::api::inbox::{CredentialsSpec, Inbox, InboxSpec};
 use inbox_sim::Simulator;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};

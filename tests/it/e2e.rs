@@ -81,9 +81,9 @@ async fn api_key_never_appears_in_logs_events_status_or_metrics() {
 /// Inbox or Account objects and metrics — through a bind, a refusal and a revoked key.
 async fn accounts_never_show_their_key(env: &Env, op: &crate::support::Operator) {
     use inbox_operator::api::account::{Account, AccountSpec};
+    use inbox_operator::api::common::SecretKeyRef;
     use inbox_operator::api::common::{AccountKind, AccountRef};
     use inbox_operator::api::inbox::{InboxSpec, Reason};
-    use inbox_operator::api::common::SecretKeyRef;
     use kube::api::PostParams;
     const TEAM_KEY: &str = "sk_live_team_SECRET_9b3e0d41aa";
     env.sim.add_account("acct-team", TEAM_KEY);

@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use inbox_operator::api::account::{ClusterAccount, ClusterAccountSpec};
+use inbox_operator::api::common::SecretKeyRef;
 use inbox_operator::api::common::{AccountKind, AccountRef};
 use inbox_operator::api::inbox::{CredentialsSpec, Inbox, InboxSpec, ManagementPolicy};
-use inbox_operator::api::common::SecretKeyRef;
 use inbox_operator::controller::accounts::status::StatusWriter;
 use inbox_operator::controller::context::Settings;
 use inbox_sim::{CreateInbox, RemoteInbox, Route};

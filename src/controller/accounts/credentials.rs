@@ -21,9 +21,9 @@ use kube::core::{Selector, SelectorExt};
 
 use crate::agentsend::ApiKey;
 use crate::api::account::{AdoptionPolicy, ClusterAccount, ClusterAccountSpec};
+use crate::api::common::SecretKeyRef;
 use crate::api::common::{AccountKind, AccountRef};
 use crate::api::inbox::{Inbox, InboxView};
-use crate::api::common::SecretKeyRef;
 use crate::controller::ownership::proof::{Pending, ProofKey};
 
 /// The API key for this Inbox, or why there is none.

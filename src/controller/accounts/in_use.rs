@@ -8,76 +8,105 @@ use std::fmt::Debug;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::api::account::{Account, ClusterAccount, FINALIZER_CREDENTIALS_IN_USE};
 use crate::controller::accounts::credentials::InUse;
-use crate::controller::accounts::watch::SYNC_WAIT;
-use crate::controller::accounts::watch::all_inboxes;
-use crate::controller::context::Context;
+use crate::controller::accounts::watch::{AccountCaches, SYNC_WAIT};
+use crate::controller::cache::inboxes::InboxCaches;
+use crate::controller::remote::state::BindingRegistry;
 
-/// Put the finalizer on `target` (a no-op when it carries it or is gone).
-pub async fn mark(ctx: &Context, target: &InUse) -> Result<(), kube::Error> {
-    set(ctx, target, true).await
+/// What keeping the finalizer needs: the client, every Inbox, the accounts and the bindings
+/// that deletions released. Cheap to clone.
+#[derive(Clone)]
+pub struct InUseFinalizers {
+    client: Client,
+    inboxes: InboxCaches,
+    accounts: AccountCaches,
+    bindings: BindingRegistry,
 }
 
-/// Take the finalizer off those of `targets` that no Inbox in the caches may use any more,
-/// besides the Inbox with UID `leaving` (being released) and Inboxes whose deletion released
-/// their bindings. Only once every cache has listed: a cache still empty (another watched
-/// namespace's Inboxes, the accounts) would make a user look absent. Failures are logged:
-/// the next release or key Secret event tries again.
-pub async fn release_unused(ctx: &Context, targets: &[InUse], leaving: Option<&str>) {
-    if targets.is_empty() {
-        // Nothing to release (the operator's default key): no walk over every Inbox.
-        return;
-    }
-    if !crate::controller::cache::watches::ready_within(&ctx.caches_synced, SYNC_WAIT).await {
-        warn!("watch caches not synced: credentials-in-use finalizers left in place for now");
-        return;
-    }
-    let users: Vec<InUse> = all_inboxes(ctx)
-        .iter()
-        .filter(|i| {
-            let uid = i.metadata.uid.as_deref().unwrap_or_default();
-            Some(uid) != leaving && !ctx.bindings.is_released(uid)
-        })
-        .flat_map(|i| ctx.accounts.may_use(&**i))
-        .collect();
-    for target in crate::controller::accounts::credentials::unused(targets, &users) {
-        if let Err(e) = set(ctx, target, false).await {
-            warn!(error = %e, %target, "could not remove the credentials-in-use finalizer");
+impl InUseFinalizers {
+    /// Keep the finalizer with these.
+    pub fn new(
+        client: Client,
+        inboxes: InboxCaches,
+        accounts: AccountCaches,
+        bindings: BindingRegistry,
+    ) -> InUseFinalizers {
+        InUseFinalizers {
+            client,
+            inboxes,
+            accounts,
+            bindings,
         }
     }
-}
 
-async fn set(ctx: &Context, target: &InUse, present: bool) -> Result<(), kube::Error> {
-    let client = ctx.client.clone();
-    let changed = match target {
-        InUse::Secret { namespace, name } => {
-            set_on(&Api::<Secret>::namespaced(client, namespace), name, present).await?
+    /// Put the finalizer on `target` (a no-op when it carries it or is gone).
+    pub async fn mark(&self, target: &InUse) -> Result<(), kube::Error> {
+        self.set(target, true).await
+    }
+
+    /// Take the finalizer off those of `targets` that no Inbox in the caches may use any
+    /// more, besides the Inbox with UID `leaving` (being released) and Inboxes whose deletion
+    /// released their bindings. Only once every cache has listed: a cache still empty
+    /// (another watched namespace's Inboxes, the accounts) would make a user look absent.
+    /// Failures are logged: the next release or key Secret event tries again.
+    pub async fn release_unused(&self, targets: &[InUse], leaving: Option<&str>) {
+        if targets.is_empty() {
+            // Nothing to release (the operator's default key): no walk over every Inbox.
+            return;
         }
-        InUse::Account { namespace, name } => {
-            set_on(
-                &Api::<Account>::namespaced(client, namespace),
-                name,
-                present,
-            )
-            .await?
+        if !self.inboxes.synced_within(SYNC_WAIT).await {
+            warn!("watch caches not synced: credentials-in-use finalizers left in place for now");
+            return;
         }
-        InUse::ClusterAccount { name } => {
-            set_on(&Api::<ClusterAccount>::all(client), name, present).await?
-        }
-    };
-    if changed {
-        match present {
-            true => debug!(%target, "credentials-in-use finalizer added"),
-            false => info!(%target, "credentials no longer in use: finalizer removed"),
+        let users: Vec<InUse> = self
+            .inboxes
+            .all()
+            .iter()
+            .filter(|i| {
+                let uid = i.metadata.uid.as_deref().unwrap_or_default();
+                Some(uid) != leaving && !self.bindings.is_released(uid)
+            })
+            .flat_map(|i| self.accounts.may_use(&**i))
+            .collect();
+        for target in crate::controller::accounts::credentials::unused(targets, &users) {
+            if let Err(e) = self.set(target, false).await {
+                warn!(error = %e, %target, "could not remove the credentials-in-use finalizer");
+            }
         }
     }
-    Ok(())
+
+    async fn set(&self, target: &InUse, present: bool) -> Result<(), kube::Error> {
+        let client = self.client.clone();
+        let changed = match target {
+            InUse::Secret { namespace, name } => {
+                set_on(&Api::<Secret>::namespaced(client, namespace), name, present).await?
+            }
+            InUse::Account { namespace, name } => {
+                set_on(
+                    &Api::<Account>::namespaced(client, namespace),
+                    name,
+                    present,
+                )
+                .await?
+            }
+            InUse::ClusterAccount { name } => {
+                set_on(&Api::<ClusterAccount>::all(client), name, present).await?
+            }
+        };
+        if changed {
+            match present {
+                true => debug!(%target, "credentials-in-use finalizer added"),
+                false => info!(%target, "credentials no longer in use: finalizer removed"),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Add or remove the finalizer on one object, on the version read (a conflict fails; the

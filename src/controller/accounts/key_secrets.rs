@@ -28,10 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::inbox::{Inbox, InboxView};
 use crate::controller::accounts::credentials::InUse;
-use crate::controller::accounts::watch::all_inboxes;
 use crate::controller::cache::inbox::{CachedInbox, inbox_ref};
 use crate::controller::cache::watches;
-use crate::controller::context::Context;
 
 /// A referenced Secret: `(namespace, name)`.
 pub type SecretRef = (String, String);
@@ -75,7 +73,7 @@ pub fn diff<T: Ord + Clone>(running: &BTreeSet<T>, wanted: &BTreeSet<T>) -> (Vec
 type Names = Arc<RwLock<BTreeSet<String>>>;
 
 /// One item of the merged key-Secret watch.
-type Item = Result<PartialObjectMeta<Secret>, watcher::Error>;
+pub(crate) type Item = Result<PartialObjectMeta<Secret>, watcher::Error>;
 
 /// Keep one metadata watch per namespace holding a Secret that `sources` reference,
 /// re-evaluated whenever `changed` is notified, until `stop`. Returns the merged stream of
@@ -187,39 +185,6 @@ pub fn users_of<I: InboxView>(
         .collect()
 }
 
-/// Follow the key Secrets `secrets` (from [`watch_referenced`]) until the stream ends: on
-/// each change (a rotated key, a deletion) wake the Inboxes that may use the Secret, and
-/// release its in-use finalizer once it is being deleted and nobody uses it. Starts once
-/// every watch cache has listed (`ctx.caches_synced`): before, a key Secret being deleted (a
-/// namespace deleted while the operator was away) would look unused and lose its finalizer
-/// too early.
-pub async fn follow(ctx: Arc<Context>, secrets: impl Stream<Item = Item> + Send + 'static) {
-    let mut synced = ctx.caches_synced.clone();
-    if synced.wait_for(|ready| *ready).await.is_err() {
-        return;
-    }
-    let mut secrets = std::pin::pin!(watches::without_errors(secrets, "key Secrets"));
-    while let Some(secret) = secrets.next().await {
-        let Ok(secret) = secret else { continue };
-        let m = &secret.metadata;
-        let (Some(namespace), Some(name)) = (m.namespace.clone(), m.name.clone()) else {
-            continue;
-        };
-        let target = InUse::Secret { namespace, name };
-        for obj in users_of(&all_inboxes(&ctx), &target, |i| ctx.accounts.may_use(i)) {
-            let _ = ctx.wake.unbounded_send(obj);
-        }
-        if m.deletion_timestamp.is_some() {
-            crate::controller::accounts::in_use::release_unused(
-                &ctx,
-                std::slice::from_ref(&target),
-                None,
-            )
-            .await;
-        }
-    }
-}
-
 /// Send every item of `stream` to `tx` until the receiver goes.
 async fn forward(stream: impl Stream<Item = Item>, tx: mpsc::UnboundedSender<Item>) {
     let mut stream = std::pin::pin!(stream);
@@ -302,8 +267,8 @@ mod tests {
 
     #[test]
     fn a_key_secret_wakes_the_inboxes_that_may_use_it() {
-        use crate::api::common::{AccountKind, AccountRef};
         use crate::api::common::SecretKeyRef;
+        use crate::api::common::{AccountKind, AccountRef};
         use crate::controller::accounts::credentials::{AccountInfo, may_use};
         let fixture = crate::controller::cache::watches::tests::inbox;
         let mut by_account = (*fixture("a", "by-account", None)).clone();

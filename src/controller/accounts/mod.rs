@@ -4,6 +4,7 @@
 //! accounts' status ([`status`]) with its request figures ([`traffic`]).
 
 pub mod credentials;
+pub mod follow;
 pub mod in_use;
 pub mod key_secrets;
 pub mod status;

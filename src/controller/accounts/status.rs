@@ -11,19 +11,24 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
-use kube::{Resource, ResourceExt};
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::Store;
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
+use crate::agentsend::AgentSendClient;
 use crate::agentsend::{ApiError, RemoteInbox};
 use crate::api::account::{Account, AccountStatus, ClusterAccount};
 use crate::api::common::AccountKind;
-use crate::api::inbox::{self, Condition, ConditionStatus, InboxView, Reason};
 use crate::api::common::SecretKeyRef;
+use crate::api::inbox::{self, Condition, ConditionStatus, Inbox, InboxView, Reason};
 use crate::controller::accounts::traffic::{Meter, Window};
-use crate::controller::accounts::watch::all_inboxes;
-use crate::controller::context::Context;
-use crate::metrics::AccountLabel;
+use crate::controller::accounts::watch::AccountCaches;
+use crate::controller::cache::inboxes::InboxCaches;
+use crate::controller::remote::state::ScanCache;
+use crate::metrics::{AccountLabel, Metrics};
+use crate::runtime::leader::WriteGate;
 
 /// Which account status this instance writes (`--account-status`). With several operator
 /// instances on one cluster — `--selector` shards, or namespaced installs — one writes every
@@ -154,14 +159,40 @@ pub fn render(
     }
 }
 
+/// What the account status is made from and written with.
+pub struct StatusSources {
+    /// Which account status this instance writes.
+    pub writer: StatusWriter,
+    /// How often (one round per sync interval).
+    pub sync_interval: std::time::Duration,
+    /// Reads key Secrets, writes the status.
+    pub client: Client,
+    /// The request figures per key.
+    pub api: AgentSendClient,
+    /// The account scans the counter sync makes.
+    pub scans: ScanCache,
+    /// The accounts.
+    pub accounts: AccountCaches,
+    /// Every Inbox in the watch caches.
+    pub inboxes: InboxCaches,
+    /// Every Inbox's claim cluster-wide, when the watch caches do not cover the cluster.
+    pub claims_index: Option<Store<PartialObjectMeta<Inbox>>>,
+    /// The unclaimed-inbox gauge.
+    pub metrics: Arc<Metrics>,
+    /// Status is written only while this is open.
+    pub gate: WriteGate,
+}
+
 /// Every inbox ID an Inbox in the cluster claims (the watch caches and, when they do not
 /// cover the cluster, the cluster-wide claims index).
-pub(crate) fn claimed_ids(ctx: &Context) -> HashSet<String> {
-    let mut ids: HashSet<String> = all_inboxes(ctx)
+fn claimed_ids(ctx: &StatusSources) -> HashSet<String> {
+    let mut ids: HashSet<String> = ctx
+        .inboxes
+        .all()
         .iter()
         .filter_map(|i| i.named_inbox_id())
         .collect();
-    if let Some((index, _)) = &ctx.claims_index {
+    if let Some(index) = &ctx.claims_index {
         ids.extend(
             index
                 .state()
@@ -175,18 +206,14 @@ pub(crate) fn claimed_ids(ctx: &Context) -> HashSet<String> {
 
 /// Update the status of every account this instance writes ([`StatusWriter`]) once per sync
 /// interval until cancelled: the `ClusterAccount`s first, then the `Account`s.
-pub async fn run(ctx: Arc<Context>) {
-    let writer = ctx.settings.account_status;
+pub async fn run(ctx: StatusSources) {
+    let writer = ctx.writer;
     if !writer.writes(AccountKind::Account) && !writer.writes(AccountKind::ClusterAccount) {
         return;
     }
-    let mut ticks = tokio::time::interval(
-        ctx.settings
-            .sync_interval
-            .max(std::time::Duration::from_secs(1)),
-    );
+    let mut ticks = tokio::time::interval(ctx.sync_interval.max(std::time::Duration::from_secs(1)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut meter = Meter::new(ctx.settings.sync_interval);
+    let mut meter = Meter::new(ctx.sync_interval);
     loop {
         ticks.tick().await;
         if ctx.accounts.wait_synced().await.is_err() {
@@ -225,7 +252,7 @@ fn label(kind: &str, namespace: &str, name: &str) -> AccountLabel {
 
 /// This round's figures for the account whose key is `secret` in `namespace`.
 async fn figures(
-    ctx: &Context,
+    ctx: &StatusSources,
     namespace: &str,
     secret: &SecretKeyRef,
     claimed: &HashSet<String>,
@@ -275,7 +302,7 @@ async fn figures(
 
 /// Write the account's status if it changed (and this instance may write); export the
 /// unclaimed count.
-async fn update<K>(ctx: &Context, account: &K, api: Api<K>, f: &Figures, label: &AccountLabel)
+async fn update<K>(ctx: &StatusSources, account: &K, api: Api<K>, f: &Figures, label: &AccountLabel)
 where
     K: Resource<DynamicType = ()>
         + AccountObject
@@ -291,7 +318,7 @@ where
         .to_string();
     let prev = account.status();
     let next = render(prev, f, &now, account.meta().generation);
-    if prev == Some(&next) || ctx.may_write().is_err() {
+    if prev == Some(&next) || !ctx.gate.is_open() {
         return;
     }
     let body = json!({

@@ -17,11 +17,10 @@ use kube::{Client, ResourceExt};
 use crate::api::account::{Account, ClusterAccount, FINALIZER_CREDENTIALS_IN_USE};
 use crate::api::common::AccountKind;
 use crate::api::inbox::{Inbox, InboxView};
-use crate::controller::accounts::credentials::{AccountInfo, InUse, Peer};
+use crate::controller::accounts::credentials::{AccountInfo, InUse};
 use crate::controller::accounts::key_secrets::ReferenceSource;
 use crate::controller::cache::inbox::CachedInbox;
 use crate::controller::cache::watches::{self, CacheSync};
-use crate::controller::context::Context;
 use crate::controller::error::Error;
 
 /// How long a reconcile waits for the caches' first list before failing (retried).
@@ -44,7 +43,8 @@ pub enum AccountChange {
     },
 }
 
-/// The account caches.
+/// The account caches. Cheap to clone: the caches are shared.
+#[derive(Clone)]
 pub struct AccountCaches {
     /// `Account`s, one cache per watched scope.
     pub accounts: Vec<Store<Account>>,
@@ -311,53 +311,12 @@ pub fn freed_slot_waiters(
         .collect()
 }
 
-/// The other Inboxes of `inbox`'s namespace, as the quota counts them.
-pub fn peers(ctx: &Context, inbox: &Inbox) -> Vec<Peer> {
-    let ns = inbox.metadata.namespace.as_deref();
-    ctx.inbox_stores
-        .iter()
-        .flat_map(|s| s.state())
-        .filter(|i| i.metadata.namespace.as_deref() == ns && i.metadata.uid != inbox.metadata.uid)
-        .map(|i| Peer::of(&*i, &ctx.proof))
-        .collect()
-}
-
-/// Every Inbox in the caches.
-pub fn all_inboxes(ctx: &Context) -> Vec<Arc<CachedInbox>> {
-    ctx.inbox_stores.iter().flat_map(|s| s.state()).collect()
-}
-
-/// Follow account changes until the stream ends: wake the Inboxes each concerns, ping
-/// `references_changed` (the key Secrets the accounts name may have changed), and let an
-/// account being deleted go once no Inbox uses it.
-pub async fn follow(
-    ctx: Arc<Context>,
-    mut changes: BoxStream<'static, AccountChange>,
-    references_changed: Arc<tokio::sync::Notify>,
-) {
-    while let Some(change) = changes.next().await {
-        for obj in affected(&all_inboxes(&ctx), &change) {
-            let _ = ctx.wake.unbounded_send(obj);
-        }
-        references_changed.notify_one();
-        if let Some(target) = ctx.accounts.deleting(&change) {
-            // Deleted while no Inbox uses it any more (one switched away): let it go.
-            crate::controller::accounts::in_use::release_unused(
-                &ctx,
-                std::slice::from_ref(&target),
-                None,
-            )
-            .await;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::common::AccountRef;
-    use crate::api::inbox::{CredentialsSpec, InboxSpec};
     use crate::api::common::SecretKeyRef;
+    use crate::api::inbox::{CredentialsSpec, InboxSpec};
 
     fn inbox(
         ns: &str,

@@ -6,6 +6,7 @@
 pub mod claims;
 pub mod compact;
 pub mod inbox;
+pub mod inboxes;
 pub mod owned;
 pub mod references;
 pub mod watches;

@@ -46,8 +46,8 @@ impl ReferenceTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::inbox::{CredentialsSpec, Inbox, InboxSpec};
     use crate::api::common::SecretKeyRef;
+    use crate::api::inbox::{CredentialsSpec, Inbox, InboxSpec};
 
     fn inbox(uid: &str, secret: Option<&str>) -> CachedInbox {
         let mut i = Inbox::new(

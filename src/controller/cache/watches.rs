@@ -321,8 +321,8 @@ pub fn managed_secret_selector() -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::api::inbox::{CredentialsSpec, InboxSpec};
     use crate::api::common::SecretKeyRef;
+    use crate::api::inbox::{CredentialsSpec, InboxSpec};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]

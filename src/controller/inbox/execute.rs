@@ -27,7 +27,8 @@ use tracing::{Instrument, field, info, warn};
 use crate::agentsend::{ApiError, ApiKey};
 use crate::api::account;
 use crate::api::inbox::{self, Inbox, InboxStatus};
-use crate::controller::accounts::{credentials, in_use, watch as account_watch};
+use crate::controller::accounts::credentials;
+use crate::controller::accounts::credentials::Credentials;
 use crate::controller::cache::claims::{self, ClaimIndex, Claimant};
 use crate::controller::cache::inbox::CachedInbox;
 use crate::controller::cache::written::{self, Write};
@@ -35,8 +36,9 @@ use crate::controller::context::Context;
 use crate::controller::error::Error;
 use crate::controller::inbox::decide;
 use crate::controller::inbox::events::InboxEvent;
-use crate::controller::inbox::plan::{self, Claim, Done, Failures, Lookup, Marked, Observed, Phase, Report, Step, Then};
-use crate::controller::accounts::credentials::Credentials;
+use crate::controller::inbox::plan::{
+    self, Claim, Done, Failures, Lookup, Marked, Observed, Phase, Report, Step, Then,
+};
 use crate::controller::ownership::proof::Origin;
 use crate::metrics::Metrics;
 
@@ -310,7 +312,7 @@ impl<'a> Pass<'a> {
                 o.remembered_key = self.ctx.bindings.key_for(&self.obj);
             }
             Step::MarkInUse(target) => {
-                in_use::mark(self.ctx, &target).await?;
+                self.ctx.in_use().mark(&target).await?;
                 for (t, marked) in &mut o.in_use {
                     *marked |= *t == target;
                 }
@@ -547,7 +549,10 @@ impl<'a> Pass<'a> {
             self.released
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             let used = self.ctx.accounts.may_use(&o.inbox);
-            in_use::release_unused(self.ctx, &used, Some(&self.uid)).await;
+            self.ctx
+                .in_use()
+                .release_unused(&used, Some(&self.uid))
+                .await;
             self.ctx.bindings.unregister(&self.obj);
             self.ctx.metrics.forget_inbox(&self.ns, &self.name);
             // Its binding is free at once: an Inbox refused for it looks again now.
@@ -634,7 +639,7 @@ impl<'a> Pass<'a> {
             holds_inbox: credentials::holds_inbox(&o.inbox, &self.ctx.proof),
         };
         if credentials::needs_peers(&inputs) {
-            inputs.peers = account_watch::peers(self.ctx, &o.inbox);
+            inputs.peers = self.ctx.peers(&o.inbox);
         }
         if credentials::needs_namespace_labels(&inputs) {
             inputs.namespace_labels = self.namespace_labels().await?;

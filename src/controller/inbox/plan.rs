@@ -41,7 +41,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::agentsend::{
     ApiError, ApiKey, CreateInbox, DEFAULT_RETRY_AFTER, InboxState, MAX_RETRY_AFTER, RemoteInbox,
 };
-use crate::api::inbox::{self, ConditionStatus, DeletionPolicy, DeletionPolicySource, Inbox, InboxStatus, Reason};
+use crate::api::inbox::{
+    self, ConditionStatus, DeletionPolicy, DeletionPolicySource, Inbox, InboxStatus, Reason,
+};
 use crate::controller::accounts::credentials::{Credentials, InUse};
 use crate::controller::error::Error;
 use crate::controller::inbox::decide::{self, AddressLookup, FieldMismatch, Recovery, SecretPlan};
