@@ -308,13 +308,13 @@ impl Metrics {
             state: state_index(status.state.as_deref()),
         };
         let key = (namespace.to_string(), name.to_string());
-        self.per_inbox.write().insert(key, sample);
+        self.per_inbox.samples.write().insert(key, sample);
     }
 
     /// Remove every series of a deleted Inbox.
     pub fn forget_inbox(&self, namespace: &str, name: &str) {
         let key = (namespace.to_string(), name.to_string());
-        self.per_inbox.write().remove(&key);
+        self.per_inbox.samples.write().remove(&key);
     }
 }
 
@@ -359,17 +359,7 @@ fn state_index(state: Option<&str>) -> u8 {
 /// per scrape instead of being recomputed on every update.
 #[derive(Debug, Default)]
 struct InboxSeries {
-    samples: std::sync::RwLock<BTreeMap<(String, String), InboxSample>>,
-}
-
-impl InboxSeries {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<(String, String), InboxSample>> {
-        self.samples.read().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<(String, String), InboxSample>> {
-        self.samples.write().unwrap_or_else(|p| p.into_inner())
-    }
+    samples: parking_lot::RwLock<BTreeMap<(String, String), InboxSample>>,
 }
 
 /// Encode one gauge family: one series per item that `value` gives a value for.
@@ -393,7 +383,7 @@ struct InboxCounts(Arc<InboxSeries>);
 impl Collector for InboxCounts {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut counts: BTreeMap<(u8, bool), i64> = BTreeMap::new();
-        for s in self.0.read().values() {
+        for s in self.0.samples.read().values() {
             *counts.entry((s.state, s.ready)).or_default() += 1;
         }
         let aggregate = counts.into_iter().map(|((state, ready), n)| {
@@ -512,7 +502,7 @@ impl Iterator for PerInboxPieces {
         if self.after.is_none() {
             out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
         }
-        let samples = self.series.read();
+        let samples = self.series.samples.read();
         let mut rest = match &self.after {
             Some(after) => samples.range::<(String, String), _>((Excluded(after), Unbounded)),
             None => samples.range::<(String, String), _>(..),
@@ -708,6 +698,7 @@ mod tests {
         let mut registry = Registry::default();
         let rows: Vec<_> = m
             .per_inbox
+            .samples
             .read()
             .iter()
             .map(|(k, s)| (k.clone(), *s))

@@ -10,9 +10,10 @@
 //!   shorter pause is waited out.
 //! - `requests_per_second`, if set, is a hard ceiling over all accounts.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable};
@@ -533,11 +534,7 @@ impl AgentSendClient {
 
     /// The account's budget, created on first use.
     fn account<T>(&self, key: &ApiKey, f: impl FnOnce(&mut Account) -> T) -> T {
-        let mut accounts = self
-            .inner
-            .accounts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut accounts = self.inner.accounts.lock();
         let now = Instant::now();
         if accounts.len() >= ACCOUNTS_BEFORE_EVICTION && !accounts.contains_key(key) {
             evict_idle(&mut accounts, now);
@@ -659,11 +656,7 @@ impl AgentSendClient {
 
     /// What the client sent for the account so far; `None` if it never called it.
     pub fn traffic(&self, key: &ApiKey) -> Option<Traffic> {
-        let accounts = self
-            .inner
-            .accounts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let accounts = self.inner.accounts.lock();
         accounts.get(key).map(|a| a.traffic)
     }
 

@@ -2,10 +2,11 @@
 //! [`Context`] — the clients, the caches of each watched scope, the per-account state and the
 //! per-Inbox bookkeeping (failures, holds, quota slots).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::mpsc;
@@ -159,13 +160,13 @@ pub struct Context {
 impl Context {
     /// Consecutive failures of this Inbox.
     pub(crate) fn failures(&self, obj: &ObjectRef<Inbox>) -> u32 {
-        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let f = self.failures.lock();
         f.get(obj).copied().unwrap_or(0)
     }
 
     /// Consecutive failures of this Inbox, then count one more.
     pub(crate) fn bump_failures(&self, obj: &ObjectRef<Inbox>) -> u32 {
-        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = self.failures.lock();
         let n = f.entry(obj.clone()).or_insert(0);
         let before = *n;
         *n = n.saturating_add(1);
@@ -174,15 +175,12 @@ impl Context {
 
     /// The Inbox reconciled fine: reset its backoff.
     pub(crate) fn reset_failures(&self, obj: &ObjectRef<Inbox>) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(obj);
+        self.failures.lock().remove(obj);
     }
 
     /// The failed attempt this Inbox still backs off from, with the time left.
     pub(crate) fn hold(&self, obj: &ObjectRef<Inbox>) -> Option<plan::Hold> {
-        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut holds = self.holds.lock();
         let now = std::time::Instant::now();
         holds.retain(|_, (_, until)| *until > now);
         holds.get(obj).map(|(h, until)| plan::Hold {
@@ -193,7 +191,7 @@ impl Context {
 
     /// Hold back passes over the inputs of `hold` for its `remaining` time; `None` clears.
     pub(crate) fn set_hold(&self, obj: &ObjectRef<Inbox>, hold: Option<plan::Hold>) {
-        let mut holds = self.holds.lock().unwrap_or_else(|p| p.into_inner());
+        let mut holds = self.holds.lock();
         match hold {
             Some(h) => {
                 let until = std::time::Instant::now()
@@ -221,10 +219,7 @@ impl Context {
         self.set_hold(&obj, None);
         self.bindings.unregister(&obj);
         if let Some(uid) = gone.metadata.uid.as_deref() {
-            self.quota_slots
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(uid);
+            self.quota_slots.lock().remove(uid);
         }
     }
 

@@ -3,9 +3,10 @@
 //! sync), the background tasks it needs (supervised: one that ends stops the controller), and
 //! its wind-down.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::channel::mpsc;

@@ -4,9 +4,10 @@
 //! scaffolds as secure metrics. The certificate comes from `--metrics-cert-dir` (`tls.crt`,
 //! `tls.key`) or is self-signed at start.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
@@ -102,7 +103,7 @@ impl ReloadingCert {
 
     /// The certificate to serve now, reloaded first if the files changed.
     pub fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.state.lock();
         let now = Instant::now();
         if now.duration_since(state.checked) >= self.check_every {
             state.checked = now;
@@ -284,7 +285,7 @@ impl Authorizer {
     /// A verdict still within its TTL, marked used.
     fn remembered(&self, digest: &[u8; 32]) -> Option<Verdict> {
         let now = Instant::now();
-        let mut cache = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.verdicts.lock();
         let (verdict, reached, used) = cache.get_mut(digest)?;
         if now.duration_since(*reached) >= Self::TTL {
             cache.remove(digest);
@@ -297,7 +298,7 @@ impl Authorizer {
     /// Keep `verdict`, making room by dropping expired verdicts, then the least recently used.
     fn remember(&self, digest: [u8; 32], verdict: Verdict) {
         let now = Instant::now();
-        let mut cache = self.verdicts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.verdicts.lock();
         if cache.len() >= Self::CAPACITY {
             cache.retain(|_, (_, reached, _)| now.duration_since(*reached) < Self::TTL);
         }
@@ -428,7 +429,7 @@ mod tests {
             auth.remembered(&digest(Authorizer::CAPACITY)),
             Some(Verdict::Forbidden)
         );
-        let held = auth.verdicts.lock().unwrap().len();
+        let held = auth.verdicts.lock().len();
         assert_eq!(held, Authorizer::CAPACITY);
     }
 

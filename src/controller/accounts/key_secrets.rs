@@ -12,8 +12,9 @@
 //! the `(namespace, name)` pairs to watch (the Inbox caches, the account caches), and whoever
 //! feeds it pings the shared [`Notify`] when its answer may have changed.
 
+use parking_lot::RwLock;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt};
@@ -127,7 +128,7 @@ pub fn watch_referenced(
 
 /// Replace the names a watch passes on; the names added.
 fn follow_names(current: &Names, wanted: BTreeSet<String>) -> Vec<String> {
-    let mut names = current.write().unwrap_or_else(|p| p.into_inner());
+    let mut names = current.write();
     let added = wanted.difference(&names).cloned().collect();
     *names = wanted;
     added
@@ -145,10 +146,7 @@ fn in_namespace(
         .touched_objects()
         .filter(move |r| {
             let wanted = match r {
-                Ok(m) => names
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .contains(&m.name_any()),
+                Ok(m) => names.read().contains(&m.name_any()),
                 Err(_) => true,
             };
             std::future::ready(wanted)
@@ -216,7 +214,7 @@ mod tests {
         let names: Names = Arc::new(RwLock::new(["k1".to_string()].into()));
         let added = follow_names(&names, ["k1".to_string(), "k2".to_string()].into());
         assert_eq!(added, ["k2"]);
-        assert!(names.read().unwrap().contains("k2"));
+        assert!(names.read().contains("k2"));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! hash lookup instead of a walk over every cached Inbox in every reconcile pass — a walk
 //! that made the CPU per Inbox grow with the number of Inboxes.
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use kube::Resource;
 use kube::runtime::watcher;
@@ -94,17 +95,13 @@ pub struct ClaimIndex {
 }
 
 impl ClaimIndex {
-    fn lock(&self) -> MutexGuard<'_, Index> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Follow one event of the watch (`claimed`: the ID an object is bound to, if any).
     pub fn apply<K: Resource>(
         &self,
         event: &watcher::Event<K>,
         claimed: impl Fn(&K) -> Option<String>,
     ) {
-        let mut index = self.lock();
+        let mut index = self.inner.lock();
         match event {
             watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
                 if let Some(c) = claimant(obj) {
@@ -135,7 +132,7 @@ impl ClaimIndex {
 
     /// The Inboxes naming inbox `id`.
     pub fn claimants(&self, id: &str) -> Vec<Claimant> {
-        let index = self.lock();
+        let index = self.inner.lock();
         let uids = index.by_id.get(id).into_iter().flatten();
         uids.filter_map(|uid| {
             let e = index.by_uid.get(uid)?;
@@ -150,7 +147,7 @@ impl ClaimIndex {
 
     /// How many Inboxes name an ID.
     pub fn len(&self) -> usize {
-        self.lock().by_uid.len()
+        self.inner.lock().by_uid.len()
     }
 
     /// Whether no Inbox names an ID.

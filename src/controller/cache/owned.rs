@@ -7,8 +7,9 @@
 //! a ≈ 0.5 KB `BTreeMap` node whatever its size). A lookup rebuilds the `ObjectMeta` the
 //! planner reads.
 
+use parking_lot::RwLock;
 use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, PoisonError, RwLock};
+use std::sync::{Arc, LazyLock};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     FieldsV1, ManagedFieldsEntry, ObjectMeta, OwnerReference,
@@ -230,7 +231,7 @@ pub struct OwnedCache {
 impl OwnedCache {
     /// The metadata of `namespace/name` as decisions read it, if cached.
     pub fn get(&self, namespace: &str, name: &str) -> Option<ObjectMeta> {
-        let maps = self.maps.read().unwrap_or_else(PoisonError::into_inner);
+        let maps = self.maps.read();
         let kept = maps.live.get(namespace)?.get(name)?;
         Some(kept.meta(namespace, name))
     }
@@ -238,7 +239,7 @@ impl OwnedCache {
     /// Follow one watch event (as kube-runtime's reflector does: a relist replaces the
     /// cache's contents once complete, and the old contents serve lookups until then).
     pub fn apply<K>(&self, event: &watcher::Event<PartialObjectMeta<K>>) {
-        let mut maps = self.maps.write().unwrap_or_else(PoisonError::into_inner);
+        let mut maps = self.maps.write();
         match event {
             watcher::Event::Apply(o) => insert(&mut maps.live, &o.metadata),
             watcher::Event::Delete(o) => {
@@ -261,7 +262,7 @@ impl OwnedCache {
     /// How many objects are cached.
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        let maps = self.maps.read().unwrap_or_else(PoisonError::into_inner);
+        let maps = self.maps.read();
         maps.live.values().map(HashMap::len).sum()
     }
 
@@ -337,7 +338,7 @@ mod tests {
         let cache = OwnedCache::default();
         cache.apply(&watcher::Event::Apply(secret("a", "sha256:1")));
         cache.apply(&watcher::Event::Apply(secret("b", "sha256:2")));
-        let maps = cache.maps.read().unwrap();
+        let maps = cache.maps.read();
         let (a, b) = (&maps.live["team"]["a"], &maps.live["team"]["b"]);
         assert!(Arc::ptr_eq(&a.labels[0].0, &b.labels[0].0));
         assert!(Arc::ptr_eq(&a.annotations[0].0, &b.annotations[0].0));

@@ -2,10 +2,11 @@
 //! metadata of managed Secrets and ConfigMaps in an [`OwnedCache`]), the readiness signal
 //! once every cache has listed.
 
+use parking_lot::Mutex;
 use std::fmt::Debug;
 use std::hash::Hash;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -305,7 +306,7 @@ impl CacheSync {
     }
 
     fn stream_synced(&self) {
-        let f = self.on_ready.lock().ok().and_then(|mut f| f.take());
+        let f = self.on_ready.lock().take();
         if let Some(f) = f {
             tracing::info!("watch caches synced; ready");
             f();
@@ -389,7 +390,7 @@ pub(crate) mod tests {
         let seen: Seen = Arc::default();
         let (s, r) = (slot.clone(), seen.clone());
         let sync = CacheSync::new(1, move || {
-            *r.lock().unwrap() = Some(s.get().is_some_and(holds));
+            *r.lock() = Some(s.get().is_some_and(holds));
         });
         (sync, slot, seen)
     }
@@ -414,7 +415,7 @@ pub(crate) mod tests {
         let (store, events) = cached(first_list((*inbox("ns", "a", None)).clone()), &sync);
         slot.set(store).ok();
         events.for_each(|_| async {}).await;
-        assert_eq!(*seen.lock().unwrap(), Some(true));
+        assert_eq!(*seen.lock(), Some(true));
 
         let (sync, slot, seen) = recording_sync(|c: &OwnedCache| c.get("ns", "s").is_some());
         let mut secret = PartialObjectMeta::<k8s_openapi::api::core::v1::Secret>::default();
@@ -433,7 +434,7 @@ pub(crate) mod tests {
         let (cache, events) = owned_metadata(first_list(secret), &sync);
         slot.set(cache).ok();
         events.for_each(|_| async {}).await;
-        assert_eq!(*seen.lock().unwrap(), Some(true));
+        assert_eq!(*seen.lock(), Some(true));
     }
 
     /// An Inbox in `ns` using the credentials Secret `creds` (if any); shared by the

@@ -8,8 +8,8 @@
 //! watch delivers the write soon and triggers a pass on the current view, so skipping costs
 //! nothing; an entry expires after [`TTL`] in case it never does (then passes run as before).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a noted write makes older views wait for the watch.
@@ -67,7 +67,7 @@ impl LastWrites {
     /// Note this process's write to the Inbox with UID `uid` (a later one replaces an
     /// earlier one).
     pub fn note(&self, uid: &str, write: Write) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries.lock();
         if entries.map.len() >= entries.sweep_at {
             entries.map.retain(|_, (_, at)| at.elapsed() < TTL);
             entries.sweep_at = (entries.map.len() * 2).max(1024);
@@ -85,7 +85,7 @@ impl LastWrites {
     /// Whether the cached view of the Inbox with UID `uid` at `cached` predates the last
     /// write noted; a view that has caught up clears the note.
     pub fn behind(&self, uid: &str, cached: Option<&str>) -> bool {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries.lock();
         let Some((last, at)) = entries.map.get(uid).copied() else {
             return false;
         };
@@ -98,17 +98,13 @@ impl LastWrites {
 
     /// Forget the Inbox with UID `uid`.
     pub fn forget(&self, uid: &str) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries.lock();
         entries.map.remove(uid);
     }
 
     /// How many Inboxes have a note.
     pub fn len(&self) -> usize {
-        self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map
-            .len()
+        self.entries.lock().map.len()
     }
 
     /// Whether no Inbox has a note.

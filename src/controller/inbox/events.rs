@@ -2,7 +2,8 @@
 //! type (Normal or Warning) fixed by the variant; and [`EventRecorder`], which publishes them
 //! in the background.
 
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -187,7 +188,7 @@ impl EventRecorder {
 
     /// The Recorder of the current window.
     fn recorder(&self) -> Recorder {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = self.current.lock();
         if current.1 >= Self::WINDOW {
             *current = (Recorder::new(self.client.clone(), self.reporter.clone()), 0);
         }

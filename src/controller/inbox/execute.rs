@@ -8,8 +8,9 @@
 //! a confirmed leader) stops there with [`Error::NotLeading`]. Stopping between two writes
 //! is what a crash does, and the planner recovers from it (the create-pending mark).
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -118,12 +119,12 @@ async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
     // kube's finalizer helper may write (add or remove the finalizer) before any step.
     ctx.may_write()?;
     let outcome = run_phase(&pass, inbox).await;
-    let last = *pass.last_write.lock().unwrap_or_else(|p| p.into_inner());
+    let last = *pass.last_write.lock();
     if let Some(w) = last {
         ctx.last_writes.note(&pass.uid, w);
     }
     let action = outcome?;
-    let failed = *pass.failed.lock().unwrap_or_else(|p| p.into_inner());
+    let failed = *pass.failed.lock();
     Ok(Passed {
         action,
         failed,
@@ -249,7 +250,7 @@ impl<'a> Pass<'a> {
 
     /// Note a write to the Inbox: `Write::version` of what it returned, or `Finalized`.
     fn wrote(&self, write: Write) {
-        *self.last_write.lock().unwrap_or_else(|p| p.into_inner()) = Some(write);
+        *self.last_write.lock() = Some(write);
     }
 
     /// Note a write to the Inbox that returned `updated`.
@@ -529,11 +530,7 @@ impl<'a> Pass<'a> {
         // A quota slot taken in this pass is kept while the Inbox holds an inbox (or a create
         // in flight), and freed once it holds none (refused, rejected, or gone).
         if done.release || !credentials::holds_inbox(&o.inbox, &self.ctx.proof) {
-            self.ctx
-                .quota_slots
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&self.uid);
+            self.ctx.quota_slots.lock().remove(&self.uid);
         }
         match done.failures {
             Failures::Keep => {}
@@ -561,7 +558,7 @@ impl<'a> Pass<'a> {
                 let _ = self.ctx.wake.unbounded_send(waiter);
             }
         }
-        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = done.failed;
+        *self.failed.lock() = done.failed;
         match done.then {
             Then::Settle => Ok(Action::await_change()),
             Then::Requeue(d) => Ok(Action::requeue(d)),
@@ -694,11 +691,7 @@ impl<'a> Pass<'a> {
         if !quota {
             return credentials::resolve(inbox, &inputs);
         }
-        let mut reserved = self
-            .ctx
-            .quota_slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut reserved = self.ctx.quota_slots.lock();
         credentials::count_reserved(&mut inputs.peers, &reserved);
         let source = credentials::resolve(inbox, &inputs);
         let let_past = !matches!(

@@ -11,8 +11,9 @@
 //! requests, so requests that come sooner wait for the next allowed scan (and are folded
 //! into it) instead of driving the account into 429s.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
@@ -70,10 +71,6 @@ impl Default for RefreshQueue {
     }
 }
 
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl RefreshQueue {
     /// A queue scanning each account at most once per `min_interval`.
     pub fn with_min_interval(min_interval: Duration) -> Self {
@@ -87,7 +84,7 @@ impl RefreshQueue {
     /// `obj` (bound in the account of `key`) asks for counters fresher than now, for the
     /// annotation value `value`: `Served` once a scan has answered that value, else queued.
     pub fn request(&self, key: &ApiKey, obj: &ObjectRef<Inbox>, value: &str) -> Refresh {
-        let mut s = lock(&self.state);
+        let mut s = self.state.lock();
         if s.served.get(obj).is_some_and(|(v, _)| v == value) {
             return Refresh::Served;
         }
@@ -106,7 +103,7 @@ impl RefreshQueue {
     /// wait, and no account before [`MIN_INTERVAL`] after its last refresh scan. `None` when
     /// nothing is queued.
     fn due_in(&self, now: Instant) -> Option<Duration> {
-        let s = lock(&self.state);
+        let s = self.state.lock();
         let batch = batch_due(s.first?, s.last?, now);
         let allowed = s
             .pending
@@ -120,7 +117,7 @@ impl RefreshQueue {
     /// Take the accounts of the batch whose refresh scan may start now, with the Inboxes
     /// that asked; the others stay queued.
     fn take(&self, now: Instant) -> Vec<(ApiKey, HashMap<ObjectRef<Inbox>, String>)> {
-        let mut s = lock(&self.state);
+        let mut s = self.state.lock();
         s.served.retain(|_, (_, at)| at.elapsed() < SERVED_TTL);
         let interval = self.min_interval;
         s.scanned
@@ -148,7 +145,8 @@ impl RefreshQueue {
 
     /// Record that `value` was served to `obj`.
     fn served(&self, obj: ObjectRef<Inbox>, value: String) {
-        lock(&self.state)
+        self.state
+            .lock()
             .served
             .insert(obj, (value, Instant::now()));
     }

@@ -16,8 +16,9 @@
 //! (while this process creates inboxes in an account, at most two rounds in a row skip its
 //! scan: [`scan_due`]).
 
+use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
@@ -36,10 +37,6 @@ pub(crate) const ROUNDS_SKIPPED_WHILE_CREATING: u32 = 2;
 const FAILURE_TTL: Duration = Duration::from_secs(20);
 /// How long IDs bound by this process are remembered beyond the watch cache.
 const RECENTLY_BOUND_TTL: Duration = Duration::from_secs(600);
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 // ------------------------------------------------------------------------- scans
 
@@ -307,7 +304,7 @@ impl ScanCache {
 
     /// Store an observation made outside a scan (a create's or a GET's answer).
     pub fn remember(&self, key: &ApiKey, inbox: &RemoteInbox) {
-        let mut accounts = lock(&self.accounts);
+        let mut accounts = self.accounts.lock();
         let acct = accounts.entry(key.clone()).or_default();
         let now = Instant::now();
         let observation = Box::new(Observation::new(inbox.clone(), now));
@@ -318,7 +315,7 @@ impl ScanCache {
 
     /// Forget an inbox that is gone.
     pub fn forget(&self, key: &ApiKey, id: &str) {
-        if let Some(acct) = lock(&self.accounts).get_mut(key) {
+        if let Some(acct) = self.accounts.lock().get_mut(key) {
             acct.seen.remove(id);
             acct.unreported.remove(id);
         }
@@ -327,7 +324,7 @@ impl ScanCache {
     /// A reconcile reported `observed` in its Inbox's status: unless a newer observation came
     /// in meanwhile, the counter sync stops asking for that Inbox.
     pub fn reported(&self, key: &ApiKey, observed: &RemoteInbox) {
-        if let Some(acct) = lock(&self.accounts).get_mut(key) {
+        if let Some(acct) = self.accounts.lock().get_mut(key) {
             let current = acct.seen.get(observed.id.as_str());
             if current.is_none_or(|o| o.matches(observed)) {
                 acct.unreported.remove(&observed.id);
@@ -337,7 +334,7 @@ impl ScanCache {
 
     /// Drop the accounts not in `keys` (no Inbox is bound in them any more).
     pub fn retain_accounts(&self, keys: &HashSet<ApiKey>) {
-        lock(&self.accounts).retain(|k, _| keys.contains(k));
+        self.accounts.lock().retain(|k, _| keys.contains(k));
     }
 
     /// The current state of inbox `id`: `Ok(None)` when it does not exist.
@@ -372,7 +369,7 @@ impl ScanCache {
     }
 
     fn fresh(&self, key: &ApiKey, id: &str) -> Option<RemoteInbox> {
-        let accounts = lock(&self.accounts);
+        let accounts = self.accounts.lock();
         let acct = accounts.get(key)?;
         let o = acct.seen.get(id)?;
         (o.at.elapsed() < acct.max_age(self.interval)).then(|| o.inbox(id))
@@ -380,13 +377,14 @@ impl ScanCache {
 
     fn recent_failure(&self, key: &ApiKey) -> Option<ApiError> {
         let ttl = self.interval.min(FAILURE_TTL);
-        let accounts = lock(&self.accounts);
+        let accounts = self.accounts.lock();
         let (e, at) = accounts.get(key)?.failed.as_ref()?;
         (at.elapsed() < ttl).then(|| e.clone())
     }
 
     fn scan_is_fresh(&self, key: &ApiKey) -> bool {
-        lock(&self.accounts)
+        self.accounts
+            .lock()
             .get(key)
             .and_then(|a| Some(a.scanned_at?.elapsed() < a.max_age(self.interval)))
             .unwrap_or(false)
@@ -411,7 +409,9 @@ impl ScanCache {
         watched: &[String],
         also: Option<&str>,
     ) -> Result<Vec<String>, ApiError> {
-        let scan_lock = lock(&self.accounts)
+        let scan_lock = self
+            .accounts
+            .lock()
             .entry(key.clone())
             .or_default()
             .scan_lock
@@ -419,7 +419,7 @@ impl ScanCache {
         let requested = Instant::now();
         let _guard = scan_lock.lock().await;
         // Someone else may have finished a scan while we waited: share its outcome.
-        if let Some(a) = lock(&self.accounts).get(key) {
+        if let Some(a) = self.accounts.lock().get(key) {
             if a.scanned_at.is_some_and(|t| t >= requested) {
                 return Ok(Vec::new());
             }
@@ -439,14 +439,14 @@ impl ScanCache {
         // second copy of every observation.
         let (mut new, mut unbound) = (HashSet::new(), Vec::new());
         let listed = self.client.list_pages(key, |page| {
-            let mut accounts = lock(&self.accounts);
+            let mut accounts = self.accounts.lock();
             let acct = accounts.entry(key.clone()).or_default();
             for r in page {
                 new.extend(acct.absorb(r, started, &wanted, &mut unbound));
             }
         });
         let listed = listed.await;
-        let mut accounts = lock(&self.accounts);
+        let mut accounts = self.accounts.lock();
         let acct = accounts.entry(key.clone()).or_default();
         if let Err(e) = listed {
             acct.failed = Some((e.clone(), Instant::now()));
@@ -464,7 +464,7 @@ impl ScanCache {
     /// else no request — the changes earlier scans saw and no reconcile reported yet.
     pub async fn sync(&self, key: &ApiKey, watched: &[String]) -> Result<Vec<String>, ApiError> {
         let deferred = {
-            let accounts = lock(&self.accounts);
+            let accounts = self.accounts.lock();
             accounts.get(key).and_then(|a| {
                 let last = a.scanned_at.or(a.first_seen)?;
                 let due = scan_due(Instant::now(), self.interval, last, a.observed_outside);
@@ -488,7 +488,7 @@ impl ScanCache {
         key: &ApiKey,
     ) -> Result<(Vec<RemoteInbox>, jiff::Timestamp), ApiError> {
         let first_ask = {
-            let mut accounts = lock(&self.accounts);
+            let mut accounts = self.accounts.lock();
             let acct = accounts.entry(key.clone()).or_default();
             !std::mem::replace(&mut acct.inventory_wanted, true)
         };
@@ -498,7 +498,7 @@ impl ScanCache {
             }
             self.scan(key, &[]).await?;
         }
-        let accounts = lock(&self.accounts);
+        let accounts = self.accounts.lock();
         let acct = accounts.get(key);
         let listed = acct
             .map(|a| {
@@ -564,7 +564,7 @@ impl CreateGates {
     /// The gate of an account: creates take it shared, recoveries exclusively. Gates nobody
     /// holds are dropped once there are many (a gate is only needed while held).
     pub fn of(&self, key: &ApiKey) -> Arc<tokio::sync::RwLock<()>> {
-        let mut gates = lock(&self.gates);
+        let mut gates = self.gates.lock();
         if gates.len() >= 64 && !gates.contains_key(key) {
             gates.retain(|_, g| Arc::strong_count(g) > 1);
         }
@@ -682,7 +682,7 @@ impl BindingRegistry {
     /// strings per binding, twice).
     pub fn register(&self, key: &ApiKey, id: &str, obj: ObjectRef<Inbox>) {
         let owner = owner_key(&obj);
-        let mut b = lock(&self.bindings);
+        let mut b = self.bindings.lock();
         if b.by_obj
             .get(owner.as_str())
             .is_some_and(|(k, i)| k == key && &**i == id)
@@ -703,7 +703,7 @@ impl BindingRegistry {
 
     /// Forget `obj` (deleted Inbox).
     pub fn unregister(&self, obj: &ObjectRef<Inbox>) {
-        lock(&self.bindings).remove(&owner_key(obj));
+        self.bindings.lock().remove(&owner_key(obj));
     }
 
     /// The API key `obj` was last bound under, if this process saw it. Lets deletion finish
@@ -711,7 +711,8 @@ impl BindingRegistry {
     /// alongside the Inbox).
     pub fn key_for(&self, obj: &ObjectRef<Inbox>) -> Option<ApiKey> {
         let owner = owner_key(obj);
-        lock(&self.bindings)
+        self.bindings
+            .lock()
             .by_obj
             .get(owner.as_str())
             .map(|(k, _)| k.clone())
@@ -721,7 +722,8 @@ impl BindingRegistry {
     /// scans for): no copy of who they are bound to, which [`bound_to`](Self::bound_to) looks
     /// up for the few that changed.
     pub fn bound_ids(&self) -> Vec<(ApiKey, Vec<String>)> {
-        lock(&self.bindings)
+        self.bindings
+            .lock()
             .accounts
             .iter()
             .map(|(k, b)| (k.clone(), b.keys().map(|id| id.to_string()).collect()))
@@ -730,7 +732,7 @@ impl BindingRegistry {
 
     /// The Inboxes bound to `ids` in the account of `key` (IDs no longer bound are skipped).
     pub fn bound_to(&self, key: &ApiKey, ids: &[String]) -> Vec<ObjectRef<Inbox>> {
-        let b = lock(&self.bindings);
+        let b = self.bindings.lock();
         let Some(bound) = b.accounts.get(key) else {
             return Vec::new();
         };
@@ -742,13 +744,17 @@ impl BindingRegistry {
     /// Note that this process just bound `id` to the Inbox with UID `owner`, called `name`
     /// (`namespace/name`).
     pub fn note_bound(&self, id: &str, owner: &str, name: &str) {
-        lock(&self.recently_bound).insert(id, (owner.into(), name.into()));
+        self.recently_bound
+            .lock()
+            .insert(id, (owner.into(), name.into()));
     }
 
     /// The `namespace/name` of the Inbox other than `owner` this process bound `id` to within
     /// the last minutes, unless that Inbox has released it since.
     pub fn recently_bound_to(&self, id: &str, owner: &str) -> Option<String> {
-        let (uid, name) = lock(&self.recently_bound)
+        let (uid, name) = self
+            .recently_bound
+            .lock()
             .get(id)
             .filter(|(o, _)| &**o != owner)
             .cloned()?;
@@ -759,7 +765,7 @@ impl BindingRegistry {
     /// Inbox may adopt the inbox now). Returns the Inboxes that were waiting for `ids`.
     pub fn release(&self, owner: &str, ids: &[String]) -> Vec<ObjectRef<Inbox>> {
         {
-            let mut recent = lock(&self.recently_bound);
+            let mut recent = self.recently_bound.lock();
             for id in ids {
                 if recent.get(id).is_some_and(|(o, _)| &**o == owner) {
                     recent.entries.remove(id.as_str());
@@ -767,8 +773,8 @@ impl BindingRegistry {
             }
         }
         // Any other ID it bound is freed by `recently_bound_to`'s check of this mark.
-        lock(&self.released).insert(owner, ());
-        let mut waiters = lock(&self.waiters);
+        self.released.lock().insert(owner, ());
+        let mut waiters = self.waiters.lock();
         ids.iter()
             .filter_map(|id| waiters.remove(id))
             .flatten()
@@ -777,12 +783,13 @@ impl BindingRegistry {
 
     /// Whether the Inbox with this UID released its bindings (it is being deleted).
     pub fn is_released(&self, uid: &str) -> bool {
-        lock(&self.released).get(uid).is_some()
+        self.released.lock().get(uid).is_some()
     }
 
     /// `obj` was refused inbox `id` (another Inbox owns it): wake it when that one goes.
     pub fn wait_for(&self, id: &str, obj: ObjectRef<Inbox>) {
-        lock(&self.waiters)
+        self.waiters
+            .lock()
             .entry(id.to_string())
             .or_default()
             .insert(obj);
@@ -861,7 +868,7 @@ mod tests {
         for i in 0..200 {
             drop(gates.of(&ApiKey::new(format!("k{i}")).unwrap()));
         }
-        let n = lock(&gates.gates).len();
+        let n = gates.gates.lock().len();
         assert!(n <= 65, "{n} gates kept");
         let again = gates.of(&ApiKey::new("held").unwrap());
         assert!(Arc::ptr_eq(&held, &again), "the held gate is the same gate");
@@ -911,7 +918,7 @@ mod tests {
                 created.unwrap().id
             })
             .collect();
-        let known = |scans: &ScanCache| lock(&scans.accounts)[&key].seen.len();
+        let known = |scans: &ScanCache| scans.accounts.lock()[&key].seen.len();
         let mut first = scans.scan(&key, &ids).await.unwrap();
         first.sort();
         let mut all = ids.clone();
@@ -1051,7 +1058,7 @@ mod tests {
         assert!(scans.sync(&key, &watched).await.unwrap().is_empty());
         assert_eq!(sim.request_count(inbox_sim::Route::List), 0, "deferred");
         let long_ago = Instant::now().checked_sub(Duration::from_secs(200));
-        lock(&scans.accounts).get_mut(&key).unwrap().first_seen = long_ago;
+        scans.accounts.lock().get_mut(&key).unwrap().first_seen = long_ago;
         scans.sync(&key, &watched).await.unwrap();
         assert_eq!(sim.request_count(inbox_sim::Route::List), 1, "scanned");
     }
@@ -1184,10 +1191,10 @@ mod tests {
             .collect();
         let watched = vec![ids[0].clone()];
         scans.scan(&key, &watched).await.unwrap();
-        let known = |scans: &ScanCache| lock(&scans.accounts)[&key].seen.len();
+        let known = |scans: &ScanCache| scans.accounts.lock()[&key].seen.len();
         assert_eq!(known(&scans), 1, "only the bound inbox");
         // A reconcile asking for another one (adoption) gets it from the scan it starts.
-        lock(&scans.accounts).get_mut(&key).unwrap().scanned_at = None;
+        scans.accounts.lock().get_mut(&key).unwrap().scanned_at = None;
         assert!(scans.observe(&key, &ids[1]).await.unwrap().is_some());
         assert_eq!(known(&scans), 2);
         assert_eq!(sim.request_count(inbox_sim::Route::Get), 0, "no GET needed");

@@ -7,8 +7,9 @@
 //! seen no renewal for D on its own clock, and it sees a renewal no earlier than it was sent,
 //! so a leader that cannot renew stops writing at least D/4 before anyone else may start.
 
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
@@ -133,11 +134,7 @@ impl WriteGate {
         let Some(l) = &self.leased else {
             return true;
         };
-        let open = l
-            .clock
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .may_act(Instant::now());
+        let open = l.clock.lock().may_act(Instant::now());
         if l.was_open.swap(open, Ordering::AcqRel) != open {
             if open {
                 info!("leader lease renewal confirmed: writes resume");
@@ -153,17 +150,14 @@ impl WriteGate {
     /// A renewal made at `renewed_at` was confirmed.
     pub fn confirm(&self, renewed_at: Instant) {
         if let Some(l) = &self.leased {
-            l.clock
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .confirm(renewed_at);
+            l.clock.lock().confirm(renewed_at);
         }
     }
 
     /// The lease is lost: close until a renewal is confirmed again.
     pub fn revoke(&self) {
         if let Some(l) = &self.leased {
-            l.clock.lock().unwrap_or_else(|p| p.into_inner()).revoke();
+            l.clock.lock().revoke();
         }
     }
 }
