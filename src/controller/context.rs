@@ -20,7 +20,9 @@ use crate::controller::cache::inbox::CachedInbox;
 use crate::metrics::Metrics;
 use crate::runtime::leader::WriteGate;
 
-use crate::controller::remote::state::{BindingRegistry, CreateGates, ScanCache};
+use crate::controller::remote::bindings::BindingRegistry;
+use crate::controller::remote::create_gates::CreateGates;
+use crate::controller::remote::scans::ScanCache;
 
 use crate::controller::accounts::credentials::Peer;
 use crate::controller::accounts::in_use::InUseFinalizers;

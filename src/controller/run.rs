@@ -30,7 +30,9 @@ use crate::api::inbox::Inbox;
 use crate::controller::cache::inbox::{CachedInbox, cached_ref};
 use crate::metrics::Metrics;
 
-use crate::controller::remote::state::{BindingRegistry, CreateGates, ScanCache};
+use crate::controller::remote::bindings::BindingRegistry;
+use crate::controller::remote::create_gates::CreateGates;
+use crate::controller::remote::scans::ScanCache;
 
 use crate::controller::accounts::follow::{self, Followers};
 use crate::controller::accounts::key_secrets;
@@ -43,8 +45,8 @@ use crate::controller::context::{Context, Settings};
 use crate::controller::inbox::events;
 use crate::controller::inbox::{decide, execute};
 use crate::controller::ownership::{key_store as proof_store, proof};
+use crate::controller::remote::counter_sync::run_counter_sync;
 use crate::controller::remote::refresh;
-use crate::controller::remote::state as accounts;
 
 /// What the controller's start hands every reconcile besides the caches of its scopes.
 struct Wiring {
@@ -505,15 +507,12 @@ pub async fn run(
             ctx.scans.clone(),
             sync_tx.clone(),
         ))),
-        tokio::spawn(
-            stop.clone()
-                .run_until_cancelled_owned(accounts::run_counter_sync(
-                    ctx.scans.clone(),
-                    ctx.bindings.clone(),
-                    sync_tx,
-                    on_synced,
-                )),
-        ),
+        tokio::spawn(stop.clone().run_until_cancelled_owned(run_counter_sync(
+            ctx.scans.clone(),
+            ctx.bindings.clone(),
+            sync_tx,
+            on_synced,
+        ))),
     ];
     run_to_the_end(&ctx, controllers, background, &stop).await;
 }

@@ -17,7 +17,7 @@ use crate::api::account::{Account, ClusterAccount, FINALIZER_CREDENTIALS_IN_USE}
 use crate::controller::accounts::credentials::InUse;
 use crate::controller::accounts::watch::{AccountCaches, SYNC_WAIT};
 use crate::controller::cache::inboxes::InboxCaches;
-use crate::controller::remote::state::BindingRegistry;
+use crate::controller::remote::bindings::BindingRegistry;
 
 /// What keeping the finalizer needs: the client, every Inbox, the accounts and the bindings
 /// that deletions released. Cheap to clone.

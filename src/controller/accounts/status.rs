@@ -26,7 +26,7 @@ use crate::api::inbox::{self, Condition, ConditionStatus, Inbox, InboxView, Reas
 use crate::controller::accounts::traffic::{Meter, Window};
 use crate::controller::accounts::watch::AccountCaches;
 use crate::controller::cache::inboxes::InboxCaches;
-use crate::controller::remote::state::ScanCache;
+use crate::controller::remote::scans::ScanCache;
 use crate::metrics::{AccountLabel, Metrics};
 use crate::runtime::leader::WriteGate;
 

@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use crate::agentsend::ApiKey;
 use crate::api::inbox::Inbox;
-use crate::controller::remote::state::ScanCache;
+use crate::controller::remote::scans::ScanCache;
 
 /// A batch is scanned once no request has come for this long...
 pub const QUIET: Duration = Duration::from_millis(500);
