@@ -11,9 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use super::pass::Pass;
 use crate::api::inbox;
 use crate::controller::error::Error;
-use crate::controller::inbox::execute::Pass;
 use crate::controller::inbox::outputs::config_map::OutputKind;
 use crate::controller::inbox::plan::{Observed, Step};
 
