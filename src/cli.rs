@@ -143,10 +143,8 @@ pub mod limits {
         (Duration::from_millis(100), Duration::from_secs(300));
     /// `--max-retry-delay`: below 1 s a failing Inbox is a hot loop; the backoff never waits
     /// longer than 5 minutes anyway.
-    pub const MAX_RETRY_DELAY: (Duration, Duration) = (
-        Duration::from_secs(1),
-        crate::controller::inbox::decide::MAX_RETRY_DELAY,
-    );
+    pub const MAX_RETRY_DELAY: (Duration, Duration) =
+        (Duration::from_secs(1), crate::controller::MAX_RETRY_DELAY);
 }
 
 /// Parse a duration and check it lies within `(min, max)`.
@@ -231,9 +229,9 @@ pub struct RunArgs {
         long,
         env = "INBOX_OPERATOR_ACCOUNT_STATUS",
         value_enum,
-        default_value_t = crate::controller::accounts::status::StatusWriter::All
+        default_value_t = crate::controller::StatusWriter::All
     )]
-    pub account_status: crate::controller::accounts::status::StatusWriter,
+    pub account_status: crate::controller::StatusWriter,
 
     /// Address of /metrics, /healthz and /readyz.
     #[arg(

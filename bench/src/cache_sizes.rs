@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use inbox_operator::api::inbox::{Inbox, InboxSpec, InboxStatus};
-use inbox_operator::controller::cache::inbox::CachedInbox;
-use inbox_operator::controller::inbox::status;
+use inbox_operator::controller::{CachedInbox, READY, UP_TO_DATE};
 use kube::api::ObjectMeta;
 use kube::runtime::reflector::ObjectRef;
 
@@ -93,9 +92,9 @@ fn ready_inbox() -> serde_json::Value {
             "secretName": "inbox-04242", "observedGeneration": 1,
             "deletionPolicy": "Delete", "deletionPolicySource": "Default",
             "conditions": [
-                condition("Ready", "True", "Ready", status::READY),
-                condition("Reconciling", "False", "UpToDate", status::UP_TO_DATE),
-                condition("Stalled", "False", "UpToDate", status::UP_TO_DATE),
+                condition("Ready", "True", "Ready", READY),
+                condition("Reconciling", "False", "UpToDate", UP_TO_DATE),
+                condition("Stalled", "False", "UpToDate", UP_TO_DATE),
                 condition("SendLimitReached", "False", "SendsAvailable", "100 sends remaining today"),
             ]}
     })

@@ -13,7 +13,7 @@ use crate::api::account::{Account, ClusterAccount};
 use crate::api::common::SecretKeyRef;
 use crate::api::inbox::Inbox;
 use crate::cli::OrphansArgs;
-use crate::controller::accounts::status::tally;
+use crate::controller::tally;
 
 /// Why `orphans` could not answer.
 #[derive(Debug, thiserror::Error)]

@@ -13,11 +13,24 @@
 //! - [`context`] (what every reconcile shares), [`error`] (what fails a pass) and [`run`]
 //!   (wiring it all into kube-runtime Controllers, and the background tasks).
 
-pub mod accounts;
-pub mod cache;
-pub mod context;
-pub mod error;
-pub mod inbox;
-pub mod ownership;
-pub mod remote;
-pub mod run;
+pub(crate) mod accounts;
+pub(crate) mod cache;
+pub(crate) mod context;
+pub(crate) mod error;
+pub(crate) mod inbox;
+pub(crate) mod ownership;
+pub(crate) mod remote;
+pub(crate) mod run;
+
+// The controller as the rest of the crate's users see it: the process starts it with these
+// (runtime/, tests/, bench/); everything else stays inside.
+pub use accounts::status::{StatusWriter, tally};
+pub use cache::inbox::CachedInbox;
+pub use cache::watches::harden as harden_kube_config;
+pub use context::{DefaultKey, Settings};
+pub use inbox::decide::MAX_RETRY_DELAY;
+pub use inbox::status::{READY, UP_TO_DATE};
+pub use ownership::key_store::{ProofKeyError, load_or_create as load_or_create_proof_key};
+pub use ownership::proof::ProofKey;
+pub use remote::refresh::MIN_INTERVAL as REFRESH_MIN_INTERVAL;
+pub use run::run;

@@ -3,6 +3,6 @@
 //! [`secure_metrics`] (HTTPS and token checks for `/metrics`).
 
 pub mod leader;
-pub mod secure_metrics;
+pub(crate) mod secure_metrics;
 pub mod server;
 pub mod startup;

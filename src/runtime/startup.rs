@@ -15,8 +15,7 @@ use crate::agentsend::{
 };
 use crate::api::inbox::Inbox;
 use crate::cli::{LogFormat, RunArgs};
-use crate::controller::context::{DefaultKey, Settings};
-use crate::controller::run as controller;
+use crate::controller::{self, DefaultKey, Settings};
 use crate::metrics::Metrics;
 use crate::runtime::leader::{self, Lease, LeaseTiming, WriteGate};
 use crate::runtime::secure_metrics;
@@ -63,7 +62,7 @@ pub enum StartupError {
     CrdMissing,
     /// The proof key cannot be read or made.
     #[error("{0}")]
-    ProofKey(#[from] crate::controller::ownership::key_store::ProofKeyError),
+    ProofKey(#[from] controller::ProofKeyError),
     /// RBAC does not allow listing Inboxes.
     #[error(
         "not allowed to list Inboxes ({0}); apply the RBAC in deploy/ for the operator's ServiceAccount"
@@ -139,7 +138,7 @@ pub(crate) async fn kube_client() -> Result<Client, StartupError> {
     let mut config = Config::infer()
         .await
         .map_err(|e| StartupError::KubeConfig(e.to_string()))?;
-    crate::controller::cache::watches::harden(&mut config);
+    controller::harden_kube_config(&mut config);
     let url = config.cluster_url.to_string();
     let client = Client::try_from(config).map_err(|e| StartupError::KubeConfig(e.to_string()))?;
     client
@@ -227,9 +226,9 @@ async fn serve_metrics(
 async fn proof_key(
     client: &Client,
     args: &RunArgs,
-) -> Result<(String, crate::controller::ownership::proof::ProofKey), StartupError> {
+) -> Result<(String, controller::ProofKey), StartupError> {
     let namespace = crate::api::account::operator_namespace_or(args.operator_namespace.as_deref());
-    let key = crate::controller::ownership::key_store::load_or_create(client, &namespace).await?;
+    let key = controller::load_or_create_proof_key(client, &namespace).await?;
     Ok((namespace, key))
 }
 
@@ -314,7 +313,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         account_status: args.account_status,
         max_retry_delay: args.max_retry_delay,
         proof_key: Some(proof_key),
-        refresh_min_interval: crate::controller::remote::refresh::MIN_INTERVAL,
+        refresh_min_interval: controller::REFRESH_MIN_INTERVAL,
         health: Some(health.clone()),
     };
     info!(

@@ -9,10 +9,9 @@ use std::time::Duration;
 
 use inbox_operator::agentsend::{AgentSendClient, ClientOptions};
 use inbox_operator::api::inbox::{Inbox, InboxSpec, Reason};
-use inbox_operator::controller::context::{DefaultKey, Settings};
-use inbox_operator::controller::ownership::key_store as proof_store;
-use inbox_operator::controller::ownership::proof::ProofKey;
-use inbox_operator::controller::run as controller;
+use inbox_operator::controller;
+use inbox_operator::controller::ProofKey;
+use inbox_operator::controller::{DefaultKey, Settings};
 use inbox_operator::metrics::Metrics;
 use inbox_sim::{Malformed, Route, Simulator, SimulatorHandle};
 use k8s_openapi::api::core::v1::Secret;
@@ -121,7 +120,7 @@ impl Env {
         let sim = Simulator::new();
         sim.add_account(account, key);
         let handle = sim.spawn().await.expect("simulator starts");
-        let proof = proof_store::load_or_create(&client, "default")
+        let proof = inbox_operator::controller::load_or_create_proof_key(&client, "default")
             .await
             .expect("the proof key");
         Env {

@@ -16,8 +16,8 @@ use inbox_operator::api::account::{
 use inbox_operator::api::common::SecretKeyRef;
 use inbox_operator::api::common::{AccountKind, AccountRef};
 use inbox_operator::api::inbox::{Inbox, InboxSpec, Reason};
-use inbox_operator::controller::accounts::status::StatusWriter;
-use inbox_operator::controller::context::Settings;
+use inbox_operator::controller::Settings;
+use inbox_operator::controller::StatusWriter;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;

@@ -9,7 +9,7 @@ use inbox_operator::api::common::SecretKeyRef;
 use inbox_operator::api::inbox::{
     CredentialsSpec, DeletionPolicy, Inbox, InboxSpec, Reason, SecretSpec,
 };
-use inbox_operator::controller::context::DefaultKey;
+use inbox_operator::controller::DefaultKey;
 use inbox_sim::Route;
 use inbox_sim::{CreateInbox, InboxState};
 use k8s_openapi::ByteString;

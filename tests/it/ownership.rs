@@ -18,8 +18,8 @@ use inbox_operator::api::account::{ClusterAccount, ClusterAccountSpec};
 use inbox_operator::api::common::SecretKeyRef;
 use inbox_operator::api::common::{AccountKind, AccountRef};
 use inbox_operator::api::inbox::{CredentialsSpec, Inbox, InboxSpec, ManagementPolicy};
-use inbox_operator::controller::accounts::status::StatusWriter;
-use inbox_operator::controller::context::Settings;
+use inbox_operator::controller::Settings;
+use inbox_operator::controller::StatusWriter;
 use inbox_sim::{CreateInbox, RemoteInbox, Route};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -1152,7 +1152,7 @@ impl Restricted {
     /// Start it on `client`; returns once its caches have listed.
     async fn start(env: &Env, client: kube::Client) -> Restricted {
         use inbox_operator::agentsend::{AgentSendClient, ApiKey, ClientOptions};
-        use inbox_operator::controller::context::DefaultKey;
+        use inbox_operator::controller::DefaultKey;
         let opts = ClientOptions {
             timeout: Duration::from_secs(2),
             min_backoff: Duration::from_millis(20),
@@ -1173,7 +1173,7 @@ impl Restricted {
         };
         let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
         let (ready, listed) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(inbox_operator::controller::run::run(
+        let task = tokio::spawn(inbox_operator::controller::run(
             client,
             api,
             settings,

@@ -585,7 +585,7 @@ pub async fn client_from(path: &Path) -> Client {
         .expect("config from kubeconfig");
     // As the operator's own client: no request hangs forever (the in-process operator of the
     // controller tests runs on this client).
-    inbox_operator::controller::cache::watches::harden(&mut config);
+    inbox_operator::controller::harden_kube_config(&mut config);
     Client::try_from(config).expect("kube client")
 }
 

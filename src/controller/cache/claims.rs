@@ -146,11 +146,13 @@ impl ClaimIndex {
     }
 
     /// How many Inboxes name an ID.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inner.lock().by_uid.len()
     }
 
     /// Whether no Inbox names an ID.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

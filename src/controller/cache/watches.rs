@@ -78,10 +78,6 @@ where
     (reader, stream)
 }
 
-/// The annotation `kubectl apply` (client-side) leaves on what it applied: a full copy of the
-/// manifest, never read by the operator.
-pub const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
-
 /// The metadata-only watch of the objects of kind `K` this operator owns (by label): the
 /// Secrets, the ConfigMaps (`spec.configMap`). Never their data.
 pub(crate) fn owned_watch<K>(

@@ -97,17 +97,20 @@ impl LastWrites {
     }
 
     /// Forget the Inbox with UID `uid`.
+    #[cfg(test)]
     pub fn forget(&self, uid: &str) {
         let mut entries = self.entries.lock();
         entries.map.remove(uid);
     }
 
     /// How many Inboxes have a note.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.lock().map.len()
     }
 
     /// Whether no Inbox has a note.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

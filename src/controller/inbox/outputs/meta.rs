@@ -7,8 +7,6 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-/// Longest label value Kubernetes accepts.
-pub const MAX_LABEL_VALUE_LEN: usize = 63;
 /// Longest name part of a qualified name (after the optional `prefix/`).
 pub const MAX_QUALIFIED_NAME_LEN: usize = 63;
 /// Longest prefix of a qualified name (a DNS subdomain).

@@ -73,9 +73,20 @@ pub enum TemplateError {
     TooLarge { key: String },
     /// The template uses something outside the allowed subset.
     #[error(
-        "template {key:?} is not allowed: {message}; templates may use the fields address, localPart, domain, displayName and inboxId, string literals, the filters upper, lower, title, capitalize, trim, replace and default, and if/elif/else/endif"
+        "template {key:?} is not allowed: {message}; templates may use the fields {fields}, string literals, the filters {filters}, and if/elif/else/endif",
+        fields = listed(&FIELDS),
+        filters = listed(&FILTERS)
     )]
     NotAllowed { key: String, message: String },
+}
+
+/// `a, b and c`: how the error messages list [`FIELDS`] and [`FILTERS`].
+fn listed(items: &[&str]) -> String {
+    match items.split_last() {
+        None => String::new(),
+        Some((last, [])) => (*last).to_string(),
+        Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+    }
 }
 
 /// The values a template sees for one inbox.
