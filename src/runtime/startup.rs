@@ -277,6 +277,34 @@ fn identity(args: &RunArgs) -> String {
         .unwrap_or_else(|| format!("inbox-operator-{}", std::process::id()))
 }
 
+/// The controller's settings from the command line and what startup found.
+fn settings(
+    args: &RunArgs,
+    default_key: DefaultKey,
+    gate: &WriteGate,
+    identity: &str,
+    operator_namespace: String,
+    proof_key: controller::ProofKey,
+    health: &Arc<Health>,
+) -> Settings {
+    Settings {
+        sync_interval: args.sync_interval,
+        concurrency: args.concurrency.max(1),
+        namespaces: args.namespace.clone(),
+        selector: args.selector.clone(),
+        default_key,
+        reporter: "inbox-operator".into(),
+        instance: Some(identity.to_string()),
+        gate: gate.clone(),
+        operator_namespace,
+        account_status: args.account_status,
+        max_retry_delay: args.max_retry_delay,
+        proof_key: Some(proof_key),
+        refresh_min_interval: controller::REFRESH_MIN_INTERVAL,
+        health: Some(health.clone()),
+    }
+}
+
 /// Run the operator until SIGTERM (returns Ok) or a fatal error.
 pub async fn run(args: RunArgs) -> Result<(), StartupError> {
     crate::ensure_crypto_provider();
@@ -300,22 +328,15 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
     serve_metrics(&args, &client, &metrics, &health).await?;
     let api = agentsend_client(&args, &metrics, &gate)?;
     let identity = identity(&args);
-    let settings = Settings {
-        sync_interval: args.sync_interval,
-        concurrency: args.concurrency.max(1),
-        namespaces: args.namespace.clone(),
-        selector: args.selector.clone(),
+    let settings = settings(
+        &args,
         default_key,
-        reporter: "inbox-operator".into(),
-        instance: Some(identity.clone()),
-        gate: gate.clone(),
+        &gate,
+        &identity,
         operator_namespace,
-        account_status: args.account_status,
-        max_retry_delay: args.max_retry_delay,
-        proof_key: Some(proof_key),
-        refresh_min_interval: controller::REFRESH_MIN_INTERVAL,
-        health: Some(health.clone()),
-    };
+        proof_key,
+        &health,
+    );
     info!(
         url = %args.endpoint.agentsend_url,
         namespaces = ?settings.namespaces,
