@@ -15,10 +15,11 @@ RUN apt-get update \
 RUN rustup target add "$(uname -m)-unknown-linux-musl"
 WORKDIR /src
 # The workspace's manifests name every member; only the operator is built (it contains no
-# simulator: sim/ and bench/ are copied so that the workspace loads).
+# simulator and no test helper: sim/, testkit/ and bench/ are copied so that the workspace loads).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY sim ./sim
+COPY testkit ./testkit
 COPY bench ./bench
 # Cache mounts keep the crate registry and compiled dependencies between builds (BuildKit).
 ENV CARGO_PROFILE_RELEASE_STRIP=symbols

@@ -3,9 +3,10 @@
 # kube-controller-manager, kubectl and helm of Kubernetes $K8S_VERSION, default 1.37.2, built
 # once from their Go modules by hack/envtest-assets.sh and cached in
 # ~/.cache/inbox-operator/envtest/), then runs every test of every workspace member (the
-# operator, sim/, bench/): unit tests, and the real-apiserver integration tests: tests/it/ (one
-# binary, one control plane for the whole run) and tests/faults_apiserver.rs (it stops the API
-# server, so it has a control plane of its own).
+# operator, sim/, bench/; testkit/ holds the integration tests' helpers and no tests): unit
+# tests, the simulator's own tests (sim/tests/), and the real-apiserver integration tests:
+# tests/it/ (one binary, one control plane for the whole run) and tests/faults_apiserver.rs (it
+# stops the API server, so it has a control plane of its own).
 #
 #   hack/test.sh                          # everything on 1.37.2: cargo test --workspace --all-targets
 #   K8S_VERSION=1.33.13 hack/test.sh      # everything on the earliest supported version

@@ -1,16 +1,12 @@
 //! The API server stopped and restarted mid-run. Its own test binary, so that stopping the
 //! control plane cannot disturb other tests.
 
-mod ctl;
-mod support;
-
 use std::time::Duration;
 
-use inbox_sim::InboxState;
-use support::control_plane;
-
-use ctl::{Env, Ready, status_id};
 use inbox_operator::api::inbox::Reason;
+use inbox_sim::InboxState;
+use inbox_testkit::ctl::{Env, Ready, status_id};
+use inbox_testkit::support::control_plane;
 
 /// Stop (or start) the API server without blocking the runtime: the operator under test keeps
 /// running through the outage, as it would in a cluster (a blocking call here would freeze it

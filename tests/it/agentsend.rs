@@ -1,5 +1,7 @@
-//! The AgentSend simulator (documented API, fault hooks, control endpoints) and every behaviour
-//! of the AgentSend client against it. Each test runs its own simulator on a free port.
+//! Every behaviour of the AgentSend client against the AgentSend simulator (its documented
+//! API, fault hooks and control endpoints, which these tests exercise through the client). Each
+//! test runs its own simulator on a free port. What the simulator answers on the wire, with no
+//! operator code in between, is tested in the simulator's own crate (sim/tests/).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -1081,74 +1083,6 @@ async fn unexpected_extra_fields_are_accepted() {
 }
 
 // ---------------------------------------------------------------- wire details
-
-#[tokio::test]
-async fn every_answer_is_labelled_as_the_simulator() {
-    let env = env().await;
-    let http = raw_client();
-    let url = env.handle.url();
-    let i = env
-        .sim
-        .insert_inbox(ACCT, inbox_sim::CreateInbox::default())
-        .unwrap();
-    env.sim.fail_next(Route::Delete, 1, 503);
-    let answers = vec![
-        http.get(format!("{url}/inboxes"))
-            .header("x-api-key", KEY)
-            .send(),
-        http.get(format!("{url}/inboxes")).send(),
-        http.get(format!("{url}/inboxes/{}", i.id))
-            .header("x-api-key", KEY)
-            .send(),
-        http.get(format!("{url}/inboxes/nope"))
-            .header("x-api-key", KEY)
-            .send(),
-        http.delete(format!("{url}/inboxes/{}", i.id))
-            .header("x-api-key", KEY)
-            .send(),
-        http.get(format!("{url}/no/such/route")).send(),
-        http.get(format!("{url}/_simulator/stats")).send(),
-    ];
-    let mut statuses = Vec::new();
-    for a in answers {
-        let r = a.await.unwrap();
-        assert_eq!(
-            r.headers()
-                .get("x-agentsend-simulator")
-                .map(|v| v.to_str().unwrap()),
-            Some("true"),
-            "{}",
-            r.url()
-        );
-        statuses.push(r.status().as_u16());
-    }
-    assert_eq!(statuses, [200, 401, 200, 404, 503, 404, 200]);
-    // Inbox JSON is camelCase with explicit nulls.
-    let v: Value = http
-        .get(format!("{url}/inboxes/{}", i.id))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    for f in [
-        "id",
-        "address",
-        "status",
-        "dailySendLimit",
-        "sendsToday",
-        "totalSent",
-        "bounceCount",
-        "complaintCount",
-        "createdAt",
-    ] {
-        assert!(!v[f].is_null(), "{f}: {v}");
-    }
-    assert!(v["displayName"].is_null() && v.get("displayName").is_some());
-    assert!(v["domainId"].is_null() && v.get("domainId").is_some());
-}
 
 /// RFC 9110 allows `Retry-After` as digits or an HTTP-date only: `1e300` (read before as a
 /// number and clamped to the 10-minute cap, pausing the whole account) is ignored — the

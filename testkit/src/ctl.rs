@@ -2,7 +2,6 @@
 //! simulator and, when asked for, a controller scoped to that namespace; with what the tests
 //! share on it: create-and-wait-Ready, typed condition waits ([`Ready`]), simulator faults
 //! ([`Fault`]), the operator binary scoped to the namespace, and the end-state invariants.
-#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;

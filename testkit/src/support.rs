@@ -15,7 +15,6 @@
 //! The binaries come from `KUBEBUILDER_ASSETS`, else `~/.cache/inbox-operator/envtest/k8s-1.37.2`
 //! (both built/cached by `hack/envtest-assets.sh [VERSION]`). `kubectl` is taken from `KUBECTL`,
 //! else the assets dir (the server's own version), else `PATH`.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -83,7 +82,7 @@ fn started() -> Option<&'static ControlPlane> {
 }
 
 /// Install ring as the process-wide rustls provider (idempotent; an error means one already is).
-pub fn install_crypto_provider() {
+fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
@@ -383,7 +382,7 @@ impl ControlPlane {
     }
 
     /// The last `lines` lines of the kube-controller-manager log.
-    pub fn controller_manager_log_tail(&self, lines: usize) -> String {
+    fn controller_manager_log_tail(&self, lines: usize) -> String {
         if let Some(status) = exit_status(&self.controller_manager) {
             return format!(
                 "(exited: {status})\n{}",
@@ -549,7 +548,7 @@ impl ControlPlane {
     }
 
     /// The last `lines` lines of the kube-apiserver log (all its starts, appended).
-    pub fn apiserver_log_tail(&self, lines: usize) -> String {
+    fn apiserver_log_tail(&self, lines: usize) -> String {
         tail(&self.dir.join("apiserver.log"), lines)
     }
 
@@ -567,11 +566,6 @@ impl ControlPlane {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The control plane's temp dir (logs, certs, kubeconfigs); removed by the watchdog.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 }
 
@@ -768,9 +762,26 @@ where
     }
 }
 
-/// A `Command` for the `inbox-operator` binary built with these tests.
+/// A `Command` for the `inbox-operator` binary built with these tests: Cargo builds a package's
+/// binaries before its integration tests and puts them next to the `deps/` folder of the test
+/// executables (`target/debug/inbox-operator` beside `target/debug/deps/it-HASH`), the path it
+/// gives the operator's own tests as `CARGO_BIN_EXE_inbox-operator`. So only the operator's
+/// integration tests may run it: another package's tests would find no binary, or a stale one.
 pub fn operator_command() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_inbox-operator"))
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("inbox-operator"))
+        .filter(|bin| bin.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "no inbox-operator binary beside the deps/ folder of {}: only the operator's \
+                 integration tests (tests/) can run it",
+                exe.display()
+            )
+        });
+    Command::new(bin)
 }
 
 /// The highest resident memory so far (VmHWM) of process `pid` (`self`: this one), in bytes.
