@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Static, non-root image of inbox-operator.
-#   docker build -t REGISTRY/inbox-operator:TAG .
+#   make image IMAGE=REGISTRY/inbox-operator:TAG      (docker, or CONTAINER_TOOL=podman)
+#   docker buildx build --platform linux/amd64,linux/arm64 -t REGISTRY/inbox-operator:TAG --push .
 # The binary is linked statically against musl (TLS is rustls with ring: no OpenSSL), so the
 # final image needs no libc. The build stage runs on the target platform, so
 # `docker buildx build --platform linux/arm64` builds an aarch64 binary (under emulation).
@@ -31,9 +32,16 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && cp "target/$target/release/inbox-operator" /inbox-operator
 
 FROM gcr.io/distroless/static-debian12:nonroot
+# Set by `make image` from git: the version (tag or describe), the commit, and the source.
+ARG VERSION=dev
+ARG REVISION=unknown
+ARG SOURCE=https://github.com/inbox-operator/inbox-operator
 LABEL org.opencontainers.image.title="inbox-operator" \
       org.opencontainers.image.description="Kubernetes operator for AgentSend email inboxes" \
-      org.opencontainers.image.licenses="Apache-2.0"
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}"
 COPY --from=build /inbox-operator /inbox-operator
 # distroless "nonroot": uid/gid 65532. Numeric, so that runAsNonRoot can verify it.
 USER 65532:65532

@@ -1,5 +1,5 @@
 # Entry points; each is documented in the README.
-.PHONY: test test-all lint lint-deploy crd assets demo demo-down bench build
+.PHONY: test test-all lint lint-deploy crd assets demo demo-down bench build image
 
 test:            ## provision the test control plane and run every test
 	hack/test.sh
@@ -34,3 +34,12 @@ bench:           ## benchmark (not a test); figures go into BENCHMARKS.md
 
 build:           ## release build of the operator, the simulator and the benchmark
 	cargo build --release --workspace
+
+# The image: IMAGE names it; CONTAINER_TOOL is docker (default) or podman. The labels say
+# which commit it is built from. Multi-arch: see docs/local-cluster.md (docker buildx).
+IMAGE ?= inbox-operator:dev
+CONTAINER_TOOL ?= docker
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+image:           ## build the operator image (IMAGE=..., CONTAINER_TOOL=docker|podman)
+	$(CONTAINER_TOOL) build -t $(IMAGE) --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) .
