@@ -1,6 +1,5 @@
 //! Table tests of the credentials decisions: which key, which account, quotas and policies.
 
-#[cfg(test)]
 use super::*;
 use crate::api::common::AccountRef;
 use crate::api::inbox::{CredentialsSpec, InboxSpec};

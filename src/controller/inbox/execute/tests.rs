@@ -1,6 +1,5 @@
 //! The executor's own rules: how failures are counted and what the write gate lets through.
 
-#[cfg(test)]
 use super::*;
 use crate::agentsend::ApiError;
 use crate::controller::inbox::plan::Step;
