@@ -30,7 +30,7 @@ use crate::controller::accounts::{status as account_status, watch as account_wat
 use crate::controller::cache::inboxes::InboxCaches;
 use crate::controller::cache::{claims, owned as owned_cache, watches, written};
 use crate::controller::error::Error;
-use crate::controller::inbox::decide;
+use crate::controller::inbox::plan::backoff;
 use crate::controller::inbox::{events, plan};
 use crate::controller::ownership::proof;
 use crate::controller::remote::refresh;
@@ -108,7 +108,7 @@ impl Default for Settings {
             gate: WriteGate::open(),
             operator_namespace: "default".into(),
             account_status: account_status::StatusWriter::All,
-            max_retry_delay: decide::MAX_RETRY_DELAY,
+            max_retry_delay: backoff::MAX_RETRY_DELAY,
             proof_key: None,
             health: None,
             refresh_min_interval: refresh::MIN_INTERVAL,

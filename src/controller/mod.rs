@@ -28,7 +28,7 @@ pub use accounts::status::{StatusWriter, tally};
 pub use cache::inbox::CachedInbox;
 pub use cache::watches::harden as harden_kube_config;
 pub use context::{DefaultKey, Settings};
-pub use inbox::decide::MAX_RETRY_DELAY;
+pub use inbox::plan::backoff::MAX_RETRY_DELAY;
 pub use inbox::status::{READY, UP_TO_DATE};
 pub use ownership::key_store::{ProofKeyError, load_or_create as load_or_create_proof_key};
 pub use ownership::proof::ProofKey;

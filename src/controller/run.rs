@@ -43,7 +43,8 @@ use crate::controller::cache::references;
 use crate::controller::cache::{claims, owned as owned_cache, watches, written};
 use crate::controller::context::{Context, Settings};
 use crate::controller::inbox::events;
-use crate::controller::inbox::{decide, execute};
+use crate::controller::inbox::execute;
+use crate::controller::inbox::plan::backoff;
 use crate::controller::ownership::{key_store as proof_store, proof};
 use crate::controller::remote::counter_sync::run_counter_sync;
 use crate::controller::remote::refresh;
@@ -327,7 +328,7 @@ async fn proof_key(
         match proof_store::load_or_create(client, &settings.operator_namespace).await {
             Ok(k) => return Some(k),
             Err(e) => {
-                let delay = decide::backoff(failures, rand::random(), Duration::from_secs(60));
+                let delay = backoff::backoff(failures, rand::random(), Duration::from_secs(60));
                 failures += 1;
                 tracing::error!(error = %e, retry_s = delay.as_secs_f64(), "no proof key yet; nothing is reconciled until there is one");
                 tokio::select! {

@@ -268,7 +268,7 @@ mod tests {
         use crate::api::common::SecretKeyRef;
         use crate::api::common::{AccountKind, AccountRef};
         use crate::controller::accounts::credentials::{AccountInfo, may_use};
-        let fixture = crate::controller::cache::watches::tests::inbox;
+        let fixture = crate::controller::cache::watches::testing::inbox;
         let mut by_account = (*fixture("a", "by-account", None)).clone();
         by_account.spec.account_ref = Some(Box::new(AccountRef {
             kind: AccountKind::Account,
@@ -320,7 +320,7 @@ mod tests {
             ("a", "two", None),
             ("b", "three", Some("key")),
         ] {
-            let i = (*crate::controller::cache::watches::tests::inbox(ns, name, creds)).clone();
+            let i = (*crate::controller::cache::watches::testing::inbox(ns, name, creds)).clone();
             let i = CachedInbox::from(i);
             writer.apply_watcher_event(&watcher::Event::Apply(i));
         }

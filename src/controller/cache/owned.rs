@@ -20,7 +20,7 @@ use kube::runtime::watcher;
 
 use crate::api::inbox::{self, Inbox};
 use crate::controller::cache::compact::Words;
-use crate::controller::inbox::decide;
+use crate::controller::inbox::outputs::secret;
 
 /// Label or annotation pairs, in key order.
 type Pairs = Box<[(Arc<str>, Arc<str>)]>;
@@ -94,7 +94,7 @@ struct Kept {
     labels: Pairs,
     annotations: Pairs,
     /// Per field manager, the data fields it owns (`f:address`, ...), as
-    /// [`decide::trim_managed_fields`] leaves them.
+    /// [`secret::trim_managed_fields`] leaves them.
     managers: Box<[Manager]>,
 }
 
@@ -116,7 +116,7 @@ fn map(pairs: &Pairs) -> Option<std::collections::BTreeMap<String, String>> {
 
 impl Kept {
     fn new(mut meta: ObjectMeta) -> Kept {
-        decide::trim_managed_fields(&mut meta);
+        secret::trim_managed_fields(&mut meta);
         let managers = meta
             .managed_fields
             .into_iter()
@@ -277,7 +277,7 @@ impl OwnedCache {
 mod tests {
     use super::*;
     use crate::api::inbox;
-    use crate::controller::inbox::decide::tests::owning;
+    use crate::controller::inbox::outputs::secret::testing::owning;
     use k8s_openapi::api::core::v1::Secret;
 
     fn secret(name: &str, digest: &str) -> PartialObjectMeta<Secret> {
@@ -324,12 +324,12 @@ mod tests {
             (&got.labels, &got.annotations),
             (&want.labels, &want.annotations)
         );
-        assert!(decide::data_as_written(
+        assert!(secret::data_as_written(
             &got,
             ["address", "inboxId"].into_iter()
         ));
-        assert!(!decide::data_as_written(&got, ["extra"].into_iter()));
-        assert!(decide::is_owned_by(&got, "inbox-uid"));
+        assert!(!secret::data_as_written(&got, ["extra"].into_iter()));
+        assert!(secret::is_owned_by(&got, "inbox-uid"));
         assert!(cache.get("team", "b").is_none() && cache.get("other", "a").is_none());
     }
 

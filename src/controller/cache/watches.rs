@@ -316,10 +316,8 @@ pub fn managed_secret_selector() -> String {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::api::common::SecretKeyRef;
-    use crate::api::inbox::{CredentialsSpec, InboxSpec};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
@@ -408,7 +406,10 @@ pub(crate) mod tests {
         // Readiness wakes work that reads the caches at once (releasing the key Secret of a
         // namespace being deleted): a cache still empty then would look like "nobody uses it".
         let (sync, slot, seen) = recording_sync(|s: &Store<Inbox>| s.state().len() == 1);
-        let (store, events) = cached(first_list((*inbox("ns", "a", None)).clone()), &sync);
+        let (store, events) = cached(
+            first_list((*super::testing::inbox("ns", "a", None)).clone()),
+            &sync,
+        );
         slot.set(store).ok();
         events.for_each(|_| async {}).await;
         assert_eq!(*seen.lock(), Some(true));
@@ -432,6 +433,15 @@ pub(crate) mod tests {
         events.for_each(|_| async {}).await;
         assert_eq!(*seen.lock(), Some(true));
     }
+}
+
+/// Fixtures for the tests of the modules that read the Inbox cache.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use crate::api::common::SecretKeyRef;
+    use crate::api::inbox::{CredentialsSpec, Inbox, InboxSpec};
 
     /// An Inbox in `ns` using the credentials Secret `creds` (if any); shared by the
     /// key-Secret watch tests.

@@ -21,7 +21,7 @@ use crate::controller::accounts::credentials::Credentials;
 use crate::controller::cache::written::Write;
 use crate::controller::context::Context;
 use crate::controller::error::Error;
-use crate::controller::inbox::decide;
+use crate::controller::inbox::addresses;
 use crate::controller::inbox::events::InboxEvent;
 use crate::controller::inbox::plan::{
     self, Claim, Done, Failures, Lookup, Observed, Phase, Report, Step, Then,
@@ -109,7 +109,7 @@ impl<'a> Pass<'a> {
         o.failures = self.ctx.failures(&self.obj);
         o.max_retry_delay = self.ctx.settings.max_retry_delay;
         o.hold = self.ctx.hold(&self.obj);
-        o.random_local = decide::random_local_part(|n| rand::random_range(0..n));
+        o.random_local = addresses::random_local_part(|n| rand::random_range(0..n));
         o.finalizer_missing = phase == Phase::Apply && needs_finalizer(inbox);
         let mut gate = None;
         for _ in 0..MAX_STEPS {

@@ -1,5 +1,5 @@
 //! The ConfigMap output (`spec.configMap`): its layout and its drift check, pure. It follows
-//! the Secret's rules (see [`crate::controller::inbox::decide`]): owned by the Inbox (controller ownerReference
+//! the Secret's rules (see [`crate::controller::inbox::outputs::secret`]): owned by the Inbox (controller ownerReference
 //! and the operator's label), decided from metadata alone (the data digest annotation and
 //! `managedFields`; no ConfigMap data is cached), never taken over when someone else's.
 
@@ -11,8 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::agentsend::RemoteInbox;
 use crate::api::inbox::{self, Inbox};
-use crate::controller::inbox::decide::{self, SecretPlan};
 use crate::controller::inbox::outputs::meta::MetaError;
+use crate::controller::inbox::outputs::secret::{self, SecretPlan};
 use crate::controller::inbox::outputs::template::{self, TemplateError};
 
 /// Why the ConfigMap the spec asks for cannot be written.
@@ -46,7 +46,7 @@ pub fn checked_data(
         None => BTreeMap::new(),
     };
     // Templates cannot name the default keys (checked while rendering).
-    data.extend(decide::default_data(remote));
+    data.extend(secret::default_data(remote));
     Ok(Some(data))
 }
 
@@ -90,7 +90,7 @@ pub fn spec_refusal(inbox: &Inbox) -> Option<String> {
 /// when the Inbox has no name or UID.
 pub fn desired_config_map(inbox: &Inbox, data: BTreeMap<String, String>) -> Option<ConfigMap> {
     let spec = inbox.spec.config_map.as_ref()?;
-    let mut metadata = decide::owned_metadata(
+    let mut metadata = secret::owned_metadata(
         inbox,
         inbox.config_map_name()?,
         spec.labels.clone(),
@@ -114,18 +114,18 @@ pub fn digest(data: &BTreeMap<String, String>) -> String {
         .iter()
         .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
         .collect();
-    decide::data_digest(&bytes)
+    secret::data_digest(&bytes)
 }
 
 /// Compare the existing ConfigMap's metadata (if any) with the desired one, as
-/// [`decide::plan_secret`] does for the Secret.
+/// [`secret::plan_secret`] does for the Secret.
 pub fn plan_config_map(
     existing: Option<&ObjectMeta>,
     desired: &ConfigMap,
     owner_uid: &str,
 ) -> SecretPlan {
     let keys = desired.data.iter().flatten().map(|(k, _)| k.as_str());
-    decide::plan_owned(existing, &desired.metadata, keys, owner_uid)
+    secret::plan_owned(existing, &desired.metadata, keys, owner_uid)
 }
 
 /// The ConfigMaps among `known` this Inbox owns but no longer wants (`spec.configMap` was
@@ -141,7 +141,7 @@ pub fn unwanted<'a>(
         .filter_map(move |(name, meta)| {
             let meta = meta
                 .as_ref()
-                .filter(|m| decide::is_owned_by(m, owner_uid))?;
+                .filter(|m| secret::is_owned_by(m, owner_uid))?;
             Some((name.as_str(), meta.uid.as_ref()))
         })
 }
@@ -190,7 +190,7 @@ pub fn release_patch(meta: &ObjectMeta, owner_uid: &str) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::api::inbox::{ConfigMapSpec, InboxSpec};
-    use crate::controller::inbox::decide::tests::owning;
+    use crate::controller::inbox::outputs::secret::testing::owning;
 
     fn inbox(spec: ConfigMapSpec) -> Inbox {
         let mut i = Inbox::new("support", InboxSpec::default());
@@ -243,7 +243,7 @@ mod tests {
         assert_eq!(data["domainId"], "dom");
         assert_eq!(data["FROM"], "Support <help@example.com>");
         assert_eq!(data.len(), 4);
-        assert!(decide::is_owned_by(&c.metadata, "uid-1"));
+        assert!(secret::is_owned_by(&c.metadata, "uid-1"));
         let annotations = c.metadata.annotations.unwrap();
         assert_eq!(annotations["agentsend.io/data-digest"], digest(&data));
         assert_eq!(annotations["agentsend.io/inbox-name"], "support");

@@ -4,4 +4,5 @@
 
 pub mod config_map;
 pub mod meta;
+pub mod secret;
 pub mod template;

@@ -6,10 +6,10 @@
 use crate::api::inbox::{self, Reason};
 use crate::controller::accounts::credentials::Credentials;
 use crate::controller::error::Error;
-use crate::controller::inbox::decide;
 use crate::controller::inbox::outputs::config_map;
 use crate::controller::inbox::status::Readiness;
 
+use super::backoff;
 use super::create::{create, create_or_recover, pending_address};
 use super::identity::{adopt, bound, observe_by_address, unproven_claim};
 use super::observed::{Marked, Observed};
@@ -41,7 +41,7 @@ pub(super) fn apply(o: &Observed) -> Step {
     let key = match &o.credentials {
         None => return Step::ReadCredentials,
         Some(Credentials::Missing(msg)) => {
-            let delay = decide::backoff(o.failures.clamp(3, 5), o.jitter, o.max_retry_delay);
+            let delay = backoff::backoff(o.failures.clamp(3, 5), o.jitter, o.max_retry_delay);
             return Step::Done(Done {
                 failures: Failures::Bump,
                 failed: Some(Error::CREDENTIALS_MISSING),

@@ -6,7 +6,7 @@
 use crate::agentsend::ApiKey;
 use crate::api::inbox::{self, DeletionPolicy, Reason};
 use crate::controller::accounts::credentials::Credentials;
-use crate::controller::inbox::decide::{self, AddressLookup, Recovery};
+use crate::controller::inbox::addresses::{AddressLookup, Recovery};
 use crate::controller::inbox::events::{EventKind, InboxEvent};
 use crate::controller::inbox::outputs::config_map;
 use crate::controller::inbox::status;
@@ -20,6 +20,8 @@ use super::outcome::{finish, stalled};
 use super::report::report;
 use super::retry::{fail, held, readiness_for_error};
 use super::step::{Done, Failure, Failures, Step, Then};
+use crate::controller::inbox::addresses;
+use crate::controller::inbox::outputs::secret;
 
 pub(super) fn cleanup(o: &Observed) -> Step {
     if let Some(step) = held(o) {
@@ -130,7 +132,7 @@ fn cleanup_config_maps(o: &Observed, retain: bool) -> Option<Step> {
     if retain
         && let Some(name) = wanted
         && let Some(meta) = known.get(&name).and_then(Option::as_ref)
-        && decide::is_owned_by(meta, owner)
+        && secret::is_owned_by(meta, owner)
     {
         return Some(Step::Release {
             kind: config_map::OutputKind::ConfigMap,
@@ -172,7 +174,7 @@ fn retain_secret(o: &Observed, name: &str) -> Option<Step> {
         None => Some(Step::ReadSecret {
             name: name.to_string(),
         }),
-        Some(Some(meta)) if decide::is_owned_by(meta, owner) => Some(Step::Release {
+        Some(Some(meta)) if secret::is_owned_by(meta, owner) => Some(Step::Release {
             kind: config_map::OutputKind::Secret,
             name: name.to_string(),
             patch: config_map::release_patch(meta, owner),
@@ -281,7 +283,7 @@ fn interrupted_create(
     };
     let since = match pending {
         Pending::Proven { address, origin } => {
-            let found = decide::find_address(&o.inbox.spec, address, origin, candidates);
+            let found = addresses::find_address(&o.inbox.spec, address, origin, candidates);
             return match found {
                 AddressLookup::Ours(r) if !elsewhere.contains_key(&r.id) => Some(Ok(r.id)),
                 _ => None,
@@ -290,12 +292,16 @@ fn interrupted_create(
         Pending::Unproven { .. } => return None,
         Pending::Legacy(since) => since,
     };
-    let ids =
-        match decide::recover_legacy(&o.inbox.spec, since, candidates, &claimed_ids(elsewhere)) {
-            Recovery::None => return None,
-            Recovery::One(r) => vec![r.id],
-            Recovery::Ambiguous(ids) => ids,
-        };
+    let ids = match addresses::recover_legacy(
+        &o.inbox.spec,
+        since,
+        candidates,
+        &claimed_ids(elsewhere),
+    ) {
+        Recovery::None => return None,
+        Recovery::One(r) => vec![r.id],
+        Recovery::Ambiguous(ids) => ids,
+    };
     if o.announced(EventKind::CreationUncertain) {
         return None;
     }

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use crate::agentsend::RemoteInbox;
-use crate::controller::inbox::decide::SecretPlan;
 use crate::controller::inbox::events::{EventKind, InboxEvent};
 use crate::controller::inbox::outputs::config_map;
+use crate::controller::inbox::outputs::secret::SecretPlan;
 
 use super::observed::Observed;
 use super::outcome::{conflict, done_quietly};

@@ -9,8 +9,8 @@ use k8s_openapi::api::core::v1::Secret;
 
 use crate::agentsend::{ApiKey, InboxState, RemoteInbox};
 use crate::api::inbox::Reason;
-use crate::controller::inbox::decide::{self, SecretPlan};
 use crate::controller::inbox::events::{EventKind, InboxEvent};
+use crate::controller::inbox::outputs::secret::SecretPlan;
 use crate::controller::inbox::outputs::{config_map, template};
 use crate::controller::inbox::status::Readiness;
 
@@ -19,6 +19,7 @@ use super::observed::Observed;
 use super::outcome::{conflict, done, done_quietly, finish, stalled};
 use super::report::report;
 use super::step::{Done, Failure, Failures, Step, Then};
+use crate::controller::inbox::outputs::secret;
 
 /// Converge the Secret and status on an observed, bound inbox.
 pub(super) fn converge(o: &Observed, key: ApiKey, remote: &RemoteInbox) -> Step {
@@ -45,7 +46,7 @@ pub(super) fn converge(o: &Observed, key: ApiKey, remote: &RemoteInbox) -> Step 
         return done_quietly(Then::Fail(Failure::InvalidObject));
     };
     let uid = o.inbox.metadata.uid.clone().unwrap_or_default();
-    let (create, note) = match decide::plan_secret(existing, &desired, &uid) {
+    let (create, note) = match secret::plan_secret(existing, &desired, &uid) {
         SecretPlan::Create => (true, format!("wrote the address to Secret {name}")),
         SecretPlan::Update => (false, format!("restored the address in Secret {name}")),
         SecretPlan::Conflict => {
@@ -149,8 +150,8 @@ pub(super) fn rendered_secret(
     remote: &RemoteInbox,
     templated: BTreeMap<String, String>,
 ) -> Option<Secret> {
-    let mut desired = decide::desired_secret(&o.inbox, remote)?;
-    decide::add_string_data(&mut desired, templated);
+    let mut desired = secret::desired_secret(&o.inbox, remote)?;
+    secret::add_string_data(&mut desired, templated);
     Some(desired)
 }
 
@@ -167,7 +168,7 @@ pub(super) fn delete_owned_secret(o: &Observed, name: &str) -> Option<Step> {
         None => Some(Step::ReadSecret {
             name: name.to_string(),
         }),
-        Some(Some(s)) if decide::is_owned_by(s, uid) => Some(Step::DeleteSecret {
+        Some(Some(s)) if secret::is_owned_by(s, uid) => Some(Step::DeleteSecret {
             name: name.to_string(),
             uid: s.uid.clone(),
         }),

@@ -4,7 +4,7 @@
 
 use crate::agentsend::{ApiError, ApiKey, RemoteInbox};
 use crate::api::inbox::{self, Inbox, Reason};
-use crate::controller::inbox::decide::{self, AddressLookup, Recovery};
+use crate::controller::inbox::addresses::{AddressLookup, Recovery};
 use crate::controller::inbox::events::{EventKind, InboxEvent};
 use crate::controller::inbox::status::{self, Readiness};
 use crate::controller::ownership::proof::{Origin, Pending};
@@ -16,6 +16,7 @@ use super::outcome::{done, done_quietly, progress, rejected, stalled};
 use super::report::report;
 use super::retry::{api_failure, stale_view_retry};
 use super::step::{Step, Then};
+use crate::controller::inbox::addresses;
 
 /// No inbox bound: mark and create, or recover an interrupted create. Only a mark this
 /// operator can prove it wrote for this Inbox is acted on as this Inbox's create.
@@ -48,7 +49,7 @@ pub(super) fn mark_then_create(o: &Observed, key: ApiKey, unbind: Option<&str>) 
                 .and_then(|id| recorded_identity(&o.inbox, id))
                 .map(|r| r.address);
             let address =
-                decide::address_to_create(&o.inbox.spec, previous.as_deref(), &o.random_local);
+                addresses::address_to_create(&o.inbox.spec, previous.as_deref(), &o.random_local);
             let origin = if o.inbox.spec.address.is_none() && previous.is_none() {
                 Origin::Random
             } else {
@@ -56,7 +57,7 @@ pub(super) fn mark_then_create(o: &Observed, key: ApiKey, unbind: Option<&str>) 
                     Err(step) => return *step,
                     Ok(c) => c,
                 };
-                if let Some(holder) = decide::holder_of(&o.inbox.spec, &address, candidates) {
+                if let Some(holder) = addresses::holder_of(&o.inbox.spec, &address, candidates) {
                     return address_in_use(o, &address, holder);
                 }
                 Origin::SeenAbsent(o.listed_at)
@@ -108,7 +109,7 @@ fn recover(o: &Observed, key: ApiKey, address: &str, origin: Origin) -> Step {
         Err(step) => return *step,
         Ok(c) => c,
     };
-    match decide::find_address(&o.inbox.spec, address, origin, candidates) {
+    match addresses::find_address(&o.inbox.spec, address, origin, candidates) {
         AddressLookup::Absent if origin == Origin::Random => create(o, key, address),
         // Absent: renew the proof of absence (this listing's time), then create again; a
         // create long after the first listing would otherwise fall outside its window.
@@ -134,7 +135,7 @@ fn unproven_mark(o: &Observed, key: ApiKey, address: &str) -> Step {
         Err(step) => return *step,
         Ok(c) => c,
     };
-    let Some(holder) = decide::holder_of(&o.inbox.spec, address, candidates) else {
+    let Some(holder) = addresses::holder_of(&o.inbox.spec, address, candidates) else {
         return mark_then_create(o, key, None);
     };
     let msg = format!(
@@ -198,12 +199,16 @@ fn recover_legacy(o: &Observed, key: ApiKey, since: jiff::Timestamp) -> Step {
         Ok(e) => e,
         Err(step) => return *step,
     };
-    let ids =
-        match decide::recover_legacy(&o.inbox.spec, since, candidates, &claimed_ids(elsewhere)) {
-            Recovery::None => return mark_then_create(o, key, None),
-            Recovery::One(r) => vec![r.id],
-            Recovery::Ambiguous(ids) => ids,
-        };
+    let ids = match addresses::recover_legacy(
+        &o.inbox.spec,
+        since,
+        candidates,
+        &claimed_ids(elsewhere),
+    ) {
+        Recovery::None => return mark_then_create(o, key, None),
+        Recovery::One(r) => vec![r.id],
+        Recovery::Ambiguous(ids) => ids,
+    };
     let msg = format!(
         "a create started by an earlier operator version may have made {} ({}); set spec.inboxId to the one to keep and delete any others in AgentSend, or remove the {} annotation to create a new inbox",
         if ids.len() == 1 {
@@ -264,7 +269,7 @@ pub(super) fn create(o: &Observed, key: ApiKey, address: &str) -> Step {
         },
         None => Step::Create {
             key,
-            request: decide::create_request(&o.inbox.spec, address),
+            request: addresses::create_request(&o.inbox.spec, address),
         },
         Some(Ok(remote)) => {
             let event = match &o.replaces {
@@ -298,10 +303,10 @@ fn after_conflict(o: &Observed, key: ApiKey, address: &str, e: &ApiError) -> Ste
     };
     let found = match o.pending() {
         Some(Pending::Proven { origin, .. }) => {
-            decide::find_address(&o.inbox.spec, address, origin, candidates)
+            addresses::find_address(&o.inbox.spec, address, origin, candidates)
         }
         // The mark went in this pass (nothing of it is bound now): only say who holds it.
-        _ => match decide::holder_of(&o.inbox.spec, address, candidates) {
+        _ => match addresses::holder_of(&o.inbox.spec, address, candidates) {
             Some(holder) => AddressLookup::Older(holder.clone()),
             None => AddressLookup::Absent,
         },

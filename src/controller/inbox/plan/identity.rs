@@ -5,7 +5,7 @@
 
 use crate::agentsend::{ApiKey, InboxState};
 use crate::api::inbox::{self, Reason};
-use crate::controller::inbox::decide::{self, FieldMismatch};
+use crate::controller::inbox::addresses::FieldMismatch;
 use crate::controller::inbox::events::{EventKind, InboxEvent};
 use crate::controller::ownership::proof::Binding;
 
@@ -17,6 +17,7 @@ use super::outcome::{done, rejected, stalled};
 use super::report::report;
 use super::retry::api_failure;
 use super::step::{Step, Then};
+use crate::controller::inbox::addresses;
 
 /// The `agentsend.io/inbox-id` annotation names an inbox without the operator's proof that it
 /// bound it here: written by hand, copied from another Inbox, or restored into another
@@ -56,12 +57,12 @@ pub(super) fn bound(o: &Observed, key: ApiKey, b: &Binding) -> Step {
     // only match the fields the spec sets.
     let strict = !o.adopted() && !o.observing();
     if !o.bound_now {
-        if let Some(m) = decide::inbox_id_changed(&o.inbox.spec, id) {
+        if let Some(m) = addresses::inbox_id_changed(&o.inbox.spec, id) {
             return immutable(o, &m);
         }
         // Against the recorded identity: no AgentSend call needed.
         if let Some(recorded) = recorded_identity(&o.inbox, id)
-            && let Some(m) = decide::identity_mismatch(&o.inbox.spec, &recorded, strict)
+            && let Some(m) = addresses::identity_mismatch(&o.inbox.spec, &recorded, strict)
         {
             return immutable(o, &m);
         }
@@ -97,7 +98,7 @@ pub(super) fn bound(o: &Observed, key: ApiKey, b: &Binding) -> Step {
         Some(Lookup::Found(r)) => r,
     };
     if !o.bound_now
-        && let Some(m) = decide::identity_mismatch(&o.inbox.spec, remote, strict)
+        && let Some(m) = addresses::identity_mismatch(&o.inbox.spec, remote, strict)
     {
         return immutable(o, &m);
     }
@@ -124,7 +125,10 @@ pub(super) fn bound(o: &Observed, key: ApiKey, b: &Binding) -> Step {
 }
 
 fn immutable(o: &Observed, m: &FieldMismatch) -> Step {
-    let r = stalled(Reason::ImmutableFieldChanged, decide::immutable_message(m));
+    let r = stalled(
+        Reason::ImmutableFieldChanged,
+        addresses::immutable_message(m),
+    );
     done(report(o, None, None, r), Then::Settle)
 }
 
@@ -199,7 +203,7 @@ pub(super) fn adopt(o: &Observed, key: ApiKey, id: &str) -> Step {
         }
         Some(Lookup::Found(r)) => r,
     };
-    if let Some(m) = decide::identity_mismatch(&o.inbox.spec, remote, false) {
+    if let Some(m) = addresses::identity_mismatch(&o.inbox.spec, remote, false) {
         return rejected(o, format!("cannot adopt inbox {id:?}: {}", m.message));
     }
     let elsewhere = match claims_on(o, &[id], true) {
@@ -233,7 +237,7 @@ pub(super) fn observe_by_address(o: &Observed, key: ApiKey) -> Step {
         Err(step) => return *step,
         Ok(c) => c,
     };
-    let Some(remote) = decide::observed_by_address(&o.inbox.spec, candidates) else {
+    let Some(remote) = addresses::observed_by_address(&o.inbox.spec, candidates) else {
         let msg = format!(
             "no inbox with the address {address:?} (and the spec's other identity fields) exists in this AgentSend account; managementPolicy Observe never creates one"
         );

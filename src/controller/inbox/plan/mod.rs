@@ -50,11 +50,13 @@
 //!   `report` (the status and its transition events).
 //! - The types: `observed`, the inputs ([`Observed`], [`Phase`], [`Lookup`], [`Hold`], …),
 //!   and `step`, the outputs ([`Step`], [`Done`], [`Report`], [`Then`], …, and [`writes`]);
-//!   `display` renders a step in one line.
+//!   `display` renders a step in one line; `backoff` holds the backoff curves every retry
+//!   uses (and the default cap of `--max-retry-delay`).
 //! - `tests/`: the rules as tables (`lifecycle`, `outputs`, `ownership`) and the rules
 //!   behind them (`rules`), on the fixtures of `tests/mod.rs`.
 
 mod apply;
+pub(crate) mod backoff;
 mod claims;
 mod cleanup;
 mod config_map;
@@ -62,7 +64,7 @@ mod converge;
 mod create;
 mod display;
 mod identity;
-mod observed;
+pub(crate) mod observed;
 mod outcome;
 mod pass;
 mod report;

@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::backoff;
+use super::observed;
 use crate::agentsend::{ApiError, ApiKey, InboxState, RemoteInbox};
 use crate::api::inbox::{self, DeletionPolicy, DeletionPolicySource, Inbox, InboxStatus, Reason};
 use crate::controller::accounts::credentials::{Credentials, InUse};
-use crate::controller::inbox::decide;
 use crate::controller::inbox::events::EventKind;
 use crate::controller::ownership::proof::{Binding, Pending, ProofKey};
 use crate::controller::remote::refresh::Refresh;
@@ -191,7 +192,7 @@ pub struct Observed {
     /// This pass registered the binding with the counter sync.
     pub registered: bool,
     /// The metadata of Secrets read (or written, or deleted) by name; `None` inside: absent.
-    /// Their data is never read: see [`decide::plan_secret`].
+    /// Their data is never read: see [`secret::plan_secret`].
     pub secrets: BTreeMap<String, Option<ObjectMeta>>,
     /// The metadata of the ConfigMaps read (or written, or deleted) by name, as `secrets`;
     /// `None` until read (only when `spec.configMap` or `status.configMapName` names one).
@@ -237,7 +238,7 @@ impl Observed {
             now,
             jitter: 0.0,
             failures: 0,
-            max_retry_delay: decide::MAX_RETRY_DELAY,
+            max_retry_delay: backoff::MAX_RETRY_DELAY,
             sync_interval,
             credentials: None,
             remembered_key: None,
@@ -270,7 +271,7 @@ impl Observed {
     /// The deletion policy that applies and its source; `None` until the namespace is read.
     pub(super) fn deletion_policy(&self) -> Option<(DeletionPolicy, DeletionPolicySource)> {
         let ns = self.namespace_default.as_ref().map(Option::as_deref);
-        decide::deletion_policy(self.inbox.spec.deletion_policy, ns)
+        observed::deletion_policy(self.inbox.spec.deletion_policy, ns)
     }
 
     pub(super) fn adopted(&self) -> bool {
@@ -321,4 +322,48 @@ pub(super) fn recorded_identity(inbox: &Inbox, id: &str) -> Option<RemoteInbox> 
         complaint_count: None,
         created_at: None,
     })
+}
+
+/// The deletion policy that applies, and where it comes from: the spec's own field wins;
+/// else the namespace's `agentsend.io/default-deletion-policy` annotation (`namespace`:
+/// `None` while not read, `Some(None)` when absent); else `Delete`. An annotation that is
+/// neither `Delete` nor `Orphan` counts as `Orphan`: a typo never destroys mail.
+pub fn deletion_policy(
+    spec: Option<DeletionPolicy>,
+    namespace: Option<Option<&str>>,
+) -> Option<(DeletionPolicy, DeletionPolicySource)> {
+    if let Some(p) = spec {
+        return Some((p, DeletionPolicySource::Spec));
+    }
+    Some(match namespace? {
+        None => (DeletionPolicy::Delete, DeletionPolicySource::Default),
+        Some(v) => (
+            DeletionPolicy::parse(v).unwrap_or(DeletionPolicy::Orphan),
+            DeletionPolicySource::Namespace,
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spec_wins_then_the_namespace_then_delete() {
+        use DeletionPolicy::{Delete, Orphan};
+        use DeletionPolicySource::{Default, Namespace, Spec};
+        let cases = [
+            (Some(Delete), Some(Some("Orphan")), Some((Delete, Spec))),
+            (Some(Orphan), None, Some((Orphan, Spec))),
+            (None, None, None),
+            (None, Some(None), Some((Delete, Default))),
+            (None, Some(Some("Orphan")), Some((Orphan, Namespace))),
+            (None, Some(Some(" delete ")), Some((Delete, Namespace))),
+            (None, Some(Some("keep")), Some((Orphan, Namespace))),
+            (None, Some(Some("")), Some((Orphan, Namespace))),
+        ];
+        for (spec, ns, want) in cases {
+            assert_eq!(deletion_policy(spec, ns), want, "{spec:?} {ns:?}");
+        }
+    }
 }

@@ -4,7 +4,6 @@
 
 use crate::agentsend::RemoteInbox;
 use crate::api::inbox::{self, ConditionStatus, InboxStatus, Reason};
-use crate::controller::inbox::decide;
 use crate::controller::inbox::events::{EventKind, InboxEvent};
 use crate::controller::inbox::outputs::config_map;
 use crate::controller::inbox::status::{self, Readiness, StatusInput};
@@ -12,6 +11,7 @@ use crate::controller::remote::refresh::Refresh;
 
 use super::observed::Observed;
 use super::step::Report;
+use crate::controller::inbox::outputs::secret;
 
 /// The status for `readiness`, whether it changed, and the events its transitions publish.
 pub(super) fn report(
@@ -78,7 +78,7 @@ fn config_map_in_place(o: &Observed) -> Option<Option<String>> {
     match o.inbox.config_map_name() {
         Some(name) => {
             let meta = known.get(&name)?.as_ref()?;
-            decide::is_owned_by(meta, uid).then_some(Some(name))
+            secret::is_owned_by(meta, uid).then_some(Some(name))
         }
         None => config_map::unwanted(known, None, uid)
             .next()

@@ -7,9 +7,9 @@ use std::time::Duration;
 use crate::agentsend::{ApiError, DEFAULT_RETRY_AFTER, MAX_RETRY_AFTER};
 use crate::api::inbox::Reason;
 use crate::controller::error::Error;
-use crate::controller::inbox::decide;
 use crate::controller::inbox::status::Readiness;
 
+use super::backoff;
 use super::observed::{Hold, Lookup, Observed, Phase};
 use super::outcome::{done_quietly, finish, stalled};
 use super::report::report;
@@ -83,7 +83,7 @@ pub(super) fn retry_delay(
         }
         ApiError::Transient { .. }
         | ApiError::InvalidResponse { .. }
-        | ApiError::NotFound { .. } => Some(decide::backoff(failures, jitter, max)),
+        | ApiError::NotFound { .. } => Some(backoff::backoff(failures, jitter, max)),
     }
 }
 
@@ -92,10 +92,10 @@ pub(super) fn retry_delay(
 pub fn error_retry(err: &Error, failures: u32, jitter: f64, max: Duration) -> Duration {
     match err {
         Error::Api(e) => retry_delay(e, failures, jitter, max).unwrap_or(Duration::from_secs(300)),
-        Error::CredentialsMissing(_) => decide::backoff(failures.max(4), jitter, max),
+        Error::CredentialsMissing(_) => backoff::backoff(failures.max(4), jitter, max),
         Error::Backoff { retry, .. } | Error::Held(retry) => *retry,
         Error::NotLeading => Error::NOT_LEADING_RETRY,
-        _ => decide::backoff(failures, jitter, max),
+        _ => backoff::backoff(failures, jitter, max),
     }
 }
 
@@ -143,7 +143,7 @@ pub(super) fn stale_view_retry(o: &Observed) -> Step {
         failures: Failures::Bump,
         ..finish(
             None,
-            Then::Requeue(decide::stale_view_delay(
+            Then::Requeue(backoff::stale_view_delay(
                 o.failures,
                 o.jitter,
                 o.max_retry_delay,

@@ -20,8 +20,9 @@ use kube::ResourceExt;
 use crate::agentsend::{ApiError, ApiKey, InboxState, RemoteInbox};
 use crate::api::inbox::{self, DeletionPolicy, Inbox, InboxSpec, InboxStatus, Reason};
 use crate::controller::accounts::credentials::{Credentials, InUse};
-use crate::controller::inbox::decide::{self, tests::as_written};
 use crate::controller::inbox::outputs::config_map;
+use crate::controller::inbox::outputs::secret::{self, testing::as_written};
+use crate::controller::inbox::plan::backoff::MAX_RETRY_DELAY;
 use crate::controller::inbox::plan::observed::{Claim, Hold, Lookup, Marked, Observed, Phase};
 use crate::controller::inbox::plan::outcome::stalled;
 use crate::controller::inbox::status::{self, Readiness, StatusInput};
@@ -29,7 +30,7 @@ use crate::controller::ownership::proof::{Origin, ProofKey};
 use crate::controller::remote::refresh::Refresh;
 
 /// The default cap of the failure backoff.
-const MAX: Duration = decide::MAX_RETRY_DELAY;
+const MAX: Duration = MAX_RETRY_DELAY;
 
 const NOW: &str = "2026-11-28T10:00:00Z";
 const MARKED_AT: &str = "2026-11-28T09:59:00Z";
@@ -296,7 +297,7 @@ impl B {
     }
     /// The Secret as this Inbox writes it for `r`.
     fn secret_for(self, r: &RemoteInbox) -> Self {
-        let s = decide::desired_secret(&self.0.inbox, r).map(|s| as_written(&s));
+        let s = secret::desired_secret(&self.0.inbox, r).map(|s| as_written(&s));
         let name = self.0.inbox.secret_name();
         self.secret(&name, s)
     }
@@ -312,7 +313,7 @@ impl B {
 }
 
 fn owned_secret(name: &str) -> ObjectMeta {
-    let mut s = as_written(&decide::desired_secret(&obs().0.inbox, &inb1()).unwrap());
+    let mut s = as_written(&secret::desired_secret(&obs().0.inbox, &inb1()).unwrap());
     s.name = Some(name.into());
     s.uid = Some(format!("uid-of-{name}"));
     s
@@ -361,10 +362,9 @@ fn written_config_map(b: &B, r: &RemoteInbox) -> ObjectMeta {
     let keys: Vec<&str> = c.data.iter().flatten().map(|(k, _)| k.as_str()).collect();
     ObjectMeta {
         uid: Some(format!("uid-of-{}", c.metadata.name.clone().unwrap())),
-        managed_fields: Some(vec![crate::controller::inbox::decide::tests::owning(
-            inbox::FIELD_MANAGER,
-            &keys,
-        )]),
+        managed_fields: Some(vec![
+            crate::controller::inbox::outputs::secret::testing::owning(inbox::FIELD_MANAGER, &keys),
+        ]),
         ..c.metadata
     }
 }

@@ -4,11 +4,11 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::inbox::{self, InboxSpec};
-use crate::controller::inbox::decide;
 use crate::controller::inbox::plan::pass::plan;
 use crate::controller::inbox::plan::step::Step;
 
 use super::{B, foreign_secret, inb1, obs, owned_secret, written_config_map};
+use crate::controller::inbox::outputs::secret;
 
 /// The ConfigMap output (`spec.configMap`): the Secret's rules, one rule per row.
 pub(super) fn output_rows() -> Vec<(&'static str, B, &'static str)> {
@@ -19,10 +19,12 @@ pub(super) fn output_rows() -> Vec<(&'static str, B, &'static str)> {
         ..ours.clone()
     };
     let edited = ObjectMeta {
-        managed_fields: Some(vec![crate::controller::inbox::decide::tests::owning(
-            "kubectl-edit",
-            &["address"],
-        )]),
+        managed_fields: Some(vec![
+            crate::controller::inbox::outputs::secret::testing::owning(
+                "kubectl-edit",
+                &["address"],
+            ),
+        ]),
         ..ours.clone()
     };
     let renamed = ObjectMeta {
@@ -314,7 +316,7 @@ fn a_rendered_template_joins_the_secrets_default_keys() {
     let data = secret.data.unwrap_or_default();
     assert_eq!(
         digest,
-        decide::data_digest(&data),
+        secret::data_digest(&data),
         "the digest covers the template keys"
     );
     let keys: Vec<&str> = data.keys().map(String::as_str).collect();
