@@ -29,7 +29,7 @@ use crate::controller::accounts::in_use::InUseFinalizers;
 use crate::controller::accounts::{status as account_status, watch as account_watch};
 use crate::controller::cache::inboxes::InboxCaches;
 use crate::controller::cache::{claims, owned as owned_cache, watches, written};
-use crate::controller::error::Error;
+use crate::controller::error::Stop;
 use crate::controller::inbox::plan::backoff;
 use crate::controller::inbox::{events, plan};
 use crate::controller::ownership::proof;
@@ -259,11 +259,11 @@ impl Context {
     }
 
     /// `Err(NotLeading)` unless this instance may write now (see [`Settings::gate`]).
-    pub(crate) fn may_write(&self) -> Result<(), Error> {
+    pub(crate) fn may_write(&self) -> Result<(), Stop> {
         if self.settings.gate.is_open() {
             Ok(())
         } else {
-            Err(Error::NotLeading)
+            Err(Stop::NotLeading)
         }
     }
 

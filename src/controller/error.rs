@@ -33,22 +33,6 @@ pub enum Error {
     /// A bug: the planner did not converge, or a step reached the wrong executor.
     #[error("internal error: {0}")]
     Internal(String),
-    /// A failed pass whose retry delay the planner chose (it also holds back passes over the
-    /// same inputs until then).
-    #[error("{cause}")]
-    Backoff {
-        /// What failed.
-        cause: Box<Error>,
-        /// When to try again.
-        retry: Duration,
-    },
-    /// This instance has not confirmed a lease renewal within the renew deadline (or lost
-    /// the lease): the pass stopped before writing and is retried after [`Error::NOT_LEADING_RETRY`].
-    #[error("not leading: the leader lease renewal is not confirmed, so this pass does not write")]
-    NotLeading,
-    /// Backing off from a failed deletion attempt over the same inputs (not a new failure).
-    #[error("backing off from the last failed attempt; next attempt in {0:?}")]
-    Held(Duration),
     /// The Account/ClusterAccount caches have not listed yet (check the operator may list
     /// and watch them: accounts, clusteraccounts).
     #[error(
@@ -70,9 +54,6 @@ impl Error {
     /// Metric label of a pass that found no API key.
     pub const CREDENTIALS_MISSING: &'static str = "credentials_missing";
 
-    /// When a pass stopped by [`Error::NotLeading`] is retried.
-    pub const NOT_LEADING_RETRY: Duration = Duration::from_secs(2);
-
     /// Short, stable label for `inbox_operator_reconcile_errors_total`.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -81,9 +62,6 @@ impl Error {
             Error::CredentialsMissing(_) => Self::CREDENTIALS_MISSING,
             Error::MissingObjectKey => "invalid_object",
             Error::Internal(_) => "internal",
-            Error::Backoff { cause, .. } => cause.metric_label(),
-            Error::Held(_) => "held",
-            Error::NotLeading => "not_leading",
             Error::AccountsNotSynced => "accounts_not_synced",
             Error::AccountChanged(_) => "account_changed",
             Error::OwnershipUnverified(_) => "ownership_unverified",
@@ -92,17 +70,64 @@ impl Error {
     }
 }
 
-/// kube's finalizer helper wraps the pass's error; unwrap it so the error policy and the
-/// metrics see the real cause.
-impl From<kube::runtime::finalizer::Error<Error>> for Error {
-    fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
+/// How a pass ended without finishing its work: a failure, or one of the two outcomes that
+/// stop a pass without being failures of the Inbox.
+#[derive(Debug, Error)]
+pub enum Stop {
+    /// The pass failed; the error policy backs off by cause.
+    #[error(transparent)]
+    Failed(Error),
+    /// The pass failed and the planner chose when to try again (it also holds back passes
+    /// over the same inputs until then).
+    #[error("{cause}")]
+    FailedRetryIn {
+        /// What failed.
+        cause: Error,
+        /// When to try again.
+        retry: Duration,
+    },
+    /// Not a failure: this instance has not confirmed a lease renewal within the renew
+    /// deadline (or lost the lease), so the pass stopped before writing; it is retried after
+    /// [`Stop::NOT_LEADING_RETRY`].
+    #[error("not leading: the leader lease renewal is not confirmed, so this pass does not write")]
+    NotLeading,
+    /// Not a failure: backing off from the last failed attempt over the same inputs.
+    #[error("backing off from the last failed attempt; next attempt in {0:?}")]
+    Held(Duration),
+}
+
+impl Stop {
+    /// When a pass stopped by [`Stop::NotLeading`] is retried.
+    pub const NOT_LEADING_RETRY: Duration = Duration::from_secs(2);
+
+    /// The label a stopped pass is counted under in `inbox_operator_reconcile_errors_total`;
+    /// `None` for a held pass, which is no attempt (the failure it waits out was counted).
+    pub fn metric_label(&self) -> Option<&'static str> {
+        match self {
+            Stop::Failed(e) | Stop::FailedRetryIn { cause: e, .. } => Some(e.metric_label()),
+            Stop::NotLeading => Some("not_leading"),
+            Stop::Held(_) => None,
+        }
+    }
+}
+
+impl<E: Into<Error>> From<E> for Stop {
+    fn from(e: E) -> Self {
+        Stop::Failed(e.into())
+    }
+}
+
+/// kube's finalizer helper wraps how the pass ended; unwrap it so the metrics and the error
+/// policy see the real cause.
+impl From<kube::runtime::finalizer::Error<Stop>> for Stop {
+    fn from(e: kube::runtime::finalizer::Error<Stop>) -> Self {
         use kube::runtime::finalizer::Error as F;
         match e {
             F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner,
-            F::AddFinalizer(e) => Error::AddFinalizer(e),
-            F::RemoveFinalizer(e) => Error::RemoveFinalizer(e),
-            F::UnnamedObject => Error::MissingObjectKey,
-            F::InvalidFinalizer => Error::Internal("invalid finalizer name".into()),
+            F::AddFinalizer(e) => Stop::Failed(Error::AddFinalizer(e)),
+            F::RemoveFinalizer(e) => Stop::Failed(Error::RemoveFinalizer(e)),
+            F::UnnamedObject => Stop::Failed(Error::MissingObjectKey),
+            F::InvalidFinalizer => Stop::Failed(Error::Internal("invalid finalizer name".into())),
         }
     }
 }

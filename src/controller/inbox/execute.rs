@@ -5,7 +5,7 @@
 //!
 //! Every write (AgentSend POST/DELETE, Kubernetes writes and Events) is preceded by a check of
 //! the write gate ([`Context::may_write`]): a pass that finds it closed (this instance is not
-//! a confirmed leader) stops there with [`Error::NotLeading`]. Stopping between two writes
+//! a confirmed leader) stops there with [`Stop::NotLeading`]. Stopping between two writes
 //! is what a crash does, and the planner recovers from it (the create-pending mark).
 
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use crate::api::inbox::{self, Inbox};
 use crate::controller::cache::inbox::CachedInbox;
 use crate::controller::cache::written::{self, Write};
 use crate::controller::context::Context;
-use crate::controller::error::Error;
+use crate::controller::error::{Error, Stop};
 use crate::controller::inbox::plan::{self, Phase};
 use crate::metrics::Metrics;
 
@@ -64,19 +64,50 @@ pub(crate) async fn reconcile(
         );
     });
     record(&ctx.metrics, &result, started);
-    result.map(|p| p.action)
+    match result {
+        Ok(p) => Ok(p.action),
+        Err(stop) => ended_early(&cached, stop, &ctx),
+    }
+}
+
+/// What follows a pass that stopped early: a failure goes to the error policy (`Err`);
+/// the other endings name their own retry.
+fn ended_early(inbox: &CachedInbox, stop: Stop, ctx: &Context) -> Result<Action, Error> {
+    let (namespace, name) = (
+        inbox.metadata.namespace.as_deref().unwrap_or_default(),
+        inbox.metadata.name.as_deref().unwrap_or_default(),
+    );
+    match stop {
+        Stop::Failed(e) => Err(e),
+        Stop::FailedRetryIn { cause, retry } => {
+            ctx.bump_failures(&inbox.inbox_ref());
+            warn!(
+                namespace,
+                name,
+                error = %cause,
+                reason = cause.metric_label(),
+                retry_in_ms = retry.as_millis() as u64,
+                "reconcile failed"
+            );
+            Ok(Action::requeue(retry))
+        }
+        Stop::NotLeading => {
+            // Not a failure of this Inbox: no backoff, and the gate logs its transitions.
+            tracing::debug!(namespace, name, "not leading: pass stopped before writing");
+            Ok(Action::requeue(Stop::NOT_LEADING_RETRY))
+        }
+        Stop::Held(remaining) => Ok(Action::requeue(remaining)),
+    }
 }
 
 /// Count a pass once: a success only when nothing failed, an error with its real label.
-fn record(metrics: &Metrics, result: &Result<Passed, Error>, started: Instant) {
-    if matches!(result, Err(Error::Held(_))) {
-        // Not an attempt: the failure it backs off from was counted.
-        return;
-    }
+fn record(metrics: &Metrics, result: &Result<Passed, Stop>, started: Instant) {
     let failed = match result {
         Ok(p) if p.skipped => return metrics.skipped(),
         Ok(p) => p.failed,
-        Err(e) => Some(e.metric_label()),
+        // Not an attempt: the failure it backs off from was counted.
+        Err(Stop::Held(_)) => return,
+        Err(stop) => stop.metric_label(),
     };
     metrics.reconciled(failed.is_none(), started.elapsed());
     if let Some(label) = failed {
@@ -84,7 +115,7 @@ fn record(metrics: &Metrics, result: &Result<Passed, Error>, started: Instant) {
     }
 }
 
-async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
+async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Stop> {
     let pass = Pass::new(ctx, &inbox)?;
     if ctx
         .last_writes
@@ -115,7 +146,7 @@ async fn run(inbox: Arc<Inbox>, ctx: &Context) -> Result<Passed, Error> {
 
 /// Run the pass in the phase the Inbox is in, through kube's finalizer helper where it
 /// applies.
-async fn run_phase(pass: &Pass<'_>, inbox: Arc<Inbox>) -> Result<Action, Error> {
+async fn run_phase(pass: &Pass<'_>, inbox: Arc<Inbox>) -> Result<Action, Stop> {
     Ok(match Phase::before_finalizer(&inbox) {
         Some(phase) => pass.run(&inbox, phase).await?,
         // Without the finalizer, not deleted: this pass adds it with its first write (with the
@@ -136,7 +167,7 @@ async fn run_phase(pass: &Pass<'_>, inbox: Arc<Inbox>) -> Result<Action, Error> 
                 },
             )
             .await
-            .map_err(Error::from)?;
+            .map_err(Stop::from)?;
             if pass.released.load(std::sync::atomic::Ordering::Relaxed) {
                 // The helper removed the finalizer after the release: done with this Inbox.
                 pass.wrote(Write::Finalized);
@@ -148,18 +179,6 @@ async fn run_phase(pass: &Pass<'_>, inbox: Arc<Inbox>) -> Result<Action, Error> 
 
 /// Retry policy for passes that failed (Kubernetes failures, deletion failures).
 pub(crate) fn error_policy(inbox: Arc<CachedInbox>, err: &Error, ctx: Arc<Context>) -> Action {
-    if let Error::Held(remaining) = err {
-        return Action::requeue(*remaining);
-    }
-    if let Error::NotLeading = err {
-        // Not a failure of this Inbox: no backoff, and the gate logs its transitions.
-        tracing::debug!(
-            namespace = inbox.metadata.namespace.as_deref().unwrap_or_default(),
-            name = inbox.metadata.name.as_deref().unwrap_or_default(),
-            "not leading: pass stopped before writing"
-        );
-        return Action::requeue(Error::NOT_LEADING_RETRY);
-    }
     let failures = ctx.bump_failures(&inbox.inbox_ref());
     let delay = plan::error_retry(err, failures, rand::random(), ctx.settings.max_retry_delay);
     warn!(

@@ -13,13 +13,13 @@ use serde_json::json;
 
 use super::pass::Pass;
 use crate::api::inbox;
-use crate::controller::error::Error;
+use crate::controller::error::{Error, Stop};
 use crate::controller::inbox::outputs::config_map::OutputKind;
 use crate::controller::inbox::plan::{Observed, Step};
 
 impl Pass<'_> {
     /// The ConfigMap steps; any other step here is a bug.
-    pub(super) async fn output_step(&self, o: &mut Observed, step: Step) -> Result<(), Error> {
+    pub(super) async fn output_step(&self, o: &mut Observed, step: Step) -> Result<(), Stop> {
         let api: Api<ConfigMap> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         match step {
             Step::ReadConfigMaps { names } => {
@@ -67,7 +67,11 @@ impl Pass<'_> {
                 let released = release(&self.secrets, &name, &patch).await?;
                 o.secrets.insert(name, released);
             }
-            other => return Err(Error::Internal(format!("step {other} reached output_step"))),
+            other => {
+                return Err(Stop::from(Error::Internal(format!(
+                    "step {other} reached output_step"
+                ))));
+            }
         }
         Ok(())
     }
@@ -78,7 +82,7 @@ impl Pass<'_> {
         &self,
         api: &Api<ConfigMap>,
         name: &str,
-    ) -> Result<Option<ObjectMeta>, Error> {
+    ) -> Result<Option<ObjectMeta>, Stop> {
         if let Some(store) = self.ctx.config_map_store(&self.ns)
             && let Some(meta) = store.get(&self.ns, name)
         {
@@ -98,7 +102,7 @@ pub(super) async fn write_owned<K>(
     obj: &K,
     create: bool,
     uid: Option<&str>,
-) -> Result<ObjectMeta, Error>
+) -> Result<ObjectMeta, Stop>
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -135,7 +139,7 @@ async fn release<K>(
     api: &Api<K>,
     name: &str,
     patch: &serde_json::Value,
-) -> Result<Option<ObjectMeta>, Error>
+) -> Result<Option<ObjectMeta>, Stop>
 where
     K: Resource<Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned,
 {
@@ -155,7 +159,7 @@ pub(super) async fn delete_owned<K>(
     api: &Api<K>,
     name: &str,
     uid: Option<String>,
-) -> Result<(), Error>
+) -> Result<(), Stop>
 where
     K: Resource<Scope = NamespaceResourceScope> + Clone + Debug + DeserializeOwned,
 {

@@ -18,7 +18,7 @@ use crate::api::inbox::{self, Inbox};
 use crate::controller::accounts::credentials;
 use crate::controller::accounts::credentials::Credentials;
 use crate::controller::cache::claims::{self, ClaimIndex, Claimant};
-use crate::controller::error::Error;
+use crate::controller::error::{Error, Stop};
 use crate::controller::inbox::plan::{Claim, Lookup, Observed, Phase};
 
 use super::pass::Pass;
@@ -27,7 +27,7 @@ impl Pass<'_> {
     /// Resolve the API key ([`credentials::resolve`] over the account caches, the namespace's
     /// labels when a rule needs them, and the namespace's other Inboxes), read it from its
     /// Secret, and note which of the objects it comes through carry the in-use finalizer.
-    pub(super) async fn credentials(&self, o: &mut Observed) -> Result<(), Error> {
+    pub(super) async fn credentials(&self, o: &mut Observed) -> Result<(), Stop> {
         let cleanup = o.phase == Phase::Cleanup;
         let accounts = &self.ctx.accounts;
         accounts.wait_synced().await?;
@@ -122,7 +122,7 @@ impl Pass<'_> {
 
     /// The namespace's `agentsend.io/default-deletion-policy` annotation: from the namespace
     /// cache, else (not cached yet, or not watchable) one GET of the namespace's metadata.
-    pub(super) async fn namespace_default(&self) -> Result<Option<String>, Error> {
+    pub(super) async fn namespace_default(&self) -> Result<Option<String>, Stop> {
         let annotation = |m: &ObjectMeta| {
             m.annotations
                 .as_ref()
@@ -228,7 +228,7 @@ impl Pass<'_> {
     /// A Secret's metadata (never its data) from the watch cache; one metadata GET when the
     /// cache does not have it (a foreign Secret is not in the label-filtered cache, and the
     /// cache may lag our own writes).
-    pub(super) async fn get_secret(&self, name: &str) -> Result<Option<ObjectMeta>, Error> {
+    pub(super) async fn get_secret(&self, name: &str) -> Result<Option<ObjectMeta>, Stop> {
         if let Some(store) = self.ctx.secret_store(&self.ns)
             && let Some(meta) = store.get(&self.ns, name)
         {

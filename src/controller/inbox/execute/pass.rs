@@ -20,7 +20,7 @@ use crate::controller::accounts::credentials;
 use crate::controller::accounts::credentials::Credentials;
 use crate::controller::cache::written::Write;
 use crate::controller::context::Context;
-use crate::controller::error::Error;
+use crate::controller::error::{Error, Stop};
 use crate::controller::inbox::addresses;
 use crate::controller::inbox::events::InboxEvent;
 use crate::controller::inbox::plan::{
@@ -58,13 +58,13 @@ pub(super) struct Pass<'a> {
 }
 
 impl<'a> Pass<'a> {
-    pub(super) fn new(ctx: &'a Context, inbox: &Inbox) -> Result<Self, Error> {
+    pub(super) fn new(ctx: &'a Context, inbox: &Inbox) -> Result<Self, Stop> {
         let (Some(ns), Some(name), Some(uid)) = (
             inbox.namespace(),
             inbox.metadata.name.clone(),
             inbox.metadata.uid.clone(),
         ) else {
-            return Err(Error::MissingObjectKey);
+            return Err(Error::MissingObjectKey.into());
         };
         Ok(Pass {
             ctx,
@@ -94,7 +94,7 @@ impl<'a> Pass<'a> {
     }
 
     /// Plan and execute until the planner is done.
-    pub(super) async fn run(&self, inbox: &Inbox, phase: Phase) -> Result<Action, Error> {
+    pub(super) async fn run(&self, inbox: &Inbox, phase: Phase) -> Result<Action, Stop> {
         let now = jiff::Timestamp::now()
             .strftime("%Y-%m-%dT%H:%M:%SZ")
             .to_string();
@@ -126,9 +126,9 @@ impl<'a> Pass<'a> {
                 step => self.step(&mut o, step, &mut gate).await?,
             }
         }
-        Err(Error::Internal(format!(
+        Err(Stop::from(Error::Internal(format!(
             "the planner did not finish within {MAX_STEPS} steps"
-        )))
+        ))))
     }
 
     pub(super) async fn step(
@@ -136,7 +136,7 @@ impl<'a> Pass<'a> {
         o: &mut Observed,
         step: Step,
         gate: &mut Option<Gate>,
-    ) -> Result<(), Error> {
+    ) -> Result<(), Stop> {
         if plan::writes(&step) {
             self.ctx.may_write()?;
         }
@@ -203,7 +203,7 @@ impl<'a> Pass<'a> {
         o: &mut Observed,
         gate: &mut Option<Gate>,
         step: Step,
-    ) -> Result<(), Error> {
+    ) -> Result<(), Stop> {
         let (key, remote, event, secret) = match step {
             Step::Bind { key, remote, event } => (key, remote, event, None),
             Step::BindWithSecret {
@@ -212,7 +212,7 @@ impl<'a> Pass<'a> {
                 event,
                 secret,
             } => (key, remote, event, Some(*secret)),
-            other => return Err(Error::Internal(format!("not a bind: {other}"))),
+            other => return Err(Stop::from(Error::Internal(format!("not a bind: {other}")))),
         };
         let owner = format!("{}/{}", self.ns, self.name);
         self.ctx.bindings.note_bound(&remote.id, &self.uid, &owner);
@@ -237,7 +237,7 @@ impl<'a> Pass<'a> {
     }
 
     /// The steps that write annotations, Secrets and registries, or delete.
-    pub(super) async fn bookkeeping(&self, o: &mut Observed, step: Step) -> Result<(), Error> {
+    pub(super) async fn bookkeeping(&self, o: &mut Observed, step: Step) -> Result<(), Stop> {
         match step {
             Step::ReadNamespace => {
                 o.namespace_default = Some(self.namespace_default().await?);
@@ -318,7 +318,7 @@ impl<'a> Pass<'a> {
     }
 
     /// Report, account and end the pass as the planner decided.
-    pub(super) async fn finish(&self, done: Done, o: &Observed) -> Result<Action, Error> {
+    pub(super) async fn finish(&self, done: Done, o: &Observed) -> Result<Action, Stop> {
         if done.report.as_ref().is_some_and(|r| r.changed) {
             self.ctx.may_write()?;
         }
@@ -371,19 +371,19 @@ impl<'a> Pass<'a> {
         match done.then {
             Then::Settle => Ok(Action::await_change()),
             Then::Requeue(d) => Ok(Action::requeue(d)),
-            Then::Fail(f) => Err(match done.hold {
-                Some(h) => Error::Backoff {
-                    cause: Box::new(f.into()),
+            Then::Fail(f) => Err(match (Stop::from(f), done.hold) {
+                (Stop::Failed(cause), Some(h)) => Stop::FailedRetryIn {
+                    cause,
                     retry: h.remaining,
                 },
-                None => f.into(),
+                (stop, _) => stop,
             }),
         }
     }
 
     /// Export the per-Inbox metrics; write the status if it changed and publish its
     /// transition events. `Ok(true)` when the status in the API server is the report's.
-    pub(super) async fn report(&self, report: &Report) -> Result<bool, Error> {
+    pub(super) async fn report(&self, report: &Report) -> Result<bool, Stop> {
         self.ctx
             .metrics
             .observe_inbox(&self.ns, &self.name, &report.status, report.ready);
@@ -404,7 +404,7 @@ impl<'a> Pass<'a> {
         Ok(true)
     }
 
-    pub(super) async fn write_status(&self, status: &InboxStatus) -> Result<(), Error> {
+    pub(super) async fn write_status(&self, status: &InboxStatus) -> Result<(), Stop> {
         let body = json!({
             "apiVersion": Inbox::api_version(&()),
             "kind": Inbox::kind(&()),

@@ -14,8 +14,8 @@ fn errors_are_counted_once_with_their_real_reason() {
         status: 401,
         message: "bad key".into(),
     };
-    let wrapped = FinalizerError::CleanupFailed(Error::Api(unauthorized.clone()));
-    record(&m, &Err(Error::from(wrapped)), Instant::now());
+    let wrapped = FinalizerError::CleanupFailed(Stop::from(Error::Api(unauthorized.clone())));
+    record(&m, &Err(Stop::from(wrapped)), Instant::now());
     let handled = Passed {
         action: Action::await_change(),
         failed: Some(unauthorized.reason()),
@@ -57,9 +57,9 @@ fn errors_are_counted_once_with_their_real_reason() {
 #[test]
 fn a_pass_stopped_by_the_gate_is_counted_as_not_leading() {
     let m = Metrics::new();
-    record(&m, &Err(Error::NotLeading), Instant::now());
-    let wrapped = FinalizerError::ApplyFailed(Error::NotLeading);
-    record(&m, &Err(Error::from(wrapped)), Instant::now());
+    record(&m, &Err(Stop::NotLeading), Instant::now());
+    let wrapped = FinalizerError::ApplyFailed(Stop::NotLeading);
+    record(&m, &Err(Stop::from(wrapped)), Instant::now());
     let text = m.encode();
     assert!(
         text.contains(r#"inbox_operator_reconcile_errors_total{reason="not_leading"} 2"#),

@@ -8,7 +8,7 @@ use tracing::{field, info};
 
 use crate::agentsend::{ApiKey, CreateInbox};
 use crate::api::inbox;
-use crate::controller::error::Error;
+use crate::controller::error::Stop;
 use crate::controller::inbox::plan::{Marked, Observed};
 use crate::controller::ownership::proof::Origin;
 
@@ -48,7 +48,7 @@ impl Pass<'_> {
         address: &str,
         origin: Origin,
         key: &ApiKey,
-    ) -> Result<(), Error> {
+    ) -> Result<(), Stop> {
         let proof = self
             .ctx
             .proof
@@ -132,7 +132,7 @@ impl Pass<'_> {
         o: &mut Observed,
         id: &str,
         key: &ApiKey,
-    ) -> Result<(), Error> {
+    ) -> Result<(), Stop> {
         let proof = self.binding_proof(id, key);
         self.patch_annotations(json!({
             inbox::ANNOTATION_INBOX_ID: id,
@@ -151,7 +151,7 @@ impl Pass<'_> {
     pub(super) async fn patch_annotations(
         &self,
         annotations: serde_json::Value,
-    ) -> Result<(), Error> {
+    ) -> Result<(), Stop> {
         let patch = json!({ "metadata": { "annotations": annotations } });
         let updated = self
             .inboxes
@@ -168,12 +168,12 @@ impl Pass<'_> {
         secret: &Secret,
         create: bool,
         uid: Option<&str>,
-    ) -> Result<ObjectMeta, Error> {
+    ) -> Result<ObjectMeta, Stop> {
         config_maps::write_owned(&self.secrets, secret, create, uid).await
     }
 
     /// Delete an owned Secret; gone already, or replaced meanwhile (UID precondition), is fine.
-    pub(super) async fn delete_secret(&self, name: &str, uid: Option<String>) -> Result<(), Error> {
+    pub(super) async fn delete_secret(&self, name: &str, uid: Option<String>) -> Result<(), Stop> {
         config_maps::delete_owned(&self.secrets, name, uid).await
     }
 }

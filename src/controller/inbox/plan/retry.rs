@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::agentsend::{ApiError, DEFAULT_RETRY_AFTER, MAX_RETRY_AFTER};
 use crate::api::inbox::Reason;
-use crate::controller::error::Error;
+use crate::controller::error::{Error, Stop};
 use crate::controller::inbox::status::Readiness;
 
 use super::backoff;
@@ -93,8 +93,6 @@ pub fn error_retry(err: &Error, failures: u32, jitter: f64, max: Duration) -> Du
     match err {
         Error::Api(e) => retry_delay(e, failures, jitter, max).unwrap_or(Duration::from_secs(300)),
         Error::CredentialsMissing(_) => backoff::backoff(failures.max(4), jitter, max),
-        Error::Backoff { retry, .. } | Error::Held(retry) => *retry,
-        Error::NotLeading => Error::NOT_LEADING_RETRY,
         _ => backoff::backoff(failures, jitter, max),
     }
 }
@@ -106,12 +104,13 @@ pub(super) fn fail(o: &Observed, report: Option<Report>, failure: Failure) -> St
         best_effort: true,
         ..r
     });
-    let delay = error_retry(
-        &failure.clone().into(),
-        o.failures,
-        o.jitter,
-        o.max_retry_delay,
-    );
+    let delay = match Stop::from(failure.clone()) {
+        Stop::Held(d) => d,
+        Stop::Failed(e) | Stop::FailedRetryIn { cause: e, .. } => {
+            error_retry(&e, o.failures, o.jitter, o.max_retry_delay)
+        }
+        Stop::NotLeading => Stop::NOT_LEADING_RETRY,
+    };
     Step::Done(Done {
         hold: Some(Hold::of(o, delay)),
         ..finish(report, Then::Fail(failure))

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use crate::agentsend::{ApiError, ApiKey, CreateInbox, RemoteInbox};
 use crate::api::inbox::InboxStatus;
 use crate::controller::accounts::credentials::InUse;
-use crate::controller::error::Error;
+use crate::controller::error::{Error, Stop};
 use crate::controller::inbox::events::InboxEvent;
 use crate::controller::inbox::outputs::config_map;
 use crate::controller::inbox::status::Readiness;
@@ -74,16 +74,16 @@ pub enum Failure {
     OwnershipUnverified(String),
 }
 
-impl From<Failure> for Error {
-    fn from(f: Failure) -> Error {
-        match f {
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Stop {
+        Stop::Failed(match f {
             Failure::Api(e) => Error::Api(e),
             Failure::CredentialsMissing(m) => Error::CredentialsMissing(m),
             Failure::InvalidObject => Error::MissingObjectKey,
-            Failure::Held(d) => Error::Held(d),
+            Failure::Held(d) => return Stop::Held(d),
             Failure::AccountChanged(m) => Error::AccountChanged(m),
             Failure::OwnershipUnverified(m) => Error::OwnershipUnverified(m),
-        }
+        })
     }
 }
 
