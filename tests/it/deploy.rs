@@ -105,7 +105,8 @@ async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
 
     // Every example.
     let ns = TestNamespace::new(&client, "examples").await;
-    // The test controller-manager runs only the garbage collector and the namespace controller:
+    // The test controller-manager runs no serviceaccount controller (only the garbage collector,
+    // the namespace and the clusterrole-aggregation controllers):
     // create the `default` ServiceAccount the Pod example needs.
     let _ = cp
         .kubectl()
