@@ -8,7 +8,8 @@ Cases:
   - watchNamespaces=[team-a, team-b]        == kubectl kustomize deploy/namespaced
   - charts/inbox-operator/crds/ holds byte-identical copies of crds/*.agentsend.io.yaml
   - a few non-default values render what they promise (no default key, fullnameOverride,
-    metrics port, no binding-check ClusterRole) and replicas > 1 without leaderElect fails
+    metrics port, no binding-check ClusterRole) and values the chart refuses are refused:
+    replicas > 1 without leaderElect, and misspelled keys at any level (values.schema.json)
 Both renders use release name and namespace `inbox-operator`. The Namespace object (kustomize
 creates it; Helm uses --create-namespace) and the CRD (`helm template` leaves crds/ out; it is
 compared as a file) are not compared as rendered objects.
@@ -238,10 +239,19 @@ def other_values(render):
             return True
         return False
 
-    ok = refused({"replicas": 2, "leaderElect": False})
-    if not ok:
-        print("FAIL replicas: 2 without leaderElect renders")
-    results.append(ok)
+    for name, values in [
+        ("replicas: 2 without leaderElect", {"replicas": 2, "leaderElect": False}),
+        # values.schema.json: additionalProperties false at every level.
+        ("a misspelled top-level key", {"replicsa": 2}),
+        ("a misspelled key of the chart's", {"crds": {"kep": False}}),
+        ("a misspelled Kubernetes field", {"resources": {"requets": {"cpu": "1"}}}),
+        ("a misspelled field deep in a Kubernetes value", {"securityContext": {"capabilities": {"dorp": ["ALL"]}}}),
+        ("a wrong type", {"crds": {"enabled": "yes"}}),
+    ]:
+        ok = refused(values)
+        if not ok:
+            print(f"FAIL {name} renders: {values}")
+        results.append(ok)
     return results
 
 

@@ -268,6 +268,23 @@ fn argocd_health_check() {
     );
 }
 
+/// charts/inbox-operator/README.md is what hack/chart-readme.py makes of values.yaml, every value
+/// is documented, and values.schema.json is strict (`make chart-readme` regenerates the README).
+#[test]
+fn chart_readme_is_current() {
+    let out = Command::new("python3")
+        .arg(format!("{ROOT}/hack/chart-readme.py"))
+        .arg("--check")
+        .output()
+        .expect("python3 with PyYAML (.ci/run installs it)");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn helm_chart_crds_match() {
     for (name, generated) in inbox_operator::commands::crd::crd_files().unwrap() {
