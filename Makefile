@@ -15,7 +15,7 @@ lint-deploy:     ## hadolint the Dockerfile; helm lint; the chart renders what d
 
 crd:             ## regenerate the committed CRDs (and the Helm chart's copies); tests/it/crd.rs checks them
 	cargo run --quiet --locked -p inbox-operator --bin inbox-operator -- crd --dir crds
-	cp crds/*.agentsend.io.yaml charts/inbox-operator/crds/
+	cp crds/*.agentsend.io.yaml charts/inbox-operator/files/crds/
 
 chart-readme:    ## regenerate charts/inbox-operator/README.md from values.yaml's comments (CI checks it)
 	python3 hack/chart-readme.py

@@ -6,13 +6,14 @@
 Cases:
   - chart defaults                          == kubectl kustomize deploy/base
   - watchNamespaces=[team-a, team-b]        == kubectl kustomize deploy/namespaced
-  - charts/inbox-operator/crds/ holds byte-identical copies of crds/*.agentsend.io.yaml
+  - charts/inbox-operator/files/crds/ holds byte-identical copies of crds/*.agentsend.io.yaml
   - a few non-default values render what they promise (no default key, fullnameOverride,
-    metrics port, no binding-check ClusterRole) and values the chart refuses are refused:
-    replicas > 1 without leaderElect, and misspelled keys at any level (values.schema.json)
+    metrics port, no binding-check ClusterRole, CRDs off or not kept) and values the chart
+    refuses are refused: replicas > 1 without leaderElect, and misspelled keys at any level
+    (values.schema.json)
 Both renders use release name and namespace `inbox-operator`. The Namespace object (kustomize
-creates it; Helm uses --create-namespace) and the CRD (`helm template` leaves crds/ out; it is
-compared as a file) are not compared as rendered objects.
+creates it; Helm uses --create-namespace) is not compared, and the CRDs are compared without
+the chart's `helm.sh/resource-policy: keep` annotation (`crds.keep`).
 
 Tools: `helm` and `kubectl` from $HELM and $KUBECTL, else the ones built with the test control
 plane by hack/envtest-assets.sh (helm v3.22.0, kubectl of the tested Kubernetes version), else
@@ -54,7 +55,8 @@ CASES = [
         "deploy/namespaced",
     ),
 ]
-SKIPPED_KINDS = {"Namespace", "CustomResourceDefinition"}
+SKIPPED_KINDS = {"Namespace"}
+KEEP = "helm.sh/resource-policy"
 
 
 def docs(text):
@@ -110,6 +112,20 @@ def index(objs):
     return res
 
 
+def without_keep(objs):
+    """The chart's CRDs as kustomize has them: without `helm.sh/resource-policy: keep`."""
+    out = []
+    for o in objs:
+        meta = o.get("metadata", {})
+        if o.get("kind") == "CustomResourceDefinition" and KEEP in meta.get("annotations", {}):
+            o = json.loads(json.dumps(o))
+            del o["metadata"]["annotations"][KEEP]
+            if not o["metadata"]["annotations"]:
+                del o["metadata"]["annotations"]
+        out.append(o)
+    return out
+
+
 def dump(o):
     return yaml.safe_dump(o, sort_keys=True, default_flow_style=False).splitlines()
 
@@ -134,18 +150,21 @@ def compare(name, helm_objs, kustomize_objs):
 
 def crd_copy_matches():
     ok = True
-    for name in sorted(os.listdir(os.path.join(ROOT, "crds"))):
-        if not name.endswith(".agentsend.io.yaml"):
-            continue
+    names = sorted(n for n in os.listdir(os.path.join(ROOT, "crds")) if n.endswith(".agentsend.io.yaml"))
+    copies = sorted(os.listdir(os.path.join(CHART, "files", "crds")))
+    if names != copies:
+        print(f"FAIL chart CRDs: files/crds/ holds {copies}, crds/ {names} (run `make crd`)")
+        ok = False
+    for name in names:
         with open(os.path.join(ROOT, "crds", name), "rb") as f:
             want = f.read()
         try:
-            with open(os.path.join(CHART, "crds", name), "rb") as f:
+            with open(os.path.join(CHART, "files", "crds", name), "rb") as f:
                 got = f.read()
         except FileNotFoundError:
             got = None
         if want != got:
-            print(f"FAIL chart CRD: charts/inbox-operator/crds/{name} differs from crds/ (run `make crd`)")
+            print(f"FAIL chart CRD: charts/inbox-operator/files/crds/{name} differs from crds/ (run `make crd`)")
             ok = False
     return ok
 
@@ -179,12 +198,37 @@ def other_values(render):
         and "volumes" not in deployment(o)["spec"]["template"]["spec"],
     )
     check(
-        "fullnameOverride names everything and the Lease",
-        {"fullnameOverride": "shard-b", "selector": "shard=b"},
+        "fullnameOverride names everything and the Lease (a shard: the CRDs left to the first)",
+        {"fullnameOverride": "shard-b", "selector": "shard=b", "crds": {"enabled": False}},
         lambda o: all(x["metadata"]["name"].startswith("shard-b") for x in o)
         and "--lease-name=shard-b" in args(o)
         and "--selector=shard=b" in args(o),
     )
+
+    def kinds(objs, kind):
+        return [x for x in objs if x["kind"] == kind]
+
+    def kept(crd):
+        return crd["metadata"].get("annotations", {}).get(KEEP) == "keep"
+
+    check(
+        "CRDs installed and kept on uninstall by default",
+        {},
+        lambda o: len(kinds(o, "CustomResourceDefinition")) == 3
+        and all(kept(c) for c in kinds(o, "CustomResourceDefinition")),
+    )
+    check(
+        "crds.enabled: false renders no CRD",
+        {"crds": {"enabled": False}},
+        lambda o: not kinds(o, "CustomResourceDefinition"),
+    )
+    check(
+        "crds.keep: false: CRDs without the keep annotation",
+        {"crds": {"keep": False}},
+        lambda o: len(kinds(o, "CustomResourceDefinition")) == 3
+        and not any(kept(c) for c in kinds(o, "CustomResourceDefinition")),
+    )
+
     check(
         "plain metrics: no TokenReview RBAC, port named http",
         {"metrics": {"secure": False}},
@@ -262,7 +306,7 @@ def main():
     render = helm
     passed = failed = 0
     for name, values, path in CASES:
-        ok = compare(name, render(values), kustomize(path))
+        ok = compare(name, without_keep(render(values)), kustomize(path))
         passed, failed = passed + ok, failed + (not ok)
     for ok in other_values(render):
         passed, failed = passed + ok, failed + (not ok)
