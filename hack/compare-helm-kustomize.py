@@ -8,9 +8,9 @@ Cases:
   - watchNamespaces=[team-a, team-b]        == kubectl kustomize deploy/namespaced
   - charts/inbox-operator/files/crds/ holds byte-identical copies of crds/*.agentsend.io.yaml
   - a few non-default values render what they promise (no default key, fullnameOverride,
-    metrics port, no binding-check ClusterRole, CRDs off or not kept) and values the chart
-    refuses are refused: replicas > 1 without leaderElect, and misspelled keys at any level
-    (values.schema.json)
+    metrics port, no binding-check ClusterRole, CRDs off or not kept, no aggregated roles) and
+    values the chart refuses are refused: replicas > 1 without leaderElect, and misspelled keys
+    at any level (values.schema.json)
 Both renders use release name and namespace `inbox-operator`. The Namespace object (kustomize
 creates it; Helm uses --create-namespace) is not compared, and the CRDs are compared without
 the chart's `helm.sh/resource-policy: keep` annotation (`crds.keep`).
@@ -229,6 +229,37 @@ def other_values(render):
         and not any(kept(c) for c in kinds(o, "CustomResourceDefinition")),
     )
 
+    def aggregated(objs):
+        return {
+            x["metadata"]["name"]: sorted(
+                k.rsplit("/", 1)[1] for k in x["metadata"]["labels"] if k.startswith("rbac.authorization.k8s.io/")
+            )
+            for x in kinds(objs, "ClusterRole")
+            if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in x["metadata"]["labels"])
+        }
+
+    def never_cluster_accounts(objs):
+        return all(
+            not any("clusteraccounts" in r for rule in x["rules"] for r in rule["resources"])
+            for x in kinds(objs, "ClusterRole")
+            if x["metadata"]["name"].endswith(("-view", "-edit"))
+        )
+
+    check(
+        "aggregated ClusterRoles: view into view; edit into edit and admin; never ClusterAccounts",
+        {},
+        lambda o: aggregated(o)
+        == {
+            "inbox-operator-view": ["aggregate-to-view"],
+            "inbox-operator-edit": ["aggregate-to-admin", "aggregate-to-edit"],
+        }
+        and never_cluster_accounts(o),
+    )
+    check(
+        "aggregatedClusterRoles: false renders none",
+        {"aggregatedClusterRoles": False},
+        lambda o: aggregated(o) == {},
+    )
     check(
         "plain metrics: no TokenReview RBAC, port named http",
         {"metrics": {"secure": False}},
@@ -256,8 +287,12 @@ def other_values(render):
     check(
         "no cluster-wide access but metrics authentication with both ClusterRoles disabled",
         {"watchNamespaces": ["a"], "bindingCheckClusterRole": False, "clusterAccounts": False},
+        # (The aggregated -view/-edit ClusterRoles are for people and bound to no one here.)
         lambda o: not any(
-            x["kind"].startswith("Cluster") and "metrics" not in x["metadata"]["name"] for x in o
+            x["kind"].startswith("Cluster")
+            and "metrics" not in x["metadata"]["name"]
+            and not (x["kind"] == "ClusterRole" and x["metadata"]["name"].endswith(("-view", "-edit")))
+            for x in o
         ),
     )
 

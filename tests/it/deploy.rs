@@ -516,6 +516,8 @@ async fn helm_install_upgrade_uninstall() {
     let cluster = [
         ("clusterrole", fullname.clone()),
         ("clusterrolebinding", fullname.clone()),
+        ("clusterrole", format!("{fullname}-view")),
+        ("clusterrole", format!("{fullname}-edit")),
     ];
 
     helm_ok(&[&["install", "inbox-operator", &old_chart][..], &release[..]].concat());
@@ -734,11 +736,13 @@ async fn helm_adopts_crds_of_an_older_chart() {
 }
 
 /// The cluster-scoped RBAC objects of `deploy/namespaced`.
-const CLUSTER_WIDE_NAMESPACED: [&str; 4] = [
+const CLUSTER_WIDE_NAMESPACED: [&str; 6] = [
     "inbox-operator-binding-check",
     "inbox-operator-clusteraccounts",
     "inbox-operator-metrics-auth",
     "inbox-operator-metrics-reader",
+    "inbox-operator-view",
+    "inbox-operator-edit",
 ];
 
 /// `deploy/namespaced` as shipped, moved to this test's namespaces: the operator's namespace
@@ -922,4 +926,223 @@ async fn namespaced_install_works_and_is_confined_by_rbac() {
             .stderr(Stdio::null())
             .status();
     }
+}
+
+/// A developer bound to the built-in `edit` ClusterRole in a namespace creates, changes and
+/// deletes Inboxes and Accounts there, through the aggregated `inbox-operator-edit` (copied into
+/// `edit` by the clusterrole-aggregation controller); not elsewhere, not their status, and
+/// never ClusterAccounts — not even bound to `admin` cluster-wide. A `view` user reads them
+/// and cannot create one. Each user is a kube client impersonating them.
+#[tokio::test]
+async fn people_bound_to_edit_and_view_use_inboxes() {
+    use inbox_operator::api::account::{Account, AccountSpec, ClusterAccount, ClusterAccountSpec};
+    use kube::api::{ListParams, Patch, PatchParams};
+
+    let _dump = crate::support::on_failure_dump_logs();
+    let cp = control_plane();
+    let admin = cp.client().await;
+    let ns = TestNamespace::new(&admin, "roles").await;
+    let elsewhere = TestNamespace::new(&admin, "roles-other").await;
+    let n = ns.name();
+
+    // The shipped roles (deploy/common, the same as the chart's), under names of this test's own.
+    let roles = std::fs::read_to_string(format!("{ROOT}/deploy/common/aggregated-roles.yaml"))
+        .unwrap()
+        .replace(
+            "name: inbox-operator-view\n",
+            &format!("name: inbox-operator-view-{n}\n"),
+        )
+        .replace(
+            "name: inbox-operator-edit\n",
+            &format!("name: inbox-operator-edit-{n}\n"),
+        );
+    apply_server_side(&roles, None);
+    let cluster_admin_binding = format!("roles-admin-{n}");
+    struct Cleanup(Vec<String>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = control_plane()
+                .kubectl()
+                .args(["delete", "--ignore-not-found", "--wait=false"])
+                .args(&self.0)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _cleanup = Cleanup(vec![
+        format!("clusterrole/inbox-operator-view-{n}"),
+        format!("clusterrole/inbox-operator-edit-{n}"),
+        format!("clusterrolebinding/{cluster_admin_binding}"),
+    ]);
+
+    let (dev, viewer, ns_admin) = (
+        format!("dev-{n}"),
+        format!("viewer-{n}"),
+        format!("admin-{n}"),
+    );
+    kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "dev",
+        "--clusterrole=edit",
+        "--user",
+        &dev,
+        "-n",
+        n,
+    ]);
+    kubectl_ok(&[
+        "create",
+        "rolebinding",
+        "viewer",
+        "--clusterrole=view",
+        "--user",
+        &viewer,
+        "-n",
+        n,
+    ]);
+    kubectl_ok(&[
+        "create",
+        "clusterrolebinding",
+        &cluster_admin_binding,
+        "--clusterrole=admin",
+        "--user",
+        &ns_admin,
+    ]);
+    let as_user = |user: &str| {
+        let kubeconfig = cp.kubeconfig_as(user, &["system:authenticated"]);
+        async move { crate::support::client_from(&kubeconfig).await }
+    };
+    let (dev, viewer, ns_admin) = (
+        as_user(&dev).await,
+        as_user(&viewer).await,
+        as_user(&ns_admin).await,
+    );
+    let forbidden =
+        |r: Result<(), kube::Error>| matches!(r, Err(kube::Error::Api(s)) if s.code == 403);
+
+    // The aggregation controller copies the rules into `edit` shortly after the roles exist.
+    let inboxes: Api<Inbox> = Api::namespaced(dev.clone(), n);
+    wait_for(
+        "an edit user creates an Inbox",
+        Duration::from_secs(60),
+        || async {
+            match inboxes
+                .create(
+                    &PostParams::default(),
+                    &Inbox::new("dev-bot", InboxSpec::default()),
+                )
+                .await
+            {
+                Ok(_) => Some(()),
+                Err(kube::Error::Api(s)) if s.code == 403 => None,
+                Err(e) => panic!("creating an Inbox as an edit user: {e}"),
+            }
+        },
+    )
+    .await;
+    inboxes
+        .patch(
+            "dev-bot",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"deletionPolicy": "Orphan"}})),
+        )
+        .await
+        .expect("an edit user changes an Inbox");
+    assert!(
+        forbidden(
+            inboxes
+                .patch_status(
+                    "dev-bot",
+                    &PatchParams::default(),
+                    &Patch::Merge(serde_json::json!({"status": {"state": "active"}})),
+                )
+                .await
+                .map(|_| ())
+        ),
+        "status is the operator's"
+    );
+    let key = SecretKeyRef {
+        name: "team-key".into(),
+        key: "apiKey".into(),
+    };
+    let accounts: Api<Account> = Api::namespaced(dev.clone(), n);
+    accounts
+        .create(
+            &PostParams::default(),
+            &Account::new(
+                "team",
+                AccountSpec {
+                    secret_ref: key.clone(),
+                },
+            ),
+        )
+        .await
+        .expect("an edit user creates an Account");
+    let other: Api<Inbox> = Api::namespaced(dev.clone(), elsewhere.name());
+    assert!(
+        forbidden(
+            other
+                .create(
+                    &PostParams::default(),
+                    &Inbox::new("x", InboxSpec::default())
+                )
+                .await
+                .map(|_| ())
+        ),
+        "edit in one namespace only"
+    );
+    let shared = ClusterAccount::new(
+        &format!("roles-{n}"),
+        ClusterAccountSpec {
+            secret_ref: key,
+            ..Default::default()
+        },
+    );
+    for (who, client) in [("edit", &dev), ("admin (cluster-wide)", &ns_admin)] {
+        let cluster_accounts: Api<ClusterAccount> = Api::all(client.clone());
+        assert!(
+            forbidden(
+                cluster_accounts
+                    .create(&PostParams::default(), &shared)
+                    .await
+                    .map(|_| ())
+            ),
+            "{who} never creates ClusterAccounts"
+        );
+    }
+
+    let seen: Api<Inbox> = Api::namespaced(viewer.clone(), n);
+    let listed = seen
+        .list(&ListParams::default())
+        .await
+        .expect("a view user lists Inboxes");
+    assert_eq!(
+        listed
+            .items
+            .iter()
+            .filter_map(|i| i.metadata.name.as_deref())
+            .collect::<Vec<_>>(),
+        ["dev-bot"]
+    );
+    Api::<Account>::namespaced(viewer.clone(), n)
+        .get("team")
+        .await
+        .expect("a view user reads Accounts");
+    assert!(
+        forbidden(
+            seen.create(
+                &PostParams::default(),
+                &Inbox::new("viewer-bot", InboxSpec::default())
+            )
+            .await
+            .map(|_| ())
+        ),
+        "a view user creates no Inbox"
+    );
+
+    inboxes
+        .delete("dev-bot", &DeleteParams::default())
+        .await
+        .expect("an edit user deletes an Inbox");
 }
