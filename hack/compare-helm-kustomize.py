@@ -6,11 +6,12 @@
 Cases:
   - chart defaults                          == kubectl kustomize deploy/base
   - watchNamespaces=[team-a, team-b]        == kubectl kustomize deploy/namespaced
+  - replicas=2                              == deploy/base with the deploy/ha component
   - charts/inbox-operator/files/crds/ holds byte-identical copies of crds/*.agentsend.io.yaml
   - a few non-default values render what they promise (no default key, fullnameOverride,
-    metrics port, no binding-check ClusterRole, CRDs off or not kept, no aggregated roles) and
-    values the chart refuses are refused: replicas > 1 without leaderElect, and misspelled keys
-    at any level (values.schema.json)
+    metrics port, no binding-check ClusterRole, CRDs off or not kept, no aggregated roles, the
+    PodDisruptionBudget) and values the chart refuses are refused: replicas > 1 without
+    leaderElect, and misspelled keys at any level (values.schema.json)
 Both renders use release name and namespace `inbox-operator`. The Namespace object (kustomize
 creates it; Helm uses --create-namespace) is not compared, and the CRDs are compared without
 the chart's `helm.sh/resource-policy: keep` annotation (`crds.keep`).
@@ -47,6 +48,8 @@ HELM = tool("HELM", "helm")
 KUBECTL = tool("KUBECTL", "kubectl")
 CHART = os.path.join(ROOT, "charts", "inbox-operator")
 RELEASE = NAMESPACE = "inbox-operator"
+# (name, chart values, kustomization: a directory, or (resources, components) rendered through
+# a temporary overlay)
 CASES = [
     ("defaults vs deploy/base", {}, "deploy/base"),
     (
@@ -54,6 +57,7 @@ CASES = [
         {"watchNamespaces": ["team-a", "team-b"]},
         "deploy/namespaced",
     ),
+    ("replicas: 2 vs deploy/base + deploy/ha", {"replicas": 2}, (["deploy/base"], ["deploy/ha"])),
 ]
 SKIPPED_KINDS = {"Namespace"}
 KEEP = "helm.sh/resource-policy"
@@ -64,12 +68,31 @@ def docs(text):
 
 
 def kustomize(path):
-    out = subprocess.run(
-        [KUBECTL, "kustomize", os.path.join(ROOT, path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    """`kubectl kustomize` of a directory of the repository, or of an overlay of
+    (resources, components) written to a temporary directory (kustomize wants relative paths)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(path, tuple):
+            resources, components = path
+            rel = lambda p: os.path.relpath(os.path.join(ROOT, p), tmp)  # noqa: E731
+            with open(os.path.join(tmp, "kustomization.yaml"), "w") as f:
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                        "kind": "Kustomization",
+                        "resources": [rel(r) for r in resources],
+                        "components": [rel(c) for c in components],
+                    },
+                    f,
+                )
+            target = tmp
+        else:
+            target = os.path.join(ROOT, path)
+        out = subprocess.run(
+            [KUBECTL, "kustomize", target],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     return docs(out.stdout)
 
 
@@ -259,6 +282,16 @@ def other_values(render):
         "aggregatedClusterRoles: false renders none",
         {"aggregatedClusterRoles": False},
         lambda o: aggregated(o) == {},
+    )
+    check(
+        "replicas: 2 gets a PodDisruptionBudget keeping one pod",
+        {"replicas": 2},
+        lambda o: [p["spec"]["minAvailable"] for p in kinds(o, "PodDisruptionBudget")] == [1],
+    )
+    check(
+        "podDisruptionBudget.enabled: false renders none",
+        {"replicas": 2, "podDisruptionBudget": {"enabled": False}},
+        lambda o: not kinds(o, "PodDisruptionBudget"),
     )
     check(
         "plain metrics: no TokenReview RBAC, port named http",

@@ -84,6 +84,14 @@ async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
     );
     apply_server_side(&base, None);
     apply_server_side(&kustomize("deploy/namespaced"), None);
+    // The component deploy/ha adds a PodDisruptionBudget: valid for the server, field by field.
+    let pdb = control_plane()
+        .kubectl()
+        .args(["create", "--dry-run=server", "--validate=strict", "-f"])
+        .arg(format!("{ROOT}/deploy/ha/poddisruptionbudget.yaml"))
+        .output()
+        .unwrap();
+    assert!(pdb.status.success(), "{pdb:?}");
     // As typed CRDs: kustomize writes `minimum: 0.0` as `0`.
     type Crd = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let rendered = kustomize("crds");
