@@ -936,6 +936,90 @@ async fn namespaced_install_works_and_is_confined_by_rbac() {
     }
 }
 
+/// The shard overlay of docs/install.md ("Sharding"), shipped as deploy/shard: it holds no
+/// CRD, so applying it and deleting it again leave the cluster's CRDs (and with them every
+/// Inbox) as they were. Its objects are moved to names of this test's own.
+#[tokio::test]
+async fn shard_overlay_leaves_the_crds_alone() {
+    let _dump = crate::support::on_failure_dump_logs();
+    let rendered = kustomize("deploy/shard");
+    let kinds: Vec<&str> = rendered
+        .lines()
+        .filter_map(|l| l.strip_prefix("kind: "))
+        .collect();
+    assert!(
+        !kinds.contains(&"CustomResourceDefinition"),
+        "no CRD in the shard overlay: {kinds:?}"
+    );
+    for kind in [
+        "Deployment",
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} in the shard overlay");
+    }
+    let docs = std::fs::read_to_string(format!("{ROOT}/docs/install.md")).unwrap();
+    let overlay =
+        std::fs::read_to_string(format!("{ROOT}/deploy/shard/kustomization.yaml")).unwrap();
+    assert!(
+        docs.contains(&overlay),
+        "docs/install.md shows deploy/shard/kustomization.yaml as it is"
+    );
+
+    // The shard's namespace (the overlay creates it) and every other name of its own: the
+    // -b suffix becomes this test's.
+    let ns = format!("shard-{}", crate::support::random_suffix(6));
+    let yaml = rendered
+        .replace("inbox-operator-b", &ns)
+        .replace("-b\n", &format!("-{ns}\n"));
+    let crds = [
+        "inboxes.agentsend.io",
+        "accounts.agentsend.io",
+        "clusteraccounts.agentsend.io",
+    ];
+    let state = || {
+        crds.map(|crd| {
+            kubectl_ok(&[
+                "get",
+                "crd",
+                crd,
+                "-o",
+                "jsonpath={.metadata.uid} {.metadata.deletionTimestamp}",
+            ])
+        })
+    };
+    let before = state();
+
+    apply_server_side(&yaml, None);
+    let args = kubectl_ok(&[
+        "get",
+        "deployment",
+        &ns,
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].args}",
+    ]);
+    assert!(args.contains("--selector=shard=b"), "{args}");
+    assert_eq!(state(), before, "applying the shard left the CRDs alone");
+
+    let deleted = kubectl_stdin(&["delete", "--wait=false", "-f", "-"], &yaml);
+    assert!(deleted.status.success(), "{deleted:?}");
+    wait_for(
+        "the shard's objects gone",
+        Duration::from_secs(60),
+        || async {
+            let left = exists("deployment", &ns, Some(&ns))
+                || exists("clusterrole", &ns, None)
+                || exists("clusterrolebinding", &ns, None);
+            (!left).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(state(), before, "deleting the shard left the CRDs alone");
+}
+
 /// A developer bound to the built-in `edit` ClusterRole in a namespace creates, changes and
 /// deletes Inboxes and Accounts there, through the aggregated `inbox-operator-edit` (copied into
 /// `edit` by the clusterrole-aggregation controller); not elsewhere, not their status, and
