@@ -1,5 +1,5 @@
 # Entry points; each is documented in the README.
-.PHONY: test test-all lint lint-deploy crd assets demo demo-down bench build image
+.PHONY: test test-all lint lint-deploy crd chart-readme assets demo demo-down bench build image
 
 test:            ## provision the test control plane and run every test
 	hack/test.sh
@@ -8,13 +8,17 @@ lint:            ## formatting and clippy of every workspace member, as CI runs 
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 
-lint-deploy:     ## hadolint the Dockerfile; helm lint; check the chart renders what deploy/ holds
+lint-deploy:     ## hadolint the Dockerfile; helm lint; the chart renders what deploy/ holds; its README is current
 	hadolint Dockerfile
+	python3 hack/chart-readme.py --check
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" python3 hack/compare-helm-kustomize.py
 
 crd:             ## regenerate the committed CRDs (and the Helm chart's copies); tests/it/crd.rs checks them
 	cargo run --quiet --locked -p inbox-operator --bin inbox-operator -- crd --dir crds
-	cp crds/*.agentsend.io.yaml charts/inbox-operator/crds/
+	cp crds/*.agentsend.io.yaml charts/inbox-operator/files/crds/
+
+chart-readme:    ## regenerate charts/inbox-operator/README.md from values.yaml's comments (CI checks it)
+	python3 hack/chart-readme.py
 
 assets:          ## build/cache the test control plane (K8S_VERSION=1.37.2|1.33.13; prints the dir)
 	hack/envtest-assets.sh $(K8S_VERSION)

@@ -6,12 +6,15 @@
 Cases:
   - chart defaults                          == kubectl kustomize deploy/base
   - watchNamespaces=[team-a, team-b]        == kubectl kustomize deploy/namespaced
-  - charts/inbox-operator/crds/ holds byte-identical copies of crds/*.agentsend.io.yaml
+  - replicas=2                              == deploy/base with the deploy/ha component
+  - charts/inbox-operator/files/crds/ holds byte-identical copies of crds/*.agentsend.io.yaml
   - a few non-default values render what they promise (no default key, fullnameOverride,
-    metrics port, no binding-check ClusterRole) and replicas > 1 without leaderElect fails
+    metrics port, no binding-check ClusterRole, CRDs off or not kept, no aggregated roles, the
+    PodDisruptionBudget) and values the chart refuses are refused: replicas > 1 without
+    leaderElect, and misspelled keys at any level (values.schema.json)
 Both renders use release name and namespace `inbox-operator`. The Namespace object (kustomize
-creates it; Helm uses --create-namespace) and the CRD (`helm template` leaves crds/ out; it is
-compared as a file) are not compared as rendered objects.
+creates it; Helm uses --create-namespace) is not compared, and the CRDs are compared without
+the chart's `helm.sh/resource-policy: keep` annotation (`crds.keep`).
 
 Tools: `helm` and `kubectl` from $HELM and $KUBECTL, else the ones built with the test control
 plane by hack/envtest-assets.sh (helm v3.22.0, kubectl of the tested Kubernetes version), else
@@ -45,6 +48,8 @@ HELM = tool("HELM", "helm")
 KUBECTL = tool("KUBECTL", "kubectl")
 CHART = os.path.join(ROOT, "charts", "inbox-operator")
 RELEASE = NAMESPACE = "inbox-operator"
+# (name, chart values, kustomization: a directory, or (resources, components) rendered through
+# a temporary overlay)
 CASES = [
     ("defaults vs deploy/base", {}, "deploy/base"),
     (
@@ -52,8 +57,10 @@ CASES = [
         {"watchNamespaces": ["team-a", "team-b"]},
         "deploy/namespaced",
     ),
+    ("replicas: 2 vs deploy/base + deploy/ha", {"replicas": 2}, (["deploy/base"], ["deploy/ha"])),
 ]
-SKIPPED_KINDS = {"Namespace", "CustomResourceDefinition"}
+SKIPPED_KINDS = {"Namespace"}
+KEEP = "helm.sh/resource-policy"
 
 
 def docs(text):
@@ -61,12 +68,31 @@ def docs(text):
 
 
 def kustomize(path):
-    out = subprocess.run(
-        [KUBECTL, "kustomize", os.path.join(ROOT, path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    """`kubectl kustomize` of a directory of the repository, or of an overlay of
+    (resources, components) written to a temporary directory (kustomize wants relative paths)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if isinstance(path, tuple):
+            resources, components = path
+            rel = lambda p: os.path.relpath(os.path.join(ROOT, p), tmp)  # noqa: E731
+            with open(os.path.join(tmp, "kustomization.yaml"), "w") as f:
+                yaml.safe_dump(
+                    {
+                        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                        "kind": "Kustomization",
+                        "resources": [rel(r) for r in resources],
+                        "components": [rel(c) for c in components],
+                    },
+                    f,
+                )
+            target = tmp
+        else:
+            target = os.path.join(ROOT, path)
+        out = subprocess.run(
+            [KUBECTL, "kustomize", target],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     return docs(out.stdout)
 
 
@@ -109,6 +135,20 @@ def index(objs):
     return res
 
 
+def without_keep(objs):
+    """The chart's CRDs as kustomize has them: without `helm.sh/resource-policy: keep`."""
+    out = []
+    for o in objs:
+        meta = o.get("metadata", {})
+        if o.get("kind") == "CustomResourceDefinition" and KEEP in meta.get("annotations", {}):
+            o = json.loads(json.dumps(o))
+            del o["metadata"]["annotations"][KEEP]
+            if not o["metadata"]["annotations"]:
+                del o["metadata"]["annotations"]
+        out.append(o)
+    return out
+
+
 def dump(o):
     return yaml.safe_dump(o, sort_keys=True, default_flow_style=False).splitlines()
 
@@ -133,18 +173,21 @@ def compare(name, helm_objs, kustomize_objs):
 
 def crd_copy_matches():
     ok = True
-    for name in sorted(os.listdir(os.path.join(ROOT, "crds"))):
-        if not name.endswith(".agentsend.io.yaml"):
-            continue
+    names = sorted(n for n in os.listdir(os.path.join(ROOT, "crds")) if n.endswith(".agentsend.io.yaml"))
+    copies = sorted(os.listdir(os.path.join(CHART, "files", "crds")))
+    if names != copies:
+        print(f"FAIL chart CRDs: files/crds/ holds {copies}, crds/ {names} (run `make crd`)")
+        ok = False
+    for name in names:
         with open(os.path.join(ROOT, "crds", name), "rb") as f:
             want = f.read()
         try:
-            with open(os.path.join(CHART, "crds", name), "rb") as f:
+            with open(os.path.join(CHART, "files", "crds", name), "rb") as f:
                 got = f.read()
         except FileNotFoundError:
             got = None
         if want != got:
-            print(f"FAIL chart CRD: charts/inbox-operator/crds/{name} differs from crds/ (run `make crd`)")
+            print(f"FAIL chart CRD: charts/inbox-operator/files/crds/{name} differs from crds/ (run `make crd`)")
             ok = False
     return ok
 
@@ -178,11 +221,77 @@ def other_values(render):
         and "volumes" not in deployment(o)["spec"]["template"]["spec"],
     )
     check(
-        "fullnameOverride names everything and the Lease",
-        {"fullnameOverride": "shard-b", "selector": "shard=b"},
+        "fullnameOverride names everything and the Lease (a shard: the CRDs left to the first)",
+        {"fullnameOverride": "shard-b", "selector": "shard=b", "crds": {"enabled": False}},
         lambda o: all(x["metadata"]["name"].startswith("shard-b") for x in o)
         and "--lease-name=shard-b" in args(o)
         and "--selector=shard=b" in args(o),
+    )
+
+    def kinds(objs, kind):
+        return [x for x in objs if x["kind"] == kind]
+
+    def kept(crd):
+        return crd["metadata"].get("annotations", {}).get(KEEP) == "keep"
+
+    check(
+        "CRDs installed and kept on uninstall by default",
+        {},
+        lambda o: len(kinds(o, "CustomResourceDefinition")) == 3
+        and all(kept(c) for c in kinds(o, "CustomResourceDefinition")),
+    )
+    check(
+        "crds.enabled: false renders no CRD",
+        {"crds": {"enabled": False}},
+        lambda o: not kinds(o, "CustomResourceDefinition"),
+    )
+    check(
+        "crds.keep: false: CRDs without the keep annotation",
+        {"crds": {"keep": False}},
+        lambda o: len(kinds(o, "CustomResourceDefinition")) == 3
+        and not any(kept(c) for c in kinds(o, "CustomResourceDefinition")),
+    )
+
+    def aggregated(objs):
+        return {
+            x["metadata"]["name"]: sorted(
+                k.rsplit("/", 1)[1] for k in x["metadata"]["labels"] if k.startswith("rbac.authorization.k8s.io/")
+            )
+            for x in kinds(objs, "ClusterRole")
+            if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in x["metadata"]["labels"])
+        }
+
+    def never_cluster_accounts(objs):
+        return all(
+            not any("clusteraccounts" in r for rule in x["rules"] for r in rule["resources"])
+            for x in kinds(objs, "ClusterRole")
+            if x["metadata"]["name"].endswith(("-view", "-edit"))
+        )
+
+    check(
+        "aggregated ClusterRoles: view into view; edit into edit and admin; never ClusterAccounts",
+        {},
+        lambda o: aggregated(o)
+        == {
+            "inbox-operator-view": ["aggregate-to-view"],
+            "inbox-operator-edit": ["aggregate-to-admin", "aggregate-to-edit"],
+        }
+        and never_cluster_accounts(o),
+    )
+    check(
+        "aggregatedClusterRoles: false renders none",
+        {"aggregatedClusterRoles": False},
+        lambda o: aggregated(o) == {},
+    )
+    check(
+        "replicas: 2 gets a PodDisruptionBudget keeping one pod",
+        {"replicas": 2},
+        lambda o: [p["spec"]["minAvailable"] for p in kinds(o, "PodDisruptionBudget")] == [1],
+    )
+    check(
+        "podDisruptionBudget.enabled: false renders none",
+        {"replicas": 2, "podDisruptionBudget": {"enabled": False}},
+        lambda o: not kinds(o, "PodDisruptionBudget"),
     )
     check(
         "plain metrics: no TokenReview RBAC, port named http",
@@ -211,8 +320,12 @@ def other_values(render):
     check(
         "no cluster-wide access but metrics authentication with both ClusterRoles disabled",
         {"watchNamespaces": ["a"], "bindingCheckClusterRole": False, "clusterAccounts": False},
+        # (The aggregated -view/-edit ClusterRoles are for people and bound to no one here.)
         lambda o: not any(
-            x["kind"].startswith("Cluster") and "metrics" not in x["metadata"]["name"] for x in o
+            x["kind"].startswith("Cluster")
+            and "metrics" not in x["metadata"]["name"]
+            and not (x["kind"] == "ClusterRole" and x["metadata"]["name"].endswith(("-view", "-edit")))
+            for x in o
         ),
     )
 
@@ -238,10 +351,19 @@ def other_values(render):
             return True
         return False
 
-    ok = refused({"replicas": 2, "leaderElect": False})
-    if not ok:
-        print("FAIL replicas: 2 without leaderElect renders")
-    results.append(ok)
+    for name, values in [
+        ("replicas: 2 without leaderElect", {"replicas": 2, "leaderElect": False}),
+        # values.schema.json: additionalProperties false at every level.
+        ("a misspelled top-level key", {"replicsa": 2}),
+        ("a misspelled key of the chart's", {"crds": {"kep": False}}),
+        ("a misspelled Kubernetes field", {"resources": {"requets": {"cpu": "1"}}}),
+        ("a misspelled field deep in a Kubernetes value", {"securityContext": {"capabilities": {"dorp": ["ALL"]}}}),
+        ("a wrong type", {"crds": {"enabled": "yes"}}),
+    ]:
+        ok = refused(values)
+        if not ok:
+            print(f"FAIL {name} renders: {values}")
+        results.append(ok)
     return results
 
 
@@ -252,7 +374,7 @@ def main():
     render = helm
     passed = failed = 0
     for name, values, path in CASES:
-        ok = compare(name, render(values), kustomize(path))
+        ok = compare(name, without_keep(render(values)), kustomize(path))
         passed, failed = passed + ok, failed + (not ok)
     for ok in other_values(render):
         passed, failed = passed + ok, failed + (not ok)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A throw-away local control plane (etcd + kube-apiserver + kube-controller-manager, Kubernetes
 # $K8S_VERSION, default 1.37.2, built by hack/envtest-assets.sh) on loopback, for the demo and
-# the benchmark. The controller-manager runs the garbage collector and the namespace controller.
+# the benchmark. The controller-manager runs the garbage collector, the namespace controller and
+# the clusterrole-aggregation controller (the built-in view/edit/admin roles).
 # Not for production.
 #
 #   hack/local-cluster.sh up   [DIR]   start; prints the kubeconfig path
@@ -101,7 +102,7 @@ for _ in $(seq 1 180); do
   if curl -ksf -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1; then
     log "kube-apiserver $("$ASSETS/kube-apiserver" --version | cut -d' ' -f2) ready on https://127.0.0.1:$API_PORT"
     "$ASSETS/kube-controller-manager" --kubeconfig "$DIR/kcm.kubeconfig" \
-      --controllers garbagecollector,namespace --leader-elect=false \
+      --controllers garbagecollector,namespace,clusterrole-aggregation --leader-elect=false \
       --use-service-account-credentials=false --secure-port "$KCM_PORT" --bind-address 127.0.0.1 \
       --authentication-skip-lookup=true --cert-dir "$DIR/kcm-certs" \
       >"$DIR/controller-manager.log" 2>&1 &

@@ -31,13 +31,16 @@ pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
     singular = "account",
     namespaced,
     status = "AccountStatus",
+    shortname = "acct",
     category = "agentsend",
     derive = "PartialEq",
     derive = "Default",
     doc = "An AgentSend account (API key) for the Inboxes of its namespace.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Inboxes","type":"integer","jsonPath":".status.inboxes"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AccountSpec {
@@ -56,13 +59,16 @@ pub struct AccountSpec {
     plural = "clusteraccounts",
     singular = "clusteraccount",
     status = "AccountStatus",
+    shortname = "cacct",
     category = "agentsend",
     derive = "PartialEq",
     derive = "Default",
     doc = "An AgentSend account (API key) shared by the namespaces it allows.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Inboxes","type":"integer","jsonPath":".status.inboxes"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterAccountSpec {
@@ -106,7 +112,8 @@ pub enum AdoptionPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AccountStatus {
-    /// `Ready`: the key works.
+    /// `Ready`: the last scan of the account with its key succeeded (`False` with
+    /// `CredentialsMissing`, `CredentialsInvalid` or `ApiUnavailable`, and a message).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -192,6 +199,29 @@ mod tests {
             Some("clusteraccounts.agentsend.io")
         );
         assert_eq!(c.spec.scope, "Cluster");
+        for (crd, short) in [(&a, "acct"), (&c, "cacct")] {
+            assert_eq!(crd.spec.names.short_names, Some(vec![short.to_string()]));
+            assert_eq!(
+                crd.spec.names.categories,
+                Some(vec!["agentsend".to_string()])
+            );
+            let cols: Vec<_> = crd.spec.versions[0]
+                .additional_printer_columns
+                .iter()
+                .flatten()
+                .map(|col| (col.name.as_str(), col.priority.unwrap_or(0)))
+                .collect();
+            assert_eq!(
+                cols,
+                [
+                    ("Ready", 0),
+                    ("Reason", 0),
+                    ("Inboxes", 0),
+                    ("Age", 0),
+                    ("Message", 1)
+                ]
+            );
+        }
         let v = serde_json::to_value(&c).unwrap();
         let spec = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
         for field in [

@@ -280,7 +280,9 @@ pub enum DeletionPolicySource {
     printcolumn = r#"{"name":"Sent Today","type":"integer","jsonPath":".status.sendsToday"}"#,
     printcolumn = r#"{"name":"Limit","type":"integer","jsonPath":".status.dailySendLimit"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name":"Message","type":"string","priority":1,"jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#
 )]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
@@ -455,37 +457,50 @@ pub struct CredentialsSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InboxStatus {
+    /// The AgentSend inbox this Inbox is bound to (its opaque ID).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbox_id: Option<String>,
+    /// The inbox's full email address, as AgentSend reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The name shown in the From header, as AgentSend reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
+    /// The inbox's custom domain ID; absent on the shared domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_id: Option<String>,
     /// `active`, `suspended` or `deleted`, as AgentSend reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// Sends the inbox may make per day (AgentSend's limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily_send_limit: Option<i64>,
+    /// Sends made in AgentSend's current daily window (refreshed every sync interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sends_today: Option<i64>,
     /// `dailySendLimit - sendsToday`, never negative.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sends_remaining: Option<i64>,
+    /// Sends over the inbox's lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_sent: Option<i64>,
+    /// Bounced messages over the inbox's lifetime (a high share makes AgentSend suspend it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bounce_count: Option<i64>,
+    /// Spam complaints over the inbox's lifetime (a high share makes AgentSend suspend it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub complaint_count: Option<i64>,
+    /// When AgentSend created the inbox (ISO 8601, AgentSend's clock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+    /// The Secret holding the address (`spec.secret.name`, else the Inbox's name), once written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
     /// The ConfigMap holding the address (`spec.configMap`), once written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_name: Option<String>,
+    /// The `metadata.generation` this status describes: older than the generation while
+    /// the operator has not yet acted on a spec change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The deletion policy that applies (the spec's, the namespace default, or `Delete`).
@@ -497,6 +512,9 @@ pub struct InboxStatus {
     /// The value of the `agentsend.io/refresh` annotation the counters were last refreshed for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_refresh: Option<String>,
+    /// `Ready` (the inbox exists, is active, and its Secret holds the current address),
+    /// `Reconciling`, `Stalled` (progress needs a change by you; the message says which) and
+    /// `SendLimitReached`; each with a reason and a message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -506,15 +524,21 @@ pub struct InboxStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
+    /// The condition's type, e.g. `Ready`; one condition of each type.
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
     pub status: String,
+    /// The `metadata.generation` the condition was set for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// RFC 3339 time of the last status change.
     pub last_transition_time: String,
+    /// Why the condition has its status: a stable CamelCase word to match on (e.g.
+    /// `CredentialsInvalid`); `kubectl get` shows Ready's in the `Reason` column.
     pub reason: String,
+    /// What happened, for people: names the object, field or rule involved
+    /// (`kubectl get -o wide` shows Ready's).
     pub message: String,
 }
 
@@ -682,8 +706,29 @@ mod tests {
             .collect();
         assert_eq!(
             cols,
-            ["Address", "State", "Sent Today", "Limit", "Ready", "Age"]
+            [
+                "Address",
+                "State",
+                "Sent Today",
+                "Limit",
+                "Ready",
+                "Reason",
+                "Age",
+                "Message"
+            ]
         );
+        // Only with `kubectl get -o wide`: messages are long.
+        let priority = |name: &str| {
+            c.spec.versions[0]
+                .additional_printer_columns
+                .iter()
+                .flatten()
+                .find(|col| col.name == name)
+                .and_then(|col| col.priority)
+                .unwrap_or(0)
+        };
+        assert_eq!(priority("Message"), 1);
+        assert_eq!(priority("Reason"), 0);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Test harness: a real etcd + kube-apiserver + kube-controller-manager (envtest style, plus
-//! the garbage collector and the namespace controller, so ownerReferences and namespace
-//! deletion behave as in a cluster), started once per test binary (tests/it: once per run;
+//! the garbage collector, the namespace controller and the clusterrole-aggregation controller,
+//! so ownerReferences, namespace deletion and the built-in `view`/`edit`/`admin` roles behave
+//! as in a cluster), started once per test binary (tests/it: once per run;
 //! tests/faults_apiserver.rs: its own) on free loopback ports, with
 //! the Inbox CRD installed by `kubectl apply --server-side`; a namespace per test; log dumps on
 //! failure; polling helpers; and a watchdog that kills the processes and removes the temp dir
@@ -345,15 +346,19 @@ impl ControlPlane {
         }
     }
 
-    /// Start kube-controller-manager with the garbage collector and the namespace controller
-    /// (what a cluster does with ownerReferences and deleted namespaces). It keeps running
-    /// across [`stop_apiserver`](Self::stop_apiserver) and reconnects by itself.
+    /// Start kube-controller-manager with the garbage collector, the namespace controller and
+    /// the clusterrole-aggregation controller (what a cluster does with ownerReferences, deleted
+    /// namespaces, and ClusterRoles labelled to aggregate into `view`, `edit` and `admin`). It
+    /// keeps running across [`stop_apiserver`](Self::stop_apiserver) and reconnects by itself.
     fn start_controller_manager(&self) {
         let port = free_port();
         let mut cmd = Command::new(self.assets.join("kube-controller-manager"));
         cmd.arg("--kubeconfig")
             .arg(self.dir.join("kcm.kubeconfig"))
-            .args(["--controllers", "garbagecollector,namespace"])
+            .args([
+                "--controllers",
+                "garbagecollector,namespace,clusterrole-aggregation",
+            ])
             .args([
                 "--leader-elect=false",
                 "--use-service-account-credentials=false",

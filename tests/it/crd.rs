@@ -36,6 +36,57 @@ fn committed_crds_match_generated() {
     }
 }
 
+/// Every field of every CRD has a description (what `kubectl explain` shows): each property of
+/// the schema, at any depth (in objects, list items and map values), spec and status alike.
+/// No cluster needed.
+#[test]
+fn every_crd_field_has_a_description() {
+    fn walk(schema: &Value, path: &str, missing: &mut Vec<String>, fields: &mut usize) {
+        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            for (name, prop) in props {
+                let at = format!("{path}.{name}");
+                *fields += 1;
+                let described = prop
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| !d.trim().is_empty());
+                if !described {
+                    missing.push(at.clone());
+                }
+                walk(prop, &at, missing, fields);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            walk(items, &format!("{path}[]"), missing, fields);
+        }
+        if let Some(values) = schema.get("additionalProperties").filter(|v| v.is_object()) {
+            walk(values, &format!("{path}{{}}"), missing, fields);
+        }
+    }
+    let files = inbox_operator::commands::crd::crd_files().expect("render the CRDs");
+    assert_eq!(files.len(), 3, "Inbox, Account, ClusterAccount");
+    for (name, yaml) in files {
+        let crd: Value = serde_yaml::from_str(&yaml).unwrap();
+        let versions = crd["spec"]["versions"].as_array().expect("versions");
+        for version in versions {
+            let root = &version["schema"]["openAPIV3Schema"];
+            let (mut missing, mut fields) = (Vec::new(), 0);
+            walk(root, "", &mut missing, &mut fields);
+            // The walk reached the status and its conditions: it is not vacuous.
+            assert!(
+                fields > 10 && root["properties"]["status"]["properties"]["conditions"].is_object(),
+                "{name}: only {fields} fields walked"
+            );
+            assert!(
+                missing.is_empty(),
+                "{name} {}: fields without a description (a doc comment on the Rust field \
+                 becomes one; then `make crd`): {missing:#?}",
+                version["name"]
+            );
+        }
+    }
+}
+
 /// `kubectl create` (a plain POST; `--validate=false` turns off kubectl's own checks, so that
 /// invalid objects reach the server and the server's answer is what is tested).
 /// Returns (success, stdout, stderr).
@@ -116,6 +167,18 @@ async fn crd_is_served_with_short_name_and_category() {
             .any(|r| r.name == "inboxes/status"),
         "status subresource served"
     );
+    for (plural, short) in [("accounts", "acct"), ("clusteraccounts", "cacct")] {
+        let r = resources
+            .resources
+            .iter()
+            .find(|r| r.name == plural)
+            .unwrap_or_else(|| panic!("{plural} in discovery"));
+        assert_eq!(r.short_names.as_deref(), Some(&[short.to_string()][..]));
+        assert_eq!(
+            r.categories.as_deref(),
+            Some(&["agentsend".to_string()][..])
+        );
+    }
 
     // Typed create/get/list through kube.
     let api: Api<Inbox> = Api::namespaced(client, ns.name());
@@ -157,6 +220,34 @@ async fn crd_is_served_with_short_name_and_category() {
             ["inbox.agentsend.io/first"],
             "kubectl get {resource}"
         );
+    }
+
+    // `kubectl explain` describes the status too (the server publishes a CRD's schema to its
+    // OpenAPI document shortly after the CRD changes: waited for).
+    let explain = |path: &str| {
+        let out = control_plane()
+            .kubectl()
+            .args(["explain", path])
+            .output()
+            .expect("kubectl explain");
+        // Descriptions are wrapped to the terminal: compare words.
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
+    };
+    for (path, says) in [
+        ("inboxes.status.conditions.reason", "stable CamelCase word"),
+        ("inboxes.status.bounceCount", "Bounced messages"),
+        ("clusteraccounts.status.conditions.message", "What happened"),
+    ] {
+        crate::support::wait_for(
+            &format!("kubectl explain {path}"),
+            Duration::from_secs(60),
+            || {
+                let text = explain(path);
+                async move { text.contains(says).then_some(()) }
+            },
+        )
+        .await;
     }
 }
 
@@ -417,13 +508,42 @@ async fn status_is_a_subresource() {
     assert_eq!(patched.metadata.generation, generation);
 }
 
+/// `kubectl get RESOURCE NAME` (`-n NS` when given; `-o wide` when `wide`): the header's
+/// column names and the row's values, split on spaces — except a `MESSAGE` column, whose value
+/// is the rest of the row from the header's offset of `MESSAGE`.
+fn table(resource: &str, name: &str, ns: Option<&str>, wide: bool) -> (Vec<String>, Vec<String>) {
+    let mut args = vec!["get", resource, name];
+    args.extend(ns.map(|ns| ["-n", ns]).into_iter().flatten());
+    if wide {
+        args.extend(["-o", "wide"]);
+    }
+    let text = kubectl_ok(&args);
+    let mut lines = text.lines();
+    let (header, row) = (
+        lines.next().unwrap_or_default(),
+        lines.next().unwrap_or_default(),
+    );
+    let words = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+    let mut values = words(row);
+    if let Some(at) = header.find("MESSAGE") {
+        values = words(row.get(..at).unwrap_or(row));
+        values.push(row.get(at..).unwrap_or_default().trim().to_string());
+    }
+    (words(header), values)
+}
+
+/// Why an object is not Ready, without `-o yaml`: the Ready condition's reason is a column of
+/// `kubectl get`, its message a column of `kubectl get -o wide` — for Inboxes, Accounts and
+/// ClusterAccounts.
 #[tokio::test]
 async fn printer_columns_show_status() {
+    use inbox_operator::api::account::{Account, AccountSpec, ClusterAccount, ClusterAccountSpec};
+    use inbox_operator::api::common::SecretKeyRef;
     let _dump = on_failure_dump_logs();
     let cp = control_plane();
     let client = cp.client().await;
     let ns = TestNamespace::new(&client, "crd-cols").await;
-    let api: Api<Inbox> = Api::namespaced(client, ns.name());
+    let api: Api<Inbox> = Api::namespaced(client.clone(), ns.name());
     api.create(
         &PostParams::default(),
         &Inbox::new("shown", InboxSpec::default()),
@@ -431,36 +551,30 @@ async fn printer_columns_show_status() {
     .await
     .unwrap();
 
-    let get = || kubectl_ok(&["get", "inboxes", "-n", ns.name()]);
-    let text = get();
-    let header: Vec<&str> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let (header, _) = table("inboxes", "shown", Some(ns.name()), false);
     assert_eq!(
         header,
         [
-            "NAME", "ADDRESS", "STATE", "SENT", "TODAY", "LIMIT", "READY", "AGE"
-        ],
-        "{text}"
+            "NAME", "ADDRESS", "STATE", "SENT", "TODAY", "LIMIT", "READY", "REASON", "AGE"
+        ]
     );
 
+    let not_ready = |reason: &str, message: &str| Condition {
+        type_: "Ready".into(),
+        status: "False".into(),
+        observed_generation: Some(1),
+        last_transition_time: "2026-01-01T00:00:00Z".into(),
+        reason: reason.into(),
+        message: message.into(),
+    };
+    let message = "AgentSend answered 401 to the key in Secret team-key (key apiKey)";
     let status = InboxStatus {
         address: Some("x7k2m9@agentsend.io".into()),
         state: Some("active".into()),
         sends_today: Some(12),
         daily_send_limit: Some(100),
         sends_remaining: Some(88),
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: "True".into(),
-            observed_generation: Some(1),
-            last_transition_time: "2026-01-01T00:00:00Z".into(),
-            reason: "Ready".into(),
-            message: "ok".into(),
-        }],
+        conditions: vec![not_ready("CredentialsInvalid", message)],
         ..Default::default()
     };
     // Server-side apply of the status subresource works on 1.20 (only the CRD itself can't be).
@@ -473,26 +587,116 @@ async fn printer_columns_show_status() {
     .await
     .unwrap();
 
-    let text = get();
-    let row: Vec<&str> = text
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let (_, row) = table("inboxes", "shown", Some(ns.name()), false);
     assert_eq!(
-        row.get(..6).unwrap_or_default(),
+        row.get(..7).unwrap_or_default(),
         [
             "shown",
             "x7k2m9@agentsend.io",
             "active",
             "12",
             "100",
-            "True"
-        ],
-        "{text}"
+            "False",
+            "CredentialsInvalid"
+        ]
     );
-    assert_eq!(row.len(), 7, "one AGE column: {text}");
+    assert_eq!(row.len(), 8, "then one AGE column: {row:?}");
+    let (header, row) = table("inboxes", "shown", Some(ns.name()), true);
+    assert_eq!(
+        header.last().map(String::as_str),
+        Some("MESSAGE"),
+        "-o wide"
+    );
+    assert_eq!(row.last().map(String::as_str), Some(message), "-o wide");
+
+    // Accounts and ClusterAccounts (by their short names): the same Reason and (wide) Message.
+    let account_status = |reason: &str, message: &str| json!({"conditions": [not_ready(reason, message)], "inboxes": 3});
+    let key = SecretKeyRef {
+        name: "team-key".into(),
+        key: "apiKey".into(),
+    };
+    let missing = "Secret team-key not found";
+    let accounts: Api<Account> = Api::namespaced(client.clone(), ns.name());
+    let spec = AccountSpec {
+        secret_ref: key.clone(),
+    };
+    accounts
+        .create(&PostParams::default(), &Account::new("team", spec))
+        .await
+        .unwrap();
+    let patch = json!({"apiVersion": "agentsend.io/v1alpha1", "kind": "Account",
+        "status": account_status("CredentialsMissing", missing)});
+    accounts
+        .patch_status(
+            "team",
+            &PatchParams::apply("crd-test").force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .unwrap();
+    let check = |short: &str, name: &str, ns: Option<&str>, reason: &str, message: &str| {
+        let (header, row) = table(short, name, ns, false);
+        assert_eq!(
+            header,
+            ["NAME", "READY", "REASON", "INBOXES", "AGE"],
+            "{short}"
+        );
+        assert_eq!(
+            row.get(1..4).unwrap_or_default(),
+            ["False", reason, "3"],
+            "{short}"
+        );
+        let (header, row) = table(short, name, ns, true);
+        assert_eq!(
+            header.last().map(String::as_str),
+            Some("MESSAGE"),
+            "{short}"
+        );
+        assert_eq!(row.last().map(String::as_str), Some(message), "{short}");
+    };
+    check(
+        "acct",
+        "team",
+        Some(ns.name()),
+        "CredentialsMissing",
+        missing,
+    );
+
+    // Cluster-scoped: a name of this test's own, deleted again whatever the outcome.
+    let shared = format!("crd-cols-{}", crate::support::random_suffix(6));
+    let cluster_accounts: Api<ClusterAccount> = Api::all(client.clone());
+    let spec = ClusterAccountSpec {
+        secret_ref: key,
+        ..Default::default()
+    };
+    cluster_accounts
+        .create(&PostParams::default(), &ClusterAccount::new(&shared, spec))
+        .await
+        .unwrap();
+    let patch = json!({"apiVersion": "agentsend.io/v1alpha1", "kind": "ClusterAccount",
+        "status": account_status("ApiUnavailable", "AgentSend answered 503")});
+    let patched = cluster_accounts
+        .patch_status(
+            &shared,
+            &PatchParams::apply("crd-test").force(),
+            &Patch::Apply(&patch),
+        )
+        .await;
+    let patched = patched.map(|_| ()).map_err(|e| e.to_string());
+    let outcome = std::panic::catch_unwind(|| {
+        patched.as_ref().expect("status of the ClusterAccount");
+        check(
+            "cacct",
+            &shared,
+            None,
+            "ApiUnavailable",
+            "AgentSend answered 503",
+        )
+    });
+    let _ = cluster_accounts.delete(&shared, &Default::default()).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
 }
 
 /// RBAC names the resource `inboxes` in group `agentsend.io` (and `inboxes/status`): an
