@@ -1,5 +1,5 @@
 # Entry points; each is documented in the README.
-.PHONY: test test-all lint lint-deploy crd assets demo demo-down bench build
+.PHONY: test test-all lint lint-deploy lint-monitoring monitoring crd assets demo demo-down bench build
 
 test:            ## provision the test control plane and run every test
 	hack/test.sh
@@ -11,6 +11,12 @@ lint:            ## formatting and clippy of every workspace member, as CI runs 
 lint-deploy:     ## hadolint the Dockerfile; helm lint; check the chart renders what deploy/ holds
 	hadolint Dockerfile
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" python3 hack/compare-helm-kustomize.py
+
+lint-monitoring: ## promtool check/test the alerts (promtool built and cached by hack/promtool.sh); check the dashboard, runbook links and copies
+	python3 hack/check-monitoring.py
+
+monitoring:      ## copy deploy/monitoring/alerts.yaml and dashboard.json to the chart and the kustomize PrometheusRule
+	python3 hack/check-monitoring.py --write
 
 crd:             ## regenerate the committed CRDs (and the Helm chart's copies); tests/it/crd.rs checks them
 	cargo run --quiet --locked -p inbox-operator --bin inbox-operator -- crd --dir crds
