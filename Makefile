@@ -1,5 +1,5 @@
 # Entry points; each is documented in the README.
-.PHONY: test test-all lint lint-deploy crd chart-readme assets demo demo-down bench build image
+.PHONY: test test-all lint lint-deploy lint-monitoring monitoring crd chart-readme assets demo demo-down bench build image
 
 test:            ## provision the test control plane and run every test
 	hack/test.sh
@@ -12,6 +12,12 @@ lint-deploy:     ## hadolint the Dockerfile; helm lint; the chart renders what d
 	hadolint Dockerfile
 	python3 hack/chart-readme.py --check
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" python3 hack/compare-helm-kustomize.py
+
+lint-monitoring: ## promtool check/test the alerts (promtool built and cached by hack/promtool.sh); check the dashboard, runbook links and copies
+	python3 hack/check-monitoring.py
+
+monitoring:      ## copy deploy/monitoring/alerts.yaml and dashboard.json to the chart and the kustomize PrometheusRule
+	python3 hack/check-monitoring.py --write
 
 crd:             ## regenerate the committed CRDs (and the Helm chart's copies); tests/it/crd.rs checks them
 	cargo run --quiet --locked -p inbox-operator --bin inbox-operator -- crd --dir crds

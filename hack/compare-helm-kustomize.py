@@ -7,11 +7,14 @@ Cases:
   - chart defaults                          == kubectl kustomize deploy/base
   - watchNamespaces=[team-a, team-b]        == kubectl kustomize deploy/namespaced
   - replicas=2                              == deploy/base with the deploy/ha component
+  - monitoring.{serviceMonitor,prometheusRule,dashboard}.enabled
+                                            == deploy/base with the component deploy/monitoring
   - charts/inbox-operator/files/crds/ holds byte-identical copies of crds/*.agentsend.io.yaml
   - a few non-default values render what they promise (no default key, fullnameOverride,
     metrics port, no binding-check ClusterRole, CRDs off or not kept, no aggregated roles, the
-    PodDisruptionBudget) and values the chart refuses are refused: replicas > 1 without
-    leaderElect, and misspelled keys at any level (values.schema.json)
+    PodDisruptionBudget, the monitoring objects' options) and values the chart refuses are
+    refused: replicas > 1 without leaderElect, a ServiceMonitor without the metrics Service,
+    and misspelled keys at any level (values.schema.json)
 Both renders use release name and namespace `inbox-operator`. The Namespace object (kustomize
 creates it; Helm uses --create-namespace) is not compared, and the CRDs are compared without
 the chart's `helm.sh/resource-policy: keep` annotation (`crds.keep`).
@@ -61,6 +64,13 @@ CASES = [
 ]
 SKIPPED_KINDS = {"Namespace"}
 KEEP = "helm.sh/resource-policy"
+MONITORING = {
+    "monitoring": {
+        "serviceMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "dashboard": {"enabled": True},
+    }
+}
 
 
 def docs(text):
@@ -94,6 +104,22 @@ def kustomize(path):
             text=True,
         )
     return docs(out.stdout)
+
+
+def kustomize_with_monitoring():
+    """deploy/base with the component deploy/monitoring, as a user's overlay would add it."""
+    with tempfile.TemporaryDirectory() as overlay:
+        with open(os.path.join(overlay, "kustomization.yaml"), "w") as f:
+            yaml.safe_dump(
+                {
+                    "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                    "kind": "Kustomization",
+                    "resources": [os.path.relpath(os.path.join(ROOT, "deploy", "base"), overlay)],
+                    "components": [os.path.relpath(os.path.join(ROOT, "deploy", "monitoring"), overlay)],
+                },
+                f,
+            )
+        return kustomize(overlay)
 
 
 def helm(values):
@@ -344,6 +370,85 @@ def other_values(render):
         ],
     )
 
+    def kind(objs, k):
+        return next(x for x in objs if x["kind"] == k)
+
+    def endpoint(objs):
+        return kind(objs, "ServiceMonitor")["spec"]["endpoints"][0]
+
+    with open(os.path.join(ROOT, "deploy", "monitoring", "alerts.yaml")) as f:
+        alerts = yaml.safe_load(f)
+    with open(os.path.join(ROOT, "deploy", "monitoring", "dashboard.json")) as f:
+        dashboard = f.read()
+
+    def monitoring(**kw):
+        return {"monitoring": {k: dict(v, enabled=True) for k, v in kw.items()}}
+
+    check(
+        "monitoring: off by default",
+        {},
+        lambda o: not any(x["kind"] in ("ServiceMonitor", "PrometheusRule") or "dashboard" in x["metadata"]["name"] for x in o),
+    )
+    check(
+        "monitoring: the PrometheusRule holds alerts.yaml; its additionalLabels",
+        monitoring(prometheusRule={"additionalLabels": {"release": "kube-prometheus-stack"}}),
+        lambda o: kind(o, "PrometheusRule")["spec"] == alerts
+        and kind(o, "PrometheusRule")["metadata"]["labels"]["release"] == "kube-prometheus-stack",
+    )
+    check(
+        "monitoring: the dashboard ConfigMap holds dashboard.json; labels, annotations, namespace",
+        monitoring(
+            dashboard={
+                "labels": {"grafana_dashboard": "inbox"},
+                "annotations": {"grafana_folder": "Operators"},
+                "namespace": "monitoring",
+            }
+        ),
+        lambda o: kind(o, "ConfigMap")["data"] == {"inbox-operator.json": dashboard}
+        and kind(o, "ConfigMap")["metadata"]["labels"]["grafana_dashboard"] == "inbox"
+        and kind(o, "ConfigMap")["metadata"]["annotations"] == {"grafana_folder": "Operators"}
+        and kind(o, "ConfigMap")["metadata"]["namespace"] == "monitoring",
+    )
+    check(
+        "monitoring: the ServiceMonitor selects the metrics Service of a renamed release",
+        dict(monitoring(serviceMonitor={}), fullnameOverride="shard-b"),
+        lambda o: kind(o, "ServiceMonitor")["spec"]["selector"]["matchLabels"]
+        == next(x for x in o if x["kind"] == "Service")["metadata"]["labels"]
+        and kind(o, "ServiceMonitor")["metadata"]["name"] == "shard-b",
+    )
+    check(
+        "monitoring: a ServiceMonitor of plain metrics scrapes http with no token",
+        dict(monitoring(serviceMonitor={}), metrics={"secure": False}),
+        lambda o: endpoint(o) == {"port": "http", "path": "/metrics", "honorLabels": True, "scheme": "http"},
+    )
+    authorization = {"type": "Bearer", "credentials": {"name": "prometheus-token", "key": "token"}}
+    check(
+        "monitoring: ServiceMonitor options (authorization instead of bearerTokenFile, TLS, interval, labels)",
+        monitoring(
+            serviceMonitor={
+                "authorization": authorization,
+                "tlsConfig": {"insecureSkipVerify": False, "serverName": "inbox-operator-metrics.inbox-operator.svc"},
+                "interval": "30s",
+                "scrapeTimeout": "10s",
+                "additionalLabels": {"release": "prom"},
+                "metricRelabelings": [{"action": "drop", "sourceLabels": ["__name__"], "regex": "x"}],
+            }
+        ),
+        lambda o: endpoint(o)
+        == {
+            "port": "https",
+            "path": "/metrics",
+            "honorLabels": True,
+            "scheme": "https",
+            "authorization": authorization,
+            "tlsConfig": {"insecureSkipVerify": False, "serverName": "inbox-operator-metrics.inbox-operator.svc"},
+            "interval": "30s",
+            "scrapeTimeout": "10s",
+            "metricRelabelings": [{"action": "drop", "sourceLabels": ["__name__"], "regex": "x"}],
+        }
+        and kind(o, "ServiceMonitor")["metadata"]["labels"]["release"] == "prom",
+    )
+
     def refused(values):
         try:
             render(values)
@@ -359,6 +464,8 @@ def other_values(render):
         ("a misspelled Kubernetes field", {"resources": {"requets": {"cpu": "1"}}}),
         ("a misspelled field deep in a Kubernetes value", {"securityContext": {"capabilities": {"dorp": ["ALL"]}}}),
         ("a wrong type", {"crds": {"enabled": "yes"}}),
+        ("a ServiceMonitor without the metrics Service", dict(monitoring(serviceMonitor={}), metrics={"service": False})),
+        ("a misspelled monitoring key", {"monitoring": {"serviceMonitor": {"enable": True}}}),
     ]:
         ok = refused(values)
         if not ok:
@@ -376,6 +483,12 @@ def main():
     for name, values, path in CASES:
         ok = compare(name, without_keep(render(values)), kustomize(path))
         passed, failed = passed + ok, failed + (not ok)
+    ok = compare(
+        "monitoring values vs deploy/base + component deploy/monitoring",
+        without_keep(render(MONITORING)),
+        kustomize_with_monitoring(),
+    )
+    passed, failed = passed + ok, failed + (not ok)
     for ok in other_values(render):
         passed, failed = passed + ok, failed + (not ok)
     ok = crd_copy_matches()

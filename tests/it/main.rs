@@ -22,6 +22,7 @@ mod deploy;
 mod e2e;
 mod faults;
 mod hostile;
+mod monitoring;
 mod outputs;
 mod ownership;
 mod secure_metrics;
