@@ -23,10 +23,10 @@ test-all:        ## the whole suite on 1.37.2, then on 1.33.13 (as CI runs it)
 	K8S_VERSION=1.37.2 hack/test.sh
 	K8S_VERSION=1.33.13 hack/test.sh
 
-demo:            ## local control plane + simulator + operator + examples
+demo:            ## local control plane (no helm) + debug operator + simulator + three examples; says what it builds, and how long
 	hack/demo.sh
 
-demo-down:
+demo-down:       ## stop the demo (with a real key: delete its Inboxes, and their inboxes, first)
 	hack/demo.sh down
 
 bench:           ## benchmark (not a test); figures go into BENCHMARKS.md
