@@ -1,5 +1,5 @@
 # Entry points; each is documented in the README.
-.PHONY: test test-all lint lint-deploy crd assets demo demo-down bench build image
+.PHONY: test test-all lint lint-deploy crd docs assets demo demo-down bench build image
 
 test:            ## provision the test control plane and run every test
 	hack/test.sh
@@ -12,9 +12,12 @@ lint-deploy:     ## hadolint the Dockerfile; helm lint; check the chart renders 
 	hadolint Dockerfile
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" python3 hack/compare-helm-kustomize.py
 
-crd:             ## regenerate the committed CRDs (and the Helm chart's copies); tests/it/crd.rs checks them
+crd:             ## regenerate the three committed CRDs (and the Helm chart's copies); tests/it/crd.rs checks them
 	cargo run --quiet --locked -p inbox-operator --bin inbox-operator -- crd --dir crds
 	cp crds/*.agentsend.io.yaml charts/inbox-operator/crds/
+
+docs:            ## regenerate docs/reference/ from the code (CLI, CRDs, metrics, reasons, events, annotations)
+	UPDATE_DOCS=1 cargo test --quiet --locked --lib commands::reference
 
 assets:          ## build/cache the test control plane (K8S_VERSION=1.37.2|1.33.13; prints the dir)
 	hack/envtest-assets.sh $(K8S_VERSION)
