@@ -32,7 +32,7 @@ demo:            ## local control plane (no helm) + debug operator + simulator +
 demo-down:       ## stop the demo (with a real key: delete its Inboxes, and their inboxes, first)
 	hack/demo.sh down
 
-bench:           ## benchmark (not a test); figures go into BENCHMARKS.md
+bench:           ## benchmark (not a test); current figures and method in docs/performance.md
 	hack/bench.sh --inboxes 100,1000,10000
 
 build:           ## release build of the operator, the simulator and the benchmark

@@ -147,9 +147,9 @@ impl InboxEvent {
 ///
 /// One Recorder per window of [`EventRecorder::WINDOW`] events: kube's Recorder keeps every
 /// event it published in the last 6 minutes (to fold repeats into a series) — about 3 KB
-/// each, most of the heap after a bulk apply of thousands of Inboxes (see BENCHMARKS.md).
-/// Starting a new Recorder every window bounds that cache; repeats are still folded within
-/// a window.
+/// each, most of the heap after a bulk apply of thousands of Inboxes (see
+/// docs/archive/benchmarks-history.md). Starting a new Recorder every window bounds that
+/// cache; repeats are still folded within a window.
 ///
 /// [`publish`]: EventRecorder::publish
 pub(crate) struct EventRecorder {
