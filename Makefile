@@ -1,5 +1,5 @@
-# Entry points; each is documented in the README.
-.PHONY: test test-all lint lint-deploy crd docs assets demo demo-down bench build image
+# Entry points; each is documented in docs/contributing/development.md (the demo in the README).
+.PHONY: test test-all lint lint-deploy crd docs docs-site assets demo demo-down bench build image
 
 test:            ## provision the test control plane and run every test
 	hack/test.sh
@@ -18,6 +18,9 @@ crd:             ## regenerate the three committed CRDs (and the Helm chart's co
 
 docs:            ## regenerate docs/reference/ from the code (CLI, CRDs, metrics, reasons, events, annotations)
 	UPDATE_DOCS=1 cargo test --quiet --locked --lib commands::reference
+
+docs-site:       ## build the docs site into site/ (mkdocs --strict; tools pinned in docs/requirements.txt)
+	hack/docs-site.sh
 
 assets:          ## build/cache the test control plane (K8S_VERSION=1.37.2|1.33.13; prints the dir)
 	hack/envtest-assets.sh $(K8S_VERSION)
