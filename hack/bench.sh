@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the benchmark (not a test). Figures go into BENCHMARKS.md.
+# Run the benchmark (not a test). Current figures and method: docs/performance.md.
 #   hack/bench.sh                      # N = 100, 1000
 #   hack/bench.sh --inboxes 100,1000,10000 --latency 20ms
 #   hack/bench.sh --inboxes 1000 --sim-rate-limit 0,100   # each N unlimited, then with the simulator limiting each account to 100 req/s

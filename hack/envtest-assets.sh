@@ -6,6 +6,7 @@
 #
 #   hack/envtest-assets.sh            # Kubernetes 1.37.2 (latest supported)
 #   hack/envtest-assets.sh 1.33.13    # Kubernetes 1.33.13 (earliest supported)
+#   INBOX_ASSETS_HELM=0 hack/envtest-assets.sh   # without helm (the demo does not use it)
 #
 # Prints the assets directory (envtest's KUBEBUILDER_ASSETS convention) on stdout; everything
 # else goes to stderr. Idempotent; results are cached outside the work tree, in
@@ -19,17 +20,27 @@ ETCD_VERSION=3.6.16
 HELM_VERSION=3.22.0
 CACHE="${INBOX_OPERATOR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/inbox-operator}/envtest"
 OUT="$CACHE/k8s-$K8S_VERSION"
-BINARIES=(etcd kube-apiserver kube-controller-manager kubectl helm)
+KUBE_BINARIES=(kube-apiserver kube-controller-manager kubectl)
+BINARIES=(etcd "${KUBE_BINARIES[@]}")
+WITH_HELM="${INBOX_ASSETS_HELM:-1}"
+[[ "$WITH_HELM" == 1 ]] && BINARIES+=(helm)
 
 log() { echo "envtest-assets: $*" >&2; }
 
 # A build is reused while this script and the pinned modules are unchanged.
 STAMP=$(cat "$0" "$HERE"/controlplane/*/go.sum 2>/dev/null | sha256sum | cut -c1-16)
 
+# .complete holds the stamp of the Kubernetes binaries' build; etcd and helm are links to
+# shared builds, present or not.
 complete_in() {
   local dir=$1 b
   [[ "$(cat "$dir/.complete" 2>/dev/null)" == "$STAMP" ]] || return 1
   for b in "${BINARIES[@]}"; do [[ -x "$dir/$b" ]] || return 1; done
+}
+kube_built_in() {
+  local dir=$1 b
+  [[ "$(cat "$dir/.complete" 2>/dev/null)" == "$STAMP" ]] || return 1
+  for b in "${KUBE_BINARIES[@]}"; do [[ -x "$dir/$b" ]] || return 1; done
 }
 
 if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/kube-apiserver" && -x "$KUBEBUILDER_ASSETS/etcd" ]]; then
@@ -89,17 +100,21 @@ build_shared() {
 
 start=$(date +%s)
 build_shared etcd "$ETCD_VERSION" go.etcd.io/etcd/server/v3 "-s -w"
-build_shared helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$(helm_ldflags)"
-log "building kube-apiserver, kube-controller-manager and kubectl v$K8S_VERSION (~6 min cold on 2 cores)"
-tmp="$OUT/.build"
-rm -rf "$tmp" && mkdir -p "$tmp"
-(cd "$MOD" && go build -ldflags "$(stamp "$K8S_VERSION")" -o "$tmp/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kubectl) >&2
-mv "$tmp"/* "$OUT/" && rmdir "$tmp"
+if [[ "$WITH_HELM" == 1 ]]; then
+  build_shared helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$(helm_ldflags)"
+fi
+if ! kube_built_in "$OUT"; then
+  log "building kube-apiserver, kube-controller-manager and kubectl v$K8S_VERSION (~6 min cold on 2 cores)"
+  tmp="$OUT/.build"
+  rm -rf "$tmp" && mkdir -p "$tmp"
+  (cd "$MOD" && go build -ldflags "$(stamp "$K8S_VERSION")" -o "$tmp/" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl) >&2
+  mv "$tmp"/* "$OUT/" && rmdir "$tmp"
+  echo "$STAMP" >"$OUT/.complete"
+fi
 "$OUT/kube-apiserver" --version >&2
 "$OUT/etcd" --version | sed -n 1p >&2
-"$OUT/helm" version --short >&2
-echo "$STAMP" >"$OUT/.complete"
+if [[ "$WITH_HELM" == 1 ]]; then "$OUT/helm" version --short >&2; fi
 log "built in $(( $(date +%s) - start ))s"
 echo "$OUT"

@@ -195,7 +195,8 @@ pub struct RunArgs {
     #[arg(long, env = "AGENTSEND_API_KEY_FILE")]
     pub api_key_file: Option<PathBuf>,
 
-    /// Start without a default API key (every Inbox then needs spec.credentials).
+    /// Start without a default API key: every Inbox then needs `spec.accountRef`,
+    /// `spec.credentials` or a default ClusterAccount that allows its namespace.
     #[arg(long, env = "INBOX_OPERATOR_NO_DEFAULT_KEY")]
     pub no_default_key: bool,
 
@@ -210,7 +211,8 @@ pub struct RunArgs {
     pub max_retry_delay: Duration,
 
     /// Reconciles running at once, per watched scope: one pool when watching all namespaces,
-    /// one pool per namespace when --namespace lists several (so 3 namespaces allow 3x this).
+    /// one pool per namespace when --namespace lists several (so 3 namespaces allow 3x this);
+    /// at least 1.
     #[arg(long, env = "INBOX_OPERATOR_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
@@ -255,8 +257,9 @@ pub struct RunArgs {
     )]
     pub metrics_secure: bool,
 
-    /// Directory with `tls.crt` and `tls.key` (PEM) for the HTTPS metrics endpoint; default: a
-    /// self-signed certificate made at start.
+    /// Directory with `tls.crt` and `tls.key` (PEM) for the HTTPS metrics endpoint, read again
+    /// within 10 s of a change (a renewed certificate needs no restart; a pair that does not
+    /// load keeps the previous one); default: a self-signed certificate made at start.
     #[arg(long, env = "INBOX_OPERATOR_METRICS_CERT_DIR")]
     pub metrics_cert_dir: Option<std::path::PathBuf>,
 

@@ -6,7 +6,7 @@ use inbox_operator::cli::{Cli, Command};
 
 /// jemalloc instead of the C library's allocator (glibc's here, musl's in the static image):
 /// at 10,000 Inboxes it cut the operator's CPU per Inbox by 13 % against glibc's malloc
-/// (BENCHMARKS.md, issue 13).
+/// (docs/archive/benchmarks-history.md, issue 13).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -121,7 +121,7 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "inbox_operator_reconciles",
-            "Reconciles by result (success, error)",
+            "Reconciles by result: success, error, or skipped (the pass saw a cached Inbox older than the operator's own last write to it and did nothing; it runs again when the watch delivers that write)",
             self.reconciles.clone(),
         );
         r.register(

@@ -14,7 +14,7 @@
 //! load average around each run.
 //!
 //! Usage: `cargo run --release -p inbox-bench -- --inboxes 100,1000,10000`
-//! (see `hack/bench.sh`; figures go into BENCHMARKS.md).
+//! (see `hack/bench.sh`; current figures in docs/performance.md).
 // Unsafe code only in `cache_sizes`' counting allocator (a forwarding `GlobalAlloc`).
 #![deny(unsafe_code)]
 

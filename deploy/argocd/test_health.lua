@@ -1,5 +1,5 @@
 -- Runs health-inbox.lua against sample Inboxes, and checks that README.md's argocd-cm
--- snippet is the same script. From this directory: lua5.4 test_health.lua
+-- snippet is the same script. From this directory: lua5.1 test_health.lua
 -- (Argo CD runs health checks in gopher-lua, which is Lua 5.1: this file and the check run
 -- on Lua 5.1 through 5.4.)
 local function read(path)

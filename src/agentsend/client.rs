@@ -63,7 +63,8 @@ pub struct Observers {
     pub may_write: Option<MayWrite>,
 }
 
-/// Tuning of the client. Defaults are documented in the README.
+/// Tuning of the client. Defaults are documented in the command-line reference
+/// (docs/reference/cli.md).
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
     /// Per-request timeout (connect + response).

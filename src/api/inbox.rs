@@ -80,7 +80,8 @@ pub enum Reason {
     InboxSuspended,
     /// A Secret of that name exists and is not owned by this Inbox.
     SecretConflict,
-    /// No API key: neither `spec.credentials` nor an operator default.
+    /// No usable API key: the key Secret or its key is missing, or the Inbox names none
+    /// (`spec.accountRef`, `spec.credentials`) and no default applies.
     CredentialsMissing,
     /// AgentSend refused the API key (401/403).
     CredentialsInvalid,

@@ -1,4 +1,4 @@
-//! `inbox-operator run`: startup checks (key, kubeconfig, CRD, RBAC), the metrics server, the
+//! `inbox-operator run`: startup checks (key, kubeconfig, CRDs, RBAC), the metrics server, the
 //! AgentSend client, signals; then the controller, directly or under [`crate::runtime::leader`].
 
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use tracing::info;
 use crate::agentsend::{
     AccountObserver, AgentSendClient, ApiKey, ClientOptions, Observers, RequestObserver,
 };
+use crate::api::account::{Account, ClusterAccount};
 use crate::api::inbox::Inbox;
 use crate::cli::{LogFormat, RunArgs};
 use crate::controller::{self, DefaultKey, Settings};
@@ -26,7 +27,7 @@ use crate::runtime::server::{self, Health};
 pub enum StartupError {
     /// No default API key and no `--no-default-key`.
     #[error(
-        "no default AgentSend API key: set AGENTSEND_API_KEY or --api-key-file (or pass --no-default-key if every Inbox sets spec.credentials)"
+        "no default AgentSend API key: set AGENTSEND_API_KEY or --api-key-file (or pass --no-default-key if every Inbox names its key: spec.accountRef, spec.credentials, or a default ClusterAccount)"
     )]
     NoDefaultKey,
     /// `--api-key-file` cannot be read.
@@ -55,19 +56,24 @@ pub enum StartupError {
         /// Why.
         message: String,
     },
-    /// The Inbox CRD is not installed.
+    /// Some of the three CRDs (Inbox, Account, ClusterAccount) are not installed.
     #[error(
-        "the Inbox CRD (inboxes.agentsend.io) is not installed: run `inbox-operator crd | kubectl create -f -` (or apply crds/inboxes.agentsend.io.yaml)"
+        "CRDs not installed: {0} (the operator needs all three: inboxes.agentsend.io, accounts.agentsend.io, clusteraccounts.agentsend.io); install them with `inbox-operator crd | kubectl apply --server-side -f -` or `kubectl apply --server-side -k crds`"
     )]
-    CrdMissing,
+    CrdMissing(String),
     /// The proof key cannot be read or made.
     #[error("{0}")]
     ProofKey(#[from] controller::ProofKeyError),
-    /// RBAC does not allow listing Inboxes.
+    /// RBAC does not allow listing one of the resources.
     #[error(
-        "not allowed to list Inboxes ({0}); apply the RBAC in deploy/ for the operator's ServiceAccount"
+        "not allowed to list {resource} ({message}); apply the RBAC in deploy/ for the operator's ServiceAccount"
     )]
-    Forbidden(String),
+    Forbidden {
+        /// The resource, e.g. `inboxes.agentsend.io`.
+        resource: &'static str,
+        /// The API server's message.
+        message: String,
+    },
     /// Another Kubernetes error at startup.
     #[error("Kubernetes API error during startup: {0}")]
     Kube(String),
@@ -151,18 +157,62 @@ pub(crate) async fn kube_client() -> Result<Client, StartupError> {
     Ok(client)
 }
 
-async fn check_crd(client: &Client, args: &RunArgs) -> Result<(), StartupError> {
-    let api: Api<Inbox> = match args.namespace.first() {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+/// Each of the three CRDs is installed and its resource may be listed (in the first watched
+/// namespace, or cluster-wide): the operator needs all three, and without the account kinds it
+/// would wait for their caches forever.
+async fn check_crds(client: &Client, args: &RunArgs) -> Result<(), StartupError> {
+    let scoped = |ns: Option<&String>| -> (Api<Inbox>, Api<Account>) {
+        match ns {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (Api::all(client.clone()), Api::all(client.clone())),
+        }
     };
-    // By code, not `Status::is_not_found`: a resource type that is not installed answers a
-    // plain-text "404 page not found", which carries no `NotFound` reason.
-    match api.list_metadata(&ListParams::default().limit(1)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Err(StartupError::CrdMissing),
-        Err(kube::Error::Api(s)) if s.is_forbidden() => Err(StartupError::Forbidden(s.message)),
-        Err(e) => Err(StartupError::Kube(e.to_string())),
+    let (inboxes, accounts) = scoped(args.namespace.first());
+    let cluster_accounts: Api<ClusterAccount> = Api::all(client.clone());
+    let one = ListParams::default().limit(1);
+    let listed = [
+        (
+            "inboxes.agentsend.io",
+            inboxes.list_metadata(&one).await.map(drop),
+        ),
+        (
+            "accounts.agentsend.io",
+            accounts.list_metadata(&one).await.map(drop),
+        ),
+        (
+            "clusteraccounts.agentsend.io",
+            cluster_accounts.list_metadata(&one).await.map(drop),
+        ),
+    ];
+    crd_check_outcome(listed)
+}
+
+/// What the three list calls of [`check_crds`] say: every CRD missing is named at once.
+fn crd_check_outcome(
+    listed: [(&'static str, Result<(), kube::Error>); 3],
+) -> Result<(), StartupError> {
+    let mut missing = Vec::new();
+    for (resource, result) in listed {
+        match result {
+            Ok(()) => {}
+            // By code, not `Status::is_not_found`: a resource type that is not installed
+            // answers a plain-text "404 page not found", which carries no `NotFound` reason.
+            Err(kube::Error::Api(s)) if s.code == 404 => missing.push(resource),
+            Err(kube::Error::Api(s)) if s.is_forbidden() => {
+                return Err(StartupError::Forbidden {
+                    resource,
+                    message: s.message,
+                });
+            }
+            Err(e) => return Err(StartupError::Kube(e.to_string())),
+        }
+    }
+    match missing.as_slice() {
+        [] => Ok(()),
+        _ => Err(StartupError::CrdMissing(missing.join(", "))),
     }
 }
 
@@ -321,7 +371,7 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
         None => WriteGate::open(),
     };
     let client = kube_client().await?;
-    check_crd(&client, &args).await?;
+    check_crds(&client, &args).await?;
     let (operator_namespace, proof_key) = proof_key(&client, &args).await?;
     let metrics = Arc::new(Metrics::new());
     let health = Arc::new(Health::default());
@@ -379,4 +429,54 @@ pub async fn run(args: RunArgs) -> Result<(), StartupError> {
     };
     leader::run(client, lease, gate, &health, &metrics, shutdown, controller).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(code: u16, reason: &str) -> Result<(), kube::Error> {
+        let status = kube::core::Status::failure("the server said no", reason).with_code(code);
+        Err(kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn every_missing_crd_is_named_at_once() {
+        let e = crd_check_outcome([
+            ("inboxes.agentsend.io", Ok(())),
+            ("accounts.agentsend.io", answer(404, "")),
+            ("clusteraccounts.agentsend.io", answer(404, "")),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(
+                "CRDs not installed: accounts.agentsend.io, clusteraccounts.agentsend.io ("
+            ),
+            "{e}"
+        );
+        assert!(
+            crd_check_outcome([
+                ("inboxes.agentsend.io", Ok(())),
+                ("accounts.agentsend.io", Ok(())),
+                ("clusteraccounts.agentsend.io", Ok(())),
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_forbidden_list_names_the_resource() {
+        let e = crd_check_outcome([
+            ("inboxes.agentsend.io", Ok(())),
+            ("accounts.agentsend.io", Ok(())),
+            ("clusteraccounts.agentsend.io", answer(403, "Forbidden")),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("not allowed to list clusteraccounts.agentsend.io"),
+            "{e}"
+        );
+    }
 }

@@ -48,6 +48,25 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in the order the reference lists them (`make docs`).
+    #[cfg(test)]
+    pub(crate) const ALL: [EventKind; 14] = [
+        EventKind::Created,
+        EventKind::Adopted,
+        EventKind::Deleted,
+        EventKind::Orphaned,
+        EventKind::LeftBehind,
+        EventKind::SecretWritten,
+        EventKind::ConfigMapWritten,
+        EventKind::Recreated,
+        EventKind::SecretConflict,
+        EventKind::Rejected,
+        EventKind::CredentialsInvalid,
+        EventKind::CreationUncertain,
+        EventKind::Suspended,
+        EventKind::SendLimitReached,
+    ];
+
     /// The event's `reason` (and `action`).
     pub fn reason(self) -> &'static str {
         match self {
@@ -128,9 +147,9 @@ impl InboxEvent {
 ///
 /// One Recorder per window of [`EventRecorder::WINDOW`] events: kube's Recorder keeps every
 /// event it published in the last 6 minutes (to fold repeats into a series) — about 3 KB
-/// each, most of the heap after a bulk apply of thousands of Inboxes (see BENCHMARKS.md).
-/// Starting a new Recorder every window bounds that cache; repeats are still folded within
-/// a window.
+/// each, most of the heap after a bulk apply of thousands of Inboxes (see
+/// docs/archive/benchmarks-history.md). Starting a new Recorder every window bounds that
+/// cache; repeats are still folded within a window.
 ///
 /// [`publish`]: EventRecorder::publish
 pub(crate) struct EventRecorder {
@@ -200,6 +219,32 @@ impl EventRecorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`EventKind::ALL`] lists the kinds in the order of `position`, each once: a new variant
+    /// does not compile until it has a position in this exhaustive `match`, the reminder to
+    /// add it to `ALL` (and to the events reference) too.
+    #[test]
+    fn all_lists_every_kind_once() {
+        let position = |k: EventKind| match k {
+            EventKind::Created => 0,
+            EventKind::Adopted => 1,
+            EventKind::Deleted => 2,
+            EventKind::Orphaned => 3,
+            EventKind::LeftBehind => 4,
+            EventKind::SecretWritten => 5,
+            EventKind::ConfigMapWritten => 6,
+            EventKind::Recreated => 7,
+            EventKind::SecretConflict => 8,
+            EventKind::Rejected => 9,
+            EventKind::CredentialsInvalid => 10,
+            EventKind::CreationUncertain => 11,
+            EventKind::Suspended => 12,
+            EventKind::SendLimitReached => 13,
+        };
+        for (i, k) in EventKind::ALL.into_iter().enumerate() {
+            assert_eq!(position(k), i, "{k:?}");
+        }
+    }
 
     #[test]
     fn types_are_fixed_per_reason() {

@@ -3,7 +3,7 @@
 //! starting at once one wins and both read the winner's key); every replica and shard reads
 //! the same key, so each can check what another wrote. Losing the Secret loses the proofs:
 //! bound Inboxes keep their inboxes through status, but a restore from a backup would need
-//! `spec.inboxId` (see the README's "Trust and tenancy").
+//! `spec.inboxId` (see docs/concepts/trust.md).
 
 use std::collections::BTreeMap;
 
