@@ -673,25 +673,58 @@ async fn printer_columns_show_status() {
         .create(&PostParams::default(), &ClusterAccount::new(&shared, spec))
         .await
         .unwrap();
+    // A ClusterAccount is cluster-wide: the other tests' controllers, which write every
+    // ClusterAccount's status, may overwrite this test's status between its write and its
+    // read. So write it until one read of both tables shows it (the columns are what is
+    // checked, not which writer wins), then check those tables.
     let patch = json!({"apiVersion": "agentsend.io/v1alpha1", "kind": "ClusterAccount",
         "status": account_status("ApiUnavailable", "AgentSend answered 503")});
-    let patched = cluster_accounts
-        .patch_status(
-            &shared,
-            &PatchParams::apply("crd-test").force(),
-            &Patch::Apply(&patch),
-        )
-        .await;
-    let patched = patched.map(|_| ()).map_err(|e| e.to_string());
+    let message = "AgentSend answered 503";
+    let shown = crate::support::wait_for(
+        "the ClusterAccount's status shown",
+        crate::ctl::T,
+        || async {
+            let patched = cluster_accounts
+                .patch_status(
+                    &shared,
+                    &PatchParams::apply("crd-test").force(),
+                    &Patch::Apply(&patch),
+                )
+                .await;
+            if let Err(e) = patched {
+                return Some(Err(e.to_string()));
+            }
+            let (narrow, wide) = (
+                table("cacct", &shared, None, false),
+                table("cacct", &shared, None, true),
+            );
+            let ours = narrow.1.get(2).map(String::as_str) == Some("ApiUnavailable")
+                && wide.1.last().map(String::as_str) == Some(message);
+            ours.then_some(Ok((narrow, wide)))
+        },
+    )
+    .await;
     let outcome = std::panic::catch_unwind(|| {
-        patched.as_ref().expect("status of the ClusterAccount");
-        check(
-            "cacct",
-            &shared,
-            None,
-            "ApiUnavailable",
-            "AgentSend answered 503",
-        )
+        let ((header, row), (wide_header, wide_row)) = shown
+            .as_ref()
+            .expect("status of the ClusterAccount")
+            .clone();
+        assert_eq!(
+            header,
+            ["NAME", "READY", "REASON", "INBOXES", "AGE"],
+            "cacct"
+        );
+        assert_eq!(
+            row.get(1..4).unwrap_or_default(),
+            ["False", "ApiUnavailable", "3"],
+            "cacct"
+        );
+        assert_eq!(
+            wide_header.last().map(String::as_str),
+            Some("MESSAGE"),
+            "cacct"
+        );
+        assert_eq!(wide_row.last().map(String::as_str), Some(message), "cacct");
     });
     let _ = cluster_accounts.delete(&shared, &Default::default()).await;
     if let Err(panic) = outcome {
