@@ -4,6 +4,7 @@
 #
 #   hack/controlplane/gen.sh                 # every module below
 #   hack/controlplane/gen.sh k8s 1.37.2      # one module
+#   hack/controlplane/gen.sh node 1.37.2     # the node's commands (hack/node/assets.sh)
 #
 # k8s.io/kubernetes replaces its staging modules (k8s.io/api, k8s.io/client-go, ...) with
 # ./staging paths; replaces in a dependency are ignored, so the wrapper module repeats each of
@@ -15,6 +16,8 @@ cd "$(dirname "$0")"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod
 
 K8S_VERSIONS=(1.37.2 1.33.13)
+# The real node (kubelet, kube-proxy, kube-scheduler; hack/node/) runs on the newest only.
+NODE_K8S_VERSIONS=(1.37.2)
 ETCD_VERSION=3.6.16
 HELM_VERSION=3.22.0
 
@@ -61,7 +64,7 @@ write_module() {
   {
     echo "//go:build tools"
     echo
-    echo "// Package tools pins the commands hack/envtest-assets.sh builds; it is never compiled."
+    echo "// Package tools pins the commands ${BUILDER:-hack/envtest-assets.sh} builds; it is never compiled."
     echo "package tools"
     echo
     echo "import ("
@@ -81,6 +84,42 @@ gen_k8s() {
     k8s.io/kubernetes/cmd/kubectl
 }
 
+# The node's commands live in a module of their own, one level deeper (node/k8s-vX.Y.Z):
+# hack/envtest-assets.sh stamps its cache with every controlplane/*/go.sum, and a control plane
+# does not change when the node's commands are added. Both modules require the same
+# k8s.io/kubernetes with the same replaces, so every module they share resolves to the same
+# version; same_versions checks it.
+gen_node() {
+  local v=$1 minor patch
+  minor=$(cut -d. -f2 <<<"$v"); patch=$(cut -d. -f3 <<<"$v")
+  BUILDER=hack/node/assets.sh write_module "node/k8s-v$v" "inbox-operator.test/controlplane/node" k8s.io/kubernetes "v$v" \
+    "v0.$minor.$patch" "$(upstream_gomod "k8s.io/kubernetes@v$v")" \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy \
+    k8s.io/kubernetes/cmd/kube-scheduler
+  same_versions "k8s-v$v/go.mod" "node/k8s-v$v/go.mod"
+}
+
+# effective_versions GOMOD: "module version" for each module it requires, a replace's
+# version standing in for the required one (staging modules are required at v0.0.0).
+effective_versions() {
+  awk '/^replace/ || /^\)/ { in_r = 0 } /^replace \(/ { in_r = 1; next }
+    /^require/ || /^\)/ { in_q = 0 } /^require \(/ { in_q = 1; next }
+    /^require [^(]/ { req[$2] = $3 }
+    in_q && $2 ~ /^v/ { req[$1] = $2 }
+    in_r && $2 == "=>" { rep[$1] = $4 }
+    END { for (m in req) print m, (m in rep ? rep[m] : req[m]) }' "$1" | sort
+}
+
+# same_versions GOMOD GOMOD: fail if a module both require resolves to two versions.
+same_versions() {
+  local differ
+  differ=$(join <(effective_versions "$1") <(effective_versions "$2") | awk '$2 != $3')
+  if [[ -n $differ ]]; then
+    log "$1 and $2 disagree on: $differ"
+    return 1
+  fi
+}
+
 gen_etcd() {
   local v=$1
   write_module "etcd-v$v" "inbox-operator.test/controlplane/etcd" go.etcd.io/etcd/server/v3 "v$v" \
@@ -97,6 +136,7 @@ if [[ $# -eq 2 ]]; then
   "gen_$1" "$2"
 else
   for v in "${K8S_VERSIONS[@]}"; do gen_k8s "$v"; done
+  for v in "${NODE_K8S_VERSIONS[@]}"; do gen_node "$v"; done
   gen_etcd "$ETCD_VERSION"
   gen_helm "$HELM_VERSION"
 fi
