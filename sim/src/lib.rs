@@ -449,7 +449,13 @@ impl Simulator {
 
     /// Serve on a free loopback port until the handle is dropped.
     pub async fn spawn(&self) -> std::io::Result<SimulatorHandle> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        self.spawn_on(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Serve on `addr` (port 0: a free one) until the handle is dropped; e.g. on a node's
+    /// bridge address, where Pods reach it.
+    pub async fn spawn_on(&self, addr: SocketAddr) -> std::io::Result<SimulatorHandle> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let app = self.router();
         let (tx, rx) = oneshot::channel::<()>();
