@@ -9,6 +9,9 @@
 //! - [`ctl`] — one test's environment ([`ctl::Env`]): a namespace, a simulator and, when asked
 //!   for, an in-process controller; create-and-wait-Ready, typed condition waits, simulator
 //!   faults and the end-state invariants.
+//! - [`node`] — the real node of `tests/node/` (`hack/node/node.sh`): a one-node cluster on this
+//!   machine running the operator's image in Pods, its namespaces, and the host's view of a
+//!   container's process (its user, capabilities, cgroup limits).
 //!
 //! The operator binary is found next to the running test executable's `deps/` folder, where
 //! Cargo puts the binaries it builds for a package's integration tests
@@ -17,4 +20,5 @@
 #![forbid(unsafe_code)]
 
 pub mod ctl;
+pub mod node;
 pub mod support;
