@@ -373,7 +373,11 @@ wait_until() {
   done
 }
 
-kubectl_() { "$ASSETS/kubectl" --kubeconfig "$DIR/admin.kubeconfig" --request-timeout=10s "$@"; }
+# Its discovery cache in $DIR too, not in ~/.kube/cache.
+kubectl_() {
+  "$ASSETS/kubectl" --kubeconfig "$DIR/admin.kubeconfig" --cache-dir "$DIR/kubectl-cache" \
+    --request-timeout=10s "$@"
+}
 
 apiserver_ready() { [[ $(kubectl_ get --raw /readyz 2>/dev/null) == ok ]]; }
 node_ready() {

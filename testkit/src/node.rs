@@ -208,10 +208,21 @@ impl Node {
         node
     }
 
+    /// Where kubectl and helm keep their caches: in the node's directory, which goes with it,
+    /// not in `~/.kube/cache` and `~/.cache/helm`.
+    fn caches(&self, c: &mut Command) {
+        let dir = self.kubeconfig.parent().unwrap_or(Path::new("/tmp"));
+        c.env("KUBECACHEDIR", dir.join("kubectl-cache"))
+            .env("HELM_CACHE_HOME", dir.join("helm/cache"))
+            .env("HELM_CONFIG_HOME", dir.join("helm/config"))
+            .env("HELM_DATA_HOME", dir.join("helm/data"));
+    }
+
     /// `kubectl --kubeconfig ADMIN` (`KUBECTL`, else the one built with the control plane).
     pub fn kubectl(&self) -> Command {
         let mut c = Command::new(tool("KUBECTL", "kubectl", &self.assets));
         c.arg("--kubeconfig").arg(&self.kubeconfig);
+        self.caches(&mut c);
         c
     }
 
@@ -219,6 +230,7 @@ impl Node {
     pub fn helm(&self) -> Command {
         let mut c = Command::new(tool("HELM", "helm", &self.assets));
         c.arg("--kubeconfig").arg(&self.kubeconfig);
+        self.caches(&mut c);
         c
     }
 
