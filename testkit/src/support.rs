@@ -518,21 +518,35 @@ impl ControlPlane {
 
     /// `kubectl` with `--kubeconfig` set to the admin kubeconfig.
     pub fn kubectl(&self) -> Command {
-        let mut c = Command::new(self.kubectl_path());
+        let mut c = self.kubectl_without_kubeconfig();
         c.arg("--kubeconfig").arg(&self.kubeconfig);
         c
     }
 
-    /// The kubectl the tests use: `KUBECTL`, else the one built with the control plane.
-    pub fn kubectl_path(&self) -> PathBuf {
-        tool("KUBECTL", "kubectl", &self.assets)
+    /// The kubectl the tests use (`KUBECTL`, else the one built with the control plane), with
+    /// its discovery cache in the control plane's directory, which goes with it: every control
+    /// plane has a port of its own, and `~/.kube/cache` would keep a folder for each.
+    pub fn kubectl_without_kubeconfig(&self) -> Command {
+        let mut c = Command::new(tool("KUBECTL", "kubectl", &self.assets));
+        c.env("KUBECACHEDIR", self.dir.join("kubectl-cache"));
+        c
     }
 
     /// `helm` (`HELM`, else the one built with the control plane) with `--kubeconfig` set to the
-    /// admin kubeconfig.
+    /// admin kubeconfig, and its caches, configuration and data in the control plane's
+    /// directory (not in `~/.kube/cache`, `~/.cache/helm` and `~/.config/helm`).
     pub fn helm(&self) -> Command {
         let mut c = Command::new(tool("HELM", "helm", &self.assets));
         c.arg("--kubeconfig").arg(&self.kubeconfig);
+        // Helm's Kubernetes client keeps a discovery cache as kubectl does.
+        c.env("KUBECACHEDIR", self.dir.join("kubectl-cache"));
+        for (var, dir) in [
+            ("HELM_CACHE_HOME", "cache"),
+            ("HELM_CONFIG_HOME", "config"),
+            ("HELM_DATA_HOME", "data"),
+        ] {
+            c.env(var, self.dir.join("helm").join(dir));
+        }
         c
     }
 

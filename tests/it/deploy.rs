@@ -146,7 +146,7 @@ async fn manifests_apply_and_operator_runs_with_deployed_rbac() {
         ],
     );
     let can_i = |verb: &str, resource: &str| {
-        Command::new(cp.kubectl_path())
+        cp.kubectl_without_kubeconfig()
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .args(["auth", "can-i", verb, resource, "-A"])
