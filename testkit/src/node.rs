@@ -434,13 +434,6 @@ impl ContainerProcess {
             (fields.get(4) == Some(&"/")).then(|| fields.get(5).unwrap_or(&"").to_string())
         })
     }
-
-    /// SIGKILL it (as a crash would).
-    pub fn kill9(&self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.pid.to_string()])
-            .status();
-    }
 }
 
 /// On a panic, print what the node shows of `namespaces`: Pods, Inboxes, events, and the
