@@ -26,6 +26,9 @@ CLUSTER="$STATE/cluster"
 log() { echo "demo: $*" >&2; }
 # The demo does not use helm: the control plane is built without it.
 export INBOX_ASSETS_HELM=0
+# The demo's control plane has a port of its own each time: kubectl's discovery cache for it
+# stays in the demo's folder, not in ~/.kube/cache.
+export KUBECACHEDIR="$STATE/kubectl-cache"
 
 # With a real key: delete every Inbox while the operator still runs, so that their inboxes are
 # deleted in AgentSend; name whatever is left.
