@@ -13,10 +13,11 @@
 //! The operator image is `INBOX_NODE_OPERATOR_IMAGE` (an OCI archive; `hack/test.sh` builds
 //! it first), else built here.
 
-use std::io::{BufRead, BufReader, Write};
+use std::any::Any;
+use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -25,7 +26,9 @@ use kube::Client;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::support::{client_from, random_suffix};
+use crate::support::{
+    assets_dir, client_from, keep_tool_caches_in, output_with_stdin, random_suffix, stdout_ok, tool,
+};
 
 /// The node's address: the bridge's, where kube-apiserver and kubelet listen and where Pods
 /// reach the host.
@@ -63,20 +66,21 @@ static USE: RwLock<()> = RwLock::const_new(());
 /// The node, brought up on first use (once per test binary). A failed start is remembered:
 /// every later test fails at once with its reason.
 pub fn node() -> &'static Node {
-    match NODE.get_or_init(|| {
-        std::panic::catch_unwind(Node::start).map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "panicked".into())
-        })
-    }) {
+    match NODE.get_or_init(|| std::panic::catch_unwind(Node::start).map_err(panic_message)) {
         Ok(n) => n,
         Err(e) => panic!("the node failed to start: {e}"),
     }
 }
 
 static IMAGE: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+
+/// What a caught panic said.
+fn panic_message(e: Box<dyn Any + Send>) -> String {
+    e.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "panicked".into())
+}
 
 /// The operator's image, an OCI archive: `INBOX_NODE_OPERATOR_IMAGE` (`hack/test.sh` builds
 /// it before the tests), else built once by this binary with `hack/image/build.py operator`
@@ -87,20 +91,16 @@ pub fn operator_image() -> &'static Path {
             Some(a) if !a.is_empty() => PathBuf::from(a),
             _ => {
                 eprintln!("node: building the operator image (INBOX_NODE_OPERATOR_IMAGE unset)");
-                let out = run(
+                let out = stdout_ok(
                     Command::new("python3")
                         .arg(repo().join("hack/image/build.py"))
                         .arg("operator"),
                     "hack/image/build.py operator",
                 );
-                PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+                PathBuf::from(out.trim())
             }
         })
-        .map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .unwrap_or_else(|| "panicked".into())
-        })
+        .map_err(panic_message)
     });
     match built {
         Ok(path) => {
@@ -127,21 +127,6 @@ pub fn repo() -> PathBuf {
         .parent()
         .expect("testkit/ is in the repository")
         .to_path_buf()
-}
-
-/// Run `cmd`; panic with its output unless it succeeds.
-fn run(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot run {:?}: {e}", cmd.get_program()));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 impl Node {
@@ -173,24 +158,15 @@ impl Node {
                 }
             ),
         };
-        run(
+        stdout_ok(
             Command::new(repo.join("hack/node/node.sh"))
                 .arg("import")
                 .arg(archive),
             "importing the operator image",
         );
-        let assets = std::env::var_os("KUBEBUILDER_ASSETS")
-            .filter(|a| !a.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let home = std::env::var_os("HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_default();
-                home.join(".cache/inbox-operator/envtest/k8s-1.37.2")
-            });
         let node = Node {
             kubeconfig,
-            assets,
+            assets: assets_dir(),
             _guard: Mutex::new(guard),
         };
         // The CRDs, managed apart from any release (docs/install.md, "CRD upgrades": `kubectl
@@ -208,14 +184,9 @@ impl Node {
         node
     }
 
-    /// Where kubectl and helm keep their caches: in the node's directory, which goes with it,
-    /// not in `~/.kube/cache` and `~/.cache/helm`.
+    /// Where kubectl and helm keep their caches: in the node's directory, which goes with it.
     fn caches(&self, c: &mut Command) {
-        let dir = self.kubeconfig.parent().unwrap_or(Path::new("/tmp"));
-        c.env("KUBECACHEDIR", dir.join("kubectl-cache"))
-            .env("HELM_CACHE_HOME", dir.join("helm/cache"))
-            .env("HELM_CONFIG_HOME", dir.join("helm/config"))
-            .env("HELM_DATA_HOME", dir.join("helm/data"));
+        keep_tool_caches_in(c, self.kubeconfig.parent().unwrap_or(Path::new("/tmp")));
     }
 
     /// `kubectl --kubeconfig ADMIN` (`KUBECTL`, else the one built with the control plane).
@@ -236,30 +207,15 @@ impl Node {
 
     /// `kubectl ARGS` that must succeed; its stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = run(
+        stdout_ok(
             self.kubectl().args(args),
             &format!("kubectl {}", args.join(" ")),
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        )
     }
 
     /// `kubectl ARGS` with `input` on stdin, which must succeed.
     pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> String {
-        let mut child = self
-            .kubectl()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl");
-        child
-            .stdin
-            .take()
-            .expect("kubectl's stdin")
-            .write_all(input.as_bytes())
-            .expect("write to kubectl");
-        let out = child.wait_with_output().expect("kubectl");
+        let out = output_with_stdin(self.kubectl().args(args), input);
         assert!(
             out.status.success(),
             "kubectl {}: {}\n{input}",
@@ -271,21 +227,13 @@ impl Node {
 
     /// `helm ARGS` that must succeed; its stdout.
     pub fn helm_ok(&self, args: &[&str]) -> String {
-        let out = run(self.helm().args(args), &format!("helm {}", args.join(" ")));
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        stdout_ok(self.helm().args(args), &format!("helm {}", args.join(" ")))
     }
 
     /// A new admin client (each test makes its own: clients are bound to a runtime).
     pub async fn client(&self) -> Client {
         client_from(&self.kubeconfig).await
     }
-}
-
-fn tool(var: &str, name: &str, assets: &Path) -> PathBuf {
-    std::env::var_os(var)
-        .filter(|t| !t.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| assets.join(name))
 }
 
 /// A namespace of the node for one test; deleted (without waiting) when dropped.

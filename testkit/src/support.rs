@@ -20,7 +20,7 @@
 use std::future::Future;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -95,7 +95,7 @@ pub fn free_port() -> u16 {
         .expect("free loopback port")
 }
 
-fn assets_dir() -> PathBuf {
+pub(crate) fn assets_dir() -> PathBuf {
     let (dir, from) = match std::env::var_os("KUBEBUILDER_ASSETS") {
         Some(d) if !d.is_empty() => (PathBuf::from(d), "KUBEBUILDER_ASSETS"),
         _ => {
@@ -126,7 +126,7 @@ fn assets_dir() -> PathBuf {
 
 /// The tool named by the environment variable `var`, else `name` from the assets dir (built with
 /// the control plane, so of the server's version), else `name` on `PATH`.
-fn tool(var: &str, name: &str, assets: &Path) -> PathBuf {
+pub(crate) fn tool(var: &str, name: &str, assets: &Path) -> PathBuf {
     if let Some(t) = std::env::var_os(var).filter(|t| !t.is_empty()) {
         return PathBuf::from(t);
     }
@@ -136,6 +136,55 @@ fn tool(var: &str, name: &str, assets: &Path) -> PathBuf {
     } else {
         PathBuf::from(name)
     }
+}
+
+/// Keep kubectl's and helm's caches, configuration and data in `dir` (which goes with the
+/// cluster it serves), not in `~/.kube/cache`, `~/.cache/helm` and `~/.config/helm`: every
+/// test cluster has a port of its own, and the home folders would keep a folder for each.
+pub fn keep_tool_caches_in(cmd: &mut Command, dir: &Path) {
+    // Helm's Kubernetes client keeps a discovery cache as kubectl does.
+    cmd.env("KUBECACHEDIR", dir.join("kubectl-cache"));
+    for (var, sub) in [
+        ("HELM_CACHE_HOME", "cache"),
+        ("HELM_CONFIG_HOME", "config"),
+        ("HELM_DATA_HOME", "data"),
+    ] {
+        cmd.env(var, dir.join("helm").join(sub));
+    }
+}
+
+/// Run `cmd` with `input` on its stdin; its output (stdout and stderr captured).
+pub fn output_with_stdin(cmd: &mut Command, input: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {:?}: {e}", cmd.get_program()));
+    child
+        .stdin
+        .take()
+        .expect("the child's stdin")
+        .write_all(input.as_bytes())
+        .unwrap_or_else(|e| panic!("write to {:?}: {e}", cmd.get_program()));
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait for {:?}: {e}", cmd.get_program()))
+}
+
+/// Run `cmd`; panic with `what`, its exit status and its output unless it succeeds; its stdout.
+pub fn stdout_ok(cmd: &mut Command, what: &str) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {:?}: {e}", cmd.get_program()));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Random lowercase alphanumerics (valid in DNS labels).
@@ -442,21 +491,7 @@ impl ControlPlane {
     fn install_crd(&self) {
         let files = inbox_operator::commands::crd::crd_files().expect("render the CRDs");
         let crd = files.values().cloned().collect::<Vec<_>>().join("---\n");
-        let mut child = self
-            .kubectl()
-            .args(["apply", "--server-side", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run kubectl (hack/envtest-assets.sh builds one; or set KUBECTL)");
-        child
-            .stdin
-            .take()
-            .expect("kubectl stdin")
-            .write_all(crd.as_bytes())
-            .expect("write the CRD to kubectl");
-        let out = child.wait_with_output().expect("kubectl apply");
+        let out = self.kubectl_with_stdin(&["apply", "--server-side", "-f", "-"], &crd);
         assert!(
             out.status.success(),
             "applying the CRD failed: {}\n--- kube-apiserver log tail ---\n{}",
@@ -524,29 +559,33 @@ impl ControlPlane {
     }
 
     /// The kubectl the tests use (`KUBECTL`, else the one built with the control plane), with
-    /// its discovery cache in the control plane's directory, which goes with it: every control
-    /// plane has a port of its own, and `~/.kube/cache` would keep a folder for each.
+    /// its discovery cache in the control plane's directory ([`keep_tool_caches_in`]).
     pub fn kubectl_without_kubeconfig(&self) -> Command {
         let mut c = Command::new(tool("KUBECTL", "kubectl", &self.assets));
-        c.env("KUBECACHEDIR", self.dir.join("kubectl-cache"));
+        keep_tool_caches_in(&mut c, &self.dir);
         c
+    }
+
+    /// `kubectl ARGS` that must succeed; its stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        stdout_ok(
+            self.kubectl().args(args),
+            &format!("kubectl {}", args.join(" ")),
+        )
+    }
+
+    /// `kubectl ARGS` with `input` on stdin; its output.
+    pub fn kubectl_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        output_with_stdin(self.kubectl().args(args), input)
     }
 
     /// `helm` (`HELM`, else the one built with the control plane) with `--kubeconfig` set to the
     /// admin kubeconfig, and its caches, configuration and data in the control plane's
-    /// directory (not in `~/.kube/cache`, `~/.cache/helm` and `~/.config/helm`).
+    /// directory ([`keep_tool_caches_in`]).
     pub fn helm(&self) -> Command {
         let mut c = Command::new(tool("HELM", "helm", &self.assets));
         c.arg("--kubeconfig").arg(&self.kubeconfig);
-        // Helm's Kubernetes client keeps a discovery cache as kubectl does.
-        c.env("KUBECACHEDIR", self.dir.join("kubectl-cache"));
-        for (var, dir) in [
-            ("HELM_CACHE_HOME", "cache"),
-            ("HELM_CONFIG_HOME", "config"),
-            ("HELM_DATA_HOME", "data"),
-        ] {
-            c.env(var, self.dir.join("helm").join(dir));
-        }
+        keep_tool_caches_in(&mut c, &self.dir);
         c
     }
 

@@ -4,8 +4,6 @@
 //! update), the status subresource, printer columns, and the committed YAML matching the
 //! generated one.
 
-use std::io::Write;
-use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::{TestNamespace, control_plane, on_failure_dump_logs};
@@ -91,42 +89,15 @@ fn every_crd_field_has_a_description() {
 /// invalid objects reach the server and the server's answer is what is tested).
 /// Returns (success, stdout, stderr).
 fn kubectl_create(ns: &str, obj: &Value) -> (bool, String, String) {
-    let mut child = control_plane()
-        .kubectl()
-        .args(["create", "--validate=false", "-n", ns, "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(obj.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = control_plane().kubectl_with_stdin(
+        &["create", "--validate=false", "-n", ns, "-f", "-"],
+        &obj.to_string(),
+    );
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// `kubectl ARGS` that must succeed; its stdout.
-fn kubectl_ok(args: &[&str]) -> String {
-    let out = control_plane()
-        .kubectl()
-        .args(args)
-        .output()
-        .expect("kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn inbox(name: &str, spec: Value) -> Value {
@@ -209,7 +180,7 @@ async fn crd_is_served_with_short_name_and_category() {
 
     // kubectl resolves the plural, the short name, the category and the full name.
     for resource in ["inboxes", "inb", "agentsend", "inboxes.agentsend.io"] {
-        let out = kubectl_ok(&["get", resource, "-n", ns.name(), "-o", "name"]);
+        let out = control_plane().kubectl_ok(&["get", resource, "-n", ns.name(), "-o", "name"]);
         // The category also lists ClusterAccounts (cluster-scoped: other tests' too).
         let namespaced: Vec<&str> = out
             .lines()
@@ -442,7 +413,7 @@ async fn server_applies_defaults() {
     );
     assert!(ok, "{err}");
     let jsonpath = |name: &str, path: &str| {
-        kubectl_ok(&[
+        control_plane().kubectl_ok(&[
             "get",
             "inbox",
             name,
@@ -517,7 +488,7 @@ fn table(resource: &str, name: &str, ns: Option<&str>, wide: bool) -> (Vec<Strin
     if wide {
         args.extend(["-o", "wide"]);
     }
-    let text = kubectl_ok(&args);
+    let text = control_plane().kubectl_ok(&args);
     let mut lines = text.lines();
     let (header, row) = (
         lines.next().unwrap_or_default(),

@@ -3,11 +3,10 @@
 //! the real `helm`; and the operator, run with exactly the ServiceAccount's RBAC from deploy/base
 //! (impersonation), takes an Inbox through create → Ready → delete.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{Operator, TestNamespace, control_plane, wait_for};
+use crate::support::{Operator, TestNamespace, control_plane, output_with_stdin, wait_for};
 use inbox_operator::api::common::SecretKeyRef;
 use inbox_operator::api::inbox::{CredentialsSpec, Inbox, InboxSpec};
 use inbox_sim::Simulator;
@@ -42,19 +41,7 @@ fn apply_server_side(yaml: &str, ns: Option<&str>) {
     if let Some(ns) = ns {
         cmd.args(["-n", ns]);
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_stdin(&mut cmd, yaml);
     assert!(
         out.status.success(),
         "apply failed: {}\n{yaml}",
@@ -338,37 +325,6 @@ fn helm_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `kubectl ARGS` that must succeed; its stdout.
-fn kubectl_ok(args: &[&str]) -> String {
-    let out = control_plane().kubectl().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `kubectl ARGS` with `input` on stdin; its output.
-fn kubectl_stdin(args: &[&str], input: &str) -> std::process::Output {
-    let mut child = control_plane()
-        .kubectl()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
 /// Whether `kubectl get KIND NAME` (with `-n NS` when given) finds the object.
 fn exists(kind: &str, name: &str, ns: Option<&str>) -> bool {
     let mut cmd = control_plane().kubectl();
@@ -472,11 +428,11 @@ impl TestCrds {
             "metadata": {"name": name, "namespace": ns},
             "spec": {"configMap": {"name": format!("{name}-address")}},
         });
-        kubectl_stdin(&["create", "-f", "-"], &inbox.to_string())
+        control_plane().kubectl_with_stdin(&["create", "-f", "-"], &inbox.to_string())
     }
 
     fn uid(&self, name: &str) -> String {
-        kubectl_ok(&["get", "crd", name, "-o", "jsonpath={.metadata.uid}"])
+        control_plane().kubectl_ok(&["get", "crd", name, "-o", "jsonpath={.metadata.uid}"])
     }
 }
 
@@ -539,7 +495,7 @@ async fn helm_install_upgrade_uninstall() {
         assert!(exists(kind, name, None), "{kind}/{name} installed");
     }
     let [inboxes, ..] = crds.names();
-    kubectl_ok(&[
+    control_plane().kubectl_ok(&[
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
@@ -557,7 +513,7 @@ async fn helm_install_upgrade_uninstall() {
         "apiVersion": format!("{}/v1alpha1", crds.group), "kind": "Inbox",
         "metadata": {"name": "kept", "namespace": ns.name()}, "spec": {},
     });
-    let created = kubectl_stdin(&["create", "-f", "-"], &bare.to_string());
+    let created = control_plane().kubectl_with_stdin(&["create", "-f", "-"], &bare.to_string());
     assert!(created.status.success(), "{created:?}");
 
     let args = || {
@@ -607,7 +563,7 @@ async fn helm_install_upgrade_uninstall() {
         },
     )
     .await;
-    let stored = kubectl_ok(&[
+    let stored = control_plane().kubectl_ok(&[
         "get",
         &inboxes,
         "late",
@@ -663,7 +619,7 @@ async fn helm_adopts_crds_of_an_older_chart() {
         &set,
     ]);
     let [inboxes, ..] = crds.names();
-    kubectl_ok(&[
+    control_plane().kubectl_ok(&[
         "wait",
         "--for=condition=Established",
         "--timeout=60s",
@@ -673,10 +629,10 @@ async fn helm_adopts_crds_of_an_older_chart() {
         "apiVersion": format!("{}/v1alpha1", crds.group), "kind": "Inbox",
         "metadata": {"name": "before", "namespace": ns.name()}, "spec": {},
     });
-    let created = kubectl_stdin(&["create", "-f", "-"], &bare.to_string());
+    let created = control_plane().kubectl_with_stdin(&["create", "-f", "-"], &bare.to_string());
     assert!(created.status.success(), "{created:?}");
     let inbox_uid = || {
-        kubectl_ok(&[
+        control_plane().kubectl_ok(&[
             "get",
             &inboxes,
             "before",
@@ -706,21 +662,22 @@ async fn helm_adopts_crds_of_an_older_chart() {
     let mut label = vec!["label", "crd"];
     label.extend(names.iter().map(String::as_str));
     label.push("app.kubernetes.io/managed-by=Helm");
-    kubectl_ok(&label);
+    control_plane().kubectl_ok(&label);
     let release_ns = format!("meta.helm.sh/release-namespace={}", ns.name());
     let mut annotate = vec!["annotate", "crd"];
     annotate.extend(names.iter().map(String::as_str));
     annotate.extend(["meta.helm.sh/release-name=inbox-operator", &release_ns]);
-    kubectl_ok(&annotate);
+    control_plane().kubectl_ok(&annotate);
 
     helm_ok(&upgrade);
-    let deployment = kubectl_ok(&["get", "deployment", "-n", ns.name(), "-o", "name"]);
+    let deployment =
+        control_plane().kubectl_ok(&["get", "deployment", "-n", ns.name(), "-o", "name"]);
     assert_eq!(
         deployment.trim(),
         format!("deployment.apps/{fullname}"),
         "the release's values reused"
     );
-    let keep = kubectl_ok(&[
+    let keep = control_plane().kubectl_ok(&[
         "get",
         "crd",
         &inboxes,
@@ -980,7 +937,7 @@ async fn shard_overlay_leaves_the_crds_alone() {
     ];
     let state = || {
         crds.map(|crd| {
-            kubectl_ok(&[
+            control_plane().kubectl_ok(&[
                 "get",
                 "crd",
                 crd,
@@ -992,7 +949,7 @@ async fn shard_overlay_leaves_the_crds_alone() {
     let before = state();
 
     apply_server_side(&yaml, None);
-    let args = kubectl_ok(&[
+    let args = control_plane().kubectl_ok(&[
         "get",
         "deployment",
         &ns,
@@ -1004,7 +961,7 @@ async fn shard_overlay_leaves_the_crds_alone() {
     assert!(args.contains("--selector=shard=b"), "{args}");
     assert_eq!(state(), before, "applying the shard left the CRDs alone");
 
-    let deleted = kubectl_stdin(&["delete", "--wait=false", "-f", "-"], &yaml);
+    let deleted = control_plane().kubectl_with_stdin(&["delete", "--wait=false", "-f", "-"], &yaml);
     assert!(deleted.status.success(), "{deleted:?}");
     wait_for(
         "the shard's objects gone",
@@ -1073,7 +1030,7 @@ async fn people_bound_to_edit_and_view_use_inboxes() {
         format!("viewer-{n}"),
         format!("admin-{n}"),
     );
-    kubectl_ok(&[
+    control_plane().kubectl_ok(&[
         "create",
         "rolebinding",
         "dev",
@@ -1083,7 +1040,7 @@ async fn people_bound_to_edit_and_view_use_inboxes() {
         "-n",
         n,
     ]);
-    kubectl_ok(&[
+    control_plane().kubectl_ok(&[
         "create",
         "rolebinding",
         "viewer",
@@ -1093,7 +1050,7 @@ async fn people_bound_to_edit_and_view_use_inboxes() {
         "-n",
         n,
     ]);
-    kubectl_ok(&[
+    control_plane().kubectl_ok(&[
         "create",
         "clusterrolebinding",
         &cluster_admin_binding,

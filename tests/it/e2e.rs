@@ -695,21 +695,10 @@ async fn import_output_applied_back_adopts_without_creating() {
     env.sim.reset_counters();
     let mut apply = control_plane().kubectl();
     apply.args(["apply", "-f", "-"]);
-    let applied = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut child = apply
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kubectl");
-        if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(yaml.as_bytes()).expect("write");
-        }
-        child.wait_with_output().expect("kubectl apply")
-    })
-    .await
-    .unwrap();
+    let applied =
+        tokio::task::spawn_blocking(move || crate::support::output_with_stdin(&mut apply, &yaml))
+            .await
+            .unwrap();
     assert!(
         applied.status.success(),
         "{}",

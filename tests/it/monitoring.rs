@@ -12,8 +12,7 @@
 //! dashboard's structure).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use inbox_operator::api::account::{Account, AccountSpec};
@@ -564,37 +563,12 @@ async fn alerts_tests_and_dashboard_use_only_what_the_operator_exports() {
 
 /// `kubectl ARGS` with `yaml` on stdin; its output, or the failure.
 fn kubectl_stdin(args: &[&str], yaml: &str) -> Result<String, String> {
-    let mut child = control_plane()
-        .kubectl()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = control_plane().kubectl_with_stdin(args, yaml);
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
-}
-
-fn kubectl_ok(args: &[&str]) -> String {
-    let out = control_plane().kubectl().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 const MONITORING_KINDS: [&str; 3] = ["ServiceMonitor", "PrometheusRule", "ConfigMap"];
@@ -641,9 +615,10 @@ fn apply_and_read_back(what: &str, objs: &[serde_yaml::Value]) {
             o["metadata"]["name"].as_str().unwrap(),
             o["metadata"]["namespace"].as_str().unwrap(),
         );
-        let stored: serde_yaml::Value =
-            serde_yaml::from_str(&kubectl_ok(&["get", kind, name, "-n", ns, "-o", "yaml"]))
-                .unwrap();
+        let stored: serde_yaml::Value = serde_yaml::from_str(
+            &control_plane().kubectl_ok(&["get", kind, name, "-n", ns, "-o", "yaml"]),
+        )
+        .unwrap();
         for field in ["spec", "data"] {
             assert_eq!(
                 stored[field], o[field],
@@ -673,8 +648,8 @@ async fn monitoring_objects_apply_strictly_with_the_prometheus_operator_crds() {
     let crds = String::from_utf8_lossy(&out.stdout).trim().to_string();
     for crd in ["servicemonitors", "prometheusrules"] {
         let file = format!("{crds}/monitoring.coreos.com_{crd}.yaml");
-        kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", &file]);
-        kubectl_ok(&[
+        control_plane().kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", &file]);
+        control_plane().kubectl_ok(&[
             "wait",
             "--for=condition=Established",
             &format!("crd/{crd}.monitoring.coreos.com"),

@@ -54,27 +54,21 @@ async fn metrics_need_a_token_allowed_to_read_them() {
 
     // The shipped reader role, bound to one ServiceAccount of this test.
     let rbac = std::fs::read_to_string(format!("{ROOT}/deploy/common/metrics-rbac.yaml")).unwrap();
-    let mut apply = control_plane()
-        .kubectl()
-        .args([
+    let applied = control_plane().kubectl_with_stdin(
+        &[
             "apply",
             "--server-side",
             "--field-manager=metrics-test",
             "-f",
             "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    apply
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(rbac.as_bytes())
-        .unwrap();
-    assert!(apply.wait().unwrap().success());
+        ],
+        &rbac,
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
     let reader = token_of(ns, "prometheus");
     let stranger = token_of(ns, "stranger");
     let binding = format!("metrics-reader-{ns}");
